@@ -1,0 +1,24 @@
+"""Where the work runs: a local Ray instance or the cluster a job was submitted to."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class ClusterConfig:
+    # None starts a local Ray bound to 127.0.0.1; "auto" (or RAY_ADDRESS) joins a cluster.
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    # Logical GPUs for a local instance: lets the GPU layout run (and be tested) on CPU.
+    num_gpus: Optional[int] = None
+    object_store_memory_mb: int = 512
+    # Ray Train workers for SFT and reward-model training.
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    # PPO model roles: "separate" puts policy, reference, reward and critic on their own
+    # GPU bundles; "colocated" shares one GPU through fractional requests.
+    placement: str = "separate"
+    gpus_per_role: float = 1.0
+    cpus_per_role: float = 0.0

@@ -1,0 +1,32 @@
+"""The root config every workflow receives."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from alignray.config.cluster import ClusterConfig
+from alignray.config.data import DataConfig
+from alignray.config.feedback import FeedbackConfig
+from alignray.config.model import ModelConfig
+from alignray.config.ppo import PPOConfig
+from alignray.config.reward import RewardConfig
+from alignray.config.serve import ServeConfig
+from alignray.config.sft import SFTConfig
+
+
+@dataclass
+class AlignrayConfig:
+    # `name` labels a run; `workdir` holds every phase's output, one folder per phase and
+    # config hash, so a re-run with the same settings reuses what already exists.
+    name: str = "default"
+    workdir: str = "runs/${name}"
+    # Where built base models live between runs (the embedded default is pretrained once).
+    cache_dir: str = "${oc.env:ALIGNRAY_CACHE,${oc.env:HOME,.}/.cache/alignray}"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
