@@ -1,0 +1,51 @@
+"""The Ray runtime, in one place: start a local instance bound to loopback, or join one.
+
+Every workflow calls `connect(cluster_cfg)` before it creates actors or trainers. Run as a
+submitted job (`ray job submit`), RAY_ADDRESS is set and we join that cluster; with
+`cluster.address=auto` we join the cluster running on this node. Otherwise a private
+local instance starts, with every listener on 127.0.0.1 and, when asked, logical GPUs so
+the GPU layout can be scheduled and tested on a CPU machine.
+
+We never call `ray stop`: it ends every Ray instance on the host, other people's too.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+# Must be set before Ray starts its processes: keeps node listeners on 127.0.0.1.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import ray  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def connect(cluster_cfg, runtime_env: dict | None = None) -> bool:
+    """Make sure this process is connected to Ray. Returns True when it started Ray itself
+    (the caller then owns the instance and may `ray.shutdown()` it)."""
+    if ray.is_initialized():
+        return False
+    address = cluster_cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("joining the Ray cluster at %s", address)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return False
+    kwargs = dict(
+        include_dashboard=False,
+        object_store_memory=int(cluster_cfg.object_store_memory_mb) * 1024 * 1024,
+        runtime_env=runtime_env,
+    )
+    if cluster_cfg.num_cpus is not None:
+        kwargs["num_cpus"] = cluster_cfg.num_cpus
+    if cluster_cfg.num_gpus is not None:
+        kwargs["num_gpus"] = cluster_cfg.num_gpus
+    log.info("starting a local Ray instance on 127.0.0.1 (%s)", kwargs)
+    ray.init(**kwargs)
+    return True
+
+
+def shutdown_if_owned(owned: bool) -> None:
+    if owned and ray.is_initialized():
+        ray.shutdown()

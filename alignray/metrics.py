@@ -1,0 +1,82 @@
+"""Metrics for long jobs: a JSONL log, a console progress line, and curves as PNG."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+class MetricsLogger:
+    """Appends one JSON object per `log` call to `<out_dir>/metrics.jsonl` and prints a
+    progress line with the rate and the estimated time left."""
+
+    def __init__(self, out_dir: str | Path, total_steps: int | None = None, name: str = "",
+                 stream=sys.stdout):
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.total_steps = total_steps
+        self.name = name
+        self.stream = stream
+        self.started = time.monotonic()
+
+    def log(self, step: int, print_keys: tuple[str, ...] = (), **metrics) -> None:
+        record = {"step": int(step), "time_s": round(time.monotonic() - self.started, 3)}
+        record.update({k: _plain(v) for k, v in metrics.items()})
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if print_keys:
+            self.stream.write(self._progress_line(step, record, print_keys) + "\n")
+            self.stream.flush()
+
+    def _progress_line(self, step: int, record: dict, keys: tuple[str, ...]) -> str:
+        elapsed = record["time_s"]
+        parts = [f"[{self.name}] step {step}" + (f"/{self.total_steps}" if self.total_steps else "")]
+        parts += [f"{k} {record[k]:.4g}" if isinstance(record.get(k), float) else f"{k} {record.get(k)}"
+                  for k in keys if k in record]
+        if self.total_steps and step > 0:
+            eta = elapsed / step * max(self.total_steps - step, 0)
+            parts.append(f"elapsed {elapsed:.0f}s eta {eta:.0f}s")
+        return " | ".join(parts)
+
+
+def _plain(value):
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    with Path(path).open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(records: list[dict], keys: list[str], out_png: str | Path, title: str = "",
+                x_key: str = "step") -> Path:
+    """One panel per key, drawn against `x_key`; keys absent from the records are skipped."""
+    keys = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in records)]
+    out_png = Path(out_png)
+    if not keys:
+        raise ValueError(f"none of the keys to plot appear in the records for {out_png.name}")
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        points = [(r[x_key], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 40 else None)
+        ax.set_title(key)
+        ax.set_xlabel(x_key)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png

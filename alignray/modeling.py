@@ -1,0 +1,52 @@
+"""Loading and saving causal LMs in Hugging Face format, and choosing a device.
+
+Everything downstream loads models through these functions, so any local folder or hub
+id works where the embedded default does.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+
+def pick_device() -> torch.device:
+    """The device comes from torch, never from Ray's GPU ids: inside an actor that holds a
+    logical GPU on a CPU machine, CUDA_VISIBLE_DEVICES is set but no GPU exists."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def training_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """'auto' is bf16 on a GPU that supports it and fp32 elsewhere."""
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def load_tokenizer(path: str | os.PathLike, padding_side: str = "left") -> PreTrainedTokenizerBase:
+    """Left padding by default: generation appends to the right end of every row."""
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str | os.PathLike, device: torch.device | None = None,
+                   dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    return model.to(device or pick_device())
+
+
+def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                    out_dir: str | os.PathLike) -> Path:
+    """Save weights (safetensors), config and tokenizer so any tool can read the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,40 @@
+"""One local Ray instance for the whole test session, with four logical GPUs so the GPU
+layout (one bundle per model role) schedules on a CPU machine; and the tiny base model
+every model test starts from."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# No C++ op may JIT-compile during tests (DESIGN.md): these keep DeepSpeed's ops off.
+os.environ.setdefault("DS_BUILD_OPS", "0")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """Started once, stopped by its own handle (never `ray stop`)."""
+    import ray
+    # num_cpus is a logical count for scheduling; the machine has two cores.
+    ray.init(num_cpus=8, num_gpus=4, include_dashboard=False,
+             object_store_memory=256 * 1024 * 1024,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
+                                       "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory) -> Path:
+    """A tiny base model pretrained on the tweets (a few seconds), in Hugging Face format."""
+    from alignray.embedded.pretrain import TINY_TEST_RECIPE, build_base_model
+    cache = Path(os.environ.get("ALIGNRAY_TEST_CACHE", REPO / ".alignray-cache" / "tests"))
+    return build_base_model(TINY_TEST_RECIPE, cache_dir=cache, seed=0)

@@ -1,0 +1,63 @@
+"""What every Hydra app does first: register the schemas, log and save its resolved
+config, and find (or reuse) the folder of a phase's output."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from alignray.config import register_configs
+
+register_configs()
+# Workers and actors inherit these: no telemetry, no hub lookups at run time.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+log = logging.getLogger("alignray")
+CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def start_app(cfg: DictConfig, app: str) -> None:
+    """Print the resolved config and save it beside the app's Hydra outputs."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    print(f"=== alignray {app}: resolved config ===\n{resolved}", flush=True)
+    out_dir = _hydra_output_dir()
+    if out_dir is not None:
+        (out_dir / f"{app}-config.yaml").write_text(resolved)
+
+
+def _hydra_output_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+    if not HydraConfig.initialized():
+        return None
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def config_hash(*nodes) -> str:
+    """A short, stable hash of config nodes (and plain values): the identity of a phase's
+    output, so a phase whose output exists for the same settings is reused."""
+    def plain(node):
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    text = json.dumps([plain(n) for n in nodes], sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def phase_dir(cfg: DictConfig, phase: str, *nodes) -> Path:
+    """`<workdir>/<phase>-<hash of the settings that decide its output>`."""
+    return Path(cfg.workdir).expanduser().resolve() / f"{phase}-{config_hash(*nodes)}"
+
+
+def is_complete(out_dir: Path) -> bool:
+    """A phase writes DONE last, so a folder without it is an interrupted run."""
+    return (out_dir / "DONE").exists()
+
+
+def mark_complete(out_dir: Path, summary: dict) -> None:
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out_dir / "DONE").write_text("ok\n")
