@@ -1,0 +1,60 @@
+"""The PPO algorithm as pure tensor functions: no models, no Ray.
+
+masked       statistics over valid tokens of padded [batch, T] tensors
+kl           per-token KL estimators and the KL coefficient controllers
+rewards      sequence scores to per-token rewards; normalisation, clipping, truncation
+constraints  rule-based penalties on response texts
+advantages   GAE and critic-free estimators, registered by name
+losses       clipped surrogate and value losses, entropy, explained variance
+minibatch    shuffled minibatch epochs with early stop on KL
+"""
+from alignray.ppo.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    gae_advantages,
+    get_advantage_estimator,
+    reinforce_advantages,
+    rloo_advantages,
+)
+from alignray.ppo.constraints import (
+    TWEET_CONSTRAINTS_EXAMPLE,
+    ConstraintPenalty,
+    DegenerateTextRule,
+    RegexRule,
+    banned_phrase_rule,
+)
+from alignray.ppo.kl import (
+    KL_ESTIMATORS,
+    AdaptiveKLController,
+    FixedKLController,
+    KLController,
+    kl_estimate,
+    make_kl_controller,
+)
+from alignray.ppo.losses import (
+    POLICY_LOSSES,
+    clipped_surrogate_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    explained_variance,
+    get_policy_loss,
+)
+from alignray.ppo.masked import masked_mean, masked_sum, masked_var, masked_whiten, valid_only
+from alignray.ppo.minibatch import EarlyStopOnKL, minibatch_indices
+from alignray.ppo.rewards import (
+    RunningRewardNormalizer,
+    clip_rewards,
+    last_valid_index,
+    token_level_rewards,
+    truncation_penalty,
+)
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS", "KL_ESTIMATORS", "POLICY_LOSSES", "TWEET_CONSTRAINTS_EXAMPLE",
+    "AdaptiveKLController", "ConstraintPenalty", "DegenerateTextRule", "EarlyStopOnKL",
+    "FixedKLController", "KLController", "RegexRule", "RunningRewardNormalizer",
+    "banned_phrase_rule", "clip_rewards", "clipped_surrogate_loss", "clipped_value_loss",
+    "entropy_from_logits", "explained_variance", "gae_advantages", "get_advantage_estimator",
+    "get_policy_loss", "kl_estimate", "last_valid_index", "make_kl_controller", "masked_mean",
+    "masked_sum", "masked_var", "masked_whiten", "minibatch_indices", "reinforce_advantages",
+    "rloo_advantages", "token_level_rewards", "truncation_penalty", "valid_only",
+]
