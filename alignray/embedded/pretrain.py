@@ -1,0 +1,163 @@
+"""Phase 1 of the embedded default: a byte-level BPE tokenizer and a small GPT-2 trained
+from scratch on the tweets, deterministic from a seed, saved in Hugging Face format.
+
+The result is cached under `<cache_dir>/base-<recipe hash>/model` and loaded downstream
+like any hub model (`AutoModelForCausalLM.from_pretrained`). Changing the recipe changes
+the hash, so a stale model is never reused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from tokenizers import ByteLevelBPETokenizer
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from alignray.config.model import EmbeddedRecipe
+from alignray.embedded.tweets import is_heldout, load_tweets
+from alignray.metrics import MetricsLogger, plot_curves, read_metrics
+from alignray.modeling import save_pretrained
+
+log = logging.getLogger(__name__)
+
+END = "<|endoftext|>"
+PAD = "<|pad|>"
+HELDOUT_FRACTION = 0.05  # the same hash split as the SFT data, so held-out tweets stay unseen
+
+# Small enough to build in seconds inside the test session.
+TINY_TEST_RECIPE = EmbeddedRecipe(vocab_size=512, n_layer=2, n_head=2, n_embd=64, n_positions=64,
+                                  batch_size=16, lr=3e-3, warmup_steps=10, max_steps=300,
+                                  max_seconds=60.0, eval_batches=2)
+
+
+def recipe_hash(recipe, seed: int) -> str:
+    fields = OmegaConf.to_container(recipe) if OmegaConf.is_config(recipe) else dataclasses.asdict(recipe)
+    # The wall-clock cap decides how far training gets but not what a step does; it is
+    # part of the recipe all the same, because a different cap gives a different model.
+    text = json.dumps({"recipe": fields, "seed": seed, "format": 1}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def build_base_model(recipe, cache_dir: str | Path, seed: int = 0) -> Path:
+    """Return the folder of the base model for this recipe, pretraining it if needed."""
+    root = Path(cache_dir).expanduser() / f"base-{recipe_hash(recipe, seed)}"
+    if (root / "DONE").exists():
+        log.info("reusing the base model in %s", root)
+        return root / "model"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a private folder and move it into place: two processes that build the same
+    # recipe at once never see each other's half-written files.
+    work = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
+    try:
+        _pretrain(recipe, seed, work)
+        try:
+            os.rename(work, root)
+        except OSError:  # another process finished first; its model is the same recipe
+            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        if work.exists() and not (root / "DONE").exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return root / "model"
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[END, PAD],
+                            show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=END, eos_token=END,
+                                   unk_token=END, pad_token=PAD)
+
+
+def pack_blocks(tokenizer, texts: list[str], block: int) -> torch.Tensor:
+    """Every tweet followed by the end token, concatenated and cut into equal blocks."""
+    ids: list[int] = []
+    for encoded in tokenizer(texts)["input_ids"]:
+        ids.extend(encoded + [tokenizer.eos_token_id])
+    usable = len(ids) // block * block
+    return torch.tensor(ids[:usable]).view(-1, block)
+
+
+def _pretrain(recipe, seed: int, out: Path) -> None:
+    torch.manual_seed(seed)
+    started = time.monotonic()
+    texts = [t.text for t in load_tweets()]
+    train_texts = [t for t in texts if not is_heldout(t, HELDOUT_FRACTION)]
+    heldout_texts = [t for t in texts if is_heldout(t, HELDOUT_FRACTION)]
+    tokenizer = train_tokenizer(train_texts, recipe.vocab_size)
+    train_blocks = pack_blocks(tokenizer, train_texts, recipe.n_positions)
+    eval_blocks = pack_blocks(tokenizer, heldout_texts, recipe.n_positions)[: recipe.eval_batches * recipe.batch_size]
+
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=recipe.n_positions, n_embd=recipe.n_embd,
+                        n_layer=recipe.n_layer, n_head=recipe.n_head, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = GPT2LMHeadModel(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(recipe.warmup_steps, recipe.max_steps))
+    generator = torch.Generator().manual_seed(seed)
+    metrics = MetricsLogger(out, total_steps=recipe.max_steps, name="pretrain")
+
+    untrained_loss = heldout_loss(model, eval_blocks, recipe)
+    metrics.log(0, ("heldout_loss",), heldout_loss=untrained_loss)
+    log.info("pretraining %.1fM parameters on %d blocks of %d tokens", model.num_parameters() / 1e6,
+             len(train_blocks), recipe.n_positions)
+    step, loop_start = 0, time.monotonic()
+    while step < recipe.max_steps and time.monotonic() - loop_start < recipe.max_seconds:
+        batch = train_blocks[torch.randint(len(train_blocks), (recipe.batch_size,), generator=generator)]
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16_autocast):
+            loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if step % 50 == 0 or step == recipe.max_steps:
+            record = {"train_loss": loss.item(), "lr": schedule.get_last_lr()[0]}
+            if step % 200 == 0:
+                record["heldout_loss"] = heldout_loss(model, eval_blocks, recipe)
+            metrics.log(step, ("train_loss", "heldout_loss"), **record)
+    final_loss = heldout_loss(model, eval_blocks, recipe)
+    metrics.log(step, ("heldout_loss",), heldout_loss=final_loss)
+
+    save_pretrained(model, tokenizer, out / "model")
+    plot_curves(read_metrics(metrics.path), ["train_loss", "heldout_loss"], out / "loss.png",
+                title="pretraining on tweets")
+    summary = {"recipe": dataclasses.asdict(recipe) if dataclasses.is_dataclass(recipe) else OmegaConf.to_container(recipe),
+               "seed": seed, "parameters": model.num_parameters(), "steps": step,
+               "heldout_loss_untrained": untrained_loss, "heldout_loss": final_loss,
+               "train_tweets": len(train_texts), "heldout_tweets": len(heldout_texts),
+               "seconds": round(time.monotonic() - started, 1)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "DONE").write_text("ok\n")
+    log.info("pretraining done: held-out loss %.3f -> %.3f nats/token in %d steps, %.0f s",
+             untrained_loss, final_loss, step, summary["seconds"])
+
+
+@torch.no_grad()
+def heldout_loss(model, blocks: torch.Tensor, recipe) -> float:
+    model.eval()
+    losses = []
+    for batch in blocks.split(recipe.batch_size):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16_autocast):
+            losses.append(model(input_ids=batch, labels=batch).loss.float().item())
+    return sum(losses) / len(losses)
+
+
+def _warmup_cosine(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor

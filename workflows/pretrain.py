@@ -1,0 +1,41 @@
+"""Phase 1: the pretrained model. For the embedded default this pretrains the tiny GPT-2 on
+the tweets (cached); for any other source it resolves the model and checks it loads.
+
+    python -m workflows.pretrain                 # embedded default
+    python -m workflows.pretrain model=smollm2   # SmolLM2-135M-Instruct from its GGUF package
+"""
+from __future__ import annotations
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from alignray.modeling import load_causal_lm, load_tokenizer, resolve_base_model
+from workflows.common import CONFIG_PATH, start_app
+
+
+def sample(model_path: str, prompts: list[str], max_new_tokens: int = 24, seed: int = 0) -> list[str]:
+    """Sampled continuations, to see at a glance what the model writes."""
+    tokenizer = load_tokenizer(model_path)
+    model = load_causal_lm(model_path).eval()
+    torch.manual_seed(seed)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    with torch.no_grad():
+        out = model.generate(**batch, do_sample=True, top_p=0.95, max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
+def main(cfg: DictConfig) -> str:
+    start_app(cfg, "pretrain")
+    path = resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
+    print(f"base model: {path}")
+    prompts = ["I love the new", "Flying with this airline", "Self-driving cars are"]
+    for prompt, continuation in zip(prompts, sample(path, prompts, seed=cfg.seed)):
+        print(f"  {prompt} ->{continuation}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
