@@ -156,7 +156,7 @@ def test_constraint_penalties_hit_whole_words_case_insensitively():
         "patterns": [{"name": "shout", "pattern": r"!{3,}", "cost": 0.5}],
     })
     texts = [
-        "I believe the lies they told are harmless",  # "lie" only inside other words
+        "I believe the lies they told belie the facts",  # "lie" only inside other words
         "That is a LIE, friends",
         "please   Spread The\nRumour about it!!!",
         "what a lovely day at the beach",
