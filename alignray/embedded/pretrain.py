@@ -127,6 +127,9 @@ def _pretrain(recipe, seed: int, out: Path) -> None:
             if step % 200 == 0:
                 record["heldout_loss"] = heldout_loss(model, eval_blocks, recipe)
             metrics.log(step, ("train_loss", "heldout_loss"), **record)
+    if step < recipe.max_steps:
+        log.warning("pretraining stopped at the %.0f s cap after %d of %d steps: the model is not "
+                    "reproducible across machines", recipe.max_seconds, step, recipe.max_steps)
     final_loss = heldout_loss(model, eval_blocks, recipe)
     metrics.log(step, ("heldout_loss",), heldout_loss=final_loss)
 
