@@ -1,8 +1,8 @@
 """The VADER sentiment lexicon as ten real human raters.
 
-``vader_lexicon.txt`` in the `vadersentiment` package lists 7,519 tokens, each with the
-mean, the standard deviation and the ten individual ratings (integers in [-4, 4]) that ten
-people gave it. Keeping the ten ratings apart gives ten raters who really disagree.
+``vader_lexicon.txt`` in the `vadersentiment` package has 7,520 entries (7,506 distinct
+tokens), each with the mean, the standard deviation and the ten individual ratings
+(integers in [-4, 4]) that ten people gave it. Keeping the ten ratings apart gives ten raters who really disagree.
 
 A rater scores a text as the MEAN of their ratings over the lexicon words the text
 contains (every occurrence counts). Never the sum: a sum pays for repeating one positive
@@ -83,6 +83,8 @@ class LexiconRaters:
 
     def __init__(self, lexicon: pa.Table):
         words = lexicon.column("word").to_pylist()
+        # 14 tokens ("lol", "ok", "fav", ...) appear twice in the file; as in vaderSentiment's
+        # own analyser, which builds a dict of the lines, the later entry wins.
         self._row_of_word = {word: i for i, word in enumerate(words)}
         self._ratings = np.asarray(lexicon.column("ratings").to_pylist(), dtype=float)
 

@@ -163,25 +163,31 @@ def pointwise_targets(
     return pa.Table.from_pylist(rows, schema=POINTWISE_SCHEMA)
 
 
+def per_prompt_matchups(pairs: pa.Table, min_responses: int = 3):
+    """Yield ``(prompt, winners, losers, weights, sources)`` of each prompt whose pairs involve
+    at least ``min_responses`` distinct responses (players are the responses' texts)."""
+    by_prompt = defaultdict(list)
+    for row in pairs.to_pylist():
+        by_prompt[row["prompt"]].append(row)
+    for prompt, matchups in by_prompt.items():
+        winners = [m["chosen"] for m in matchups]
+        losers = [m["rejected"] for m in matchups]
+        if len(set(winners) | set(losers)) >= min_responses:
+            yield prompt, winners, losers, [m["weight"] for m in matchups], {m["source"] for m in matchups}
+
+
 def elo_targets(pairs: pa.Table, min_responses: int = 3, elo_passes: int = 10, seed: int = 0) -> pa.Table:
     """Pointwise targets from per-prompt Elo ratings of responses that met head to head.
 
     Only prompts with at least ``min_responses`` distinct responses in ``pairs`` qualify:
     with two, the rating says no more than the pairs already do.
     """
-    by_prompt = defaultdict(list)
-    for row in pairs.to_pylist():
-        by_prompt[row["prompt"]].append(row)
     rows = []
-    for prompt, matchups in by_prompt.items():
-        if len({m["chosen"] for m in matchups} | {m["rejected"] for m in matchups}) < min_responses:
-            continue
-        ratings = elo_ratings([m["chosen"] for m in matchups], [m["rejected"] for m in matchups],
-                              [m["weight"] for m in matchups], passes=elo_passes, seed=seed)
-        source = "+".join(sorted({m["source"] for m in matchups}))
+    for prompt, winners, losers, weights, sources in per_prompt_matchups(pairs, min_responses):
+        ratings = elo_ratings(winners, losers, weights, passes=elo_passes, seed=seed)
         for response, target in expected_score_against_average(ratings).items():
             rows.append({"prompt": prompt, "response": response, "target": target, "weight": 1.0,
-                         "kind": "elo", "source": source, "annotator_id": None})
+                         "kind": "elo", "source": "+".join(sorted(sources)), "annotator_id": None})
     return pa.Table.from_pylist(rows, schema=POINTWISE_SCHEMA)
 
 

@@ -1,0 +1,155 @@
+"""A short report per feedback set: report.md plus PNG figures.
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects (the Agg canvas), never through
+pyplot, so writing a report changes no global matplotlib state and needs no display.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from matplotlib.figure import Figure
+
+from alignray.feedback.aggregate import TrainingTables, per_prompt_matchups
+from alignray.feedback.elo import bradley_terry_fit, bradley_terry_to_elo_scale, elo_ratings
+from alignray.feedback.quality import FAMILIES, AnnotatorQuality
+from alignray.validation import ValidationReport
+
+
+def elo_vs_bradley_terry(pairs: pa.Table, min_responses: int = 3, elo_passes: int = 10) -> tuple[pd.DataFrame, int]:
+    """Per-prompt Elo ratings next to the exact Bradley-Terry fit on the Elo scale.
+
+    Prompts whose win graph is not strongly connected have no finite Bradley-Terry maximum
+    and are skipped; their number is returned with the table.
+    """
+    rows, skipped = [], 0
+    for prompt, winners, losers, weights, _ in per_prompt_matchups(pairs, min_responses):
+        try:
+            strengths = bradley_terry_to_elo_scale(bradley_terry_fit(winners, losers, weights))
+        except ValueError:
+            skipped += 1
+            continue
+        elo = elo_ratings(winners, losers, weights, passes=elo_passes)
+        rows += [{"prompt": prompt, "response": r, "elo": elo[r], "bradley_terry": strengths[r]} for r in elo]
+    return pd.DataFrame(rows, columns=["prompt", "response", "elo", "bradley_terry"]), skipped
+
+
+def _markdown_table(frame: pd.DataFrame, index_name: str) -> str:
+    def cell(value):
+        if isinstance(value, (float, np.floating)):
+            return "" if math.isnan(value) else f"{value:.3g}"
+        return str(value)
+
+    header = [index_name] + [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([cell(index)] + [cell(v) for v in row]) + " |"
+              for index, row in zip(frame.index, frame.itertuples(index=False))]
+    return "\n".join(lines)
+
+
+def _agreement_figure(quality: AnnotatorQuality, path: Path) -> None:
+    table = quality.annotators
+    families = [f for f in FAMILIES if f"{f}_score" in table]
+    figure = Figure(figsize=(max(6.0, 0.35 * len(table) + 2), 4.0))
+    axes = figure.add_subplot()
+    width = 0.8 / max(1, len(families))
+    x = np.arange(len(table))
+    for i, family in enumerate(families):
+        axes.bar(x + i * width, table[f"{family}_score"].fillna(0.0), width, label=family)
+    for position in x[table["flagged"].to_numpy()]:
+        axes.axvspan(position - 0.1, position + 0.9, color="red", alpha=0.12)
+    axes.axhline(0.0, color="black", linewidth=0.8)
+    axes.set_xlim(-0.5, len(table))
+    axes.set_xticks(x + 0.4 - width / 2, table.index, rotation=90, fontsize=7)
+    axes.set_ylabel("chance-corrected agreement\nwith leave-one-out consensus")
+    axes.set_title("Annotator agreement (flagged annotators shaded red)")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def _ratings_figure(feedback: pa.Table, path: Path) -> bool:
+    ratings = feedback.filter(pa.compute.equal(feedback.column("kind"), "rating")).to_pandas()
+    if ratings.empty:
+        return False
+    ratings["unit"] = (ratings["score"] - ratings["scale_min"]) / (ratings["scale_max"] - ratings["scale_min"])
+    by_annotator = ratings.groupby("annotator_id")["unit"]
+    figure = Figure(figsize=(max(6.0, 0.35 * by_annotator.ngroups + 2), 4.0))
+    axes = figure.add_subplot()
+    axes.boxplot([values.to_numpy() for _, values in by_annotator], showfliers=False)
+    axes.set_xticks(np.arange(1, by_annotator.ngroups + 1), list(by_annotator.groups), rotation=90, fontsize=7)
+    axes.set_ylabel("rating, scale mapped to [0, 1]")
+    axes.set_title("Rating distribution per annotator (before normalisation)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return True
+
+
+def _elo_figure(comparison: pd.DataFrame, path: Path) -> None:
+    figure = Figure(figsize=(4.5, 4.5))
+    axes = figure.add_subplot()
+    axes.scatter(comparison["bradley_terry"], comparison["elo"], s=8, alpha=0.6)
+    low = min(comparison["bradley_terry"].min(), comparison["elo"].min())
+    high = max(comparison["bradley_terry"].max(), comparison["elo"].max())
+    axes.plot([low, high], [low, high], color="grey", linewidth=0.8)
+    axes.set_xlabel("Bradley-Terry MLE (Elo scale)")
+    axes.set_ylabel("Elo")
+    axes.set_title("Per-prompt response ratings")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def write_feedback_report(
+    out_dir: str | Path,
+    feedback: pa.Table,
+    quality: AnnotatorQuality,
+    tables: TrainingTables | None = None,
+    validation: ValidationReport | None = None,
+    title: str = "Feedback report",
+) -> Path:
+    """Write ``report.md`` and its figures into ``out_dir``; return the path of report.md."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {title}", ""]
+    if validation is not None:
+        lines += ["## Validation", "", validation.summary(), ""]
+    kinds = pd.Series(feedback.column("kind").to_pylist()).value_counts()
+    sources = pd.Series(feedback.column("source").to_pylist()).value_counts()
+    lines += ["## Feedback", "",
+              f"{feedback.num_rows} rows from {len(quality.annotators)} annotators; by kind: "
+              + ", ".join(f"{k} {n}" for k, n in kinds.items())
+              + "; by source: " + ", ".join(f"{k} {n}" for k, n in sources.items()) + ".", ""]
+    lines += ["## Inter-annotator agreement (Krippendorff's alpha)", "",
+              "Nominal for preferences and thumbs; interval for ratings, on the [0, 1] scale and after "
+              "per-annotator normalisation.", ""]
+    lines += [f"- {family}: {alpha:.3f}" for family, alpha in quality.alpha.items()] + [""]
+    if quality.warnings:
+        lines += ["## Warnings", ""] + [f"- {warning}" for warning in quality.warnings] + [""]
+    shown = ["verdict"] + [c for f in FAMILIES for c in (f"{f}_n", f"{f}_agreement", f"{f}_chance")
+                           if c in quality.annotators] + ["reason"]
+    lines += ["## Annotators", "",
+              "Agreement with the leave-one-out consensus (share of matching labels; Pearson r for "
+              "ratings) next to the agreement expected by chance.", "",
+              _markdown_table(quality.annotators[shown], "annotator"), "",
+              "![agreement](agreement.png)", ""]
+    _agreement_figure(quality, out_dir / "agreement.png")
+    if _ratings_figure(feedback, out_dir / "ratings.png"):
+        lines += ["![ratings](ratings.png)", ""]
+    if not quality.groups.empty:
+        lines += ["## Annotator groups", "", _markdown_table(quality.groups, "group"), ""]
+    if tables is not None:
+        lines += ["## Training tables", ""] + [f"- {name}: {count}" for name, count in tables.counts.items()] + [""]
+        comparison, skipped = elo_vs_bradley_terry(tables.pairs)
+        if not comparison.empty:
+            _elo_figure(comparison, out_dir / "elo_vs_bradley_terry.png")
+            correlation = comparison[["elo", "bradley_terry"]].corr().iloc[0, 1]
+            lines += ["## Elo and Bradley-Terry", "",
+                      f"{comparison['prompt'].nunique()} prompts compared ({skipped} skipped: some response "
+                      f"never lost or never won, so the Bradley-Terry maximum is infinite); Pearson r = "
+                      f"{correlation:.3f}.", "", "![Elo vs Bradley-Terry](elo_vs_bradley_terry.png)", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
