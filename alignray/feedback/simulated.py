@@ -22,7 +22,6 @@ uniformly at random without reading.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -30,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
+from scipy.special import expit
 
 from alignray.embedded.vader import NUM_RATERS, vader_raters
 from alignray.feedback.schema import (KINDS, feedback_table, pairwise_feedback, ranking_feedback,
@@ -86,7 +86,7 @@ class SimulatedAnnotator:
             if difference == 0:
                 winner = "tie"
             else:
-                winner = "a" if rng.random() < 1.0 / (1.0 + math.exp(-difference / self.temperature)) else "b"
+                winner = "a" if rng.random() < expit(difference / self.temperature) else "b"
         return pairwise_feedback(prompt, response_a, response_b, winner, self.annotator_id, **self._meta(timestamp))
 
     def ranking(self, prompt: str, responses: Sequence[str], rng: np.random.Generator,
