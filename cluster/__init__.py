@@ -1,0 +1,2 @@
+"""Running alignray on a Ray cluster: submit a workflow as a Ray job (`cluster.submit`),
+and start a one-node loopback cluster owned by a handle (`cluster.local_cluster`)."""

@@ -1,0 +1,215 @@
+"""Submit an alignray workflow to a Ray cluster as a Ray job, follow its logs, stop it.
+
+    python -m cluster.submit WORKFLOW [HYDRA_OVERRIDE ...] [--address URL] [--no-wait]
+                             [--install-deps] [--env KEY=VALUE ...] [--submission-id ID]
+                             [-- RAW_WORKFLOW_ARGS ...]
+    python -m cluster.submit --logs JOB_ID [--address URL]   # follow a job until it ends
+    python -m cluster.submit --stop JOB_ID [--address URL]
+
+The job runs `python -m workflows.WORKFLOW cluster.address=auto OVERRIDES...` with this
+repository as its working directory, so the workflow joins the cluster it was submitted to
+instead of starting its own Ray. Overrides go to Hydra unchanged; arguments after `--`
+too, which is how Hydra's own flags (`--multirun`, `--cfg job`) get through.
+
+Address: --address, else RAY_API_SERVER_ADDRESS or RAY_ADDRESS, else http://127.0.0.1:8265
+(the dashboard of a local cluster, or a port-forward to a remote one).
+
+Authentication: Ray 2.60 clusters started with `ray start` require a token when one
+existed on the head (`~/.ray/auth_token`). The SDK sends it only when RAY_AUTH_MODE=token,
+so when that variable is unset and a token is available (RAY_AUTH_TOKEN,
+RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) we set it. A cluster without authentication
+ignores the header.
+
+Exit status: 0 when the job SUCCEEDED, 1 FAILED, 3 STOPPED, 130 interrupted and left
+running, 2 a usage error; with --no-wait, 0 once the job is accepted.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from cluster.runtime_env import DEFAULT_RUNTIME_ENV_FILE, REPO_ROOT, build_runtime_env
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+ADDRESS_ENV_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
+EXIT_INTERRUPTED = 130
+
+
+# ----------------------------------------------------------------------------- workflows
+
+def available_workflows(workflows_dir: Path = REPO_ROOT / "workflows") -> list[str]:
+    """Modules of workflows/ that are Hydra apps (helpers such as common.py are not)."""
+    return sorted(path.stem for path in workflows_dir.glob("*.py")
+                  if "@hydra.main" in path.read_text(errors="replace"))
+
+
+def workflow_name(name: str) -> str:
+    """`pretrain`, `workflows.pretrain` and `workflows/pretrain.py` all name one workflow."""
+    name = name.removesuffix(".py").replace("/", ".").removeprefix("workflows.")
+    known = available_workflows()
+    if name not in known:
+        print(f"error: unknown workflow {name!r}; choose from: {', '.join(known)}", file=sys.stderr)
+        raise SystemExit(2)
+    return name
+
+
+def workflow_entrypoint(workflow: str, overrides: list[str]) -> str:
+    # cluster.address=auto comes first so that an explicit override from the user wins.
+    return shlex.join(["python", "-m", f"workflows.{workflow}", "cluster.address=auto", *overrides])
+
+
+# -------------------------------------------------------------------------------- client
+
+def use_token_if_available() -> None:
+    """Make the Ray SDK send the cluster token when the user has one (see module doc)."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return  # set explicitly: respect it
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def make_client(address: str | None):
+    """A JobSubmissionClient for `address`. An explicit address wins: the Ray SDK would let
+    RAY_ADDRESS in the environment override it, so we drop those variables here."""
+    if address:
+        for name in ADDRESS_ENV_VARS:
+            os.environ.pop(name, None)
+    elif not any(os.environ.get(name) for name in ADDRESS_ENV_VARS):
+        address = DEFAULT_ADDRESS
+    use_token_if_available()  # before Ray reads its config
+    from ray.job_submission import JobSubmissionClient
+    return JobSubmissionClient(address)
+
+
+# ------------------------------------------------------------------------- job lifecycle
+
+async def _print_logs(client, job_id: str) -> None:
+    async for chunk in client.tail_job_logs(job_id):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+
+def wait_for_end(client, job_id: str, poll_s: float = 1.0) -> str:
+    while True:
+        status = client.get_job_status(job_id)
+        if status.is_terminal():
+            return str(status.value)
+        time.sleep(poll_s)
+
+
+def follow(client, job_id: str) -> int:
+    """Print the job's logs until it ends; exit status from its final state. Ctrl-C asks
+    whether to stop the job, or leaves it running."""
+    try:
+        try:
+            asyncio.run(_print_logs(client, job_id))
+        except RuntimeError as err:  # the log stream broke; the job may still be running
+            print(f"[cluster.submit] log stream ended early ({err}); waiting for the job",
+                  file=sys.stderr)
+        status = wait_for_end(client, job_id)
+    except KeyboardInterrupt:
+        if not ask_yes_no(f"\nStop job {job_id}? [y/N] "):
+            print(f"[cluster.submit] {job_id} keeps running. Follow it with --logs {job_id}, "
+                  f"stop it with --stop {job_id}.", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        client.stop_job(job_id)
+        status = wait_for_end(client, job_id)
+    info = client.get_job_info(job_id)
+    message = f": {info.message}" if info.message else ""
+    print(f"[cluster.submit] job {job_id} {status}{message}", file=sys.stderr)
+    return EXIT_CODES.get(status, 1)
+
+
+def ask_yes_no(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False  # nobody to ask: never stop a job without a yes
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except (EOFError, KeyboardInterrupt):
+        return False
+
+
+def submit(args: argparse.Namespace) -> int:
+    workflow = workflow_name(args.workflow)
+    entrypoint = workflow_entrypoint(workflow, args.overrides)
+    runtime_env = build_runtime_env(args.runtime_env, dict(args.env), args.install_deps)
+    client = make_client(args.address)
+    submission_id = args.submission_id or f"alignray-{workflow}-{datetime.now():%Y%m%d-%H%M%S}"
+    job_id = client.submit_job(
+        entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id,
+        metadata={"alignray_workflow": workflow, "hydra_overrides": shlex.join(args.overrides)})
+    print(f"[cluster.submit] submitted {job_id}: {entrypoint}", file=sys.stderr)
+    if args.no_wait:
+        print(f"[cluster.submit] follow with --logs {job_id}, stop with --stop {job_id}",
+              file=sys.stderr)
+        print(job_id)
+        return 0
+    return follow(client, job_id)
+
+
+def stop(args: argparse.Namespace) -> int:
+    client = make_client(args.address)
+    stopped = client.stop_job(args.stop)
+    print(f"[cluster.submit] {args.stop}: " + ("stop requested" if stopped else "already ended"),
+          file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------------------- command
+
+def key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    # Everything after `--` goes to the workflow untouched (Hydra's own flags).
+    raw = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(
+        prog="python -m cluster.submit", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("workflow", nargs="?", help="one of: " + ", ".join(available_workflows()))
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. ppo.steps=10")
+    parser.add_argument("--address", help=f"job server URL (default {DEFAULT_ADDRESS})")
+    parser.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    parser.add_argument("--install-deps", action="store_true",
+                        help="pip-install pyproject's dependencies on the cluster (needs an index)")
+    parser.add_argument("--env", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                        help="extra environment variable for the job (repeatable)")
+    parser.add_argument("--runtime-env", type=Path, default=DEFAULT_RUNTIME_ENV_FILE,
+                        help="base runtime_env YAML (default cluster/runtime_env.yaml)")
+    parser.add_argument("--submission-id", help="job id to use (default alignray-WORKFLOW-TIME)")
+    actions = parser.add_mutually_exclusive_group()
+    actions.add_argument("--logs", metavar="JOB_ID", help="follow a submitted job until it ends")
+    actions.add_argument("--stop", metavar="JOB_ID", help="stop a submitted job")
+    args = parser.parse_intermixed_args(argv)
+    args.overrides = [*args.overrides, *raw]
+    if (args.logs or args.stop) and args.workflow:
+        parser.error("--logs and --stop take a job id, not a workflow")
+    if not (args.logs or args.stop or args.workflow):
+        parser.error("name a workflow to submit, or use --logs / --stop JOB_ID")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.stop:
+        return stop(args)
+    if args.logs:
+        return follow(make_client(args.address), args.logs)
+    return submit(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
