@@ -41,7 +41,7 @@ from alignray.feedback.aggregate import normalized_ratings, ranking_pairs
 
 FAMILIES = ("preference", "thumbs", "rating")
 POLICIES = ("keep", "downweight", "exclude")
-_SEP = "\x1f"  # joins prompt and responses into one item key; cannot occur in text we keep
+_SEP = "\x1f"  # joins prompt and responses into one item key: a control character, absent from text
 
 
 def _preference_label(chosen: str, rejected: str) -> tuple[str, str]:
@@ -58,9 +58,9 @@ def feedback_judgments(feedback: pa.Table, min_ratings_per_annotator: int = 5) -
         prompt = row["prompt"] + _SEP
         if row["kind"] == "pairwise":
             a, b = row["responses"]
-            pair, label = _preference_label(a, b) if row["winner"] != "b" else _preference_label(b, a)
-            records["preference"].append(who | {"item": prompt + pair,
-                                                "label": "tie" if row["winner"] == "tie" else label})
+            pair, label = _preference_label(b, a) if row["winner"] == "b" else _preference_label(a, b)
+            label = "tie" if row["winner"] == "tie" else label
+            records["preference"].append(who | {"item": prompt + pair, "label": label})
         elif row["kind"] == "ranking":
             for chosen, rejected, _ in ranking_pairs(row["responses"], row["order"]):
                 pair, label = _preference_label(chosen, rejected)
