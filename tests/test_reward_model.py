@@ -1,0 +1,116 @@
+"""The reward model: the loader's round trip keeps the normalisation, scores do not depend
+on batching, and the Hydra app trains on feedback with Ray Train (one and two workers
+agree within a stated tolerance) and beats chance against the held-out annotators."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from alignray.feedback import annotator_quality, annotator_weights, build_training_tables, write_feedback
+from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, make_annotator_pool, simulate_feedback
+from alignray.reward_model import (MEAN_KEY, STD_KEY, RewardModel, init_reward_model, load_reward_model,
+                                   reference_statistics, save_reward_model)
+from workflows.common import CONFIG_PATH
+
+PROMPTS = ["i think", "today was", "my flight", "this phone"]
+RESPONSES = ["a great day", "so bad and sad", "it is ok", "love it so much, happy", "terrible awful service"]
+# Two workers see the data in another order (Ray Data splits it dynamically), so they
+# cannot match one worker bit for bit; what must match is the model they arrive at.
+MIN_SCORE_CORRELATION_1_VS_2_WORKERS = 0.9
+MAX_ACCURACY_GAP_1_VS_2_WORKERS = 0.1
+
+
+def test_loader_round_trip_keeps_normalisation_and_scores(tiny_base_model, tmp_path):
+    model, tokenizer = init_reward_model(tiny_base_model, max_length=32)
+    fresh = RewardModel(model, tokenizer)
+    prompts, responses = PROMPTS + PROMPTS[:1], RESPONSES
+    mean, std = reference_statistics(fresh, prompts, responses)
+    raw = fresh.score(prompts, responses, normalize=False)
+    save_reward_model(model, tokenizer, tmp_path / "rm", mean, std)
+
+    loaded = load_reward_model(tmp_path / "rm", device="cpu")
+    config = json.loads((tmp_path / "rm" / "config.json").read_text())
+    assert config[MEAN_KEY] == pytest.approx(mean) and config[STD_KEY] == pytest.approx(std)
+    assert loaded.max_length == 32
+    torch.testing.assert_close(loaded.score(prompts, responses, normalize=False), raw)
+    normalized = loaded.score(prompts, responses)
+    torch.testing.assert_close(normalized, (raw - mean) / std)
+    assert normalized.mean().item() == pytest.approx(0.0, abs=1e-5)
+    assert normalized.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+    # Padding must not change a score: one at a time equals all at once.
+    one_by_one = torch.cat([loaded.score([p], [r], batch_size=1) for p, r in zip(prompts, responses)])
+    torch.testing.assert_close(one_by_one, normalized, atol=1e-5, rtol=1e-5)
+
+
+def test_a_constant_head_cannot_be_normalised(tiny_base_model, tmp_path):
+    model, tokenizer = init_reward_model(tiny_base_model)
+    with pytest.raises(ValueError, match="constant"):
+        save_reward_model(model, tokenizer, tmp_path / "rm", mean=0.0, std=0.0)
+
+
+WORDS = {"positive": ["good", "great", "love", "happy", "nice", "best", "thanks"],
+         "negative": ["bad", "hate", "sad", "worst", "sorry", "awful", "angry"],
+         "neutral": ["the", "flight", "today", "phone", "just", "it", "was"]}
+
+
+def synthetic_feedback(tmp_path, num_prompts: int = 150, seed: int = 0):
+    """Training feedback by raters 1-5 (plus a bad-faith flipper) and held-out feedback by
+    raters 1-5 and 6-10, on short texts made of lexicon words."""
+    rng = np.random.default_rng(seed)
+
+    def response():
+        words = [rng.choice(WORDS[kind]) for kind in rng.choice(list(WORDS), size=4)]
+        return " ".join(words)
+
+    prompts = [f"{rng.choice(WORDS['neutral'])} {i}" for i in range(2 * num_prompts)]
+    candidates = [[response() for _ in range(3)] for _ in prompts]
+    trainers = make_annotator_pool(bad_faith_share=0.15, bad_faith_behaviours=("flipper",), seed=seed)
+    train = simulate_feedback(trainers, prompts[:num_prompts], candidates[:num_prompts],
+                              forms=("pairwise", "thumbs"), annotators_per_item=3, seed=seed)
+    judges = make_annotator_pool() + make_annotator_pool(HELD_OUT_JUDGE_RATERS)
+    heldout = simulate_feedback(judges, prompts[num_prompts:], candidates[num_prompts:], forms=("pairwise",),
+                                seed=seed + 1)
+    tables = build_training_tables(train, annotator_weights(annotator_quality(train), "exclude"))
+    folder = tmp_path / "feedback"
+    folder.mkdir()
+    write_feedback(train, folder / "feedback.parquet")
+    write_feedback(heldout, folder / "heldout_feedback.parquet")
+    pq.write_table(tables.pairs, folder / "pairs.parquet")
+    pq.write_table(tables.pointwise, folder / "pointwise.parquet")
+    return folder
+
+
+def app_config(tmp_path, workers: int):
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
+        return compose(config_name="config", overrides=[
+            f"workdir={tmp_path / f'runs-{workers}'}", f"cluster.num_workers={workers}", "cluster.cpus_per_worker=1",
+            "reward.epochs=2", "reward.batch_size=32", "reward.lr=3e-3", "reward.log_every=5",
+            "reward.max_length=16", "reward.deepspeed.zero_stage=0", "reward.compare_unfiltered=false"])
+
+
+def test_app_trains_normalises_and_evaluates_with_one_and_two_workers(ray_cluster, tiny_base_model, tmp_path):
+    from workflows.reward_model import run_reward_model
+
+    feedback_dir = synthetic_feedback(tmp_path)
+    outs = {workers: run_reward_model(app_config(tmp_path, workers), str(tiny_base_model), feedback_dir)
+            for workers in (1, 2)}
+    evaluations = {w: json.loads((out / "eval.json").read_text())["model"] for w, out in outs.items()}
+    for out in outs.values():
+        for name in ("model/config.json", "metrics.jsonl", "calibration.png", "loss.png", "summary.json", "DONE"):
+            assert (out / name).exists(), name
+
+    heldout = {w: e["heldout"]["heldout_annotators"]["accuracy"] for w, e in evaluations.items()}
+    assert heldout[1] > 0.65, evaluations[1]["heldout"]
+    assert abs(heldout[1] - heldout[2]) <= MAX_ACCURACY_GAP_1_VS_2_WORKERS, heldout
+
+    models = {w: load_reward_model(out / "model", device="cpu") for w, out in outs.items()}
+    texts = [f"{a} {b} {c}" for a in WORDS["positive"][:4] for b in WORDS["neutral"][:3] for c in WORDS["negative"][:4]]
+    texts += [" ".join(WORDS[kind][:3]) for kind in WORDS]
+    scores = {w: m.score(["the day"] * len(texts), texts).numpy() for w, m in models.items()}
+    correlation = np.corrcoef(scores[1], scores[2])[0, 1]
+    assert correlation >= MIN_SCORE_CORRELATION_1_VS_2_WORKERS, correlation
