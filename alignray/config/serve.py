@@ -1,4 +1,4 @@
-"""The reward model behind Ray Serve."""
+"""The reward model behind Ray Serve (`python -m workflows.serve serve.model_path=...`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,9 +7,36 @@ from typing import Optional
 
 @dataclass
 class ServeConfig:
+    # Any folder saved by alignray.reward_model.save_reward_model.
     model_path: Optional[str] = None
+    # Reported by /v1/model and every score; defaults to the model folder's name.
+    model_name: Optional[str] = None
+    app_name: str = "alignray-reward"
+    route_prefix: str = "/"
+    # Loopback unless told otherwise; any other address requires a token (refused without).
     host: str = "127.0.0.1"
     port: int = 8000
+    # Replicas: a fixed count, or autoscaling between min and max replicas.
     num_replicas: int = 1
+    autoscaling: bool = False
+    min_replicas: int = 1
+    max_replicas: int = 4
+    target_ongoing_requests: float = 8.0
+    gpus_per_replica: float = 0.0
+    cpus_per_replica: float = 1.0
+    max_ongoing_requests: int = 64
+    # Cross-client batching (@serve.batch): requests merged into one scoring call, and how
+    # long the first request waits for others. max_batch_size=1 turns batching off.
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.01
+    # Items per forward pass inside one scoring call: bounds activation memory.
+    forward_batch_size: int = 64
+    # Request limits: beyond them a request gets 413 before any scoring.
+    max_items_per_request: int = 256
+    max_chars_per_item: int = 8192
+    max_body_bytes: int = 1024 * 1024
+    # Bearer-token authentication: on when a token is found in token_file or the
+    # environment variable token_env; require_token refuses to start without one.
+    token_env: Optional[str] = "ALIGNRAY_SERVE_TOKEN"
+    token_file: Optional[str] = None
+    require_token: bool = False
