@@ -30,6 +30,9 @@ from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 MARKER_VAR = "ALIGNRAY_LOCAL_CLUSTER"
+# Inherited values of these would aim a process at some other cluster or token (RAY_AUTH_TOKEN
+# takes precedence over RAY_AUTH_TOKEN_PATH).
+_FOREIGN_CLUSTER_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")
 
 
 def free_port() -> int:
@@ -72,17 +75,22 @@ class LocalRayCluster:
         return f"{LOOPBACK}:{self.gcs_port}"
 
     def client_env(self) -> dict[str, str]:
-        """What a client (the submit wrapper, `ray job`, the SDK) needs in its environment to
+        """The variables a client (the submit wrapper, `ray job`, the SDK) needs to
         authenticate to this cluster."""
         if not self.private_token:
             return {}
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
 
+    def client_environ(self) -> dict[str, str]:
+        """A whole environment for a client subprocess: this process's, without variables
+        that would point it at another cluster or another token, plus `client_env()`."""
+        env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_CLUSTER_VARS}
+        env.update(self.client_env())
+        return env
+
     def _server_env(self) -> dict[str, str]:
-        env = dict(os.environ)
         # A caller's RAY_ADDRESS would make `ray start --head` try to join that cluster.
-        for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN"):
-            env.pop(name, None)
+        env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_CLUSTER_VARS}
         env.update({
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every listener on 127.0.0.1
             "RAY_USAGE_STATS_ENABLED": "0",

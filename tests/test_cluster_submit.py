@@ -1,0 +1,192 @@
+"""Cluster job submission (cluster/): a private `ray start` cluster on 127.0.0.1 with token
+authentication, a short workflow submitted through `python -m cluster.submit` as a user
+would, its artifacts checked, then the cluster stopped by its own handle, never `ray stop`.
+Plus quick checks of the wrapper's pieces and of the cluster manifests."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster import submit
+from cluster.local_cluster import LocalRayCluster
+from cluster.runtime_env import REPO_ROOT, build_runtime_env, project_dependencies
+
+CLUSTER_DIR = REPO_ROOT / "cluster"
+
+# The run submitted end to end: change these three to submit another workflow.
+WORKFLOW = "pretrain"
+
+
+def tiny_run_overrides(out: Path) -> list[str]:
+    """Hydra overrides that make WORKFLOW finish in seconds and write under `out`."""
+    return ["model.embedded.max_steps=20", "model.embedded.vocab_size=300",
+            "model.embedded.n_layer=1", "model.embedded.n_embd=32",
+            "model.embedded.eval_batches=1", f"cache_dir={out}/cache", f"workdir={out}/runs"]
+
+
+def expected_artifacts(out: Path) -> list[str]:
+    """Glob patterns (relative to `out`) that a successful run must have written."""
+    return ["cache/base-*/DONE", "cache/base-*/summary.json", "cache/base-*/model/model.safetensors",
+            "cache/base-*/model/config.json", "cache/base-*/model/tokenizer.json",
+            "runs/hydra/*/pretrain-config.yaml"]
+
+
+def run_submit(cluster: LocalRayCluster, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`python -m cluster.submit ... --address <cluster>` in a subprocess, like a user."""
+    command = [sys.executable, "-m", "cluster.submit", *args, "--address", cluster.dashboard_url]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=cluster.client_environ(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+    print(result.stdout[-3000:])
+    return result
+
+
+def user_token_fingerprint() -> str | None:
+    path = Path.home() / ".ray" / "auth_token"
+    return hashlib.sha1(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+# ------------------------------------------------------------------------- end to end
+
+def test_submit_runs_workflow_on_a_local_cluster_and_stops_it_cleanly():
+    started = time.monotonic()
+    user_token = user_token_fingerprint()
+    # Short path: Ray puts Unix sockets under its temp dir (107-character limit).
+    root = Path(tempfile.mkdtemp(prefix="ar-", dir="/tmp"))
+    cluster = LocalRayCluster(root / "ray", num_cpus=2)
+    try:
+        cluster.start()
+        # Token authentication is on: the job API refuses a request without the token.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{cluster.dashboard_url}/api/jobs/", timeout=10)
+        assert refused.value.code == 401
+
+        out = root / "out"
+        job_id = "alignray-test-run"
+        result = run_submit(cluster, WORKFLOW, *tiny_run_overrides(out), "--submission-id", job_id)
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert f"job {job_id} SUCCEEDED" in result.stdout
+        for pattern in expected_artifacts(out):
+            assert list(out.glob(pattern)), f"missing {pattern} under {out}"
+        # It ran as a job of this cluster and was told to join it rather than start a Ray.
+        assert (cluster.temp_dir / "session_latest" / "logs" / f"job-driver-{job_id}.log").exists()
+        config = next(out.glob("runs/hydra/*/pretrain-config.yaml")).read_text()
+        assert "address: auto" in config
+
+        # A job left running (--no-wait) is stopped with --stop; --logs reports STOPPED.
+        long_run = [o for o in tiny_run_overrides(root / "long") if "max_steps" not in o]
+        result = run_submit(cluster, WORKFLOW, *long_run, "model.embedded.max_steps=100000",
+                            "model.embedded.max_seconds=600", "--no-wait")
+        assert result.returncode == 0, result.stdout[-3000:]
+        long_job_id = result.stdout.strip().splitlines()[-1]
+        assert long_job_id.startswith(f"alignray-{WORKFLOW}-")
+        assert run_submit(cluster, "--stop", long_job_id).returncode == 0
+        assert run_submit(cluster, "--logs", long_job_id).returncode == submit.EXIT_CODES["STOPPED"]
+    finally:
+        leftovers = cluster.stop()
+        still_running = cluster.session_processes()
+        shutil.rmtree(root, ignore_errors=True)
+    # SIGTERM to the `ray start --block` process ended every process of this cluster.
+    assert cluster.process.returncode is not None
+    assert leftovers == [], f"processes of the cluster outlived it: {leftovers}"
+    assert still_running == []
+    # The private token kept the user's own ~/.ray/auth_token untouched.
+    assert user_token_fingerprint() == user_token
+    print(f"end to end: {time.monotonic() - started:.0f} s")
+
+
+# --------------------------------------------------------------------- wrapper pieces
+
+def test_workflow_names_are_validated_against_workflows_dir(capsys):
+    assert "pretrain" in submit.available_workflows()
+    assert "common" not in submit.available_workflows()  # a helper, not a Hydra app
+    assert submit.workflow_name("workflows.pretrain") == "pretrain"
+    with pytest.raises(SystemExit) as exit_:
+        submit.main(["no_such_workflow", "--address", "http://127.0.0.1:1"])
+    assert exit_.value.code == 2
+    assert "choose from" in capsys.readouterr().err
+
+
+def test_overrides_pass_through_and_the_workflow_joins_its_cluster():
+    args = submit.parse_args(["pretrain", "ppo.steps=3", "--no-wait", "name=a b",
+                              "--env", "K=V", "--", "--cfg", "job"])
+    assert args.overrides == ["ppo.steps=3", "name=a b", "--cfg", "job"]
+    assert args.no_wait and args.env == [("K", "V")]
+    entrypoint = submit.workflow_entrypoint("pretrain", args.overrides)
+    # address=auto first, so an explicit cluster.address from the user still wins
+    assert entrypoint == "python -m workflows.pretrain cluster.address=auto ppo.steps=3 'name=a b' --cfg job"
+
+
+def test_runtime_env_uploads_the_repo_without_local_state():
+    env = build_runtime_env(extra_env={"K": "V"})
+    assert env["working_dir"] == str(REPO_ROOT)
+    for local_state in (".venv/", ".git/", "runs/", "outputs/", ".alignray-cache/"):
+        assert local_state in env["excludes"]
+    assert env["env_vars"]["K"] == "V" and env["env_vars"]["HF_HUB_OFFLINE"] == "1"
+    assert "pip" not in env  # only with --install-deps
+    pinned = build_runtime_env(install_deps=True)["pip"]
+    assert pinned == project_dependencies() and any(d.startswith("ray[") for d in pinned)
+
+
+def test_token_is_sent_when_the_user_has_one(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    submit.use_token_if_available()
+    assert "RAY_AUTH_MODE" not in submit.os.environ  # no token anywhere: leave auth off
+    (tmp_path / "token").write_text("t" * 64)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
+    submit.use_token_if_available()
+    assert submit.os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # an explicit choice is respected
+    submit.use_token_if_available()
+    assert submit.os.environ["RAY_AUTH_MODE"] == "disabled"
+
+
+# -------------------------------------------------------------------------- manifests
+
+def _gpus(container: dict) -> int:
+    return int(container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
+
+
+def test_rayjob_runs_the_pipeline_with_one_gpu_per_model_role():
+    import ray
+    job = yaml.safe_load((CLUSTER_DIR / "rayjob.yaml").read_text())
+    assert job["kind"] == "RayJob" and job["apiVersion"] == "ray.io/v1"
+    assert "python -m workflows.pipeline" in job["spec"]["entrypoint"]
+    assert "cluster=multi_gpu" in job["spec"]["entrypoint"]
+    spec = job["spec"]["rayClusterSpec"]
+    assert spec["rayVersion"].rsplit(".", 1)[0] == ray.__version__.rsplit(".", 1)[0]
+    assert spec["authOptions"]["mode"] == "token"
+    head = spec["headGroupSpec"]
+    assert str(head["rayStartParams"]["num-gpus"]) == "0"  # no model role lands on the head
+    assert all(_gpus(c) == 0 for c in head["template"]["spec"]["containers"])
+    gpus = 0
+    for group in spec["workerGroupSpecs"]:
+        (container,) = group["template"]["spec"]["containers"]
+        assert _gpus(container) == 1  # one GPU per worker pod
+        gpus += group["replicas"]
+    roles = yaml.safe_load((REPO_ROOT / "conf" / "cluster" / "multi_gpu.yaml").read_text())
+    # policy, reference, reward and critic each get their own GPU
+    assert gpus >= 4 * roles["gpus_per_role"]
+
+
+def test_cluster_launcher_has_a_cpu_head_and_gpu_workers():
+    launcher = yaml.safe_load((CLUSTER_DIR / "ray-cluster.yaml").read_text())
+    types = launcher["available_node_types"]
+    head = types[launcher["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0
+    workers = [t for name, t in types.items() if name != launcher["head_node_type"]]
+    assert sum(t["min_workers"] for t in workers if t["resources"].get("GPU") == 1) >= 4
+    setup = "\n".join(launcher["setup_commands"])
+    assert "pip install" in setup and "alignray" in setup
