@@ -1,0 +1,205 @@
+"""Phase 5: any saved reward model over HTTP, on Ray Serve, batched across clients.
+
+    python -m workflows.serve serve.model_path=PATH              # 127.0.0.1:8000, no token
+    ALIGNRAY_SERVE_TOKEN=$(cat token) python -m workflows.serve serve.model_path=PATH \\
+        serve.host=0.0.0.0 serve.num_replicas=2 serve.gpus_per_replica=1
+    serve run cluster/serve/serve_config.yaml                   # production: a Serve config
+    serve run workflows.serve:app_builder model_path=PATH       # Serve's CLI, same checks
+
+The HTTP API (routes, limits, authentication) is `alignray.serve_api`; this module adds
+what needs Ray: the replica that holds the model, `@serve.batch`, and the deployment
+options. Serve restarts a replica whose actor dies or whose health check fails.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from ray import serve
+from ray.serve import Application
+
+from actors.runtime import connect, shutdown_if_owned
+from alignray.config import ServeConfig
+from alignray.reward_model import RewardModel, load_reward_model
+from alignray.serve_api import (BatchStats, ModelInfo, Normalization, RequestLimits, ScoredItems,
+                                StatsResponse, build_reward_api, check_bind_is_safe, load_token,
+                                token_digest)
+from workflows.common import CONFIG_PATH, start_app
+
+log = logging.getLogger(__name__)
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def model_version(path: str | Path) -> str:
+    """A short content hash of the weights and config: two servers report the same version
+    exactly when they serve the same model."""
+    digest = hashlib.sha256()
+    folder = Path(path)
+    for file in sorted(folder.iterdir()):
+        if file.suffix in WEIGHT_SUFFIXES or file.name == "config.json":
+            digest.update(file.name.encode())
+            with file.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+@torch.no_grad()
+def score_full_texts(reward_model: RewardModel, texts: list[str], batch_size: int) -> torch.Tensor:
+    """Normalised rewards of texts that already hold prompt and response (OpenRLHF's
+    queries), tokenised as `alignray.reward_model.encode_texts` tokenises a pair's text."""
+    tokenizer = reward_model.tokenizer
+    special = not getattr(tokenizer, "chat_template", None)
+    raw = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
+                          max_length=reward_model.max_length, add_special_tokens=special,
+                          return_tensors="pt").to(reward_model.device)
+        raw.append(reward_model.model(**batch).logits[:, 0].float().cpu())
+    return (torch.cat(raw) - reward_model.mean) / reward_model.std
+
+
+@dataclass
+class ScoringJob:
+    """One request's items: (prompt, response) pairs, or full texts for /get_reward."""
+    prompts: list[str]
+    responses: list[str]
+    texts: Optional[list[str]] = None
+
+    @property
+    def size(self) -> int:
+        return len(self.texts) if self.texts is not None else len(self.prompts)
+
+
+@serve.ingress()
+class RewardModelServer:
+    """One replica: the model, its batch queue and the FastAPI app over them."""
+
+    def __init__(self, cfg: ServeConfig, digest: Optional[str]):
+        self.cfg = cfg
+        self.digest = digest
+        self.reward_model = load_reward_model(cfg.model_path)
+        self.info = ModelInfo(
+            name=cfg.model_name or Path(cfg.model_path).name,
+            version=model_version(cfg.model_path),
+            normalization=Normalization(mean=self.reward_model.mean, std=self.reward_model.std),
+            max_length=self.reward_model.max_length,
+            max_items_per_request=cfg.max_items_per_request, max_chars_per_item=cfg.max_chars_per_item,
+            max_body_bytes=cfg.max_body_bytes)
+        self.batch_stats = BatchStats()
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        # The decorator's sizes are fixed at import; these come from the config.
+        self._score_batch.set_max_batch_size(cfg.max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        log.info("serving %s version %s (replica %s)", self.info.name, self.info.version, self.replica)
+
+    def __serve_build_asgi_app__(self):
+        limits = RequestLimits(self.cfg.max_items_per_request, self.cfg.max_chars_per_item,
+                               self.cfg.max_body_bytes)
+        return build_reward_api(self, limits, self.digest)
+
+    async def score_pairs(self, prompts: list[str], responses: list[str]) -> ScoredItems:
+        return await self._score_batch(ScoringJob(prompts, responses))
+
+    async def score_texts(self, texts: list[str]) -> ScoredItems:
+        return await self._score_batch(ScoringJob([], [], texts))
+
+    def model_info(self) -> ModelInfo:
+        return self.info
+
+    def stats(self) -> StatsResponse:
+        return StatsResponse(replica=self.replica, **self.batch_stats.as_dict())
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def _score_batch(self, jobs: list[ScoringJob]) -> list[ScoredItems]:
+        # In a worker thread: the event loop keeps accepting requests for the next batch.
+        rewards = await asyncio.to_thread(self._score_jobs, jobs)
+        items = sum(job.size for job in jobs)
+        self.batch_stats.record(len(jobs), items)
+        return [ScoredItems(job_rewards, len(jobs), items) for job_rewards in rewards]
+
+    def _score_jobs(self, jobs: list[ScoringJob]) -> list[list[float]]:
+        """All pairs in one scoring call and all full texts in another, split back per job."""
+        pair_jobs = [job for job in jobs if job.texts is None]
+        text_jobs = [job for job in jobs if job.texts is not None]
+        pair_scores = iter(self.reward_model.score(
+            [p for job in pair_jobs for p in job.prompts], [r for job in pair_jobs for r in job.responses],
+            normalize=True, batch_size=self.cfg.forward_batch_size).tolist() if pair_jobs else [])
+        text_scores = iter(score_full_texts(
+            self.reward_model, [t for job in text_jobs for t in job.texts],
+            self.cfg.forward_batch_size).tolist() if text_jobs else [])
+        return [[next(text_scores if job.texts is not None else pair_scores) for _ in range(job.size)]
+                for job in jobs]
+
+
+def serve_config(cfg) -> ServeConfig:
+    """A ServeConfig from a dataclass, a Hydra node or `serve run` arguments (strings);
+    an unknown key is an error that names it."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ServeConfig), cfg))
+
+
+def deployment_options(cfg: ServeConfig) -> dict:
+    options = dict(ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+                   max_ongoing_requests=cfg.max_ongoing_requests)
+    if cfg.autoscaling:
+        options["autoscaling_config"] = {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
+                                         "target_ongoing_requests": cfg.target_ongoing_requests}
+    else:
+        options["num_replicas"] = cfg.num_replicas
+    return options
+
+
+def build_reward_app(cfg) -> Application:
+    """The Serve application for `cfg`, after the checks that may refuse to start it."""
+    cfg = serve_config(cfg)
+    token = load_token(cfg.token_env, cfg.token_file)
+    digest = token_digest(token) if token else None
+    check_bind_is_safe(cfg.host, digest, cfg.require_token)
+    if not cfg.model_path:
+        raise ValueError("serve.model_path is required: a folder saved by save_reward_model")
+    model_path = Path(cfg.model_path).expanduser()
+    if not (model_path / "config.json").is_file():
+        raise FileNotFoundError(f"serve.model_path {model_path} holds no saved model (no config.json)")
+    # Replicas may start in another working directory.
+    cfg.model_path = str(model_path.resolve())
+    deployment = serve.deployment(RewardModelServer).options(**deployment_options(cfg))
+    return deployment.bind(cfg, digest)
+
+
+def app_builder(args: dict) -> Application:
+    """Entry for Serve's CLI and config files (`import_path: workflows.serve:app_builder`).
+    `args.host` must repeat the config file's `http_options.host`: it decides whether a
+    token is required. Replicas without a token answer loopback clients only either way."""
+    return build_reward_app(args)
+
+
+@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
+def main(cfg: DictConfig) -> None:
+    start_app(cfg, "serve")
+    app = build_reward_app(cfg.serve)
+    owned = connect(cfg.cluster)
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(app, name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
+    print(f"serving {cfg.serve.model_path} at http://{cfg.serve.host}:{cfg.serve.port}"
+          f"{cfg.serve.route_prefix.rstrip('/')}/v1/score (OpenAPI: /docs); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        # Serve applications outlive their driver on a shared cluster: remove ours.
+        serve.delete(cfg.serve.app_name)
+        shutdown_if_owned(owned)
+
+
+if __name__ == "__main__":
+    main()
