@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from alignray.config.training import DeepSpeedConfig
 
@@ -16,7 +17,34 @@ class KLConfig:
 
 
 @dataclass
+class PPORewardConfig:
+    """What scores a response during PPO (the RewardActor)."""
+    # "model": the trained reward model (load_reward_model); "http": the reward endpoint at
+    # `url`; "annotators": the oracle reward, the mean score of the simulated training
+    # annotators 1-5 (for ablations, and before a reward model exists); "target_word": the
+    # share of words equal to `target_word`, a rule with a known optimum (tests).
+    kind: str = "model"
+    url: Optional[str] = None
+    target_word: str = "good"
+    normalize: bool = True  # running mean/std normalisation, so the KL coef means the same for any RM
+    clip: float = 5.0  # normalised scores are clipped to [-clip, clip]
+    truncation_penalty: float = 0.0  # subtracted when a response hits max_new_tokens without an end token
+    constraints: str = "tweets"  # "tweets" (TWEET_CONSTRAINTS_EXAMPLE) or "none"
+
+
+@dataclass
+class PPOEvalConfig:
+    num_prompts: int = 400  # held-out prompts judged by annotators 6-10
+    kl_budget: float = 8.0  # nats per response; the guard flags more
+    samples_to_write: int = 50
+
+
+@dataclass
 class PPOConfig:
+    # The standalone app's inputs (the pipeline passes its own): None means the base model
+    # from `model` as the SFT policy, and no reward model (ppo.reward.kind must not be "model").
+    sft_model_path: Optional[str] = None
+    reward_model_path: Optional[str] = None
     steps: int = 40
     prompts_per_step: int = 64
     max_new_tokens: int = 24
@@ -30,6 +58,28 @@ class PPOConfig:
     value_clip_eps: float = 0.2
     gamma: float = 1.0
     lam: float = 0.95
+    advantage_estimator: str = "gae"
+    whiten_advantages: bool = True
+    entropy_coef: float = 0.0
+    target_kl: Optional[float] = None  # stop a step's remaining epochs above 1.5 x this approx KL
     kl: KLConfig = field(default_factory=KLConfig)
+    reward: PPORewardConfig = field(default_factory=PPORewardConfig)
+    # "sft": the critic starts from the SFT model's backbone; "reward_model": from the RM's.
+    critic_init: str = "sft"
+    # Data-parallel actors per trainable role; each group is one DeepSpeed world.
+    policy_actors: int = 1
+    critic_actors: int = 1
     rollout_workers: int = 2
+    rollout_gpus: float = 0.0  # GPUs per rollout worker in the separate layout
+    rollout_max_restarts: int = 3  # Ray restarts a dead worker; its prompts are generated again
+    # How new policy weights reach the pool: "object_store" (ray.put once, every worker
+    # reads it) or "broadcast" (a torch.distributed group: gloo on CPU, NCCL on GPU).
+    weight_sync: str = "object_store"
+    probe_prompts: int = 4  # after each sync the pool must reproduce the policy's log-probs on these
+    sync_tolerance: float = 1e-3  # max |log-prob difference| allowed on the probe
+    max_prompts: int = 0  # 0: every training prompt
+    checkpoint_every: int = 10  # steps; 0 only at the end
+    resume: bool = True
+    max_nonfinite_in_a_row: int = 3
+    eval: PPOEvalConfig = field(default_factory=PPOEvalConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=lambda: DeepSpeedConfig(zero_stage=0))

@@ -1,0 +1,158 @@
+"""What the PPO actors share.
+
+- ``ModelActor``: every role. Picks the device from torch (never from Ray's GPU ids: on a
+  CPU machine with logical GPUs, CUDA_VISIBLE_DEVICES is set but there is no GPU), reports
+  where Ray placed it, and computes log-probs of given responses.
+- ``TrainableActor``: the policy and the critic. One process of a data-parallel DeepSpeed
+  world (a group of actors of one role), with checkpoints and collective helpers.
+- Weight sync from the policy to the rollout pool: state dicts through the object store,
+  or a broadcast over a torch.distributed group of its own (policy rank 0 + every worker).
+- ``ActorGroup``: the driver's handle on the actors of one role.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any, Iterable
+
+import ray
+import torch
+from torch import Tensor
+
+from alignray.generation import response_logits, token_logprobs
+from alignray.modeling import pick_device
+
+SYNC_TIMEOUT = datetime.timedelta(minutes=5)
+
+
+class ModelActor:
+    role = "model"
+
+    def __init__(self, seed: int = 0):
+        torch.manual_seed(seed)
+        self.device = pick_device()
+
+    def placement(self) -> dict[str, Any]:
+        """Where Ray put this actor: its accelerator ids, placement group and node."""
+        context = ray.get_runtime_context()
+        pg_id = context.get_placement_group_id()
+        return {"role": self.role, "pid": os.getpid(), "node_id": context.get_node_id(),
+                "accelerator_ids": context.get_accelerator_ids(), "placement_group_id": pg_id,
+                "device": str(self.device)}
+
+    def _to_device(self, *tensors: Tensor) -> list[Tensor]:
+        return [t.to(self.device) for t in tensors]
+
+    @torch.no_grad()
+    def _logprobs(self, model, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor,
+                  temperature: float) -> Tensor:
+        prompt_ids, prompt_mask, response_ids = self._to_device(prompt_ids, prompt_mask, response_ids)
+        logits = response_logits(model, prompt_ids, prompt_mask, response_ids)
+        return token_logprobs(logits, response_ids, temperature).cpu()
+
+
+class TrainableActor(ModelActor):
+    """One rank of a role's DeepSpeed world; subclasses build ``self.engine`` in ``setup``."""
+
+    def __init__(self, rank: int, world_size: int, seed: int = 0):
+        super().__init__(seed)
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.engine = None
+
+    def rendezvous(self) -> tuple[str, int]:
+        """Rank 0 names the address every rank of the world connects to."""
+        from alignray import deepspeed_strategy as ds
+        address = ray.util.get_node_ip_address()
+        return address, ds.free_port(address)
+
+    def _join_world(self, master_addr: str, master_port: int) -> None:
+        from alignray import deepspeed_strategy as ds
+        ds.init_distributed(self.rank, self.world_size, master_addr, master_port)
+
+    def _world_mean(self, value: float) -> float:
+        """The mean of ``value`` over the ranks, so every rank takes the same decision."""
+        if self.world_size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(tensor)
+        return tensor.item() / self.world_size
+
+    def _all_finite(self, loss: Tensor) -> bool:
+        """True when the loss is finite on every rank: a rank alone may not skip a step."""
+        return self._world_mean(float(torch.isfinite(loss).all())) == 1.0
+
+    def save_checkpoint(self, ckpt_dir: str, client_state: dict | None = None) -> str:
+        from alignray import deepspeed_strategy as ds
+        return str(ds.save_checkpoint(self.engine, ckpt_dir, client_state))
+
+    def load_checkpoint(self, ckpt_dir: str) -> dict | None:
+        from alignray import deepspeed_strategy as ds
+        return ds.load_checkpoint(self.engine, ckpt_dir)
+
+
+def minibatch_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of a rank's minibatch order at a step: a function of the step alone, so a
+    resumed run shuffles as the uninterrupted one did (Python's hash() differs per process)."""
+    return (seed * 1_000_003 + step) * 1_009 + rank
+
+
+# ----------------------------------------------------------------------------- weight sync
+def named_weights(model: torch.nn.Module) -> Iterable[tuple[str, Tensor]]:
+    """Parameters then buffers, in the module's order: both ends of a sync walk the same list
+    (tied weights appear once)."""
+    yield from model.named_parameters()
+    yield from model.named_buffers()
+
+
+@torch.no_grad()
+def load_named_weights(model: torch.nn.Module, state: dict[str, Tensor]) -> None:
+    """Copy ``state`` into ``model`` in place; every parameter must be there."""
+    own = dict(named_weights(model))
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise KeyError(f"weights missing from the policy's state: {missing[:5]}")
+    for name, tensor in own.items():
+        tensor.copy_(state[name].to(tensor.device, tensor.dtype))
+
+
+def open_sync_group(master_addr: str, master_port: int, rank: int, world_size: int):
+    """A process group for weight broadcast alone, outside any DeepSpeed world: rank 0 is
+    the policy's rank 0, ranks 1.. the rollout workers. Gloo on CPU, NCCL on GPU."""
+    store = torch.distributed.TCPStore(master_addr, master_port, world_size, is_master=rank == 0,
+                                       timeout=SYNC_TIMEOUT)
+    if torch.cuda.is_available():
+        return torch.distributed.ProcessGroupNCCL(store, rank, world_size)
+    return torch.distributed.ProcessGroupGloo(store, rank, world_size, SYNC_TIMEOUT)
+
+
+def broadcast_tensor(group, tensor: Tensor) -> None:
+    options = torch.distributed.BroadcastOptions()
+    options.rootRank = 0
+    group.broadcast([tensor], options).wait()
+
+
+# ----------------------------------------------------------------------------- driver side
+class ActorGroup:
+    """The actors of one role, rank order; calls fan out to all of them."""
+
+    def __init__(self, role: str, actors: list):
+        self.role = role
+        self.actors = actors
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def call(self, method: str, *args, **kwargs) -> list[ray.ObjectRef]:
+        return [getattr(actor, method).remote(*args, **kwargs) for actor in self.actors]
+
+    def call_each(self, method: str, per_actor_args: list[tuple]) -> list[ray.ObjectRef]:
+        return [getattr(actor, method).remote(*args) for actor, args in zip(self.actors, per_actor_args)]
+
+    def form_world(self) -> None:
+        """Every rank joins the DeepSpeed world that rank 0 opens, and builds its engine."""
+        address, port = ray.get(self.actors[0].rendezvous.remote())
+        ray.get(self.call("setup", address, port))
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)

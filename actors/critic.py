@@ -1,0 +1,84 @@
+"""The value critic: a transformer backbone (the SFT model's, or the reward model's) with a
+scalar head, trained with the clipped value loss in a DeepSpeed engine."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+from torch import Tensor
+from transformers import AutoModel
+
+from actors.base import TrainableActor, minibatch_seed
+from alignray.config.ppo import PPOConfig
+from alignray.experience import Experience
+from alignray.generation import disable_dropout, sequence_inputs
+from alignray.modeling import training_dtype
+from alignray.ppo import clipped_value_loss, minibatch_indices
+
+
+class ValueModel(torch.nn.Module):
+    """``V(prompt, response[:t])`` for every response token t: the head reads the hidden
+    state at the position that predicts token t, the same position its log-prob comes from."""
+
+    def __init__(self, backbone_path: str):
+        super().__init__()
+        self.backbone = AutoModel.from_pretrained(backbone_path)
+        # zero-initialised: values start at 0 rather than at a random offset
+        self.value_head = torch.nn.Linear(self.backbone.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor) -> Tensor:
+        hidden = self.backbone(**sequence_inputs(prompt_ids, prompt_mask, response_ids)).last_hidden_state
+        prompt_len, response_len = prompt_ids.shape[1], response_ids.shape[1]
+        hidden = hidden[:, prompt_len - 1: prompt_len - 1 + response_len]
+        return self.value_head(hidden).squeeze(-1).float()
+
+
+class CriticActor(TrainableActor):
+    role = "critic"
+
+    def __init__(self, backbone_path: str, ppo: PPOConfig, rank: int = 0, world_size: int = 1, seed: int = 0):
+        super().__init__(rank, world_size, seed)
+        self.ppo = ppo
+        dtype = training_dtype(ppo.deepspeed.precision, self.device)
+        self.model = disable_dropout(ValueModel(backbone_path)).to(self.device, dtype)
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        from alignray import deepspeed_strategy as ds
+        self._join_world(master_addr, master_port)
+        per_rank = math.ceil(self.ppo.prompts_per_step / self.world_size)
+        self.engine = ds.build_engine(self.model, self.ppo.deepspeed, lr=self.ppo.critic_lr, total_steps=0,
+                                      warmup_steps=0,
+                                      micro_batch_size=math.ceil(per_rank / self.ppo.minibatches))
+
+    @torch.no_grad()
+    def values(self, prompt_ids, prompt_mask, response_ids) -> Tensor:
+        self.engine.eval()
+        return self.engine(*self._to_device(prompt_ids, prompt_mask, response_ids)).cpu()
+
+    def train(self, exp: Experience, step: int) -> dict[str, float]:
+        """Epochs x minibatches of the clipped value loss on this rank's shard."""
+        ppo = self.ppo
+        self.engine.train()
+        exp = exp.to(self.device)
+        generator = torch.Generator().manual_seed(minibatch_seed(self.seed, step, self.rank) + 1)
+        totals: dict[str, list[float]] = defaultdict(list)
+        skipped = 0
+        minibatch_size = math.ceil(len(exp) / ppo.minibatches)
+        for _, rows in minibatch_indices(len(exp), minibatch_size, ppo.epochs, generator):
+            batch = exp.select(rows.to(self.device))
+            values = self.engine(batch.prompt_ids, batch.prompt_mask, batch.response_ids)
+            loss, stats = clipped_value_loss(values, batch.values, batch.returns, batch.response_mask,
+                                             ppo.value_clip_eps)
+            if not self._all_finite(loss):
+                skipped += 1
+                continue
+            self.engine.backward(loss)
+            self.engine.step()
+            totals["value_loss"].append(loss.item())
+            totals["value_clip_fraction"].append(stats["value_clip_fraction"])
+        result = {key: sum(values) / len(values) for key, values in totals.items()}
+        result["nonfinite_updates"] = skipped
+        return result

@@ -1,0 +1,103 @@
+"""The policy: the SFT model, trained with PPO's clipped surrogate in a DeepSpeed engine.
+
+Each rank trains on its shard of the batch; DeepSpeed averages the gradients over the
+role's world and clips them (``deepspeed.gradient_clipping``).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+
+from actors.base import TrainableActor, broadcast_tensor, minibatch_seed, named_weights, open_sync_group
+from alignray.config.ppo import PPOConfig
+from alignray.experience import Experience
+from alignray.generation import disable_dropout, response_logits, token_logprobs
+from alignray.modeling import load_causal_lm, load_tokenizer, training_dtype
+from alignray.ppo import EarlyStopOnKL, entropy_from_logits, get_policy_loss, masked_mean, minibatch_indices
+
+
+class PolicyActor(TrainableActor):
+    role = "policy"
+
+    def __init__(self, model_path: str, ppo: PPOConfig, rank: int = 0, world_size: int = 1, seed: int = 0):
+        super().__init__(rank, world_size, seed)
+        self.ppo = ppo
+        self.model_path = model_path
+        dtype = training_dtype(ppo.deepspeed.precision, self.device)
+        self.model = disable_dropout(load_causal_lm(model_path, self.device, dtype))
+        self.tokenizer = load_tokenizer(model_path)
+        self.sync_group = None
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        from alignray import deepspeed_strategy as ds
+        self._join_world(master_addr, master_port)
+        per_rank = math.ceil(self.ppo.prompts_per_step / self.world_size)
+        self.engine = ds.build_engine(self.model, self.ppo.deepspeed, lr=self.ppo.lr, total_steps=0,
+                                      warmup_steps=0,
+                                      micro_batch_size=math.ceil(per_rank / self.ppo.minibatches))
+
+    def logprobs(self, prompt_ids, prompt_mask, response_ids) -> torch.Tensor:
+        self.engine.eval()
+        return self._logprobs(self.engine, prompt_ids, prompt_mask, response_ids, self.ppo.temperature)
+
+    def train(self, exp: Experience, step: int) -> dict[str, float]:
+        """Epochs x minibatches of the clipped surrogate on this rank's shard; minibatches
+        whose loss is not finite (on any rank) are skipped and counted."""
+        ppo = self.ppo
+        self.engine.train()
+        exp = exp.to(self.device)
+        generator = torch.Generator().manual_seed(minibatch_seed(self.seed, step, self.rank))
+        early_stop = EarlyStopOnKL(ppo.target_kl)
+        policy_loss = get_policy_loss("clipped_surrogate")
+        totals: dict[str, list[float]] = defaultdict(list)
+        skipped = 0
+        minibatch_size = math.ceil(len(exp) / ppo.minibatches)
+        for _, rows in minibatch_indices(len(exp), minibatch_size, ppo.epochs, generator, early_stop):
+            batch = exp.select(rows.to(self.device))
+            logits = response_logits(self.engine, batch.prompt_ids, batch.prompt_mask, batch.response_ids)
+            logprobs = token_logprobs(logits, batch.response_ids, ppo.temperature)
+            loss, stats = policy_loss(logprobs, batch.logprobs, batch.advantages, batch.response_mask, ppo.clip_eps)
+            entropy = masked_mean(entropy_from_logits(logits.float() / ppo.temperature), batch.response_mask)
+            if ppo.entropy_coef:
+                loss = loss - ppo.entropy_coef * entropy
+            if not self._all_finite(loss):
+                skipped += 1
+                continue
+            self.engine.backward(loss)
+            self.engine.step()
+            early_stop.record(self._world_mean(stats["approx_kl"]))
+            totals["policy_loss"].append(loss.item())
+            totals["entropy"].append(entropy.item())
+            for key, value in stats.items():
+                totals[key].append(value)
+        result = {key: sum(values) / len(values) for key, values in totals.items()}
+        result["ratio_max"] = max(totals["ratio_max"], default=float("nan"))
+        result["nonfinite_updates"] = skipped
+        result["policy_updates"] = len(totals["policy_loss"])
+        result["stopped_after_epoch"] = early_stop.stopped_after_epoch
+        return result
+
+    # ------------------------------------------------------------------ weights out
+    def export_weights(self) -> dict[str, torch.Tensor] | None:
+        """The full weights on CPU from rank 0 (None from the others); collective."""
+        from alignray import deepspeed_strategy as ds
+        return ds.gathered_state_dict(self.engine)
+
+    def open_sync_group(self, master_addr: str, master_port: int, world_size: int) -> None:
+        """Rank 0 of the policy is rank 0 of the weight-broadcast group."""
+        self.sync_group = open_sync_group(master_addr, master_port, 0, world_size)
+
+    def broadcast_weights(self) -> None:
+        import deepspeed
+        if self.rank != 0:
+            return
+        for _, tensor in named_weights(self.engine.module):
+            partitioned = [tensor] if hasattr(tensor, "ds_id") else []  # ZeRO-3 shards
+            with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+                broadcast_tensor(self.sync_group, tensor.data.contiguous())
+
+    def export_hf(self, out_dir: str) -> str:
+        from alignray import deepspeed_strategy as ds
+        return str(ds.export_hf(self.engine, self.tokenizer, out_dir))

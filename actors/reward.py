@@ -1,0 +1,64 @@
+"""The reward: one score per (prompt, response), from a frozen scorer chosen in config
+(``ppo.reward.kind``):
+
+- ``model``: the trained reward model, through ``alignray.reward_model.load_reward_model``;
+- ``http``: the Ray Serve reward endpoint at ``ppo.reward.url``, through ``alignray.reward_client``;
+- ``annotators``: the oracle reward, the mean score of the simulated training annotators
+  1-5 (never the held-out judge 6-10); for ablations and for runs before a reward model exists;
+- ``target_word``: the share of a response's words equal to ``ppo.reward.target_word``, a
+  rule with a known optimum, for checking that PPO climbs.
+
+Scores are raw: the coordinator normalises them with running statistics.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from actors.base import ModelActor
+from alignray.config.ppo import PPORewardConfig
+from alignray.evaluation import words
+
+REWARD_KINDS = ("model", "http", "annotators", "target_word")
+
+
+def target_word_share(responses: Sequence[str], target: str) -> torch.Tensor:
+    """Per response, the share of its words equal to ``target`` (0 for a response without words)."""
+    target = target.lower()
+    shares = []
+    for text in responses:
+        tokens = words(text)
+        shares.append(sum(token == target for token in tokens) / len(tokens) if tokens else 0.0)
+    return torch.tensor(shares, dtype=torch.float32)
+
+
+class RewardActor(ModelActor):
+    role = "reward"
+
+    def __init__(self, reward: PPORewardConfig, reward_model_path: str | None = None, seed: int = 0):
+        super().__init__(seed)
+        if reward.kind not in REWARD_KINDS:
+            raise ValueError(f"ppo.reward.kind must be one of {REWARD_KINDS}, not {reward.kind!r}")
+        self.reward = reward
+        if reward.kind == "model":
+            if not reward_model_path:
+                raise ValueError("ppo.reward.kind=model needs a reward model path")
+            from alignray.reward_model import load_reward_model
+            self.scorer = load_reward_model(reward_model_path, device=self.device)
+        elif reward.kind == "http":
+            if not reward.url:
+                raise ValueError("ppo.reward.kind=http needs ppo.reward.url")
+            from alignray.reward_client import RewardClient
+            self.scorer = RewardClient(reward.url)
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        """Raw scores ``[len(responses)]`` (float32, CPU)."""
+        kind = self.reward.kind
+        if kind == "annotators":
+            from alignray.feedback.simulated import TRAINING_RATERS, judge_scores
+            return torch.as_tensor(judge_scores(responses, TRAINING_RATERS), dtype=torch.float32)
+        if kind == "target_word":
+            return target_word_share(responses, self.reward.target_word)
+        return torch.as_tensor(self.scorer.score(prompts, responses), dtype=torch.float32).cpu()

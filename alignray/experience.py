@@ -1,0 +1,147 @@
+"""The batch of one PPO step, and how its rewards and advantages are assembled.
+
+An ``Experience`` starts as what the rollout pool returns (prompts, sampled responses and
+their behaviour log-probs); the coordinator adds the reference log-probs, the critic's
+values and the sequence scores, then :func:`assemble_advantages` turns those parts into
+per-token rewards, advantages and returns. All tensors are batch-first; the layout of
+prompts and responses is the one of ``alignray.generation``.
+
+``PromptStream`` is the deterministic order in which prompts are taken, with a position
+that goes into the checkpoint so a resumed run takes the prompts the interrupted one would have.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from alignray.ppo import (RunningRewardNormalizer, clip_rewards, get_advantage_estimator, kl_estimate,
+                          masked_mean, masked_sum, masked_whiten, token_level_rewards, truncation_penalty,
+                          valid_only)
+
+
+@dataclass
+class Experience:
+    prompt_index: Tensor  # [B] long: row of each prompt in the prompts table
+    prompt_ids: Tensor  # [B, P] left-padded
+    prompt_mask: Tensor  # [B, P]
+    response_ids: Tensor  # [B, T] right-padded
+    response_mask: Tensor  # [B, T] bool
+    logprobs: Tensor  # [B, T] behaviour log-probs recorded while sampling
+    ended_with_eos: Tensor  # [B] bool
+    ref_logprobs: Optional[Tensor] = None  # [B, T] under the frozen reference
+    values: Optional[Tensor] = None  # [B, T] the critic's values before the update
+    scores: Optional[Tensor] = None  # [B] final sequence scores (normalised, penalised)
+    rewards: Optional[Tensor] = None  # [B, T] per-token rewards
+    advantages: Optional[Tensor] = None  # [B, T]
+    returns: Optional[Tensor] = None  # [B, T] the critic's targets
+
+    def __len__(self) -> int:
+        return self.prompt_index.shape[0]
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None}
+
+    def to(self, device: torch.device | str) -> Experience:
+        return Experience(**{name: value.to(device) for name, value in self._tensors().items()})
+
+    def select(self, rows: Tensor | slice) -> Experience:
+        return Experience(**{name: value[rows] for name, value in self._tensors().items()})
+
+    def split(self, parts: int) -> list[Experience]:
+        """``parts`` contiguous shards of (nearly) equal size, in order; none is empty."""
+        if not 0 < parts <= len(self):
+            raise ValueError(f"cannot split {len(self)} rows into {parts} shards")
+        bounds = torch.linspace(0, len(self), parts + 1).round().long().tolist()
+        return [self.select(slice(lo, hi)) for lo, hi in zip(bounds, bounds[1:])]
+
+    @classmethod
+    def cat(cls, shards: list[Experience]) -> Experience:
+        names = shards[0]._tensors().keys()
+        return cls(**{name: torch.cat([getattr(s, name) for s in shards]) for name in names})
+
+
+def sequence_scores(raw: Tensor, normalizer: RunningRewardNormalizer | None, *, clip: float,
+                    constraint_costs: Tensor, ended_with_eos: Tensor,
+                    truncation_cost: float) -> Tensor:
+    """The score each response is rewarded with at its last token ``[B]``.
+
+    ``raw`` reward-model scores are normalised with the running statistics (updated with
+    this batch first, so the very first batch is normalised too), clipped to ``[-clip, clip]``,
+    then constraint costs and the truncation penalty are subtracted: rule penalties are
+    in normalised units, so they mean the same for every reward model.
+    """
+    scores = raw.float()
+    if normalizer is not None:
+        normalizer.update(scores)
+        scores = normalizer.normalize(scores)
+    scores = clip_rewards(scores, clip) - constraint_costs.float()
+    return scores + truncation_penalty(ended_with_eos, truncation_cost)
+
+
+def assemble_advantages(exp: Experience, *, kl_coef: float, kl_estimator: str = "k1",
+                        estimator: str = "gae", gamma: float = 1.0, lam: float = 0.95,
+                        whiten: bool = True) -> tuple[Experience, dict[str, float]]:
+    """Fill in ``rewards``, ``advantages`` and ``returns`` from the parts already in ``exp``
+    (logprobs, ref_logprobs, values, scores). Returns the completed batch and its statistics:
+
+    - ``kl``: mean per-response KL(policy || reference) in nats (sum over tokens);
+    - ``kl_penalty_share``: share of the reward's magnitude that is KL penalty;
+    - ``advantage_mean``/``return_mean`` before whitening.
+    """
+    mask = exp.response_mask
+    kl = valid_only(kl_estimate(exp.logprobs, exp.ref_logprobs, kl_estimator), mask)
+    rewards = token_level_rewards(exp.scores, kl, mask, kl_coef)
+    advantages, returns = get_advantage_estimator(estimator)(
+        rewards, exp.values, mask, gamma=gamma, lam=lam, group_ids=exp.prompt_index)
+    kl_penalty = kl_coef * masked_sum(kl.abs(), mask)
+    stats = {
+        "kl": masked_sum(kl, mask, dim=1).mean().item(),
+        "kl_penalty_share": (kl_penalty / (kl_penalty + exp.scores.abs().sum()).clamp_min(1e-12)).item(),
+        "advantage_mean": masked_mean(advantages, mask).item(),
+        "return_mean": masked_mean(returns, mask).item(),
+    }
+    if whiten:
+        advantages = masked_whiten(advantages, mask)
+    completed = dataclasses.replace(exp, rewards=rewards, advantages=advantages, returns=returns)
+    return completed, stats
+
+
+class PromptStream:
+    """Prompt rows in epochs, each epoch a fresh permutation drawn from ``seed`` and the
+    epoch number. The position is the number of prompts taken so far: with it the stream
+    continues exactly where a checkpointed run stopped."""
+
+    def __init__(self, num_prompts: int, seed: int):
+        if num_prompts <= 0:
+            raise ValueError("the prompt stream needs at least one prompt")
+        self.num_prompts = num_prompts
+        self.seed = seed
+        self.consumed = 0
+
+    def _epoch_order(self, epoch: int) -> Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_prompts, generator=generator)
+
+    def next_batch(self, size: int) -> Tensor:
+        """The next ``size`` prompt rows (long ``[size]``), crossing into the next epoch if needed."""
+        rows, taken = [], 0
+        while taken < size:
+            epoch, offset = divmod(self.consumed, self.num_prompts)
+            take = min(size - taken, self.num_prompts - offset)
+            rows.append(self._epoch_order(epoch)[offset: offset + take])
+            self.consumed += take
+            taken += take
+        return torch.cat(rows)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"consumed": self.consumed, "num_prompts": self.num_prompts, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (state["num_prompts"], state["seed"]) != (self.num_prompts, self.seed):
+            raise ValueError("the checkpoint's prompt stream was over other prompts or another seed")
+        self.consumed = int(state["consumed"])

@@ -1,0 +1,128 @@
+"""Sampling responses from a causal LM and scoring given tokens with it: batched, pure torch.
+
+One layout is used everywhere (rollout workers, policy, reference, critic), so a token's
+log-prob is computed from the same inputs whoever computes it:
+
+- prompts are left-padded, ``prompt_ids``/``prompt_mask`` ``[B, P]``;
+- responses are right-padded, ``response_ids`` ``[B, T]``, with ``response_mask`` marking
+  the tokens up to and including the end token;
+- the model reads ``cat(prompt_ids, response_ids)`` with attention on every prompt token
+  and every response position, and position ids counted from each row's first prompt token.
+  Positions after a row's end token are never read by a valid token (attention is causal),
+  so what is there does not matter.
+
+Log-probs are of the temperature-scaled distribution before any top-p filtering: that is
+the distribution PPO's ratio is taken against.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class SampledResponses:
+    response_ids: Tensor  # [B, T] long; pad_token_id after the end token
+    response_mask: Tensor  # [B, T] bool; tokens up to and including the end token
+    logprobs: Tensor  # [B, T] float32; log-prob of each sampled token, 0 on padding
+    ended_with_eos: Tensor  # [B] bool; False where the length limit cut the response
+
+
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Set every dropout probability to 0. PPO compares log-probs of the same tokens computed
+    in different processes and modes; dropout would make them differ at random."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def position_ids_from_mask(mask: Tensor) -> Tensor:
+    """0, 1, 2... from each row's first attended token (left padding gets 0)."""
+    return (mask.long().cumsum(dim=-1) - 1).clamp_min(0)
+
+
+def sequence_inputs(prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor) -> dict[str, Tensor]:
+    """The model inputs for prompt + response: ``input_ids``, ``attention_mask``, ``position_ids``."""
+    attention = torch.cat([prompt_mask.long(), torch.ones_like(response_ids)], dim=1)
+    return {"input_ids": torch.cat([prompt_ids, response_ids], dim=1), "attention_mask": attention,
+            "position_ids": position_ids_from_mask(attention)}
+
+
+def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
+    """Logits with every token outside the nucleus (the smallest set of most likely tokens
+    whose probability reaches ``top_p``) set to ``-inf``; the most likely token always stays."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    # a token is dropped when the tokens more likely than it already reach top_p
+    drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def response_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor) -> Tensor:
+    """Logits ``[B, T, V]`` that predict each response token (the prediction of token t is
+    read at the position before it). ``model`` is any callable HF causal LM (or a DeepSpeed
+    engine wrapping one)."""
+    logits = model(**sequence_inputs(prompt_ids, prompt_mask, response_ids)).logits
+    prompt_len, response_len = prompt_ids.shape[1], response_ids.shape[1]
+    return logits[:, prompt_len - 1: prompt_len - 1 + response_len]
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
+    """Log-prob ``[B, T]`` of ``tokens`` under ``softmax(logits / temperature)``, in float32."""
+    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
+                     eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
+                     top_p: float = 1.0, generator: torch.Generator | None = None) -> SampledResponses:
+    """Sample up to ``max_new_tokens`` tokens per prompt with a KV cache.
+
+    A row stops at its first end token (which is part of the response: it carries the
+    score); the responses are padded to exactly ``max_new_tokens``. With the same
+    ``generator`` seed the same tokens come out, so a lost shard can be generated again.
+    """
+    batch, device = prompt_ids.shape[0], prompt_ids.device
+    attention = prompt_mask.long()
+    positions = position_ids_from_mask(attention)
+    out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions, use_cache=True)
+    next_position = positions[:, -1] + 1
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens, logprobs, valid = [], [], []
+    for step in range(max_new_tokens):
+        logits = out.logits[:, -1, :].float() / temperature
+        probs = top_p_filter(logits, top_p).softmax(dim=-1)
+        token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        token = torch.where(finished, pad_token_id, token)
+        logprob = torch.log_softmax(logits, dim=-1).gather(1, token.unsqueeze(1)).squeeze(1)
+        valid.append(~finished)
+        tokens.append(token)
+        logprobs.append(torch.where(finished, 0.0, logprob))
+        finished = finished | (token == eos_token_id)
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+        out = model(input_ids=token.unsqueeze(1), attention_mask=attention,
+                    position_ids=next_position.unsqueeze(1), cache=out.cache, use_cache=True)
+        next_position = next_position + 1
+    missing = max_new_tokens - len(tokens)
+    response_ids = torch.nn.functional.pad(torch.stack(tokens, 1), (0, missing), value=pad_token_id)
+    return SampledResponses(
+        response_ids=response_ids,
+        response_mask=torch.nn.functional.pad(torch.stack(valid, 1), (0, missing), value=False),
+        logprobs=torch.nn.functional.pad(torch.stack(logprobs, 1), (0, missing), value=0.0),
+        ended_with_eos=finished,
+    )
+
+
+def decode_responses(tokenizer, response_ids: Tensor, response_mask: Tensor) -> list[str]:
+    """The response texts, without the end token and padding."""
+    return [tokenizer.decode(ids[mask.bool()], skip_special_tokens=True).strip()
+            for ids, mask in zip(response_ids, response_mask)]
