@@ -1,0 +1,145 @@
+"""Load on the reward endpoint from many concurrent clients, with and without batching.
+
+    python benchmarks/serve_load.py                      # tiny embedded RM, 32 clients
+    python benchmarks/serve_load.py --model-path PATH --clients 64 --requests-per-client 50
+
+Starts a private Ray instance and the Serve app on 127.0.0.1 only, runs each mode for a
+bounded number of requests (and at most --max-seconds), prints a table and writes JSON.
+Each client sends one (prompt, response) per request, as a PPO reward actor scoring
+rollouts one by one would. Modes: `batching` (max_batch_size 32) and `no batching`
+(max_batch_size 1: every request is its own forward pass).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+MODES = {"batching": {"max_batch_size": 32, "batch_wait_timeout_s": 0.01},
+         "no batching": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}}
+PROMPTS = ["I love the new", "Flying with this airline", "Self-driving cars are", "My favourite band just"]
+RESPONSES = ["phone, it is great and fast", "was a nightmare again today", "the future, or so they say",
+             "released a new album and it rocks"]
+
+
+def tiny_reward_model(out_dir: Path) -> Path:
+    """The embedded tiny base model (cached after its first build) with a fresh scalar head."""
+    import torch
+
+    from alignray.embedded.pretrain import TINY_TEST_RECIPE, build_base_model
+    from alignray.reward_model import init_reward_model, save_reward_model
+    base = build_base_model(TINY_TEST_RECIPE, cache_dir=Path(".alignray-cache") / "tests", seed=0)
+    torch.manual_seed(0)
+    model, tokenizer = init_reward_model(base)
+    return save_reward_model(model, tokenizer, out_dir / "tiny-rm", 0.0, 1.0)
+
+
+def run_clients(url: str, clients: int, requests_per_client: int, max_seconds: float) -> dict:
+    """Every client sends its requests back to back; returns latencies and throughput."""
+    latencies: list[float] = []
+    batch_requests: list[int] = []
+    errors = 0
+    lock = threading.Lock()
+    deadline = time.monotonic() + max_seconds
+
+    def client(index: int) -> None:
+        nonlocal errors
+        session = requests.Session()
+        for n in range(requests_per_client):
+            if time.monotonic() > deadline:
+                return
+            k = (index + n) % len(PROMPTS)
+            start = time.perf_counter()
+            try:
+                reply = session.post(url, json={"prompts": [PROMPTS[k]], "responses": [RESPONSES[k]]}, timeout=30)
+                ok = reply.status_code == 200
+            except requests.RequestException:
+                ok = False
+            elapsed = time.perf_counter() - start
+            with lock:
+                if ok:
+                    latencies.append(elapsed)
+                    batch_requests.append(reply.json()["batch_requests"])
+                else:
+                    errors += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    ordered = sorted(latencies)
+
+    def percentile(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
+
+    return {"requests": len(latencies), "errors": errors, "wall_s": round(wall, 2),
+            "requests_per_s": round(len(latencies) / wall, 1),
+            "p50_ms": round(percentile(0.50), 1), "p99_ms": round(percentile(0.99), 1),
+            "mean_batch_requests": round(statistics.fmean(batch_requests), 2) if batch_requests else 0.0,
+            "max_batch_requests": max(batch_requests, default=0)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-path", help="a saved reward model (default: the tiny embedded one)")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--requests-per-client", type=int, default=20)
+    parser.add_argument("--max-seconds", type=float, default=60.0, help="per mode")
+    parser.add_argument("--out", default="benchmarks/results/serve_load.json")
+    args = parser.parse_args()
+
+    from ray import serve
+
+    from actors.runtime import connect
+    from alignray.config import ClusterConfig, ServeConfig
+    from workflows.serve import build_reward_app
+
+    with tempfile.TemporaryDirectory() as scratch:
+        model_path = args.model_path or str(tiny_reward_model(Path(scratch)))
+        model_label = args.model_path or "tiny embedded reward model (fresh head)"
+        owned = connect(ClusterConfig(num_cpus=4))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        url = f"http://127.0.0.1:{port}/v1/score"
+        results = {}
+        try:
+            for mode, batching in MODES.items():
+                cfg = ServeConfig(model_path=model_path, port=port, token_env=None,
+                                  max_ongoing_requests=max(64, args.clients), **batching)
+                serve.run(build_reward_app(cfg), name="serve-load", route_prefix="/")
+                run_clients(url, clients=4, requests_per_client=5, max_seconds=10)  # warm-up
+                results[mode] = run_clients(url, args.clients, args.requests_per_client, args.max_seconds)
+                serve.delete("serve-load")
+        finally:
+            serve.shutdown()
+            if owned:
+                import ray
+                ray.shutdown()
+
+    header = f"{'mode':<12} {'requests':>8} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>10} {'max batch':>9}"
+    print(f"{args.clients} concurrent clients, one item per request, {model_label}")
+    print(header)
+    for mode, r in results.items():
+        print(f"{mode:<12} {r['requests']:>8} {r['errors']:>6} {r['requests_per_s']:>7} {r['p50_ms']:>8} "
+              f"{r['p99_ms']:>8} {r['mean_batch_requests']:>10} {r['max_batch_requests']:>9}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"clients": args.clients, "requests_per_client": args.requests_per_client,
+                               "model": model_label, "modes": MODES, "results": results}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
