@@ -17,11 +17,14 @@ other annotators on the same item (the mean of their normalised ratings for rati
 labels, agreement is the share of matches and chance is the agreement expected if the
 annotator's labels were independent of the consensus (sum over labels of the annotator's
 label rate times the consensus's); for ratings, agreement is Pearson's r and chance 0.
-Verdicts, per family with at least ``min_items`` compared items, with one-sided tests at
-level ``significance`` (binomial for labels, Pearson for ratings):
+Verdicts use the families with at least ``min_items`` compared items and one-sided tests
+at level ``significance`` (binomial for labels, Pearson for ratings):
 
-* ``adversarial``: agreement significantly below chance (consistent flipping);
-* ``uninformative``: not significantly above chance (a random clicker);
+* ``adversarial``: agreement significantly below chance in some family (consistent
+  flipping);
+* ``uninformative``: agreement not significantly above chance over all tested families
+  together (Fisher's combination of their p-values): a random clicker. Pooling matters: a
+  family with few items alone would often fail to show an honest annotator above chance;
 * ``ok`` otherwise, or ``too_few_items`` when no family has enough shared items.
 
 The same comparison with whole annotator groups left out exposes a group whose labels
@@ -189,9 +192,11 @@ def _verdict(stats_row: pd.Series, min_items: int, significance: float, max_chan
     below = [f for f in tested if stats_row[f"{f}_p_below"] < significance]
     if below:
         return "adversarial", "; ".join(describe(f) + f" (below chance, p={stats_row[f'{f}_p_below']:.1e})" for f in below)
-    not_above = [f for f in tested if not stats_row[f"{f}_p_above"] < significance]
-    if not_above:
-        return "uninformative", "; ".join(describe(f) + " (not above chance)" for f in not_above)
+    # p-values that underflowed to 0 are floored so that Fisher's log stays finite.
+    p_above = [max(stats_row[f"{f}_p_above"], 1e-300) for f in tested]
+    combined = stats.combine_pvalues(p_above, method="fisher").pvalue
+    if not combined < significance:
+        return "uninformative", "; ".join(describe(f) for f in tested) + f" (not above chance, p={combined:.2g})"
     return "ok", ""
 
 
