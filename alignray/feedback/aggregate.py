@@ -17,8 +17,9 @@ Two tables come out, each with a declared schema:
   their Elo ratings give targets too: the expected score against the prompt's average
   response.
 
-Every weight is multiplied by the annotator's weight (see ``quality.annotator_weights``);
-rows of annotators with weight 0 are left out and counted.
+Every weight is multiplied by the annotator's weight (see ``quality.annotator_weights``;
+an annotator missing from the mapping weighs 1); rows of annotators with weight 0 are left
+out and counted.
 """
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from matplotlib.figure import Figure
 
 from alignray.feedback.aggregate import TrainingTables, per_prompt_matchups
@@ -72,7 +73,7 @@ def _agreement_figure(quality: AnnotatorQuality, path: Path) -> None:
 
 
 def _ratings_figure(feedback: pa.Table, path: Path) -> bool:
-    ratings = feedback.filter(pa.compute.equal(feedback.column("kind"), "rating")).to_pandas()
+    ratings = feedback.filter(pc.equal(feedback.column("kind"), "rating")).to_pandas()
     if ratings.empty:
         return False
     ratings["unit"] = (ratings["score"] - ratings["scale_min"]) / (ratings["scale_max"] - ratings["scale_min"])
