@@ -137,8 +137,19 @@ def ask_yes_no(question: str) -> bool:
         return False
 
 
+def warn_if_outputs_are_temporary(overrides: list[str]) -> None:
+    """A job runs in a copy of the repository that Ray unpacks on the head node and deletes
+    with the session: a relative `workdir` (the default, runs/<name>) would vanish."""
+    workdir = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("workdir=")), None)
+    if workdir is None or not (workdir.startswith("/") or workdir.startswith("~")):
+        print("[cluster.submit] note: outputs go to a relative workdir inside the job's "
+              "temporary copy of the repository; pass workdir=/an/absolute/path (storage "
+              "every node sees) to keep them", file=sys.stderr)
+
+
 def submit(args: argparse.Namespace) -> int:
     workflow = workflow_name(args.workflow)
+    warn_if_outputs_are_temporary(args.overrides)
     entrypoint = workflow_entrypoint(workflow, args.overrides)
     runtime_env = build_runtime_env(args.runtime_env, dict(args.env), args.install_deps)
     client = make_client(args.address)
@@ -204,11 +215,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.stop:
-        return stop(args)
-    if args.logs:
-        return follow(make_client(args.address), args.logs)
-    return submit(args)
+    try:
+        if args.stop:
+            return stop(args)
+        if args.logs:
+            return follow(make_client(args.address), args.logs)
+        return submit(args)
+    except (RuntimeError, ConnectionError) as err:  # how the Ray SDK reports refusals
+        print(f"[cluster.submit] error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

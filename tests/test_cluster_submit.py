@@ -17,9 +17,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster import submit
-from cluster.local_cluster import LocalRayCluster
-from cluster.runtime_env import REPO_ROOT, build_runtime_env, project_dependencies
+# `cluster/` is run from the repository root (`python -m cluster.submit`) and is not part of
+# the installed package, so a bare `pytest` (which does not put the root on sys.path) needs this.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cluster import submit  # noqa: E402
+from cluster.local_cluster import LocalRayCluster  # noqa: E402
+from cluster.runtime_env import REPO_ROOT, build_runtime_env, project_dependencies  # noqa: E402
 
 CLUSTER_DIR = REPO_ROOT / "cluster"
 
@@ -65,6 +69,7 @@ def test_submit_runs_workflow_on_a_local_cluster_and_stops_it_cleanly():
     cluster = LocalRayCluster(root / "ray", num_cpus=2)
     try:
         cluster.start()
+        print(f"cluster up: {time.monotonic() - started:.0f} s")
         # Token authentication is on: the job API refuses a request without the token.
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{cluster.dashboard_url}/api/jobs/", timeout=10)
@@ -82,6 +87,7 @@ def test_submit_runs_workflow_on_a_local_cluster_and_stops_it_cleanly():
         config = next(out.glob("runs/hydra/*/pretrain-config.yaml")).read_text()
         assert "address: auto" in config
 
+        print(f"first job done: {time.monotonic() - started:.0f} s")
         # A job left running (--no-wait) is stopped with --stop; --logs reports STOPPED.
         long_run = [o for o in tiny_run_overrides(root / "long") if "max_steps" not in o]
         result = run_submit(cluster, WORKFLOW, *long_run, "model.embedded.max_steps=100000",
@@ -91,6 +97,7 @@ def test_submit_runs_workflow_on_a_local_cluster_and_stops_it_cleanly():
         assert long_job_id.startswith(f"alignray-{WORKFLOW}-")
         assert run_submit(cluster, "--stop", long_job_id).returncode == 0
         assert run_submit(cluster, "--logs", long_job_id).returncode == submit.EXIT_CODES["STOPPED"]
+        print(f"second job stopped: {time.monotonic() - started:.0f} s")
     finally:
         leftovers = cluster.stop()
         still_running = cluster.session_processes()
