@@ -7,6 +7,7 @@ import json
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -197,6 +198,24 @@ def test_serve_config_rejects_unknown_keys_and_unsafe_binds(monkeypatch):
     monkeypatch.delenv("ALIGNRAY_SERVE_TOKEN", raising=False)
     with pytest.raises(AuthConfigError, match="reachable"):
         build_reward_app(ServeConfig(model_path="anything", host="0.0.0.0"))
+
+
+def test_serve_config_file_and_hydra_groups_are_valid():
+    import yaml
+    from hydra import compose, initialize_config_dir
+    from ray.serve.schema import ServeDeploySchema
+
+    from workflows.common import CONFIG_PATH
+    from workflows.serve import serve_config
+    document = yaml.safe_load((Path(__file__).resolve().parent.parent / "cluster" / "serve" / "serve_config.yaml").read_text())
+    application = ServeDeploySchema(**document).applications[0]
+    args = serve_config(application.args)
+    assert application.import_path == "workflows.serve:app_builder"
+    assert args.host == document["http_options"]["host"] and args.require_token
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
+        assert compose(config_name="config", overrides=["serve=gpu"]).serve.gpus_per_replica == 1
+        public = compose(config_name="config", overrides=["serve=public"]).serve
+        assert public.host == "0.0.0.0" and public.require_token
 
 
 # ---------------------------------------------------------------- the real Serve app

@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import signal
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -70,8 +72,8 @@ def score_full_texts(reward_model: RewardModel, texts: list[str], batch_size: in
 @dataclass
 class ScoringJob:
     """One request's items: (prompt, response) pairs, or full texts for /get_reward."""
-    prompts: list[str]
-    responses: list[str]
+    prompts: list[str] = field(default_factory=list)
+    responses: list[str] = field(default_factory=list)
     texts: Optional[list[str]] = None
 
     @property
@@ -110,7 +112,7 @@ class RewardModelServer:
         return await self._score_batch(ScoringJob(prompts, responses))
 
     async def score_texts(self, texts: list[str]) -> ScoredItems:
-        return await self._score_batch(ScoringJob([], [], texts))
+        return await self._score_batch(ScoringJob(texts=texts))
 
     def model_info(self) -> ModelInfo:
         return self.info
@@ -190,6 +192,8 @@ def main(cfg: DictConfig) -> None:
     serve.run(app, name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
     print(f"serving {cfg.serve.model_path} at http://{cfg.serve.host}:{cfg.serve.port}"
           f"{cfg.serve.route_prefix.rstrip('/')}/v1/score (OpenAPI: /docs); Ctrl-C stops", flush=True)
+    # `kill` or a container stop cleans up like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         while True:
             time.sleep(3600)
