@@ -33,6 +33,7 @@ MARKER_VAR = "ALIGNRAY_LOCAL_CLUSTER"
 # Inherited values of these would aim a process at some other cluster or token (RAY_AUTH_TOKEN
 # takes precedence over RAY_AUTH_TOKEN_PATH).
 _FOREIGN_CLUSTER_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def free_port() -> int:
@@ -134,24 +135,31 @@ class LocalRayCluster:
             raise
         return self
 
-    def _wait_for_job_server(self, timeout_s: float) -> None:
-        """The job API answers once the dashboard is up; with authentication on it must
-        answer an authenticated request."""
+    def http_status(self, path: str, authenticated: bool = True) -> int | None:
+        """Status of a GET on the dashboard (None when nothing answers). Proxies are
+        bypassed: this is loopback."""
         headers = {}
-        if self.private_token:
+        if authenticated and self.private_token:
             headers["Authorization"] = f"Bearer {self.token_path.read_text().strip()}"
+        request = urllib.request.Request(f"{self.dashboard_url}{path}", headers=headers)
+        try:
+            with _DIRECT.open(request, timeout=5) as response:
+                return response.status
+        except urllib.error.HTTPError as err:
+            return err.code
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+
+    def _wait_for_job_server(self, timeout_s: float) -> None:
+        """The job API answers once the dashboard is up (with authentication on, only an
+        authenticated request gets a 200)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"`ray start` exited with {self.process.returncode}:\n"
                                    f"{self.log_tail()}")
-            request = urllib.request.Request(f"{self.dashboard_url}/api/jobs/", headers=headers)
-            try:
-                with urllib.request.urlopen(request, timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+            if self.http_status("/api/jobs/") == 200:
+                return
             time.sleep(1.0)
         raise TimeoutError(f"the job server at {self.dashboard_url} did not answer within "
                            f"{timeout_s:.0f} s:\n{self.log_tail()}")
