@@ -32,8 +32,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StrictStr, Tag,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StrictStr,
+                      StringConstraints, Tag, model_validator)
 
 # A shorter token is guessable; `secrets.token_urlsafe(32)` makes a good one.
 MIN_TOKEN_CHARS = 16
@@ -173,16 +173,31 @@ def check_bind_is_safe(host: str, digest: Optional[str], require_token: bool = F
 
 
 # ---------------------------------------------------------------- request and response shapes
+def _encodable(text: str) -> str:
+    # JSON may carry lone surrogates ("\ud800"); the tokenizer would fail on them inside a
+    # batch, failing every other client's request in it too.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (lone surrogate)") from None
+    return text
+
+
+Text = Annotated[StrictStr, AfterValidator(_encodable)]
+# A full text has at least one character: an empty one would give the model no tokens.
+FullText = Annotated[str, StringConstraints(strict=True, min_length=1), AfterValidator(_encodable)]
+
+
 class ScorePair(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompt: StrictStr
-    response: StrictStr
+    prompt: Text
+    response: Text
 
 
 class ScoreColumns(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompts: list[StrictStr] = Field(min_length=1)
-    responses: list[StrictStr] = Field(min_length=1)
+    prompts: list[Text] = Field(min_length=1)
+    responses: list[Text] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _same_length(self):
@@ -215,7 +230,7 @@ def request_pairs(body: Union[ScoreColumns, list[ScorePair]]) -> tuple[list[str]
 class CompatRequest(BaseModel):
     # OpenRLHF also sends `prompts` and `labels`; the query alone is what is scored.
     model_config = ConfigDict(extra="ignore")
-    query: list[StrictStr] = Field(min_length=1)
+    query: list[FullText] = Field(min_length=1)
 
 
 class CompatResponse(BaseModel):

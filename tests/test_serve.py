@@ -138,9 +138,21 @@ def local_api():
     ([], "at least 1 item"),
     ([{"prompt": "a"}], "0.response: Field required"),
     ({"prompts": ["a"], "responses": ["b"], "extra": 1}, "extra: Extra inputs are not permitted"),
+    (b'{"prompts": ["\\ud800"], "responses": ["b"]}', "prompts.0: text is not valid Unicode"),
+    (b"[" * 4000, "error parsing the body"),  # deeper than the JSON parser recurses
 ])
 def test_malformed_bodies_get_422_with_a_readable_message(local_api, body, message):
     status, payload = asgi_call(local_api, "POST", "/v1/score", body, AUTH)
+    assert status in (400, 422) and message in payload["detail"], payload
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"query": []}, "query: List should have at least 1 item"),
+    ({"query": [""]}, "query.0: String should have at least 1 character"),
+    ({"queries": ["a"]}, "query: Field required"),
+])
+def test_malformed_compatibility_bodies_get_422(local_api, body, message):
+    status, payload = asgi_call(local_api, "POST", "/get_reward", body, AUTH)
     assert status == 422 and message in payload["detail"], payload
 
 
