@@ -27,45 +27,56 @@ def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.T
     return (values * weights).sum() / total
 
 
-def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
-                       margins: torch.Tensor | None = None,
-                       weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Weighted mean of ``-log sigmoid(r_chosen - r_rejected - margin)``."""
+def bradley_terry_per_pair(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
+                           margins: torch.Tensor | None = None) -> torch.Tensor:
+    """``-log sigmoid(r_chosen - r_rejected - margin)`` for each pair."""
     difference = chosen_rewards - rejected_rewards
     if margins is not None:
         difference = difference - margins.to(difference.dtype)
     # logsigmoid is stable for large |difference|, unlike log(sigmoid(.)).
-    return weighted_mean(-F.logsigmoid(difference), weights)
+    return -F.logsigmoid(difference)
+
+
+def pointwise_per_example(rewards: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy between ``sigmoid(reward)`` and a target in [0, 1]."""
+    return F.binary_cross_entropy_with_logits(rewards, targets.to(rewards.dtype), reduction="none")
+
+
+def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
+                       margins: torch.Tensor | None = None,
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted mean of ``-log sigmoid(r_chosen - r_rejected - margin)``."""
+    return weighted_mean(bradley_terry_per_pair(chosen_rewards, rejected_rewards, margins), weights)
 
 
 def pointwise_loss(rewards: torch.Tensor, targets: torch.Tensor,
                    weights: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted binary cross-entropy between ``sigmoid(reward)`` and targets in [0, 1]."""
-    per_example = F.binary_cross_entropy_with_logits(rewards, targets.to(rewards.dtype), reduction="none")
-    return weighted_mean(per_example, weights)
+    return weighted_mean(pointwise_per_example(rewards, targets), weights)
 
 
-def mixed_reward_loss(pair_chosen: torch.Tensor, pair_rejected: torch.Tensor, pair_margins: torch.Tensor,
-                      pair_weights: torch.Tensor, point_rewards: torch.Tensor, point_targets: torch.Tensor,
-                      point_weights: torch.Tensor, margin_scale: float = 0.0,
-                      pointwise_weight: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
-    """``bradley_terry + pointwise_weight * pointwise`` on one batch that may hold pairs,
-    pointwise examples or both (a part with no examples adds nothing).
+def reward_loss_sums(pair_chosen: torch.Tensor, pair_rejected: torch.Tensor, pair_margins: torch.Tensor,
+                     pair_weights: torch.Tensor, point_rewards: torch.Tensor, point_targets: torch.Tensor,
+                     point_weights: torch.Tensor, margin_scale: float = 0.0,
+                     pointwise_weight: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
+    """The mixed loss of a batch of pairs and pointwise examples, as weighted sums.
 
-    The table's margins lie in [0, 1] (stated strength, rank gap); ``margin_scale`` turns
-    them into reward units (0: plain Bradley-Terry). Returns the loss and, for the progress
-    line, each part and the weighted share of pairs ranked right.
+    ``loss_sum = sum_pairs w * bradley_terry + pointwise_weight * sum_points w * pointwise``
+    and ``units = sum of all example weights``, so ``loss_sum / units`` over a whole global
+    batch is a weighted mean in which a pointwise example counts ``pointwise_weight`` times
+    a pair of the same weight (the contract of workflows/ray_train.py, which divides by the
+    global batch's units). The table's margins lie in [0, 1] (stated strength, rank gap);
+    ``margin_scale`` turns them into reward units (0: plain Bradley-Terry).
+
+    The other sums are for the progress line: ``pairwise_loss`` and ``pointwise_loss`` (each
+    part's weighted sum), ``pair_weight`` and ``pair_right`` (weight of the pairs ranked
+    right), so ``pair_right / pair_weight`` is the weighted pair accuracy.
     """
-    parts: dict[str, float] = {}
-    total = pair_chosen.new_zeros(())
-    if len(pair_chosen):
-        margins = pair_margins * margin_scale if margin_scale else None
-        pairwise = bradley_terry_loss(pair_chosen, pair_rejected, margins, pair_weights)
-        total = total + pairwise
-        right = (pair_chosen > pair_rejected).to(pair_chosen.dtype)
-        parts |= {"pairwise_loss": float(pairwise), "pair_accuracy": float(weighted_mean(right, pair_weights))}
-    if len(point_rewards) and pointwise_weight > 0:
-        pointwise = pointwise_loss(point_rewards, point_targets, point_weights)
-        total = total + pointwise_weight * pointwise
-        parts["pointwise_loss"] = float(pointwise)
-    return total, parts
+    margins = pair_margins * margin_scale if margin_scale else None
+    pairwise = (pair_weights * bradley_terry_per_pair(pair_chosen, pair_rejected, margins)).sum()
+    pointwise = (point_weights * pointwise_per_example(point_rewards, point_targets)).sum()
+    right = (pair_weights * (pair_chosen > pair_rejected).to(pair_weights.dtype)).sum()
+    sums = {"units": float(pair_weights.sum() + point_weights.sum()), "pairwise_loss": float(pairwise),
+            "pointwise_loss": float(pointwise), "pair_weight": float(pair_weights.sum()),
+            "pair_right": float(right)}
+    return pairwise + pointwise_weight * pointwise, sums

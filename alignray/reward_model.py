@@ -86,12 +86,17 @@ def _load_classifier(path: str, dtype: torch.dtype) -> PreTrainedModel:
         hf_logging.set_verbosity(verbosity)
 
 
+def reward_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """The tokenizer of a reward model or backbone, set up for scoring."""
+    return _prepare_tokenizer(AutoTokenizer.from_pretrained(str(path)))
+
+
 def init_reward_model(backbone_path: str | os.PathLike, max_length: int | None = None,
                       dtype: torch.dtype = torch.float32
                       ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A fresh reward model (backbone + new scalar head) and its tokenizer, from a causal LM
     folder or an encoder. Normalisation is the identity until :func:`save_reward_model`."""
-    tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(str(backbone_path)))
+    tokenizer = reward_tokenizer(backbone_path)
     model = _load_classifier(str(backbone_path), dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
     limit = _max_length_of(model, tokenizer)
@@ -130,10 +135,15 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], res
                  max_length: int) -> BatchEncoding:
     """Token ids and attention mask of (prompt, response) pairs, padded and truncated the
     same way in training and in scoring."""
+    return encode_full_texts(tokenizer, reward_texts(tokenizer, prompts, responses), max_length)
+
+
+def encode_full_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> BatchEncoding:
+    """Like :func:`encode_texts` for texts already formatted by :func:`reward_texts`."""
     # A chat template already wrote the special tokens into the text.
     special = not getattr(tokenizer, "chat_template", None)
-    return tokenizer(reward_texts(tokenizer, prompts, responses), padding=True, truncation=True,
-                     max_length=max_length, add_special_tokens=special, return_tensors="pt")
+    return tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
+                     add_special_tokens=special, return_tensors="pt")
 
 
 @dataclass
@@ -160,17 +170,21 @@ class RewardModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.no_grad()
     def score(self, prompts: Sequence[str], responses: Sequence[str], normalize: bool = True,
               batch_size: int = 32) -> torch.Tensor:
         """One float32 reward per (prompt, response) on CPU: the raw head output, then
         ``(raw - mean) / std`` when ``normalize``."""
+        return self.score_texts(reward_texts(self.tokenizer, prompts, responses), normalize, batch_size)
+
+    @torch.no_grad()
+    def score_texts(self, texts: Sequence[str], normalize: bool = True, batch_size: int = 32) -> torch.Tensor:
+        """Rewards of texts that already hold prompt and response, formatted as
+        :func:`reward_texts` formats them (OpenRLHF-style queries)."""
         self.model.eval()
         raw = []
-        for start in range(0, len(prompts), batch_size):
-            batch = encode_texts(self.tokenizer, prompts[start:start + batch_size],
-                                 responses[start:start + batch_size], self.max_length).to(self.device)
-            raw.append(self.model(**batch).logits[:, 0].float().cpu())
+        for start in range(0, len(texts), batch_size):
+            batch = encode_full_texts(self.tokenizer, texts[start:start + batch_size], self.max_length)
+            raw.append(self.model(**batch.to(self.device)).logits[:, 0].float().cpu())
         scores = torch.cat(raw) if raw else torch.zeros(0)
         return (scores - self.mean) / self.std if normalize else scores
 
@@ -186,7 +200,7 @@ def reference_statistics(reward_model: RewardModel, prompts: Sequence[str], resp
 def load_reward_model(path: str | os.PathLike, device: torch.device | str | None = None,
                       dtype: torch.dtype = torch.float32) -> RewardModel:
     """The one loader of a saved reward model (PPO reward actor, Ray Serve, evaluation)."""
-    tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(str(path)))
+    tokenizer = reward_tokenizer(path)
     model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype)
     if model.config.num_labels != 1:
         raise ValueError(f"{path} is not a reward model: it has {model.config.num_labels} labels, not 1")

@@ -8,7 +8,7 @@ import torch
 from alignray.feedback.schema import feedback_table, pairwise_feedback
 from alignray.reward_evaluation import (accuracy_against_votes, calibration_bins, evaluate_against_panels,
                                         expected_calibration_error, panel_votes)
-from alignray.reward_losses import bradley_terry_loss, mixed_reward_loss, pointwise_loss
+from alignray.reward_losses import bradley_terry_loss, pointwise_loss, reward_loss_sums
 
 
 def test_bradley_terry_is_negative_log_sigmoid_of_the_difference():
@@ -43,17 +43,17 @@ def test_pointwise_loss_is_soft_label_cross_entropy():
     assert pointwise_loss(torch.tensor([50.0]), torch.tensor([1.0])).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_mixed_loss_adds_the_weighted_pointwise_part_and_skips_empty_parts():
+def test_loss_sums_weigh_pointwise_examples_and_report_accuracy_parts():
     empty = torch.zeros(0)
-    pairs = (torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.5]), torch.tensor([1.0]))
-    points = (torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([1.0]))
-    only_pairs, parts = mixed_reward_loss(*pairs, empty, empty, empty, margin_scale=2.0)
-    assert only_pairs.item() == pytest.approx(math.log(2))  # difference 1 - 2 * 0.5 = 0
-    assert parts["pair_accuracy"] == 1.0 and "pointwise_loss" not in parts
-    only_points, _ = mixed_reward_loss(empty, empty, empty, empty, *points, pointwise_weight=0.5)
-    assert only_points.item() == pytest.approx(0.5 * math.log(2))
-    both, _ = mixed_reward_loss(*pairs, *points, margin_scale=2.0, pointwise_weight=0.5)
-    assert both.item() == pytest.approx(1.5 * math.log(2))
+    pairs = (torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.0]), torch.tensor([1.0, 3.0]))
+    points = (torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([2.0]))
+    loss_sum, sums = reward_loss_sums(*pairs, *points, margin_scale=2.0, pointwise_weight=0.5)
+    # pair 1: difference 1 - 2 * 0.5 = 0; pair 2 (weight 3): difference -1; point (weight 2): log 2
+    expected = math.log(2) + 3 * math.log(1 + math.e) + 0.5 * 2 * math.log(2)
+    assert loss_sum.item() == pytest.approx(expected)
+    assert sums["units"] == 6.0 and sums["pair_weight"] == 4.0 and sums["pair_right"] == 1.0
+    only_points, sums = reward_loss_sums(empty, empty, empty, empty, *points)
+    assert only_points.item() == pytest.approx(0.5 * 2 * math.log(2)) and sums["pair_weight"] == 0.0
 
 
 def _votes(winners_by_annotator):

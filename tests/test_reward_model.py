@@ -15,14 +15,19 @@ from alignray.feedback import annotator_quality, annotator_weights, build_traini
 from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, make_annotator_pool, simulate_feedback
 from alignray.reward_model import (MEAN_KEY, STD_KEY, RewardModel, init_reward_model, load_reward_model,
                                    reference_statistics, save_reward_model)
+from alignray.metrics import read_metrics
 from workflows.common import CONFIG_PATH
 
 PROMPTS = ["i think", "today was", "my flight", "this phone"]
 RESPONSES = ["a great day", "so bad and sad", "it is ok", "love it so much, happy", "terrible awful service"]
-# Two workers see the data in another order (Ray Data splits it dynamically), so they
-# cannot match one worker bit for bit; what must match is the model they arrive at.
-MIN_SCORE_CORRELATION_1_VS_2_WORKERS = 0.9
-MAX_ACCURACY_GAP_1_VS_2_WORKERS = 0.1
+# Both runs train on the same global batches (workflows/ray_train.py) with the loss divided
+# by the global batch's weight, so two workers differ from one only by the order of float
+# sums. Early steps agree to float precision; over 170 steps at this learning rate Adam
+# amplifies the rounding differences, so the end result agrees within a looser tolerance.
+EARLY_STEPS = 30
+EARLY_LOSS_TOLERANCE = 1e-4
+FINAL_LOSS_TOLERANCE = 0.05
+HELDOUT_ACCURACY_TOLERANCE = 0.03
 
 
 def test_loader_round_trip_keeps_normalisation_and_scores(tiny_base_model, tmp_path):
@@ -106,11 +111,12 @@ def test_app_trains_normalises_and_evaluates_with_one_and_two_workers(ray_cluste
 
     heldout = {w: e["heldout"]["heldout_annotators"]["accuracy"] for w, e in evaluations.items()}
     assert heldout[1] > 0.65, evaluations[1]["heldout"]
-    assert abs(heldout[1] - heldout[2]) <= MAX_ACCURACY_GAP_1_VS_2_WORKERS, heldout
 
-    models = {w: load_reward_model(out / "model", device="cpu") for w, out in outs.items()}
-    texts = [f"{a} {b} {c}" for a in WORDS["positive"][:4] for b in WORDS["neutral"][:3] for c in WORDS["negative"][:4]]
-    texts += [" ".join(WORDS[kind][:3]) for kind in WORDS]
-    scores = {w: m.score(["the day"] * len(texts), texts).numpy() for w, m in models.items()}
-    correlation = np.corrcoef(scores[1], scores[2])[0, 1]
-    assert correlation >= MIN_SCORE_CORRELATION_1_VS_2_WORKERS, correlation
+    logs = {w: [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r] for w, out in outs.items()}
+    early = [(a["loss"], b["loss"]) for a, b in zip(logs[1], logs[2]) if a["step"] <= EARLY_STEPS]
+    final = [e["final_train_loss"] for e in evaluations.values()]
+    print(f"1 vs 2 workers: early loss gap {max(abs(a - b) for a, b in early):.1e}, final train loss {final}, "
+          f"held-out accuracy {heldout}")
+    assert len(early) >= 5 and all(a == pytest.approx(b, abs=EARLY_LOSS_TOLERANCE) for a, b in early)
+    assert final[0] == pytest.approx(final[1], abs=FINAL_LOSS_TOLERANCE)
+    assert heldout[1] == pytest.approx(heldout[2], abs=HELDOUT_ACCURACY_TOLERANCE)

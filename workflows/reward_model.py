@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -31,17 +33,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from alignray.embedded.tweets import is_heldout
 from alignray.feedback import PAIRS_SCHEMA, POINTWISE_SCHEMA, build_training_tables, read_feedback
-from alignray.metrics import MetricsLogger, plot_curves, read_metrics
+from alignray.metrics import plot_curves, read_metrics
 from alignray.reward_evaluation import annotator_groups, evaluate_against_panels, plot_calibration
-from alignray.reward_losses import mixed_reward_loss
-from alignray.reward_model import (encode_texts, init_reward_model, load_reward_model, minilm_backbone_path,
-                                   reference_statistics, save_reward_model)
+from alignray.reward_model import (load_reward_model, minilm_backbone_path, reference_statistics,
+                                   save_reward_model)
+from alignray.reward_training import (build_reward_model, collate_reward_rows, reward_batch_loss,
+                                      training_examples)
 from alignray.validation import validate_table
 from workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
+from workflows.ray_train import MODEL_DIR, TrainLoopConfig, TrainTask, fit, steps_per_epoch
 
 log = logging.getLogger("alignray.reward")
 
@@ -51,31 +55,13 @@ POINTWISE_FILE = "pointwise.parquet"
 HELDOUT_FEEDBACK_FILE = "heldout_feedback.parquet"
 TRAINING_FEEDBACK_FILE = "feedback.parquet"
 
-# One row per training example, a pair or a pointwise target, so one shuffled Ray Dataset
-# feeds both losses and their mix follows the tables' sizes.
-EXAMPLE_SCHEMA = pa.schema([
-    pa.field("is_pair", pa.bool_(), nullable=False),
-    pa.field("prompt", pa.string(), nullable=False),
-    pa.field("chosen", pa.string(), nullable=False),  # the response, for a pointwise example
-    pa.field("rejected", pa.string(), nullable=False),  # "" for a pointwise example
-    pa.field("weight", pa.float64(), nullable=False),
-    pa.field("margin", pa.float64(), nullable=False),
-    pa.field("target", pa.float64(), nullable=False),
-])
 
-
-def training_examples(pairs: pa.Table, pointwise: pa.Table) -> pa.Table:
-    """The pairs and pointwise tables as one table of EXAMPLE_SCHEMA."""
-    n_pairs, n_points = pairs.num_rows, pointwise.num_rows
-    return pa.Table.from_pydict({
-        "is_pair": [True] * n_pairs + [False] * n_points,
-        "prompt": pairs.column("prompt").to_pylist() + pointwise.column("prompt").to_pylist(),
-        "chosen": pairs.column("chosen").to_pylist() + pointwise.column("response").to_pylist(),
-        "rejected": pairs.column("rejected").to_pylist() + [""] * n_points,
-        "weight": pairs.column("weight").to_pylist() + pointwise.column("weight").to_pylist(),
-        "margin": pairs.column("margin").to_pylist() + [0.0] * n_points,
-        "target": [0.0] * n_pairs + pointwise.column("target").to_pylist(),
-    }, schema=EXAMPLE_SCHEMA)
+def resolve_backbone(backbone: str, sft_model_path: str) -> str:
+    if backbone == "sft":
+        return sft_model_path
+    if backbone == "minilm":
+        return minilm_backbone_path()
+    return backbone
 
 
 def reference_texts(examples: pa.Table, size: int, seed: int) -> tuple[list[str], list[str]]:
@@ -88,111 +74,50 @@ def reference_texts(examples: pa.Table, size: int, seed: int) -> tuple[list[str]
     return [texts[i][0] for i in picked], [texts[i][1] for i in picked]
 
 
-def resolve_backbone(backbone: str, sft_model_path: str) -> str:
-    if backbone == "sft":
-        return sft_model_path
-    if backbone == "minilm":
-        return minilm_backbone_path()
-    return backbone
+def split_examples(examples: pa.Table, heldout_fraction: float, seed: int) -> dict[str, pa.Table]:
+    """Train / held-out by prompt (content hash, stable across runs), the train rows
+    shuffled with the seed; each row numbered by ``example_id`` in training order, as the
+    loop requires."""
+    heldout = np.array([is_heldout(p, heldout_fraction) for p in examples.column("prompt").to_pylist()], dtype=bool)
+    tables = {"train": examples.filter(pa.array(~heldout)), "heldout": examples.filter(pa.array(heldout))}
+    tables["train"] = tables["train"].take(pa.array(np.random.default_rng(seed).permutation(tables["train"].num_rows)))
+    for split, table in tables.items():
+        if table.num_rows == 0:
+            raise ValueError(f"no {split} rows: {examples.num_rows} examples, heldout_fraction {heldout_fraction}")
+        tables[split] = table.append_column("example_id", pa.array(np.arange(table.num_rows), pa.int64()))
+    return tables
 
 
-# ----------------------------------------------------------------------------- one worker
-def _batch_loss(engine, tokenizer, batch: dict, max_length: int, margin_scale: float,
-                pointwise_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """One forward over every text of the batch (chosen, rejected, pointwise responses)."""
-    pair = batch["is_pair"].astype(bool)
-    prompts = [str(p) for p in batch["prompt"]]
-    pair_prompts = [p for p, is_pair in zip(prompts, pair) if is_pair]
-    point_prompts = [p for p, is_pair in zip(prompts, pair) if not is_pair]
-    texts_prompts = pair_prompts + pair_prompts + point_prompts
-    responses = ([str(r) for r in batch["chosen"][pair]] + [str(r) for r in batch["rejected"][pair]]
-                 + [str(r) for r in batch["chosen"][~pair]])
-    encoded = encode_texts(tokenizer, texts_prompts, responses, max_length).to(engine.device)
-    rewards = engine(**encoded).logits[:, 0].float()
-    n = len(pair_prompts)
-
-    def column(name, mask):
-        return torch.as_tensor(batch[name][mask], dtype=torch.float32, device=rewards.device)
-
-    return mixed_reward_loss(rewards[:n], rewards[n:2 * n], column("margin", pair), column("weight", pair),
-                             rewards[2 * n:], column("target", ~pair), column("weight", ~pair),
-                             margin_scale=margin_scale, pointwise_weight=pointwise_weight)
+def reward_task(backbone: str, reward_cfg) -> TrainTask:
+    return TrainTask(
+        name="reward",
+        build_model=partial(build_reward_model, max_length=int(reward_cfg.max_length),
+                            disable_dropout=bool(reward_cfg.disable_dropout)),
+        collate=partial(collate_reward_rows, tokenizer_path=backbone, max_length=int(reward_cfg.max_length)),
+        loss=partial(reward_batch_loss, margin_scale=float(reward_cfg.margin),
+                     pointwise_weight=float(reward_cfg.pointwise_weight)))
 
 
-def reward_train_loop(config: dict) -> None:
-    """Ray Train worker: DeepSpeed data parallelism over the ``train`` dataset shard."""
-    import ray.train
-
-    from alignray import deepspeed_strategy as ds
-    from alignray.config.training import DeepSpeedConfig
-
-    reward = config["reward"]
-    torch.manual_seed(config["seed"])  # the same head on every rank before DeepSpeed syncs
-    model, tokenizer = init_reward_model(config["backbone"], reward["max_length"])
-    engine = ds.build_engine(model, DeepSpeedConfig(**reward["deepspeed"]), lr=reward["lr"],
-                             total_steps=config["total_steps"], warmup_steps=reward["warmup_steps"],
-                             micro_batch_size=config["per_worker_batch"])
-    rank = ds.world_rank()
-    logger = MetricsLogger(config["out_dir"], config["total_steps"], "reward") if rank == 0 else None
-    shard = ray.train.get_dataset_shard("train")
-    step, window, started = 0, [], time.monotonic()
-    for epoch in range(reward["epochs"]):
-        engine.train()
-        # Ray Train splits the dataset with equal=True and drop_last keeps every batch full,
-        # so all ranks take the same number of steps (each step is a collective).
-        for batch in shard.iter_batches(batch_size=config["per_worker_batch"], batch_format="numpy",
-                                        drop_last=True, local_shuffle_buffer_size=4 * config["per_worker_batch"],
-                                        local_shuffle_seed=config["seed"] + 1000 * epoch + rank):
-            loss, parts = _batch_loss(engine, tokenizer, batch, reward["max_length"], reward["margin"],
-                                      reward["pointwise_weight"])
-            ds.backward_and_step(engine, loss)
-            step += 1
-            window.append(parts | {"loss": float(loss)})
-            if logger and (step % reward["log_every"] == 0 or step == config["total_steps"]):
-                means = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
-                logger.log(step, ("loss", "pair_accuracy", "lr"), epoch=epoch, lr=ds.current_lr(engine),
-                           examples_per_s=step * config["per_worker_batch"] * ds.world_size()
-                           / (time.monotonic() - started), **means)
-                window = []
-            if step >= config["total_steps"]:
-                break
-        if step >= config["total_steps"]:
-            break
-    ds.export_hf(engine, tokenizer, config["model_dir"])
-
-
-def train_reward_model(examples: pa.Table, backbone: str, reward_cfg, cluster_cfg, out_dir: Path,
-                       seed: int) -> Path:
-    """Train on ``examples`` with ``cluster_cfg.num_workers`` Ray Train workers; returns the
-    folder of the trained (not yet normalised) model."""
+def train_reward_model(examples: pa.Table, backbone: str, cfg: DictConfig, out_dir: Path) -> Path:
+    """Train on ``examples`` with the shared Ray Train loop (``cluster.num_workers``
+    workers, DeepSpeed); returns ``<out_dir>/model``, not yet normalised. An interrupted
+    run in ``out_dir`` resumes from its last checkpoint."""
     import ray.data
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
-    workers = int(cluster_cfg.num_workers)
-    batch_size = int(reward_cfg.batch_size)
-    if batch_size % workers:
-        raise ValueError(f"reward.batch_size {batch_size} is not divisible by cluster.num_workers {workers}")
-    steps_per_epoch = examples.num_rows // workers // (batch_size // workers)
-    if steps_per_epoch == 0:
-        raise ValueError(f"{examples.num_rows} examples make no full batch of {batch_size}")
-    total_steps = steps_per_epoch * int(reward_cfg.epochs)
-    if reward_cfg.max_steps:
-        total_steps = min(total_steps, int(reward_cfg.max_steps))
-    shuffled = examples.take(np.random.default_rng(seed).permutation(examples.num_rows))
-    dataset = ray.data.from_arrow(shuffled).repartition(max(2 * workers, 2))
-    model_dir = out_dir / "model"
-    trainer = TorchTrainer(
-        reward_train_loop,
-        train_loop_config={"backbone": backbone, "reward": OmegaConf.to_container(reward_cfg, resolve=True),
-                           "out_dir": str(out_dir), "model_dir": str(model_dir), "seed": seed,
-                           "total_steps": total_steps, "per_worker_batch": batch_size // workers},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(cluster_cfg.use_gpu),
-                                     resources_per_worker={"CPU": float(cluster_cfg.cpus_per_worker)}),
-        run_config=RunConfig(name=f"reward-{out_dir.name}", storage_path=str(out_dir / "ray_train")),
-        datasets={"train": dataset},
-    )
-    trainer.fit()
+    reward = cfg.reward
+    tables = split_examples(examples, float(reward.heldout_fraction), int(cfg.seed))
+    loop = TrainLoopConfig(
+        model_path=backbone, deepspeed=OmegaConf.to_object(reward.deepspeed), lr=float(reward.lr),
+        warmup_steps=int(reward.warmup_steps), global_batch_size=int(reward.batch_size),
+        steps_per_epoch=steps_per_epoch(tables["train"].num_rows, int(reward.batch_size)),
+        epochs=int(reward.epochs), max_steps=int(reward.max_steps), eval_every=int(reward.eval_every),
+        checkpoint_every=0, log_every=int(reward.log_every), seed=int(cfg.seed), metrics_dir=str(out_dir))
+    datasets = {split: ray.data.from_arrow(table) for split, table in tables.items()}
+    result = fit(reward_task(backbone, reward), loop, datasets, cfg.cluster, out_dir)
+    model_dir = out_dir / MODEL_DIR
+    shutil.rmtree(model_dir, ignore_errors=True)
+    with result.checkpoint.as_directory() as checkpoint:
+        shutil.copytree(Path(checkpoint) / MODEL_DIR, model_dir)
     return model_dir
 
 
@@ -240,19 +165,29 @@ def annotators_of(*tables: pa.Table) -> set[str]:
     return {a for table in tables for a in table.column("annotator_id").to_pylist() if a is not None}
 
 
+def with_pair_accuracy(record: dict) -> dict:
+    """The loop logs sums per unit; the weighted pair accuracy is their ratio."""
+    for prefix in ("", "heldout_"):
+        if record.get(f"{prefix}pair_weight"):
+            record = record | {f"{prefix}pair_accuracy": record[f"{prefix}pair_right"] / record[f"{prefix}pair_weight"]}
+    return record
+
+
 def train_normalize_evaluate(pairs: pa.Table, pointwise: pa.Table, heldout: pa.Table | None, backbone: str,
                              cfg: DictConfig, out_dir: Path) -> dict:
     """One reward model: train, normalise, evaluate; figures go to ``out_dir``."""
     started = time.monotonic()
     examples = training_examples(pairs, pointwise)
-    model_dir = train_reward_model(examples, backbone, cfg.reward, cfg.cluster, out_dir, int(cfg.seed))
+    model_dir = train_reward_model(examples, backbone, cfg, out_dir)
     train_s = time.monotonic() - started
     result = {"pairs": pairs.num_rows, "pointwise": pointwise.num_rows, "train_s": round(train_s, 1),
               "normalization": normalize_saved_model(model_dir, examples, int(cfg.reward.reference_size),
                                                      int(cfg.seed))}
-    records = read_metrics(out_dir / "metrics.jsonl")
-    plot_curves(records, ["loss", "pairwise_loss", "pointwise_loss", "pair_accuracy"], out_dir / "loss.png",
+    records = [with_pair_accuracy(r) for r in read_metrics(out_dir / "metrics.jsonl")]
+    plot_curves(records, ["loss", "heldout_loss", "pair_accuracy", "heldout_pair_accuracy"], out_dir / "loss.png",
                 title="reward model training")
+    result["final_train_loss"] = next(r["loss"] for r in reversed(records) if "loss" in r)
+    result["final_heldout_loss"] = next(r["heldout_loss"] for r in reversed(records) if "heldout_loss" in r)
     if heldout is not None:
         figures, calibration = evaluate_reward_model(model_dir, heldout, annotators_of(pairs, pointwise),
                                                      int(cfg.reward.calibration_bins))
@@ -290,7 +225,6 @@ def run_reward_model(cfg: DictConfig, backbone_path: str, feedback_dir: str | Pa
         log.info("reusing the reward model in %s", out)
         return out
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)  # an interrupted run's log
     pairs, pointwise = read_training_tables(feedback_dir)
     heldout_path = feedback_dir / HELDOUT_FEEDBACK_FILE
     heldout = read_feedback(heldout_path)[0] if heldout_path.exists() else None
@@ -303,7 +237,6 @@ def run_reward_model(cfg: DictConfig, backbone_path: str, feedback_dir: str | Pa
         if comparison is not None:
             # Same feedback, same settings, flagged annotators kept: what excluding them bought.
             (out / "unfiltered").mkdir(exist_ok=True)
-            (out / "unfiltered" / "metrics.jsonl").unlink(missing_ok=True)
             evaluation["with_flagged_annotators"] = train_normalize_evaluate(*comparison, heldout, backbone, cfg,
                                                                              out / "unfiltered")
     finally:

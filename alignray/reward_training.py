@@ -1,0 +1,92 @@
+"""What the Ray Train loop (workflows/ray_train.py) needs to train a reward model: the
+training rows, the model builder, the collate function and the loss (pure: no Ray).
+
+Pairs (chosen, rejected) and pointwise targets (thumbs, quality scores, Elo) travel as one
+table of EXAMPLE_SCHEMA, so one shuffled stream feeds both losses and their mix follows
+the tables' sizes. Text is tokenised in the collate function with the reward model's own
+tokenizer, exactly as :func:`alignray.reward_model.encode_texts` does when scoring.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+import torch
+from transformers import PreTrainedModel
+
+from alignray.reward_losses import reward_loss_sums
+from alignray.reward_model import encode_texts, init_reward_model, reward_tokenizer
+
+EXAMPLE_SCHEMA = pa.schema([
+    pa.field("is_pair", pa.bool_(), nullable=False),
+    pa.field("prompt", pa.string(), nullable=False),
+    pa.field("chosen", pa.string(), nullable=False),  # the response, for a pointwise example
+    pa.field("rejected", pa.string(), nullable=False),  # "" for a pointwise example
+    pa.field("weight", pa.float64(), nullable=False),
+    pa.field("margin", pa.float64(), nullable=False),  # 0 for a pointwise example
+    pa.field("target", pa.float64(), nullable=False),  # 0 for a pair
+])
+
+
+def training_examples(pairs: pa.Table, pointwise: pa.Table) -> pa.Table:
+    """The feedback's ``pairs`` and ``pointwise`` tables as one table of EXAMPLE_SCHEMA."""
+    n_pairs, n_points = pairs.num_rows, pointwise.num_rows
+    return pa.Table.from_pydict({
+        "is_pair": [True] * n_pairs + [False] * n_points,
+        "prompt": pairs.column("prompt").to_pylist() + pointwise.column("prompt").to_pylist(),
+        "chosen": pairs.column("chosen").to_pylist() + pointwise.column("response").to_pylist(),
+        "rejected": pairs.column("rejected").to_pylist() + [""] * n_points,
+        "weight": pairs.column("weight").to_pylist() + pointwise.column("weight").to_pylist(),
+        "margin": pairs.column("margin").to_pylist() + [0.0] * n_points,
+        "target": [0.0] * n_pairs + pointwise.column("target").to_pylist(),
+    }, schema=EXAMPLE_SCHEMA)
+
+
+def build_reward_model(backbone_path: str, max_length: int, disable_dropout: bool = True) -> PreTrainedModel:
+    """A backbone with a fresh scalar head. Dropout off by default: with it, the two
+    rewards of a pair are computed by two different random sub-networks, which adds noise
+    to their difference, the only thing the Bradley-Terry loss sees."""
+    model, _ = init_reward_model(backbone_path, max_length)
+    if disable_dropout:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    return model
+
+
+@lru_cache(maxsize=4)
+def _cached_tokenizer(path: str):
+    return reward_tokenizer(path)
+
+
+def collate_reward_rows(rows: dict[str, np.ndarray], device: torch.device, tokenizer_path: str,
+                        max_length: int) -> dict[str, torch.Tensor]:
+    """One padded batch of every text of the rows: the pairs' chosen responses, then their
+    rejected ones, then the pointwise responses; and the weights, margins and targets."""
+    pair = rows["is_pair"].astype(bool)
+    prompts = [str(p) for p in rows["prompt"]]
+    pair_prompts = [p for p, is_pair in zip(prompts, pair) if is_pair]
+    point_prompts = [p for p, is_pair in zip(prompts, pair) if not is_pair]
+    responses = ([str(r) for r in rows["chosen"][pair]] + [str(r) for r in rows["rejected"][pair]]
+                 + [str(r) for r in rows["chosen"][~pair]])
+    encoded = encode_texts(_cached_tokenizer(tokenizer_path), pair_prompts * 2 + point_prompts, responses,
+                           max_length)
+
+    def column(name, mask):
+        return torch.as_tensor(np.asarray(rows[name][mask], dtype=np.float32))
+
+    batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+             "pair_margins": column("margin", pair), "pair_weights": column("weight", pair),
+             "point_targets": column("target", ~pair), "point_weights": column("weight", ~pair)}
+    return {name: tensor.to(device) for name, tensor in batch.items()}
+
+
+def reward_batch_loss(model, batch: dict[str, torch.Tensor], margin_scale: float,
+                      pointwise_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """One forward over every text of the batch, then :func:`reward_loss_sums`."""
+    rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+    n = len(batch["pair_weights"])
+    return reward_loss_sums(rewards[:n], rewards[n:2 * n], batch["pair_margins"], batch["pair_weights"],
+                            rewards[2 * n:], batch["point_targets"], batch["point_weights"],
+                            margin_scale=margin_scale, pointwise_weight=pointwise_weight)
