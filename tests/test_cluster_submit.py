@@ -24,7 +24,8 @@ from cluster.runtime_env import REPO_ROOT, build_runtime_env, project_dependenci
 
 CLUSTER_DIR = REPO_ROOT / "cluster"
 
-# The run submitted end to end: change these three to submit another workflow.
+# The run submitted end to end. To submit another workflow, change WORKFLOW,
+# tiny_run_overrides and expected_artifacts.
 WORKFLOW = "pretrain"
 
 
@@ -39,7 +40,7 @@ def expected_artifacts(out: Path) -> list[str]:
     """Glob patterns (relative to `out`) that a successful run must have written."""
     return ["cache/base-*/DONE", "cache/base-*/summary.json", "cache/base-*/model/model.safetensors",
             "cache/base-*/model/config.json", "cache/base-*/model/tokenizer.json",
-            "runs/hydra/*/pretrain-config.yaml"]
+            f"runs/hydra/*/{WORKFLOW}-config.yaml"]
 
 
 def run_submit(cluster: LocalRayCluster, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -79,11 +80,12 @@ def test_submit_runs_workflow_on_a_local_cluster_and_stops_it_cleanly():
             assert list(out.glob(pattern)), f"missing {pattern} under {out}"
         # It ran as a job of this cluster and was told to join it rather than start a Ray.
         assert (cluster.temp_dir / "session_latest" / "logs" / f"job-driver-{job_id}.log").exists()
-        config = next(out.glob("runs/hydra/*/pretrain-config.yaml")).read_text()
+        config = next(out.glob(f"runs/hydra/*/{WORKFLOW}-config.yaml")).read_text()
         assert "address: auto" in config
 
         print(f"first job done: {time.monotonic() - started:.0f} s")
         # A job left running (--no-wait) is stopped with --stop; --logs reports STOPPED.
+        # (Long: the same tiny run with a step count it never reaches.)
         long_run = [o for o in tiny_run_overrides(root / "long") if "max_steps" not in o]
         result = run_submit(cluster, WORKFLOW, *long_run, "model.embedded.max_steps=100000",
                             "model.embedded.max_seconds=600", "--no-wait")
