@@ -120,3 +120,76 @@ def test_app_trains_normalises_and_evaluates_with_one_and_two_workers(ray_cluste
     assert len(early) >= 5 and all(a == pytest.approx(b, abs=EARLY_LOSS_TOLERANCE) for a, b in early)
     assert final[0] == pytest.approx(final[1], abs=FINAL_LOSS_TOLERANCE)
     assert heldout[1] == pytest.approx(heldout[2], abs=HELDOUT_ACCURACY_TOLERANCE)
+
+
+class StubEndpoint:
+    """A loopback HTTP server answering POST /v1/score like the reward endpoint: reward =
+    response length; the first ``failures`` requests get 503; a wrong token gets 401."""
+
+    def __init__(self, token=None, failures=0):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        stub = self
+        self.requests, self.failures = [], failures
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.requests.append((self.path, self.headers.get("Authorization"), body))
+                if token and self.headers.get("Authorization") != f"Bearer {token}":
+                    return self._answer(401, {"detail": "invalid token"})
+                if stub.failures:
+                    stub.failures -= 1
+                    return self._answer(503, {"detail": "busy"})
+                self._answer(200, {"rewards": [float(len(r)) for r in body["responses"]],
+                                   "model_name": "stub", "model_version": "v1"})
+
+            def _answer(self, status, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_client_sends_the_token_chunks_requests_and_retries_busy_answers():
+    from alignray.reward_client import RewardClient
+
+    stub = StubEndpoint(token="s3cret-token", failures=1)
+    try:
+        client = RewardClient(stub.url, token="s3cret-token", timeout=5, retries=2, max_items_per_request=2,
+                              backoff_s=0.01)
+        assert client.score(["p"] * 3, ["a", "bb", "ccc"]) == [1.0, 2.0, 3.0]
+        assert (client.model_name, client.model_version) == ("stub", "v1")
+        paths = {path for path, _, _ in stub.requests}
+        assert paths == {"/v1/score"} and {auth for _, auth, _ in stub.requests} == {"Bearer s3cret-token"}
+        assert [len(body["prompts"]) for _, _, body in stub.requests] == [2, 2, 1]  # 503, retry, rest
+    finally:
+        stub.close()
+
+
+def test_client_raises_at_once_on_a_refusal_and_after_retries_when_unreachable():
+    from alignray.reward_client import RewardClient, RewardEndpointError
+
+    stub = StubEndpoint(token="s3cret-token")
+    try:
+        with pytest.raises(RewardEndpointError, match="401"):
+            RewardClient(stub.url, token="wrong", retries=3, backoff_s=0.01).score(["p"], ["a"])
+        assert len(stub.requests) == 1
+    finally:
+        stub.close()
+    with pytest.raises(RewardEndpointError, match="unreachable after 2 tries"):
+        RewardClient(stub.url, timeout=1, retries=1, backoff_s=0.01).score(["p"], ["a"])
