@@ -210,6 +210,8 @@ def test_serve_config_rejects_unknown_keys_and_unsafe_binds(monkeypatch):
     monkeypatch.delenv("ALIGNRAY_SERVE_TOKEN", raising=False)
     with pytest.raises(AuthConfigError, match="reachable"):
         build_reward_app(ServeConfig(model_path="anything", host="0.0.0.0"))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        build_reward_app(ServeConfig(model_path="anything", precision="fp8"))
 
 
 def test_serve_config_file_and_hydra_groups_are_valid():

@@ -30,6 +30,7 @@ from ray.serve import Application
 
 from actors.runtime import connect, shutdown_if_owned
 from alignray.config import ServeConfig
+from alignray.modeling import pick_device, training_dtype
 from alignray.reward_model import RewardModel, load_reward_model
 from alignray.serve_api import (BatchStats, ModelInfo, Normalization, RequestLimits, ScoredItems,
                                 StatsResponse, build_reward_api, check_bind_is_safe, load_token,
@@ -38,6 +39,7 @@ from workflows.common import CONFIG_PATH, start_app
 
 log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 def model_version(path: str | Path) -> str:
@@ -88,7 +90,8 @@ class RewardModelServer:
     def __init__(self, cfg: ServeConfig, digest: Optional[str]):
         self.cfg = cfg
         self.digest = digest
-        self.reward_model = load_reward_model(cfg.model_path)
+        device = pick_device()
+        self.reward_model = load_reward_model(cfg.model_path, device, training_dtype(cfg.precision, device))
         self.info = ModelInfo(
             name=cfg.model_name or Path(cfg.model_path).name,
             version=model_version(cfg.model_path),
@@ -167,6 +170,11 @@ def build_reward_app(cfg) -> Application:
     check_bind_is_safe(cfg.host, digest, cfg.require_token)
     if not cfg.model_path:
         raise ValueError("serve.model_path is required: a folder saved by save_reward_model")
+    # Checked here, where a mistake stops the start, not in replicas Serve would restart.
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"serve.precision must be one of {PRECISIONS}, not {cfg.precision!r}")
+    if min(cfg.max_batch_size, cfg.forward_batch_size, cfg.max_items_per_request) < 1:
+        raise ValueError("serve.max_batch_size, forward_batch_size and max_items_per_request must be >= 1")
     model_path = Path(cfg.model_path).expanduser()
     if not (model_path / "config.json").is_file():
         raise FileNotFoundError(f"serve.model_path {model_path} holds no saved model (no config.json)")

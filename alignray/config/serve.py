@@ -23,6 +23,9 @@ class ServeConfig:
     max_replicas: int = 4
     target_ongoing_requests: float = 8.0
     gpus_per_replica: float = 0.0
+    # fp32 scores exactly as training and the PPO reward actor do; "auto" is bf16 on a GPU
+    # that supports it (faster, rewards differ in the third decimal or so).
+    precision: str = "fp32"
     cpus_per_replica: float = 1.0
     max_ongoing_requests: int = 64
     # Cross-client batching (@serve.batch): requests merged into one scoring call, and how
