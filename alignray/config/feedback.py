@@ -2,18 +2,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass
 class FeedbackConfig:
-    # "simulated": the ten VADER raters judge responses sampled from the SFT model.
-    # "files": read feedback parquet from `path`.
+    # "simulated": the ten VADER raters judge responses sampled from the policy model.
+    # "files": read feedback parquet from `path` (one file or a folder of them).
     source: str = "simulated"
     path: str = ""
+    # The model that answers the prompts; the pipeline passes its SFT model. Empty: the base model.
+    policy_model_path: str = ""
     num_prompts: int = 600
     responses_per_prompt: int = 4
+    # Held-out prompts whose response pairs every rater judges, 1..train_annotators and the
+    # held-out 6..10: the reward model's evaluation set and the AI judge's yardstick.
+    heldout_prompts: int = 100
+    max_response_tokens: Optional[int] = None  # None: data.max_response_tokens
+    temperature: float = 1.0
+    generation_batch_size: int = 64
     train_annotators: int = 5  # annotators 1..5 train; 6..10 stay out as the held-out judge
     bad_faith_share: float = 0.0
+    annotators_per_item: Optional[int] = None  # None: every annotator judges every item
+    pairs_per_prompt: Optional[int] = None  # None: every pair of a prompt's responses
     annotator_policy: str = "exclude"  # keep | downweight | exclude flagged annotators
-    ai_share: float = 0.0  # share of comparisons judged by the AI judge (RLAIF)
-    ai_judge_path: str = ""  # empty: the SFT model judges
+    ai_share: float = 0.0  # share of the pairwise comparisons judged by the AI judge (RLAIF)
+    ai_judge_path: str = ""  # empty: the policy model judges
+    judge_actors: int = 1  # Ray Data actor pool size (one GPU each with cluster.use_gpu)
+    judge_batch_size: int = 16
+    judge_max_reply_tokens: int = 64  # replies are also clipped to fit the judge's positions

@@ -1,0 +1,57 @@
+"""The AI judge as Ray Data batch inference: an actor pool, each actor holding one judge model.
+
+    verdicts = judge_with_actor_pool(items, model_path, actors=2, batch_size=16, use_gpu=False)
+
+``items`` are dicts with ``item`` (an id to put the answers back in order), ``prompt``,
+``response_a`` and ``response_b``. Each actor loads the model once (one GPU each when
+``use_gpu``; on a CPU machine the device comes from torch, see alignray.modeling) and adds
+``preference_a``, ``position_bias`` and ``clipped_replies`` to every batch (alignray.rlaif).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import ray
+import ray.data
+from ray.data import ActorPoolStrategy
+
+from alignray.generation import disable_dropout
+from alignray.modeling import load_causal_lm, load_tokenizer
+from alignray.rlaif import judge_pairs
+
+log = logging.getLogger(__name__)
+
+
+class PairwiseJudge:
+    """A `map_batches` callable class: constructed once per actor of the pool."""
+
+    def __init__(self, model_path: str, batch_size: int = 16, max_reply_tokens: int = 64):
+        self.model = disable_dropout(load_causal_lm(model_path)).eval()
+        self.tokenizer = load_tokenizer(model_path)
+        self.batch_size, self.max_reply_tokens = batch_size, max_reply_tokens
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        verdicts = judge_pairs(self.model, self.tokenizer, batch["prompt"].tolist(), batch["response_a"].tolist(),
+                               batch["response_b"].tolist(), self.batch_size, self.max_reply_tokens)
+        return dict(batch) | verdicts
+
+
+def judge_with_actor_pool(items: list[dict], model_path: str, *, actors: int = 1, batch_size: int = 16,
+                          max_reply_tokens: int = 64, use_gpu: bool = False) -> list[dict]:
+    """Judge every item on a pool of ``actors`` judges; the items come back in their order,
+    each with its verdict. Needs a connected Ray."""
+    if not items:
+        return []
+    # from_items makes few blocks: split them so every actor of the pool gets work.
+    blocks = max(actors, min(64, -(-len(items) // batch_size)))
+    verdicts = ray.data.from_items(items).repartition(blocks).map_batches(
+        PairwiseJudge, fn_constructor_kwargs={"model_path": str(model_path), "batch_size": batch_size,
+                                              "max_reply_tokens": max_reply_tokens},
+        batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=actors),
+        num_gpus=1 if use_gpu else 0)
+    rows = sorted(verdicts.take_all(), key=lambda row: row["item"])
+    if len(rows) != len(items):
+        raise RuntimeError(f"the judge returned {len(rows)} verdicts for {len(items)} items")
+    log.info("AI judge (%s, %d actors) judged %d pairs", model_path, actors, len(rows))
+    return rows
