@@ -1,0 +1,217 @@
+"""Phase 2: supervised fine-tuning on human demonstrations, as a Hydra app.
+
+    python -m workflows.sft                                  # embedded default, local Ray
+    python -m workflows.sft cluster=cpu_test                 # two Ray Train workers on CPU
+    python -m workflows.sft cluster=multi_gpu sft.deepspeed.zero_stage=3
+    python -m workflows.sft data=files data.demonstrations_path=/data/demos.parquet
+
+Demonstrations (parquet: ``prompt``, ``response``, optional ``system``, ``source``) are
+validated against `DEMONSTRATION_SCHEMA`: a malformed file stops the run with the file,
+row and field of each error; empty or over-long rows are counted and reported. Ray Data
+tokenises them (`map_batches`) and feeds the Ray Train workers, each of
+which drives the DeepSpeed strategy (workflows/ray_train.py). The loss covers response
+tokens only.
+
+Output, in ``<workdir>/sft-<hash>/``: ``model/`` (Hugging Face format), ``metrics.jsonl``
+(train loss, tokens/s, held-out loss before training and after every evaluation),
+``loss.png``, ``summary.json`` (base vs SFT held-out loss, wall time, data counts) and the
+Ray Train run with its checkpoints (``ray_train/``). A rerun with the same settings reuses
+a finished folder and resumes an interrupted one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.data
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig
+
+from actors import runtime
+from alignray.config.sft import RUN_CONTROL_KEYS
+from alignray.data import prepare_embedded_data, read_demonstrations
+from alignray.embedded.tweets import is_heldout
+from alignray.metrics import plot_curves, read_metrics
+from alignray.modeling import load_causal_lm, resolve_base_model
+from alignray.sft import collate_token_rows, response_token_loss, sequence_length, tokenize_batch
+from workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
+from workflows.ray_train import MODEL_DIR, TrainLoopConfig, TrainTask, fit, run_folder, steps_per_epoch
+
+log = logging.getLogger("alignray.sft")
+
+SFT_TASK = TrainTask(name="sft", build_model=load_causal_lm, collate=collate_token_rows,
+                     loss=response_token_loss)
+TOKENIZE_BATCH_ROWS = 512
+
+
+def sft_output_dir(cfg: DictConfig, base_model_path: str) -> Path:
+    """The folder is named by everything that decides the SFT model, run control left out
+    (so ``resume=false`` or a drill does not move it)."""
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.sft, resolve=True).items()
+                if k not in RUN_CONTROL_KEYS}
+    return phase_dir(cfg, "sft", settings, cfg.data, str(base_model_path))
+
+
+# ----------------------------------------------------------------------------- data
+def demonstration_files(cfg: DictConfig) -> dict[str, Path]:
+    """``{"train": ..., "heldout": ...}`` parquet paths; for ``data.source=files`` the
+    held-out split is drawn from the one file by content hash (stable across runs)."""
+    if cfg.data.source == "embedded":
+        data_dir = phase_dir(cfg, "data", cfg.data)
+        if not is_complete(data_dir):
+            paths = prepare_embedded_data(cfg.data, data_dir)
+            mark_complete(data_dir, {name: str(path) for name, path in paths.items()})
+        return {"train": data_dir / "demonstrations_train.parquet",
+                "heldout": data_dir / "demonstrations_heldout.parquet"}
+    if cfg.data.source == "files":
+        if not cfg.data.demonstrations_path:
+            raise ValueError("data.source=files needs data.demonstrations_path")
+        path = Path(cfg.data.demonstrations_path)
+        return {"train": path, "heldout": path}
+    raise ValueError(f"data.source must be embedded or files, not {cfg.data.source!r}")
+
+
+def load_demonstrations(cfg: DictConfig) -> tuple[dict[str, pa.Table], dict]:
+    """Validated tables (train shuffled with the seed, capped at ``sft.max_examples``),
+    each row numbered by ``example_id`` in training order, and the validation counts."""
+    files = demonstration_files(cfg)
+    tables, counts = {}, {}
+    for split, path in files.items():
+        table, report = read_demonstrations(path)
+        print(report.summary(), flush=True)
+        if files["train"] == files["heldout"]:
+            table = table.filter(pa.array(_heldout_mask(table, cfg.data.heldout_fraction) == (split == "heldout")))
+        tables[split] = table
+        counts[split] = {"file": str(path), "rows_in": report.rows_in, "rejected": report.rejected,
+                         "reasons": report.reasons, "accepted": table.num_rows}
+    order = np.random.default_rng(cfg.seed).permutation(tables["train"].num_rows)
+    if cfg.sft.max_examples:
+        order = order[: cfg.sft.max_examples]
+    tables["train"] = tables["train"].take(pa.array(order))
+    for split, table in tables.items():
+        if table.num_rows == 0:
+            raise ValueError(f"no {split} demonstrations left after validation: {counts[split]}")
+        tables[split] = table.append_column("example_id", pa.array(np.arange(table.num_rows), pa.int64()))
+    return tables, counts
+
+
+def _heldout_mask(table: pa.Table, fraction: float) -> np.ndarray:
+    texts = zip(table.column("prompt").to_pylist(), table.column("response").to_pylist())
+    return np.array([is_heldout(f"{p} {r}", fraction) for p, r in texts], dtype=bool)
+
+
+def tokenized_dataset(table: pa.Table, model_path: str, data_cfg) -> ray.data.Dataset:
+    """Ray Data tokenises (`map_batches`), in order (the loop relies on ``example_id``
+    order), and keeps the result in the object store for every epoch and worker."""
+    blocks = max(1, min(64, table.num_rows // TOKENIZE_BATCH_ROWS))
+    # from_arrow gives one block: split it so that several tasks share the work.
+    dataset = ray.data.from_arrow(table).repartition(blocks)
+    dataset.context.execution_options.preserve_order = True
+    tokens = dataset.map_batches(
+        tokenize_batch, batch_size=TOKENIZE_BATCH_ROWS, batch_format="numpy",
+        fn_kwargs={"model_path": model_path, "max_prompt_tokens": data_cfg.max_prompt_tokens,
+                   "max_response_tokens": data_cfg.max_response_tokens})
+    tokens = tokens.materialize()
+    # The workers read it once per epoch and evaluation: no progress bar each time.
+    tokens.context.enable_progress_bars = False
+    return tokens
+
+
+def truncation_counts(dataset: ray.data.Dataset) -> dict[str, int]:
+    """Rows, and rows whose prompt or response was cut to the token caps (read on the
+    driver from the materialised blocks: no extra Ray job)."""
+    counts = {"rows": 0, "prompt_truncated": 0, "response_truncated": 0}
+    columns = ["prompt_truncated", "response_truncated"]
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        counts["rows"] += len(batch["prompt_truncated"])
+        counts.update({name: counts[name] + int(batch[name].sum()) for name in columns})
+    return counts
+
+
+def check_fits_model(model_path: str, cfg: DictConfig) -> None:
+    """Positions beyond the model's limit crash the position embedding: refuse early."""
+    limit = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    needed = sequence_length(cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
+    if limit is not None and needed > limit:
+        raise ValueError(f"data.max_prompt_tokens + data.max_response_tokens + 1 = {needed} exceeds the "
+                         f"model's {limit} positions ({model_path})")
+
+
+# ----------------------------------------------------------------------------- the phase
+def run_sft(cfg: DictConfig, base_model_path: str | Path) -> Path:
+    """Fine-tune ``base_model_path`` on the demonstrations; returns the output folder
+    (final model in ``<out>/model``). Needs a connected Ray."""
+    base_model_path = str(base_model_path)
+    out = sft_output_dir(cfg, base_model_path)
+    if is_complete(out):
+        log.info("SFT output for these settings exists: %s", out)
+        return out
+    started = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.sft.resume:
+        shutil.rmtree(run_folder(out), ignore_errors=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    check_fits_model(base_model_path, cfg)
+
+    tables, validation = load_demonstrations(cfg)
+    datasets = {split: tokenized_dataset(table, base_model_path, cfg.data) for split, table in tables.items()}
+    tokens = {split: truncation_counts(dataset) for split, dataset in datasets.items()}
+    steps = steps_per_epoch(tokens["train"]["rows"], cfg.sft.batch_size)
+    untrained_tail = tokens["train"]["rows"] - steps * cfg.sft.batch_size
+    print(f"SFT data: {json.dumps(tokens)}; {steps} global batches of {cfg.sft.batch_size} per epoch, "
+          f"the last {untrained_tail} rows of each epoch make no full batch", flush=True)
+
+    loop = TrainLoopConfig(
+        model_path=base_model_path, deepspeed=OmegaConf.to_object(cfg.sft.deepspeed), lr=cfg.sft.lr,
+        warmup_steps=cfg.sft.warmup_steps, global_batch_size=cfg.sft.batch_size, steps_per_epoch=steps,
+        epochs=cfg.sft.epochs, max_steps=cfg.sft.max_steps, eval_every=cfg.sft.eval_every,
+        checkpoint_every=cfg.sft.checkpoint_every, log_every=cfg.sft.log_every, seed=cfg.seed,
+        metrics_dir=str(out), interrupt_after_steps=cfg.sft.interrupt_after_steps)
+    result = fit(SFT_TASK, loop, datasets, cfg.cluster, out)
+
+    model_dir = out / MODEL_DIR
+    shutil.rmtree(model_dir, ignore_errors=True)
+    with result.checkpoint.as_directory() as checkpoint:
+        shutil.copytree(Path(checkpoint) / MODEL_DIR, model_dir)
+    summary = summarise(out, loop, validation, tokens, untrained_tail, time.monotonic() - started)
+    summary |= {"base_model": base_model_path, "model": str(model_dir),
+                "workers": cfg.cluster.num_workers, "zero_stage": cfg.sft.deepspeed.zero_stage}
+    mark_complete(out, summary)
+    print(f"SFT held-out loss {summary['heldout_loss_base']:.4f} (base) -> {summary['heldout_loss_sft']:.4f} "
+          f"nats/token in {summary['wall_time_s']:.0f} s; model in {model_dir}", flush=True)
+    return out
+
+
+def summarise(out: Path, loop: TrainLoopConfig, validation: dict, tokens: dict, untrained_tail: int,
+              wall_time_s: float) -> dict:
+    """Base vs SFT held-out loss from the metrics log, and the loss curves as PNG."""
+    records = read_metrics(out / "metrics.jsonl")
+    heldout = [(r["step"], r["heldout_loss"]) for r in records if "heldout_loss" in r]
+    base = next(loss for step, loss in heldout if step == 0)
+    plot_curves(records, ["loss", "heldout_loss", "tokens_per_s"], out / "loss.png",
+                title="SFT: response-token loss (nats/token)")
+    return {"heldout_loss_base": base, "heldout_loss_sft": heldout[-1][1], "steps": loop.total_steps,
+            "global_batch_size": loop.global_batch_size, "wall_time_s": round(wall_time_s, 1),
+            "validation": validation, "tokenized": tokens, "untrained_rows_per_epoch": untrained_tail}
+
+
+@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
+def main(cfg: DictConfig) -> str:
+    start_app(cfg, "sft")
+    owned = runtime.connect(cfg.cluster)
+    try:
+        base_model_path = resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
+        return str(run_sft(cfg, base_model_path))
+    finally:
+        runtime.shutdown_if_owned(owned)
+
+
+if __name__ == "__main__":
+    main()
