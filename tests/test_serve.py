@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from alignray.config import ServeConfig
-from alignray.serve_api import (AuthConfigError, BatchStats, BodySizeLimit, LimitExceeded, ModelInfo,
+from alignray.serve_api import (AuthConfigError, BatchStats, LimitExceeded, ModelInfo,
                                 Normalization, RequestLimits, ScoredItems, StatsResponse,
                                 build_reward_api, check_bind_is_safe, check_limits, is_loopback,
                                 load_token, token_digest, token_matches)
@@ -300,6 +300,16 @@ def test_compatibility_route_scores_full_texts(server, reward_model_dir):
     assert reply.status_code == 200, reply.text
     pairs = post(server, "/v1/score", {"prompts": PROMPTS, "responses": RESPONSES}).json()["rewards"]
     assert set(reply.json()) == {"rewards"} and reply.json()["rewards"] == pytest.approx(pairs, abs=1e-5)
+
+
+def test_reward_client_talks_to_the_endpoint(server):
+    from alignray.reward_client import RewardClient, RewardEndpointError
+    client = RewardClient(server, token=TOKEN, timeout=30, retries=1, max_items_per_request=2)
+    pairs = post(server, "/v1/score", {"prompts": PROMPTS, "responses": RESPONSES}).json()
+    assert client.score(PROMPTS, RESPONSES) == pytest.approx(pairs["rewards"], abs=1e-5)
+    assert (client.model_name, client.model_version) == (pairs["model_name"], pairs["model_version"])
+    with pytest.raises(RewardEndpointError, match="401"):
+        RewardClient(server, token="wrong-token-0123456789", retries=0).score(PROMPTS, RESPONSES)
 
 
 def test_token_is_required_over_http(server):

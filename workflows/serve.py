@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Optional
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 from ray import serve
 from ray.serve import Application
@@ -31,7 +30,7 @@ from ray.serve import Application
 from actors.runtime import connect, shutdown_if_owned
 from alignray.config import ServeConfig
 from alignray.modeling import pick_device, training_dtype
-from alignray.reward_model import RewardModel, load_reward_model
+from alignray.reward_model import load_reward_model
 from alignray.serve_api import (BatchStats, ModelInfo, Normalization, RequestLimits, ScoredItems,
                                 StatsResponse, build_reward_api, check_bind_is_safe, load_token,
                                 token_digest)
@@ -54,21 +53,6 @@ def model_version(path: str | Path) -> str:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
     return digest.hexdigest()[:12]
-
-
-@torch.no_grad()
-def score_full_texts(reward_model: RewardModel, texts: list[str], batch_size: int) -> torch.Tensor:
-    """Normalised rewards of texts that already hold prompt and response (OpenRLHF's
-    queries), tokenised as `alignray.reward_model.encode_texts` tokenises a pair's text."""
-    tokenizer = reward_model.tokenizer
-    special = not getattr(tokenizer, "chat_template", None)
-    raw = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
-                          max_length=reward_model.max_length, add_special_tokens=special,
-                          return_tensors="pt").to(reward_model.device)
-        raw.append(reward_model.model(**batch).logits[:, 0].float().cpu())
-    return (torch.cat(raw) - reward_model.mean) / reward_model.std
 
 
 @dataclass
@@ -138,9 +122,9 @@ class RewardModelServer:
         pair_scores = iter(self.reward_model.score(
             [p for job in pair_jobs for p in job.prompts], [r for job in pair_jobs for r in job.responses],
             normalize=True, batch_size=self.cfg.forward_batch_size).tolist() if pair_jobs else [])
-        text_scores = iter(score_full_texts(
-            self.reward_model, [t for job in text_jobs for t in job.texts],
-            self.cfg.forward_batch_size).tolist() if text_jobs else [])
+        text_scores = iter(self.reward_model.score_texts(
+            [t for job in text_jobs for t in job.texts], normalize=True,
+            batch_size=self.cfg.forward_batch_size).tolist() if text_jobs else [])
         return [[next(text_scores if job.texts is not None else pair_scores) for _ in range(job.size)]
                 for job in jobs]
 
