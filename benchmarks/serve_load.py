@@ -1,6 +1,6 @@
 """Load on the reward endpoint from many concurrent clients, with and without batching.
 
-    python benchmarks/serve_load.py                      # tiny embedded RM, 32 clients
+    python benchmarks/serve_load.py                      # tiny embedded RM, 8 and 32 clients
     python benchmarks/serve_load.py --model-path PATH --clients 64 --requests-per-client 50
 
 Starts a private Ray instance and the Serve app on 127.0.0.1 only, runs each mode for a
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import tempfile
@@ -92,7 +93,7 @@ def run_clients(url: str, clients: int, requests_per_client: int, max_seconds: f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-path", help="a saved reward model (default: the tiny embedded one)")
-    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--clients", type=int, nargs="+", default=[8, 32], help="one run per count")
     parser.add_argument("--requests-per-client", type=int, default=20)
     parser.add_argument("--max-seconds", type=float, default=60.0, help="per mode")
     parser.add_argument("--out", default="benchmarks/results/serve_load.json")
@@ -113,14 +114,16 @@ def main() -> None:
             port = probe.getsockname()[1]
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         url = f"http://127.0.0.1:{port}/v1/score"
-        results = {}
+        results = []
         try:
             for mode, batching in MODES.items():
                 cfg = ServeConfig(model_path=model_path, port=port, token_env=None,
-                                  max_ongoing_requests=max(64, args.clients), **batching)
+                                  max_ongoing_requests=max(64, *args.clients), **batching)
                 serve.run(build_reward_app(cfg), name="serve-load", route_prefix="/")
                 run_clients(url, clients=4, requests_per_client=5, max_seconds=10)  # warm-up
-                results[mode] = run_clients(url, args.clients, args.requests_per_client, args.max_seconds)
+                for clients in args.clients:
+                    measured = run_clients(url, clients, args.requests_per_client, args.max_seconds)
+                    results.append({"mode": mode, "clients": clients, **measured})
                 serve.delete("serve-load")
         finally:
             serve.shutdown()
@@ -128,15 +131,17 @@ def main() -> None:
                 import ray
                 ray.shutdown()
 
-    header = f"{'mode':<12} {'requests':>8} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>10} {'max batch':>9}"
-    print(f"{args.clients} concurrent clients, one item per request, {model_label}")
-    print(header)
-    for mode, r in results.items():
-        print(f"{mode:<12} {r['requests']:>8} {r['errors']:>6} {r['requests_per_s']:>7} {r['p50_ms']:>8} "
-              f"{r['p99_ms']:>8} {r['mean_batch_requests']:>10} {r['max_batch_requests']:>9}")
+    # The host's load decides these numbers as much as the server does: record it.
+    machine = {"cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 1)}
+    print(f"one item per request, {args.requests_per_client} requests per client, {model_label}, {machine}")
+    print(f"{'mode':<12} {'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'mean batch':>10} {'max batch':>9}")
+    for r in results:
+        print(f"{r['mode']:<12} {r['clients']:>7} {r['requests']:>8} {r['errors']:>6} {r['requests_per_s']:>7} "
+              f"{r['p50_ms']:>8} {r['p99_ms']:>8} {r['mean_batch_requests']:>10} {r['max_batch_requests']:>9}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"clients": args.clients, "requests_per_client": args.requests_per_client,
+    out.write_text(json.dumps({"machine": machine, "requests_per_client": args.requests_per_client,
                                "model": model_label, "modes": MODES, "results": results}, indent=2))
     print(f"wrote {out}")
 
