@@ -1,7 +1,8 @@
 """Phase 3b: train the reward model on the feedback tables, normalise it, evaluate it.
 
-    python -m workflows.reward_model feedback_dir=<folder> backbone=<model folder>
-    python -m workflows.reward_model ... reward.backbone=minilm cluster.num_workers=2
+    python -m workflows.reward_model                      # embedded default: SFT and feedback phases first
+    python -m workflows.reward_model reward.sft_model=<folder> reward.feedback_dir=<folder>
+    python -m workflows.reward_model reward.backbone=minilm cluster=cpu_test   # MiniLM, two workers
 
 An ``AutoModelForSequenceClassification(num_labels=1)`` on any backbone is trained with Ray
 Train's ``TorchTrainer`` through the project's DeepSpeed strategy, fed by Ray Data, on
@@ -54,6 +55,8 @@ PAIRS_FILE = "pairs.parquet"
 POINTWISE_FILE = "pointwise.parquet"
 HELDOUT_FEEDBACK_FILE = "heldout_feedback.parquet"
 TRAINING_FEEDBACK_FILE = "feedback.parquet"
+# Ray Train workers import this module and alignray from the repository.
+RUNTIME_ENV = {"env_vars": {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
 
 
 def resolve_backbone(backbone: str, sft_model_path: str) -> str:
@@ -229,8 +232,7 @@ def run_reward_model(cfg: DictConfig, backbone_path: str, feedback_dir: str | Pa
     heldout_path = feedback_dir / HELDOUT_FEEDBACK_FILE
     heldout = read_feedback(heldout_path)[0] if heldout_path.exists() else None
     backbone = resolve_backbone(cfg.reward.backbone, backbone_path)
-    owned = connect(cfg.cluster, runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
-                                                           "TOKENIZERS_PARALLELISM": "false"}})
+    owned = connect(cfg.cluster, runtime_env=RUNTIME_ENV)
     try:
         evaluation = {"model": train_normalize_evaluate(pairs, pointwise, heldout, backbone, cfg, out)}
         comparison = unfiltered_tables(feedback_dir, pairs, pointwise) if cfg.reward.compare_unfiltered else None
@@ -241,24 +243,48 @@ def run_reward_model(cfg: DictConfig, backbone_path: str, feedback_dir: str | Pa
                                                                              out / "unfiltered")
     finally:
         shutdown_if_owned(owned)
+    if "with_flagged_annotators" in evaluation and heldout is not None:
+        evaluation["accuracy_gained_by_excluding_flagged"] = {
+            panel: figures["accuracy"] - evaluation["with_flagged_annotators"]["heldout"][panel]["accuracy"]
+            for panel, figures in evaluation["model"]["heldout"].items()}
     (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
+    headline = _headline(evaluation)
+    print("reward model " + ", ".join(f"{k} {v:.3f}" for k, v in headline.items()) + f"; {out / 'model'}", flush=True)
     mark_complete(out, {"model": str(out / "model"), "backbone": backbone, "feedback_dir": str(feedback_dir),
-                        "workers": int(cfg.cluster.num_workers), **_headline(evaluation)})
+                        "workers": int(cfg.cluster.num_workers), **headline})
     return out
 
 
 def _headline(evaluation: dict) -> dict:
-    """Held-out accuracies per panel, for the summary and the console."""
+    """Held-out pairwise accuracy per model and panel, for the summary and the console."""
     return {f"{run}_{panel}_accuracy": figures["accuracy"]
-            for run, result in evaluation.items() for panel, figures in result.get("heldout", {}).items()}
+            for run, result in evaluation.items() if isinstance(result, dict) and "heldout" in result
+            for panel, figures in result["heldout"].items()}
+
+
+def upstream_inputs(cfg: DictConfig) -> tuple[str, str]:
+    """The SFT model and the feedback folder: given in the config, or the upstream phases'
+    outputs (run, or reused when complete)."""
+    from alignray.modeling import resolve_base_model
+    from workflows.feedback import run_feedback
+    from workflows.sft import run_sft
+
+    sft_model = cfg.reward.sft_model or str(run_sft(cfg, resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed))
+                                            / "model")
+    feedback_dir = cfg.reward.feedback_dir or str(run_feedback(cfg, sft_model))
+    return sft_model, feedback_dir
 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
+    from actors.runtime import connect, shutdown_if_owned
+
     start_app(cfg, "reward_model")
-    if not cfg.reward.feedback_dir or not cfg.reward.sft_model:
-        raise ValueError("set reward.feedback_dir and reward.sft_model (the SFT model folder)")
-    out = run_reward_model(cfg, cfg.reward.sft_model, cfg.reward.feedback_dir)
+    owned = connect(cfg.cluster, runtime_env=RUNTIME_ENV)
+    try:
+        out = run_reward_model(cfg, *upstream_inputs(cfg))
+    finally:
+        shutdown_if_owned(owned)
     print(json.dumps(json.loads((out / "summary.json").read_text()), indent=2))
     return str(out)
 

