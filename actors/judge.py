@@ -5,7 +5,7 @@
 ``items`` are dicts with ``item`` (an id to put the answers back in order), ``prompt``,
 ``response_a`` and ``response_b``. Each actor loads the model once (one GPU each when
 ``use_gpu``; on a CPU machine the device comes from torch, see alignray.modeling) and adds
-``preference_a``, ``position_bias`` and ``clipped_replies`` to every batch (alignray.rlaif).
+``preference_a``, ``position_bias`` and ``clipped_texts`` to every batch (alignray.rlaif).
 """
 from __future__ import annotations
 

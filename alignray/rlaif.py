@@ -13,7 +13,7 @@ Half their difference, ``d = (m_ab - m_ba) / 2``, is the judge's log-odds that r
 better with the bias cancelled; half their sum is the bias, reported.
 
 A model with few positions (the embedded default has 64) cannot read two long replies:
-each reply is clipped to its share of the positions, and the clipped replies are counted.
+the prompt and each reply are clipped to their share of the positions, and counted.
 """
 from __future__ import annotations
 
@@ -66,18 +66,29 @@ def clip_tokens(tokenizer, text: str, max_tokens: int) -> tuple[str, bool]:
 
 def fitted_judge_texts(tokenizer, prompt: str, reply_a: str, reply_b: str, position_limit: int | None,
                        max_reply_tokens: int) -> tuple[str, str, int]:
-    """Judge texts in both orders (a first, b first), each reply clipped to ``max_reply_tokens``
-    and to an equal share of the model's positions; and how many replies were clipped."""
-    budget = max_reply_tokens
+    """Judge texts in both orders (a first, b first) that fit ``position_limit``, and how many
+    of the three texts were clipped. Each reply keeps at most ``max_reply_tokens``; when the
+    positions are short the prompt keeps at most a third of the room, the replies share the rest."""
+    def length(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+    prompt_budget, reply_budget = length(prompt), max_reply_tokens
     if position_limit is not None:
-        overhead = len(tokenizer(judge_text(tokenizer, prompt, "", ""), add_special_tokens=False).input_ids)
-        budget = min(budget, (position_limit - overhead) // 2)
-        if budget < 1:
-            raise ValueError(f"the judge question for prompt {prompt!r} alone takes {overhead} of the model's "
-                             f"{position_limit} positions: no room for the replies")
-    (reply_a, clipped_a), (reply_b, clipped_b) = clip_tokens(tokenizer, reply_a, budget), clip_tokens(tokenizer, reply_b, budget)
-    return (judge_text(tokenizer, prompt, reply_a, reply_b), judge_text(tokenizer, prompt, reply_b, reply_a),
-            int(clipped_a) + int(clipped_b))
+        room = position_limit - length(judge_text(tokenizer, "", "", ""))
+        if room < 3:
+            raise ValueError(f"the judge question alone takes {position_limit - room} of the model's "
+                             f"{position_limit} positions: no room for the prompt and replies")
+        prompt_budget = min(prompt_budget, room // 3)
+        reply_budget = min(reply_budget, (room - prompt_budget) // 2)
+    while True:
+        clipped = [clip_tokens(tokenizer, text, budget)
+                   for text, budget in ((prompt, prompt_budget), (reply_a, reply_budget), (reply_b, reply_budget))]
+        (short_prompt, _), (short_a, _), (short_b, _) = clipped
+        texts = judge_text(tokenizer, short_prompt, short_a, short_b), judge_text(tokenizer, short_prompt, short_b, short_a)
+        # Tokens can merge across the joins, so the parts' lengths only estimate the whole.
+        if position_limit is None or max(map(length, texts)) <= position_limit or reply_budget == 0:
+            return texts[0], texts[1], sum(cut for _, cut in clipped)
+        reply_budget -= 1
 
 
 def answer_margins_from_logits(next_token_logits: torch.Tensor, answer_ids: Sequence[int]) -> torch.Tensor:
@@ -117,7 +128,7 @@ def swap_averaged(margin_ab: np.ndarray, margin_ba: np.ndarray) -> SwapAveraged:
 
 def judge_pairs(model, tokenizer, prompts: Sequence[str], replies_a: Sequence[str], replies_b: Sequence[str],
                 batch_size: int = 16, max_reply_tokens: int = 64) -> dict[str, np.ndarray]:
-    """P(a better), position bias and clipped-reply count per pair, both orders judged."""
+    """P(a better), position bias and count of clipped texts per pair, both orders judged."""
     limit = model_position_limit(model)
     fitted = [fitted_judge_texts(tokenizer, p, a, b, limit, max_reply_tokens)
               for p, a, b in zip(prompts, replies_a, replies_b, strict=True)]
@@ -125,7 +136,7 @@ def judge_pairs(model, tokenizer, prompts: Sequence[str], replies_a: Sequence[st
     margins = answer_margins(model, tokenizer, [t for ab, ba, _ in fitted for t in (ab, ba)], answer_ids, batch_size)
     verdicts = swap_averaged(margins[0::2], margins[1::2])
     return {"preference_a": verdicts.preference_a, "position_bias": verdicts.position_bias,
-            "clipped_replies": np.array([clipped for _, _, clipped in fitted], dtype=np.int64)}
+            "clipped_texts": np.array([clipped for _, _, clipped in fitted], dtype=np.int64)}
 
 
 def ai_feedback_rows(prompts: Sequence[str], replies_a: Sequence[str], replies_b: Sequence[str],

@@ -64,7 +64,7 @@ def test_swapping_the_replies_of_a_pair_mirrors_the_preference(judge):
     assert forward["position_bias"][0] == pytest.approx(backward["position_bias"][0], abs=1e-5)
 
 
-def test_long_replies_are_clipped_to_fit_the_models_positions(judge):
+def test_long_prompts_and_replies_are_clipped_to_fit_the_models_positions(judge):
     model, tokenizer = judge
     limit = model.config.n_positions
     long_reply = "happy birthday to my best friend " * 20
@@ -72,8 +72,9 @@ def test_long_replies_are_clipped_to_fit_the_models_positions(judge):
     assert clipped == 1
     for text in (ab, ba):
         assert len(tokenizer(text, add_special_tokens=False).input_ids) <= limit
-    verdict = judge_pairs(model, tokenizer, ["today is"], [long_reply], ["meh"])
-    assert verdict["clipped_replies"].tolist() == [1] and 0 < verdict["preference_a"][0] < 1
+    shouting = "EXCLUSIVE VIDEO: THE TRUTH ABOUT EVERYTHING"
+    verdict = judge_pairs(model, tokenizer, ["today is", shouting], [long_reply, long_reply], ["meh", long_reply])
+    assert verdict["clipped_texts"].tolist() == [1, 3] and ((0 < verdict["preference_a"]) & (verdict["preference_a"] < 1)).all()
 
 
 def test_ai_rows_are_valid_feedback_with_source_ai():
