@@ -200,13 +200,15 @@ def test_without_auth_only_loopback_clients_are_answered():
 
 
 def test_serve_config_rejects_unknown_keys_and_unsafe_binds(monkeypatch):
-    from workflows.serve import build_reward_app, deployment_options, serve_config
+    from workflows.serve import build_reward_app, deployment_options, http_options, serve_config
     with pytest.raises(Exception, match="max_batch"):
         serve_config({"max_batch": 4})
     assert serve_config({"max_batch_size": "4"}).max_batch_size == 4
     scaled = deployment_options(serve_config({"autoscaling": True, "max_replicas": 3, "gpus_per_replica": 1}))
     assert scaled["autoscaling_config"]["max_replicas"] == 3 and "num_replicas" not in scaled
     assert scaled["ray_actor_options"]["num_gpus"] == 1
+    tls = http_options(serve_config({"host": "0.0.0.0", "ssl_certfile": "c.pem", "ssl_keyfile": "k.pem"}))
+    assert tls["ssl_certfile"] == "c.pem" and tls["host"] == "0.0.0.0"
     monkeypatch.delenv("ALIGNRAY_SERVE_TOKEN", raising=False)
     with pytest.raises(AuthConfigError, match="reachable"):
         build_reward_app(ServeConfig(model_path="anything", host="0.0.0.0"))
@@ -260,7 +262,7 @@ def reward_model_dir(tiny_base_model, tmp_path_factory):
 def server(ray_cluster, reward_model_dir, tmp_path_factory):
     from ray import serve
 
-    from workflows.serve import build_reward_app
+    from workflows.serve import build_reward_app, http_options
     token_file = tmp_path_factory.mktemp("auth") / "token"
     token_file.write_text(TOKEN)
     port = free_port()
@@ -268,7 +270,7 @@ def server(ray_cluster, reward_model_dir, tmp_path_factory):
     cfg = ServeConfig(model_path=str(reward_model_dir), port=port, token_env=None, token_file=str(token_file),
                       max_batch_size=16, batch_wait_timeout_s=0.25, max_items_per_request=8,
                       max_chars_per_item=500, max_body_bytes=16 * 1024, cpus_per_replica=0)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options=http_options(cfg))
     serve.run(build_reward_app(cfg), name=APP_NAME, route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.delete(APP_NAME)

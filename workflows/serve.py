@@ -32,8 +32,8 @@ from alignray.config import ServeConfig
 from alignray.modeling import pick_device, training_dtype
 from alignray.reward_model import load_reward_model
 from alignray.serve_api import (BatchStats, ModelInfo, Normalization, RequestLimits, ScoredItems,
-                                StatsResponse, build_reward_api, check_bind_is_safe, load_token,
-                                token_digest)
+                                StatsResponse, build_reward_api, check_bind_is_safe, is_loopback,
+                                load_token, token_digest)
 from workflows.common import CONFIG_PATH, start_app
 
 log = logging.getLogger(__name__)
@@ -137,12 +137,23 @@ def serve_config(cfg) -> ServeConfig:
 
 def deployment_options(cfg: ServeConfig) -> dict:
     options = dict(ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
-                   max_ongoing_requests=cfg.max_ongoing_requests)
+                   max_ongoing_requests=cfg.max_ongoing_requests, max_queued_requests=cfg.max_queued_requests)
     if cfg.autoscaling:
         options["autoscaling_config"] = {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
                                          "target_ongoing_requests": cfg.target_ongoing_requests}
     else:
         options["num_replicas"] = cfg.num_replicas
+    return options
+
+
+def http_options(cfg: ServeConfig) -> dict:
+    """Serve's HTTP proxy settings (`serve.start`; `http_options` in a config file)."""
+    options = {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s}
+    if cfg.ssl_certfile or cfg.ssl_keyfile:
+        options.update(ssl_certfile=cfg.ssl_certfile, ssl_keyfile=cfg.ssl_keyfile)
+    elif not is_loopback(cfg.host):
+        log.warning("serving %s over plain HTTP: the bearer token travels in clear text; set "
+                    "serve.ssl_certfile and serve.ssl_keyfile or terminate TLS in front", cfg.host)
     return options
 
 
@@ -180,9 +191,10 @@ def main(cfg: DictConfig) -> None:
     start_app(cfg, "serve")
     app = build_reward_app(cfg.serve)
     owned = connect(cfg.cluster)
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.start(http_options=http_options(serve_config(cfg.serve)))
     serve.run(app, name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
-    print(f"serving {cfg.serve.model_path} at http://{cfg.serve.host}:{cfg.serve.port}"
+    scheme = "https" if cfg.serve.ssl_certfile else "http"
+    print(f"serving {cfg.serve.model_path} at {scheme}://{cfg.serve.host}:{cfg.serve.port}"
           f"{cfg.serve.route_prefix.rstrip('/')}/v1/score (OpenAPI: /docs); Ctrl-C stops", flush=True)
     # `kill` or a container stop cleans up like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))

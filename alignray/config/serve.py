@@ -16,6 +16,11 @@ class ServeConfig:
     # Loopback unless told otherwise; any other address requires a token (refused without).
     host: str = "127.0.0.1"
     port: int = 8000
+    # TLS for the HTTP proxy: off the loopback the bearer token otherwise travels in clear.
+    ssl_certfile: Optional[str] = None
+    ssl_keyfile: Optional[str] = None
+    # A request still unanswered after this long gets 408 (Serve's HTTP proxy).
+    request_timeout_s: float = 60.0
     # Replicas: a fixed count, or autoscaling between min and max replicas.
     num_replicas: int = 1
     autoscaling: bool = False
@@ -28,6 +33,9 @@ class ServeConfig:
     precision: str = "fp32"
     cpus_per_replica: float = 1.0
     max_ongoing_requests: int = 64
+    # Requests waiting for a replica beyond this get 503 (which clients retry), so a
+    # flood of requests cannot grow the queue without bound.
+    max_queued_requests: int = 1024
     # Cross-client batching (@serve.batch): requests merged into one scoring call, and how
     # long the first request waits for others. max_batch_size=1 turns batching off.
     max_batch_size: int = 32
