@@ -352,6 +352,7 @@ def test_concurrent_clients_are_batched_together(server):
 def test_a_dead_replica_is_restarted(server):
     import ray
     before = requests.get(server + "/v1/stats", headers=AUTH, timeout=30).json()["replica"]
+    # Serve names a replica's actor SERVE_REPLICA::<app>#<deployment>#<replica id>.
     replica = ray.get_actor(f"SERVE_REPLICA::{APP_NAME}#RewardModelServer#{before}", namespace="serve")
     ray.kill(replica, no_restart=True)
     deadline = time.monotonic() + 90
