@@ -22,7 +22,7 @@ from torch import Tensor
 from alignray.generation import response_logits, token_logprobs
 from alignray.modeling import pick_device
 
-SYNC_TIMEOUT = datetime.timedelta(minutes=5)
+SYNC_TIMEOUT = datetime.timedelta(minutes=2)
 
 
 class ModelActor:

@@ -9,6 +9,7 @@ on stale weights, silently.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 import ray
@@ -22,11 +23,16 @@ from alignray.modeling import load_causal_lm, load_tokenizer, training_dtype
 
 log = logging.getLogger(__name__)
 WORKER_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
+RECOVERY_ATTEMPTS = 30  # seconds of waiting for Ray to restart a worker
 
 
 def shard_seed(seed: int, step: int, shard: int) -> int:
     """The sampling seed of one shard of one step: a retry or a resumed run draws the same."""
     return (seed * 1_000_003 + step) * 1_009 + shard
+
+
+class StaleWeightsError(RuntimeError):
+    """A worker restarted by Ray holds the weights it was created with, not the current ones."""
 
 
 class RolloutWorker(ModelActor):
@@ -45,7 +51,10 @@ class RolloutWorker(ModelActor):
         self.sync_group = None
 
     def generate(self, prompt_index: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                 seed: int) -> Experience:
+                 seed: int, expected_version: int) -> Experience:
+        if self.weights_version != expected_version:  # restarted by Ray since the last sync
+            raise StaleWeightsError(f"worker holds weights version {self.weights_version}, "
+                                    f"the pool expects {expected_version}")
         generator = torch.Generator(device=self.device).manual_seed(seed)
         ids, mask = self._to_device(prompt_ids, prompt_mask)
         sampled = sample_responses(self.model, ids, mask, max_new_tokens=self.max_new_tokens,
@@ -100,7 +109,7 @@ class RolloutPool(ActorGroup):
             try:
                 results[i] = ray.get(ref)
                 del pending[i]
-            except WORKER_LOST as error:
+            except (*WORKER_LOST, StaleWeightsError) as error:
                 log.warning("rollout worker %d was lost during step %d (%s); generating its %d prompts again",
                             i, step, type(error).__name__, len(shards[i]))
                 self._recover(i)
@@ -109,13 +118,21 @@ class RolloutPool(ActorGroup):
 
     def _submit(self, i: int, shard: Experience, step: int) -> ray.ObjectRef:
         return self.actors[i].generate.remote(shard.prompt_index, shard.prompt_ids, shard.prompt_mask,
-                                              shard_seed(self.seed, step, i))
+                                              shard_seed(self.seed, step, i), self.version)
 
     def _recover(self, i: int) -> None:
-        """Give the restarted worker the current weights (calls wait for the restart)."""
+        """Give the restarted worker the current weights; calls made while Ray restarts it
+        wait for the restart, or fail while it is unavailable and are tried again."""
         self.restarts += 1
         weights = self.current_weights()
-        if weights is not None:
-            ray.get(self.actors[i].load_weights.remote(weights, self.version))
-        else:
-            ray.get(self.actors[i].version.remote())
+        for attempt in range(RECOVERY_ATTEMPTS):
+            try:
+                if weights is not None:
+                    ray.get(self.actors[i].load_weights.remote(weights, self.version))
+                else:
+                    ray.get(self.actors[i].version.remote())
+                return
+            except WORKER_LOST:
+                if attempt == RECOVERY_ATTEMPTS - 1:
+                    raise
+                time.sleep(1.0)

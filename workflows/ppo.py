@@ -241,8 +241,10 @@ class PPOCoordinator:
             self.latest_weights = None
             if self.sync_group_restarts != pool.restarts:  # a restarted worker left the old group
                 self.form_sync_group()
-            wait_named({f"policy{i}": r for i, r in enumerate(policy.call("broadcast_weights"))})
-            ray.get(pool.call("receive_weights", version))
+            senders = {f"policy{i}": r for i, r in enumerate(policy.call("broadcast_weights"))}
+            receivers = pool.call("receive_weights", version)  # submitted before waiting: collective
+            wait_named(senders)
+            ray.get(receivers)
         else:
             raise ValueError(f"ppo.weight_sync must be object_store or broadcast, not {self.ppo.weight_sync!r}")
         pool.version = version

@@ -34,6 +34,10 @@ class PPORewardConfig:
 
 @dataclass
 class PPOEvalConfig:
+    # The standalone evaluation app's inputs: the PPO policy folder (required there) and
+    # the held-out prompts (None: the embedded default's held-out split).
+    policy_path: Optional[str] = None
+    prompts_path: Optional[str] = None
     num_prompts: int = 400  # held-out prompts judged by annotators 6-10
     kl_budget: float = 8.0  # nats per response; the guard flags more
     samples_to_write: int = 50

@@ -1,0 +1,145 @@
+"""Evaluation: does the held-out judge prefer the PPO policy to the SFT policy, and is the
+win honest?
+
+    python -m workflows.evaluate ppo.eval.policy_path=<ppo dir>/policy [ppo.sft_model_path=...]
+
+Both policies answer the same held-out prompts (same sampling settings as PPO, same seed);
+annotators 6-10, who never gave training feedback, score every response (their mean).
+Reported next to the win-rate and its bootstrap interval: KL to the SFT (reference) model
+per response, constraint-violation rates before and after, and the guards of
+``alignray.evaluation``: degenerate share, mean length against SFT's, fluency (mean
+log-likelihood per token under the SFT model). A win-rate above 0.9 is a warning, not success.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from alignray.data import format_prompt, prepare_embedded_data, read_prompts
+from alignray.evaluation import GuardReport, bootstrap_ci, words
+from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, judge_scores
+from alignray.generation import (decode_responses, disable_dropout, response_logits, sample_responses,
+                                 token_logprobs)
+from alignray.modeling import load_causal_lm, load_tokenizer, resolve_base_model
+from alignray.ppo import TWEET_CONSTRAINTS_EXAMPLE, ConstraintPenalty, masked_sum
+from workflows.common import CONFIG_PATH, start_app
+
+log = logging.getLogger("alignray.evaluate")
+BATCH = 64
+# "Done" for the embedded default (issue 6): the judge's preference must be clear, and the
+# guards must pass.
+MIN_CI_LOW = 0.55
+
+
+@torch.no_grad()
+def answer(model, tokenizer, prompts: list[str], ppo, max_prompt_tokens: int, seed: int):
+    """Sampled responses of ``model``: token tensors, texts and their sampling log-probs."""
+    generator = torch.Generator().manual_seed(seed)
+    chunks = []
+    for start in range(0, len(prompts), BATCH):
+        encoded = tokenizer([format_prompt(tokenizer, p) for p in prompts[start:start + BATCH]],
+                            return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens)
+        sampled = sample_responses(model, encoded["input_ids"], encoded["attention_mask"],
+                                   max_new_tokens=ppo.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                   pad_token_id=tokenizer.pad_token_id, temperature=ppo.temperature,
+                                   top_p=ppo.top_p, generator=generator)
+        chunks.append((encoded["input_ids"], encoded["attention_mask"], sampled))
+    return chunks
+
+
+@torch.no_grad()
+def logprobs_under(model, chunks, temperature: float) -> list[torch.Tensor]:
+    return [token_logprobs(response_logits(model, ids, mask, s.response_ids), s.response_ids, temperature)
+            for ids, mask, s in chunks]
+
+
+def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path: str | None,
+                      out_dir: str | Path) -> dict:
+    """Judge PPO against SFT on held-out prompts; writes ``eval.json`` and ``samples.jsonl``
+    (responses side by side) in ``out_dir`` and returns what eval.json holds.
+    ``reference_prompts_path`` None means the embedded default's held-out prompts."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ppo = cfg.ppo
+    if reference_prompts_path is None:
+        reference_prompts_path = prepare_embedded_data(cfg.data, out / "data")["prompts_heldout"]
+    table, _ = read_prompts(reference_prompts_path)
+    prompts = table.column("prompt").to_pylist()[: ppo.eval.num_prompts]
+
+    tokenizer = load_tokenizer(sft_path)
+    tokenizer.truncation_side = "left"
+    sft_model = disable_dropout(load_causal_lm(sft_path, torch.device("cpu"))).eval()
+    ppo_model = disable_dropout(load_causal_lm(ppo_path, torch.device("cpu"))).eval()
+    max_prompt_tokens = cfg.data.max_prompt_tokens
+    sft_chunks = answer(sft_model, tokenizer, prompts, ppo, max_prompt_tokens, cfg.seed)
+    ppo_chunks = answer(ppo_model, tokenizer, prompts, ppo, max_prompt_tokens, cfg.seed)
+
+    def texts(chunks):
+        return [t for _, _, s in chunks for t in decode_responses(tokenizer, s.response_ids, s.response_mask)]
+
+    def per_token_mean(logprob_chunks, chunks):
+        total = sum(masked_sum(lp, s.response_mask).item() for lp, (_, _, s) in zip(logprob_chunks, chunks))
+        return total / sum(s.response_mask.sum().item() for _, _, s in chunks)
+
+    sft_texts, ppo_texts = texts(sft_chunks), texts(ppo_chunks)
+    # KL(PPO || SFT) per response: PPO's own sampling log-probs minus the SFT model's (k1, summed)
+    sft_on_ppo = logprobs_under(sft_model, ppo_chunks, ppo.temperature)
+    kl_per_response = torch.cat([masked_sum(s.logprobs - ref, s.response_mask, dim=1)
+                                 for ref, (_, _, s) in zip(sft_on_ppo, ppo_chunks)])
+    fluency_ppo = per_token_mean(sft_on_ppo, ppo_chunks)
+    fluency_sft = per_token_mean(logprobs_under(sft_model, sft_chunks, ppo.temperature), sft_chunks)
+
+    judge_sft, judge_ppo = judge_scores(sft_texts, HELD_OUT_JUDGE_RATERS), judge_scores(ppo_texts, HELD_OUT_JUDGE_RATERS)
+    report = GuardReport.measure(judge_ppo, judge_sft, ppo_texts, sft_texts, kl_per_response.mean().item(),
+                                 fluency_ppo, fluency_sft, seed=cfg.seed)
+    verdict = report.verdict(kl_budget=ppo.eval.kl_budget)
+    constraints = ConstraintPenalty.from_config(TWEET_CONSTRAINTS_EXAMPLE)
+    violation_rate = {name: (constraints.penalties(t)[0] > 0).float().mean().item()
+                      for name, t in (("sft", sft_texts), ("ppo", ppo_texts))}
+    train_rate = bootstrap_ci(judge_scores(ppo_texts, TRAINING_RATERS), judge_scores(sft_texts, TRAINING_RATERS),
+                              seed=cfg.seed)
+    result = {
+        "sft_model": str(sft_path), "ppo_policy": str(ppo_path), "prompts": str(reference_prompts_path),
+        "num_prompts": len(prompts), "judge": f"mean of annotators {list(HELD_OUT_JUDGE_RATERS)}",
+        **{k: v for k, v in vars(report).items()},
+        "kl_median": kl_per_response.median().item(), "kl_budget": ppo.eval.kl_budget,
+        "constraint_violation_rate": violation_rate,
+        "win_rate_training_annotators": dict(zip(("win_rate", "ci_low", "ci_high"), train_rate)),
+        "mean_words": {"sft": _mean_words(sft_texts), "ppo": _mean_words(ppo_texts)},
+        "verdict": verdict,
+        "suspicious_win_rate": report.win_rate > 0.9,
+        "preferred_with_guards": (report.ci_low > MIN_CI_LOW and verdict.startswith("PASS")),
+    }
+    (out / "eval.json").write_text(json.dumps(result, indent=2))
+    with (out / "samples.jsonl").open("w") as f:
+        for i in range(min(ppo.eval.samples_to_write, len(prompts))):
+            f.write(json.dumps({"prompt": prompts[i], "sft": sft_texts[i], "ppo": ppo_texts[i],
+                                "judge_sft": float(judge_sft[i]), "judge_ppo": float(judge_ppo[i]),
+                                "kl": kl_per_response[i].item()}) + "\n")
+    log.info("evaluation: %s", verdict)
+    return result
+
+
+def _mean_words(texts: list[str]) -> float:
+    return sum(len(words(t)) for t in texts) / len(texts)
+
+
+@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
+def main(cfg: DictConfig) -> dict:
+    start_app(cfg, "evaluate")
+    if not cfg.ppo.eval.policy_path:
+        raise ValueError("set ppo.eval.policy_path to the PPO policy folder (<ppo output>/policy)")
+    sft = cfg.ppo.sft_model_path or resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
+    out = Path(cfg.ppo.eval.policy_path).resolve().parent / "eval"
+    result = evaluate_policies(cfg, sft, cfg.ppo.eval.policy_path, cfg.ppo.eval.prompts_path, out)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
