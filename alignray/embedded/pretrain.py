@@ -111,7 +111,8 @@ def _pretrain(recipe, seed: int, out: Path) -> None:
     log.info("pretraining %.1fM parameters on %d blocks of %d tokens", model.num_parameters() / 1e6,
              len(train_blocks), recipe.n_positions)
     step, loop_start = 0, time.monotonic()
-    while step < recipe.max_steps and time.monotonic() - loop_start < recipe.max_seconds:
+    deadline = loop_start + recipe.max_seconds if recipe.max_seconds > 0 else float("inf")
+    while step < recipe.max_steps and time.monotonic() < deadline:
         batch = train_blocks[torch.randint(len(train_blocks), (recipe.batch_size,), generator=generator)]
         model.train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16_autocast):
