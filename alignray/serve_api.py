@@ -14,8 +14,8 @@ Endpoints (all but /healthz and the OpenAPI document need the token when auth is
   GET  /healthz     liveness, never authenticated (load balancers probe it)
 
 Errors: 401 without a valid token, 403 for a non-loopback client when auth is off,
-413 for a body, request or item over its limit, 422 (one readable message) for a body of
-the wrong shape. Nothing a client sends can produce a 500.
+413 for a body, request or item over its limit, 415 for a body not sent as JSON, 422 (one
+readable message) for a body of the wrong shape. Nothing a client sends can produce a 500.
 """
 from __future__ import annotations
 
@@ -356,6 +356,12 @@ def build_reward_api(scorer: RewardScorer, limits: RequestLimits, digest: Option
         if credentials is None or not token_matches(credentials.credentials, digest):
             raise HTTPException(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
+    def json_body(request: Request) -> None:
+        # Without it the body is not parsed as JSON, and the 422 would blame valid JSON.
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise HTTPException(415, f"send the body as JSON with Content-Type: application/json, not {media_type or 'none'}")
+
     @app.get("/healthz")
     async def healthz() -> dict:
         return {"status": "ok"}
@@ -368,7 +374,7 @@ def build_reward_api(scorer: RewardScorer, limits: RequestLimits, digest: Option
     async def stats() -> StatsResponse:
         return scorer.stats()
 
-    @app.post("/v1/score", dependencies=[Depends(authorized)])
+    @app.post("/v1/score", dependencies=[Depends(authorized), Depends(json_body)])
     async def score(body: ScoreRequest) -> ScoreResponse:
         prompts, responses = request_pairs(body)
         check_limits({"prompts": prompts, "responses": responses}, limits)
@@ -377,7 +383,7 @@ def build_reward_api(scorer: RewardScorer, limits: RequestLimits, digest: Option
         return ScoreResponse(rewards=scored.rewards, model_name=info.name, model_version=info.version,
                              batch_requests=scored.batch_requests, batch_items=scored.batch_items)
 
-    @app.post("/get_reward", dependencies=[Depends(authorized)])
+    @app.post("/get_reward", dependencies=[Depends(authorized), Depends(json_body)])
     async def get_reward(body: CompatRequest) -> CompatResponse:
         check_limits({"query": body.query}, limits)
         return CompatResponse(rewards=(await scorer.score_texts(body.query)).rewards)

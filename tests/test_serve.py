@@ -98,8 +98,8 @@ def asgi_call(app, method: str, path: str, body=None, headers: dict | None = Non
               client: str = "127.0.0.1", chunks: list[bytes] | None = None) -> tuple[int, dict]:
     """One request straight into an ASGI app; `chunks` sends a body without Content-Length."""
     raw = body if isinstance(body, bytes) else (b"" if body is None else json.dumps(body).encode())
-    header_list = [(b"content-type", b"application/json")]
-    header_list += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    merged = {"content-type": "application/json", **{k.lower(): v for k, v in (headers or {}).items()}}
+    header_list = [(k.encode(), v.encode()) for k, v in merged.items()]
     if chunks is None:
         header_list.append((b"content-length", str(len(raw)).encode()))
         chunks = [raw]
@@ -154,6 +154,14 @@ def test_malformed_bodies_get_422_with_a_readable_message(local_api, body, messa
 def test_malformed_compatibility_bodies_get_422(local_api, body, message):
     status, payload = asgi_call(local_api, "POST", "/get_reward", body, AUTH)
     assert status == 422 and message in payload["detail"], payload
+
+
+def test_a_body_not_sent_as_json_gets_415(local_api):
+    status, payload = asgi_call(local_api, "POST", "/v1/score", {"prompts": ["a"], "responses": ["b"]},
+                                {**AUTH, "Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 415 and "Content-Type: application/json" in payload["detail"]
+    charset = {**AUTH, "Content-Type": "application/json; charset=utf-8"}
+    assert asgi_call(local_api, "POST", "/get_reward", {"query": ["ab"]}, charset)[0] == 200
 
 
 def test_both_request_shapes_are_scored(local_api):
