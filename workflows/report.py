@@ -1,0 +1,161 @@
+"""The run report: reads every phase's artifacts and lays them out for a person.
+
+Every number here is read from the files the phases wrote (summary.json, eval.json,
+metrics.jsonl, samples.jsonl); nothing is a constant. A figure a phase did not produce is
+left out of its section rather than invented.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from alignray.metrics import read_metrics
+from alignray.report import Section, write_report
+
+SAMPLES_IN_REPORT = 8
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _figures(folder: Path, names: list[str]) -> list[Path]:
+    return [folder / name for name in names if (folder / name).exists()]
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "n/a"
+
+
+def headline(evaluation: dict, reward_eval: dict, seconds: dict) -> Section:
+    win = (f"{_fmt(evaluation.get('win_rate'), 2)} [{_fmt(evaluation.get('ci_low'), 2)}, "
+           f"{_fmt(evaluation.get('ci_high'), 2)}]")
+    heldout = reward_eval.get("model", {}).get("heldout", {})
+    rows = [["measure", "value"],
+            ["PPO vs SFT win-rate, held-out annotators 6-10 (95% CI)", win],
+            ["verdict with the reward-hacking guards", evaluation.get("verdict", "n/a")],
+            ["reward-model accuracy vs held-out annotators",
+             _fmt(heldout.get("heldout_annotators", {}).get("accuracy"))],
+            ["total wall time (s)", _fmt(sum(seconds.values()), 0)]]
+    preferred = evaluation.get("preferred_with_guards")
+    text = ("The held-out annotators prefer the PPO policy to the SFT model, and every guard holds."
+            if preferred else
+            "The held-out annotators do not clearly prefer the PPO policy with every guard holding: "
+            "read the evaluation section before trusting this run.")
+    return Section("Headline", [text], rows)
+
+
+def pretrained_section(base: Path) -> Section:
+    summary = _json(base.parent / "summary.json")
+    if not summary:
+        return Section("1. Pretrained model", [f"Loaded from {base} (not built by this run)."])
+    rows = [["parameters", "steps", "held-out loss untrained", "held-out loss", "seconds"],
+            [summary["parameters"], summary["steps"], summary["heldout_loss_untrained"], summary["heldout_loss"],
+             summary["seconds"]]]
+    return Section("1. Pretrained model", [f"Embedded default: GPT-2 pretrained on {summary['train_tweets']} tweets "
+                                           f"(loss in nats/token). Folder: {base}"],
+                   rows, _figures(base.parent, ["loss.png"]))
+
+
+def sft_section(sft: Path) -> Section:
+    s = _json(sft / "summary.json")
+    counts = s.get("validation", {}).get("train", {})
+    rows = [["held-out loss base", "held-out loss SFT", "steps", "batch", "workers", "ZeRO", "seconds"],
+            [s.get("heldout_loss_base"), s.get("heldout_loss_sft"), s.get("steps"), s.get("global_batch_size"),
+             s.get("workers"), s.get("zero_stage"), s.get("wall_time_s")]]
+    text = (f"Demonstrations: {counts.get('rows_in', 'n/a')} rows in, {counts.get('accepted', 'n/a')} accepted, "
+            f"{counts.get('rejected', 'n/a')} rejected. Loss on response tokens only.")
+    return Section("2. Supervised fine-tuning", [text], rows, _figures(sft, ["loss.png"]))
+
+
+def feedback_section(feedback: Path) -> Section:
+    s = _json(feedback / "summary.json")
+    alpha = ", ".join(f"{k} {v:.3f}" for k, v in s.get("alpha", {}).items() if isinstance(v, (int, float)))
+    text = [f"{s.get('rows_in')} feedback rows in = {s.get('rows_accepted')} accepted + {s.get('rows_rejected')} "
+            f"rejected; by source: {s.get('rows_by_source')}.",
+            f"{s.get('annotators')} annotators; Krippendorff's alpha: {alpha or 'n/a'}; flagged as bad faith: "
+            f"{s.get('flagged_annotators') or 'nobody'} (policy: {s.get('annotator_policy')}).",
+            f"Training tables: {s.get('training_tables')}."]
+    if "rlaif" in s:
+        text.append(f"AI judge (RLAIF): {json.dumps(s['rlaif'])}")
+    text.append(f"Full feedback report: {feedback / 'report.md'}")
+    return Section("3a. Human feedback and annotator quality", text, [],
+                   _figures(feedback, ["agreement.png", "ratings.png", "elo_vs_bradley_terry.png"]))
+
+
+def reward_section(reward: Path, reward_eval: dict) -> Section:
+    rows = [["model", "panel", "held-out pairwise accuracy", "items"]]
+    for run, result in reward_eval.items():
+        if isinstance(result, dict):
+            for panel, figures in result.get("heldout", {}).items():
+                rows.append([run, panel, figures.get("accuracy"), figures.get("items", figures.get("n", ""))])
+    text = ["Accuracy of the reward model on held-out pairs against each panel's majority; "
+            "'with_flagged_annotators' is the same training with the flagged annotators kept."]
+    return Section("3b. Reward model", text, rows if len(rows) > 1 else [],
+                   _figures(reward, ["loss.png", "calibration.png"]))
+
+
+def ppo_section(ppo: Path) -> tuple[Section, Section]:
+    s = _json(ppo / "summary.json")
+    records = read_metrics(ppo / "metrics.jsonl") if (ppo / "metrics.jsonl").exists() else []
+    last = s.get("final_metrics", {})
+    rows = [["steps", "wall s", "reward (raw)", "KL", "response length", "entropy", "clip fraction"],
+            [s.get("steps"), s.get("wall_s"), last.get("reward_raw"), last.get("kl"), last.get("response_length"),
+             last.get("entropy"), last.get("clip_fraction")]]
+    stages = sorted({k for r in records for k in r if k.startswith("time/")})
+    timing = [["stage", "mean s per step", "share of step"]]
+    total = sum(r.get("step_s", 0.0) for r in records) or 1.0
+    for key in stages:
+        values = [r[key] for r in records if isinstance(r.get(key), (int, float))]
+        timing.append([key[5:], sum(values) / max(len(values), 1), f"{100 * sum(values) / total:.0f}%"])
+    ppo_sec = Section("4. PPO", ["Last step's metrics; curves over all steps below."], rows,
+                      _figures(ppo, ["curves.png"]))
+    timing_sec = Section("Stage timing of a PPO step",
+                         ["Stages that run in parallel overlap, so shares can add up to more than 100%."],
+                         timing if len(timing) > 1 else [], _figures(ppo, ["stage_times.png"]))
+    return ppo_sec, timing_sec
+
+
+def evaluation_section(evaluation: dict) -> Section:
+    violations = evaluation.get("constraint_violation_rate", {})
+    train = evaluation.get("win_rate_training_annotators", {})
+    rows = [["measure", "SFT", "PPO"],
+            ["degenerate share", evaluation.get("degenerate_share_reference"), evaluation.get("degenerate_share_policy")],
+            ["mean words per response", evaluation.get("mean_words", {}).get("sft"),
+             evaluation.get("mean_words", {}).get("ppo")],
+            ["fluency (log-likelihood under SFT, nats/token)", evaluation.get("fluency_reference"),
+             evaluation.get("fluency_policy")],
+            ["constraint-violation rate", violations.get("sft"), violations.get("ppo")]]
+    text = [f"Win-rate of PPO over SFT judged by the held-out annotators 6-10 on {evaluation.get('num_prompts')} "
+            f"held-out prompts: {_fmt(evaluation.get('win_rate'))} (95% bootstrap CI {_fmt(evaluation.get('ci_low'))}"
+            f" to {_fmt(evaluation.get('ci_high'))}); by the training annotators 1-5: {_fmt(train.get('win_rate'))}.",
+            f"KL(PPO || SFT) per response: mean {_fmt(evaluation.get('mean_kl'))}, median "
+            f"{_fmt(evaluation.get('kl_median'))} nats (budget {evaluation.get('kl_budget')}); length ratio "
+            f"{_fmt(evaluation.get('length_ratio'))}.",
+            f"Verdict: {evaluation.get('verdict')}. A win-rate above 0.9 is a warning sign of reward hacking."]
+    return Section("Evaluation: does the held-out judge prefer PPO, and did anything get gamed?", text, rows)
+
+
+def samples_section(eval_dir: Path) -> Section:
+    path = eval_dir / "samples.jsonl"
+    if not path.exists():
+        return Section("Sample responses", ["No samples were written."])
+    samples = [json.loads(line) for line in path.read_text().splitlines()[:SAMPLES_IN_REPORT]]
+    columns = [c for c in ("base", "sft", "ppo") if c in samples[0]]
+    rows = [["prompt", *columns]] + [[s["prompt"], *(s[c] for c in columns)] for s in samples]
+    return Section("Sample responses, same prompts", ["Sampled from each model for the same held-out prompts."],
+                   rows)
+
+
+def write_run_report(cfg: DictConfig, phases: dict[str, Path], seconds: dict[str, float], out_dir: Path) -> dict:
+    evaluation = _json(phases["eval"] / "eval.json")
+    reward_eval = _json(phases["reward"] / "eval.json")
+    ppo_sec, timing_sec = ppo_section(phases["ppo"])
+    phase_times = Section("Time per phase", [], [["phase", "seconds"], *[[k, v] for k, v in seconds.items()]])
+    sections = [headline(evaluation, reward_eval, seconds), pretrained_section(phases["base"]),
+                sft_section(phases["sft"]), feedback_section(phases["feedback"]),
+                reward_section(phases["reward"], reward_eval), ppo_sec, evaluation_section(evaluation),
+                samples_section(phases["eval"]), timing_sec, phase_times]
+    return write_report(out_dir, f"alignray run '{cfg.name}'", sections)
