@@ -1,0 +1,156 @@
+"""The PPO actors on the session's Ray cluster (8 logical CPUs, 4 logical GPUs), real actors
+and real DeepSpeed engines on CPU: placement, weight sync and its check, a rollout worker
+killed mid-step, non-finite losses, a model actor that dies."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import ray
+import torch
+from omegaconf import OmegaConf
+
+from actors.base import named_weights
+from actors.reward import target_word_share
+from alignray.config import AlignrayConfig
+from alignray.data import PROMPT_SCHEMA
+from alignray.modeling import load_causal_lm
+from alignray.validation import write_parquet
+from workflows.ppo import ModelActorDied, PPOCoordinator, WeightSyncError
+
+OPENINGS = ["I love the new", "Flying with this airline", "Self-driving cars are", "My phone just",
+            "The weather today is", "Can't believe the game", "Monday mornings are", "This coffee shop",
+            "Just watched the movie", "Our team finally", "The new update is", "Traffic on the way"]
+
+
+def small_config(model_path, prompts_path, placement: str = "separate"):
+    cfg = OmegaConf.structured(AlignrayConfig)
+    cfg.data.source, cfg.data.prompts_path = "files", str(prompts_path)
+    cfg.cluster.placement = placement
+    cfg.ppo.prompts_per_step, cfg.ppo.max_new_tokens = 8, 8
+    cfg.ppo.epochs, cfg.ppo.minibatches, cfg.ppo.lr = 1, 2, 1e-3
+    cfg.ppo.reward.kind, cfg.ppo.reward.target_word = "target_word", "the"
+    return cfg
+
+
+def make_coordinator(cfg, model_path, out) -> PPOCoordinator:
+    return PPOCoordinator(OmegaConf.to_object(cfg.ppo), cfg.cluster, cfg.data, 0, str(model_path), None, out)
+
+
+@pytest.fixture(scope="module")
+def prompts_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.parquet"
+    write_parquet([{"prompt_id": str(i), "prompt": p, "system": None, "source": "test"}
+                   for i, p in enumerate(OPENINGS * 3)], path, PROMPT_SCHEMA)
+    return path
+
+
+def gpu_ids(placements: list[dict]) -> list[tuple[str, ...]]:
+    return [tuple(p["accelerator_ids"].get("GPU", [])) for p in placements]
+
+
+def test_target_word_share_counts_whole_words_case_insensitively():
+    shares = target_word_share(["The cat and the dog", "then theatre", "", "the the"], "the")
+    assert shares.tolist() == pytest.approx([0.4, 0.0, 0.0, 1.0])
+
+
+def test_colocated_roles_share_one_gpu_and_train(ray_cluster, tiny_base_model, prompts_path, tmp_path):
+    coordinator = make_coordinator(small_config(tiny_base_model, prompts_path, "colocated"), tiny_base_model, tmp_path)
+    try:
+        actors = coordinator.actors
+        placements = ray.get([a.placement.remote() for a in [*actors.model_actors().values(), *actors.pool.actors]])
+        assert len(set(gpu_ids(placements))) == 1 and len(gpu_ids(placements)[0]) == 1
+        assert {p["placement_group_id"] for p in placements} == {actors.placement_group.id.hex()}
+        assert all(p["device"] == "cpu" for p in placements)  # a logical GPU, a CPU device
+        coordinator.sync_weights(version=0)
+        metrics = coordinator.step(0)
+        assert metrics["policy_updates"] == 2 and metrics["probe_max_abs_diff"] <= 1e-5
+    finally:
+        coordinator.actors.shutdown()
+
+
+@pytest.fixture(scope="module")
+def coordinator(ray_cluster, tiny_base_model, prompts_path, tmp_path_factory):
+    coordinator = make_coordinator(small_config(tiny_base_model, prompts_path), tiny_base_model,
+                                   tmp_path_factory.mktemp("ppo"))
+    coordinator.sync_weights(version=0)
+    yield coordinator
+    coordinator.actors.shutdown()
+
+
+def test_model_actors_sit_on_four_gpus_of_one_placement_group(coordinator):
+    actors = coordinator.actors
+    placements = ray.get([a.placement.remote() for a in actors.model_actors().values()])
+    assert [p["role"] for p in placements] == ["policy", "critic", "reference", "reward"]
+    assert len(set(gpu_ids(placements))) == 4 and all(len(ids) == 1 for ids in gpu_ids(placements))
+    assert {p["placement_group_id"] for p in placements} == {actors.placement_group.id.hex()}
+    assert len({p["pid"] for p in placements}) == 4
+
+
+def probe_logprobs(coordinator):
+    prompt_ids, prompt_mask, response_ids, mask = coordinator.probe
+    sequences = (prompt_ids, prompt_mask, response_ids)
+    policy = ray.get(coordinator.actors.policy.actors[0].logprobs.remote(*sequences))
+    reference = ray.get(coordinator.actors.reference.logprobs.remote(*sequences))
+    pool = ray.get(coordinator.actors.pool.call("logprobs", *sequences))
+    return policy[mask], reference[mask], [p[mask] for p in pool]
+
+
+@pytest.mark.parametrize("weight_sync", ["object_store", "broadcast"])
+def test_pool_reproduces_the_trained_policy_after_sync(coordinator, weight_sync):
+    coordinator.ppo.weight_sync = weight_sync
+    step = coordinator.actors.pool.version
+    metrics = coordinator.step(step)
+    assert coordinator.actors.pool.version == step + 1
+    assert ray.get(coordinator.actors.pool.call("version")) == [step + 1] * 2
+    policy, reference, pool = probe_logprobs(coordinator)
+    assert (policy - reference).abs().max() > 1e-3  # training moved the policy
+    for worker in pool:
+        assert (worker - policy).abs().max() <= 1e-5
+    assert metrics["probe_max_abs_diff"] <= 1e-5
+
+
+def test_a_worker_with_stale_weights_fails_the_sync_check(coordinator, tiny_base_model):
+    sft_state = dict(named_weights(load_causal_lm(tiny_base_model, torch.device("cpu"))))
+    version = coordinator.actors.pool.version
+    ray.get(coordinator.actors.pool.actors[1].load_weights.remote(sft_state, version))
+    with pytest.raises(WeightSyncError, match="rollout worker 1"):
+        coordinator.check_probe()
+    coordinator.ppo.weight_sync = "object_store"
+    coordinator.sync_weights(version)  # put things right for the next tests
+    assert coordinator.check_probe() <= 1e-5
+
+
+def test_a_rollout_worker_killed_mid_step_loses_and_duplicates_nothing(coordinator):
+    pool = coordinator.actors.pool
+    batch = coordinator.prompt_batch(torch.arange(12))
+    expected = pool.generate(batch, step=100)
+    ray.kill(pool.actors[0], no_restart=False)  # Ray restarts it with the SFT weights
+    got = pool.generate(batch, step=100)
+    assert pool.restarts == 1
+    assert got.prompt_index.tolist() == list(range(12))  # each prompt once, in order
+    assert torch.equal(got.response_ids, expected.response_ids)
+    assert torch.allclose(got.logprobs, expected.logprobs, atol=1e-5)  # current weights, not SFT's
+    assert ray.get(pool.actors[0].version.remote()) == pool.version
+    coordinator.ppo.weight_sync = "broadcast"  # the restarted worker joins a new group
+    coordinator.sync_weights(pool.version)
+
+
+def test_nonfinite_losses_skip_the_update_and_stop_the_run(coordinator):
+    before, _, _ = probe_logprobs(coordinator)
+    exp = coordinator.actors.pool.generate(coordinator.prompt_batch(torch.arange(8)), step=200)
+    exp = dataclasses.replace(exp, advantages=torch.full_like(exp.logprobs, float("nan")))
+    stats = ray.get(coordinator.actors.policy.actors[0].train.remote(exp, 200))
+    assert stats["nonfinite_updates"] == 2 and stats["policy_updates"] == 0
+    after, _, _ = probe_logprobs(coordinator)
+    assert torch.equal(before, after)
+    coordinator.ppo.max_nonfinite_in_a_row = 2
+    coordinator.count_nonfinite(200, [stats])
+    with pytest.raises(FloatingPointError, match="2 steps in a row"):
+        coordinator.count_nonfinite(201, [stats])
+
+
+def test_a_dead_model_actor_stops_the_run_with_its_name(coordinator):
+    ray.kill(coordinator.actors.reference)
+    with pytest.raises(ModelActorDied, match="reference"):
+        coordinator.step(coordinator.actors.pool.version)
