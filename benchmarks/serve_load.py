@@ -1,6 +1,7 @@
 """Load on the reward endpoint from many concurrent clients, with and without batching.
 
     python benchmarks/serve_load.py                      # tiny embedded RM, 8 and 32 clients
+    python benchmarks/serve_load.py --backbone wide      # 19M parameters instead of 0.14M
     python benchmarks/serve_load.py --model-path PATH --clients 64 --requests-per-client 50
 
 Starts a private Ray instance and the Serve app on 127.0.0.1 only, runs each mode for a
@@ -30,16 +31,29 @@ RESPONSES = ["phone, it is great and fast", "was a nightmare again today", "the 
              "released a new album and it rocks"]
 
 
-def tiny_reward_model(out_dir: Path) -> Path:
-    """The embedded tiny base model (cached after its first build) with a fresh scalar head."""
+# Backbones for the default reward model: the embedded tiny base model as trained, or its
+# architecture widened (random weights) so that the forward pass costs what a small real
+# reward model's does; scores are meaningless either way, timings are not.
+BACKBONES = {"tiny": None, "wide": {"n_layer": 6, "n_embd": 512, "n_head": 8}}
+
+
+def benchmark_reward_model(out_dir: Path, backbone: str) -> Path:
+    """A reward model (fresh scalar head) on the chosen backbone, built through
+    alignray.reward_model like any other."""
     import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from alignray.embedded.pretrain import TINY_TEST_RECIPE, build_base_model
+    from alignray.modeling import load_tokenizer, save_pretrained
     from alignray.reward_model import init_reward_model, save_reward_model
-    base = build_base_model(TINY_TEST_RECIPE, cache_dir=Path(".alignray-cache") / "tests", seed=0)
     torch.manual_seed(0)
+    base = build_base_model(TINY_TEST_RECIPE, cache_dir=Path(".alignray-cache") / "tests", seed=0)
+    if BACKBONES[backbone]:
+        config = AutoConfig.from_pretrained(base)
+        config.update(BACKBONES[backbone])
+        base = save_pretrained(AutoModelForCausalLM.from_config(config), load_tokenizer(base), out_dir / "backbone")
     model, tokenizer = init_reward_model(base)
-    return save_reward_model(model, tokenizer, out_dir / "tiny-rm", 0.0, 1.0)
+    return save_reward_model(model, tokenizer, out_dir / f"{backbone}-rm", 0.0, 1.0)
 
 
 def run_clients(url: str, clients: int, requests_per_client: int, max_seconds: float) -> dict:
@@ -92,7 +106,8 @@ def run_clients(url: str, clients: int, requests_per_client: int, max_seconds: f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-path", help="a saved reward model (default: the tiny embedded one)")
+    parser.add_argument("--model-path", help="a saved reward model (default: one built on --backbone)")
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="tiny")
     parser.add_argument("--clients", type=int, nargs="+", default=[8, 32], help="one run per count")
     parser.add_argument("--requests-per-client", type=int, default=20)
     parser.add_argument("--max-seconds", type=float, default=60.0, help="per mode")
@@ -106,8 +121,8 @@ def main() -> None:
     from workflows.serve import build_reward_app
 
     with tempfile.TemporaryDirectory() as scratch:
-        model_path = args.model_path or str(tiny_reward_model(Path(scratch)))
-        model_label = args.model_path or "tiny embedded reward model (fresh head)"
+        model_path = args.model_path or str(benchmark_reward_model(Path(scratch), args.backbone))
+        model_label = args.model_path or f"{args.backbone} embedded-architecture reward model (fresh head)"
         owned = connect(ClusterConfig(num_cpus=4))
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
