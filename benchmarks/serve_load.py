@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[8, 32], help="one run per count")
     parser.add_argument("--requests-per-client", type=int, default=20)
     parser.add_argument("--max-seconds", type=float, default=60.0, help="per mode")
-    parser.add_argument("--out", default="benchmarks/results/serve_load.json")
+    parser.add_argument("--out", help="default: benchmarks/results/serve_load_<backbone or custom>.json")
     args = parser.parse_args()
 
     from ray import serve
@@ -154,7 +154,7 @@ def main() -> None:
     for r in results:
         print(f"{r['mode']:<12} {r['clients']:>7} {r['requests']:>8} {r['errors']:>6} {r['requests_per_s']:>7} "
               f"{r['p50_ms']:>8} {r['p99_ms']:>8} {r['mean_batch_requests']:>10} {r['max_batch_requests']:>9}")
-    out = Path(args.out)
+    out = Path(args.out or f"benchmarks/results/serve_load_{'custom' if args.model_path else args.backbone}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "requests_per_client": args.requests_per_client,
                                "model": model_label, "modes": MODES, "results": results}, indent=2))
