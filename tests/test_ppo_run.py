@@ -1,0 +1,95 @@
+"""Whole PPO runs through ``run_ppo`` on the session's Ray cluster (real actors, DeepSpeed on
+CPU, the tiny model): the reward rises on a task with a known optimum, and a run
+interrupted after a checkpoint resumes to exactly the uninterrupted run's result."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from alignray.metrics import read_metrics
+from tests.test_ppo_actors import prompts_path, small_config  # noqa: F401 (a fixture)
+from workflows.ppo import PPOCoordinator, run_ppo
+
+STEPS = 8
+CRASH_AT = 5  # 0-based step; the last checkpoint before it is after step 4
+
+
+def run_config(model_path, prompts_path, workdir):
+    cfg = small_config(model_path, prompts_path)
+    cfg.workdir = str(workdir)
+    cfg.ppo.steps, cfg.ppo.checkpoint_every = STEPS, 2
+    # reward: the share of "the" among a response's words, whose optimum is all "the";
+    # a KL coefficient and learning rate that let a tiny model move within a few steps
+    cfg.ppo.prompts_per_step, cfg.ppo.max_new_tokens = 32, 12
+    cfg.ppo.epochs, cfg.ppo.minibatches, cfg.ppo.lr, cfg.ppo.critic_lr = 2, 2, 2e-3, 1e-3
+    cfg.ppo.kl.coef = 0.02
+    return cfg
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+def without_times(record: dict) -> dict:
+    return {k: v for k, v in record.items() if not k.startswith("time") and k != "step_s"}
+
+
+def assert_same_record(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, float):
+            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (expected["step"], key)
+        else:
+            assert got[key] == value, (expected["step"], key)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_cluster, tiny_base_model, prompts_path, tmp_path_factory):
+    cfg = run_config(tiny_base_model, prompts_path, tmp_path_factory.mktemp("whole"))
+    return run_ppo(cfg, str(tiny_base_model), None)
+
+
+def test_reward_rises_towards_the_known_optimum(uninterrupted):
+    records = read_metrics(uninterrupted / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    first, last = records[:2], records[-2:]
+    mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
+    assert mean(last, "reward_raw") > mean(first, "reward_raw") + 0.05
+    assert all(r["probe_max_abs_diff"] <= 1e-5 for r in records)
+    summary = json.loads((uninterrupted / "summary.json").read_text())
+    assert len(summary["stage_times_per_step"]) == STEPS
+    assert {"generation", "reference", "critic_values", "scoring", "training", "sync"} <= set(
+        summary["stage_times_per_step"][0])
+    assert (uninterrupted / "curves.png").stat().st_size > 0
+    assert (uninterrupted / "policy" / "model.safetensors").exists()
+
+
+def test_an_interrupted_run_resumes_exactly(ray_cluster, tiny_base_model, prompts_path, tmp_path, uninterrupted,
+                                            monkeypatch):
+    cfg = run_config(tiny_base_model, prompts_path, tmp_path)
+    original_step = PPOCoordinator.step
+
+    def crash_at(self, step):
+        if step == CRASH_AT:
+            raise SimulatedCrash(f"interrupted before step {step}")
+        return original_step(self, step)
+
+    monkeypatch.setattr(PPOCoordinator, "step", crash_at)
+    with pytest.raises(SimulatedCrash):
+        run_ppo(cfg, str(tiny_base_model), None)
+    monkeypatch.setattr(PPOCoordinator, "step", original_step)
+    resumed = run_ppo(cfg, str(tiny_base_model), None)
+
+    assert resumed.name == uninterrupted.name  # same settings, same phase folder name
+    got = [without_times(r) for r in read_metrics(resumed / "metrics.jsonl")]
+    expected = [without_times(r) for r in read_metrics(uninterrupted / "metrics.jsonl")]
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))  # nothing logged twice
+    for a, b in zip(got, expected):
+        assert_same_record(a, b)
+    weights, expected_weights = (load_file(d / "policy" / "model.safetensors") for d in (resumed, uninterrupted))
+    for name, tensor in expected_weights.items():
+        assert torch.allclose(weights[name], tensor, atol=1e-6), name
