@@ -231,7 +231,8 @@ def test_serve_config_file_and_hydra_groups_are_valid():
 
     from workflows.common import CONFIG_PATH
     from workflows.serve import serve_config
-    document = yaml.safe_load((Path(__file__).resolve().parent.parent / "cluster" / "serve" / "serve_config.yaml").read_text())
+    config_file = Path(__file__).resolve().parent.parent / "cluster" / "serve" / "serve_config.yaml"
+    document = yaml.safe_load(config_file.read_text())
     application = ServeDeploySchema(**document).applications[0]
     args = serve_config(application.args)
     assert application.import_path == "workflows.serve:app_builder"
