@@ -360,7 +360,8 @@ def build_reward_api(scorer: RewardScorer, limits: RequestLimits, digest: Option
         # Without it the body is not parsed as JSON, and the 422 would blame valid JSON.
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
-            raise HTTPException(415, f"send the body as JSON with Content-Type: application/json, not {media_type or 'none'}")
+            raise HTTPException(415, "send the body as JSON with Content-Type: application/json, "
+                                     f"not {media_type or 'none'}")
 
     @app.get("/healthz")
     async def healthz() -> dict:
