@@ -14,7 +14,7 @@ choose their device from torch.
 """
 from __future__ import annotations
 
-import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -29,8 +29,8 @@ from actors.reference import ReferenceActor
 from actors.reward import RewardActor
 from actors.rollout import RolloutPool, RolloutWorker
 from alignray.config.ppo import PPOConfig
+from alignray.reward_client import TOKEN_ENV
 
-log = logging.getLogger(__name__)
 PLACEMENT_TIMEOUT_S = 120
 GPU_FRACTION_GRANULARITY = 1e-4  # Ray's smallest unit of a fractional resource
 
@@ -120,7 +120,9 @@ def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: st
             critic_backbone, ppo, rank, n_critic, seed) for rank in range(n_critic)])
     reference = ray.remote(ReferenceActor).options(max_restarts=0, **next(options)).remote(
         sft_model_path, ppo.temperature, ppo.deepspeed.precision, seed)
-    reward = ray.remote(RewardActor).options(max_restarts=0, **next(options)).remote(
+    # the endpoint's bearer token travels as an environment variable, never in the config
+    token_env = {"env_vars": {TOKEN_ENV: os.environ[TOKEN_ENV]}} if os.environ.get(TOKEN_ENV) else None
+    reward = ray.remote(RewardActor).options(max_restarts=0, runtime_env=token_env, **next(options)).remote(
         ppo.reward, reward_model_path, seed)
     workers = [ray.remote(RolloutWorker).options(max_restarts=ppo.rollout_max_restarts, max_task_retries=0,
                                                  **layout.rollout_options).remote(

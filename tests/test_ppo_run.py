@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from alignray.metrics import read_metrics

@@ -94,7 +94,8 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
     fluency_ppo = per_token_mean(sft_on_ppo, ppo_chunks)
     fluency_sft = per_token_mean(logprobs_under(sft_model, sft_chunks, ppo.temperature), sft_chunks)
 
-    judge_sft, judge_ppo = judge_scores(sft_texts, HELD_OUT_JUDGE_RATERS), judge_scores(ppo_texts, HELD_OUT_JUDGE_RATERS)
+    judge_sft = judge_scores(sft_texts, HELD_OUT_JUDGE_RATERS)
+    judge_ppo = judge_scores(ppo_texts, HELD_OUT_JUDGE_RATERS)
     report = GuardReport.measure(judge_ppo, judge_sft, ppo_texts, sft_texts, kl_per_response.mean().item(),
                                  fluency_ppo, fluency_sft, seed=cfg.seed)
     verdict = report.verdict(kl_budget=ppo.eval.kl_budget)

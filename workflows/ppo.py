@@ -354,6 +354,9 @@ def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None)
         return out
     out.mkdir(parents=True, exist_ok=True)
     ppo: PPOConfig = OmegaConf.to_object(cfg.ppo) if OmegaConf.is_config(cfg.ppo) else cfg.ppo
+    if ppo.reward.kind == "model" and not reward_model_path:
+        raise ValueError("ppo.reward.kind=model needs a reward model (ppo.reward_model_path); "
+                         "ppo.reward.kind=annotators is the oracle reward without one")
     check_position_limit(str(sft_model_path), cfg.data.max_prompt_tokens, ppo.max_new_tokens)
     owned = connect(cfg.cluster, runtime_env={"env_vars": {
         "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
