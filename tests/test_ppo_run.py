@@ -1,6 +1,7 @@
 """Whole PPO runs through ``run_ppo`` on the session's Ray cluster (real actors, DeepSpeed on
 CPU, the tiny model): the reward rises on a task with a known optimum, and a run
-interrupted after a checkpoint resumes to exactly the uninterrupted run's result."""
+interrupted after a checkpoint resumes to exactly the uninterrupted run's result; and the
+evaluation's known answer for a policy judged against itself."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from safetensors.torch import load_file
 
 from alignray.metrics import read_metrics
 from tests.test_ppo_actors import prompts_path, small_config  # noqa: F401 (a fixture)
+from workflows.evaluate import evaluate_policies
 from workflows.ppo import PPOCoordinator, run_ppo
 
 STEPS = 8
@@ -92,3 +94,18 @@ def test_an_interrupted_run_resumes_exactly(ray_cluster, tiny_base_model, prompt
     weights, expected_weights = (load_file(d / "policy" / "model.safetensors") for d in (resumed, uninterrupted))
     for name, tensor in expected_weights.items():
         assert torch.allclose(weights[name], tensor, atol=1e-6), name
+
+
+def test_evaluating_a_policy_against_itself_is_a_tie_with_zero_kl(tiny_base_model, prompts_path, tmp_path):
+    cfg = run_config(tiny_base_model, prompts_path, tmp_path)
+    cfg.ppo.eval.num_prompts, cfg.ppo.eval.samples_to_write = 24, 5
+    result = evaluate_policies(cfg, str(tiny_base_model), str(tiny_base_model), str(prompts_path), tmp_path / "eval")
+    assert result["num_prompts"] == 24
+    assert (result["win_rate"], result["ci_low"], result["ci_high"]) == (0.5, 0.5, 0.5)
+    assert abs(result["mean_kl"]) < 1e-4 and result["length_ratio"] == 1.0
+    assert result["fluency_policy"] == pytest.approx(result["fluency_reference"])
+    assert not result["preferred_with_guards"]  # a tie is no preference
+    saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert saved["verdict"] == result["verdict"]
+    samples = (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 5 and json.loads(samples[0])["sft"] == json.loads(samples[0])["ppo"]
