@@ -19,7 +19,7 @@ from alignray.sft import tokenize_demonstrations
 from alignray.validation import DataValidationError
 from workflows.common import CONFIG_PATH
 from workflows.ray_train import TrainingInterrupted
-from workflows.sft import load_demonstrations, run_sft
+from workflows.sft import load_demonstrations, run_sft, trained_history
 
 # Ten global batches of 8 from ~500 demonstrations; the tolerance for 1 vs 2 workers
 # covers the different dropout draws of two ranks (measured differences: ~1e-3 nats).
@@ -97,11 +97,11 @@ def test_empty_and_overlong_rows_are_counted_not_dropped_silently(tmp_path):
     rows[3]["response"] = "   "
     rows[7]["prompt"] = "x" * 5000
     pq.write_table(pa.Table.from_pylist(rows, schema=DEMONSTRATION_SCHEMA), path)
-    tables, counts = load_demonstrations(sft_config(tmp_path, path, "data.heldout_fraction=0.3"))
-    for split in ("train", "heldout"):
-        assert counts[split]["rows_in"] == 40 and counts[split]["rejected"] == 2
-        assert counts[split]["reasons"] == {"invalid prompt": 1, "invalid response": 1}
+    tables, reports = load_demonstrations(sft_config(tmp_path, path, "data.heldout_fraction=0.3"))
+    assert reports == [{"file": str(path), "rows_in": 40, "accepted": 38, "rejected": 2,
+                        "reasons": {"invalid prompt": 1, "invalid response": 1}}]
     assert tables["train"].num_rows + tables["heldout"].num_rows == 38
+    assert tables["heldout"].num_rows > 0
     assert tables["train"]["example_id"].to_pylist() == list(range(tables["train"].num_rows))
 
 
@@ -134,6 +134,8 @@ def test_resume_continues_from_the_checkpoint_without_repeating_or_skipping(inte
     assert sorted(first) == [1, 2, 3, 4, 5, 6] and sorted(second) == [5, 6, 7, 8, 9, 10]
     assert [second[5], second[6]] == [first[5], first[6]]
     assert len({first[step] for step in first} | {second[7]}) == 7  # each batch is a different one
+    # What the final model went through: every step once, in order.
+    assert [r["step"] for r in trained_history(records) if "loss" in r] == list(range(1, STEPS + 1))
 
 
 def test_two_workers_zero2_match_one_worker(ray_cluster, tiny_base_model, demonstrations, tmp_path,

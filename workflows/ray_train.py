@@ -216,10 +216,12 @@ class TrainingWorker:
                 return False
             if self.step >= self.loop.total_steps:
                 return True
+            paused = time.monotonic()  # evaluation and checkpoints do not count against tokens/s
             if self.loop.eval_every and self.step % self.loop.eval_every == 0:
                 self._evaluate()
             if self.loop.checkpoint_every and self.step % self.loop.checkpoint_every == 0:
                 self._checkpoint()
+            window.started += time.monotonic() - paused
         if seen != self.loop.steps_per_epoch:
             raise RuntimeError(f"epoch {epoch} had {seen} global batches, the driver counted "
                                f"{self.loop.steps_per_epoch}")
@@ -270,17 +272,12 @@ class TrainingWorker:
         heldout = ray.train.get_dataset_shard("heldout")
         totals: dict[str, float] = {}
         for global_batch in heldout.iter_batches(batch_size=self.loop.global_batch_size, batch_format="numpy"):
-            mine = global_batch["example_id"] % self.world == self.rank
-            filler = not mine.any()
-            chosen = np.flatnonzero(mine) if not filler else np.arange(1)
-            rows = {name: column[chosen] for name, column in global_batch.items()}
+            mine = np.flatnonzero(global_batch["example_id"] % self.world == self.rank)
+            weight = 1.0 if len(mine) else 0.0  # 0: a filler row, computed and not counted
+            rows = {name: column[mine if len(mine) else [0]] for name, column in global_batch.items()}
             loss_sum, sums = self.task.loss(self.engine, self.task.collate(rows, self.device))
-            if filler:
-                continue
-            sums = {"loss_sum": float(loss_sum), **sums}
-            totals = {k: totals.get(k, 0.0) + v for k, v in sums.items()}
-        if not totals:
-            raise RuntimeError(f"rank {self.rank} has no held-out rows (fewer than {self.world}?)")
+            for name, value in {"loss_sum": float(loss_sum), **sums}.items():
+                totals[name] = totals.get(name, 0.0) + weight * value
         totals = self._all_reduce(torch.tensor(totals.pop("loss_sum")), totals)
         if self.metrics:
             units = totals["units"]

@@ -29,6 +29,7 @@ from pathlib import Path
 import hydra
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import ray.data
 from omegaconf import DictConfig, OmegaConf
@@ -36,6 +37,7 @@ from transformers import AutoConfig
 
 from actors import runtime
 from alignray.config.sft import RUN_CONTROL_KEYS
+from alignray.config.training import DeepSpeedConfig
 from alignray.data import prepare_embedded_data, read_demonstrations
 from alignray.embedded.tweets import is_heldout
 from alignray.metrics import plot_curves, read_metrics
@@ -60,51 +62,50 @@ def sft_output_dir(cfg: DictConfig, base_model_path: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- data
-def demonstration_files(cfg: DictConfig) -> dict[str, Path]:
-    """``{"train": ..., "heldout": ...}`` parquet paths; for ``data.source=files`` the
-    held-out split is drawn from the one file by content hash (stable across runs)."""
+def read_demonstration_splits(cfg: DictConfig) -> tuple[dict[str, pa.Table], list[dict]]:
+    """Validated ``train`` and ``heldout`` tables and one validation report per file read.
+
+    The embedded default comes as two files; ``data.source=files`` is one file whose
+    held-out rows are drawn by content hash (``data.heldout_fraction``, stable across runs).
+    """
     if cfg.data.source == "embedded":
         data_dir = phase_dir(cfg, "data", cfg.data)
         if not is_complete(data_dir):
             paths = prepare_embedded_data(cfg.data, data_dir)
             mark_complete(data_dir, {name: str(path) for name, path in paths.items()})
-        return {"train": data_dir / "demonstrations_train.parquet",
-                "heldout": data_dir / "demonstrations_heldout.parquet"}
+        splits = {split: _read(data_dir / f"demonstrations_{split}.parquet") for split in ("train", "heldout")}
+        return {split: table for split, (table, _) in splits.items()}, [r for _, r in splits.values()]
     if cfg.data.source == "files":
         if not cfg.data.demonstrations_path:
             raise ValueError("data.source=files needs data.demonstrations_path")
-        path = Path(cfg.data.demonstrations_path)
-        return {"train": path, "heldout": path}
+        table, report = _read(Path(cfg.data.demonstrations_path))
+        texts = zip(table.column("prompt").to_pylist(), table.column("response").to_pylist())
+        heldout = pa.array([is_heldout(f"{p} {r}", cfg.data.heldout_fraction) for p, r in texts], pa.bool_())
+        return {"train": table.filter(pc.invert(heldout)), "heldout": table.filter(heldout)}, [report]
     raise ValueError(f"data.source must be embedded or files, not {cfg.data.source!r}")
 
 
-def load_demonstrations(cfg: DictConfig) -> tuple[dict[str, pa.Table], dict]:
-    """Validated tables (train shuffled with the seed, capped at ``sft.max_examples``),
-    each row numbered by ``example_id`` in training order, and the validation counts."""
-    files = demonstration_files(cfg)
-    tables, counts = {}, {}
-    for split, path in files.items():
-        table, report = read_demonstrations(path)
-        print(report.summary(), flush=True)
-        if files["train"] == files["heldout"]:
-            table = table.filter(pa.array(_heldout_mask(table, cfg.data.heldout_fraction) == (split == "heldout")))
-        tables[split] = table
-        counts[split] = {"file": str(path), "rows_in": report.rows_in, "rejected": report.rejected,
-                         "reasons": report.reasons, "accepted": table.num_rows}
+def _read(path: Path) -> tuple[pa.Table, dict]:
+    table, report = read_demonstrations(path)
+    print(report.summary(), flush=True)
+    return table, {"file": str(path), "rows_in": report.rows_in, "accepted": report.accepted,
+                   "rejected": report.rejected, "reasons": report.reasons}
+
+
+def load_demonstrations(cfg: DictConfig) -> tuple[dict[str, pa.Table], list[dict]]:
+    """The validated splits, train shuffled with the seed and capped at
+    ``sft.max_examples``, each row numbered by ``example_id`` in training order; and the
+    validation reports."""
+    tables, reports = read_demonstration_splits(cfg)
     order = np.random.default_rng(cfg.seed).permutation(tables["train"].num_rows)
     if cfg.sft.max_examples:
         order = order[: cfg.sft.max_examples]
     tables["train"] = tables["train"].take(pa.array(order))
     for split, table in tables.items():
         if table.num_rows == 0:
-            raise ValueError(f"no {split} demonstrations left after validation: {counts[split]}")
+            raise ValueError(f"no {split} demonstrations left after validation: {reports}")
         tables[split] = table.append_column("example_id", pa.array(np.arange(table.num_rows), pa.int64()))
-    return tables, counts
-
-
-def _heldout_mask(table: pa.Table, fraction: float) -> np.ndarray:
-    texts = zip(table.column("prompt").to_pylist(), table.column("response").to_pylist())
-    return np.array([is_heldout(f"{p} {r}", fraction) for p, r in texts], dtype=bool)
+    return tables, reports
 
 
 def tokenized_dataset(table: pa.Table, model_path: str, data_cfg) -> ray.data.Dataset:
@@ -169,11 +170,12 @@ def run_sft(cfg: DictConfig, base_model_path: str | Path) -> Path:
           f"the last {untrained_tail} rows of each epoch make no full batch", flush=True)
 
     loop = TrainLoopConfig(
-        model_path=base_model_path, deepspeed=OmegaConf.to_object(cfg.sft.deepspeed), lr=cfg.sft.lr,
-        warmup_steps=cfg.sft.warmup_steps, global_batch_size=cfg.sft.batch_size, steps_per_epoch=steps,
-        epochs=cfg.sft.epochs, max_steps=cfg.sft.max_steps, eval_every=cfg.sft.eval_every,
-        checkpoint_every=cfg.sft.checkpoint_every, log_every=cfg.sft.log_every, seed=cfg.seed,
-        metrics_dir=str(out), interrupt_after_steps=cfg.sft.interrupt_after_steps)
+        model_path=base_model_path, deepspeed=DeepSpeedConfig(**OmegaConf.to_container(cfg.sft.deepspeed)),
+        lr=cfg.sft.lr, warmup_steps=cfg.sft.warmup_steps, global_batch_size=cfg.sft.batch_size,
+        steps_per_epoch=steps, epochs=cfg.sft.epochs, max_steps=cfg.sft.max_steps,
+        eval_every=cfg.sft.eval_every, checkpoint_every=cfg.sft.checkpoint_every,
+        log_every=cfg.sft.log_every, seed=cfg.seed, metrics_dir=str(out),
+        interrupt_after_steps=cfg.sft.interrupt_after_steps)
     result = fit(SFT_TASK, loop, datasets, cfg.cluster, out)
 
     model_dir = out / MODEL_DIR
@@ -189,10 +191,10 @@ def run_sft(cfg: DictConfig, base_model_path: str | Path) -> Path:
     return out
 
 
-def summarise(out: Path, loop: TrainLoopConfig, validation: dict, tokens: dict, untrained_tail: int,
+def summarise(out: Path, loop: TrainLoopConfig, validation: list[dict], tokens: dict, untrained_tail: int,
               wall_time_s: float) -> dict:
     """Base vs SFT held-out loss from the metrics log, and the loss curves as PNG."""
-    records = read_metrics(out / "metrics.jsonl")
+    records = trained_history(read_metrics(out / "metrics.jsonl"))
     heldout = [(r["step"], r["heldout_loss"]) for r in records if "heldout_loss" in r]
     base = next(loss for step, loss in heldout if step == 0)
     plot_curves(records, ["loss", "heldout_loss", "tokens_per_s"], out / "loss.png",
@@ -200,6 +202,17 @@ def summarise(out: Path, loop: TrainLoopConfig, validation: dict, tokens: dict, 
     return {"heldout_loss_base": base, "heldout_loss_sft": heldout[-1][1], "steps": loop.total_steps,
             "global_batch_size": loop.global_batch_size, "wall_time_s": round(wall_time_s, 1),
             "validation": validation, "tokenized": tokens, "untrained_rows_per_epoch": untrained_tail}
+
+
+def trained_history(records: list[dict]) -> list[dict]:
+    """The records of the steps the final model went through: a resume from step ``c``
+    drops the earlier run's records after ``c`` (that work was lost with the interruption)."""
+    kept: list[dict] = []
+    for record in records:
+        if record.get("event") == "resumed":
+            kept = [r for r in kept if r["step"] <= record["step"]]
+        kept.append(record)
+    return kept
 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
