@@ -3,6 +3,8 @@
     python benchmarks/rlaif_agreement.py --judge <model folder or hub id>      # e.g. the SFT model
     python benchmarks/rlaif_agreement.py --pairs 1000 --actors 2               # embedded base model
 
+(The embedded base model is pretrained on first use, minutes on CPU, and cached.)
+
 Pairs come from the embedded default's held-out tweets (never trained on): the opening of
 tweet i is the prompt; its real continuation and the continuation of another held-out
 tweet are the two replies. The held-out annotators (VADER raters 6-10, mean score) decide
@@ -47,9 +49,12 @@ def tweet_pairs(count: int, seed: int) -> list[dict]:
     return pairs[:count]
 
 
-def agreement(preference_a: np.ndarray, difference: np.ndarray) -> float:
-    """Share of pairs where ``preference_a`` (> 0.5: a) sides with the sign of ``difference``."""
-    return float(np.mean(np.where(preference_a == 0.5, 0.5, (preference_a > 0.5) == (difference > 0))))
+def agreement(preference_a: np.ndarray, difference: np.ndarray) -> dict[str, float]:
+    """Share of pairs where ``preference_a`` (> 0.5: a) sides with the sign of ``difference``
+    (an indifferent 0.5 counts half), with a normal-approximation 95% interval."""
+    share = float(np.mean(np.where(preference_a == 0.5, 0.5, (preference_a > 0.5) == (difference > 0))))
+    half_width = 1.96 * float(np.sqrt(share * (1 - share) / max(1, len(difference))))
+    return {"agreement": share, "ci95": [share - half_width, share + half_width], "pairs": len(difference)}
 
 
 def main() -> None:
@@ -107,9 +112,10 @@ def main() -> None:
               "judge_wall_time_s": round(seconds, 1), "actors": args.actors, "seed": args.seed}
     print(f"\nAgreement with held-out annotators 6-10 on {len(rows)} pairs of real held-out tweets "
           f"({int(clear.sum())} clear); judge {judge}")
-    print(f"{'who':<26}{'all pairs':>11}{'clear pairs':>13}")
+    print(f"{'who':<26}{'all pairs':>22}{'clear pairs':>22}")
     for who, scores in table.items():
-        print(f"{who:<26}{scores['all']:>11.3f}{scores['clear']:>13.3f}")
+        cells = [f"{s['agreement']:.3f} [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]" for s in (scores["all"], scores["clear"])]
+        print(f"{who:<26}{cells[0]:>22}{cells[1]:>22}")
     print(f"mean position bias {result['mean_position_bias_log_odds']:.3f} log-odds toward the first reply "
           f"(cancelled by the swap); {result['texts_clipped']} texts clipped; judged in {seconds:.0f} s")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

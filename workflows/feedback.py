@@ -95,12 +95,17 @@ def take_prompts(path: Path, count: int, seed: int) -> list[str]:
     return [distinct[i] for i in order]
 
 
-def sample_policy_responses(model_path: str, prompts: list[str], per_prompt: int, max_prompt_tokens: int,
+def load_policy(model_path: str):
+    tokenizer = load_tokenizer(model_path)
+    # Keep a long prompt's end: with a chat template the generation prompt is there.
+    tokenizer.truncation_side = "left"
+    return disable_dropout(load_causal_lm(model_path)).eval(), tokenizer
+
+
+def sample_policy_responses(model, tokenizer, prompts: list[str], per_prompt: int, max_prompt_tokens: int,
                             max_new_tokens: int, batch_size: int, temperature: float, seed: int,
                             label: str) -> list[list[str]]:
     """``per_prompt`` sampled responses to each prompt (batched, KV cache, seeded), with progress."""
-    tokenizer = load_tokenizer(model_path)
-    model = disable_dropout(load_causal_lm(model_path)).eval()
     limit = model_position_limit(model)
     if limit is not None and max_prompt_tokens + max_new_tokens > limit:
         raise ValueError(f"data.max_prompt_tokens {max_prompt_tokens} + {max_new_tokens} response tokens exceed "
@@ -249,9 +254,10 @@ def simulated_feedback(cfg: DictConfig, policy_model_path: str, out: Path) -> tu
     fb = cfg.feedback
     files = prompt_files(cfg)
     max_new_tokens = fb.max_response_tokens or cfg.data.max_response_tokens
+    model, tokenizer = load_policy(policy_model_path)
 
     def respond(prompts, label, seed):
-        return sample_policy_responses(policy_model_path, prompts, fb.responses_per_prompt, cfg.data.max_prompt_tokens,
+        return sample_policy_responses(model, tokenizer, prompts, fb.responses_per_prompt, cfg.data.max_prompt_tokens,
                                        max_new_tokens, fb.generation_batch_size, fb.temperature, seed, label)
 
     prompts = take_prompts(files["train"], fb.num_prompts, cfg.seed)
@@ -364,7 +370,8 @@ def run_feedback(cfg: DictConfig, policy_model_path: str) -> Path:
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
     start_app(cfg, "feedback")
-    owned = runtime.connect(cfg.cluster, runtime_env={"env_vars": {
+    # Only the AI judge runs on Ray (its actor pool); human and simulated feedback do not need it.
+    owned = cfg.feedback.ai_share > 0 and runtime.connect(cfg.cluster, runtime_env={"env_vars": {
         "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
     try:
         policy = cfg.feedback.policy_model_path or resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
