@@ -22,7 +22,7 @@ PROMPTS = ["i think", "today was", "my flight", "this phone"]
 RESPONSES = ["a great day", "so bad and sad", "it is ok", "love it so much, happy", "terrible awful service"]
 # Both runs train on the same global batches (workflows/ray_train.py) with the loss divided
 # by the global batch's weight, so two workers differ from one only by the order of float
-# sums. Early steps agree to float precision; over 170 steps at this learning rate Adam
+# sums. Early steps agree to float precision; over ~110 steps at this learning rate Adam
 # amplifies the rounding differences, so the end result agrees within a looser tolerance.
 EARLY_STEPS = 30
 EARLY_LOSS_TOLERANCE = 1e-4
@@ -63,7 +63,7 @@ WORDS = {"positive": ["good", "great", "love", "happy", "nice", "best", "thanks"
          "neutral": ["the", "flight", "today", "phone", "just", "it", "was"]}
 
 
-def synthetic_feedback(tmp_path, num_prompts: int = 150, seed: int = 0):
+def synthetic_feedback(tmp_path, num_prompts: int = 100, seed: int = 0):
     """Training feedback by raters 1-5 (plus a bad-faith flipper) and held-out feedback by
     raters 1-5 and 6-10, on short texts made of lexicon words."""
     rng = np.random.default_rng(seed)
@@ -193,3 +193,14 @@ def test_client_raises_at_once_on_a_refusal_and_after_retries_when_unreachable()
         stub.close()
     with pytest.raises(RewardEndpointError, match="unreachable after 2 tries"):
         RewardClient(stub.url, timeout=1, retries=1, backoff_s=0.01).score(["p"], ["a"])
+
+
+def test_evaluation_panels_separate_training_heldout_annotators_and_groups():
+    from alignray.feedback import feedback_table, pairwise_feedback
+    from workflows.reward_model import evaluation_panels
+
+    heldout = feedback_table([pairwise_feedback("p", "x", "y", "a", annotator, annotator_group=group)
+                              for annotator, group in [("rater1", "north"), ("rater2", "south"), ("rater6", "north")]])
+    assert evaluation_panels(heldout, {"rater1", "rater2", "badfaith1"}) == {
+        "training_annotators": ["rater1", "rater2"], "heldout_annotators": ["rater6"],
+        "group:north": ["rater1", "rater6"], "group:south": ["rater2"]}
