@@ -25,6 +25,10 @@ sums with ``"units"`` (how many units) and optionally ``"tokens"`` (tokens proce
 throughput); any other entry is a per-unit metric's sum, reported as a mean over units.
 The loop divides ``loss_sum`` by the units of the *global* batch, so each unit weighs
 the same whatever the number of workers.
+
+Storage. Checkpoints go to ``<storage_dir>/ray_train`` and rank 0 appends metrics to
+``<storage_dir>/metrics.jsonl``: on a multi-node cluster that folder must be on storage
+every node sees (NFS or similar), as Ray Train requires of a local ``storage_path``.
 """
 from __future__ import annotations
 
