@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 # Must be set before Ray starts its processes: keeps node listeners on 127.0.0.1.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -20,6 +21,15 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402
 
 log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent.parent
+
+
+def worker_env() -> dict[str, str]:
+    """What every actor and Ray Train worker needs: the project importable, no hub lookups,
+    and DeepSpeed's accelerator chosen from torch (on CPU nothing may JIT-compile)."""
+    import torch
+    return {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")}
 
 
 def connect(cluster_cfg, runtime_env: dict | None = None) -> bool:
@@ -29,9 +39,14 @@ def connect(cluster_cfg, runtime_env: dict | None = None) -> bool:
         return False
     address = cluster_cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
+        # A submitted job already carries its runtime env (cluster/runtime_env.yaml, with the
+        # code as working_dir); Ray merges a driver's env into it and fails on any conflict,
+        # so we add nothing of our own.
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return False
+    runtime_env = dict(runtime_env or {})
+    runtime_env["env_vars"] = worker_env() | runtime_env.get("env_vars", {})
     kwargs = dict(
         include_dashboard=False,
         object_store_memory=int(cluster_cfg.object_store_memory_mb) * 1024 * 1024,
