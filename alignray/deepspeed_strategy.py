@@ -21,7 +21,6 @@ the caller.
 """
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from pathlib import Path
@@ -34,14 +33,11 @@ import torch
 os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 
 import deepspeed  # noqa: E402
-import deepspeed.comm  # noqa: E402
 import deepspeed.ops  # noqa: E402
 from deepspeed.accelerator import get_accelerator  # noqa: E402
 
 from alignray.config.training import DeepSpeedConfig  # noqa: E402
 from alignray.modeling import training_dtype  # noqa: E402
-
-log = logging.getLogger(__name__)
 
 # Name under which DeepSpeed's op registry knows its shared-memory collective op.
 SHARED_MEMORY_COMM_OP = "deepspeed_shm_comm"

@@ -33,7 +33,6 @@ every node sees (NFS or similar), as Ray Train requires of a local ``storage_pat
 from __future__ import annotations
 
 import dataclasses
-import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -52,8 +51,6 @@ from alignray import deepspeed_strategy as strategy
 from alignray.config.training import DeepSpeedConfig
 from alignray.metrics import MetricsLogger
 from alignray.modeling import load_tokenizer
-
-log = logging.getLogger(__name__)
 
 RUN_NAME = "ray_train"  # the Ray Train run folder inside a phase's output folder
 MODEL_DIR = "model"  # Hugging Face export inside each checkpoint
