@@ -50,7 +50,7 @@ def run_pipeline(cfg: DictConfig) -> Path:
     reward_dir = timed("3b reward model", run_reward_model, cfg, sft_model, feedback_dir)
     ppo_dir = timed("4 PPO", run_ppo, cfg, sft_model, str(reward_dir / "model"))
     eval_dir = Path(cfg.workdir).expanduser().resolve() / f"eval-{ppo_dir.name.split('-')[-1]}"
-    timed("evaluation", evaluate_policies, cfg, base, sft_model, str(ppo_dir / "policy"), eval_dir)
+    timed("evaluation", lambda: evaluate_policies(cfg, sft_model, str(ppo_dir / "policy"), None, eval_dir) and eval_dir)
     phases = {"base": Path(base), "sft": sft_dir, "feedback": feedback_dir, "reward": reward_dir,
               "ppo": ppo_dir, "eval": eval_dir}
     report_dir = Path(cfg.workdir).expanduser().resolve() / "report"

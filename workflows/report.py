@@ -61,7 +61,7 @@ def pretrained_section(base: Path) -> Section:
 
 def sft_section(sft: Path) -> Section:
     s = _json(sft / "summary.json")
-    counts = s.get("validation", {}).get("train", {})
+    counts = next((v for v in s.get("validation", []) if "train" in Path(v["file"]).name), {})
     rows = [["held-out loss base", "held-out loss SFT", "steps", "batch", "workers", "ZeRO", "seconds"],
             [s.get("heldout_loss_base"), s.get("heldout_loss_sft"), s.get("steps"), s.get("global_batch_size"),
              s.get("workers"), s.get("zero_stage"), s.get("wall_time_s")]]
