@@ -31,6 +31,13 @@ from workflows.sft import run_sft
 log = logging.getLogger("alignray.pipeline")
 
 
+def evaluate(cfg: DictConfig, sft_model: str, ppo_dir: Path) -> Path:
+    """PPO vs SFT by the held-out judge, beside the PPO run it judges."""
+    out = ppo_dir.parent / f"eval-{ppo_dir.name.removeprefix('ppo-')}"
+    evaluate_policies(cfg, sft_model, str(ppo_dir / "policy"), None, out)
+    return out
+
+
 def run_pipeline(cfg: DictConfig) -> Path:
     """Run (or reuse) every phase; returns the report folder."""
     seconds: dict[str, float] = {}
@@ -49,8 +56,7 @@ def run_pipeline(cfg: DictConfig) -> Path:
     feedback_dir = timed("3a feedback", run_feedback, cfg, sft_model)
     reward_dir = timed("3b reward model", run_reward_model, cfg, sft_model, feedback_dir)
     ppo_dir = timed("4 PPO", run_ppo, cfg, sft_model, str(reward_dir / "model"))
-    eval_dir = Path(cfg.workdir).expanduser().resolve() / f"eval-{ppo_dir.name.split('-')[-1]}"
-    timed("evaluation", lambda: evaluate_policies(cfg, sft_model, str(ppo_dir / "policy"), None, eval_dir) and eval_dir)
+    eval_dir = timed("evaluation", evaluate, cfg, sft_model, ppo_dir)
     phases = {"base": Path(base), "sft": sft_dir, "feedback": feedback_dir, "reward": reward_dir,
               "ppo": ppo_dir, "eval": eval_dir}
     report_dir = Path(cfg.workdir).expanduser().resolve() / "report"
