@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from actors.base import named_weights
-from actors.reward import target_word_share
+from actors.reward import RewardActor, target_word_share
 from alignray.config import AlignrayConfig
 from alignray.data import PROMPT_SCHEMA
 from alignray.modeling import load_causal_lm
@@ -52,6 +52,27 @@ def gpu_ids(placements: list[dict]) -> list[tuple[str, ...]]:
 def test_target_word_share_counts_whole_words_case_insensitively():
     shares = target_word_share(["The cat and the dog", "then theatre", "", "the the"], "the")
     assert shares.tolist() == pytest.approx([0.4, 0.0, 0.0, 1.0])
+
+
+def test_reward_actor_scores_with_each_kind_and_the_critic_loads_an_rm_backbone(tiny_base_model, tmp_path):
+    from actors.critic import ValueModel
+    from alignray.config.ppo import PPORewardConfig
+    from alignray.feedback.simulated import TRAINING_RATERS, judge_scores
+    from alignray.reward_model import init_reward_model, load_reward_model, save_reward_model
+    model, tokenizer = init_reward_model(tiny_base_model)
+    save_reward_model(model, tokenizer, tmp_path / "rm", mean=1.0, std=2.0)
+    prompts, responses = ["I love the new", "Flying with"], ["phone, it is great", "delays again, awful"]
+    raw = load_reward_model(tmp_path / "rm").score(prompts, responses, normalize=False)
+    scored = RewardActor(PPORewardConfig(kind="model"), str(tmp_path / "rm")).score(prompts, responses)
+    assert torch.allclose(scored, (raw - 1.0) / 2.0, atol=1e-5)
+    oracle = RewardActor(PPORewardConfig(kind="annotators")).score(prompts, responses)
+    assert oracle.tolist() == pytest.approx(judge_scores(responses, TRAINING_RATERS).tolist())
+    assert oracle[0] > 0 > oracle[1]
+    with pytest.raises(ValueError, match="kind"):
+        RewardActor(PPORewardConfig(kind="vibes"))
+    critic = ValueModel(str(tmp_path / "rm"))
+    rm_embeddings = dict(model.named_parameters())["transformer.wte.weight"]
+    assert torch.equal(critic.backbone.wte.weight, rm_embeddings)
 
 
 def test_colocated_roles_share_one_gpu_and_train(ray_cluster, tiny_base_model, prompts_path, tmp_path):
