@@ -27,7 +27,7 @@ class RewardConfig:
     # loss = bradley_terry + pointwise_weight * pointwise (thumbs, quality scores, Elo).
     pointwise_weight: float = 0.5
     heldout_fraction: float = 0.05  # of the prompts: their examples give the held-out loss
-    eval_every: int = 0  # steps between held-out losses; 0: at the end of each epoch
+    eval_every: int = 100  # steps between held-out losses; 0: at the end of each epoch only
     disable_dropout: bool = True
     max_length: int = 64  # tokens of prompt + response; longer texts lose their start
     # Normalisation: distinct (prompt, response) texts of the training tables measured
