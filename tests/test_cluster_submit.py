@@ -26,24 +26,24 @@ CLUSTER_DIR = REPO_ROOT / "cluster"
 
 # The run submitted end to end. To submit another workflow, change WORKFLOW,
 # tiny_run_overrides and expected_artifacts.
-WORKFLOW = "pretrain"
+WORKFLOW = "pipeline"
 
 
 def tiny_run_overrides(out: Path) -> list[str]:
-    """Hydra overrides that make WORKFLOW finish in seconds and write under `out`."""
-    return ["model.embedded.max_steps=20", "model.embedded.vocab_size=300",
-            "model.embedded.n_layer=1", "model.embedded.n_embd=32",
-            "model.embedded.eval_batches=1", f"cache_dir={out}/cache", f"workdir={out}/runs"]
+    """Hydra overrides that make WORKFLOW finish in a few minutes and write under `out`."""
+    return ["experiment=tiny", f"cache_dir={out}/cache", f"workdir={out}/runs"]
 
 
 def expected_artifacts(out: Path) -> list[str]:
-    """Glob patterns (relative to `out`) that a successful run must have written."""
-    return ["cache/base-*/DONE", "cache/base-*/summary.json", "cache/base-*/model/model.safetensors",
-            "cache/base-*/model/config.json", "cache/base-*/model/tokenizer.json",
-            f"runs/hydra/*/{WORKFLOW}-config.yaml"]
+    """Glob patterns (relative to `out`) that a successful run must have written: every
+    phase's output and the report."""
+    return ["cache/base-*/DONE", "cache/base-*/model/model.safetensors",
+            *(f"runs/{phase}-*/DONE" for phase in ("sft", "feedback", "reward", "ppo")),
+            "runs/ppo-*/policy/model.safetensors", "runs/eval-*/eval.json",
+            "runs/report/report.html", "runs/report/report.md", f"runs/hydra/*/{WORKFLOW}-config.yaml"]
 
 
-def run_submit(cluster: LocalRayCluster, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def run_submit(cluster: LocalRayCluster, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     """`python -m cluster.submit ... --address <cluster>` in a subprocess, like a user."""
     command = [sys.executable, "-m", "cluster.submit", *args, "--address", cluster.dashboard_url]
     result = subprocess.run(command, cwd=REPO_ROOT, env=cluster.client_environ(), text=True,
