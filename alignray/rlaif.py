@@ -84,7 +84,8 @@ def fitted_judge_texts(tokenizer, prompt: str, reply_a: str, reply_b: str, posit
         clipped = [clip_tokens(tokenizer, text, budget)
                    for text, budget in ((prompt, prompt_budget), (reply_a, reply_budget), (reply_b, reply_budget))]
         (short_prompt, _), (short_a, _), (short_b, _) = clipped
-        texts = judge_text(tokenizer, short_prompt, short_a, short_b), judge_text(tokenizer, short_prompt, short_b, short_a)
+        texts = (judge_text(tokenizer, short_prompt, short_a, short_b),
+                 judge_text(tokenizer, short_prompt, short_b, short_a))
         # Tokens can merge across the joins, so the parts' lengths only estimate the whole.
         if position_limit is None or max(map(length, texts)) <= position_limit or reply_budget == 0:
             return texts[0], texts[1], sum(cut for _, cut in clipped)

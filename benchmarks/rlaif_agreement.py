@@ -100,7 +100,8 @@ def main() -> None:
                                                               np.where(training[decided] < 0, 0.0, 0.5))
     clear = np.abs(difference) >= CLEAR_GAP
     table = {
-        "AI judge": {"all": agreement(preference, difference), "clear": agreement(preference[clear], difference[clear])},
+        "AI judge": {"all": agreement(preference, difference),
+                     "clear": agreement(preference[clear], difference[clear])},
         "training annotators 1-5": {"all": agreement(train_preference, difference),
                                     "clear": agreement(train_preference[clear], difference[clear])},
     }
@@ -114,7 +115,8 @@ def main() -> None:
           f"({int(clear.sum())} clear); judge {judge}")
     print(f"{'who':<26}{'all pairs':>22}{'clear pairs':>22}")
     for who, scores in table.items():
-        cells = [f"{s['agreement']:.3f} [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]" for s in (scores["all"], scores["clear"])]
+        cells = [f"{s['agreement']:.3f} [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]"
+                 for s in (scores["all"], scores["clear"])]
         print(f"{who:<26}{cells[0]:>22}{cells[1]:>22}")
     print(f"mean position bias {result['mean_position_bias_log_odds']:.3f} log-odds toward the first reply "
           f"(cancelled by the swap); {result['texts_clipped']} texts clipped; judged in {seconds:.0f} s")

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from alignray.feedback import validate_feedback, feedback_table
-from alignray.generation import position_ids_from_mask
 from alignray.modeling import load_causal_lm, load_tokenizer
 from alignray.rlaif import (ANSWER_PREFIX, ai_feedback_rows, answer_margins, answer_margins_from_logits,
                             answer_token_ids, fitted_judge_texts, judge_pairs, judge_text, swap_averaged)
@@ -74,7 +73,8 @@ def test_long_prompts_and_replies_are_clipped_to_fit_the_models_positions(judge)
         assert len(tokenizer(text, add_special_tokens=False).input_ids) <= limit
     shouting = "EXCLUSIVE VIDEO: THE TRUTH ABOUT EVERYTHING"
     verdict = judge_pairs(model, tokenizer, ["today is", shouting], [long_reply, long_reply], ["meh", long_reply])
-    assert verdict["clipped_texts"].tolist() == [1, 3] and ((0 < verdict["preference_a"]) & (verdict["preference_a"] < 1)).all()
+    assert verdict["clipped_texts"].tolist() == [1, 3]
+    assert ((0 < verdict["preference_a"]) & (verdict["preference_a"] < 1)).all()
 
 
 def test_ai_rows_are_valid_feedback_with_source_ai():

@@ -48,7 +48,7 @@ from alignray.feedback.simulated import (HELD_OUT_JUDGE_RATERS, TRAINING_RATERS,
 from alignray.generation import decode_responses, disable_dropout, sample_responses
 from alignray.modeling import load_causal_lm, load_tokenizer, resolve_base_model
 from alignray.reward_evaluation import accuracy_against_votes, panel_votes
-from alignray.rlaif import ai_feedback_rows, model_position_limit
+from alignray.rlaif import AI_JUDGE_ID, ai_feedback_rows, model_position_limit
 from alignray.validation import ValidationReport, write_parquet
 from workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
 
@@ -300,7 +300,7 @@ def mix_in_ai_judge(cfg: DictConfig, feedback: pa.Table, judge_path: str,
 
 
 # ----------------------------------------------------------------------------- the phase
-def rlaif_report_section(stats: dict) -> str:
+def rlaif_report_section(stats: dict, verdict: str, policy: str) -> str:
     lines = ["## RLAIF judge", "",
              f"Judge model `{stats['judge_model']}`: {stats['items_replaced']} of {stats['pairwise_items']} pairwise "
              f"items judged by the AI (share {stats['ai_share']}); {stats['pairs_judged']} pairs judged in both orders "
@@ -311,6 +311,10 @@ def rlaif_report_section(stats: dict) -> str:
         lines += ["", f"Agreement with the majority of the held-out raters on {stats['items']} held-out pairs: "
                       f"**{stats['agreement_with_heldout_raters']:.3f}** (the training raters' consensus: "
                       f"{stats['training_raters_agreement_with_heldout_raters']:.3f}; chance: 0.5)."]
+    if verdict in ("adversarial", "uninformative"):
+        # The quality check treats the judge like any annotator: a judge at chance is flagged.
+        lines += ["", f"Annotator quality flags the AI judge as **{verdict}**; with annotator_policy={policy} "
+                      f"its rows are weighted accordingly in the training tables."]
     return "\n".join(lines) + "\n"
 
 
@@ -347,13 +351,16 @@ def run_feedback(cfg: DictConfig, policy_model_path: str) -> Path:
     write_parquet(tables.pointwise, out / POINTWISE_FILE, POINTWISE_SCHEMA)
     report_path = write_feedback_report(out, feedback, quality, tables, combined_report(reports))
     if rlaif is not None:
-        report_path.write_text(report_path.read_text() + "\n" + rlaif_report_section(rlaif))
+        verdict = quality.annotators["verdict"].get(AI_JUDGE_ID, "")
+        section = rlaif_report_section(rlaif, verdict, cfg.feedback.annotator_policy)
+        report_path.write_text(report_path.read_text() + "\n" + section)
 
     summary |= {
         "validation": [validation_counts(r) for r in reports],
         "rows_in": sum(r.rows_in for r in reports), "rows_accepted": sum(r.accepted for r in reports),
         "rows_rejected": sum(r.rejected for r in reports),
-        "rows_by_source": {k: int(n) for k, n in pd.Series(feedback.column("source").to_pylist()).value_counts().items()},
+        "rows_by_source": {source: int(n) for source, n
+                           in pd.Series(feedback.column("source").to_pylist()).value_counts().items()},
         "annotators": len(quality.annotators), "flagged_annotators": quality.flagged,
         "verdicts": quality.annotators["verdict"].to_dict(), "alpha": quality.alpha,
         "annotator_policy": cfg.feedback.annotator_policy, "training_tables": tables.counts, "rlaif": rlaif,
