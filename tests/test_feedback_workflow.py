@@ -75,6 +75,8 @@ def test_summary_counts_and_report(simulated_run):
     assert "badfaith1-flipper" in summary["verdicts"] and "preference" in summary["alpha"]
     report = (out / "report.md").read_text()
     assert "## RLAIF judge" in report and "held-out raters" in report
+    if summary["verdicts"]["ai-judge"] in ("adversarial", "uninformative"):
+        assert "flags the AI judge" in report
     assert (out / "agreement.png").stat().st_size > 0 and (out / "DONE").exists()
 
 
