@@ -49,7 +49,10 @@ class PPOConfig:
     # from `model` as the SFT policy, and no reward model (ppo.reward.kind must not be "model").
     sft_model_path: Optional[str] = None
     reward_model_path: Optional[str] = None
-    steps: int = 40
+    # 80 steps of 64 prompts: on the embedded default (oracle reward, CPU) 40 steps left
+    # the held-out judge undecided (win-rate 0.56 [0.53, 0.59]); 80 reached 0.74 [0.71, 0.77]
+    # at 2.6 nats of KL with no collapse.
+    steps: int = 80
     prompts_per_step: int = 64
     max_new_tokens: int = 24
     temperature: float = 1.0
