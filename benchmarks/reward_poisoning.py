@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--bad-faith-share", type=float, default=0.2)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "reward_poisoning")
