@@ -16,8 +16,9 @@ class RewardConfig:
     # heldout_feedback.parquet and feedback.parquet (as workflows/feedback.py writes them).
     sft_model: str = ""
     feedback_dir: str = ""
-    # Measured on the embedded default (benchmarks/reward_poisoning.py): a second epoch
-    # overfits (held-out loss rises) and 3e-4 learns within one.
+    # Measured on tweet pairs (benchmarks/reward_poisoning.py, lr 3e-4): two epochs drove
+    # the train loss to 0.22 while the held-out loss did not fall, for no better accuracy
+    # than one epoch (0.660 vs 0.663 against annotators 6-10).
     lr: float = 3e-4
     warmup_steps: int = 10
     epochs: int = 1
