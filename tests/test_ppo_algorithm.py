@@ -14,7 +14,6 @@ from alignray.ppo import (
     FixedKLController,
     RunningRewardNormalizer,
     clip_rewards,
-    clipped_surrogate_loss,
     clipped_value_loss,
     entropy_from_logits,
     explained_variance,

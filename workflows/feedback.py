@@ -43,6 +43,8 @@ from alignray.data import format_prompt, prepare_embedded_data, read_prompts
 from alignray.feedback import (annotator_quality, annotator_weights, build_training_tables, feedback_table,
                                read_feedback, validate_feedback, write_feedback, write_feedback_report)
 from alignray.feedback.aggregate import PAIRS_SCHEMA, POINTWISE_SCHEMA
+from alignray.feedback.files import (FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, HELDOUT_PAIRS_FILE, PAIRS_FILE,
+                                     POINTWISE_FILE)
 from alignray.feedback.simulated import (HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, make_annotator_pool,
                                          simulate_feedback)
 from alignray.generation import decode_responses, disable_dropout, sample_responses
@@ -54,12 +56,6 @@ from workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir,
 
 log = logging.getLogger("alignray.feedback")
 
-REPO = Path(__file__).resolve().parent.parent
-FEEDBACK_FILE = "feedback.parquet"
-PAIRS_FILE = "pairs.parquet"
-POINTWISE_FILE = "pointwise.parquet"
-HELDOUT_FEEDBACK_FILE = "heldout_feedback.parquet"
-HELDOUT_PAIRS_FILE = "heldout_pairs.parquet"
 MAX_ERRORS_LOGGED = 50
 
 HELDOUT_PAIRS_SCHEMA = pa.schema([
@@ -378,8 +374,7 @@ def run_feedback(cfg: DictConfig, policy_model_path: str) -> Path:
 def main(cfg: DictConfig) -> str:
     start_app(cfg, "feedback")
     # Only the AI judge runs on Ray (its actor pool); human and simulated feedback do not need it.
-    owned = cfg.feedback.ai_share > 0 and runtime.connect(cfg.cluster, runtime_env={"env_vars": {
-        "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    owned = cfg.feedback.ai_share > 0 and runtime.connect(cfg.cluster)
     try:
         policy = cfg.feedback.policy_model_path or resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
         return str(run_feedback(cfg, policy))

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
 from alignray.embedded.tweets import is_heldout
+from alignray.feedback.files import FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, PAIRS_FILE, POINTWISE_FILE
 from alignray.feedback import PAIRS_SCHEMA, POINTWISE_SCHEMA, build_training_tables, read_feedback
 from alignray.metrics import plot_curves, read_metrics
 from alignray.reward_evaluation import annotator_groups, evaluate_against_panels, plot_calibration
@@ -50,13 +51,6 @@ from workflows.ray_train import MODEL_DIR, TrainLoopConfig, TrainTask, fit, step
 
 log = logging.getLogger("alignray.reward")
 
-REPO = Path(__file__).resolve().parent.parent
-PAIRS_FILE = "pairs.parquet"
-POINTWISE_FILE = "pointwise.parquet"
-HELDOUT_FEEDBACK_FILE = "heldout_feedback.parquet"
-TRAINING_FEEDBACK_FILE = "feedback.parquet"
-# Ray Train workers import this module and alignray from the repository.
-RUNTIME_ENV = {"env_vars": {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
 
 
 def resolve_backbone(backbone: str, sft_model_path: str) -> str:
@@ -204,7 +198,7 @@ def unfiltered_tables(feedback_dir: Path, pairs: pa.Table, pointwise: pa.Table) 
     """The training tables rebuilt from the raw feedback with every annotator at weight 1,
     or None when there is no raw feedback or that changes nothing (nobody was excluded or
     down-weighted)."""
-    path = feedback_dir / TRAINING_FEEDBACK_FILE
+    path = feedback_dir / FEEDBACK_FILE
     if not path.exists():
         return None
     everyone = build_training_tables(read_feedback(path, strict=False)[0], None)
@@ -232,7 +226,7 @@ def run_reward_model(cfg: DictConfig, backbone_path: str, feedback_dir: str | Pa
     heldout_path = feedback_dir / HELDOUT_FEEDBACK_FILE
     heldout = read_feedback(heldout_path)[0] if heldout_path.exists() else None
     backbone = resolve_backbone(cfg.reward.backbone, backbone_path)
-    owned = connect(cfg.cluster, runtime_env=RUNTIME_ENV)
+    owned = connect(cfg.cluster)
     try:
         evaluation = {"model": train_normalize_evaluate(pairs, pointwise, heldout, backbone, cfg, out)}
         comparison = unfiltered_tables(feedback_dir, pairs, pointwise) if cfg.reward.compare_unfiltered else None
@@ -280,7 +274,7 @@ def main(cfg: DictConfig) -> str:
     from actors.runtime import connect, shutdown_if_owned
 
     start_app(cfg, "reward_model")
-    owned = connect(cfg.cluster, runtime_env=RUNTIME_ENV)
+    owned = connect(cfg.cluster)
     try:
         out = run_reward_model(cfg, *upstream_inputs(cfg))
     finally:
