@@ -38,3 +38,19 @@ def tiny_base_model(tmp_path_factory) -> Path:
     from alignray.embedded.pretrain import TINY_TEST_RECIPE, build_base_model
     cache = Path(os.environ.get("ALIGNRAY_TEST_CACHE", REPO / ".alignray-cache" / "tests"))
     return build_base_model(TINY_TEST_RECIPE, cache_dir=cache, seed=0)
+
+
+OPENINGS = ["I love the new", "Flying with this airline", "Self-driving cars are", "My phone just",
+            "The weather today is", "Can't believe the game", "Monday mornings are", "This coffee shop",
+            "Just watched the movie", "Our team finally", "The new update is", "Traffic on the way"]
+
+
+@pytest.fixture(scope="session")
+def prompts_path(tmp_path_factory) -> Path:
+    """A small prompts file with the declared schema (tweet openings)."""
+    from alignray.data import PROMPT_SCHEMA
+    from alignray.validation import write_parquet
+    path = tmp_path_factory.mktemp("prompts") / "prompts.parquet"
+    write_parquet([{"prompt_id": str(i), "prompt": p, "system": None, "source": "test"}
+                   for i, p in enumerate(OPENINGS * 3)], path, PROMPT_SCHEMA)
+    return path

@@ -13,14 +13,9 @@ from omegaconf import OmegaConf
 from actors.base import named_weights
 from actors.reward import RewardActor, target_word_share
 from alignray.config import AlignrayConfig
-from alignray.data import PROMPT_SCHEMA
 from alignray.modeling import load_causal_lm
-from alignray.validation import write_parquet
 from workflows.ppo import ModelActorDied, PPOCoordinator, WeightSyncError
 
-OPENINGS = ["I love the new", "Flying with this airline", "Self-driving cars are", "My phone just",
-            "The weather today is", "Can't believe the game", "Monday mornings are", "This coffee shop",
-            "Just watched the movie", "Our team finally", "The new update is", "Traffic on the way"]
 
 
 def small_config(model_path, prompts_path, placement: str = "separate"):
@@ -35,14 +30,6 @@ def small_config(model_path, prompts_path, placement: str = "separate"):
 
 def make_coordinator(cfg, model_path, out) -> PPOCoordinator:
     return PPOCoordinator(OmegaConf.to_object(cfg.ppo), cfg.cluster, cfg.data, 0, str(model_path), None, out)
-
-
-@pytest.fixture(scope="module")
-def prompts_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("prompts") / "prompts.parquet"
-    write_parquet([{"prompt_id": str(i), "prompt": p, "system": None, "source": "test"}
-                   for i, p in enumerate(OPENINGS * 3)], path, PROMPT_SCHEMA)
-    return path
 
 
 def gpu_ids(placements: list[dict]) -> list[tuple[str, ...]]:

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from alignray.metrics import read_metrics
-from tests.test_ppo_actors import prompts_path, small_config  # noqa: F401 (a fixture)
+from tests.test_ppo_actors import small_config
 from workflows.evaluate import evaluate_policies
 from workflows.ppo import PPOCoordinator, run_ppo
 

@@ -59,10 +59,11 @@ def logprobs_under(model, chunks, temperature: float) -> list[torch.Tensor]:
 
 
 def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path: str | None,
-                      out_dir: str | Path) -> dict:
+                      out_dir: str | Path, base_path: str | None = None) -> dict:
     """Judge PPO against SFT on held-out prompts; writes ``eval.json`` and ``samples.jsonl``
     (responses side by side) in ``out_dir`` and returns what eval.json holds.
-    ``reference_prompts_path`` None means the embedded default's held-out prompts."""
+    ``reference_prompts_path`` None means the embedded default's held-out prompts. With
+    ``base_path``, the pretrained model's answers join the side-by-side samples."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ppo = cfg.ppo
@@ -117,13 +118,26 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
         "preferred_with_guards": (report.ci_low > MIN_CI_LOW and verdict.startswith("PASS")),
     }
     (out / "eval.json").write_text(json.dumps(result, indent=2))
+    shown = min(ppo.eval.samples_to_write, len(prompts))
+    base_texts = base_answers(base_path, tokenizer, prompts[:shown], ppo, max_prompt_tokens, cfg.seed)
     with (out / "samples.jsonl").open("w") as f:
-        for i in range(min(ppo.eval.samples_to_write, len(prompts))):
-            f.write(json.dumps({"prompt": prompts[i], "sft": sft_texts[i], "ppo": ppo_texts[i],
+        for i in range(shown):
+            f.write(json.dumps({"prompt": prompts[i], **({"base": base_texts[i]} if base_texts else {}),
+                                "sft": sft_texts[i], "ppo": ppo_texts[i],
                                 "judge_sft": float(judge_sft[i]), "judge_ppo": float(judge_ppo[i]),
                                 "kl": kl_per_response[i].item()}) + "\n")
     log.info("evaluation: %s", verdict)
     return result
+
+
+def base_answers(base_path: str | None, tokenizer, prompts: list[str], ppo, max_prompt_tokens: int,
+                 seed: int) -> list[str]:
+    """The pretrained model's answers to the same prompts (it shares the SFT tokenizer)."""
+    if not base_path:
+        return []
+    model = disable_dropout(load_causal_lm(base_path, torch.device("cpu"))).eval()
+    chunks = answer(model, tokenizer, prompts, ppo, max_prompt_tokens, seed)
+    return [t for _, _, s in chunks for t in decode_responses(tokenizer, s.response_ids, s.response_mask)]
 
 
 def _mean_words(texts: list[str]) -> float:

@@ -31,10 +31,10 @@ from workflows.sft import run_sft
 log = logging.getLogger("alignray.pipeline")
 
 
-def evaluate(cfg: DictConfig, sft_model: str, ppo_dir: Path) -> Path:
+def evaluate(cfg: DictConfig, base: str, sft_model: str, ppo_dir: Path) -> Path:
     """PPO vs SFT by the held-out judge, beside the PPO run it judges."""
     out = ppo_dir.parent / f"eval-{ppo_dir.name.removeprefix('ppo-')}"
-    evaluate_policies(cfg, sft_model, str(ppo_dir / "policy"), None, out)
+    evaluate_policies(cfg, sft_model, str(ppo_dir / "policy"), None, out, base_path=base)
     return out
 
 
@@ -56,7 +56,7 @@ def run_pipeline(cfg: DictConfig) -> Path:
     feedback_dir = timed("3a feedback", run_feedback, cfg, sft_model)
     reward_dir = timed("3b reward model", run_reward_model, cfg, sft_model, feedback_dir)
     ppo_dir = timed("4 PPO", run_ppo, cfg, sft_model, str(reward_dir / "model"))
-    eval_dir = timed("evaluation", evaluate, cfg, sft_model, ppo_dir)
+    eval_dir = timed("evaluation", evaluate, cfg, base, sft_model, ppo_dir)
     phases = {"base": Path(base), "sft": sft_dir, "feedback": feedback_dir, "reward": reward_dir,
               "ppo": ppo_dir, "eval": eval_dir}
     report_dir = Path(cfg.workdir).expanduser().resolve() / "report"

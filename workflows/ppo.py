@@ -37,7 +37,6 @@ from alignray.ppo import (TWEET_CONSTRAINTS_EXAMPLE, ConstraintPenalty, RunningR
 from workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
 
 log = logging.getLogger("alignray.ppo")
-REPO = Path(__file__).resolve().parent.parent
 PROGRESS_KEYS = ("reward_raw", "kl", "response_length", "value_loss", "approx_kl", "step_s")
 CURVES = ["reward_raw", "reward_normalized", "kl", "response_length", "value_loss"]
 
@@ -358,9 +357,7 @@ def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None)
         raise ValueError("ppo.reward.kind=model needs a reward model (ppo.reward_model_path); "
                          "ppo.reward.kind=annotators is the oracle reward without one")
     check_position_limit(str(sft_model_path), cfg.data.max_prompt_tokens, ppo.max_new_tokens)
-    owned = connect(cfg.cluster, runtime_env={"env_vars": {
-        "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-        "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")}})
+    owned = connect(cfg.cluster)
     started = time.monotonic()
     coordinator = None
     try:
