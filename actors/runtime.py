@@ -48,6 +48,9 @@ def connect(cluster_cfg, runtime_env: dict | None = None) -> bool:
     runtime_env = dict(runtime_env or {})
     runtime_env["env_vars"] = worker_env() | runtime_env.get("env_vars", {})
     kwargs = dict(
+        # "local": always a new instance. Without it ray.init joins whatever cluster a
+        # `ray start` on this host last recorded in /tmp/ray/ray_current_cluster.
+        address="local",
         include_dashboard=False,
         object_store_memory=int(cluster_cfg.object_store_memory_mb) * 1024 * 1024,
         runtime_env=runtime_env,

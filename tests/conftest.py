@@ -24,7 +24,9 @@ def ray_cluster():
     """Started once, stopped by its own handle (never `ray stop`)."""
     import ray
     # num_cpus is a logical count for scheduling; the machine has two cores.
-    ray.init(num_cpus=8, num_gpus=4, include_dashboard=False,
+    # address="local": a private instance even when a `ray start` cluster (ours in
+    # test_cluster_submit, or anyone's on this host) is recorded as the current one.
+    ray.init(address="local", num_cpus=8, num_gpus=4, include_dashboard=False,
              object_store_memory=256 * 1024 * 1024,
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
                                        "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}})
