@@ -23,6 +23,11 @@ REPO = Path(__file__).resolve().parent.parent
 def ray_cluster():
     """Started once, stopped by its own handle (never `ray stop`)."""
     import ray
+    # Ray 2.60 turns token auth on for a new local instance and caches the mode in the
+    # process; tests of the submit wrapper's auth handling flip RAY_AUTH_MODE, and a driver
+    # whose cached mode disagrees with its own GCS cannot start it. This instance is
+    # private, on loopback and without a dashboard: authentication off keeps it consistent.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     # num_cpus is a logical count for scheduling; the machine has two cores.
     # address="local": a private instance even when a `ray start` cluster (ours in
     # test_cluster_submit, or anyone's on this host) is recorded as the current one.
