@@ -38,7 +38,7 @@ def headline(evaluation: dict, reward_eval: dict, seconds: dict) -> Section:
             ["verdict with the reward-hacking guards", evaluation.get("verdict", "n/a")],
             ["reward-model accuracy vs held-out annotators",
              _fmt(heldout.get("heldout_annotators", {}).get("accuracy"))],
-            ["total wall time (s)", _fmt(sum(seconds.values()), 0)]]
+            ["wall time of this invocation (s; reused phases count 0)", _fmt(sum(seconds.values()), 0)]]
     preferred = evaluation.get("preferred_with_guards")
     text = ("The held-out annotators prefer the PPO policy to the SFT model, and every guard holds."
             if preferred else
@@ -78,7 +78,7 @@ def feedback_section(feedback: Path) -> Section:
             f"{s.get('annotators')} annotators; Krippendorff's alpha: {alpha or 'n/a'}; flagged as bad faith: "
             f"{s.get('flagged_annotators') or 'nobody'} (policy: {s.get('annotator_policy')}).",
             f"Training tables: {s.get('training_tables')}."]
-    if "rlaif" in s:
+    if s.get("rlaif"):
         text.append(f"AI judge (RLAIF): {json.dumps(s['rlaif'])}")
     text.append(f"Full feedback report: {feedback / 'report.md'}")
     return Section("3a. Human feedback and annotator quality", text, [],
@@ -153,7 +153,9 @@ def write_run_report(cfg: DictConfig, phases: dict[str, Path], seconds: dict[str
     evaluation = _json(phases["eval"] / "eval.json")
     reward_eval = _json(phases["reward"] / "eval.json")
     ppo_sec, timing_sec = ppo_section(phases["ppo"])
-    phase_times = Section("Time per phase", [], [["phase", "seconds"], *[[k, v] for k, v in seconds.items()]])
+    phase_times = Section("Time per phase", ["A phase whose output existed for the same settings was reused "
+                                             "and shows about 0 s; its own summary.json holds the time it took."],
+                          [["phase", "seconds"], *[[k, v] for k, v in seconds.items()]])
     sections = [headline(evaluation, reward_eval, seconds), pretrained_section(phases["base"]),
                 sft_section(phases["sft"]), feedback_section(phases["feedback"]),
                 reward_section(phases["reward"], reward_eval), ppo_sec, evaluation_section(evaluation),
