@@ -78,11 +78,17 @@ def _ratings_figure(feedback: pa.Table, path: Path) -> bool:
         return False
     ratings["unit"] = (ratings["score"] - ratings["scale_min"]) / (ratings["scale_max"] - ratings["scale_min"])
     by_annotator = ratings.groupby("annotator_id")["unit"]
-    figure = Figure(figsize=(max(6.0, 0.35 * by_annotator.ngroups + 2), 4.0))
+    figure = Figure(figsize=(6.5, 4.0))
     axes = figure.add_subplot()
-    axes.boxplot([values.to_numpy() for _, values in by_annotator], showfliers=False)
-    axes.set_xticks(np.arange(1, by_annotator.ngroups + 1), list(by_annotator.groups), rotation=90, fontsize=7)
-    axes.set_ylabel("rating, scale mapped to [0, 1]")
+    # Step histograms rather than boxes: ratings pile up on a few scale points (most texts
+    # are neutral), and a box then collapses to a line that hides the tails.
+    bins = np.linspace(0.0, 1.0, 8)
+    for annotator, values in by_annotator:
+        axes.hist(values.to_numpy(), bins=bins, histtype="step", density=True, label=str(annotator))
+    if by_annotator.ngroups <= 12:
+        axes.legend(fontsize=7)
+    axes.set_xlabel("rating, scale mapped to [0, 1]")
+    axes.set_ylabel("density")
     axes.set_title("Rating distribution per annotator (before normalisation)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
