@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 # Must be set before Ray starts its processes: keeps node listeners on 127.0.0.1.
@@ -67,3 +68,13 @@ def connect(cluster_cfg, runtime_env: dict | None = None) -> bool:
 def shutdown_if_owned(owned: bool) -> None:
     if owned and ray.is_initialized():
         ray.shutdown()
+
+
+@contextmanager
+def ray_session(cluster_cfg):
+    """Connected for the block; a Ray instance this block started is shut down at its end."""
+    owned = connect(cluster_cfg)
+    try:
+        yield
+    finally:
+        shutdown_if_owned(owned)

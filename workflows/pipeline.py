@@ -70,11 +70,8 @@ def run_pipeline(cfg: DictConfig) -> Path:
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
     start_app(cfg, "pipeline")
-    owned = runtime.connect(cfg.cluster)
-    try:
+    with runtime.ray_session(cfg.cluster):
         return str(run_pipeline(cfg))
-    finally:
-        runtime.shutdown_if_owned(owned)
 
 
 if __name__ == "__main__":

@@ -218,12 +218,9 @@ def trained_history(records: list[dict]) -> list[dict]:
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
     start_app(cfg, "sft")
-    owned = runtime.connect(cfg.cluster)
-    try:
+    with runtime.ray_session(cfg.cluster):
         base_model_path = resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
         return str(run_sft(cfg, base_model_path))
-    finally:
-        runtime.shutdown_if_owned(owned)
 
 
 if __name__ == "__main__":
