@@ -12,15 +12,20 @@
 from __future__ import annotations
 
 import datetime
+import math
 import os
-from typing import Any, Iterable
+import time
+from collections import defaultdict
+from typing import Any, Callable, Iterable
 
 import ray
 import torch
 from torch import Tensor
 
+from alignray.experience import Experience
 from alignray.generation import response_logits, token_logprobs
 from alignray.modeling import pick_device
+from alignray.ppo import length_sorted_parts, micro_batch_count
 
 SYNC_TIMEOUT = datetime.timedelta(minutes=2)
 
@@ -58,6 +63,7 @@ class TrainableActor(ModelActor):
         super().__init__(seed)
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.engine = None
+        self.trained_tokens, self.training_seconds = 0, 0.0  # since the last throughput()
 
     def rendezvous(self) -> tuple[str, int]:
         """Rank 0 names the address every rank of the world connects to."""
@@ -77,9 +83,57 @@ class TrainableActor(ModelActor):
         torch.distributed.all_reduce(tensor)
         return tensor.item() / self.world_size
 
+    def _world_max(self, value: int) -> int:
+        if self.world_size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return int(tensor.item())
+
     def _all_finite(self, loss: Tensor) -> bool:
         """True when the loss is finite on every rank: a rank alone may not skip a step."""
         return self._world_mean(float(torch.isfinite(loss).all())) == 1.0
+
+    def _accumulated_step(self, minibatch: Experience, loss_fn: Callable[[Experience], tuple[Tensor, dict]],
+                          token_budget: int) -> tuple[float, dict[str, float]] | None:
+        """One optimizer step on ``minibatch``: its rows sorted by length and cut into the
+        fewest micro-batches of at most ``token_budget`` padded tokens (0: one), each trimmed
+        of its padding, gradients accumulated. ``loss_fn`` returns a token-mean loss; each
+        micro-batch's counts by its share of the minibatch's tokens, so the step equals one
+        on the whole minibatch. Returns the loss and token-weighted stats (``*_max`` keys:
+        the max), or None when the loss is not finite on some rank: then nothing is applied."""
+        started = time.perf_counter()
+        lengths = minibatch.sequence_lengths()
+        count = self._world_max(micro_batch_count(lengths, token_budget))  # ranks accumulate alike
+        tokens = minibatch.response_mask.sum().clamp_min(1)
+        total, stats = torch.zeros((), device=self.device), defaultdict(float)
+        parts = length_sorted_parts(lengths, count)
+        for i, rows in enumerate(parts):
+            part = minibatch.select(rows).trimmed()
+            weight = part.response_mask.sum() / tokens
+            loss, part_stats = loss_fn(part)
+            self.engine.set_gradient_accumulation_boundary(i == len(parts) - 1)
+            self.engine.backward(loss * weight, scale_wrt_gas=False)
+            total += loss.detach() * weight
+            for key, value in part_stats.items():
+                stats[key] = max(stats[key], value) if key.endswith("_max") else stats[key] + value * weight.item()
+            self.trained_tokens += part.prompt_ids.numel() + part.response_ids.numel()
+        if not self._all_finite(total):
+            self.engine.zero_grad()
+            return None
+        self.engine.step()
+        self.training_seconds += time.perf_counter() - started
+        return total.item(), dict(stats) | {"micro_batches": len(parts)}
+
+    def throughput(self) -> dict[str, float]:
+        """Tokens (padded, as computed) per second of training since the last call and, where
+        the device's peak is known (GPUs), the model-FLOPs utilisation (6 x params x tokens)."""
+        from alignray.metrics import model_flops_utilization
+        rate = self.trained_tokens / self.training_seconds if self.training_seconds else 0.0
+        self.trained_tokens, self.training_seconds = 0, 0.0
+        params = sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())
+        mfu = model_flops_utilization(params, rate, self.device)
+        return {"train_tokens_per_s": rate} | ({} if math.isnan(mfu) else {"mfu": mfu})
 
     def save_checkpoint(self, ckpt_dir: str, client_state: dict | None = None) -> str:
         from alignray import deepspeed_strategy as ds

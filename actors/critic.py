@@ -68,17 +68,16 @@ class CriticActor(TrainableActor):
         skipped = 0
         minibatch_size = math.ceil(len(exp) / ppo.minibatches)
         for _, rows in minibatch_indices(len(exp), minibatch_size, ppo.epochs, generator):
-            batch = exp.select(rows.to(self.device))
-            values = self.engine(batch.prompt_ids, batch.prompt_mask, batch.response_ids)
-            loss, stats = clipped_value_loss(values, batch.values, batch.returns, batch.response_mask,
-                                             ppo.value_clip_eps)
-            if not self._all_finite(loss):
+            result = self._accumulated_step(exp.select(rows.to(self.device)), self._loss, ppo.micro_batch_tokens)
+            if result is None:
                 skipped += 1
                 continue
-            self.engine.backward(loss)
-            self.engine.step()
-            totals["value_loss"].append(loss.item())
-            totals["value_clip_fraction"].append(stats["value_clip_fraction"])
+            totals["value_loss"].append(result[0])
+            totals["value_clip_fraction"].append(result[1]["value_clip_fraction"])
         result = {key: sum(values) / len(values) for key, values in totals.items()}
         result["nonfinite_updates"] = skipped
-        return result
+        return result | {f"critic_{key}": value for key, value in self.throughput().items()}
+
+    def _loss(self, batch: Experience) -> tuple[Tensor, dict[str, float]]:
+        values = self.engine(batch.prompt_ids, batch.prompt_mask, batch.response_ids)
+        return clipped_value_loss(values, batch.values, batch.returns, batch.response_mask, self.ppo.value_clip_eps)

@@ -101,7 +101,7 @@ class PPOActors:
 
 
 def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: str,
-                      reward_model_path: str | None,
+                      reward_model_path: str | None, max_prompt_tokens: int,
                       current_weights: Callable[[], ray.ObjectRef | None]) -> PPOActors:
     """Place and start every PPO actor, form the policy's and the critic's DeepSpeed worlds,
     and wait until all are ready."""
@@ -126,7 +126,7 @@ def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: st
         ppo.reward, reward_model_path, seed)
     workers = [ray.remote(RolloutWorker).options(max_restarts=ppo.rollout_max_restarts, max_task_retries=0,
                                                  **layout.rollout_options).remote(
-        sft_model_path, ppo.max_new_tokens, ppo.temperature, ppo.top_p, ppo.deepspeed.precision, seed)
+        sft_model_path, ppo, max_prompt_tokens, seed)
         for _ in range(ppo.rollout_workers)]
     actors = PPOActors(policy, critic, reference, reward, RolloutPool(workers, current_weights, seed),
                        layout.placement_group)

@@ -50,26 +50,17 @@ class PolicyActor(TrainableActor):
         exp = exp.to(self.device)
         generator = torch.Generator().manual_seed(minibatch_seed(self.seed, step, self.rank))
         early_stop = EarlyStopOnKL(ppo.target_kl)
-        policy_loss = get_policy_loss("clipped_surrogate")
         totals: dict[str, list[float]] = defaultdict(list)
         skipped = 0
         minibatch_size = math.ceil(len(exp) / ppo.minibatches)
         for _, rows in minibatch_indices(len(exp), minibatch_size, ppo.epochs, generator, early_stop):
-            batch = exp.select(rows.to(self.device))
-            logits = response_logits(self.engine, batch.prompt_ids, batch.prompt_mask, batch.response_ids)
-            logprobs = token_logprobs(logits, batch.response_ids, ppo.temperature)
-            loss, stats = policy_loss(logprobs, batch.logprobs, batch.advantages, batch.response_mask, ppo.clip_eps)
-            entropy = masked_mean(entropy_from_logits(logits.float() / ppo.temperature), batch.response_mask)
-            if ppo.entropy_coef:
-                loss = loss - ppo.entropy_coef * entropy
-            if not self._all_finite(loss):
+            result = self._accumulated_step(exp.select(rows.to(self.device)), self._loss, ppo.micro_batch_tokens)
+            if result is None:
                 skipped += 1
                 continue
-            self.engine.backward(loss)
-            self.engine.step()
+            loss, stats = result
             early_stop.record(self._world_mean(stats["approx_kl"]))
-            totals["policy_loss"].append(loss.item())
-            totals["entropy"].append(entropy.item())
+            totals["policy_loss"].append(loss)
             for key, value in stats.items():
                 totals[key].append(value)
         result = {key: sum(values) / len(values) for key, values in totals.items()}
@@ -77,13 +68,29 @@ class PolicyActor(TrainableActor):
         result["nonfinite_updates"] = skipped
         result["policy_updates"] = len(totals["policy_loss"])
         result["stopped_after_epoch"] = early_stop.stopped_after_epoch
-        return result
+        return result | self.throughput()
+
+    def _loss(self, batch: Experience) -> tuple[torch.Tensor, dict[str, float]]:
+        """The clipped surrogate (minus the entropy bonus) of a micro-batch, token mean."""
+        ppo = self.ppo
+        logits = response_logits(self.engine, batch.prompt_ids, batch.prompt_mask, batch.response_ids)
+        logprobs = token_logprobs(logits, batch.response_ids, ppo.temperature)
+        loss, stats = get_policy_loss("clipped_surrogate")(logprobs, batch.logprobs, batch.advantages,
+                                                            batch.response_mask, ppo.clip_eps)
+        entropy = masked_mean(entropy_from_logits(logits.float() / ppo.temperature), batch.response_mask)
+        if ppo.entropy_coef:
+            loss = loss - ppo.entropy_coef * entropy
+        return loss, {**stats, "entropy": entropy.item()}
 
     # ------------------------------------------------------------------ weights out
     def export_weights(self) -> dict[str, torch.Tensor] | None:
         """The full weights on CPU from rank 0 (None from the others); collective."""
         from alignray import deepspeed_strategy as ds
         return ds.gathered_state_dict(self.engine)
+
+    def weight_bytes(self) -> int:
+        """Bytes of one full copy of the weights (what each sync delivers to each worker)."""
+        return sum(getattr(t, "ds_numel", t.numel()) * t.element_size() for _, t in named_weights(self.engine.module))
 
     def open_sync_group(self, master_addr: str, master_port: int, world_size: int) -> None:
         """Rank 0 of the policy is rank 0 of the weight-broadcast group."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import ray
@@ -18,7 +19,8 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from actors.base import ActorGroup, ModelActor, broadcast_tensor, load_named_weights, named_weights, open_sync_group
 from alignray.experience import Experience
-from alignray.generation import disable_dropout, sample_responses
+from alignray.config.ppo import PPOConfig
+from alignray.generation import disable_dropout, make_decoder, sample_responses
 from alignray.modeling import load_causal_lm, load_tokenizer, training_dtype
 
 log = logging.getLogger(__name__)
@@ -38,15 +40,17 @@ class StaleWeightsError(RuntimeError):
 class RolloutWorker(ModelActor):
     role = "rollout"
 
-    def __init__(self, model_path: str, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                 precision: str = "auto", seed: int = 0):
+    def __init__(self, model_path: str, ppo: PPOConfig, max_prompt_tokens: int, seed: int = 0):
         super().__init__(seed)
-        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
-        dtype = training_dtype(precision, self.device)
+        self.max_new_tokens, self.temperature, self.top_p = ppo.max_new_tokens, ppo.temperature, ppo.top_p
+        dtype = training_dtype(ppo.deepspeed.precision, self.device)
         self.model = disable_dropout(load_causal_lm(model_path, self.device, dtype)).eval()
         self.model.requires_grad_(False)
+        self.decoder = make_decoder(self.model, ppo.generation_engine, max_len=max_prompt_tokens + ppo.max_new_tokens)
         tokenizer = load_tokenizer(model_path)
-        self.eos_token_id, self.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+        # stop_at_eos=False: every response is max_new_tokens long (fixed-length benchmarks)
+        self.eos_token_id = tokenizer.eos_token_id if ppo.stop_at_eos else None
+        self.pad_token_id = tokenizer.pad_token_id
         self.weights_version = 0  # 0: the weights it was created with
         self.sync_group = None
 
@@ -57,7 +61,7 @@ class RolloutWorker(ModelActor):
                                     f"the pool expects {expected_version}")
         generator = torch.Generator(device=self.device).manual_seed(seed)
         ids, mask = self._to_device(prompt_ids, prompt_mask)
-        sampled = sample_responses(self.model, ids, mask, max_new_tokens=self.max_new_tokens,
+        sampled = sample_responses(self.decoder, ids, mask, max_new_tokens=self.max_new_tokens,
                                    eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
                                    temperature=self.temperature, top_p=self.top_p, generator=generator)
         return Experience(prompt_index=prompt_index, prompt_ids=prompt_ids, prompt_mask=prompt_mask,
@@ -88,6 +92,15 @@ class RolloutWorker(ModelActor):
         return self.weights_version
 
 
+@dataclass
+class PendingRollout:
+    """A batch handed to the pool: its shards and the workers' result refs."""
+    step: int
+    shards: list[Experience]
+    refs: dict[int, ray.ObjectRef]
+    weights_version: int  # the policy update the workers sample with
+
+
 class RolloutPool(ActorGroup):
     """Driver-side handle on the workers. ``current_weights`` returns an object ref of the
     policy's latest state dict (or None before the first update), for restarted workers."""
@@ -101,19 +114,28 @@ class RolloutPool(ActorGroup):
 
     def generate(self, batch: Experience, step: int) -> Experience:
         """Sample one response per prompt of ``batch`` (prompt fields only), in order."""
+        return self.collect(self.submit(batch, step))
+
+    def submit(self, batch: Experience, step: int) -> PendingRollout:
+        """Start generating ``batch`` on the workers' current weights; :meth:`collect` waits."""
         shards = batch.split(len(self))
-        pending = {i: self._submit(i, shard, step) for i, shard in enumerate(shards)}
+        return PendingRollout(step, shards, {i: self._submit(i, shard, step) for i, shard in enumerate(shards)},
+                              self.version)
+
+    def collect(self, pending: PendingRollout) -> Experience:
+        """The responses of a submitted batch; a lost worker's shard is generated again."""
         results: dict[int, Experience] = {}
-        while pending:
-            i, ref = next(iter(pending.items()))
+        refs, shards, step = dict(pending.refs), pending.shards, pending.step
+        while refs:
+            i, ref = next(iter(refs.items()))
             try:
                 results[i] = ray.get(ref)
-                del pending[i]
+                del refs[i]
             except (*WORKER_LOST, StaleWeightsError) as error:
                 log.warning("rollout worker %d was lost during step %d (%s); generating its %d prompts again",
                             i, step, type(error).__name__, len(shards[i]))
                 self._recover(i)
-                pending[i] = self._submit(i, shards[i], step)
+                refs[i] = self._submit(i, shards[i], step)
         return Experience.cat([results[i] for i in range(len(shards))])
 
     def _submit(self, i: int, shard: Experience, step: int) -> ray.ObjectRef:

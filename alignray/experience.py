@@ -59,6 +59,26 @@ class Experience:
         bounds = torch.linspace(0, len(self), parts + 1).round().long().tolist()
         return [self.select(slice(lo, hi)) for lo, hi in zip(bounds, bounds[1:])]
 
+    def sequence_lengths(self) -> Tensor:
+        """Tokens each row occupies once padding is trimmed: prompt + response."""
+        return self.prompt_mask.sum(dim=1) + self.response_mask.sum(dim=1)
+
+    def trimmed(self) -> Experience:
+        """The same rows without the padding columns every row has: leading prompt columns
+        (left padding) and trailing response columns (right padding). Log-probs, values and
+        losses are unchanged: positions count from each row's first prompt token, and no
+        valid token attends to a dropped column."""
+        prompt_from = int((self.prompt_mask.sum(dim=1).max() - self.prompt_mask.shape[1]).neg())
+        response_to = max(int(self.response_mask.sum(dim=1).max()), 1)
+        fields = {}
+        for name, value in self._tensors().items():
+            if name.startswith("prompt_") and value.dim() == 2:
+                value = value[:, prompt_from:]
+            elif value.dim() == 2:  # the [B, T] response-aligned fields
+                value = value[:, :response_to]
+            fields[name] = value
+        return Experience(**fields)
+
     @classmethod
     def cat(cls, shards: list[Experience]) -> Experience:
         names = shards[0]._tensors().keys()

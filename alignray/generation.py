@@ -79,25 +79,70 @@ def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> 
     return logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+class HFDecoder:
+    """The reference path: the Hugging Face model with its own (dynamic) KV cache, one call
+    per token. Works for every causal LM; on a GPU it is launch-bound (``StaticDecoder``)."""
+
+    def __init__(self, model):
+        import inspect
+        self.model = model
+        # transformers renamed ``past_key_values`` to ``cache`` (5.2x); take whichever it has
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.cache = self.attention = self.next_position = None
+
+    @torch.no_grad()
+    def prefill(self, prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:
+        self.attention = prompt_mask.long()
+        positions = position_ids_from_mask(self.attention)
+        out = self.model(input_ids=prompt_ids, attention_mask=self.attention, position_ids=positions, use_cache=True)
+        self.cache, self.next_position = getattr(out, self.cache_arg), positions[:, -1:] + 1
+        return out.logits[:, -1, :].float()
+
+    @torch.no_grad()
+    def decode(self, tokens: Tensor) -> Tensor:
+        self.attention = torch.cat([self.attention, torch.ones_like(self.attention[:, :1])], dim=1)
+        out = self.model(input_ids=tokens.unsqueeze(1), attention_mask=self.attention,
+                         position_ids=self.next_position, use_cache=True, **{self.cache_arg: self.cache})
+        self.cache, self.next_position = getattr(out, self.cache_arg), self.next_position + 1
+        return out.logits[:, -1, :].float()
+
+
+def make_decoder(model, engine: str = "auto", max_len: int | None = None):
+    """The generation path for ``model``: ``"hf"`` the reference path; ``"static"`` the
+    preallocated-cache path (CUDA graphs on a GPU); ``"auto"`` static for the model families
+    it knows (GPT-2, Llama), else the reference path. On a CPU static is ~15% faster here
+    (4M GPT-2, batch 32, 24 tokens: 0.21 vs 0.24 s), on a GPU it removes the launch gap."""
+    from alignray import static_decoder
+    if engine not in ("auto", "hf", "static"):
+        raise ValueError(f"generation engine must be auto, hf or static, not {engine!r}")
+    if engine == "static" or (engine == "auto" and static_decoder.supports(model)):
+        if max_len is None:
+            raise ValueError("the static decoder needs max_len (prompt + response tokens)")
+        return static_decoder.StaticDecoder(model, max_len)
+    return HFDecoder(model)
+
+
 @torch.no_grad()
-def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
-                     eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
+def sample_responses(decoder, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
+                     eos_token_id: int | None, pad_token_id: int, temperature: float = 1.0,
                      top_p: float = 1.0, generator: torch.Generator | None = None) -> SampledResponses:
     """Sample up to ``max_new_tokens`` tokens per prompt with a KV cache.
 
+    ``decoder`` is an ``HFDecoder``/``StaticDecoder`` (a plain HF model gets an ``HFDecoder``).
     A row stops at its first end token (which is part of the response: it carries the
-    score); the responses are padded to exactly ``max_new_tokens``. With the same
-    ``generator`` seed the same tokens come out, so a lost shard can be generated again.
+    score; ``eos_token_id=None`` never stops, every response is ``max_new_tokens`` long);
+    responses are padded to exactly ``max_new_tokens``. With the same ``generator`` seed the
+    same tokens come out, so a lost shard can be generated again. Sampling runs on the
+    model's device, outside any CUDA graph, with the same draws on either path.
     """
+    if isinstance(decoder, torch.nn.Module):
+        decoder = HFDecoder(decoder)
     batch, device = prompt_ids.shape[0], prompt_ids.device
-    attention = prompt_mask.long()
-    positions = position_ids_from_mask(attention)
-    out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions, use_cache=True)
-    next_position = positions[:, -1] + 1
+    logits = decoder.prefill(prompt_ids, prompt_mask)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, logprobs, valid = [], [], []
     for step in range(max_new_tokens):
-        logits = out.logits[:, -1, :].float() / temperature
+        logits = logits / temperature
         probs = top_p_filter(logits, top_p).softmax(dim=-1)
         token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         token = torch.where(finished, pad_token_id, token)
@@ -105,13 +150,11 @@ def sample_responses(model, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_
         valid.append(~finished)
         tokens.append(token)
         logprobs.append(torch.where(finished, 0.0, logprob))
-        finished = finished | (token == eos_token_id)
-        if finished.all() or step == max_new_tokens - 1:
+        if eos_token_id is not None:
+            finished = finished | (token == eos_token_id)
+        if step == max_new_tokens - 1 or (eos_token_id is not None and finished.all()):
             break
-        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-        out = model(input_ids=token.unsqueeze(1), attention_mask=attention,
-                    position_ids=next_position.unsqueeze(1), cache=out.cache, use_cache=True)
-        next_position = next_position + 1
+        logits = decoder.decode(token)
     missing = max_new_tokens - len(tokens)
     response_ids = torch.nn.functional.pad(torch.stack(tokens, 1), (0, missing), value=pad_token_id)
     return SampledResponses(

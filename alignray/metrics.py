@@ -80,3 +80,27 @@ def plot_curves(records: list[dict], keys: list[str], out_png: str | Path, title
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+# Dense bf16 peak FLOP/s per device, by the name CUDA reports (spec sheets, SXM parts).
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
+
+
+def peak_flops(device) -> float | None:
+    """The device's peak, or None where unknown (CPUs); ALIGNRAY_PEAK_TFLOPS overrides."""
+    import os
+
+    import torch
+    if os.environ.get("ALIGNRAY_PEAK_TFLOPS"):
+        return float(os.environ["ALIGNRAY_PEAK_TFLOPS"]) * 1e12
+    if getattr(device, "type", str(device)) != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def model_flops_utilization(params: int, tokens_per_s: float, device) -> float:
+    """Achieved training FLOP/s (6 x params per token: forward and backward) over the
+    device's peak; NaN where the peak is unknown."""
+    peak = peak_flops(device)
+    return 6 * params * tokens_per_s / peak if peak else math.nan

@@ -148,3 +148,23 @@ def test_prompt_stream_covers_each_prompt_once_per_epoch_and_resumes_exactly():
     assert sorted(torch.cat([crossing, expected[:6]]).tolist()) == list(range(10))
     with pytest.raises(ValueError):
         PromptStream(11, seed=3).load_state_dict(state)
+
+
+def test_trimming_padding_columns_keeps_every_logprob(tiny):
+    model, _, ids, mask = tiny
+    sampled = sample(tiny, seed=4, eos=int(sample(tiny, seed=4).response_ids[0, 2]))  # rows end early
+    exp = Experience(prompt_index=torch.arange(3), prompt_ids=ids, prompt_mask=mask,
+                     response_ids=sampled.response_ids, response_mask=sampled.response_mask,
+                     logprobs=sampled.logprobs, ended_with_eos=sampled.ended_with_eos)
+    part = exp.select(torch.tensor([0, 1]))  # not the longest prompt: leading columns are all padding
+    trimmed = part.trimmed()
+    assert trimmed.prompt_ids.shape[1] == int(part.prompt_mask.sum(1).max()) < ids.shape[1]
+    assert trimmed.response_ids.shape[1] == int(part.response_mask.sum(1).max())
+    with torch.no_grad():
+        full = token_logprobs(response_logits(model, part.prompt_ids, part.prompt_mask, part.response_ids),
+                              part.response_ids)
+        short = token_logprobs(response_logits(model, trimmed.prompt_ids, trimmed.prompt_mask, trimmed.response_ids),
+                               trimmed.response_ids)
+    width = short.shape[1]
+    assert (full[:, :width] - short)[trimmed.response_mask].abs().max() < 1e-5
+    assert torch.equal(trimmed.logprobs, part.logprobs[:, :width]) and not part.response_mask[:, width:].any()

@@ -105,7 +105,7 @@ def probe_logprobs(coordinator):
 
 
 @pytest.mark.parametrize("weight_sync", ["object_store", "broadcast"])
-def test_pool_reproduces_the_trained_policy_after_sync(coordinator, weight_sync):
+def test_pool_reproduces_the_trained_policy_after_sync(coordinator, weight_sync, tiny_base_model):
     coordinator.ppo.weight_sync = weight_sync
     step = coordinator.actors.pool.version
     metrics = coordinator.step(step)
@@ -116,6 +116,9 @@ def test_pool_reproduces_the_trained_policy_after_sync(coordinator, weight_sync)
     for worker in pool:
         assert (worker - policy).abs().max() <= 1e-5
     assert metrics["probe_max_abs_diff"] <= 1e-5
+    expected_bytes = sum(t.numel() * 4 for _, t in named_weights(load_causal_lm(tiny_base_model, torch.device("cpu"))))
+    assert metrics["sync/bytes_per_worker"] == expected_bytes  # fp32 weights, tied ones once
+    assert metrics["sync/gb_per_s"] > 0 and metrics["time/sync"] > 0
 
 
 def test_a_worker_with_stale_weights_fails_the_sync_check(coordinator, tiny_base_model):
@@ -162,3 +165,28 @@ def test_a_dead_model_actor_stops_the_run_with_its_name(coordinator):
     ray.kill(coordinator.actors.reference)
     with pytest.raises(ModelActorDied, match="reference"):
         coordinator.step(coordinator.actors.pool.version)
+
+
+def test_micro_batches_under_a_token_budget_give_the_whole_minibatch_update(coordinator, tiny_base_model):
+    """Gradient accumulation over length-sorted, trimmed micro-batches is the same step."""
+    from actors.policy import PolicyActor
+    exp = coordinator.actors.pool.generate(coordinator.prompt_batch(torch.arange(16)), step=300)
+    exp = dataclasses.replace(exp, advantages=torch.randn(exp.logprobs.shape, generator=torch.Generator().manual_seed(0)))
+    ppo = dataclasses.replace(coordinator.ppo, prompts_per_step=16, epochs=2, minibatches=2)
+    budget = int(exp.sequence_lengths().max()) * 3  # micro-batches of about three rows
+    policies = [ray.remote(PolicyActor).options(num_cpus=1).remote(str(tiny_base_model),
+                                                                   dataclasses.replace(ppo, micro_batch_tokens=b))
+                for b in (0, budget)]
+    try:
+        for policy in policies:
+            ray.get(policy.setup.remote(*ray.get(policy.rendezvous.remote())))
+        whole, micro = ray.get([p.train.remote(exp, 0) for p in policies])
+        assert whole["micro_batches"] == 1 and micro["micro_batches"] >= 2
+        assert micro["policy_loss"] == pytest.approx(whole["policy_loss"], abs=1e-5)
+        assert micro["train_tokens_per_s"] > 0
+        after = ray.get([p.logprobs.remote(exp.prompt_ids, exp.prompt_mask, exp.response_ids) for p in policies])
+        moved = (after[0] - exp.logprobs)[exp.response_mask].abs().max()
+        assert moved > 1e-2 and (after[0] - after[1])[exp.response_mask].abs().max() < 1e-4
+    finally:
+        for policy in policies:
+            ray.kill(policy)

@@ -20,10 +20,12 @@ from alignray.ppo import (
     get_advantage_estimator,
     get_policy_loss,
     kl_estimate,
+    length_sorted_parts,
     make_kl_controller,
     masked_mean,
     masked_var,
     masked_whiten,
+    micro_batch_count,
     minibatch_indices,
     token_level_rewards,
     truncation_penalty,
@@ -307,3 +309,19 @@ def test_early_stop_on_kl_skips_remaining_epochs():
     for epoch, _ in minibatch_indices(8, 4, 4, torch.Generator().manual_seed(0), never):
         never.record(10.0)
     assert epoch == 3 and never.stopped_after_epoch is None
+
+
+def test_micro_batch_count_fits_the_token_budget():
+    lengths = torch.tensor([10, 40, 20, 30])
+    assert micro_batch_count(lengths, 0) == 1  # no limit
+    assert micro_batch_count(lengths, 160) == 1  # 4 rows x 40
+    assert micro_batch_count(lengths, 100) == 2  # [40, 30] -> 80, [20, 10] -> 40
+    assert micro_batch_count(lengths, 45) == 4  # 3 parts would put 2 rows of 40 and 30 together
+    assert micro_batch_count(lengths, 5) == 4  # never more parts than rows
+
+
+def test_length_sorted_parts_group_similar_lengths_and_cover_each_row_once():
+    lengths = torch.tensor([10, 40, 20, 30, 25])
+    parts = length_sorted_parts(lengths, 2)
+    assert [p.tolist() for p in parts] == [[1, 3], [4, 2, 0]]  # lengths [40, 30], [25, 20, 10]
+    assert sorted(torch.cat(length_sorted_parts(lengths, 5)).tolist()) == [0, 1, 2, 3, 4]

@@ -9,6 +9,12 @@ prompts -> rollout pool generates (behaviour log-probs) -> in parallel reference
 critic values, reward scores, constraint penalties -> per-token KL folded into the reward ->
 GAE and whitening -> in parallel policy and critic updates -> weights to the pool, checked
 on a fixed probe -> metrics with the wall time of every stage -> checkpoint on schedule.
+
+``ppo.policy_lag=1`` overlaps generation with training: the pool takes the weights at the
+start of a step and generates the next step's batch while this one trains, so each batch
+is one update behind the policy that trains on it (the ratio is taken against the rollout
+log-probs, which is what makes that correct). Off by default; a resumed run generates its
+first batch again with the restored weights, so it is not bit-identical to an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from actors.placement import PPOActors, launch_ppo_actors
+from actors.rollout import PendingRollout
 from actors.runtime import connect, shutdown_if_owned
 from alignray.config.ppo import PPOConfig
 from alignray.data import format_prompt, prepare_embedded_data, read_prompts, response_text
@@ -84,24 +91,32 @@ class PPOCoordinator:
         self.normalizer = RunningRewardNormalizer() if ppo.reward.normalize else None
         self.constraints = ConstraintPenalty.from_config(
             TWEET_CONSTRAINTS_EXAMPLE if ppo.reward.constraints == "tweets" else {})
+        if ppo.policy_lag not in (0, 1):
+            raise ValueError(f"ppo.policy_lag must be 0 or 1, not {ppo.policy_lag}")
         self.nonfinite_in_a_row = 0
+        self.pending: PendingRollout | None = None  # policy_lag=1: the next step's batch, in flight
+        self.stream_state_before_pending: dict | None = None
         self.latest_weights: ray.ObjectRef | None = None
         self.sync_group_restarts: int | None = None  # pool restarts when the broadcast group formed
         self.actors: PPOActors = launch_ppo_actors(ppo, cluster_cfg, seed, sft_model_path, reward_model_path,
-                                                   self.current_weights)
+                                                   data_cfg.max_prompt_tokens, self.current_weights)
         self.probe = self.make_probe()
+        self.weight_bytes = ray.get(self.actors.policy.actors[0].weight_bytes.remote())
 
     # ------------------------------------------------------------------ one PPO step
     def step(self, step: int) -> dict[str, float]:
         ppo, actors, times = self.ppo, self.actors, {}
 
-        # 1. a batch of prompts
-        batch = self.prompt_batch(self.stream.next_batch(ppo.prompts_per_step))
-
-        # 2. the rollout pool samples responses and records their behaviour log-probs
+        # 1-2. a batch of prompts; the rollout pool samples responses and records their
+        # behaviour log-probs (with policy_lag=1 it did so while the last step trained)
         started = time.monotonic()
-        exp = actors.pool.generate(batch, step)
+        pending, self.pending = self.pending or self.submit_next_batch(step), None
+        exp = actors.pool.collect(pending)
         times["generation"] = time.monotonic() - started
+        if ppo.policy_lag:  # the pool takes the current weights and starts on the next batch
+            sync = self.sync_weights(version=step)
+            if step + 1 < ppo.steps:
+                self.pending = self.submit_next_batch(step + 1)
         prompts = [self.prompts[i] for i in exp.prompt_index.tolist()]
         responses = decode_responses(self.tokenizer, exp.response_ids, exp.response_mask)
 
@@ -139,9 +154,8 @@ class PPOCoordinator:
         self.count_nonfinite(step, policy_stats + critic_stats)
 
         # 7. new weights to the pool, then the pool must reproduce the policy's log-probs
-        started = time.monotonic()
-        probe_error = self.sync_weights(version=step + 1)
-        times["sync"] = time.monotonic() - started
+        if not ppo.policy_lag:
+            sync = self.sync_weights(version=step + 1)
 
         self.kl.update(advantage_stats["kl"], len(exp))
         mask = exp.response_mask
@@ -155,12 +169,16 @@ class PPOCoordinator:
             "ratio_max": max(s["ratio_max"] for s in policy_stats),
             "policy_updates": sum(s["policy_updates"] for s in policy_stats),
             "value_loss": mean_of(critic_stats, "value_loss"),
+            **{key: sum(s[key] for s in policy_stats) for key in ("train_tokens_per_s",)},
+            **{key: sum(s[key] for s in critic_stats) for key in ("critic_train_tokens_per_s",)},
+            **{key: mean_of(stats, key) for stats, key in ((policy_stats, "mfu"), (critic_stats, "critic_mfu"))
+               if key in stats[0]},
             "value_clip_fraction": mean_of(critic_stats, "value_clip_fraction"),
             "explained_variance": explained_variance(exp.values, exp.returns, mask),
             "response_length": mask.sum(dim=1).float().mean().item(),
             "truncated_share": (~exp.ended_with_eos).float().mean().item(),
-            "probe_max_abs_diff": probe_error, "pool_restarts": actors.pool.restarts,
-            "prompts_taken": self.stream.consumed,
+            **sync, "pool_restarts": actors.pool.restarts,
+            "prompts_taken": self.stream.consumed, "policy_lag": step - pending.weights_version,
             **{f"violations/{name}": v.float().mean().item() for name, v in violations.items()},
             **{f"time/{stage}": round(s, 3) for stage, s in times.items()},
         }
@@ -196,6 +214,10 @@ class PPOCoordinator:
             raise FloatingPointError(f"non-finite losses in {self.nonfinite_in_a_row} steps in a row; stopping")
 
     # ------------------------------------------------------------------ prompts
+    def submit_next_batch(self, step: int) -> PendingRollout:
+        self.stream_state_before_pending = self.stream.state_dict()
+        return self.actors.pool.submit(self.prompt_batch(self.stream.next_batch(self.ppo.prompts_per_step)), step)
+
     def prompt_batch(self, rows: torch.Tensor) -> Experience:
         """Prompt fields of an Experience: left-padded, the longest cut from the left."""
         encoded = self.tokenizer([self.prompts[i].formatted for i in rows.tolist()], return_tensors="pt",
@@ -231,8 +253,11 @@ class PPOCoordinator:
         wait_named({f"policy{i}": ref for i, ref in enumerate(refs[1:], start=1)})
         return refs[0]
 
-    def sync_weights(self, version: int) -> float:
+    def sync_weights(self, version: int) -> dict[str, float]:
+        """Deliver the policy's weights to every worker and check them on the probe; returns
+        the sync's metrics (bytes per worker, transfer seconds and GB/s over all workers)."""
         pool, policy = self.actors.pool, self.actors.policy
+        started = time.monotonic()
         if self.ppo.weight_sync == "object_store":
             self.latest_weights = self.export_weights()
             ray.get(pool.call("load_weights", self.latest_weights, version))
@@ -247,7 +272,12 @@ class PPOCoordinator:
         else:
             raise ValueError(f"ppo.weight_sync must be object_store or broadcast, not {self.ppo.weight_sync!r}")
         pool.version = version
-        return self.check_probe()
+        transfer = time.monotonic() - started
+        started = time.monotonic()
+        probe_error = self.check_probe()
+        return {"probe_max_abs_diff": probe_error, "sync/bytes_per_worker": self.weight_bytes,
+                "sync/gb_per_s": self.weight_bytes * len(pool) / transfer / 1e9,
+                "time/sync": round(transfer, 4), "time/sync_probe": round(time.monotonic() - started, 4)}
 
     def form_sync_group(self) -> None:
         policy0, pool = self.actors.policy.actors[0], self.actors.pool
@@ -277,7 +307,9 @@ class PPOCoordinator:
         tags = ray.get(self.actors.policy.call("save_checkpoint", str(self.ckpt_dir / "policy"), {"step": step})
                        + self.actors.critic.call("save_checkpoint", str(self.ckpt_dir / "critic"), {"step": step}))
         state = {"step": step, "tags": {"policy": Path(tags[0]).name, "critic": Path(tags[-1]).name},
-                 "kl": self.kl.state_dict(), "stream": self.stream.state_dict(),
+                 # a batch in flight is not saved: a resumed run draws its prompts again
+                 "kl": self.kl.state_dict(),
+                 "stream": self.stream_state_before_pending if self.pending else self.stream.state_dict(),
                  "normalizer": self.normalizer.state_dict() if self.normalizer else None,
                  "nonfinite_in_a_row": self.nonfinite_in_a_row, "torch_rng": torch.get_rng_state()}
         partial = self.ckpt_dir / "coordinator.pt.partial"

@@ -57,6 +57,13 @@ class PPOConfig:
     max_new_tokens: int = 24
     temperature: float = 1.0
     top_p: float = 1.0
+    # The rollout workers' generation path (alignray.generation.make_decoder): "auto" (the
+    # static KV cache for GPT-2/Llama, CUDA graphs on a GPU), "static", or "hf" (reference).
+    generation_engine: str = "auto"
+    stop_at_eos: bool = True  # False: every response is max_new_tokens long (benchmarks)
+    # 1: the next batch is generated while this one trains (one update of policy lag; the
+    # ratio uses the rollout log-probs). 0: generation and training take turns.
+    policy_lag: int = 0
     epochs: int = 4
     minibatches: int = 4
     lr: float = 1e-5
@@ -68,6 +75,9 @@ class PPOConfig:
     advantage_estimator: str = "gae"
     whiten_advantages: bool = True
     entropy_coef: float = 0.0
+    # Gradient accumulation: a minibatch is cut into micro-batches of at most this many padded
+    # tokens (rows sorted by length, each trimmed of padding); 0: the whole minibatch at once.
+    micro_batch_tokens: int = 0
     target_kl: Optional[float] = None  # stop a step's remaining epochs above 1.5 x this approx KL
     kl: KLConfig = field(default_factory=KLConfig)
     reward: PPORewardConfig = field(default_factory=PPORewardConfig)

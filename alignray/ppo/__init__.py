@@ -6,7 +6,7 @@ rewards      sequence scores to per-token rewards; normalisation, clipping, trun
 constraints  rule-based penalties on response texts
 advantages   GAE and critic-free estimators, registered by name
 losses       clipped surrogate and value losses, entropy, explained variance
-minibatch    shuffled minibatch epochs with early stop on KL
+minibatch    shuffled minibatch epochs with early stop on KL; token-budget micro-batches
 """
 from alignray.ppo.advantages import (
     ADVANTAGE_ESTIMATORS,
@@ -39,7 +39,7 @@ from alignray.ppo.losses import (
     get_policy_loss,
 )
 from alignray.ppo.masked import masked_mean, masked_sum, masked_var, masked_whiten, valid_only
-from alignray.ppo.minibatch import EarlyStopOnKL, minibatch_indices
+from alignray.ppo.minibatch import EarlyStopOnKL, length_sorted_parts, micro_batch_count, minibatch_indices
 from alignray.ppo.rewards import (
     RunningRewardNormalizer,
     clip_rewards,
@@ -54,7 +54,7 @@ __all__ = [
     "FixedKLController", "KLController", "RegexRule", "RunningRewardNormalizer",
     "banned_phrase_rule", "clip_rewards", "clipped_surrogate_loss", "clipped_value_loss",
     "entropy_from_logits", "explained_variance", "gae_advantages", "get_advantage_estimator",
-    "get_policy_loss", "kl_estimate", "last_valid_index", "make_kl_controller", "masked_mean",
-    "masked_sum", "masked_var", "masked_whiten", "minibatch_indices", "reinforce_advantages",
+    "get_policy_loss", "kl_estimate", "last_valid_index", "length_sorted_parts", "make_kl_controller", "masked_mean",
+    "masked_sum", "masked_var", "masked_whiten", "micro_batch_count", "minibatch_indices", "reinforce_advantages",
     "rloo_advantages", "token_level_rewards", "truncation_penalty", "valid_only",
 ]

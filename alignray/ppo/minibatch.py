@@ -1,4 +1,5 @@
-"""Epochs of shuffled minibatches over one PPO batch, with optional early stop on KL.
+"""Epochs of shuffled minibatches over one PPO batch, with optional early stop on KL, and
+the split of a minibatch into micro-batches under a token budget (gradient accumulation).
 
 Usage in the coordinator::
 
@@ -60,3 +61,25 @@ def minibatch_indices(n: int, minibatch_size: int, epochs: int, generator: torch
             yield epoch, indices
         if early_stop is not None and early_stop.finish_epoch(epoch):
             return
+
+
+def micro_batch_count(lengths: Tensor, token_budget: int) -> int:
+    """How many micro-batches keep each one under ``token_budget`` padded tokens (rows x the
+    longest row) when rows are sorted by length and cut into equal-sized runs; 1 when
+    ``token_budget`` is 0 (no limit)."""
+    if token_budget <= 0:
+        return 1
+    ordered = lengths.sort(descending=True).values.tolist()
+    for count in range(1, len(ordered) + 1):
+        bounds = torch.linspace(0, len(ordered), count + 1).round().long().tolist()
+        if all((hi - lo) * ordered[lo] <= token_budget for lo, hi in zip(bounds, bounds[1:])):
+            return count
+    return len(ordered)
+
+
+def length_sorted_parts(lengths: Tensor, count: int) -> list[Tensor]:
+    """Row positions in ``count`` parts of near-equal size, rows of similar length together
+    (less padding per part); every row appears once."""
+    order = lengths.sort(descending=True, stable=True).indices
+    bounds = torch.linspace(0, len(order), count + 1).round().long().tolist()
+    return [order[lo:hi] for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
