@@ -13,7 +13,7 @@ from actors.base import TrainableActor, minibatch_seed
 from alignray.config.ppo import PPOConfig
 from alignray.experience import Experience
 from alignray.generation import disable_dropout, sequence_inputs
-from alignray.modeling import training_dtype
+from alignray.modeling import fused_activation, training_dtype
 from alignray.ppo import clipped_value_loss, minibatch_indices
 
 
@@ -23,7 +23,7 @@ class ValueModel(torch.nn.Module):
 
     def __init__(self, backbone_path: str):
         super().__init__()
-        self.backbone = AutoModel.from_pretrained(backbone_path)
+        self.backbone = AutoModel.from_pretrained(backbone_path, **fused_activation(backbone_path))
         # zero-initialised: values start at 0 rather than at a random offset
         self.value_head = torch.nn.Linear(self.backbone.config.hidden_size, 1)
         torch.nn.init.zeros_(self.value_head.weight)

@@ -16,6 +16,8 @@ the distribution PPO's ratio is taken against.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -64,19 +66,37 @@ def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+@functools.lru_cache(maxsize=None)
+def _keeps_last_logits(model_class: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
 def response_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor) -> Tensor:
     """Logits ``[B, T, V]`` that predict each response token (the prediction of token t is
     read at the position before it). ``model`` is any callable HF causal LM (or a DeepSpeed
-    engine wrapping one)."""
-    logits = model(**sequence_inputs(prompt_ids, prompt_mask, response_ids)).logits
-    prompt_len, response_len = prompt_ids.shape[1], response_ids.shape[1]
+    engine wrapping one). The LM head runs on those T positions alone where the model
+    allows (``logits_to_keep``): on a small model it is half the cost of the forward."""
+    inputs = sequence_inputs(prompt_ids, prompt_mask, response_ids)
+    response_len = response_ids.shape[1]
+    if _keeps_last_logits(type(getattr(model, "module", model))):
+        return model(**inputs, logits_to_keep=response_len + 1).logits[:, :-1]
+    logits = model(**inputs).logits
+    prompt_len = prompt_ids.shape[1]
     return logits[:, prompt_len - 1: prompt_len - 1 + response_len]
 
 
-def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
-    """Log-prob ``[B, T]`` of ``tokens`` under ``softmax(logits / temperature)``, in float32."""
-    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+def vocab_logprobs(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """``log_softmax(logits / temperature)`` over the vocabulary ``[..., V]``, in float32."""
+    logits = logits.float()
+    return torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0, *,
+                   vocab: Tensor | None = None) -> Tensor:
+    """Log-prob ``[B, T]`` of ``tokens`` under ``softmax(logits / temperature)``, in float32
+    (from ``vocab``, the :func:`vocab_logprobs` already computed, when given)."""
+    vocab = vocab_logprobs(logits, temperature) if vocab is None else vocab
+    return vocab.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 class HFDecoder:
@@ -84,7 +104,6 @@ class HFDecoder:
     per token. Works for every causal LM; on a GPU it is launch-bound (``StaticDecoder``)."""
 
     def __init__(self, model):
-        import inspect
         self.model = model
         # transformers renamed ``past_key_values`` to ``cache`` (5.2x); take whichever it has
         self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

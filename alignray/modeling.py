@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 
 def pick_device() -> torch.device:
@@ -38,8 +38,17 @@ def load_tokenizer(path: str | os.PathLike, padding_side: str = "left") -> PreTr
 
 def load_causal_lm(path: str | os.PathLike, device: torch.device | None = None,
                    dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **fused_activation(path))
     return model.to(device or pick_device())
+
+
+def fused_activation(path: str | os.PathLike) -> dict[str, str]:
+    """``from_pretrained`` overrides that swap GPT-2's tanh-approximated GELU, six elementwise
+    ops in Python, for the same function as one fused kernel (~8% of a small model's
+    training step on CPU). Every loader of a causal LM backbone passes them."""
+    if getattr(AutoConfig.from_pretrained(str(path)), "activation_function", None) == "gelu_new":
+        return {"activation_function": "gelu_pytorch_tanh"}
+    return {}
 
 
 def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,

@@ -30,7 +30,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Bat
 from transformers.utils import logging as hf_logging
 
 from alignray.data import format_prompt, response_text
-from alignray.modeling import pick_device
+from alignray.modeling import fused_activation, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,8 @@ def _load_classifier(path: str, dtype: torch.dtype) -> PreTrainedModel:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype,
+                                                                  **fused_activation(path))
     finally:
         hf_logging.set_verbosity(verbosity)
 
@@ -201,7 +202,7 @@ def load_reward_model(path: str | os.PathLike, device: torch.device | str | None
                       dtype: torch.dtype = torch.float32) -> RewardModel:
     """The one loader of a saved reward model (PPO reward actor, Ray Serve, evaluation)."""
     tokenizer = reward_tokenizer(path)
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype)
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype, **fused_activation(path))
     if model.config.num_labels != 1:
         raise ValueError(f"{path} is not a reward model: it has {model.config.num_labels} labels, not 1")
     if getattr(model.config, STD_KEY, None) is None:

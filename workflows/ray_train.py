@@ -33,6 +33,7 @@ every node sees (NFS or similar), as Ray Train requires of a local ``storage_pat
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -89,6 +90,7 @@ class TrainLoopConfig:
     # A drill for resume: stop right after this step, as if the job were killed (no
     # checkpoint, no evaluation at that step). 0: off.
     interrupt_after_steps: int = 0
+    threads: int = 0  # torch threads on CPU (cluster.train_threads); 0: cores / local workers
 
     @property
     def total_steps(self) -> int:
@@ -113,6 +115,7 @@ def fit(task: TrainTask, loop: TrainLoopConfig, datasets: dict, cluster_cfg,
     if loop.global_batch_size % cluster_cfg.num_workers:
         raise ValueError(f"the global batch size {loop.global_batch_size} must divide evenly over "
                          f"{cluster_cfg.num_workers} workers")
+    loop = dataclasses.replace(loop, threads=int(cluster_cfg.train_threads))
     resources = {"CPU": cluster_cfg.cpus_per_worker}
     if cluster_cfg.use_gpu:
         resources["GPU"] = 1
@@ -152,6 +155,9 @@ class TrainingWorker:
 
     def __init__(self, task: TrainTask, loop: TrainLoopConfig):
         self.task, self.loop = task, loop
+        if not torch.cuda.is_available():  # Ray leaves one thread per worker; a CPU node has more
+            local_workers = ray.train.get_context().get_local_world_size()
+            torch.set_num_threads(loop.threads or max(1, (os.cpu_count() or 1) // local_workers))
         strategy.init_distributed_if_needed()
         self.rank, self.world = strategy.world_rank(), strategy.world_size()
         self.micro_batch = loop.global_batch_size // self.world

@@ -17,6 +17,9 @@ class ClusterConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    # torch threads of a Ray Train worker without a GPU (Ray sets OMP_NUM_THREADS=1);
+    # 0: the node's cores shared out among the workers on it.
+    train_threads: int = 0
     # PPO model roles: "separate" puts policy, reference, reward and critic on their own
     # GPU bundles; "colocated" shares one GPU through fractional requests.
     placement: str = "separate"

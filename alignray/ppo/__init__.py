@@ -34,7 +34,7 @@ from alignray.ppo.losses import (
     POLICY_LOSSES,
     clipped_surrogate_loss,
     clipped_value_loss,
-    entropy_from_logits,
+    entropy_from_logprobs,
     explained_variance,
     get_policy_loss,
 )
@@ -53,7 +53,7 @@ __all__ = [
     "AdaptiveKLController", "ConstraintPenalty", "DegenerateTextRule", "EarlyStopOnKL",
     "FixedKLController", "KLController", "RegexRule", "RunningRewardNormalizer",
     "banned_phrase_rule", "clip_rewards", "clipped_surrogate_loss", "clipped_value_loss",
-    "entropy_from_logits", "explained_variance", "gae_advantages", "get_advantage_estimator",
+    "entropy_from_logprobs", "explained_variance", "gae_advantages", "get_advantage_estimator",
     "get_policy_loss", "kl_estimate", "last_valid_index", "length_sorted_parts", "make_kl_controller", "masked_mean",
     "masked_sum", "masked_var", "masked_whiten", "micro_batch_count", "minibatch_indices", "reinforce_advantages",
     "rloo_advantages", "token_level_rewards", "truncation_penalty", "valid_only",

@@ -65,15 +65,12 @@ def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask
     return loss, {"value_clip_fraction": clip_fraction}
 
 
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy in nats of the categorical distribution at each position: ``[..., V] -> [...]``.
-
-    Computed as ``logsumexp(z) - sum(softmax(z) * z)``, which stays finite for large logits;
-    tokens with probability 0 (logit ``-inf``, e.g. filtered vocabulary) contribute 0, not nan.
-    """
-    probs = torch.softmax(logits, dim=-1)
-    weighted = torch.where(probs > 0, probs * logits, torch.zeros((), dtype=logits.dtype))
-    return torch.logsumexp(logits, dim=-1) - weighted.sum(dim=-1)
+def entropy_from_logprobs(logprobs: Tensor) -> Tensor:
+    """Entropy in nats of the categorical distribution at each position, ``[..., V] -> [...]``,
+    from its normalised log-probs (``log_softmax``: the policy has them for its loss, so no
+    second softmax over the vocabulary). Tokens of probability 0 (``-inf``) contribute 0."""
+    weighted = torch.where(logprobs > float("-inf"), logprobs.exp() * logprobs, torch.zeros((), dtype=logprobs.dtype))
+    return -weighted.sum(dim=-1)
 
 
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:

@@ -1,0 +1,162 @@
+"""alignray's PPO against Hugging Face TRL's PPOTrainer on one CPU machine, same settings.
+
+    bash benchmarks/trl_env.sh              # once: trl==1.12.0 in benchmarks/.venv-trl
+    .venv/bin/python benchmarks/ppo_cpu.py  # ~5 minutes on 2 cores
+
+Both run as child processes of this script, one after the other, on identical models
+and prompts: a tiny GPT-2 (2 layers, width 128, 4 heads, vocab 4,096; random weights) as
+policy, reference, reward model and value model; 32 rollouts per update of exactly 24 new
+tokens; 4 PPO epochs x 2 minibatches; fp32; AdamW lr 3e-6; KL coefficient 0.05 fixed;
+clip 0.2, value clip 0.2; gamma 1, lambda 0.95; 10 updates. Throughput is rollouts per
+second of update wall time, the median over updates 2-10 (the first pays for warm-up).
+alignray runs as a user would: ``python -m workflows.ppo`` with Hydra overrides, its
+actors on a private local Ray instance; its update time is the ``step_s`` it logs.
+
+Known differences, both small next to the compute: alignray's reward model reads text
+(decoded responses, tokenised again: its one format for every consumer), TRL's reads
+the token ids; alignray's critic starts with a zeroed value head, TRL's with a random one.
+
+Writes benchmarks/results/ppo_cpu.json and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+TRL_PYTHON = ROOT / "benchmarks" / ".venv-trl" / "bin" / "python"
+ROLLOUTS, NEW_TOKENS, PROMPT_TOKENS = 32, 24, 32
+SETTINGS = {"rollouts_per_update": ROLLOUTS, "new_tokens": NEW_TOKENS, "max_prompt_tokens": PROMPT_TOKENS,
+            "ppo_epochs": 4, "minibatches": 2, "lr": 3e-6, "kl_coef": 0.05, "clip": 0.2, "value_clip": 0.2,
+            "gamma": 1.0, "lam": 0.95, "precision": "fp32",
+            "model": "GPT-2, 2 layers, width 128, 4 heads, vocab 4096, random weights"}
+
+
+def make_models(work: Path, seed: int) -> Path:
+    """policy/ (causal LM), reward/ and value/ (one scalar head, the same weights), each
+    with the embedded tokenizer (byte-level BPE of 4,096 tokens)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from alignray.embedded.pretrain import train_tokenizer
+    from alignray.embedded.tweets import load_tweets
+    from alignray.reward_model import init_reward_model, save_reward_model
+
+    models = work / "models"
+    tokenizer = train_tokenizer([t.text for t in load_tweets()], 4096)
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=128, n_head=4, n_positions=128,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    GPT2LMHeadModel(config).save_pretrained(models / "policy")
+    tokenizer.save_pretrained(models / "policy")
+    reward, reward_tokenizer = init_reward_model(models / "policy")
+    save_reward_model(reward, reward_tokenizer, models / "reward", mean=0.0, std=1.0)
+    shutil.copytree(models / "reward", models / "value", dirs_exist_ok=True)
+    return models
+
+
+def make_prompts(work: Path, models: Path, count: int) -> tuple[Path, Path]:
+    """The same prompts for both: a parquet of texts for alignray, and for TRL the token ids
+    alignray's coordinator makes of them (its prompt format, cut to the last 32 tokens)."""
+    from alignray.data import format_prompt
+    from alignray.embedded.tweets import load_tweets
+    from alignray.modeling import load_tokenizer
+
+    texts = [" ".join(t.text.split()[:8]) for t in load_tweets()[:count]]
+    parquet = work / "prompts.parquet"
+    pq.write_table(pa.table({"prompt_id": [f"p{i}" for i in range(count)], "prompt": texts}), parquet)
+    tokenizer = load_tokenizer(str(models / "policy"))
+    tokenizer.truncation_side = "left"
+    ids = [tokenizer(format_prompt(tokenizer, t), truncation=True, max_length=PROMPT_TOKENS)["input_ids"]
+           for t in texts]
+    token_file = work / "prompts.json"
+    token_file.write_text(json.dumps(ids))
+    return parquet, token_file
+
+
+def run_alignray(work: Path, models: Path, prompts: Path, updates: int) -> list[float]:
+    out = work / "alignray"
+    overrides = [
+        f"workdir={out}", "data.source=files", f"data.prompts_path={prompts}", f"data.max_prompt_tokens={PROMPT_TOKENS}",
+        f"ppo.sft_model_path={models / 'policy'}", f"ppo.reward_model_path={models / 'reward'}",
+        "ppo.reward.kind=model", "ppo.critic_init=reward_model", "ppo.reward.normalize=false",
+        "ppo.reward.constraints=none", f"ppo.steps={updates}", f"ppo.prompts_per_step={ROLLOUTS}",
+        f"ppo.max_new_tokens={NEW_TOKENS}", "ppo.stop_at_eos=false", "ppo.epochs=4", "ppo.minibatches=2",
+        "ppo.lr=3e-6", "ppo.critic_lr=3e-6", "ppo.kl.controller=fixed", "ppo.kl.coef=0.05", "ppo.clip_eps=0.2",
+        "ppo.value_clip_eps=0.2", "ppo.gamma=1.0", "ppo.lam=0.95", "ppo.deepspeed.precision=fp32",
+        "ppo.checkpoint_every=0", "ppo.resume=false",
+    ]
+    subprocess.run([sys.executable, "-m", "workflows.ppo", *overrides], cwd=ROOT, check=True)
+    metrics = sorted(out.glob("ppo-*/metrics.jsonl"), key=lambda p: p.stat().st_mtime)[-1]
+    return [json.loads(line)["step_s"] for line in metrics.read_text().splitlines()]
+
+
+def run_trl(work: Path, models: Path, token_file: Path, updates: int, threads: int) -> dict:
+    if not TRL_PYTHON.exists():
+        raise SystemExit(f"{TRL_PYTHON} is missing: run `bash benchmarks/trl_env.sh` first")
+    result = work / "trl.json"
+    subprocess.run([str(TRL_PYTHON), str(ROOT / "benchmarks" / "trl_ppo.py"), "--models", str(models),
+                    "--prompts", str(token_file), "--updates", str(updates), "--threads", str(threads),
+                    "--out", str(result)], cwd=ROOT, check=True)
+    return json.loads(result.read_text())
+
+
+def throughput(update_seconds: list[float]) -> tuple[float, float]:
+    """Median seconds of updates 2.. and the rollouts per second it gives."""
+    median = statistics.median(update_seconds[1:])
+    return median, ROLLOUTS / median
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--updates", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of TRL's process")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-ppo-cpu")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ppo_cpu.json")
+    args = parser.parse_args()
+    if args.work.exists():
+        shutil.rmtree(args.work)
+    args.work.mkdir(parents=True)
+    models = make_models(args.work, args.seed)
+    parquet, token_file = make_prompts(args.work, models, ROLLOUTS * args.updates * 2)
+
+    started = time.monotonic()
+    ours = run_alignray(args.work, models, parquet, args.updates)
+    ours_wall = time.monotonic() - started
+    started = time.monotonic()
+    trl = run_trl(args.work, models, token_file, args.updates, args.threads)
+    trl_wall = time.monotonic() - started
+
+    rows = {"alignray": (ours, ours_wall), "trl": (trl["update_seconds"], trl_wall)}
+    print(f"\n{'system':<10} {'median s/update':>16} {'rollouts/s':>11} {'process wall s':>15}")
+    summary = {}
+    for name, (seconds, wall) in rows.items():
+        median, rate = throughput(seconds)
+        summary[name] = {"update_seconds": seconds, "median_update_s": median, "rollouts_per_s": rate,
+                         "process_wall_s": wall}
+        print(f"{name:<10} {median:>16.3f} {rate:>11.2f} {wall:>15.1f}")
+    ratio = summary["alignray"]["rollouts_per_s"] / summary["trl"]["rollouts_per_s"]
+    print(f"alignray / TRL update throughput: {ratio:.2f}x (goal >= 1.5x)")
+    result = {"ratio_alignray_over_trl": ratio, "goal": 1.5, "settings": SETTINGS, "updates": args.updates,
+              "median_of": "updates 2..N", "cpu_count": os.cpu_count(), "python": platform.python_version(),
+              "trl_versions": trl.get("versions"), "trl_notes": trl.get("notes"), **summary}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
