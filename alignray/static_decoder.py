@@ -32,7 +32,7 @@ class GPT2Layers:
 
     def __init__(self, model):
         config = model.config
-        if getattr(config, "scale_attn_by_inverse_layer_idx", False) or getattr(config, "reorder_and_upcast_attn", False):
+        if any(getattr(config, flag, False) for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn")):
             raise NotImplementedError("GPT-2 variants with layer-scaled or upcast attention use the reference path")
         self.model, self.body = model, model.transformer
         self.blocks = list(self.body.h)

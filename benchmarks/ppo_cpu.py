@@ -89,7 +89,8 @@ def make_prompts(work: Path, models: Path, count: int) -> tuple[Path, Path]:
 def run_alignray(work: Path, models: Path, prompts: Path, updates: int) -> list[float]:
     out = work / "alignray"
     overrides = [
-        f"workdir={out}", "data.source=files", f"data.prompts_path={prompts}", f"data.max_prompt_tokens={PROMPT_TOKENS}",
+        f"workdir={out}", "data.source=files", f"data.prompts_path={prompts}",
+        f"data.max_prompt_tokens={PROMPT_TOKENS}",
         f"ppo.sft_model_path={models / 'policy'}", f"ppo.reward_model_path={models / 'reward'}",
         "ppo.reward.kind=model", "ppo.critic_init=reward_model", "ppo.reward.normalize=false",
         "ppo.reward.constraints=none", f"ppo.steps={updates}", f"ppo.prompts_per_step={ROLLOUTS}",

@@ -213,12 +213,14 @@ def print_table(result: dict) -> None:
     if "training" in result:
         t = result["training"]
         mfu = f"{t['mfu']:.1%}" if t["mfu"] is not None else "n/a (peak unknown)"
-        rows.append((f"policy update b={t['batch']} (ZeRO-{t['zero_stage']})", f"{t['train_tokens_per_s']:,.0f} tok/s, MFU {mfu}"))
+        rows.append((f"policy update b={t['batch']} (ZeRO-{t['zero_stage']})",
+                     f"{t['train_tokens_per_s']:,.0f} tok/s, MFU {mfu}"))
     if "ppo" in result:
         p = result["ppo"]
         rows.append(("PPO step (mean of steps 2..)", f"{p['step_s']:.2f} s"))
         rows += [(f"  stage {k}", f"{v:.3f} s") for k, v in p["stage_seconds"].items()]
-        rows.append(("weight sync (broadcast)", f"{p['sync_gb_per_s']:.2f} GB/s, {p['sync_bytes_per_worker'] / 1e6:.0f} MB/worker"))
+        rows.append(("weight sync (broadcast)",
+                     f"{p['sync_gb_per_s']:.2f} GB/s, {p['sync_bytes_per_worker'] / 1e6:.0f} MB per worker"))
     width = max(len(name) for name, _ in rows)
     print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
 
