@@ -191,3 +191,17 @@ def test_two_ranks_match_one(single_process_world, two_rank_world, tmp_path, sta
         if name in expected:
             torch.testing.assert_close(value, rank_states[0][name], rtol=0, atol=0, msg=name)
     assert not any(ray.get([a.compiled_ops.remote() for a in two_rank_world]))
+
+
+def test_activation_checkpointing_gives_the_same_step(single_process_world):
+    """Recomputing activations in the backward pass changes memory, not the update."""
+    engines = [ds.build_engine(tiny_gpt2(), DeepSpeedConfig(zero_stage=0, activation_checkpointing=on), lr=LR,
+                               total_steps=10, warmup_steps=0, micro_batch_size=GLOBAL_BATCH) for on in (False, True)]
+    assert [e.module.transformer.gradient_checkpointing for e in engines] == [False, True]
+    for engine in engines:
+        train_steps(engine, range(2))
+    rows = global_batch(5)
+    plain, checkpointed = (e(input_ids=rows, labels=rows).loss.item() for e in engines)
+    assert checkpointed == pytest.approx(plain, abs=1e-5)
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        ds.enable_activation_checkpointing(torch.nn.Linear(2, 2))

@@ -104,7 +104,7 @@ def probe_logprobs(coordinator):
     return policy[mask], reference[mask], [p[mask] for p in pool]
 
 
-@pytest.mark.parametrize("weight_sync", ["object_store", "broadcast"])
+@pytest.mark.parametrize("weight_sync", ["object_store", "broadcast", "auto"])
 def test_pool_reproduces_the_trained_policy_after_sync(coordinator, weight_sync, tiny_base_model):
     coordinator.ppo.weight_sync = weight_sync
     step = coordinator.actors.pool.version

@@ -102,6 +102,7 @@ class PPOCoordinator:
                                                    data_cfg.max_prompt_tokens, self.current_weights)
         self.probe = self.make_probe()
         self.weight_bytes = ray.get(self.actors.policy.actors[0].weight_bytes.remote())
+        self.policy_device = ray.get(self.actors.policy.actors[0].placement.remote())["device"]
 
     # ------------------------------------------------------------------ one PPO step
     def step(self, step: int) -> dict[str, float]:
@@ -257,11 +258,14 @@ class PPOCoordinator:
         """Deliver the policy's weights to every worker and check them on the probe; returns
         the sync's metrics (bytes per worker, transfer seconds and GB/s over all workers)."""
         pool, policy = self.actors.pool, self.actors.policy
+        mode = self.ppo.weight_sync
+        if mode == "auto":  # NCCL broadcast between GPUs; on CPU the object store is as fast
+            mode = "broadcast" if self.policy_device.startswith("cuda") else "object_store"
         started = time.monotonic()
-        if self.ppo.weight_sync == "object_store":
+        if mode == "object_store":
             self.latest_weights = self.export_weights()
             ray.get(pool.call("load_weights", self.latest_weights, version))
-        elif self.ppo.weight_sync == "broadcast":
+        elif mode == "broadcast":
             self.latest_weights = None
             if self.sync_group_restarts != pool.restarts:  # a restarted worker left the old group
                 self.form_sync_group()
@@ -270,7 +274,7 @@ class PPOCoordinator:
             wait_named(senders)
             ray.get(receivers)
         else:
-            raise ValueError(f"ppo.weight_sync must be object_store or broadcast, not {self.ppo.weight_sync!r}")
+            raise ValueError(f"ppo.weight_sync must be auto, object_store or broadcast, not {mode!r}")
         pool.version = version
         transfer = time.monotonic() - started
         started = time.monotonic()

@@ -90,8 +90,9 @@ class PPOConfig:
     rollout_gpus: float = 0.0  # GPUs per rollout worker in the separate layout
     rollout_max_restarts: int = 3  # Ray restarts a dead worker; its prompts are generated again
     # How new policy weights reach the pool: "object_store" (ray.put once, every worker
-    # reads it) or "broadcast" (a torch.distributed group: gloo on CPU, NCCL on GPU).
-    weight_sync: str = "object_store"
+    # reads it), "broadcast" (a torch.distributed group: gloo on CPU, NCCL on GPU), or
+    # "auto": broadcast when the policy is on a GPU, the object store otherwise.
+    weight_sync: str = "auto"
     probe_prompts: int = 4  # after each sync the pool must reproduce the policy's log-probs on these
     sync_tolerance: float = 1e-3  # max |log-prob difference| allowed on the probe
     max_prompts: int = 0  # 0: every training prompt

@@ -11,4 +11,7 @@ class DeepSpeedConfig:
     # "auto": bf16 on a GPU that supports it, fp32 on CPU.
     precision: str = "auto"
     gradient_clipping: float = 1.0
+    # Recompute activations in the backward pass instead of keeping them: less memory for
+    # longer sequences or larger micro-batches, about a third more compute.
+    activation_checkpointing: bool = False
     weight_decay: float = 0.0
