@@ -186,6 +186,26 @@ def broadcast_tensor(group, tensor: Tensor) -> None:
 
 
 # ----------------------------------------------------------------------------- driver side
+class ModelActorDied(RuntimeError):
+    """A policy, critic, reference or reward actor is gone: the run cannot continue."""
+
+
+def wait_named(refs: dict[str, ray.ObjectRef]) -> tuple[dict, dict[str, float]]:
+    """Results of work running in parallel, and the seconds each took from now; a dead
+    actor stops the run with its name."""
+    start, by_ref = time.monotonic(), {ref: name for name, ref in refs.items()}
+    pending, results, seconds = list(refs.values()), {}, {}
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        name = by_ref[done[0]]
+        seconds[name] = time.monotonic() - start
+        try:
+            results[name] = ray.get(done[0])
+        except ray.exceptions.RayActorError as error:
+            raise ModelActorDied(f"the {name} actor died; stopping the run: {error}") from error
+    return results, seconds
+
+
 class ActorGroup:
     """The actors of one role, rank order; calls fan out to all of them."""
 

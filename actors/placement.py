@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -101,8 +101,7 @@ class PPOActors:
 
 
 def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: str,
-                      reward_model_path: str | None, max_prompt_tokens: int,
-                      current_weights: Callable[[], ray.ObjectRef | None]) -> PPOActors:
+                      reward_model_path: str | None, max_prompt_tokens: int) -> PPOActors:
     """Place and start every PPO actor, form the policy's and the critic's DeepSpeed worlds,
     and wait until all are ready."""
     n_policy, n_critic = ppo.policy_actors, ppo.critic_actors
@@ -128,7 +127,7 @@ def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: st
                                                  **layout.rollout_options).remote(
         sft_model_path, ppo, max_prompt_tokens, seed)
         for _ in range(ppo.rollout_workers)]
-    actors = PPOActors(policy, critic, reference, reward, RolloutPool(workers, current_weights, seed),
+    actors = PPOActors(policy, critic, reference, reward, RolloutPool(workers, seed),
                        layout.placement_group)
     try:
         policy.form_world()

@@ -103,11 +103,12 @@ class PendingRollout:
 
 class RolloutPool(ActorGroup):
     """Driver-side handle on the workers. ``current_weights`` returns an object ref of the
-    policy's latest state dict (or None before the first update), for restarted workers."""
+    policy's latest state dict (or None: the SFT weights), for restarted workers; the weight
+    sync sets it (actors/weight_sync.py)."""
 
-    def __init__(self, actors: list, current_weights: Callable[[], ray.ObjectRef | None], seed: int = 0):
+    def __init__(self, actors: list, seed: int = 0):
         super().__init__("rollout", actors)
-        self.current_weights = current_weights
+        self.current_weights: Callable[[], ray.ObjectRef | None] = lambda: None
         self.seed = seed
         self.version = 0
         self.restarts = 0  # workers recovered so far; a broadcast group must be formed again

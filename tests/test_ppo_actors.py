@@ -10,12 +10,12 @@ import ray
 import torch
 from omegaconf import OmegaConf
 
-from actors.base import named_weights
+from actors.base import ModelActorDied, named_weights
 from actors.reward import RewardActor, target_word_share
+from actors.weight_sync import WeightSyncError
 from alignray.config import AlignrayConfig
 from alignray.modeling import load_causal_lm
-from workflows.ppo import ModelActorDied, PPOCoordinator, WeightSyncError
-
+from workflows.ppo import PPOCoordinator
 
 
 def small_config(model_path, prompts_path, placement: str = "separate"):
@@ -70,7 +70,7 @@ def test_colocated_roles_share_one_gpu_and_train(ray_cluster, tiny_base_model, p
         assert len(set(gpu_ids(placements))) == 1 and len(gpu_ids(placements)[0]) == 1
         assert {p["placement_group_id"] for p in placements} == {actors.placement_group.id.hex()}
         assert all(p["device"] == "cpu" for p in placements)  # a logical GPU, a CPU device
-        coordinator.sync_weights(version=0)
+        coordinator.weights.sync(version=0)
         metrics = coordinator.step(0)
         assert metrics["policy_updates"] == 2 and metrics["probe_max_abs_diff"] <= 1e-5
     finally:
@@ -81,7 +81,7 @@ def test_colocated_roles_share_one_gpu_and_train(ray_cluster, tiny_base_model, p
 def coordinator(ray_cluster, tiny_base_model, prompts_path, tmp_path_factory):
     coordinator = make_coordinator(small_config(tiny_base_model, prompts_path), tiny_base_model,
                                    tmp_path_factory.mktemp("ppo"))
-    coordinator.sync_weights(version=0)
+    coordinator.weights.sync(version=0)
     yield coordinator
     coordinator.actors.shutdown()
 
@@ -96,7 +96,7 @@ def test_model_actors_sit_on_four_gpus_of_one_placement_group(coordinator):
 
 
 def probe_logprobs(coordinator):
-    prompt_ids, prompt_mask, response_ids, mask = coordinator.probe
+    prompt_ids, prompt_mask, response_ids, mask = coordinator.weights.probe
     sequences = (prompt_ids, prompt_mask, response_ids)
     policy = ray.get(coordinator.actors.policy.actors[0].logprobs.remote(*sequences))
     reference = ray.get(coordinator.actors.reference.logprobs.remote(*sequences))
@@ -126,10 +126,10 @@ def test_a_worker_with_stale_weights_fails_the_sync_check(coordinator, tiny_base
     version = coordinator.actors.pool.version
     ray.get(coordinator.actors.pool.actors[1].load_weights.remote(sft_state, version))
     with pytest.raises(WeightSyncError, match="rollout worker 1"):
-        coordinator.check_probe()
+        coordinator.weights.check_probe()
     coordinator.ppo.weight_sync = "object_store"
-    coordinator.sync_weights(version)  # put things right for the next tests
-    assert coordinator.check_probe() <= 1e-5
+    coordinator.weights.sync(version)  # put things right for the next tests
+    assert coordinator.weights.check_probe() <= 1e-5
 
 
 def test_a_rollout_worker_killed_mid_step_loses_and_duplicates_nothing(coordinator):
@@ -144,7 +144,7 @@ def test_a_rollout_worker_killed_mid_step_loses_and_duplicates_nothing(coordinat
     assert torch.allclose(got.logprobs, expected.logprobs, atol=1e-5)  # current weights, not SFT's
     assert ray.get(pool.actors[0].version.remote()) == pool.version
     coordinator.ppo.weight_sync = "broadcast"  # the restarted worker joins a new group
-    coordinator.sync_weights(pool.version)
+    coordinator.weights.sync(pool.version)
 
 
 def test_nonfinite_losses_skip_the_update_and_stop_the_run(coordinator):
@@ -171,7 +171,8 @@ def test_micro_batches_under_a_token_budget_give_the_whole_minibatch_update(coor
     """Gradient accumulation over length-sorted, trimmed micro-batches is the same step."""
     from actors.policy import PolicyActor
     exp = coordinator.actors.pool.generate(coordinator.prompt_batch(torch.arange(16)), step=300)
-    exp = dataclasses.replace(exp, advantages=torch.randn(exp.logprobs.shape, generator=torch.Generator().manual_seed(0)))
+    advantages = torch.randn(exp.logprobs.shape, generator=torch.Generator().manual_seed(0))
+    exp = dataclasses.replace(exp, advantages=advantages)
     ppo = dataclasses.replace(coordinator.ppo, prompts_per_step=16, epochs=2, minibatches=2)
     budget = int(exp.sequence_lengths().max()) * 3  # micro-batches of about three rows
     policies = [ray.remote(PolicyActor).options(num_cpus=1).remote(str(tiny_base_model),

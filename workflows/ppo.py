@@ -30,46 +30,29 @@ import ray
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from actors.base import wait_named
 from actors.placement import PPOActors, launch_ppo_actors
 from actors.rollout import PendingRollout
 from actors.runtime import connect, shutdown_if_owned
+from actors.weight_sync import WeightSync
 from alignray.config.ppo import PPOConfig
 from alignray.data import format_prompt, prepare_embedded_data, read_prompts, response_text
 from alignray.experience import Experience, PromptStream, assemble_advantages, sequence_scores
 from alignray.generation import decode_responses
 from alignray.metrics import MetricsLogger, plot_curves, read_metrics
 from alignray.modeling import load_tokenizer, resolve_base_model
-from alignray.ppo import (TWEET_CONSTRAINTS_EXAMPLE, ConstraintPenalty, RunningRewardNormalizer,
-                          explained_variance, make_kl_controller)
+from alignray.ppo import (
+    TWEET_CONSTRAINTS_EXAMPLE,
+    ConstraintPenalty,
+    RunningRewardNormalizer,
+    explained_variance,
+    make_kl_controller,
+)
 from workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
 
 log = logging.getLogger("alignray.ppo")
 PROGRESS_KEYS = ("reward_raw", "kl", "response_length", "value_loss", "approx_kl", "step_s")
 CURVES = ["reward_raw", "reward_normalized", "kl", "response_length", "value_loss"]
-
-
-class ModelActorDied(RuntimeError):
-    """A policy, critic, reference or reward actor is gone: the run cannot continue."""
-
-
-class WeightSyncError(RuntimeError):
-    """The rollout pool does not reproduce the policy's log-probs after a weight sync."""
-
-
-def wait_named(refs: dict[str, ray.ObjectRef]) -> tuple[dict, dict[str, float]]:
-    """Results of work running in parallel, and the seconds each took from now; a dead
-    actor stops the run with its name."""
-    start, by_ref = time.monotonic(), {ref: name for name, ref in refs.items()}
-    pending, results, seconds = list(refs.values()), {}, {}
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        name = by_ref[done[0]]
-        seconds[name] = time.monotonic() - start
-        try:
-            results[name] = ray.get(done[0])
-        except ray.exceptions.RayActorError as error:
-            raise ModelActorDied(f"the {name} actor died; stopping the run: {error}") from error
-    return results, seconds
 
 
 def mean_of(stats: list[dict], key: str) -> float:
@@ -96,13 +79,9 @@ class PPOCoordinator:
         self.nonfinite_in_a_row = 0
         self.pending: PendingRollout | None = None  # policy_lag=1: the next step's batch, in flight
         self.stream_state_before_pending: dict | None = None
-        self.latest_weights: ray.ObjectRef | None = None
-        self.sync_group_restarts: int | None = None  # pool restarts when the broadcast group formed
         self.actors: PPOActors = launch_ppo_actors(ppo, cluster_cfg, seed, sft_model_path, reward_model_path,
-                                                   data_cfg.max_prompt_tokens, self.current_weights)
-        self.probe = self.make_probe()
-        self.weight_bytes = ray.get(self.actors.policy.actors[0].weight_bytes.remote())
-        self.policy_device = ray.get(self.actors.policy.actors[0].placement.remote())["device"]
+                                                   data_cfg.max_prompt_tokens)
+        self.weights = WeightSync(self.actors.policy, self.actors.pool, self.make_probe(), ppo)
 
     # ------------------------------------------------------------------ one PPO step
     def step(self, step: int) -> dict[str, float]:
@@ -115,7 +94,7 @@ class PPOCoordinator:
         exp = actors.pool.collect(pending)
         times["generation"] = time.monotonic() - started
         if ppo.policy_lag:  # the pool takes the current weights and starts on the next batch
-            sync = self.sync_weights(version=step)
+            sync = self.weights.sync(version=step)
             if step + 1 < ppo.steps:
                 self.pending = self.submit_next_batch(step + 1)
         prompts = [self.prompts[i] for i in exp.prompt_index.tolist()]
@@ -156,7 +135,7 @@ class PPOCoordinator:
 
         # 7. new weights to the pool, then the pool must reproduce the policy's log-probs
         if not ppo.policy_lag:
-            sync = self.sync_weights(version=step + 1)
+            sync = self.weights.sync(version=step + 1)
 
         self.kl.update(advantage_stats["kl"], len(exp))
         mask = exp.response_mask
@@ -189,7 +168,7 @@ class PPOCoordinator:
     def run(self) -> list[dict]:
         ppo = self.ppo
         start_step = self.resume() if ppo.resume else 0
-        self.sync_weights(version=start_step)  # the pool starts from the policy, resumed or not
+        self.weights.sync(version=start_step)  # the pool starts from the policy, resumed or not
         metrics_log = MetricsLogger(self.out, total_steps=ppo.steps, name="ppo")
         step_times = []
         for step in range(start_step, ppo.steps):
@@ -239,70 +218,6 @@ class PPOCoordinator:
                                  max_length=self.ppo.max_new_tokens)
         self.tokenizer.padding_side = "left"
         return batch.prompt_ids, batch.prompt_mask, encoded["input_ids"], encoded["attention_mask"].bool()
-
-    # ------------------------------------------------------------------ weight sync
-    def current_weights(self) -> ray.ObjectRef | None:
-        """For a restarted rollout worker: the weights the pool should hold now."""
-        if self.actors.pool.version == 0:
-            return None  # the SFT weights it starts with
-        if self.latest_weights is None:  # broadcast mode keeps no copy
-            self.latest_weights = self.export_weights()
-        return self.latest_weights
-
-    def export_weights(self) -> ray.ObjectRef:
-        refs = self.actors.policy.call("export_weights")  # collective; rank 0's holds them
-        wait_named({f"policy{i}": ref for i, ref in enumerate(refs[1:], start=1)})
-        return refs[0]
-
-    def sync_weights(self, version: int) -> dict[str, float]:
-        """Deliver the policy's weights to every worker and check them on the probe; returns
-        the sync's metrics (bytes per worker, transfer seconds and GB/s over all workers)."""
-        pool, policy = self.actors.pool, self.actors.policy
-        mode = self.ppo.weight_sync
-        if mode == "auto":  # NCCL broadcast between GPUs; on CPU the object store is as fast
-            mode = "broadcast" if self.policy_device.startswith("cuda") else "object_store"
-        started = time.monotonic()
-        if mode == "object_store":
-            self.latest_weights = self.export_weights()
-            ray.get(pool.call("load_weights", self.latest_weights, version))
-        elif mode == "broadcast":
-            self.latest_weights = None
-            if self.sync_group_restarts != pool.restarts:  # a restarted worker left the old group
-                self.form_sync_group()
-            senders = {f"policy{i}": r for i, r in enumerate(policy.call("broadcast_weights"))}
-            receivers = pool.call("receive_weights", version)  # submitted before waiting: collective
-            wait_named(senders)
-            ray.get(receivers)
-        else:
-            raise ValueError(f"ppo.weight_sync must be auto, object_store or broadcast, not {mode!r}")
-        pool.version = version
-        transfer = time.monotonic() - started
-        started = time.monotonic()
-        probe_error = self.check_probe()
-        return {"probe_max_abs_diff": probe_error, "sync/bytes_per_worker": self.weight_bytes,
-                "sync/gb_per_s": self.weight_bytes * len(pool) / transfer / 1e9,
-                "time/sync": round(transfer, 4), "time/sync_probe": round(time.monotonic() - started, 4)}
-
-    def form_sync_group(self) -> None:
-        policy0, pool = self.actors.policy.actors[0], self.actors.pool
-        address, port = ray.get(policy0.rendezvous.remote())  # a fresh free port on its node
-        world = len(pool) + 1
-        ray.get([policy0.open_sync_group.remote(address, port, world),
-                 *pool.call_each("open_sync_group", [(address, port, rank, world) for rank in range(1, world)])])
-        self.sync_group_restarts = pool.restarts
-
-    def check_probe(self) -> float:
-        prompt_ids, prompt_mask, response_ids, mask = self.probe
-        expected = wait_named({"policy0": self.actors.policy.actors[0].logprobs.remote(
-            prompt_ids, prompt_mask, response_ids)})[0]["policy0"]
-        worst = 0.0
-        for i, got in enumerate(ray.get(self.actors.pool.call("logprobs", prompt_ids, prompt_mask, response_ids))):
-            diff = (got - expected)[mask].abs().max().item()
-            if not diff <= self.ppo.sync_tolerance:
-                raise WeightSyncError(f"rollout worker {i} log-probs differ from the policy's by {diff:.2e} "
-                                      f"(> ppo.sync_tolerance {self.ppo.sync_tolerance:.1e}) after a weight sync")
-            worst = max(worst, diff)
-        return worst
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int) -> None:
