@@ -104,7 +104,9 @@ class TrainableActor(ModelActor):
         the max), or None when the loss is not finite on some rank: then nothing is applied."""
         started = time.perf_counter()
         lengths = minibatch.sequence_lengths()
-        count = self._world_max(micro_batch_count(lengths, token_budget))  # ranks accumulate alike
+        # every rank runs the same number of micro-batches (ZeRO-2 reduces in each backward),
+        # none empty: the most any rank needs, at most the fewest rows any rank has
+        count = min(self._world_max(micro_batch_count(lengths, token_budget)), -self._world_max(-len(minibatch)))
         tokens = minibatch.response_mask.sum().clamp_min(1)
         total, stats = torch.zeros((), device=self.device), defaultdict(float)
         parts = length_sorted_parts(lengths, count)

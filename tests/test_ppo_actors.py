@@ -62,17 +62,26 @@ def test_reward_actor_scores_with_each_kind_and_the_critic_loads_an_rm_backbone(
     assert torch.equal(critic.backbone.wte.weight, rm_embeddings)
 
 
-def test_colocated_roles_share_one_gpu_and_train(ray_cluster, tiny_base_model, prompts_path, tmp_path):
-    coordinator = make_coordinator(small_config(tiny_base_model, prompts_path, "colocated"), tiny_base_model, tmp_path)
+def test_colocated_data_parallel_roles_share_one_gpu_and_train(ray_cluster, tiny_base_model, prompts_path, tmp_path):
+    """Two policy and two critic ranks (each role one DeepSpeed world) with micro-batches under
+    a token budget, every actor on one GPU: the ranks stay identical after an update."""
+    cfg = small_config(tiny_base_model, prompts_path, "colocated")
+    cfg.ppo.policy_actors = cfg.ppo.critic_actors = 2
+    cfg.ppo.micro_batch_tokens = 1  # a row per micro-batch: minibatches of 2 rows per rank in 2 parts
+    coordinator = make_coordinator(cfg, tiny_base_model, tmp_path)
     try:
         actors = coordinator.actors
         placements = ray.get([a.placement.remote() for a in [*actors.model_actors().values(), *actors.pool.actors]])
-        assert len(set(gpu_ids(placements))) == 1 and len(gpu_ids(placements)[0]) == 1
+        assert len(placements) == 8 and len(set(gpu_ids(placements))) == 1 and len(gpu_ids(placements)[0]) == 1
         assert {p["placement_group_id"] for p in placements} == {actors.placement_group.id.hex()}
         assert all(p["device"] == "cpu" for p in placements)  # a logical GPU, a CPU device
         coordinator.weights.sync(version=0)
         metrics = coordinator.step(0)
-        assert metrics["policy_updates"] == 2 and metrics["probe_max_abs_diff"] <= 1e-5
+        assert metrics["policy_updates"] == 4 and metrics["probe_max_abs_diff"] <= 1e-5  # 2 ranks x 2
+        assert metrics["micro_batches"] == 2
+        probe = coordinator.weights.probe[:3]
+        rank0, rank1 = ray.get(actors.policy.call("logprobs", *probe))
+        assert torch.equal(rank0, rank1)  # gradients averaged over the world, one update on both
     finally:
         coordinator.actors.shutdown()
 

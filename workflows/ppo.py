@@ -148,6 +148,7 @@ class PPOCoordinator:
             "approx_kl": mean_of(policy_stats, "approx_kl"), "policy_loss": mean_of(policy_stats, "policy_loss"),
             "ratio_max": max(s["ratio_max"] for s in policy_stats),
             "policy_updates": sum(s["policy_updates"] for s in policy_stats),
+            "micro_batches": mean_of(policy_stats, "micro_batches"),
             "value_loss": mean_of(critic_stats, "value_loss"),
             **{key: sum(s[key] for s in policy_stats) for key in ("train_tokens_per_s",)},
             **{key: sum(s[key] for s in critic_stats) for key in ("critic_train_tokens_per_s",)},
