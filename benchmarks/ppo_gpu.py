@@ -18,8 +18,9 @@ not know decode to nothing; the reward model does not care). Three parts, in one
    graphs, at batch 64 and 256, 64-token prompts, exactly 128 new tokens, bf16. Goal:
    >= 10x plain generate at batch 256.
 2. training: the policy actor's own update (actors/policy.py: DeepSpeed engine, clipped
-   surrogate) on a 64 x (64 + 128)-token batch: tokens/s and model-FLOPs utilisation as
-   the actor reports them (6 x params x tokens over the dense bf16 peak). Goal: >= 30%.
+   surrogate) on a 64 x (64 + 128)-token batch, ZeRO-0 and ZeRO-2: tokens/s and model-FLOPs
+   utilisation as the actor reports them (6 x params x tokens over the dense bf16 peak).
+   Goal: >= 30%.
 3. PPO: ``run_ppo`` for a few steps with every role on this one GPU (cluster=one_gpu):
    the stage breakdown of a step and the weight-sync bandwidth, from its metrics.
 
@@ -109,7 +110,7 @@ def bench_generation(model, batches: list[int], prompt_len: int, new_tokens: int
     return rows
 
 
-def bench_training(model_path: Path, batch: int, prompt_len: int, new_tokens: int) -> dict:
+def bench_training(model_path: Path, batch: int, prompt_len: int, new_tokens: int, zero_stage: int) -> dict:
     """The policy actor's update, in this process (a DeepSpeed world of one)."""
     from actors.policy import PolicyActor
     from alignray import deepspeed_strategy as ds
@@ -117,7 +118,7 @@ def bench_training(model_path: Path, batch: int, prompt_len: int, new_tokens: in
     from alignray.config.training import DeepSpeedConfig
     from alignray.experience import Experience
     ppo = PPOConfig(prompts_per_step=batch, epochs=2, minibatches=1, max_new_tokens=new_tokens,
-                    deepspeed=DeepSpeedConfig(zero_stage=2))
+                    deepspeed=DeepSpeedConfig(zero_stage=zero_stage))
     policy = PolicyActor(str(model_path), ppo)
     policy.setup("127.0.0.1", ds.free_port("127.0.0.1"))
     vocab = policy.model.config.vocab_size
@@ -129,7 +130,7 @@ def bench_training(model_path: Path, batch: int, prompt_len: int, new_tokens: in
                      advantages=torch.randn(batch, new_tokens))
     policy.train(exp, 0)  # warm-up
     stats = policy.train(exp, 1)
-    return {"batch": batch, "tokens_per_update": batch * (prompt_len + new_tokens), "zero_stage": 2,
+    return {"batch": batch, "tokens_per_update": batch * (prompt_len + new_tokens), "zero_stage": zero_stage,
             "dtype": str(next(policy.engine.module.parameters()).dtype),
             "train_tokens_per_s": stats["train_tokens_per_s"], "mfu": stats.get("mfu")}
 
@@ -191,7 +192,8 @@ def main() -> None:
                                                 repeats=2 if args.cpu_smoke else 3)
         del model
     if "training" not in skip:
-        result["training"] = bench_training(model_path, 8 if args.cpu_smoke else 64, 64, 16 if args.cpu_smoke else 128)
+        result["training"] = [bench_training(model_path, 8 if args.cpu_smoke else 64, 64, 16 if args.cpu_smoke else 128,
+                                             stage) for stage in (0, 2)]
     if "ppo" not in skip:
         result["ppo"] = bench_ppo(work, model_path, args.cpu_smoke, args.ppo_steps)
     result["wall_s"] = time.monotonic() - started
@@ -210,8 +212,7 @@ def print_table(result: dict) -> None:
         plain = next(r for r in generation if r["batch"] == row["batch"] and r["path"] == "plain generate")
         rows.append((f"generate b={row['batch']}: {row['path']}",
                      f"{row['tokens_per_s']:,.0f} tok/s ({row['tokens_per_s'] / plain['tokens_per_s']:.1f}x plain)"))
-    if "training" in result:
-        t = result["training"]
+    for t in result.get("training", []):
         mfu = f"{t['mfu']:.1%}" if t["mfu"] is not None else "n/a (peak unknown)"
         rows.append((f"policy update b={t['batch']} (ZeRO-{t['zero_stage']})",
                      f"{t['train_tokens_per_s']:,.0f} tok/s, MFU {mfu}"))
