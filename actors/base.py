@@ -120,12 +120,13 @@ class TrainableActor(ModelActor):
             for key, value in part_stats.items():
                 stats[key] = max(stats[key], value) if key.endswith("_max") else stats[key] + value * weight.item()
             self.trained_tokens += part.prompt_ids.numel() + part.response_ids.numel()
-        if not self._all_finite(total):
+        finite = self._all_finite(total)
+        if finite:
+            self.engine.step()
+        else:
             self.engine.zero_grad()
-            return None
-        self.engine.step()
         self.training_seconds += time.perf_counter() - started
-        return total.item(), dict(stats) | {"micro_batches": len(parts)}
+        return (total.item(), dict(stats) | {"micro_batches": len(parts)}) if finite else None
 
     def throughput(self) -> dict[str, float]:
         """Tokens (padded, as computed) per second of training since the last call and, where

@@ -5,6 +5,7 @@ role's world and clips them (``deepspeed.gradient_clipping``).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 
@@ -13,7 +14,7 @@ import torch
 from actors.base import TrainableActor, broadcast_tensor, minibatch_seed, named_weights, open_sync_group
 from alignray.config.ppo import PPOConfig
 from alignray.experience import Experience
-from alignray.generation import disable_dropout, response_logits, token_logprobs, vocab_logprobs
+from alignray.generation import disable_dropout, gather_tokens, response_logits, vocab_logprobs
 from alignray.modeling import load_causal_lm, load_tokenizer, training_dtype
 from alignray.ppo import EarlyStopOnKL, entropy_from_logprobs, get_policy_loss, masked_mean, minibatch_indices
 
@@ -29,7 +30,6 @@ class PolicyActor(TrainableActor):
         self.model = disable_dropout(load_causal_lm(model_path, self.device, dtype))
         self.tokenizer = load_tokenizer(model_path)
         self.sync_group = None
-        self.report_entropy = True
 
     def setup(self, master_addr: str, master_port: int) -> None:
         from alignray import deepspeed_strategy as ds
@@ -57,8 +57,8 @@ class PolicyActor(TrainableActor):
         for n, (_, rows) in enumerate(minibatch_indices(len(exp), minibatch_size, ppo.epochs, generator, early_stop)):
             # without an entropy bonus the entropy is only reported: of the first minibatch,
             # before any update (over the whole vocabulary it costs ~10% of an update)
-            self.report_entropy = n == 0
-            result = self._accumulated_step(exp.select(rows.to(self.device)), self._loss, ppo.micro_batch_tokens)
+            loss_fn = functools.partial(self._loss, report_entropy=n == 0)
+            result = self._accumulated_step(exp.select(rows.to(self.device)), loss_fn, ppo.micro_batch_tokens)
             if result is None:
                 skipped += 1
                 continue
@@ -74,15 +74,15 @@ class PolicyActor(TrainableActor):
         result["stopped_after_epoch"] = early_stop.stopped_after_epoch
         return result | self.throughput()
 
-    def _loss(self, batch: Experience) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss(self, batch: Experience, report_entropy: bool) -> tuple[torch.Tensor, dict[str, float]]:
         """The clipped surrogate (minus the entropy bonus) of a micro-batch, token mean."""
         ppo = self.ppo
         logits = response_logits(self.engine, batch.prompt_ids, batch.prompt_mask, batch.response_ids)
         vocab = vocab_logprobs(logits, ppo.temperature)
-        logprobs = token_logprobs(logits, batch.response_ids, vocab=vocab)
+        logprobs = gather_tokens(vocab, batch.response_ids)
         loss, stats = get_policy_loss("clipped_surrogate")(logprobs, batch.logprobs, batch.advantages,
                                                             batch.response_mask, ppo.clip_eps)
-        if ppo.entropy_coef or self.report_entropy:
+        if ppo.entropy_coef or report_entropy:
             with torch.set_grad_enabled(bool(ppo.entropy_coef)):
                 entropy = masked_mean(entropy_from_logprobs(vocab), batch.response_mask)
             loss = loss - ppo.entropy_coef * entropy

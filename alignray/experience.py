@@ -68,7 +68,7 @@ class Experience:
         (left padding) and trailing response columns (right padding). Log-probs, values and
         losses are unchanged: positions count from each row's first prompt token, and no
         valid token attends to a dropped column."""
-        prompt_from = int((self.prompt_mask.sum(dim=1).max() - self.prompt_mask.shape[1]).neg())
+        prompt_from = self.prompt_mask.shape[1] - int(self.prompt_mask.sum(dim=1).max())
         response_to = max(int(self.response_mask.sum(dim=1).max()), 1)
         fields = {}
         for name, value in self._tensors().items():

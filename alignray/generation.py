@@ -91,11 +91,13 @@ def vocab_logprobs(logits: Tensor, temperature: float = 1.0) -> Tensor:
     return torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
 
 
-def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0, *,
-                   vocab: Tensor | None = None) -> Tensor:
-    """Log-prob ``[B, T]`` of ``tokens`` under ``softmax(logits / temperature)``, in float32
-    (from ``vocab``, the :func:`vocab_logprobs` already computed, when given)."""
-    vocab = vocab_logprobs(logits, temperature) if vocab is None else vocab
+def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
+    """Log-prob ``[B, T]`` of ``tokens`` under ``softmax(logits / temperature)``, in float32."""
+    return gather_tokens(vocab_logprobs(logits, temperature), tokens)
+
+
+def gather_tokens(vocab: Tensor, tokens: Tensor) -> Tensor:
+    """Each token's entry of ``vocab`` (``[..., V]`` -> ``[...]``)."""
     return vocab.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 

@@ -150,10 +150,10 @@ class PPOCoordinator:
             "policy_updates": sum(s["policy_updates"] for s in policy_stats),
             "micro_batches": mean_of(policy_stats, "micro_batches"),
             "value_loss": mean_of(critic_stats, "value_loss"),
-            **{key: sum(s[key] for s in policy_stats) for key in ("train_tokens_per_s",)},
-            **{key: sum(s[key] for s in critic_stats) for key in ("critic_train_tokens_per_s",)},
+            "train_tokens_per_s": sum(s["train_tokens_per_s"] for s in policy_stats),  # over the ranks
+            "critic_train_tokens_per_s": sum(s["critic_train_tokens_per_s"] for s in critic_stats),
             **{key: mean_of(stats, key) for stats, key in ((policy_stats, "mfu"), (critic_stats, "critic_mfu"))
-               if key in stats[0]},
+               if key in stats[0]},  # only where the device's peak is known
             "value_clip_fraction": mean_of(critic_stats, "value_clip_fraction"),
             "explained_variance": explained_variance(exp.values, exp.returns, mask),
             "response_length": mask.sum(dim=1).float().mean().item(),
