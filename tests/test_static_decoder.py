@@ -115,6 +115,7 @@ def test_engine_choice():
     cpu_model = gpt2()
     assert isinstance(make_decoder(cpu_model, "auto", max_len=32), StaticDecoder)
     assert isinstance(make_decoder(cpu_model, "hf"), HFDecoder)
+    assert not make_decoder(cpu_model, "static_eager", max_len=32).use_cuda_graph
     with pytest.raises(NotImplementedError, match="model type"):
         make_decoder(torch.nn.Linear(2, 2), "static", max_len=32)
     with pytest.raises(ValueError, match="engine"):

@@ -58,7 +58,8 @@ class PPOConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     # The rollout workers' generation path (alignray.generation.make_decoder): "auto" (the
-    # static KV cache for GPT-2/Llama, CUDA graphs on a GPU), "static", or "hf" (reference).
+    # static KV cache for GPT-2/Llama, CUDA graphs on a GPU), "static", "static_eager" (no
+    # graphs), or "hf" (the reference path).
     generation_engine: str = "auto"
     stop_at_eos: bool = True  # False: every response is max_new_tokens long (benchmarks)
     # 1: the next batch is generated while this one trains (one update of policy lag; the
