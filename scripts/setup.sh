@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs alignray into ./.venv on first use (and again whenever pyproject.toml changes).
-# Sourced by scripts/run.sh and scripts/test.sh; safe to run by hand.
+# Run by scripts/run.sh and scripts/test.sh (`bash scripts/setup.sh [EXTRAS]`); safe to run by hand.
 #
 # torch: a python that already has torch (a GPU machine with its CUDA build) keeps it,
 # because the venv sees the system site-packages. Otherwise we install torch==2.13.0,
@@ -19,8 +19,9 @@ fi
 PY="$VENV/bin/python"
 stamp="$VENV/.alignray-installed"
 want="$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)${EXTRAS:+-$EXTRAS}"
-if [ -f "$stamp" ] && grep -qx -- "$want" "$stamp"; then
-  return 0 2>/dev/null || exit 0
+# An install with extras also satisfies a plain one (run.sh after test.sh reinstalls nothing).
+if [ -f "$stamp" ] && { grep -qx -- "$want" "$stamp" || { [ -z "$EXTRAS" ] && grep -q -- "^$want-" "$stamp"; }; }; then
+  exit 0
 fi
 if ! "$PY" -c "import torch" 2>/dev/null; then
   echo "[setup] installing torch 2.13.0 (CPU build)"

