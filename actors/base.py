@@ -5,18 +5,15 @@
   where Ray placed it, and computes log-probs of given responses.
 - ``TrainableActor``: the policy and the critic. One process of a data-parallel DeepSpeed
   world (a group of actors of one role), with checkpoints and collective helpers.
-- Weight sync from the policy to the rollout pool: state dicts through the object store,
-  or a broadcast over a torch.distributed group of its own (policy rank 0 + every worker).
 - ``ActorGroup``: the driver's handle on the actors of one role.
 """
 from __future__ import annotations
 
-import datetime
 import math
 import os
 import time
 from collections import defaultdict
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import ray
 import torch
@@ -26,8 +23,6 @@ from alignray.experience import Experience
 from alignray.generation import response_logits, token_logprobs
 from alignray.modeling import pick_device
 from alignray.ppo import length_sorted_parts, micro_batch_count
-
-SYNC_TIMEOUT = datetime.timedelta(minutes=2)
 
 
 class ModelActor:
@@ -128,7 +123,7 @@ class TrainableActor(ModelActor):
         self.training_seconds += time.perf_counter() - started
         return (total.item(), dict(stats) | {"micro_batches": len(parts)}) if finite else None
 
-    def throughput(self) -> dict[str, float]:
+    def throughput(self) -> tuple[float, float | None]:
         """Tokens (padded, as computed) per second of training since the last call and, where
         the device's peak is known (GPUs), the model-FLOPs utilisation (6 x params x tokens)."""
         from alignray.metrics import model_flops_utilization
@@ -136,7 +131,7 @@ class TrainableActor(ModelActor):
         self.trained_tokens, self.training_seconds = 0, 0.0
         params = sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())
         mfu = model_flops_utilization(params, rate, self.device)
-        return {"train_tokens_per_s": rate} | ({} if math.isnan(mfu) else {"mfu": mfu})
+        return rate, None if math.isnan(mfu) else mfu
 
     def save_checkpoint(self, ckpt_dir: str, client_state: dict | None = None) -> str:
         from alignray import deepspeed_strategy as ds
@@ -147,66 +142,29 @@ class TrainableActor(ModelActor):
         return ds.load_checkpoint(self.engine, ckpt_dir)
 
 
-def minibatch_seed(seed: int, step: int, rank: int) -> int:
-    """The seed of a rank's minibatch order at a step: a function of the step alone, so a
-    resumed run shuffles as the uninterrupted one did (Python's hash() differs per process)."""
-    return (seed * 1_000_003 + step) * 1_009 + rank
-
-
-# ----------------------------------------------------------------------------- weight sync
-def named_weights(model: torch.nn.Module) -> Iterable[tuple[str, Tensor]]:
-    """Parameters then buffers, in the module's order: both ends of a sync walk the same list
-    (tied weights appear once)."""
-    yield from model.named_parameters()
-    yield from model.named_buffers()
-
-
-@torch.no_grad()
-def load_named_weights(model: torch.nn.Module, state: dict[str, Tensor]) -> None:
-    """Copy ``state`` into ``model`` in place; every parameter must be there."""
-    own = dict(named_weights(model))
-    missing = sorted(set(own) - set(state))
-    if missing:
-        raise KeyError(f"weights missing from the policy's state: {missing[:5]}")
-    for name, tensor in own.items():
-        tensor.copy_(state[name].to(tensor.device, tensor.dtype))
-
-
-def open_sync_group(master_addr: str, master_port: int, rank: int, world_size: int):
-    """A process group for weight broadcast alone, outside any DeepSpeed world: rank 0 is
-    the policy's rank 0, ranks 1.. the rollout workers. Gloo on CPU, NCCL on GPU."""
-    store = torch.distributed.TCPStore(master_addr, master_port, world_size, is_master=rank == 0,
-                                       timeout=SYNC_TIMEOUT)
-    if torch.cuda.is_available():
-        return torch.distributed.ProcessGroupNCCL(store, rank, world_size)
-    return torch.distributed.ProcessGroupGloo(store, rank, world_size, SYNC_TIMEOUT)
-
-
-def broadcast_tensor(group, tensor: Tensor) -> None:
-    options = torch.distributed.BroadcastOptions()
-    options.rootRank = 0
-    group.broadcast([tensor], options).wait()
-
-
 # ----------------------------------------------------------------------------- driver side
 class ModelActorDied(RuntimeError):
     """A policy, critic, reference or reward actor is gone: the run cannot continue."""
 
 
-def wait_named(refs: dict[str, ray.ObjectRef]) -> tuple[dict, dict[str, float]]:
-    """Results of work running in parallel, and the seconds each took from now; a dead
-    actor stops the run with its name."""
-    start, by_ref = time.monotonic(), {ref: name for name, ref in refs.items()}
-    pending, results, seconds = list(refs.values()), {}, {}
+def wait_named(refs: dict[str, ray.ObjectRef | list[ray.ObjectRef]]) -> tuple[dict, dict[str, float]]:
+    """Results of work running in parallel (a list of results where a name has a list of
+    refs, e.g. every rank of a role), and the seconds each name took from now; a dead actor
+    stops the run with its name."""
+    start = time.monotonic()
+    by_ref = {ref: name for name, named in refs.items() for ref in (named if isinstance(named, list) else [named])}
+    pending, results, seconds = list(by_ref), {}, {}
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         name = by_ref[done[0]]
-        seconds[name] = time.monotonic() - start
         try:
-            results[name] = ray.get(done[0])
+            results[done[0]] = ray.get(done[0])
         except ray.exceptions.RayActorError as error:
             raise ModelActorDied(f"the {name} actor died; stopping the run: {error}") from error
-    return results, seconds
+        seconds[name] = time.monotonic() - start  # the last of its refs
+    gathered = {name: [results[r] for r in named] if isinstance(named, list) else results[named]
+                for name, named in refs.items()}
+    return gathered, seconds
 
 
 class ActorGroup:

@@ -3,18 +3,19 @@ scalar head, trained with the clipped value loss in a DeepSpeed engine."""
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import torch
 from torch import Tensor
 from transformers import AutoModel
 
-from actors.base import TrainableActor, minibatch_seed
+from actors.base import TrainableActor
 from alignray.config.ppo import PPOConfig
 from alignray.experience import Experience
 from alignray.generation import disable_dropout, sequence_inputs
 from alignray.modeling import fused_activation, training_dtype
 from alignray.ppo import clipped_value_loss, minibatch_indices
+from alignray.ppo.step_stats import CriticTrainStats, mean
+from alignray.seeds import derived_seed
 
 
 class ValueModel(torch.nn.Module):
@@ -58,25 +59,25 @@ class CriticActor(TrainableActor):
         self.engine.eval()
         return self.engine(*self._to_device(prompt_ids, prompt_mask, response_ids)).cpu()
 
-    def train(self, exp: Experience, step: int) -> dict[str, float]:
+    def train(self, exp: Experience, step: int) -> CriticTrainStats:
         """Epochs x minibatches of the clipped value loss on this rank's shard."""
         ppo = self.ppo
         self.engine.train()
         exp = exp.to(self.device)
-        generator = torch.Generator().manual_seed(minibatch_seed(self.seed, step, self.rank) + 1)
-        totals: dict[str, list[float]] = defaultdict(list)
-        skipped = 0
+        # +1: not the policy's minibatch order
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, step, self.rank) + 1)
+        losses, clip_fractions, skipped = [], [], 0
         minibatch_size = math.ceil(len(exp) / ppo.minibatches)
         for _, rows in minibatch_indices(len(exp), minibatch_size, ppo.epochs, generator):
             result = self._accumulated_step(exp.select(rows.to(self.device)), self._loss, ppo.micro_batch_tokens)
             if result is None:
                 skipped += 1
                 continue
-            totals["value_loss"].append(result[0])
-            totals["value_clip_fraction"].append(result[1]["value_clip_fraction"])
-        result = {key: sum(values) / len(values) for key, values in totals.items()}
-        result["nonfinite_updates"] = skipped
-        return result | {f"critic_{key}": value for key, value in self.throughput().items()}
+            losses.append(result[0])
+            clip_fractions.append(result[1]["value_clip_fraction"])
+        tokens_per_s, mfu = self.throughput()
+        return CriticTrainStats(value_loss=mean(losses), value_clip_fraction=mean(clip_fractions),
+                                nonfinite_updates=skipped, train_tokens_per_s=tokens_per_s, mfu=mfu)
 
     def _loss(self, batch: Experience) -> tuple[Tensor, dict[str, float]]:
         values = self.engine(batch.prompt_ids, batch.prompt_mask, batch.response_ids)

@@ -11,15 +11,18 @@ from collections import defaultdict
 
 import torch
 
-from actors.base import TrainableActor, broadcast_tensor, minibatch_seed, named_weights, open_sync_group
+from actors.base import TrainableActor
+from actors.weight_sync import WeightSender
 from alignray.config.ppo import PPOConfig
 from alignray.experience import Experience
 from alignray.generation import disable_dropout, gather_tokens, response_logits, vocab_logprobs
 from alignray.modeling import load_causal_lm, load_tokenizer, training_dtype
 from alignray.ppo import EarlyStopOnKL, entropy_from_logprobs, get_policy_loss, masked_mean, minibatch_indices
+from alignray.ppo.step_stats import PolicyTrainStats, mean
+from alignray.seeds import derived_seed
 
 
-class PolicyActor(TrainableActor):
+class PolicyActor(TrainableActor, WeightSender):
     role = "policy"
 
     def __init__(self, model_path: str, ppo: PPOConfig, rank: int = 0, world_size: int = 1, seed: int = 0):
@@ -43,13 +46,13 @@ class PolicyActor(TrainableActor):
         self.engine.eval()
         return self._logprobs(self.engine, prompt_ids, prompt_mask, response_ids, self.ppo.temperature)
 
-    def train(self, exp: Experience, step: int) -> dict[str, float]:
+    def train(self, exp: Experience, step: int) -> PolicyTrainStats:
         """Epochs x minibatches of the clipped surrogate on this rank's shard; minibatches
         whose loss is not finite (on any rank) are skipped and counted."""
         ppo = self.ppo
         self.engine.train()
         exp = exp.to(self.device)
-        generator = torch.Generator().manual_seed(minibatch_seed(self.seed, step, self.rank))
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, step, self.rank))
         early_stop = EarlyStopOnKL(ppo.target_kl)
         totals: dict[str, list[float]] = defaultdict(list)
         skipped = 0
@@ -67,12 +70,13 @@ class PolicyActor(TrainableActor):
             totals["policy_loss"].append(loss)
             for key, value in stats.items():
                 totals[key].append(value)
-        result = {key: sum(values) / len(values) for key, values in totals.items()}
-        result["ratio_max"] = max(totals["ratio_max"], default=float("nan"))
-        result["nonfinite_updates"] = skipped
-        result["policy_updates"] = len(totals["policy_loss"])
-        result["stopped_after_epoch"] = early_stop.stopped_after_epoch
-        return result | self.throughput()
+        tokens_per_s, mfu = self.throughput()
+        return PolicyTrainStats(
+            **{key: mean(totals[key]) for key in ("policy_loss", "clip_fraction", "approx_kl", "entropy",
+                                                 "micro_batches")},
+            ratio_max=max(totals["ratio_max"], default=float("nan")), policy_updates=len(totals["policy_loss"]),
+            nonfinite_updates=skipped, stopped_after_epoch=early_stop.stopped_after_epoch,
+            train_tokens_per_s=tokens_per_s, mfu=mfu)
 
     def _loss(self, batch: Experience, report_entropy: bool) -> tuple[torch.Tensor, dict[str, float]]:
         """The clipped surrogate (minus the entropy bonus) of a micro-batch, token mean."""
@@ -88,29 +92,6 @@ class PolicyActor(TrainableActor):
             loss = loss - ppo.entropy_coef * entropy
             stats["entropy"] = entropy.item()
         return loss, stats
-
-    # ------------------------------------------------------------------ weights out
-    def export_weights(self) -> dict[str, torch.Tensor] | None:
-        """The full weights on CPU from rank 0 (None from the others); collective."""
-        from alignray import deepspeed_strategy as ds
-        return ds.gathered_state_dict(self.engine)
-
-    def weight_bytes(self) -> int:
-        """Bytes of one full copy of the weights (what each sync delivers to each worker)."""
-        return sum(getattr(t, "ds_numel", t.numel()) * t.element_size() for _, t in named_weights(self.engine.module))
-
-    def open_sync_group(self, master_addr: str, master_port: int, world_size: int) -> None:
-        """Rank 0 of the policy is rank 0 of the weight-broadcast group."""
-        self.sync_group = open_sync_group(master_addr, master_port, 0, world_size)
-
-    def broadcast_weights(self) -> None:
-        import deepspeed
-        if self.rank != 0:
-            return
-        for _, tensor in named_weights(self.engine.module):
-            partitioned = [tensor] if hasattr(tensor, "ds_id") else []  # ZeRO-3 shards
-            with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
-                broadcast_tensor(self.sync_group, tensor.data.contiguous())
 
     def export_hf(self, out_dir: str) -> str:
         from alignray import deepspeed_strategy as ds

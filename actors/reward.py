@@ -8,7 +8,9 @@
 - ``target_word``: the share of a response's words equal to ``ppo.reward.target_word``, a
   rule with a known optimum, for checking that PPO climbs.
 
-Scores are raw: the coordinator normalises them with running statistics.
+Scores are raw, as the scorer gives them (a reward model's own mean/std from its training
+data is not applied): the coordinator normalises them once, with running statistics
+(``ppo.reward.normalize``), so the KL coefficient means the same for every scorer.
 """
 from __future__ import annotations
 
@@ -61,4 +63,6 @@ class RewardActor(ModelActor):
             return torch.as_tensor(judge_scores(responses, TRAINING_RATERS), dtype=torch.float32)
         if kind == "target_word":
             return target_word_share(responses, self.reward.target_word)
-        return torch.as_tensor(self.scorer.score(prompts, responses), dtype=torch.float32).cpu()
+        if kind == "model":
+            return self.scorer.score(prompts, responses, normalize=False).float().cpu()
+        return torch.as_tensor(self.scorer.score(prompts, responses), dtype=torch.float32)

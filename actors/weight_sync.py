@@ -1,79 +1,237 @@
-"""New policy weights to the rollout pool (driver side), measured and checked.
+"""New policy weights to the rollout pool: both ends and the driver, in one place.
 
-After each update the workers must sample from the policy that was just trained. Three ways:
-``object_store`` (rank 0 of the policy puts its state dict once, every worker reads it),
-``broadcast`` (a torch.distributed group of policy rank 0 and every worker: NCCL between
-GPUs, gloo on CPU) and ``auto`` (broadcast when the policy is on a GPU). Each sync reports
-its bytes, seconds and GB/s, then the pool must reproduce the policy's log-probs on a fixed
-probe within ``ppo.sync_tolerance``: a worker with stale or corrupted weights stops the run.
+After each update the workers must sample from the policy that was just trained. Three ways,
+chosen per worker from where it and policy rank 0 run (``choose_sync_method``):
+
+- ``object_store``: rank 0 of the policy puts its state dict once, the workers read it;
+- ``broadcast``: a torch.distributed group of policy rank 0 and the workers (NCCL between
+  GPUs, gloo on CPU); NCCL refuses two ranks on one GPU;
+- ``cuda_ipc``: a worker on the policy's own GPU opens CUDA IPC handles to the policy's
+  weights and copies them, GPU memory to GPU memory (the way colocated systems do it).
+
+``ppo.weight_sync=auto`` picks ``cuda_ipc`` on the same GPU, ``broadcast`` between GPUs and
+``object_store`` wherever one end is on a CPU; the choice is logged. Each sync reports its
+bytes, seconds and GB/s, then the pool must reproduce the policy's log-probs on a fixed probe
+within ``ppo.sync_tolerance``: a worker with stale or corrupted weights stops the run.
+
+- ``WeightSender``: the policy's end (mixed into ``PolicyActor``).
+- ``WeightReceiver``: a rollout worker's end (mixed into ``RolloutWorker``).
+- ``WeightSync``: the driver, which also restores a worker that Ray restarted.
 """
 from __future__ import annotations
 
+import datetime
+import logging
 import time
+from typing import TYPE_CHECKING, Iterable
 
 import ray
 import torch
+from torch import Tensor
 
 from actors.base import ActorGroup, wait_named
-from actors.rollout import RolloutPool
 from alignray.config.ppo import PPOConfig
 
-Probe = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # prompt ids/mask, response ids/mask
+if TYPE_CHECKING:
+    from actors.rollout import RolloutPool
+
+log = logging.getLogger(__name__)
+SYNC_TIMEOUT = datetime.timedelta(minutes=2)
+SYNC_METHODS = ("auto", "object_store", "broadcast", "cuda_ipc")
+Probe = tuple[Tensor, Tensor, Tensor, Tensor]  # prompt ids/mask, response ids/mask
 
 
 class WeightSyncError(RuntimeError):
     """The rollout pool does not reproduce the policy's log-probs after a weight sync."""
 
 
+# ----------------------------------------------------------------------------- the choice
+def same_gpu(a: dict, b: dict) -> bool:
+    """Whether two actors (their ``placement()``) hold the same GPU: one node, a shared Ray GPU id."""
+    gpus_a, gpus_b = set(a["accelerator_ids"].get("GPU", [])), set(b["accelerator_ids"].get("GPU", []))
+    return a["node_id"] == b["node_id"] and bool(gpus_a & gpus_b)
+
+
+def choose_sync_method(requested: str, policy: dict, worker: dict) -> str:
+    """How weights go from policy rank 0 to one rollout worker, given both placements."""
+    if requested not in SYNC_METHODS:
+        raise ValueError(f"ppo.weight_sync must be one of {SYNC_METHODS}, not {requested!r}")
+    on_gpu = policy["device"].startswith("cuda"), worker["device"].startswith("cuda")
+    shared = all(on_gpu) and same_gpu(policy, worker)
+    if requested == "auto":
+        return ("cuda_ipc" if shared else "broadcast") if all(on_gpu) else "object_store"
+    if requested == "broadcast" and (shared or any(on_gpu) != all(on_gpu)):
+        why = "share one GPU, which NCCL refuses" if shared else "are one on a GPU, one on a CPU (NCCL vs gloo)"
+        raise ValueError(f"ppo.weight_sync=broadcast: the policy and a rollout worker {why}; use auto")
+    if requested == "cuda_ipc" and not shared:
+        raise ValueError("ppo.weight_sync=cuda_ipc needs every rollout worker on the policy's GPU; use auto")
+    return requested
+
+
+# ----------------------------------------------------------------------------- both ends
+def named_weights(model: torch.nn.Module) -> Iterable[tuple[str, Tensor]]:
+    """Parameters then buffers, in the module's order: both ends of a sync walk the same list
+    (tied weights appear once)."""
+    yield from model.named_parameters()
+    yield from model.named_buffers()
+
+
+@torch.no_grad()
+def load_named_weights(model: torch.nn.Module, state: dict[str, Tensor]) -> None:
+    """Copy ``state`` into ``model`` in place; every parameter must be there."""
+    own = dict(named_weights(model))
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise KeyError(f"weights missing from the policy's state: {missing[:5]}")
+    for name, tensor in own.items():
+        tensor.copy_(state[name].to(tensor.device, tensor.dtype))
+
+
+def open_sync_group(master_addr: str, master_port: int, rank: int, world_size: int):
+    """A process group for weight broadcast alone, outside any DeepSpeed world: rank 0 is
+    the policy's rank 0, ranks 1.. the rollout workers. Gloo on CPU, NCCL on GPU."""
+    store = torch.distributed.TCPStore(master_addr, master_port, world_size, is_master=rank == 0,
+                                       timeout=SYNC_TIMEOUT)
+    if torch.cuda.is_available():
+        return torch.distributed.ProcessGroupNCCL(store, rank, world_size)
+    return torch.distributed.ProcessGroupGloo(store, rank, world_size, SYNC_TIMEOUT)
+
+
+def broadcast_tensor(group, tensor: Tensor) -> None:
+    options = torch.distributed.BroadcastOptions()
+    options.rootRank = 0
+    group.broadcast([tensor], options).wait()
+
+
+class WeightSender:
+    """The policy's end; needs ``self.engine`` (DeepSpeed) and ``self.rank``."""
+
+    def export_weights(self) -> dict[str, Tensor] | None:
+        """The full weights on CPU from rank 0 (None from the others); collective."""
+        from alignray import deepspeed_strategy as ds
+        return ds.gathered_state_dict(self.engine)
+
+    def weight_bytes(self) -> int:
+        """Bytes of one full copy of the weights (what each sync delivers to each worker)."""
+        return sum(getattr(t, "ds_numel", t.numel()) * t.element_size() for _, t in named_weights(self.engine.module))
+
+    def open_sync_group(self, master_addr: str, master_port: int, world_size: int) -> None:
+        """Rank 0 of the policy is rank 0 of the weight-broadcast group."""
+        self.sync_group = open_sync_group(master_addr, master_port, 0, world_size)
+
+    def ipc_handles(self) -> dict[str, tuple]:
+        """CUDA IPC handles to rank 0's weights (they stay alive in the module while read)."""
+        from torch.multiprocessing.reductions import reduce_tensor
+        return {name: reduce_tensor(tensor.detach()) for name, tensor in named_weights(self.engine.module)}
+
+    def broadcast_weights(self) -> None:
+        import deepspeed
+        if self.rank != 0:
+            return
+        for _, tensor in named_weights(self.engine.module):
+            partitioned = [tensor] if hasattr(tensor, "ds_id") else []  # ZeRO-3 shards
+            with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+                broadcast_tensor(self.sync_group, tensor.data.contiguous())
+
+
+class WeightReceiver:
+    """A rollout worker's end; needs ``self.model`` and ``self.weights_version`` (the policy
+    updates its weights hold; 0: the weights it was created with)."""
+
+    def load_weights(self, state: dict[str, Tensor], version: int) -> int:
+        load_named_weights(self.model, state)
+        self.weights_version = version
+        return version
+
+    def open_sync_group(self, master_addr: str, master_port: int, rank: int, world_size: int) -> None:
+        self.sync_group = open_sync_group(master_addr, master_port, rank, world_size)
+
+    @torch.no_grad()
+    def receive_weights(self, version: int) -> int:
+        for _, tensor in named_weights(self.model):
+            received = torch.empty_like(tensor)
+            broadcast_tensor(self.sync_group, received)
+            tensor.copy_(received)
+        self.weights_version = version
+        return version
+
+    @torch.no_grad()
+    def copy_from_ipc(self, handles: dict[str, tuple], version: int) -> int:
+        """Copy the policy's weights from its GPU memory, through the handles of ``ipc_handles``."""
+        device = torch.cuda.current_device()
+        for name, tensor in named_weights(self.model):
+            rebuild, args = handles[name]
+            args = list(args)
+            args[6] = device  # storage_device: the GPU in this process's numbering
+            tensor.copy_(rebuild(*args))
+        torch.cuda.synchronize()
+        self.weights_version = version
+        return version
+
+    def version(self) -> int:
+        return self.weights_version
+
+
+# ----------------------------------------------------------------------------- driver
 class WeightSync:
     def __init__(self, policy: ActorGroup, pool: RolloutPool, probe: Probe, ppo: PPOConfig):
         self.policy, self.pool, self.probe, self.ppo = policy, pool, probe, ppo
         policy0 = policy.actors[0]
         self.bytes_per_worker = ray.get(policy0.weight_bytes.remote())
-        self.policy_device = ray.get(policy0.placement.remote())["device"]
+        self.policy_placement = ray.get(policy0.placement.remote())
         self.latest_weights: ray.ObjectRef | None = None  # object-store mode keeps the last state
         self.group_formed_at_restarts: int | None = None  # pool restarts when the group formed
-        pool.current_weights = self.current_weights  # what a restarted worker is given
+        self.methods = self.choose_methods()
 
-    def mode(self) -> str:
-        mode = self.ppo.weight_sync
-        if mode == "auto":  # NCCL broadcast between GPUs; on CPU the object store is as fast
-            return "broadcast" if self.policy_device.startswith("cuda") else "object_store"
-        if mode not in ("object_store", "broadcast"):
-            raise ValueError(f"ppo.weight_sync must be auto, object_store or broadcast, not {mode!r}")
-        return mode
+    def choose_methods(self) -> list[str]:
+        """The method of each worker, logged (a restarted worker lands where it was)."""
+        placements = ray.get(self.pool.call("placement"))
+        methods = [choose_sync_method(self.ppo.weight_sync, self.policy_placement, p) for p in placements]
+        log.info("weight sync (ppo.weight_sync=%s), policy on %s: %s", self.ppo.weight_sync,
+                 self.policy_placement["device"],
+                 ", ".join(f"worker {i} {m} ({p['device']})" for i, (m, p) in enumerate(zip(methods, placements))))
+        return methods
+
+    def workers(self, method: str) -> list:
+        return [actor for actor, m in zip(self.pool.actors, self.methods) if m == method]
 
     def sync(self, version: int) -> dict[str, float]:
         """Deliver the policy's weights to every worker and check them on the probe; returns
         the sync's metrics (bytes per worker, transfer seconds and GB/s over all workers)."""
-        pool, mode = self.pool, self.mode()
         started = time.monotonic()
-        if mode == "object_store":
+        self.latest_weights = None
+        done = []
+        if self.workers("object_store"):
             self.latest_weights = self.export_weights()
-            ray.get(pool.call("load_weights", self.latest_weights, version))
-        else:
-            self.latest_weights = None
-            if self.group_formed_at_restarts != pool.restarts:  # a restarted worker left the old group
+            done += [w.load_weights.remote(self.latest_weights, version) for w in self.workers("object_store")]
+        if self.workers("cuda_ipc"):
+            handles = self.policy.actors[0].ipc_handles.remote()
+            done += [w.copy_from_ipc.remote(handles, version) for w in self.workers("cuda_ipc")]
+        if self.workers("broadcast"):
+            if self.group_formed_at_restarts != self.pool.restarts:  # a restarted worker left the old group
                 self.form_group()
             senders = {f"policy{i}": r for i, r in enumerate(self.policy.call("broadcast_weights"))}
-            receivers = pool.call("receive_weights", version)  # submitted before waiting: collective
+            # submitted before waiting: the broadcast is collective
+            done += [w.receive_weights.remote(version) for w in self.workers("broadcast")]
             wait_named(senders)
-            ray.get(receivers)
-        pool.version = version
+        ray.get(done)
+        self.pool.version = version
         transfer = time.monotonic() - started
         started = time.monotonic()
         probe_error = self.check_probe()
         return {"probe_max_abs_diff": probe_error, "sync/bytes_per_worker": self.bytes_per_worker,
-                "sync/gb_per_s": self.bytes_per_worker * len(pool) / transfer / 1e9,
+                "sync/gb_per_s": self.bytes_per_worker * len(self.pool) / transfer / 1e9,
                 "time/sync": round(transfer, 4), "time/sync_probe": round(time.monotonic() - started, 4)}
 
-    def current_weights(self) -> ray.ObjectRef | None:
-        """For a restarted rollout worker: the weights the pool should hold now."""
-        if self.pool.version == 0:
-            return None  # the SFT weights it starts with
+    def restore(self, worker) -> None:
+        """Give a worker that Ray restarted (it holds the weights it was created with) the
+        pool's current weights; waits for the restart."""
+        if self.pool.version == 0:  # the SFT weights it starts with are current
+            ray.get(worker.version.remote())
+            return
         if self.latest_weights is None:  # broadcast mode keeps no copy
             self.latest_weights = self.export_weights()
-        return self.latest_weights
+        ray.get(worker.load_weights.remote(self.latest_weights, self.pool.version))
 
     def export_weights(self) -> ray.ObjectRef:
         refs = self.policy.call("export_weights")  # collective; rank 0's holds them
@@ -81,12 +239,13 @@ class WeightSync:
         return refs[0]
 
     def form_group(self) -> None:
-        policy0, pool = self.policy.actors[0], self.pool
+        """Policy rank 0 and the broadcast workers, in a process group of their own."""
+        policy0, receivers = self.policy.actors[0], self.workers("broadcast")
         address, port = ray.get(policy0.rendezvous.remote())  # a fresh free port on its node
-        world = len(pool) + 1
+        world = len(receivers) + 1
         ray.get([policy0.open_sync_group.remote(address, port, world),
-                 *pool.call_each("open_sync_group", [(address, port, rank, world) for rank in range(1, world)])])
-        self.group_formed_at_restarts = pool.restarts
+                 *[w.open_sync_group.remote(address, port, rank, world) for rank, w in enumerate(receivers, 1)]])
+        self.group_formed_at_restarts = self.pool.restarts
 
     def check_probe(self) -> float:
         """The largest log-prob difference between any worker and the policy on the probe."""

@@ -1,10 +1,10 @@
-"""The batch of one PPO step, and how its rewards and advantages are assembled.
+"""The batch of one PPO step as it grows, one type per stage:
 
-An ``Experience`` starts as what the rollout pool returns (prompts, sampled responses and
-their behaviour log-probs); the coordinator adds the reference log-probs, the critic's
-values and the sequence scores, then :func:`assemble_advantages` turns those parts into
-per-token rewards, advantages and returns. All tensors are batch-first; the layout of
-prompts and responses is the one of ``alignray.generation``.
+``PromptBatch`` (what the coordinator hands the rollout pool) -> ``Rollout`` (plus the sampled
+responses and their behaviour log-probs) -> ``Experience`` (plus reference log-probs, critic
+values, sequence scores, per-token rewards, advantages and returns), built once by
+:func:`build_experience`. All tensors are batch-first; the layout of prompts and responses
+is the one of ``alignray.generation``.
 
 ``PromptStream`` is the deterministic order in which prompts are taken, with a position
 that goes into the checkpoint so a resumed run takes the prompts the interrupted one would have.
@@ -13,57 +13,70 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from alignray.generation import SampledResponses
 from alignray.ppo import (RunningRewardNormalizer, clip_rewards, get_advantage_estimator, kl_estimate,
                           masked_mean, masked_sum, masked_whiten, token_level_rewards, truncation_penalty,
                           valid_only)
+from alignray.seeds import derived_seed
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 @dataclass
-class Experience:
+class PromptBatch:
+    """A batch of prompts as the policy reads them; every field is a tensor of the same rows."""
     prompt_index: Tensor  # [B] long: row of each prompt in the prompts table
     prompt_ids: Tensor  # [B, P] left-padded
     prompt_mask: Tensor  # [B, P]
-    response_ids: Tensor  # [B, T] right-padded
-    response_mask: Tensor  # [B, T] bool
-    logprobs: Tensor  # [B, T] behaviour log-probs recorded while sampling
-    ended_with_eos: Tensor  # [B] bool
-    ref_logprobs: Optional[Tensor] = None  # [B, T] under the frozen reference
-    values: Optional[Tensor] = None  # [B, T] the critic's values before the update
-    scores: Optional[Tensor] = None  # [B] final sequence scores (normalised, penalised)
-    rewards: Optional[Tensor] = None  # [B, T] per-token rewards
-    advantages: Optional[Tensor] = None  # [B, T]
-    returns: Optional[Tensor] = None  # [B, T] the critic's targets
 
     def __len__(self) -> int:
         return self.prompt_index.shape[0]
 
-    def _tensors(self) -> dict[str, Tensor]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if getattr(self, f.name) is not None}
+    def tensors(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def to(self, device: torch.device | str) -> Experience:
-        return Experience(**{name: value.to(device) for name, value in self._tensors().items()})
+    def to(self, device: torch.device | str) -> Self:
+        return type(self)(**{name: value.to(device) for name, value in self.tensors().items()})
 
-    def select(self, rows: Tensor | slice) -> Experience:
-        return Experience(**{name: value[rows] for name, value in self._tensors().items()})
+    def select(self, rows: Tensor | slice) -> Self:
+        return type(self)(**{name: value[rows] for name, value in self.tensors().items()})
 
-    def split(self, parts: int) -> list[Experience]:
+    def split(self, parts: int) -> list[Self]:
         """``parts`` contiguous shards of (nearly) equal size, in order; none is empty."""
         if not 0 < parts <= len(self):
             raise ValueError(f"cannot split {len(self)} rows into {parts} shards")
         bounds = torch.linspace(0, len(self), parts + 1).round().long().tolist()
         return [self.select(slice(lo, hi)) for lo, hi in zip(bounds, bounds[1:])]
 
+    @classmethod
+    def cat(cls, shards: list[Self]) -> Self:
+        return cls(**{f.name: torch.cat([getattr(s, f.name) for s in shards]) for f in dataclasses.fields(cls)})
+
+
+@dataclass
+class Rollout(PromptBatch):
+    """Prompts and the responses the rollout pool sampled for them."""
+    response_ids: Tensor  # [B, T] right-padded
+    response_mask: Tensor  # [B, T] bool
+    logprobs: Tensor  # [B, T] behaviour log-probs recorded while sampling
+    ended_with_eos: Tensor  # [B] bool
+
+    @classmethod
+    def of(cls, prompts: PromptBatch, sampled: SampledResponses) -> Rollout:
+        return cls(prompts.prompt_index, prompts.prompt_ids, prompts.prompt_mask, sampled.response_ids,
+                   sampled.response_mask, sampled.logprobs, sampled.ended_with_eos)
+
     def sequence_lengths(self) -> Tensor:
         """Tokens each row occupies once padding is trimmed: prompt + response."""
         return self.prompt_mask.sum(dim=1) + self.response_mask.sum(dim=1)
 
-    def trimmed(self) -> Experience:
+    def trimmed(self) -> Self:
         """The same rows without the padding columns every row has: leading prompt columns
         (left padding) and trailing response columns (right padding). Log-probs, values and
         losses are unchanged: positions count from each row's first prompt token, and no
@@ -71,18 +84,24 @@ class Experience:
         prompt_from = self.prompt_mask.shape[1] - int(self.prompt_mask.sum(dim=1).max())
         response_to = max(int(self.response_mask.sum(dim=1).max()), 1)
         fields = {}
-        for name, value in self._tensors().items():
+        for name, value in self.tensors().items():
             if name.startswith("prompt_") and value.dim() == 2:
                 value = value[:, prompt_from:]
             elif value.dim() == 2:  # the [B, T] response-aligned fields
                 value = value[:, :response_to]
             fields[name] = value
-        return Experience(**fields)
+        return type(self)(**fields)
 
-    @classmethod
-    def cat(cls, shards: list[Experience]) -> Experience:
-        names = shards[0]._tensors().keys()
-        return cls(**{name: torch.cat([getattr(s, name) for s in shards]) for name in names})
+
+@dataclass
+class Experience(Rollout):
+    """A rollout with everything PPO trains on; built once, by :func:`build_experience`."""
+    ref_logprobs: Tensor  # [B, T] under the frozen reference
+    values: Tensor  # [B, T] the critic's values before the update
+    scores: Tensor  # [B] final sequence scores (normalised, penalised)
+    rewards: Tensor  # [B, T] per-token rewards
+    advantages: Tensor  # [B, T]
+    returns: Tensor  # [B, T] the critic's targets
 
 
 def sequence_scores(raw: Tensor, normalizer: RunningRewardNormalizer | None, *, clip: float,
@@ -103,32 +122,33 @@ def sequence_scores(raw: Tensor, normalizer: RunningRewardNormalizer | None, *, 
     return scores + truncation_penalty(ended_with_eos, truncation_cost)
 
 
-def assemble_advantages(exp: Experience, *, kl_coef: float, kl_estimator: str = "k1",
-                        estimator: str = "gae", gamma: float = 1.0, lam: float = 0.95,
-                        whiten: bool = True) -> tuple[Experience, dict[str, float]]:
-    """Fill in ``rewards``, ``advantages`` and ``returns`` from the parts already in ``exp``
-    (logprobs, ref_logprobs, values, scores). Returns the completed batch and its statistics:
+def build_experience(rollout: Rollout, *, ref_logprobs: Tensor, values: Tensor, scores: Tensor,
+                     kl_coef: float, kl_estimator: str = "k1", estimator: str = "gae", gamma: float = 1.0,
+                     lam: float = 0.95, whiten: bool = True) -> tuple[Experience, dict[str, float]]:
+    """The rollout completed with per-token rewards (the KL penalty folded in), advantages and
+    returns. Returns the experience and its statistics:
 
     - ``kl``: mean per-response KL(policy || reference) in nats (sum over tokens);
     - ``kl_penalty_share``: share of the reward's magnitude that is KL penalty;
     - ``advantage_mean``/``return_mean`` before whitening.
     """
-    mask = exp.response_mask
-    kl = valid_only(kl_estimate(exp.logprobs, exp.ref_logprobs, kl_estimator), mask)
-    rewards = token_level_rewards(exp.scores, kl, mask, kl_coef)
+    mask = rollout.response_mask
+    kl = valid_only(kl_estimate(rollout.logprobs, ref_logprobs, kl_estimator), mask)
+    rewards = token_level_rewards(scores, kl, mask, kl_coef)
     advantages, returns = get_advantage_estimator(estimator)(
-        rewards, exp.values, mask, gamma=gamma, lam=lam, group_ids=exp.prompt_index)
+        rewards, values, mask, gamma=gamma, lam=lam, group_ids=rollout.prompt_index)
     kl_penalty = kl_coef * masked_sum(kl.abs(), mask)
     stats = {
         "kl": masked_sum(kl, mask, dim=1).mean().item(),
-        "kl_penalty_share": (kl_penalty / (kl_penalty + exp.scores.abs().sum()).clamp_min(1e-12)).item(),
+        "kl_penalty_share": (kl_penalty / (kl_penalty + scores.abs().sum()).clamp_min(1e-12)).item(),
         "advantage_mean": masked_mean(advantages, mask).item(),
         "return_mean": masked_mean(returns, mask).item(),
     }
     if whiten:
         advantages = masked_whiten(advantages, mask)
-    completed = dataclasses.replace(exp, rewards=rewards, advantages=advantages, returns=returns)
-    return completed, stats
+    experience = Experience(**rollout.tensors(), ref_logprobs=ref_logprobs, values=values, scores=scores,
+                            rewards=rewards, advantages=advantages, returns=returns)
+    return experience, stats
 
 
 class PromptStream:
@@ -144,7 +164,7 @@ class PromptStream:
         self.consumed = 0
 
     def _epoch_order(self, epoch: int) -> Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, epoch))
         return torch.randperm(self.num_prompts, generator=generator)
 
     def next_batch(self, size: int) -> Tensor:

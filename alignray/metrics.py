@@ -1,6 +1,7 @@
 """Metrics for long jobs: a JSONL log, a console progress line, and curves as PNG."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -104,3 +105,24 @@ def model_flops_utilization(params: int, tokens_per_s: float, device) -> float:
     device's peak; NaN where the peak is unknown."""
     peak = peak_flops(device)
     return 6 * params * tokens_per_s / peak if peak else math.nan
+
+
+class StageTimes:
+    """Wall seconds of the stages of one step, logged as ``time/<stage>``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        started = time.monotonic()
+        yield
+        self.seconds[stage] = time.monotonic() - started
+
+    def record(self, results: dict, seconds: dict[str, float]) -> dict:
+        """Note the seconds of work that ran in parallel; returns its results."""
+        self.seconds |= seconds
+        return results
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{stage}": round(s, 3) for stage, s in self.seconds.items()}

@@ -122,17 +122,19 @@ def bench_training(model_path: Path, batch: int, prompt_len: int, new_tokens: in
     policy = PolicyActor(str(model_path), ppo)
     policy.setup("127.0.0.1", ds.free_port("127.0.0.1"))
     vocab = policy.model.config.vocab_size
-    exp = Experience(prompt_index=torch.arange(batch), prompt_ids=torch.randint(10, vocab, (batch, prompt_len)),
+    rows, zeros = torch.arange(batch), torch.zeros(batch, new_tokens)
+    exp = Experience(prompt_index=rows, prompt_ids=torch.randint(10, vocab, (batch, prompt_len)),
                      prompt_mask=torch.ones(batch, prompt_len, dtype=torch.long),
                      response_ids=torch.randint(10, vocab, (batch, new_tokens)),
                      response_mask=torch.ones(batch, new_tokens, dtype=torch.bool),
                      logprobs=torch.full((batch, new_tokens), -5.0), ended_with_eos=torch.ones(batch, dtype=torch.bool),
-                     advantages=torch.randn(batch, new_tokens))
+                     ref_logprobs=zeros, values=zeros, scores=torch.zeros(batch), rewards=zeros,
+                     advantages=torch.randn(batch, new_tokens), returns=zeros)  # the update reads the advantages
     policy.train(exp, 0)  # warm-up
     stats = policy.train(exp, 1)
     return {"batch": batch, "tokens_per_update": batch * (prompt_len + new_tokens), "zero_stage": zero_stage,
             "dtype": str(next(policy.engine.module.parameters()).dtype),
-            "train_tokens_per_s": stats["train_tokens_per_s"], "mfu": stats.get("mfu")}
+            "train_tokens_per_s": stats.train_tokens_per_s, "mfu": stats.mfu}
 
 
 def bench_ppo(work: Path, model_path: Path, cpu_smoke: bool, steps: int) -> dict:

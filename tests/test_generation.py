@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from alignray.experience import Experience, PromptStream, assemble_advantages, sequence_scores
+from alignray.experience import PromptStream, Rollout, build_experience, sequence_scores
 from alignray.generation import (decode_responses, disable_dropout, position_ids_from_mask, response_logits,
                                  sample_responses, token_logprobs, top_p_filter)
 from alignray.modeling import load_causal_lm, load_tokenizer
@@ -90,19 +90,18 @@ def test_a_response_ends_at_its_first_end_token_which_it_keeps(tiny):
     assert len(texts) == len(PROMPTS)
 
 
-def test_experience_splits_and_concatenates_back_in_order():
+def test_a_rollout_splits_and_concatenates_back_in_order():
     n = 7
-    exp = Experience(prompt_index=torch.arange(n), prompt_ids=torch.arange(n * 2).view(n, 2),
-                     prompt_mask=torch.ones(n, 2), response_ids=torch.zeros(n, 3, dtype=torch.long),
-                     response_mask=torch.ones(n, 3, dtype=torch.bool), logprobs=torch.randn(n, 3),
-                     ended_with_eos=torch.ones(n, dtype=torch.bool), values=torch.randn(n, 3))
-    shards = exp.split(3)
-    assert [len(s) for s in shards] == [2, 3, 2]
-    back = Experience.cat(shards)
-    assert torch.equal(back.prompt_index, exp.prompt_index) and torch.equal(back.values, exp.values)
-    assert back.rewards is None
+    rollout = Rollout(prompt_index=torch.arange(n), prompt_ids=torch.arange(n * 2).view(n, 2),
+                      prompt_mask=torch.ones(n, 2), response_ids=torch.zeros(n, 3, dtype=torch.long),
+                      response_mask=torch.ones(n, 3, dtype=torch.bool), logprobs=torch.randn(n, 3),
+                      ended_with_eos=torch.ones(n, dtype=torch.bool))
+    shards = rollout.split(3)
+    assert [len(s) for s in shards] == [2, 3, 2] and all(type(s) is Rollout for s in shards)
+    back = Rollout.cat(shards)
+    assert torch.equal(back.prompt_index, rollout.prompt_index) and torch.equal(back.logprobs, rollout.logprobs)
     with pytest.raises(ValueError):
-        exp.split(8)
+        rollout.split(8)
 
 
 def test_sequence_scores_normalise_clip_then_subtract_penalties():
@@ -118,14 +117,14 @@ def test_sequence_scores_normalise_clip_then_subtract_penalties():
     assert raw.tolist() == [1.0, 3.0]
 
 
-def test_assemble_advantages_folds_kl_into_rewards_then_runs_gae():
-    exp = Experience(prompt_index=torch.tensor([0]), prompt_ids=torch.zeros(1, 1, dtype=torch.long),
-                     prompt_mask=torch.ones(1, 1), response_ids=torch.zeros(1, 3, dtype=torch.long),
-                     response_mask=torch.tensor([[True, True, False]]),
-                     logprobs=torch.tensor([[-1.0, -1.0, 0.0]]), ended_with_eos=torch.tensor([True]),
-                     ref_logprobs=torch.tensor([[-1.5, -1.0, -math.inf]]), values=torch.zeros(1, 3),
-                     scores=torch.tensor([1.0]))
-    done, stats = assemble_advantages(exp, kl_coef=0.2, gamma=1.0, lam=1.0, whiten=False)
+def test_build_experience_folds_kl_into_rewards_then_runs_gae():
+    rollout = Rollout(prompt_index=torch.tensor([0]), prompt_ids=torch.zeros(1, 1, dtype=torch.long),
+                      prompt_mask=torch.ones(1, 1), response_ids=torch.zeros(1, 3, dtype=torch.long),
+                      response_mask=torch.tensor([[True, True, False]]),
+                      logprobs=torch.tensor([[-1.0, -1.0, 0.0]]), ended_with_eos=torch.tensor([True]))
+    done, stats = build_experience(rollout, ref_logprobs=torch.tensor([[-1.5, -1.0, -math.inf]]),
+                                   values=torch.zeros(1, 3), scores=torch.tensor([1.0]), kl_coef=0.2,
+                                   gamma=1.0, lam=1.0, whiten=False)
     # k1 KL per token [0.5, 0]; rewards [-0.1, 1.0]; with V = 0 and lam = 1 the advantages
     # are the rewards-to-go [0.9, 1.0]; padding stays 0 even where the reference says -inf
     assert torch.allclose(done.rewards, torch.tensor([[-0.1, 1.0, 0.0]]))
@@ -153,9 +152,9 @@ def test_prompt_stream_covers_each_prompt_once_per_epoch_and_resumes_exactly():
 def test_trimming_padding_columns_keeps_every_logprob(tiny):
     model, _, ids, mask = tiny
     sampled = sample(tiny, seed=4, eos=int(sample(tiny, seed=4).response_ids[0, 2]))  # rows end early
-    exp = Experience(prompt_index=torch.arange(3), prompt_ids=ids, prompt_mask=mask,
-                     response_ids=sampled.response_ids, response_mask=sampled.response_mask,
-                     logprobs=sampled.logprobs, ended_with_eos=sampled.ended_with_eos)
+    exp = Rollout(prompt_index=torch.arange(3), prompt_ids=ids, prompt_mask=mask,
+                  response_ids=sampled.response_ids, response_mask=sampled.response_mask,
+                  logprobs=sampled.logprobs, ended_with_eos=sampled.ended_with_eos)
     part = exp.select(torch.tensor([0, 1]))  # not the longest prompt: leading columns are all padding
     trimmed = part.trimmed()
     assert trimmed.prompt_ids.shape[1] == int(part.prompt_mask.sum(1).max()) < ids.shape[1]

@@ -10,10 +10,11 @@ import ray
 import torch
 from omegaconf import OmegaConf
 
-from actors.base import ModelActorDied, named_weights
+from actors.base import ModelActorDied
 from actors.reward import RewardActor, target_word_share
-from actors.weight_sync import WeightSyncError
+from actors.weight_sync import WeightSyncError, choose_sync_method, named_weights
 from alignray.config import AlignrayConfig
+from alignray.experience import Experience
 from alignray.modeling import load_causal_lm
 from workflows.ppo import PPOCoordinator
 
@@ -30,6 +31,23 @@ def small_config(model_path, prompts_path, placement: str = "separate"):
 
 def make_coordinator(cfg, model_path, out) -> PPOCoordinator:
     return PPOCoordinator(OmegaConf.to_object(cfg.ppo), cfg.cluster, cfg.data, 0, str(model_path), None, out)
+
+
+def generate(coordinator, rows: torch.Tensor, step: int):
+    pool = coordinator.actors.pool
+    return pool.collect(pool.submit(coordinator.prompt_batch(rows), step), coordinator.weights.restore)
+
+
+def with_advantages(rollout, advantages: torch.Tensor) -> Experience:
+    """An Experience for the policy's update alone, which reads no other scored field."""
+    zeros = torch.zeros_like(rollout.logprobs)
+    return Experience(**rollout.tensors(), ref_logprobs=zeros, values=zeros, scores=torch.zeros(len(rollout)),
+                      rewards=zeros, advantages=advantages, returns=zeros)
+
+
+def as_cuda(placement: dict) -> dict:
+    """A placement as it would read on a GPU machine, where the actor's device is CUDA."""
+    return placement | {"device": "cuda:0"}
 
 
 def gpu_ids(placements: list[dict]) -> list[tuple[str, ...]]:
@@ -51,7 +69,7 @@ def test_reward_actor_scores_with_each_kind_and_the_critic_loads_an_rm_backbone(
     prompts, responses = ["I love the new", "Flying with"], ["phone, it is great", "delays again, awful"]
     raw = load_reward_model(tmp_path / "rm").score(prompts, responses, normalize=False)
     scored = RewardActor(PPORewardConfig(kind="model"), str(tmp_path / "rm")).score(prompts, responses)
-    assert torch.allclose(scored, (raw - 1.0) / 2.0, atol=1e-5)
+    assert torch.allclose(scored, raw, atol=1e-6)  # raw: the coordinator normalises once
     oracle = RewardActor(PPORewardConfig(kind="annotators")).score(prompts, responses)
     assert oracle.tolist() == pytest.approx(judge_scores(responses, TRAINING_RATERS).tolist())
     assert oracle[0] > 0 > oracle[1]
@@ -75,7 +93,12 @@ def test_colocated_data_parallel_roles_share_one_gpu_and_train(ray_cluster, tiny
         assert len(placements) == 8 and len(set(gpu_ids(placements))) == 1 and len(gpu_ids(placements)[0]) == 1
         assert {p["placement_group_id"] for p in placements} == {actors.placement_group.id.hex()}
         assert all(p["device"] == "cpu" for p in placements)  # a logical GPU, a CPU device
-        coordinator.weights.sync(version=0)
+        assert coordinator.weights.methods == ["object_store"] * 2  # auto, on CPU devices
+        # were these devices CUDA, the workers would share the policy's GPU: IPC, never NCCL
+        policy, workers = as_cuda(placements[0]), [as_cuda(p) for p in placements[-2:]]
+        assert [choose_sync_method("auto", policy, w) for w in workers] == ["cuda_ipc"] * 2
+        with pytest.raises(ValueError, match="share one GPU"):
+            choose_sync_method("broadcast", policy, workers[0])
         metrics = coordinator.step(0)
         assert metrics["policy_updates"] == 4 and metrics["probe_max_abs_diff"] <= 1e-5  # 2 ranks x 2
         assert metrics["micro_batches"] == 2
@@ -100,6 +123,16 @@ def test_model_actors_sit_on_four_gpus_of_one_placement_group(coordinator):
     placements = ray.get([a.placement.remote() for a in actors.model_actors().values()])
     assert [p["role"] for p in placements] == ["policy", "critic", "reference", "reward"]
     assert len(set(gpu_ids(placements))) == 4 and all(len(ids) == 1 for ids in gpu_ids(placements))
+    # the sync method per pair, were the devices CUDA: another GPU (the critic's stands in for a
+    # rollout worker with a GPU of its own) is NCCL's; a worker without a GPU reads the object store
+    policy, other_gpu = as_cuda(placements[0]), as_cuda(placements[1])
+    workers = ray.get(actors.pool.call("placement"))
+    assert choose_sync_method("auto", policy, other_gpu) == "broadcast"
+    assert [choose_sync_method("auto", policy, w) for w in workers] == ["object_store"] * 2
+    with pytest.raises(ValueError, match="NCCL vs gloo"):
+        choose_sync_method("broadcast", policy, workers[0])
+    with pytest.raises(ValueError, match="policy's GPU"):
+        choose_sync_method("cuda_ipc", policy, other_gpu)
     assert {p["placement_group_id"] for p in placements} == {actors.placement_group.id.hex()}
     assert len({p["pid"] for p in placements}) == 4
 
@@ -117,7 +150,8 @@ def probe_logprobs(coordinator):
 def test_pool_reproduces_the_trained_policy_after_sync(coordinator, weight_sync, tiny_base_model):
     coordinator.ppo.weight_sync = weight_sync
     step = coordinator.actors.pool.version
-    metrics = coordinator.step(step)
+    metrics = coordinator.step(step)  # the weights of `step` updates reach the pool first
+    coordinator.weights.sync(step + 1)  # as they would before the next step's batch
     assert coordinator.actors.pool.version == step + 1
     assert ray.get(coordinator.actors.pool.call("version")) == [step + 1] * 2
     policy, reference, pool = probe_logprobs(coordinator)
@@ -125,6 +159,7 @@ def test_pool_reproduces_the_trained_policy_after_sync(coordinator, weight_sync,
     for worker in pool:
         assert (worker - policy).abs().max() <= 1e-5
     assert metrics["probe_max_abs_diff"] <= 1e-5
+    assert metrics["rollout_logprob_gap_max"] < 1e-4  # the batch was sampled with the policy's weights
     expected_bytes = sum(t.numel() * 4 for _, t in named_weights(load_causal_lm(tiny_base_model, torch.device("cpu"))))
     assert metrics["sync/bytes_per_worker"] == expected_bytes  # fp32 weights, tied ones once
     assert metrics["sync/gb_per_s"] > 0 and metrics["time/sync"] > 0
@@ -143,10 +178,9 @@ def test_a_worker_with_stale_weights_fails_the_sync_check(coordinator, tiny_base
 
 def test_a_rollout_worker_killed_mid_step_loses_and_duplicates_nothing(coordinator):
     pool = coordinator.actors.pool
-    batch = coordinator.prompt_batch(torch.arange(12))
-    expected = pool.generate(batch, step=100)
+    expected = generate(coordinator, torch.arange(12), step=100)
     ray.kill(pool.actors[0], no_restart=False)  # Ray restarts it with the SFT weights
-    got = pool.generate(batch, step=100)
+    got = generate(coordinator, torch.arange(12), step=100)
     assert pool.restarts == 1
     assert got.prompt_index.tolist() == list(range(12))  # each prompt once, in order
     assert torch.equal(got.response_ids, expected.response_ids)
@@ -158,10 +192,10 @@ def test_a_rollout_worker_killed_mid_step_loses_and_duplicates_nothing(coordinat
 
 def test_nonfinite_losses_skip_the_update_and_stop_the_run(coordinator):
     before, _, _ = probe_logprobs(coordinator)
-    exp = coordinator.actors.pool.generate(coordinator.prompt_batch(torch.arange(8)), step=200)
-    exp = dataclasses.replace(exp, advantages=torch.full_like(exp.logprobs, float("nan")))
+    rollout = generate(coordinator, torch.arange(8), step=200)
+    exp = with_advantages(rollout, torch.full_like(rollout.logprobs, float("nan")))
     stats = ray.get(coordinator.actors.policy.actors[0].train.remote(exp, 200))
-    assert stats["nonfinite_updates"] == 2 and stats["policy_updates"] == 0
+    assert stats.nonfinite_updates == 2 and stats.policy_updates == 0
     after, _, _ = probe_logprobs(coordinator)
     assert torch.equal(before, after)
     coordinator.ppo.max_nonfinite_in_a_row = 2
@@ -179,9 +213,8 @@ def test_a_dead_model_actor_stops_the_run_with_its_name(coordinator):
 def test_micro_batches_under_a_token_budget_give_the_whole_minibatch_update(coordinator, tiny_base_model):
     """Gradient accumulation over length-sorted, trimmed micro-batches is the same step."""
     from actors.policy import PolicyActor
-    exp = coordinator.actors.pool.generate(coordinator.prompt_batch(torch.arange(16)), step=300)
-    advantages = torch.randn(exp.logprobs.shape, generator=torch.Generator().manual_seed(0))
-    exp = dataclasses.replace(exp, advantages=advantages)
+    rollout = generate(coordinator, torch.arange(16), step=300)
+    exp = with_advantages(rollout, torch.randn(rollout.logprobs.shape, generator=torch.Generator().manual_seed(0)))
     ppo = dataclasses.replace(coordinator.ppo, prompts_per_step=16, epochs=2, minibatches=2)
     budget = int(exp.sequence_lengths().max()) * 3  # micro-batches of about three rows
     policies = [ray.remote(PolicyActor).options(num_cpus=1).remote(str(tiny_base_model),
@@ -191,9 +224,9 @@ def test_micro_batches_under_a_token_budget_give_the_whole_minibatch_update(coor
         for policy in policies:
             ray.get(policy.setup.remote(*ray.get(policy.rendezvous.remote())))
         whole, micro = ray.get([p.train.remote(exp, 0) for p in policies])
-        assert whole["micro_batches"] == 1 and micro["micro_batches"] >= 2
-        assert micro["policy_loss"] == pytest.approx(whole["policy_loss"], abs=1e-5)
-        assert micro["train_tokens_per_s"] > 0
+        assert whole.micro_batches == 1 and micro.micro_batches >= 2
+        assert micro.policy_loss == pytest.approx(whole.policy_loss, abs=1e-5)
+        assert micro.train_tokens_per_s > 0
         after = ray.get([p.logprobs.remote(exp.prompt_ids, exp.prompt_mask, exp.response_ids) for p in policies])
         moved = (after[0] - exp.logprobs)[exp.response_mask].abs().max()
         assert moved > 1e-2 and (after[0] - after[1])[exp.response_mask].abs().max() < 1e-4

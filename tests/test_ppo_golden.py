@@ -61,10 +61,9 @@ def test_seeded_tiny_run_matches_the_recorded_metrics(golden_run):
     if golden["recorded_on"] != cpu_capability():
         pytest.skip(f"golden metrics recorded on {golden['recorded_on']}, this is {cpu_capability()}")
     assert len(golden_run) == len(golden["records"]) == 3
+    differences = []
     for got, expected in zip(golden_run, golden["records"]):
         assert got.keys() == expected.keys()
-        for key, value in expected.items():
-            if isinstance(value, float):
-                assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-6), (expected["step"], key)
-            else:
-                assert got[key] == value, (expected["step"], key)
+        differences += [f"step {expected['step']} {key}: {got[key]!r} != {value!r}" for key, value in expected.items()
+                        if got[key] != pytest.approx(value, rel=1e-6, abs=1e-6)]
+    assert not differences, "\n".join(differences)

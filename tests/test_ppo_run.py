@@ -62,6 +62,8 @@ def test_reward_rises_towards_the_known_optimum(uninterrupted):
     mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
     assert mean(last, "reward_raw") > mean(first, "reward_raw") + 0.05
     assert all(r["probe_max_abs_diff"] <= 1e-5 for r in records)
+    # the sampler's log-probs are the policy's own (fp32 on CPU; the static decoder matches a full forward)
+    assert all(r["rollout_logprob_gap_max"] < 1e-4 for r in records)
     summary = json.loads((uninterrupted / "summary.json").read_text())
     assert len(summary["stage_times_per_step"]) == STEPS
     assert {"generation", "reference", "critic_values", "scoring", "training", "sync"} <= set(
@@ -103,6 +105,7 @@ def test_one_step_of_policy_lag_overlaps_generation_and_still_climbs(ray_cluster
     cfg.ppo.policy_lag = 1
     records = read_metrics(run_ppo(cfg, str(tiny_base_model), None) / "metrics.jsonl")
     assert [r["policy_lag"] for r in records] == [0] + [1] * (STEPS - 1)  # batch t sampled by update t-1
+    assert records[0]["rollout_logprob_gap_max"] < 1e-4 < records[-1]["rollout_logprob_gap_max"]  # one update apart
     assert records[-1]["prompts_taken"] == STEPS * cfg.ppo.prompts_per_step  # none drawn for a step 9
     assert all(r["probe_max_abs_diff"] <= 1e-5 for r in records)
     mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731

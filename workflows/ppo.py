@@ -4,11 +4,12 @@
     python -m workflows.ppo ppo.reward.kind=annotators ppo.steps=40
     python -m workflows.ppo ppo.sft_model_path=... ppo.reward_model_path=...
 
-One PPO step (DESIGN.md, "One PPO step"), as ``PPOCoordinator.step`` reads top to bottom:
-prompts -> rollout pool generates (behaviour log-probs) -> in parallel reference log-probs,
-critic values, reward scores, constraint penalties -> per-token KL folded into the reward ->
-GAE and whitening -> in parallel policy and critic updates -> weights to the pool, checked
-on a fixed probe -> metrics with the wall time of every stage -> checkpoint on schedule.
+One PPO step, as ``PPOCoordinator.step`` reads top to bottom: the policy's weights to the
+rollout pool, checked on a fixed probe -> prompts -> the pool generates (behaviour log-probs)
+-> in parallel reference log-probs, critic values, reward scores; constraint penalties ->
+scores normalised once -> per-token KL folded into the reward -> GAE and whitening -> in
+parallel policy and critic updates -> metrics with the wall time of every stage ->
+checkpoint on schedule.
 
 ``ppo.policy_lag=1`` overlaps generation with training: the pool takes the weights at the
 start of a step and generates the next step's batch while this one trains, so each batch
@@ -33,13 +34,13 @@ from omegaconf import DictConfig, OmegaConf
 from actors.base import wait_named
 from actors.placement import PPOActors, launch_ppo_actors
 from actors.rollout import PendingRollout
-from actors.runtime import connect, shutdown_if_owned
+from actors.runtime import ray_session
 from actors.weight_sync import WeightSync
 from alignray.config.ppo import PPOConfig
 from alignray.data import format_prompt, prepare_embedded_data, read_prompts, response_text
-from alignray.experience import Experience, PromptStream, assemble_advantages, sequence_scores
+from alignray.experience import PromptBatch, PromptStream, Rollout, build_experience, sequence_scores
 from alignray.generation import decode_responses
-from alignray.metrics import MetricsLogger, plot_curves, read_metrics
+from alignray.metrics import MetricsLogger, StageTimes, plot_curves, read_metrics
 from alignray.modeling import load_tokenizer, resolve_base_model
 from alignray.ppo import (
     TWEET_CONSTRAINTS_EXAMPLE,
@@ -48,16 +49,12 @@ from alignray.ppo import (
     explained_variance,
     make_kl_controller,
 )
+from alignray.ppo.step_stats import CriticTrainStats, PolicyTrainStats, step_metrics
 from workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
 
 log = logging.getLogger("alignray.ppo")
 PROGRESS_KEYS = ("reward_raw", "kl", "response_length", "value_loss", "approx_kl", "step_s")
 CURVES = ["reward_raw", "reward_normalized", "kl", "response_length", "value_loss"]
-
-
-def mean_of(stats: list[dict], key: str) -> float:
-    values = [s[key] for s in stats if s.get(key) is not None]
-    return sum(values) / len(values) if values else float("nan")
 
 
 class PPOCoordinator:
@@ -85,91 +82,70 @@ class PPOCoordinator:
 
     # ------------------------------------------------------------------ one PPO step
     def step(self, step: int) -> dict[str, float]:
-        ppo, actors, times = self.ppo, self.actors, {}
+        ppo, actors, times = self.ppo, self.actors, StageTimes()
 
         # 1-2. a batch of prompts; the rollout pool samples responses and records their
         # behaviour log-probs (with policy_lag=1 it did so while the last step trained)
-        started = time.monotonic()
-        pending, self.pending = self.pending or self.submit_next_batch(step), None
-        exp = actors.pool.collect(pending)
-        times["generation"] = time.monotonic() - started
-        if ppo.policy_lag:  # the pool takes the current weights and starts on the next batch
-            sync = self.weights.sync(version=step)
-            if step + 1 < ppo.steps:
-                self.pending = self.submit_next_batch(step + 1)
-        prompts = [self.prompts[i] for i in exp.prompt_index.tolist()]
-        responses = decode_responses(self.tokenizer, exp.response_ids, exp.response_mask)
+        rollout, sampled_by, sync = self.take_rollout(step, times)
+        prompts = [self.prompts[i] for i in rollout.prompt_index.tolist()]
+        responses = decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask)
 
-        # 3. in parallel: reference log-probs, critic values, reward scores; penalties here
-        started = time.monotonic()
-        sequences = (exp.prompt_ids, exp.prompt_mask, exp.response_ids)
-        parallel = {"reference": actors.reference.logprobs.remote(*sequences),
-                    "critic0": actors.critic.actors[0].values.remote(*sequences),
-                    "reward": actors.reward.score.remote([p.raw for p in prompts], responses)}
-        constraint_costs, violations = self.constraints.penalties(responses)
-        parts, seconds = wait_named(parallel)
-        times |= {"reference": seconds["reference"], "critic_values": seconds["critic0"],
-                  "scoring": seconds["reward"], "experience": time.monotonic() - started}
+        # 3. in parallel: reference log-probs, critic values, reward scores, and the policy's own
+        # log-probs of the sampled tokens (their gap to the sampler's finds stale weights); penalties here
+        with times("experience"):
+            sequences = (rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids)
+            refs = {"reference": actors.reference.logprobs.remote(*sequences),
+                    "policy_logprobs": actors.policy.actors[0].logprobs.remote(*sequences),  # for the gap
+                    "critic_values": actors.critic.actors[0].values.remote(*sequences),
+                    "scoring": actors.reward.score.remote([p.raw for p in prompts], responses)}
+            constraint_costs, violations = self.constraints.penalties(responses)
+            parts = times.record(*wait_named(refs))
 
-        # 4-5. KL folded into per-token rewards; GAE; whitening
-        raw = parts["reward"]
-        scores = sequence_scores(raw, self.normalizer, clip=ppo.reward.clip, constraint_costs=constraint_costs,
-                                 ended_with_eos=exp.ended_with_eos, truncation_cost=ppo.reward.truncation_penalty)
-        exp = dataclasses.replace(exp, ref_logprobs=parts["reference"], values=parts["critic0"], scores=scores)
-        exp, advantage_stats = assemble_advantages(
-            exp, kl_coef=self.kl.coef, kl_estimator=ppo.kl.estimator, estimator=ppo.advantage_estimator,
+        # 4-5. scores normalised once and penalised; KL folded into per-token rewards; advantages
+        scores = sequence_scores(parts["scoring"], self.normalizer, clip=ppo.reward.clip,
+                                 constraint_costs=constraint_costs, ended_with_eos=rollout.ended_with_eos,
+                                 truncation_cost=ppo.reward.truncation_penalty)
+        exp, advantage_stats = build_experience(
+            rollout, ref_logprobs=parts["reference"], values=parts["critic_values"], scores=scores,
+            kl_coef=self.kl.coef, kl_estimator=ppo.kl.estimator, estimator=ppo.advantage_estimator,
             gamma=ppo.gamma, lam=ppo.lam, whiten=ppo.whiten_advantages)
 
         # 6. in parallel: the policy's and the critic's updates, each rank on its shard
-        started = time.monotonic()
-        training = {f"policy{i}": ref for i, ref in enumerate(
-            actors.policy.call_each("train", [(shard, step) for shard in exp.split(len(actors.policy))]))}
-        training |= {f"critic{i}": ref for i, ref in enumerate(
-            actors.critic.call_each("train", [(shard, step) for shard in exp.split(len(actors.critic))]))}
-        train_stats, seconds = wait_named(training)
-        policy_stats = [v for k, v in train_stats.items() if k.startswith("policy")]
-        critic_stats = [v for k, v in train_stats.items() if k.startswith("critic")]
-        times |= {"training": time.monotonic() - started, "policy_train": seconds["policy0"],
-                  "critic_train": seconds["critic0"]}
-        self.count_nonfinite(step, policy_stats + critic_stats)
-
-        # 7. new weights to the pool, then the pool must reproduce the policy's log-probs
-        if not ppo.policy_lag:
-            sync = self.weights.sync(version=step + 1)
-
+        with times("training"):
+            trained = times.record(*wait_named({
+                "policy_train": actors.policy.call_each("train", [(s, step) for s in exp.split(len(actors.policy))]),
+                "critic_train": actors.critic.call_each("train", [(s, step) for s in exp.split(len(actors.critic))])}))
+        self.count_nonfinite(step, trained["policy_train"] + trained["critic_train"])
         self.kl.update(advantage_stats["kl"], len(exp))
-        mask = exp.response_mask
-        metrics = {
-            "reward_raw": raw.mean().item(), "reward_normalized": scores.mean().item(),
-            "reward_raw_std": raw.std().item(), "kl_coef": self.kl.coef, **advantage_stats,
-            "constraint_violation_rate": (constraint_costs > 0).float().mean().item(),
-            "constraint_penalty_mean": constraint_costs.mean().item(),
-            "entropy": mean_of(policy_stats, "entropy"), "clip_fraction": mean_of(policy_stats, "clip_fraction"),
-            "approx_kl": mean_of(policy_stats, "approx_kl"), "policy_loss": mean_of(policy_stats, "policy_loss"),
-            "ratio_max": max(s["ratio_max"] for s in policy_stats),
-            "policy_updates": sum(s["policy_updates"] for s in policy_stats),
-            "micro_batches": mean_of(policy_stats, "micro_batches"),
-            "value_loss": mean_of(critic_stats, "value_loss"),
-            "train_tokens_per_s": sum(s["train_tokens_per_s"] for s in policy_stats),  # over the ranks
-            "critic_train_tokens_per_s": sum(s["critic_train_tokens_per_s"] for s in critic_stats),
-            **{key: mean_of(stats, key) for stats, key in ((policy_stats, "mfu"), (critic_stats, "critic_mfu"))
-               if key in stats[0]},  # only where the device's peak is known
-            "value_clip_fraction": mean_of(critic_stats, "value_clip_fraction"),
-            "explained_variance": explained_variance(exp.values, exp.returns, mask),
-            "response_length": mask.sum(dim=1).float().mean().item(),
-            "truncated_share": (~exp.ended_with_eos).float().mean().item(),
-            **sync, "pool_restarts": actors.pool.restarts,
-            "prompts_taken": self.stream.consumed, "policy_lag": step - pending.weights_version,
-            **{f"violations/{name}": v.float().mean().item() for name, v in violations.items()},
-            **{f"time/{stage}": round(s, 3) for stage, s in times.items()},
-        }
-        return metrics
+
+        return (step_metrics(exp, parts["scoring"], parts["policy_logprobs"], constraint_costs, violations,
+                             advantage_stats, self.kl.coef, trained["policy_train"], trained["critic_train"])
+                | sync | {"pool_restarts": actors.pool.restarts, "prompts_taken": self.stream.consumed,
+                          "policy_lag": step - sampled_by} | times.metrics())
+
+    def take_rollout(self, step: int, times: StageTimes) -> tuple[Rollout, int, dict[str, float]]:
+        """The batch this step trains on, the weights version that sampled it, and the metrics
+        of the weight sync. The one place weights reach the pool: right before a batch is
+        submitted, the pool takes the policy's current weights. With ``policy_lag=1`` the next
+        step's batch is submitted as soon as this one is in, so it samples while this step
+        trains, one update behind."""
+        sync = {}
+        if self.pending is None:  # policy_lag=0, or the first step of a run
+            sync = self.weights.sync(version=step)
+            self.pending = self.submit_next_batch(step)
+        pending, self.pending = self.pending, None
+        with times("generation"):
+            rollout = self.actors.pool.collect(pending, self.weights.restore)
+        if self.ppo.policy_lag:
+            sync = sync or self.weights.sync(version=step)
+            if step + 1 < self.ppo.steps:
+                self.pending = self.submit_next_batch(step + 1)
+        return rollout, pending.weights_version, sync
 
     # ------------------------------------------------------------------ the run
     def run(self) -> list[dict]:
         ppo = self.ppo
         start_step = self.resume() if ppo.resume else 0
-        self.weights.sync(version=start_step)  # the pool starts from the policy, resumed or not
         metrics_log = MetricsLogger(self.out, total_steps=ppo.steps, name="ppo")
         step_times = []
         for step in range(start_step, ppo.steps):
@@ -183,8 +159,8 @@ class PPOCoordinator:
                 self.save_checkpoint(step + 1)
         return step_times
 
-    def count_nonfinite(self, step: int, stats: list[dict]) -> None:
-        skipped = sum(s["nonfinite_updates"] for s in stats)
+    def count_nonfinite(self, step: int, stats: list[PolicyTrainStats | CriticTrainStats]) -> None:
+        skipped = sum(s.nonfinite_updates for s in stats)
         if not skipped:
             self.nonfinite_in_a_row = 0
             return
@@ -199,14 +175,11 @@ class PPOCoordinator:
         self.stream_state_before_pending = self.stream.state_dict()
         return self.actors.pool.submit(self.prompt_batch(self.stream.next_batch(self.ppo.prompts_per_step)), step)
 
-    def prompt_batch(self, rows: torch.Tensor) -> Experience:
-        """Prompt fields of an Experience: left-padded, the longest cut from the left."""
+    def prompt_batch(self, rows: torch.Tensor) -> PromptBatch:
+        """The prompts of ``rows``, left-padded, the longest cut from the left."""
         encoded = self.tokenizer([self.prompts[i].formatted for i in rows.tolist()], return_tensors="pt",
                                  padding=True, truncation=True, max_length=self.max_prompt_tokens)
-        empty = torch.empty(len(rows), 0)
-        return Experience(prompt_index=rows, prompt_ids=encoded["input_ids"], prompt_mask=encoded["attention_mask"],
-                          response_ids=empty.long(), response_mask=empty.bool(), logprobs=empty,
-                          ended_with_eos=torch.zeros(len(rows), dtype=torch.bool))
+        return PromptBatch(prompt_index=rows, prompt_ids=encoded["input_ids"], prompt_mask=encoded["attention_mask"])
 
     def make_probe(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Fixed sequences whose log-probs the pool must reproduce after each sync: the first
@@ -309,18 +282,15 @@ def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None)
         raise ValueError("ppo.reward.kind=model needs a reward model (ppo.reward_model_path); "
                          "ppo.reward.kind=annotators is the oracle reward without one")
     check_position_limit(str(sft_model_path), cfg.data.max_prompt_tokens, ppo.max_new_tokens)
-    owned = connect(cfg.cluster)
     started = time.monotonic()
-    coordinator = None
-    try:
+    with ray_session(cfg.cluster):
         coordinator = PPOCoordinator(ppo, cfg.cluster, cfg.data, int(cfg.seed), str(sft_model_path),
                                      str(reward_model_path) if reward_model_path else None, out)
-        step_times = coordinator.run()
-        policy_dir = coordinator.export_policy()
-    finally:
-        if coordinator is not None:
+        try:
+            step_times = coordinator.run()
+            policy_dir = coordinator.export_policy()
+        finally:
             coordinator.actors.shutdown()
-        shutdown_if_owned(owned)
     records = read_metrics(out / "metrics.jsonl")
     plot_curves(records, CURVES, out / "curves.png", title="PPO")
     plot_curves(records, [k for k in records[-1] if k.startswith("time/")], out / "stage_times.png",

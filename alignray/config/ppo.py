@@ -90,9 +90,11 @@ class PPOConfig:
     rollout_workers: int = 2
     rollout_gpus: float = 0.0  # GPUs per rollout worker in the separate layout
     rollout_max_restarts: int = 3  # Ray restarts a dead worker; its prompts are generated again
-    # How new policy weights reach the pool: "object_store" (ray.put once, every worker
-    # reads it), "broadcast" (a torch.distributed group: gloo on CPU, NCCL on GPU), or
-    # "auto": broadcast when the policy is on a GPU, the object store otherwise.
+    # How new policy weights reach the pool (actors/weight_sync.py): "object_store" (ray.put
+    # once, every worker reads it), "broadcast" (a torch.distributed group: gloo on CPU, NCCL
+    # between GPUs), "cuda_ipc" (workers on the policy's GPU copy from its memory), or "auto":
+    # per worker, cuda_ipc on the policy's GPU, broadcast between GPUs, the object store where
+    # either end is on a CPU.
     weight_sync: str = "auto"
     probe_prompts: int = 4  # after each sync the pool must reproduce the policy's log-probs on these
     sync_tolerance: float = 1e-3  # max |log-prob difference| allowed on the probe
