@@ -42,17 +42,9 @@ class CriticActor(TrainableActor):
 
     def __init__(self, backbone_path: str, ppo: PPOConfig, rank: int = 0, world_size: int = 1, seed: int = 0):
         super().__init__(rank, world_size, seed)
-        self.ppo = ppo
+        self.ppo, self.lr = ppo, ppo.critic_lr
         dtype = training_dtype(ppo.deepspeed.precision, self.device)
         self.model = disable_dropout(ValueModel(backbone_path)).to(self.device, dtype)
-
-    def setup(self, master_addr: str, master_port: int) -> None:
-        from alignray import deepspeed_strategy as ds
-        self._join_world(master_addr, master_port)
-        per_rank = math.ceil(self.ppo.prompts_per_step / self.world_size)
-        self.engine = ds.build_engine(self.model, self.ppo.deepspeed, lr=self.ppo.critic_lr, total_steps=0,
-                                      warmup_steps=0,
-                                      micro_batch_size=math.ceil(per_rank / self.ppo.minibatches))
 
     @torch.no_grad()
     def values(self, prompt_ids, prompt_mask, response_ids) -> Tensor:

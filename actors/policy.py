@@ -27,20 +27,11 @@ class PolicyActor(TrainableActor, WeightSender):
 
     def __init__(self, model_path: str, ppo: PPOConfig, rank: int = 0, world_size: int = 1, seed: int = 0):
         super().__init__(rank, world_size, seed)
-        self.ppo = ppo
-        self.model_path = model_path
+        self.ppo, self.lr = ppo, ppo.lr
         dtype = training_dtype(ppo.deepspeed.precision, self.device)
         self.model = disable_dropout(load_causal_lm(model_path, self.device, dtype))
         self.tokenizer = load_tokenizer(model_path)
         self.sync_group = None
-
-    def setup(self, master_addr: str, master_port: int) -> None:
-        from alignray import deepspeed_strategy as ds
-        self._join_world(master_addr, master_port)
-        per_rank = math.ceil(self.ppo.prompts_per_step / self.world_size)
-        self.engine = ds.build_engine(self.model, self.ppo.deepspeed, lr=self.ppo.lr, total_steps=0,
-                                      warmup_steps=0,
-                                      micro_batch_size=math.ceil(per_rank / self.ppo.minibatches))
 
     def logprobs(self, prompt_ids, prompt_mask, response_ids) -> torch.Tensor:
         self.engine.eval()
