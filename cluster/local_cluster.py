@@ -173,18 +173,7 @@ class LocalRayCluster:
     def session_processes(self) -> list[int]:
         """PIDs of the live processes that belong to this cluster (found by the marker
         variable in their environment; other clusters' processes do not carry it)."""
-        marker = f"{MARKER_VAR}={self.temp_dir}".encode()
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                environ = (entry / "environ").read_bytes()
-            except OSError:  # gone, or not ours to read
-                continue
-            if marker in environ.split(b"\0"):
-                pids.append(int(entry.name))
-        return pids
+        return marked_processes(str(self.temp_dir))
 
     def stop(self, timeout_s: float = 60.0) -> list[int]:
         """SIGTERM the `ray start --block` process and wait until every process of this
@@ -213,3 +202,20 @@ class LocalRayCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def marked_processes(value: str) -> list[int]:
+    """PIDs of the live processes whose environment has MARKER_VAR=value: every process a
+    cluster started with that variable set (Ray passes its environment down)."""
+    marker = f"{MARKER_VAR}={value}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, or not ours to read
+            continue
+        if marker in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
