@@ -186,16 +186,7 @@ class LocalRayCluster:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        deadline = time.monotonic() + 20.0
-        while self.session_processes() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        leftovers = self.session_processes()
-        for pid in leftovers:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return leftovers
+        return kill_marked_leftovers(str(self.temp_dir))
 
     def __enter__(self) -> "LocalRayCluster":
         return self.start()
@@ -219,3 +210,18 @@ def marked_processes(value: str) -> list[int]:
         if marker in environ.split(b"\0"):
             pids.append(int(entry.name))
     return pids
+
+
+def kill_marked_leftovers(value: str, grace_s: float = 20.0) -> list[int]:
+    """Give the processes marked with ``value`` ``grace_s`` to exit, then SIGKILL (by PID) any
+    still alive; returns those (an empty list is a clean shutdown)."""
+    deadline = time.monotonic() + grace_s
+    while marked_processes(value) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    leftovers = marked_processes(value)
+    for pid in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return leftovers

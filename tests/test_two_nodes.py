@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
-from cluster.local_cluster import MARKER_VAR, marked_processes
+from cluster.local_cluster import MARKER_VAR, kill_marked_leftovers
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,7 +32,7 @@ def test_ppo_runs_with_policy_and_rollout_workers_on_different_nodes(tiny_base_m
                               str(prompts_path), str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
                              timeout=600)
     finally:
-        leftovers = wait_until_gone(marker)
+        leftovers = kill_marked_leftovers(marker, grace_s=30)
     print(f"two-node PPO: {time.monotonic() - started:.0f} s")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     assert leftovers == [], f"processes of the two-node cluster outlived it: {leftovers}"
@@ -51,17 +50,3 @@ def test_ppo_runs_with_policy_and_rollout_workers_on_different_nodes(tiny_base_m
         assert metrics["probe_max_abs_diff"] <= 1e-5 and metrics["sync/bytes_per_worker"] > 0
         assert metrics["policy_updates"] > 0
 
-
-def wait_until_gone(marker: str, timeout_s: float = 30.0) -> list[int]:
-    """The cluster's processes, given time to exit after its shutdown; any still alive then is
-    killed (by its PID) and returned."""
-    deadline = time.monotonic() + timeout_s
-    while marked_processes(marker) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    leftovers = marked_processes(marker)
-    for pid in leftovers:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return leftovers
