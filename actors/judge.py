@@ -16,6 +16,7 @@ import ray
 import ray.data
 from ray.data import ActorPoolStrategy
 
+from actors.runtime import wait_for_capacity
 from alignray.generation import disable_dropout
 from alignray.modeling import load_causal_lm, load_tokenizer
 from alignray.rlaif import judge_pairs
@@ -38,11 +39,14 @@ class PairwiseJudge:
 
 
 def judge_with_actor_pool(items: list[dict], model_path: str, *, actors: int = 1, batch_size: int = 16,
-                          max_reply_tokens: int = 64, use_gpu: bool = False) -> list[dict]:
+                          max_reply_tokens: int = 64, use_gpu: bool = False,
+                          placement_timeout_s: float = 120.0) -> list[dict]:
     """Judge every item on a pool of ``actors`` judges; the items come back in their order,
     each with its verdict. Needs a connected Ray."""
     if not items:
         return []
+    if use_gpu:  # Ray Data waits for its actors without end; stop instead with what is missing
+        wait_for_capacity(f"{actors} AI judge actors", [{"GPU": 1.0}] * actors, placement_timeout_s)
     # from_items makes few blocks: split them so every actor of the pool gets work.
     blocks = max(actors, min(64, -(-len(items) // batch_size)))
     verdicts = ray.data.from_items(items).repartition(blocks).map_batches(

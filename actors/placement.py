@@ -1,13 +1,7 @@
-"""Where the PPO actors run, and launching them.
-
-Layouts (``cluster.placement``):
-- ``separate`` (default): one placement group with a ``{GPU: gpus_per_role, CPU: cpus_per_role}``
-  bundle per model actor (policy ranks, critic ranks, reference, reward), so no two share a
-  GPU. Rollout workers are scheduled outside it, with ``ppo.rollout_gpus`` each.
-- ``colocated``: one ``{GPU: 1}`` bundle that every actor, rollout workers included, shares
-  through equal fractional requests: for one-GPU machines.
-- no GPU in the cluster (a CPU-only local run with ``cluster.num_gpus`` unset): no placement
-  group; every actor asks for ``cpus_per_role`` CPUs and no GPU.
+"""Where the PPO actors run, and launching them: the plan of ``alignray.layout`` (one GPU
+bundle per model role, a bundle per rollout worker, or every actor colocated on one GPU) as
+Ray placement groups. Each group must be ready within ``cluster.placement_timeout_s``,
+otherwise the launch stops with an error that names the missing resources.
 
 A test cluster with logical GPUs runs the GPU layouts on CPU: the actors hold a GPU id but
 choose their device from torch.
@@ -15,7 +9,7 @@ choose their device from torch.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -28,54 +22,35 @@ from actors.policy import PolicyActor
 from actors.reference import ReferenceActor
 from actors.reward import RewardActor
 from actors.rollout import RolloutPool, RolloutWorker
+from actors.runtime import placement_timeout
 from alignray.config.ppo import PPOConfig
+from alignray.layout import LayoutPlan, Slot, check_sync_devices, plan_layout
 from alignray.reward_client import TOKEN_ENV
 
-PLACEMENT_TIMEOUT_S = 120
-GPU_FRACTION_GRANULARITY = 1e-4  # Ray's smallest unit of a fractional resource
 
-
-@dataclass
-class Layout:
-    """Resource requests: ``model_options[i]`` for the i-th model actor (policy ranks, critic
-    ranks, reference, reward), ``rollout_options`` for every rollout worker."""
-
-    placement_group: Any
-    model_options: list[dict]
-    rollout_options: dict
-
-
-def plan_layout(cluster_cfg, num_model_actors: int, num_rollout_workers: int, rollout_gpus: float) -> Layout:
-    cpus = float(cluster_cfg.cpus_per_role)
-    if ray.cluster_resources().get("GPU", 0) == 0:
-        options = {"num_gpus": 0, "num_cpus": cpus}
-        return Layout(None, [options] * num_model_actors, options)
-    if cluster_cfg.placement == "separate":
-        bundle = {"GPU": float(cluster_cfg.gpus_per_role)} | ({"CPU": cpus} if cpus else {})
-        pg = _ready(placement_group([dict(bundle) for _ in range(num_model_actors)], strategy="PACK"))
-        model_options = [{"num_gpus": float(cluster_cfg.gpus_per_role), "num_cpus": cpus,
-                          "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, i)}
-                         for i in range(num_model_actors)]
-        return Layout(pg, model_options, {"num_gpus": rollout_gpus, "num_cpus": cpus})
-    if cluster_cfg.placement == "colocated":
-        total = num_model_actors + num_rollout_workers
-        share = int(1.0 / total / GPU_FRACTION_GRANULARITY) * GPU_FRACTION_GRANULARITY
-        bundle = {"GPU": 1.0} | ({"CPU": cpus * total} if cpus else {})
-        pg = _ready(placement_group([bundle]))
-        options = {"num_gpus": share, "num_cpus": cpus,
-                   "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, 0)}
-        return Layout(pg, [options] * num_model_actors, options)
-    raise ValueError(f"cluster.placement must be separate or colocated, not {cluster_cfg.placement!r}")
-
-
-def _ready(pg):
+def reserve(plan: LayoutPlan, timeout_s: float) -> list:
+    """A placement group per group of the plan, each ready; on a timeout the groups made so
+    far are removed and PlacementTimeout names what is missing."""
+    groups = []
     try:
-        ray.get(pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
-    except ray.exceptions.GetTimeoutError:
-        remove_placement_group(pg)
-        raise RuntimeError(f"the cluster cannot place the PPO bundles {pg.bundle_specs} "
-                           f"(resources: {ray.cluster_resources()})") from None
-    return pg
+        for bundles, name in zip(plan.groups, plan.group_names):
+            groups.append(placement_group([dict(b) for b in bundles], strategy="PACK"))
+            try:
+                ray.get(groups[-1].ready(), timeout=timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                raise placement_timeout(f"the PPO {name}", bundles, timeout_s) from None
+    except BaseException:
+        for group in groups:
+            remove_placement_group(group)
+        raise
+    return groups
+
+
+def actor_options(slot: Slot, groups: list) -> dict[str, Any]:
+    options = {"num_cpus": slot.cpus, "num_gpus": slot.gpus}
+    if slot.group is not None:
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(groups[slot.group], slot.bundle)
+    return options
 
 
 @dataclass
@@ -85,7 +60,9 @@ class PPOActors:
     reference: Any
     reward: Any
     pool: RolloutPool
-    placement_group: Any
+    placement_group: Any  # the model actors' (None when they need none)
+    placement_groups: list  # every group of the launch, removed at shutdown
+    placements: dict[str, dict] = field(default_factory=dict)  # by actor name: ModelActor.placement()
 
     def model_actors(self) -> dict[str, Any]:
         """Every model actor by a name that says which it is (``policy0``, ``reference``...)."""
@@ -96,8 +73,8 @@ class PPOActors:
     def shutdown(self) -> None:
         for actor in [*self.model_actors().values(), *self.pool.actors]:
             ray.kill(actor)
-        if self.placement_group is not None:
-            remove_placement_group(self.placement_group)
+        for group in self.placement_groups:
+            remove_placement_group(group)
 
 
 def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: str,
@@ -105,11 +82,13 @@ def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: st
     """Place and start every PPO actor, form the policy's and the critic's DeepSpeed worlds,
     and wait until all are ready."""
     n_policy, n_critic = ppo.policy_actors, ppo.critic_actors
-    layout = plan_layout(cluster_cfg, n_policy + n_critic + 2, ppo.rollout_workers, ppo.rollout_gpus)
-    options = iter(layout.model_options)
     critic_backbone = reward_model_path if ppo.critic_init == "reward_model" else sft_model_path
     if ppo.critic_init == "reward_model" and not reward_model_path:
         raise ValueError("ppo.critic_init=reward_model needs a reward model path")
+    plan = plan_layout(cluster_cfg, n_policy + n_critic + 2, ppo.rollout_workers, ppo.rollout_gpus,
+                       cluster_has_gpus=ray.cluster_resources().get("GPU", 0) > 0)
+    groups = reserve(plan, float(cluster_cfg.placement_timeout_s))
+    options = iter(actor_options(slot, groups) for slot in plan.model_actors)
 
     policy = ActorGroup("policy", [
         ray.remote(PolicyActor).options(max_restarts=0, **next(options)).remote(
@@ -124,15 +103,19 @@ def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: st
     reward = ray.remote(RewardActor).options(max_restarts=0, runtime_env=token_env, **next(options)).remote(
         ppo.reward, reward_model_path, seed)
     workers = [ray.remote(RolloutWorker).options(max_restarts=ppo.rollout_max_restarts, max_task_retries=0,
-                                                 **layout.rollout_options).remote(
+                                                 **actor_options(slot, groups)).remote(
         sft_model_path, ppo, max_prompt_tokens, seed)
-        for _ in range(ppo.rollout_workers)]
+        for slot in plan.rollout_workers]
+    model_group = plan.model_actors[0].group
     actors = PPOActors(policy, critic, reference, reward, RolloutPool(workers, seed),
-                       layout.placement_group)
+                       None if model_group is None else groups[model_group], groups)
     try:
+        named = actors.model_actors() | {f"rollout{i}": w for i, w in enumerate(workers)}
+        actors.placements = dict(zip(named, ray.get([a.placement.remote() for a in named.values()])))
+        check_sync_devices(actors.placements["policy0"]["device"],
+                           [actors.placements[f"rollout{i}"]["device"] for i in range(len(workers))], ppo.weight_sync)
         policy.form_world()
         critic.form_world()
-        ray.get([a.placement.remote() for a in [*actors.model_actors().values(), *workers]])
     except Exception:
         actors.shutdown()
         raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +21,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
+
+from alignray.layout import Resources, capacity_error, unplaceable  # noqa: E402
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
@@ -78,3 +81,29 @@ def ray_session(cluster_cfg):
         yield
     finally:
         shutdown_if_owned(owned)
+
+
+class PlacementTimeout(RuntimeError):
+    """The cluster did not give a phase the resources it asks for in time."""
+
+
+def node_capacities() -> list[Resources]:
+    """The total resources of every live node."""
+    return [dict(node["Resources"]) for node in ray.nodes() if node["Alive"]]
+
+
+def placement_timeout(what: str, bundles: list[Resources], timeout_s: float) -> PlacementTimeout:
+    """The error for ``bundles`` still unplaced after ``timeout_s``: what is missing."""
+    message = capacity_error(what, bundles, node_capacities(), ray.available_resources())
+    return PlacementTimeout(f"{message} (waited cluster.placement_timeout_s={timeout_s:g} s)")
+
+
+def wait_for_capacity(what: str, bundles: list[Resources], timeout_s: float, poll_s: float = 2.0) -> None:
+    """Wait until the cluster's nodes could hold ``bundles`` (an autoscaler may be adding
+    nodes), else raise PlacementTimeout naming the missing resources. For work that Ray
+    schedules itself (Ray Train workers), whose own wait has no end."""
+    deadline = time.monotonic() + timeout_s
+    while unplaceable(bundles, node_capacities()):
+        if time.monotonic() >= deadline:
+            raise placement_timeout(what, bundles, timeout_s)
+        time.sleep(poll_s)

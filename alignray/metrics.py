@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import sys
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+log = logging.getLogger(__name__)
 
 
 class MetricsLogger:
@@ -61,12 +59,20 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def plot_curves(records: list[dict], keys: list[str], out_png: str | Path, title: str = "",
-                x_key: str = "step") -> Path:
-    """One panel per key, drawn against `x_key`; keys absent from the records are skipped."""
+                x_key: str = "step") -> Path | None:
+    """One panel per key, drawn against `x_key`; keys absent from the records are skipped.
+    None, with a warning, where matplotlib is not installed (the GPU machines may lack it)."""
     keys = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in records)]
     out_png = Path(out_png)
     if not keys:
         raise ValueError(f"none of the keys to plot appear in the records for {out_png.name}")
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        log.warning("matplotlib is not installed: %s not drawn", out_png)
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
         points = [(r[x_key], r[key]) for r in records if isinstance(r.get(key), (int, float))]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -151,8 +150,9 @@ def main() -> None:
         print(f"{name:<10} {median:>16.3f} {rate:>11.2f} {wall:>15.1f}")
     ratio = summary["alignray"]["rollouts_per_s"] / summary["trl"]["rollouts_per_s"]
     print(f"alignray / TRL update throughput: {ratio:.2f}x (goal >= 1.5x)")
+    from alignray.machine import machine_info
     result = {"ratio_alignray_over_trl": ratio, "goal": 1.5, "settings": SETTINGS, "updates": args.updates,
-              "median_of": "updates 2..N", "cpu_count": os.cpu_count(), "python": platform.python_version(),
+              "median_of": "updates 2..N", "machine": machine_info(),
               "trl_versions": trl.get("versions"), "trl_notes": trl.get("notes"), **summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

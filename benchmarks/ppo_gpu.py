@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+from alignray.machine import describe_machine, machine_info
+
 REPO = Path(__file__).resolve().parent.parent
 SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                      num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True,
@@ -184,7 +186,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="alignray-ppo-gpu-"))
     model_path = build_model(work, TINY_SHAPE if args.cpu_smoke else SMOLLM2_SHAPE)
     result = {"device": torch.cuda.get_device_name(0) if not args.cpu_smoke else "cpu",
-              "shape": "tiny" if args.cpu_smoke else "SmolLM2-135M", "torch": torch.__version__}
+              "shape": "tiny" if args.cpu_smoke else "SmolLM2-135M", "machine": machine_info()}
     started = time.monotonic()
     if "generation" not in skip:
         from transformers import AutoModelForCausalLM
@@ -208,7 +210,7 @@ def main() -> None:
 
 
 def print_table(result: dict) -> None:
-    rows = [("device", result["device"]), ("shape", result["shape"])]
+    rows = [("machine", describe_machine(result["machine"])), ("shape", result["shape"])]
     generation = result.get("generation", [])
     for row in generation:
         plain = next(r for r in generation if r["batch"] == row["batch"] and r["path"] == "plain generate")

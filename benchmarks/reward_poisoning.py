@@ -42,6 +42,7 @@ from alignray.embedded.vader import vader_raters  # noqa: E402
 from alignray.feedback import annotator_quality, annotator_weights, build_training_tables, write_feedback  # noqa: E402
 from alignray.feedback.simulated import (HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, make_annotator_pool,  # noqa: E402
                                          simulate_feedback)
+from alignray.machine import machine_info  # noqa: E402
 
 PROMPT_WORDS = 4
 COPIES_PER_RATER = 4  # 20 honest annotators: a 20% share of bad faith is then exactly 5 of 25
@@ -160,7 +161,7 @@ def main() -> None:
               "bad_faith_annotators": bad_faith, "flagged": verdicts["poisoned"]["flagged"],
               "flagged_in_clean": verdicts["clean"]["flagged"],
               "accuracy_lost_6_10": lost, "share_recovered": won_back / lost if lost > 0 else None,
-              "wall_s": round(time.monotonic() - started, 1)}
+              "wall_s": round(time.monotonic() - started, 1), "machine": machine_info()}
     (args.out / "reward_poisoning.json").write_text(json.dumps(report, indent=2))
     print(f"\n{'condition':<24}{'pairs':>7}{'acc 1-5':>9}{'acc 6-10':>9}{'ECE 6-10':>9}{'train s':>9}")
     for r in rows:

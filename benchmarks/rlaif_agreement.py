@@ -105,12 +105,14 @@ def main() -> None:
         "training annotators 1-5": {"all": agreement(train_preference, difference),
                                     "clear": agreement(train_preference[clear], difference[clear])},
     }
+    from alignray.machine import machine_info
     result = {"judge_model": str(judge), "pairs_sampled": len(pairs), "pairs_judged": len(rows),
               "pairs_left_out_heldout_tie": int((~decided).sum()), "clear_pairs": int(clear.sum()),
               "clear_gap": CLEAR_GAP, "agreement_with_heldout_annotators": table,
               "mean_position_bias_log_odds": float(bias.mean()),
               "texts_clipped": int(sum(int(r["clipped_texts"]) for r in rows)),
-              "judge_wall_time_s": round(seconds, 1), "actors": args.actors, "seed": args.seed}
+              "judge_wall_time_s": round(seconds, 1), "actors": args.actors, "seed": args.seed,
+              "machine": machine_info()}
     print(f"\nAgreement with held-out annotators 6-10 on {len(rows)} pairs of real held-out tweets "
           f"({int(clear.sum())} clear); judge {judge}")
     print(f"{'who':<26}{'all pairs':>22}{'clear pairs':>22}")

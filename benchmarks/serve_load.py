@@ -147,7 +147,8 @@ def main() -> None:
                 ray.shutdown()
 
     # The host's load decides these numbers as much as the server does: record it.
-    machine = {"cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 1)}
+    from alignray.machine import machine_info
+    machine = machine_info() | {"load_average_1m": round(os.getloadavg()[0], 1)}
     print(f"one item per request, {args.requests_per_client} requests per client, {model_label}, {machine}")
     print(f"{'mode':<12} {'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'mean batch':>10} {'max batch':>9}")

@@ -8,7 +8,8 @@
 # accelerate, pandas, pyarrow, ... come from the main venv. Lines of a .pth file are
 # appended after the venv's own site-packages, so anything installed here wins.
 # pip sees the main venv's packages through that path too and treats them as
-# installed, which is why only trl, datasets and datasets' small extras land here.
+# installed, which is why only trl, datasets and datasets' small extras land here, plus
+# accelerate when the main venv lacks it (a plain install of alignray does not bring it).
 #
 # Usage: bash benchmarks/trl_env.sh   (idempotent; delete benchmarks/.venv-trl to redo)
 set -euo pipefail
@@ -17,13 +18,14 @@ TRL_VERSION=1.12.0    # the last release with PPOTrainer (trl.experimental.ppo)
 DATASETS_VERSION=5.2.0  # trl 1.12.0 needs datasets>=4.7.0
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-MAIN_PY="$ROOT/.venv/bin/python"
+MAIN_VENV="${ALIGNRAY_VENV:-$ROOT/.venv}"   # as in scripts/setup.sh
+MAIN_PY="$MAIN_VENV/bin/python"
 VENV="$ROOT/benchmarks/.venv-trl"
 STAMP="$VENV/.trl-env-done"
 SPEC="trl==$TRL_VERSION datasets==$DATASETS_VERSION"
 
 if [[ ! -x "$MAIN_PY" ]]; then
-    echo "trl_env: main venv not found at $ROOT/.venv (create it first)" >&2
+    echo "trl_env: main venv not found at $MAIN_VENV (create it first: bash scripts/setup.sh)" >&2
     exit 1
 fi
 
@@ -45,12 +47,16 @@ echo "trl_env: $TRL_SITE/alignray_main_venv.pth -> $MAIN_SITE"
 echo "$MAIN_SITE" > "$TRL_SITE/alignray_main_venv.pth"
 
 # Pin what the main venv already has so pip can never fetch another torch or
-# shadow transformers/accelerate/huggingface_hub with a different version.
+# shadow transformers/accelerate/huggingface_hub with a different version. What it
+# lacks (accelerate, in a fresh install) is installed here at the version trl asks for.
 CONSTRAINTS="$VENV/constraints-main-venv.txt"
 "$MAIN_PY" - > "$CONSTRAINTS" <<'EOF'
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 for name in ("torch", "transformers", "accelerate", "huggingface_hub", "numpy", "tokenizers", "safetensors"):
-    print(f"{name}=={version(name)}")
+    try:
+        print(f"{name}=={version(name)}")
+    except PackageNotFoundError:
+        pass
 EOF
 echo "trl_env: constraints from the main venv: $(tr '\n' ' ' < "$CONSTRAINTS")"
 
@@ -68,7 +74,7 @@ import torch, transformers, accelerate, datasets, trl
 from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: F401
 
 main_site = sys.argv[1]
-for mod in (torch, transformers, accelerate):
+for mod in (torch, transformers):  # accelerate: from the main venv when it has one, else from here
     if not mod.__file__.startswith(main_site):
         sys.exit(f"trl_env: {mod.__name__} loads from {mod.__file__}, not from the main venv")
 print(f"trl_env: trl {trl.__version__}, datasets {datasets.__version__}, transformers {transformers.__version__}, "

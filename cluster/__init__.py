@@ -1,2 +1,3 @@
 """Running alignray on a Ray cluster: submit a workflow as a Ray job (`cluster.submit`),
-and start a one-node loopback cluster owned by a handle (`cluster.local_cluster`)."""
+start a one-node loopback cluster owned by a handle (`cluster.local_cluster`), and read what
+the shipped manifests provide (`cluster.manifests`)."""

@@ -173,18 +173,7 @@ class LocalRayCluster:
     def session_processes(self) -> list[int]:
         """PIDs of the live processes that belong to this cluster (found by the marker
         variable in their environment; other clusters' processes do not carry it)."""
-        marker = f"{MARKER_VAR}={self.temp_dir}".encode()
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                environ = (entry / "environ").read_bytes()
-            except OSError:  # gone, or not ours to read
-                continue
-            if marker in environ.split(b"\0"):
-                pids.append(int(entry.name))
-        return pids
+        return marked_processes(str(self.temp_dir))
 
     def stop(self, timeout_s: float = 60.0) -> list[int]:
         """SIGTERM the `ray start --block` process and wait until every process of this
@@ -197,19 +186,42 @@ class LocalRayCluster:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        deadline = time.monotonic() + 20.0
-        while self.session_processes() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        leftovers = self.session_processes()
-        for pid in leftovers:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return leftovers
+        return kill_marked_leftovers(str(self.temp_dir))
 
     def __enter__(self) -> "LocalRayCluster":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def marked_processes(value: str) -> list[int]:
+    """PIDs of the live processes whose environment has MARKER_VAR=value: every process a
+    cluster started with that variable set (Ray passes its environment down)."""
+    marker = f"{MARKER_VAR}={value}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, or not ours to read
+            continue
+        if marker in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_marked_leftovers(value: str, grace_s: float = 20.0) -> list[int]:
+    """Give the processes marked with ``value`` ``grace_s`` to exit, then SIGKILL (by PID) any
+    still alive; returns those (an empty list is a clean shutdown)."""
+    deadline = time.monotonic() + grace_s
+    while marked_processes(value) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    leftovers = marked_processes(value)
+    for pid in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return leftovers

@@ -1,10 +1,12 @@
-"""The GPU benchmark must stay runnable between the rare sessions that have a GPU: its
-``--cpu-smoke`` path runs every part (generation paths, the policy actor's update, a short
-PPO run through Ray) at a tiny shape on CPU and writes its JSON. Numbers are not checked
-here: performance is measured in benchmarks/, not asserted by tests."""
+"""The GPU suite must stay runnable between the rare sessions that have a GPU: its
+``--cpu-smoke`` path runs every step of benchmarks/gpu_suite.sh on CPU (the import check,
+the GPU tests, which skip without CUDA, and benchmarks/ppo_gpu.py at a tiny shape: generation
+paths, the policy actor's update, a short PPO run through Ray) and writes both JSONs. Numbers
+are not checked here: performance is measured in benchmarks/, not asserted by tests."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,16 +14,33 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_ppo_gpu_benchmark_cpu_smoke_runs_every_part():
-    result_file = REPO / "runs" / "ppo_gpu_cpu_smoke.json"
+def test_gpu_suite_cpu_smoke_runs_every_step_and_the_benchmark_every_part():
+    result_file, suite_file = REPO / "runs" / "ppo_gpu_cpu_smoke.json", REPO / "runs" / "gpu_suite_cpu_smoke.json"
     result_file.unlink(missing_ok=True)
-    run = subprocess.run([sys.executable, "benchmarks/ppo_gpu.py", "--cpu-smoke", "--ppo-steps", "3"], cwd=REPO,
-                         capture_output=True, text=True, timeout=900)
+    suite_file.unlink(missing_ok=True)
+    run = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "--cpu-smoke"], cwd=REPO, capture_output=True, text=True,
+                         timeout=900, env=os.environ | {"PYTHON": sys.executable})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    suite = json.loads(suite_file.read_text())
+    assert [s["step"] for s in suite["steps"]] == ["imports", "gpu_tests", "ppo_gpu"] and suite["failed_steps"] == []
+    assert suite["gpu_tests"] and {t["outcome"] for t in suite["gpu_tests"]} == {"skipped"}  # no CUDA here
+    assert suite["machine"]["cpu_model"] and suite["machine"]["cpu_cores"] == os.cpu_count()
     result = json.loads(result_file.read_text())
     assert {row["path"] for row in result["generation"]} == {"plain generate", "alignray static, eager"}
     assert all(row["tokens_per_s"] > 0 for row in result["generation"])
     assert [t["zero_stage"] for t in result["training"]] == [0, 2]
     assert result["ppo"]["steps_measured"] == 2 and result["ppo"]["sync_bytes_per_worker"] > 0
     assert {"generation", "training", "sync"} <= set(result["ppo"]["stage_seconds"])
+    assert result["machine"] == suite["machine"]  # the benchmark names its machine too
     assert "PPO step" in run.stdout
+
+
+def test_cpu_info_reads_the_model_family_and_speed_flags():
+    from alignray.machine import cpu_info, describe_machine
+    cpuinfo = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n"
+               "model name\t: AMD EPYC 7B13\nflags\t\t: fpu avx2 fma\n\nprocessor\t: 1\nmodel name\t: other\n")
+    info = cpu_info(cpuinfo)
+    assert info == {"cpu_model": "AMD EPYC 7B13", "cpu_vendor_family_model": "AuthenticAMD cpu family 25 model 1",
+                    "cpu_speed_flags": ["avx2"]}
+    assert describe_machine(info | {"cpu_cores": 2, "gpu": "NVIDIA H200"}) == (
+        "AMD EPYC 7B13 (AuthenticAMD cpu family 25 model 1), 2 cores, GPU NVIDIA H200")

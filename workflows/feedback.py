@@ -232,7 +232,8 @@ def run_judge(cfg: DictConfig, judge_path: str, items: list[tuple[str, str, str]
     rows = judge_with_actor_pool(
         [{"item": i, "prompt": p, "response_a": a, "response_b": b} for i, (p, a, b) in enumerate(items)],
         judge_path, actors=cfg.feedback.judge_actors, batch_size=cfg.feedback.judge_batch_size,
-        max_reply_tokens=cfg.feedback.judge_max_reply_tokens, use_gpu=bool(cfg.cluster.use_gpu))
+        max_reply_tokens=cfg.feedback.judge_max_reply_tokens, use_gpu=bool(cfg.cluster.use_gpu),
+        placement_timeout_s=float(cfg.cluster.placement_timeout_s))
     judged = {item: float(row["preference_a"]) for item, row in zip(items, rows)}
     bias = np.array([float(row["position_bias"]) for row in rows])
     stats = {"judge_model": judge_path, "pairs_judged": len(items), "actors": cfg.feedback.judge_actors,

@@ -48,6 +48,7 @@ from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, 
                        ScalingConfig)
 from ray.train.torch import TorchTrainer
 
+from actors.runtime import wait_for_capacity
 from alignray import deepspeed_strategy as strategy
 from alignray.config.training import DeepSpeedConfig
 from alignray.metrics import MetricsLogger
@@ -119,6 +120,9 @@ def fit(task: TrainTask, loop: TrainLoopConfig, datasets: dict, cluster_cfg,
     resources = {"CPU": cluster_cfg.cpus_per_worker}
     if cluster_cfg.use_gpu:
         resources["GPU"] = 1
+    # Ray Train waits for its workers without end; stop instead with what is missing
+    wait_for_capacity(f"{cluster_cfg.num_workers} Ray Train workers", [resources] * cluster_cfg.num_workers,
+                      float(cluster_cfg.placement_timeout_s))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"task": task, "loop": loop},

