@@ -24,7 +24,7 @@ from actors.reward import RewardActor
 from actors.rollout import RolloutPool, RolloutWorker
 from actors.runtime import placement_timeout
 from alignray.config.ppo import PPOConfig
-from alignray.layout import LayoutPlan, Slot, check_sync_devices, plan_layout
+from alignray.layout import LayoutPlan, Slot, plan_layout, sync_methods
 from alignray.reward_client import TOKEN_ENV
 
 
@@ -112,8 +112,9 @@ def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: st
     try:
         named = actors.model_actors() | {f"rollout{i}": w for i, w in enumerate(workers)}
         actors.placements = dict(zip(named, ray.get([a.placement.remote() for a in named.values()])))
-        check_sync_devices(actors.placements["policy0"]["device"],
-                           [actors.placements[f"rollout{i}"]["device"] for i in range(len(workers))], ppo.weight_sync)
+        # refuse a weight sync that cannot work before the worlds form (the sync logs its choice)
+        sync_methods(ppo.weight_sync, actors.placements["policy0"],
+                     [actors.placements[f"rollout{i}"] for i in range(len(workers))])
         policy.form_world()
         critic.form_world()
     except Exception:

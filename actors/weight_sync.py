@@ -1,7 +1,7 @@
 """New policy weights to the rollout pool: both ends and the driver, in one place.
 
 After each update the workers must sample from the policy that was just trained. Three ways,
-chosen per worker from where it and policy rank 0 run (``choose_sync_method``):
+chosen per worker from where it and policy rank 0 run (``alignray.layout.sync_methods``):
 
 - ``object_store``: rank 0 of the policy puts its state dict once, the workers read it;
 - ``broadcast``: a torch.distributed group of policy rank 0 and the workers (NCCL between
@@ -31,41 +31,18 @@ from torch import Tensor
 
 from actors.base import ActorGroup, wait_named
 from alignray.config.ppo import PPOConfig
+from alignray.layout import sync_methods
 
 if TYPE_CHECKING:
     from actors.rollout import RolloutPool
 
 log = logging.getLogger(__name__)
 SYNC_TIMEOUT = datetime.timedelta(minutes=2)
-SYNC_METHODS = ("auto", "object_store", "broadcast", "cuda_ipc")
 Probe = tuple[Tensor, Tensor, Tensor, Tensor]  # prompt ids/mask, response ids/mask
 
 
 class WeightSyncError(RuntimeError):
     """The rollout pool does not reproduce the policy's log-probs after a weight sync."""
-
-
-# ----------------------------------------------------------------------------- the choice
-def same_gpu(a: dict, b: dict) -> bool:
-    """Whether two actors (their ``placement()``) hold the same GPU: one node, a shared Ray GPU id."""
-    gpus_a, gpus_b = set(a["accelerator_ids"].get("GPU", [])), set(b["accelerator_ids"].get("GPU", []))
-    return a["node_id"] == b["node_id"] and bool(gpus_a & gpus_b)
-
-
-def choose_sync_method(requested: str, policy: dict, worker: dict) -> str:
-    """How weights go from policy rank 0 to one rollout worker, given both placements."""
-    if requested not in SYNC_METHODS:
-        raise ValueError(f"ppo.weight_sync must be one of {SYNC_METHODS}, not {requested!r}")
-    on_gpu = policy["device"].startswith("cuda"), worker["device"].startswith("cuda")
-    shared = all(on_gpu) and same_gpu(policy, worker)
-    if requested == "auto":
-        return ("cuda_ipc" if shared else "broadcast") if all(on_gpu) else "object_store"
-    if requested == "broadcast" and (shared or any(on_gpu) != all(on_gpu)):
-        why = "share one GPU, which NCCL refuses" if shared else "are one on a GPU, one on a CPU (NCCL vs gloo)"
-        raise ValueError(f"ppo.weight_sync=broadcast: the policy and a rollout worker {why}; use auto")
-    if requested == "cuda_ipc" and not shared:
-        raise ValueError("ppo.weight_sync=cuda_ipc needs every rollout worker on the policy's GPU; use auto")
-    return requested
 
 
 # ----------------------------------------------------------------------------- both ends
@@ -186,7 +163,7 @@ class WeightSync:
     def choose_methods(self) -> list[str]:
         """The method of each worker, logged (a restarted worker lands where it was)."""
         placements = ray.get(self.pool.call("placement"))
-        methods = [choose_sync_method(self.ppo.weight_sync, self.policy_placement, p) for p in placements]
+        methods = sync_methods(self.ppo.weight_sync, self.policy_placement, placements)
         log.info("weight sync (ppo.weight_sync=%s), policy on %s: %s", self.ppo.weight_sync,
                  self.policy_placement["device"],
                  ", ".join(f"worker {i} {m} ({p['device']})" for i, (m, p) in enumerate(zip(methods, placements))))

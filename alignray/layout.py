@@ -150,15 +150,38 @@ def _relevant(resources: Resources, bundles: list[Resources]) -> Resources:
 
 
 # ----------------------------------------------------------------------------- weight sync
-def check_sync_devices(policy_device: str, worker_devices: list[str], weight_sync: str) -> None:
-    """A broadcast joins policy rank 0 and every worker in one torch.distributed group:
-    NCCL on a GPU, gloo on CPU, and the two cannot meet. ``auto`` broadcasts when the policy
-    is on a GPU. Refuse a layout that would mix them, naming the fix."""
-    kinds = {device.split(":")[0] for device in worker_devices}
-    policy_kind = policy_device.split(":")[0]
-    broadcast = weight_sync == "broadcast" or (weight_sync == "auto" and policy_kind == "cuda")
-    if broadcast and kinds - {policy_kind}:
-        raise ValueError(
-            f"the policy is on {policy_kind} and rollout workers on {', '.join(sorted(kinds - {policy_kind}))}: "
-            f"ppo.weight_sync={weight_sync} would join a gloo group to an NCCL one. Give the rollout "
-            "workers GPUs (ppo.rollout_gpus=1, or cluster=one_gpu to share one) or set ppo.weight_sync=object_store")
+SYNC_METHODS = ("auto", "object_store", "broadcast", "cuda_ipc")
+
+
+def same_gpu(a: dict, b: dict) -> bool:
+    """Whether two actors (their ``placement()``) hold the same GPU: one node, a shared Ray GPU id."""
+    gpus_a, gpus_b = set(a["accelerator_ids"].get("GPU", [])), set(b["accelerator_ids"].get("GPU", []))
+    return a["node_id"] == b["node_id"] and bool(gpus_a & gpus_b)
+
+
+def choose_sync_method(requested: str, policy: dict, worker: dict) -> str:
+    """How weights go from policy rank 0 to one rollout worker, given both placements (device,
+    node, Ray GPU ids): ``auto`` is CUDA IPC on the policy's own GPU (NCCL refuses two ranks on
+    one device), an NCCL broadcast between GPUs, and the object store where either end is on a
+    CPU (gloo and NCCL cannot meet). A forced method that cannot work is refused, naming the fix."""
+    if requested not in SYNC_METHODS:
+        raise ValueError(f"ppo.weight_sync must be one of {SYNC_METHODS}, not {requested!r}")
+    on_gpu = policy["device"].startswith("cuda"), worker["device"].startswith("cuda")
+    shared = all(on_gpu) and same_gpu(policy, worker)
+    if requested == "auto":
+        return ("cuda_ipc" if shared else "broadcast") if all(on_gpu) else "object_store"
+    if requested == "broadcast" and shared:
+        raise ValueError("ppo.weight_sync=broadcast: the policy and a rollout worker share one GPU, which NCCL "
+                         "refuses; use auto (CUDA IPC) or object_store")
+    if requested == "broadcast" and any(on_gpu) != all(on_gpu):
+        raise ValueError(f"ppo.weight_sync=broadcast: the policy is on {policy['device']} and a rollout worker on "
+                         f"{worker['device']}, so a gloo group would meet an NCCL one (NCCL vs gloo). Give the "
+                         "rollout workers GPUs (ppo.rollout_gpus=1, or cluster=one_gpu to share one) or use auto")
+    if requested == "cuda_ipc" and not shared:
+        raise ValueError("ppo.weight_sync=cuda_ipc needs every rollout worker on the policy's GPU; use auto")
+    return requested
+
+
+def sync_methods(requested: str, policy: dict, workers: list[dict]) -> list[str]:
+    """The weight-sync method of each rollout worker (``choose_sync_method``)."""
+    return [choose_sync_method(requested, policy, worker) for worker in workers]

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from alignray.config import ClusterConfig
-from alignray.layout import capacity_error, check_sync_devices, plan_layout, unplaceable
+from alignray.layout import capacity_error, choose_sync_method, plan_layout, sync_methods, unplaceable
 from cluster.manifests import MANIFESTS, load_manifest
 from workflows.common import CONFIG_PATH
 
@@ -61,6 +61,13 @@ def targets(cfg, cluster: str) -> list[tuple[str, list[dict], bool, str | None]]
     return [(f"a local machine for cluster={cluster}", nodes, real, None)]
 
 
+def planned_placement(slot, real_gpus: bool) -> dict:
+    """A slot as ``placement()`` would report it: a GPU id per bundle, shared by the actors of one bundle."""
+    gpu = real_gpus and slot.gpus
+    return {"device": "cuda:0" if gpu else "cpu", "node_id": "planned",
+            "accelerator_ids": {"GPU": [f"{slot.group}/{slot.bundle}"]} if gpu else {}}
+
+
 def layout_problems(cfg, nodes: list[dict], real_gpus: bool) -> list[str]:
     """What keeps the config's PPO layout and Ray Train workers off these nodes."""
     ppo, problems = cfg.ppo, []
@@ -69,9 +76,9 @@ def layout_problems(cfg, nodes: list[dict], real_gpus: bool) -> list[str]:
                        ppo.rollout_gpus, cluster_has_gpus=has_gpus)
     if unplaceable(plan.bundles(), nodes):
         problems.append(capacity_error("the PPO actors", plan.bundles(), nodes))
-    device = lambda slot: "cuda" if real_gpus and slot.gpus else "cpu"  # noqa: E731
     try:
-        check_sync_devices(device(plan.model_actors[0]), [device(s) for s in plan.rollout_workers], ppo.weight_sync)
+        sync_methods(ppo.weight_sync, planned_placement(plan.model_actors[0], real_gpus),
+                     [planned_placement(s, real_gpus) for s in plan.rollout_workers])
     except ValueError as error:
         problems.append(str(error))
     trainers = [{"CPU": cfg.cluster.cpus_per_worker} | ({"GPU": 1.0} if cfg.cluster.use_gpu else {})]
@@ -105,13 +112,16 @@ def test_what_a_manifest_runs_itself_fits_it(name):
 
 def test_the_check_fails_on_four_gpus_for_the_multi_gpu_experiment():
     """The manifests' former size: four single-GPU workers cannot hold four model roles and
-    four rollout workers; and CPU rollout workers beside a GPU policy are refused."""
+    four rollout workers; and CPU rollout workers beside a GPU policy take the object store
+    (auto), never a broadcast (gloo against NCCL)."""
     cfg = compose_preset(["experiment=multi_gpu"])
     four_gpus = [{"CPU": 8.0, "GPU": 0.0}] + [{"CPU": 8.0, "GPU": 1.0}] * 4
     problems = layout_problems(cfg, four_gpus, True)
     assert len(problems) == 1 and "missing GPU 4" in problems[0]
     cfg.ppo.rollout_gpus = 0
-    assert any("gloo group to an NCCL one" in p for p in layout_problems(cfg, four_gpus, True))
+    assert layout_problems(cfg, four_gpus, True) == []  # the four model roles fit; workers on CPUs
+    cfg.ppo.weight_sync = "broadcast"
+    assert any("NCCL vs gloo" in p for p in layout_problems(cfg, four_gpus, True))
 
 
 def cluster_cfg(**keys):
@@ -161,12 +171,18 @@ def test_capacity_error_names_what_is_missing_and_what_fits_no_node():
     assert "Free now: CPU 8, GPU 1" in message and "the cluster has CPU 16, GPU 2 on 2 nodes" in message
 
 
-@pytest.mark.parametrize("weight_sync,refused", [("auto", True), ("broadcast", True), ("object_store", False)])
-def test_weight_sync_refuses_a_gloo_group_against_an_nccl_policy(weight_sync, refused):
-    if refused:
-        with pytest.raises(ValueError, match="ppo.rollout_gpus=1"):
-            check_sync_devices("cuda:0", ["cpu", "cpu"], weight_sync)
-    else:
-        check_sync_devices("cuda:0", ["cpu", "cpu"], weight_sync)
-    check_sync_devices("cpu", ["cpu"], weight_sync)
-    check_sync_devices("cuda:0", ["cuda:0", "cuda:0"], weight_sync)
+def test_weight_sync_is_chosen_per_worker_and_refused_where_it_cannot_work():
+    cpu = {"device": "cpu", "node_id": "n0", "accelerator_ids": {}}
+    gpu0, gpu1 = ({"device": "cuda:0", "node_id": "n0", "accelerator_ids": {"GPU": [i]}} for i in ("0", "1"))
+    assert sync_methods("auto", gpu0, [gpu0, gpu1, cpu]) == ["cuda_ipc", "broadcast", "object_store"]
+    assert sync_methods("auto", cpu, [cpu]) == ["object_store"]
+    assert choose_sync_method("broadcast", cpu, cpu) == "broadcast"  # gloo on CPU
+    with pytest.raises(ValueError, match="ppo.rollout_gpus=1"):
+        choose_sync_method("broadcast", gpu0, cpu)  # NCCL vs gloo
+    with pytest.raises(ValueError, match="share one GPU"):
+        choose_sync_method("broadcast", gpu0, gpu0)
+    with pytest.raises(ValueError, match="policy's GPU"):
+        choose_sync_method("cuda_ipc", gpu0, gpu1)
+    assert choose_sync_method("object_store", gpu0, cpu) == "object_store"
+    other_node = gpu0 | {"node_id": "n1"}
+    assert choose_sync_method("auto", gpu0, other_node) == "broadcast"  # GPU 0 of another node

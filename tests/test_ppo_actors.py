@@ -12,9 +12,10 @@ from omegaconf import OmegaConf
 
 from actors.base import ModelActorDied
 from actors.reward import RewardActor, target_word_share
-from actors.weight_sync import WeightSyncError, choose_sync_method, named_weights
+from actors.weight_sync import WeightSyncError, named_weights
 from alignray.config import AlignrayConfig
 from alignray.experience import Experience
+from alignray.layout import choose_sync_method
 from alignray.modeling import load_causal_lm
 from workflows.ppo import PPOCoordinator
 
