@@ -29,7 +29,7 @@ from actors.reference import ReferenceActor
 from actors.reward import RewardActor
 from actors.rollout import RolloutPool, RolloutWorker
 from alignray.config.ppo import PPOConfig
-from alignray.reward_client import TOKEN_ENV
+from alignray.reward.client import TOKEN_ENV
 
 PLACEMENT_TIMEOUT_S = 120
 GPU_FRACTION_GRANULARITY = 1e-4  # Ray's smallest unit of a fractional resource

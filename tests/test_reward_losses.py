@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from alignray.feedback.schema import feedback_table, pairwise_feedback
-from alignray.reward_evaluation import (accuracy_against_votes, calibration_bins, evaluate_against_panels,
+from alignray.reward.evaluation import (accuracy_against_votes, calibration_bins, evaluate_against_panels,
                                         expected_calibration_error, panel_votes)
-from alignray.reward_losses import bradley_terry_loss, pointwise_loss, reward_loss_sums
+from alignray.reward.losses import bradley_terry_loss, pointwise_loss, reward_loss_sums
 
 
 def test_bradley_terry_is_negative_log_sigmoid_of_the_difference():

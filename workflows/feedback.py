@@ -49,7 +49,7 @@ from alignray.feedback.simulated import (HELD_OUT_JUDGE_RATERS, TRAINING_RATERS,
                                          simulate_feedback)
 from alignray.generation import decode_responses, disable_dropout, sample_responses
 from alignray.modeling import load_causal_lm, load_tokenizer, resolve_base_model
-from alignray.reward_evaluation import accuracy_against_votes, panel_votes
+from alignray.reward.evaluation import accuracy_against_votes, panel_votes
 from alignray.rlaif import AI_JUDGE_ID, ai_feedback_rows, model_position_limit
 from alignray.validation import ValidationReport, write_parquet
 from workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
@@ -186,7 +186,7 @@ def simulated_heldout_feedback(cfg: DictConfig, prompts: list[str], responses: l
 
 
 def heldout_pairs(heldout: pa.Table, train_ids: list[str], heldout_ids: list[str]) -> pd.DataFrame:
-    """One row per held-out pair (responses in sorted order, as in alignray.reward_evaluation)."""
+    """One row per held-out pair (responses in sorted order, as in alignray.reward.evaluation)."""
     keys = ["prompt", "response_a", "response_b"]
     held, train = panel_votes(heldout, heldout_ids), panel_votes(heldout, train_ids)
     pairs = held.merge(train, on=keys, suffixes=("_heldout", "_train"))

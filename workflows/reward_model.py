@@ -6,9 +6,9 @@
 
 An ``AutoModelForSequenceClassification(num_labels=1)`` on any backbone is trained with Ray
 Train's ``TorchTrainer`` through the project's DeepSpeed strategy, fed by Ray Data, on
-Bradley-Terry pairs plus pointwise targets (alignray/reward_losses.py). After training its
+Bradley-Terry pairs plus pointwise targets (alignray/reward/losses.py). After training its
 raw output is measured on a reference set and the mean and std are stored in its config
-(alignray/reward_model.py), then it is evaluated on held-out pairwise feedback.
+(alignray/reward/model.py), then it is evaluated on held-out pairwise feedback.
 
 The feedback folder holds (names below): the training tables ``pairs.parquet`` and
 ``pointwise.parquet`` (alignray.feedback.aggregate schemas); optionally ``heldout_feedback.parquet``,
@@ -40,10 +40,10 @@ from alignray.embedded.tweets import is_heldout
 from alignray.feedback.files import FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, PAIRS_FILE, POINTWISE_FILE
 from alignray.feedback import PAIRS_SCHEMA, POINTWISE_SCHEMA, build_training_tables, read_feedback
 from alignray.metrics import plot_curves, read_metrics
-from alignray.reward_evaluation import annotator_groups, evaluate_against_panels, plot_calibration
-from alignray.reward_model import (load_reward_model, minilm_backbone_path, reference_statistics,
+from alignray.reward.evaluation import annotator_groups, evaluate_against_panels, plot_calibration
+from alignray.reward.model import (load_reward_model, minilm_backbone_path, reference_statistics,
                                    save_reward_model)
-from alignray.reward_training import (build_reward_model, collate_reward_rows, reward_batch_loss,
+from alignray.reward.training import (build_reward_model, collate_reward_rows, reward_batch_loss,
                                       training_examples)
 from alignray.validation import validate_table
 from workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app

@@ -30,7 +30,7 @@ from ray.serve import Application
 from actors.runtime import connect, shutdown_if_owned
 from alignray.config import ServeConfig
 from alignray.modeling import pick_device, training_dtype
-from alignray.reward_model import load_reward_model
+from alignray.reward.model import load_reward_model
 from alignray.serve_api import (BatchStats, ModelInfo, Normalization, RequestLimits, ScoredItems,
                                 StatsResponse, build_reward_api, check_bind_is_safe, is_loopback,
                                 load_token, token_digest)
