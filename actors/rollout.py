@@ -20,8 +20,9 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from actors.base import ActorGroup, ModelActor, broadcast_tensor, load_named_weights, named_weights, open_sync_group
 from alignray.config.ppo import PPOConfig
 from alignray.experience import Experience
-from alignray.generation import disable_dropout, make_decoder, sample_responses
+from alignray.generation import disable_dropout, sample_responses
 from alignray.modeling import load_causal_lm, load_tokenizer, training_dtype
+from alignray.static_decoder import make_decoder
 
 log = logging.getLogger(__name__)
 WORKER_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)

@@ -94,7 +94,7 @@ def app_config(args, workdir: Path):
 def default_backbone() -> str:
     from hydra import compose, initialize_config_dir
 
-    from alignray.modeling import resolve_base_model
+    from alignray.base_model import resolve_base_model
     from workflows.common import CONFIG_PATH
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
         cfg = compose(config_name="config")

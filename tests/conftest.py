@@ -12,7 +12,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# No C++ op may JIT-compile during tests (DESIGN.md): these keep DeepSpeed's ops off.
+# These keep DeepSpeed from JIT-compiling any C++ op during tests.
 os.environ.setdefault("DS_BUILD_OPS", "0")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 

@@ -1,9 +1,7 @@
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
-from alignray.embedded.vader import (NUM_RATERS, VADER_LEXICON_SCHEMA, load_vader_lexicon, tokenize, vader_raters,
-                                     write_vader_lexicon)
+from alignray.embedded.vader import NUM_RATERS, VADER_LEXICON_SCHEMA, load_vader_lexicon, tokenize, vader_raters
 from alignray.feedback.aggregate import build_training_tables
 from alignray.feedback.quality import annotator_quality, annotator_weights
 from alignray.feedback.schema import validate_feedback
@@ -25,15 +23,13 @@ def synthetic_responses(n_prompts, per_prompt, seed):
     return [f"prompt {i}" for i in range(n_prompts)], [[text() for _ in range(per_prompt)] for _ in range(n_prompts)]
 
 
-def test_lexicon_table_has_ten_ratings_per_word(tmp_path):
+def test_lexicon_table_has_ten_ratings_per_word():
     lexicon = load_vader_lexicon()
     assert lexicon.schema == VADER_LEXICON_SCHEMA and lexicon.num_rows == 7520
     ratings = np.asarray(lexicon.column("ratings").to_pylist())
     assert ratings.shape == (7520, NUM_RATERS)
     # The stated mean is the mean of the ten ratings (rounded to one decimal in the file).
     assert np.abs(ratings.mean(axis=1) - lexicon.column("mean").to_numpy()).max() <= 0.1 + 1e-9
-    write_vader_lexicon(tmp_path / "vader.parquet")
-    assert pq.read_table(tmp_path / "vader.parquet").equals(lexicon)
 
 
 def test_scores_are_means_over_lexicon_words_never_sums():

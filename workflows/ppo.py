@@ -40,7 +40,8 @@ from alignray.data import format_prompt, prepare_embedded_data, read_prompts, re
 from alignray.experience import Experience, PromptStream, assemble_advantages, sequence_scores
 from alignray.generation import decode_responses
 from alignray.metrics import MetricsLogger, plot_curves, read_metrics
-from alignray.modeling import load_tokenizer, resolve_base_model
+from alignray.base_model import resolve_base_model
+from alignray.modeling import load_tokenizer
 from alignray.ppo import (
     TWEET_CONSTRAINTS_EXAMPLE,
     ConstraintPenalty,
