@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from alignray.artifacts import EVAL_FILE, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, PAIRS_FILE, POINTWISE_FILE  # noqa: E402
 from alignray.embedded.tweets import is_heldout, load_tweets, split_opening  # noqa: E402
 from alignray.embedded.vader import vader_raters  # noqa: E402
 from alignray.feedback import annotator_quality, annotator_weights, build_training_tables, write_feedback  # noqa: E402
@@ -73,10 +74,10 @@ def write_feedback_dir(folder: Path, train_feedback, heldout_feedback, policy: s
     folder.mkdir(parents=True, exist_ok=True)
     quality = annotator_quality(train_feedback)
     tables = build_training_tables(train_feedback, annotator_weights(quality, policy))
-    write_feedback(train_feedback, folder / "feedback.parquet")
-    write_feedback(heldout_feedback, folder / "heldout_feedback.parquet")
-    pq.write_table(tables.pairs, folder / "pairs.parquet")
-    pq.write_table(tables.pointwise, folder / "pointwise.parquet")
+    write_feedback(train_feedback, folder / FEEDBACK_FILE)
+    write_feedback(heldout_feedback, folder / HELDOUT_FEEDBACK_FILE)
+    pq.write_table(tables.pairs, folder / PAIRS_FILE)
+    pq.write_table(tables.pointwise, folder / POINTWISE_FILE)
     return {"flagged": quality.flagged, "counts": tables.counts}
 
 
@@ -150,7 +151,7 @@ def main() -> None:
     evaluations = {}
     for name in ("clean", "poisoned"):
         out = run_reward_model(app_config(args, args.out / "runs"), backbone, args.out / f"feedback-{name}")
-        evaluations[name] = json.loads((out / "eval.json").read_text())
+        evaluations[name] = json.loads((out / EVAL_FILE).read_text())
     rows = [row("clean", evaluations["clean"]["model"]),
             row("poisoned", evaluations["poisoned"]["with_flagged_annotators"]),
             row("poisoned-but-filtered", evaluations["poisoned"]["model"])]

@@ -86,8 +86,7 @@ def read_demonstration_splits(cfg: DictConfig) -> tuple[dict[str, pa.Table], lis
 def _read(path: Path) -> tuple[pa.Table, dict]:
     table, report = read_demonstrations(path)
     print(report.summary(), flush=True)
-    return table, {"file": str(path), "rows_in": report.rows_in, "accepted": report.accepted,
-                   "rejected": report.rejected, "reasons": report.reasons}
+    return table, report.counts()
 
 
 def load_demonstrations(cfg: DictConfig) -> tuple[dict[str, pa.Table], list[dict]]:
