@@ -10,7 +10,8 @@ validated, aggregated into reward-model training tables and reported, as a Hydra
 responses sampled from the policy model; annotators reading through VADER raters
 1..``train_annotators`` (plus an injected bad-faith share) give every form of feedback. With
 ``ai_share > 0`` that share of the pairwise items is judged by the AI judge instead
-(source ``ai``, annotator ``ai-judge``; actors/judge.py, alignray/rlaif.py). Pairs of
+(source ``ai``, annotator ``ai-judge``; actors/judge.py, alignray/rlaif.py,
+alignray/feedback/ai_share.py). Pairs of
 responses to held-out prompts are judged by the training raters and by the held-out raters
 6-10; the AI judge, when it runs, judges them too, and its agreement with the held-out
 raters is reported. ``source=files``: every file is validated row by row; bad rows are
@@ -22,6 +23,9 @@ feedback ``heldout_feedback.parquet`` (raw pairwise rows on held-out prompts) an
 ``heldout_pairs.parquet`` (one row per held-out pair: prompt, response_a, response_b,
 heldout_preference and train_preference = share of each panel's votes for response_a, and
 the vote counts); ``report.md`` with PNG figures; ``summary.json``.
+
+The domain logic is in alignray/feedback/ (sampling, simulated, heldout, ai_share, schema,
+quality, aggregate, report); this app wires it.
 """
 from __future__ import annotations
 
