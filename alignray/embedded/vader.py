@@ -90,12 +90,6 @@ class LexiconRaters:
         rows = [self._row_of_word[word] for word in self.lexicon_words(text)]
         return self._ratings[rows].mean(axis=0) if rows else np.zeros(NUM_RATERS)
 
-    def score(self, text: str, rater: int) -> float:
-        """Rater ``rater`` (1..10) on ``text``."""
-        if not 1 <= rater <= NUM_RATERS:
-            raise ValueError(f"rater {rater} is not in 1..{NUM_RATERS}")
-        return float(self.all_scores(text)[rater - 1])
-
 
 @lru_cache(maxsize=1)
 def vader_raters() -> LexiconRaters:
