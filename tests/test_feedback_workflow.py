@@ -128,8 +128,9 @@ def test_malformed_feedback_file_surfaces_row_errors_and_loses_nothing(tmp_path,
 
 def test_quality_control_flags_an_ai_judge_at_chance(ray_cluster, tiny_base_model, tmp_path):
     """Annotators who read the lexicon agree on glad vs glum replies; the tiny test model (a few
-    seconds of pretraining) cannot tell them apart. Judging half the pairs, it must be flagged
-    like any annotator at or below chance, and the report must say so."""
+    seconds of pretraining) agrees with them on 0.56 of all 120 pairs, not significantly more
+    than chance. Judging half the pairs, it must be flagged like any annotator at chance, and
+    the report must say so."""
     glad, glum = ["love this", "great fun", "so happy", "best day"], ["hate this", "awful mess", "so sad", "worst day"]
     prompts = [f"tweet number {i}" for i in range(40)]
     responses = [[f"{glad[i % 4]} {i}", f"{glum[i % 4]} {i}", f"{glad[(i + 1) % 4]} and {glum[i % 4]} {i}"]
