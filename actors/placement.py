@@ -25,7 +25,7 @@ from actors.rollout import RolloutPool, RolloutWorker
 from actors.runtime import placement_timeout
 from alignray.config.ppo import PPOConfig
 from alignray.layout import LayoutPlan, Slot, plan_layout, sync_methods
-from alignray.reward_client import TOKEN_ENV
+from alignray.reward.client import TOKEN_ENV
 
 
 def reserve(plan: LayoutPlan, timeout_s: float) -> list:

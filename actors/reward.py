@@ -1,8 +1,8 @@
 """The reward: one score per (prompt, response), from a frozen scorer chosen in config
 (``ppo.reward.kind``):
 
-- ``model``: the trained reward model, through ``alignray.reward_model.load_reward_model``;
-- ``http``: the Ray Serve reward endpoint at ``ppo.reward.url``, through ``alignray.reward_client``;
+- ``model``: the trained reward model, through ``alignray.reward.model.load_reward_model``;
+- ``http``: the Ray Serve reward endpoint at ``ppo.reward.url``, through ``alignray.reward.client``;
 - ``annotators``: the oracle reward, the mean score of the simulated training annotators
   1-5 (never the held-out judge 6-10); for ablations and for runs before a reward model exists;
 - ``target_word``: the share of a response's words equal to ``ppo.reward.target_word``, a
@@ -46,12 +46,12 @@ class RewardActor(ModelActor):
         if reward.kind == "model":
             if not reward_model_path:
                 raise ValueError("ppo.reward.kind=model needs a reward model path")
-            from alignray.reward_model import load_reward_model
+            from alignray.reward.model import load_reward_model
             self.scorer = load_reward_model(reward_model_path, device=self.device)
         elif reward.kind == "http":
             if not reward.url:
                 raise ValueError("ppo.reward.kind=http needs ppo.reward.url")
-            from alignray.reward_client import RewardClient
+            from alignray.reward.client import RewardClient
             self.scorer = RewardClient(reward.url)
 
     @torch.no_grad()

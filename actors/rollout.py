@@ -21,9 +21,10 @@ from actors.base import ActorGroup, ModelActor
 from actors.weight_sync import WeightReceiver
 from alignray.config.ppo import PPOConfig
 from alignray.experience import PromptBatch, Rollout
-from alignray.generation import disable_dropout, make_decoder, sample_responses
+from alignray.generation import disable_dropout, sample_responses
 from alignray.modeling import load_causal_lm, load_tokenizer, training_dtype
 from alignray.seeds import derived_seed
+from alignray.static_decoder import make_decoder
 
 log = logging.getLogger(__name__)
 WORKER_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)

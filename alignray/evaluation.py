@@ -1,6 +1,6 @@
 """Evaluation of a policy against a reference, and guards against reward hacking.
 
-A high win-rate alone proves little: the prototype (DESIGN.md) reached > 0.9 with every
+A high win-rate alone proves little: the project's prototype reached > 0.9 with every
 judge by collapsing to "the best." or "best best best". So a win-rate is reported with a
 bootstrap interval and next to guards that catch such collapse: degenerate outputs, length
 shrinkage, KL from the reference and fluency under the SFT model.

@@ -11,6 +11,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+from alignray.artifacts import METRICS_FILE  # noqa: E402
+
 
 class MetricsLogger:
     """Appends one JSON object per `log` call to `<out_dir>/metrics.jsonl` and prints a
@@ -18,7 +20,7 @@ class MetricsLogger:
 
     def __init__(self, out_dir: str | Path, total_steps: int | None = None, name: str = "",
                  stream=sys.stdout):
-        self.path = Path(out_dir) / "metrics.jsonl"
+        self.path = Path(out_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.total_steps = total_steps
         self.name = name

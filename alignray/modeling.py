@@ -61,16 +61,19 @@ def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     return out
 
 
-def resolve_base_model(model_cfg, cache_dir: str | os.PathLike, seed: int = 0) -> str:
-    """The base model's path or hub id for `model.source` (embedded / hf / smollm2_gguf)."""
-    if model_cfg.source == "embedded":
-        from alignray.embedded.pretrain import build_base_model
-        return str(build_base_model(model_cfg.embedded, cache_dir, seed))
-    if model_cfg.source == "smollm2_gguf":
-        from alignray.embedded.smollm2 import convert_smollm2
-        return str(convert_smollm2(cache_dir))
-    if model_cfg.source == "hf":
-        if not model_cfg.path:
-            raise ValueError("model.source=hf needs model.path (a hub id or a local folder)")
-        return str(model_cfg.path)
-    raise ValueError(f"model.source must be embedded, hf or smollm2_gguf, not {model_cfg.source!r}")
+def position_limit(model) -> int | None:
+    """How many positions ``model`` reads, from its config: a loaded model, its config, or
+    a model folder or hub id. None when the config states no limit."""
+    if isinstance(model, (str, os.PathLike)):
+        model = AutoConfig.from_pretrained(str(model))
+    config = getattr(model, "config", model)
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def check_position_limit(model, needed: int, what: str) -> None:
+    """Refuse now what would crash the position embedding later: ``needed`` positions (made
+    of ``what``, named by the config keys that set it) beyond the model's limit."""
+    limit = position_limit(model)
+    if limit is not None and needed > limit:
+        where = f" ({model})" if isinstance(model, (str, os.PathLike)) else ""
+        raise ValueError(f"{what} = {needed} positions exceed the model's {limit}{where}")

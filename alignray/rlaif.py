@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from alignray.data import format_prompt
-from alignray.feedback.schema import pairwise_feedback
+from alignray.feedback.schema import AI_JUDGE_ID, pairwise_feedback
 from alignray.generation import position_ids_from_mask, token_logprobs
+from alignray.modeling import position_limit
 
-AI_JUDGE_ID = "ai-judge"
 ANSWER_LABELS = ("A", "B")
 ANSWER_PREFIX = "The better reply is"
 # Short on purpose: the embedded default's model has 64 positions, and every token of the
@@ -49,11 +49,6 @@ def answer_token_ids(tokenizer, labels: Sequence[str] = ANSWER_LABELS) -> list[i
     if len(set(ids)) != len(ids):
         raise ValueError(f"the answers {labels} start with the same token {ids}: the judge cannot tell them apart")
     return ids
-
-
-def model_position_limit(model) -> int | None:
-    config = model.config
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
 def clip_tokens(tokenizer, text: str, max_tokens: int) -> tuple[str, bool]:
@@ -130,7 +125,7 @@ def swap_averaged(margin_ab: np.ndarray, margin_ba: np.ndarray) -> SwapAveraged:
 def judge_pairs(model, tokenizer, prompts: Sequence[str], replies_a: Sequence[str], replies_b: Sequence[str],
                 batch_size: int = 16, max_reply_tokens: int = 64) -> dict[str, np.ndarray]:
     """P(a better), position bias and count of clipped texts per pair, both orders judged."""
-    limit = model_position_limit(model)
+    limit = position_limit(model)
     fitted = [fitted_judge_texts(tokenizer, p, a, b, limit, max_reply_tokens)
               for p, a, b in zip(prompts, replies_a, replies_b, strict=True)]
     answer_ids = answer_token_ids(tokenizer)

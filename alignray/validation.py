@@ -79,6 +79,23 @@ class ValidationReport:
             text += f"; ignored columns not in the schema: {', '.join(self.ignored_columns)}"
         return text
 
+    def counts(self, max_errors: int = 0) -> dict:
+        """The counts as plain data (for a summary.json), with the first ``max_errors`` errors."""
+        counts = {"file": self.file, "rows_in": self.rows_in, "accepted": self.accepted,
+                  "rejected": self.rejected, "reasons": self.reasons}
+        return counts | ({"errors": [str(error) for error in self.errors[:max_errors]]} if max_errors else {})
+
+    @classmethod
+    def combined(cls, reports: Sequence[ValidationReport]) -> ValidationReport:
+        """One report for several files: counts, errors and reasons added up."""
+        if len(reports) == 1:
+            return reports[0]
+        reasons: Counter[str] = Counter()
+        for report in reports:
+            reasons.update(report.reasons)
+        return cls(f"{len(reports)} files", sum(r.rows_in for r in reports), sum(r.accepted for r in reports),
+                   sum(r.rejected for r in reports), [e for r in reports for e in r.errors], dict(reasons))
+
 
 class DataValidationError(ValueError):
     """Raised by strict validation; names file, row and field of the first errors."""
@@ -116,6 +133,46 @@ def _cast_column(
     return pa.chunked_array(values, type=target), errors
 
 
+def _cast_to_schema(table: pa.Table, schema: pa.Schema, file: str, errors: list[RowError],
+                    reasons: Counter[str], bad_rows: set[int]) -> pa.Table:
+    """Steps 1-3 of the module docstring: every column cast to its type, nulls in required
+    fields found; errors, reasons and bad rows are added to the caller's."""
+    columns = []
+    for target in schema:
+        if target.name not in table.column_names:
+            columns.append(pa.chunked_array([pa.nulls(table.num_rows, target.type)], type=target.type))
+            continue
+        column, cast_errors = _cast_column(table.column(target.name), target.type, target.name, file)
+        errors += cast_errors
+        reasons["wrong type"] += len(cast_errors)
+        cast_failed = {e.row for e in cast_errors}
+        bad_rows |= cast_failed
+        if not target.nullable:
+            null_rows = pc.indices_nonzero(pc.is_null(column)).to_pylist()
+            for i in null_rows:
+                if i not in cast_failed:
+                    errors.append(RowError(file, i, target.name, "null in a required field"))
+                    reasons["null in required field"] += 1
+                    bad_rows.add(i)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _check_rows(table: pa.Table, row_checks: list[RowCheck], file: str, errors: list[RowError],
+                reasons: Counter[str], bad_rows: set[int]) -> None:
+    """Step 4: the row checks, on the rows that passed steps 2-3."""
+    if not row_checks:
+        return
+    for i, row in enumerate(table.to_pylist()):
+        if i in bad_rows:
+            continue
+        for check in row_checks:
+            for field_name, message in check(row):
+                errors.append(RowError(file, i, field_name, message))
+                reasons[f"invalid {field_name}"] += 1
+                bad_rows.add(i)
+
+
 def validate_table(
     table: pa.Table,
     schema: pa.Schema,
@@ -146,36 +203,8 @@ def validate_table(
         return schema.empty_table(), report
 
     bad_rows: set[int] = set()
-    columns = []
-    for target in schema:
-        if target.name not in table.column_names:
-            columns.append(pa.chunked_array([pa.nulls(rows_in, target.type)], type=target.type))
-            continue
-        column, cast_errors = _cast_column(table.column(target.name), target.type, target.name, file)
-        errors += cast_errors
-        reasons["wrong type"] += len(cast_errors)
-        cast_failed = {e.row for e in cast_errors}
-        bad_rows |= cast_failed
-        if not target.nullable:
-            null_rows = pc.indices_nonzero(pc.is_null(column)).to_pylist()
-            for i in null_rows:
-                if i not in cast_failed:
-                    errors.append(RowError(file, i, target.name, "null in a required field"))
-                    reasons["null in required field"] += 1
-                    bad_rows.add(i)
-        columns.append(column)
-    cast_table = pa.Table.from_arrays(columns, schema=schema)
-
-    row_checks = list(row_checks)
-    if row_checks:
-        for i, row in enumerate(cast_table.to_pylist()):
-            if i in bad_rows:
-                continue
-            for check in row_checks:
-                for field_name, message in check(row):
-                    errors.append(RowError(file, i, field_name, message))
-                    reasons[f"invalid {field_name}"] += 1
-                    bad_rows.add(i)
+    cast_table = _cast_to_schema(table, schema, file, errors, reasons, bad_rows)
+    _check_rows(cast_table, list(row_checks), file, errors, reasons, bad_rows)
 
     errors.sort(key=lambda e: (-1 if e.row is None else e.row, e.field))
     keep = pa.array([i not in bad_rows for i in range(rows_in)], type=pa.bool_())

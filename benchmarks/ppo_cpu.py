@@ -50,7 +50,7 @@ def make_models(work: Path, seed: int) -> Path:
 
     from alignray.embedded.pretrain import train_tokenizer
     from alignray.embedded.tweets import load_tweets
-    from alignray.reward_model import init_reward_model, save_reward_model
+    from alignray.reward.model import init_reward_model, save_reward_model
 
     models = work / "models"
     tokenizer = train_tokenizer([t.text for t in load_tweets()], 4096)

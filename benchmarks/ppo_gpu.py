@@ -145,7 +145,7 @@ def bench_ppo(work: Path, model_path: Path, cpu_smoke: bool, steps: int) -> dict
     from hydra import compose, initialize_config_dir
 
     from alignray.metrics import read_metrics
-    from alignray.reward_model import init_reward_model, save_reward_model
+    from alignray.reward.model import init_reward_model, save_reward_model
     from workflows.common import CONFIG_PATH
     from workflows.ppo import run_ppo
     prompts = work / "prompts.parquet"

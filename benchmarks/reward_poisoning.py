@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from alignray.artifacts import EVAL_FILE, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, PAIRS_FILE, POINTWISE_FILE  # noqa: E402
 from alignray.embedded.tweets import is_heldout, load_tweets, split_opening  # noqa: E402
 from alignray.embedded.vader import vader_raters  # noqa: E402
 from alignray.feedback import annotator_quality, annotator_weights, build_training_tables, write_feedback  # noqa: E402
@@ -74,10 +75,10 @@ def write_feedback_dir(folder: Path, train_feedback, heldout_feedback, policy: s
     folder.mkdir(parents=True, exist_ok=True)
     quality = annotator_quality(train_feedback)
     tables = build_training_tables(train_feedback, annotator_weights(quality, policy))
-    write_feedback(train_feedback, folder / "feedback.parquet")
-    write_feedback(heldout_feedback, folder / "heldout_feedback.parquet")
-    pq.write_table(tables.pairs, folder / "pairs.parquet")
-    pq.write_table(tables.pointwise, folder / "pointwise.parquet")
+    write_feedback(train_feedback, folder / FEEDBACK_FILE)
+    write_feedback(heldout_feedback, folder / HELDOUT_FEEDBACK_FILE)
+    pq.write_table(tables.pairs, folder / PAIRS_FILE)
+    pq.write_table(tables.pointwise, folder / POINTWISE_FILE)
     return {"flagged": quality.flagged, "counts": tables.counts}
 
 
@@ -95,7 +96,7 @@ def app_config(args, workdir: Path):
 def default_backbone() -> str:
     from hydra import compose, initialize_config_dir
 
-    from alignray.modeling import resolve_base_model
+    from alignray.base_model import resolve_base_model
     from workflows.common import CONFIG_PATH
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
         cfg = compose(config_name="config")
@@ -151,7 +152,7 @@ def main() -> None:
     evaluations = {}
     for name in ("clean", "poisoned"):
         out = run_reward_model(app_config(args, args.out / "runs"), backbone, args.out / f"feedback-{name}")
-        evaluations[name] = json.loads((out / "eval.json").read_text())
+        evaluations[name] = json.loads((out / EVAL_FILE).read_text())
     rows = [row("clean", evaluations["clean"]["model"]),
             row("poisoned", evaluations["poisoned"]["with_flagged_annotators"]),
             row("poisoned-but-filtered", evaluations["poisoned"]["model"])]

@@ -74,7 +74,7 @@ def main() -> None:
     from alignray.config.cluster import ClusterConfig
     from alignray.config.model import ModelConfig
     from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, judge_scores
-    from alignray.modeling import resolve_base_model
+    from alignray.base_model import resolve_base_model
 
     judge = args.judge or resolve_base_model(ModelConfig(), Path("~/.cache/alignray").expanduser())
     pairs = tweet_pairs(args.pairs, args.seed)

@@ -39,13 +39,13 @@ BACKBONES = {"tiny": None, "wide": {"n_layer": 6, "n_embd": 512, "n_head": 8}}
 
 def benchmark_reward_model(out_dir: Path, backbone: str) -> Path:
     """A reward model (fresh scalar head) on the chosen backbone, built through
-    alignray.reward_model like any other."""
+    alignray.reward.model like any other."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from alignray.embedded.pretrain import TINY_TEST_RECIPE, build_base_model
     from alignray.modeling import load_tokenizer, save_pretrained
-    from alignray.reward_model import init_reward_model, save_reward_model
+    from alignray.reward.model import init_reward_model, save_reward_model
     torch.manual_seed(0)
     base = build_base_model(TINY_TEST_RECIPE, cache_dir=Path(".alignray-cache") / "tests", seed=0)
     if BACKBONES[backbone]:

@@ -13,8 +13,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# No C++ op may JIT-compile during tests (DESIGN.md): these keep DeepSpeed's ops off. On a
-# GPU machine (`pytest -m gpu`) DeepSpeed keeps its CUDA accelerator.
+# These keep DeepSpeed from JIT-compiling any C++ op during tests; on a GPU machine
+# (`pytest -m gpu`) DeepSpeed keeps its CUDA accelerator.
 os.environ.setdefault("DS_BUILD_OPS", "0")
 os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 

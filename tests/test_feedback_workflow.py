@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
 
 from alignray.feedback import FEEDBACK_SCHEMA, PAIRS_SCHEMA, POINTWISE_SCHEMA
+from alignray.feedback.heldout import HELDOUT_PAIRS_SCHEMA
 from alignray.feedback.simulated import make_annotator_pool, simulate_feedback
 from workflows.common import CONFIG_PATH
-from workflows.feedback import HELDOUT_PAIRS_SCHEMA, run_feedback
+from workflows.feedback import run_feedback
 
 
 def _config(tmp_path, overrides):
@@ -61,9 +63,16 @@ def test_ai_judge_replaces_its_share_of_the_pairwise_items(simulated_run):
     human_pairwise = {(row["prompt"], *row["responses"]) for row in rows
                       if row["kind"] == "pairwise" and row["source"] != "ai"}
     assert not ai_items & human_pairwise and len(ai_items | human_pairwise) == rlaif["pairwise_items"]
-    assert 0.0 <= rlaif["agreement_with_heldout_raters"] <= 1.0
     heldout_pairs = pq.read_metadata(out / "heldout_pairs.parquet").num_rows
     assert rlaif["items"] + rlaif["items_without_majority"] == heldout_pairs
+    # The agreement figures are those of the held-out pairs file: pairs with a held-out majority,
+    # the training raters' majority right or wrong, half where they split.
+    pairs = pq.read_table(out / "heldout_pairs.parquet").to_pandas()
+    decided = pairs[pairs["heldout_preference"] != 0.5]
+    training_right = np.where(decided["train_preference"] == 0.5, 0.5,
+                              (decided["train_preference"] > 0.5) == (decided["heldout_preference"] > 0.5))
+    assert rlaif["items"] == len(decided)
+    assert rlaif["training_raters_agreement_with_heldout_raters"] == pytest.approx(training_right.mean())
 
 
 def test_summary_counts_and_report(simulated_run):
@@ -115,3 +124,25 @@ def test_malformed_feedback_file_surfaces_row_errors_and_loses_nothing(tmp_path,
     assert f"row {bad_winner}, field 'winner'" in logged
     assert pq.read_metadata(out / "feedback.parquet").num_rows == len(rows) + 8
     assert "2 rejected" in (out / "report.md").read_text()
+
+
+def test_quality_control_flags_an_ai_judge_at_chance(ray_cluster, tiny_base_model, tmp_path):
+    """Annotators who read the lexicon agree on glad vs glum replies; the tiny test model (a few
+    seconds of pretraining) agrees with them on 0.56 of all 120 pairs, not significantly more
+    than chance. Judging half the pairs, it must be flagged like any annotator at chance, and
+    the report must say so."""
+    glad, glum = ["love this", "great fun", "so happy", "best day"], ["hate this", "awful mess", "so sad", "worst day"]
+    prompts = [f"tweet number {i}" for i in range(40)]
+    responses = [[f"{glad[i % 4]} {i}", f"{glum[i % 4]} {i}", f"{glad[(i + 1) % 4]} and {glum[i % 4]} {i}"]
+                 for i in range(40)]
+    feedback = simulate_feedback(make_annotator_pool(), prompts, responses, forms=("pairwise", "ranking"))
+    pq.write_table(feedback, tmp_path / "feedback.parquet")
+    cfg = _config(tmp_path, ["feedback=files", f"feedback.path={tmp_path / 'feedback.parquet'}",
+                             "feedback.ai_share=0.5", "feedback.judge_actors=2"])
+    out = run_feedback(cfg, str(tiny_base_model))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rlaif"]["items_replaced"] == 60
+    verdicts = summary["verdicts"]
+    assert verdicts["ai-judge"] in ("adversarial", "uninformative")
+    assert all(verdicts[f"rater{r}"] == "ok" for r in range(1, 6))  # the check does pass annotators who can judge
+    assert f"flags the AI judge as **{verdicts['ai-judge']}**" in (out / "report.md").read_text()

@@ -64,7 +64,7 @@ def test_reward_actor_scores_with_each_kind_and_the_critic_loads_an_rm_backbone(
     from actors.critic import ValueModel
     from alignray.config.ppo import PPORewardConfig
     from alignray.feedback.simulated import TRAINING_RATERS, judge_scores
-    from alignray.reward_model import init_reward_model, load_reward_model, save_reward_model
+    from alignray.reward.model import init_reward_model, load_reward_model, save_reward_model
     model, tokenizer = init_reward_model(tiny_base_model)
     save_reward_model(model, tokenizer, tmp_path / "rm", mean=1.0, std=2.0)
     prompts, responses = ["I love the new", "Flying with"], ["phone, it is great", "delays again, awful"]

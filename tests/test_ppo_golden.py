@@ -39,7 +39,7 @@ def deterministic(record: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def golden_run(ray_cluster, tiny_base_model, tmp_path_factory) -> list[dict]:
-    from alignray.reward_model import init_reward_model, save_reward_model
+    from alignray.reward.model import init_reward_model, save_reward_model
     workdir = tmp_path_factory.mktemp("golden")
     torch.manual_seed(0)
     model, tokenizer = init_reward_model(tiny_base_model)

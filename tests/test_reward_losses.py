@@ -6,41 +6,32 @@ import pytest
 import torch
 
 from alignray.feedback.schema import feedback_table, pairwise_feedback
-from alignray.reward_evaluation import (accuracy_against_votes, calibration_bins, evaluate_against_panels,
+from alignray.reward.evaluation import (accuracy_against_votes, calibration_bins, evaluate_against_panels,
                                         expected_calibration_error, panel_votes)
-from alignray.reward_losses import bradley_terry_loss, pointwise_loss, reward_loss_sums
+from alignray.reward.losses import bradley_terry_per_pair, pointwise_per_example, reward_loss_sums
 
 
 def test_bradley_terry_is_negative_log_sigmoid_of_the_difference():
     chosen, rejected = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 0.0])
     expected = (-math.log(1 / (1 + math.exp(-1.0))) - math.log(0.5)) / 2
-    assert bradley_terry_loss(chosen, rejected).item() == pytest.approx(expected)
+    assert bradley_terry_per_pair(chosen, rejected).mean().item() == pytest.approx(expected)
 
 
-def test_margin_shifts_the_difference_and_weights_make_a_weighted_mean():
+def test_margin_shifts_the_difference():
     chosen, rejected = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 3.0])
-    with_margin = bradley_terry_loss(chosen, rejected, margins=torch.tensor([1.0, 0.0]))
+    with_margin = bradley_terry_per_pair(chosen, rejected, margins=torch.tensor([1.0, 0.0])).mean()
     assert with_margin.item() == pytest.approx((math.log(2) + math.log(1 + math.exp(3.0))) / 2)
-    only_first = bradley_terry_loss(chosen, rejected, weights=torch.tensor([1.0, 0.0]))
-    assert only_first.item() == pytest.approx(math.log(1 + math.exp(-1.0)))
-    doubled = bradley_terry_loss(chosen, rejected, weights=torch.tensor([2.0, 2.0]))
-    assert doubled.item() == pytest.approx(bradley_terry_loss(chosen, rejected).item())
 
 
 def test_bradley_terry_is_stable_for_large_differences():
-    loss = bradley_terry_loss(torch.tensor([-200.0]), torch.tensor([200.0]))
+    loss = bradley_terry_per_pair(torch.tensor([-200.0]), torch.tensor([200.0])).mean()
     assert loss.item() == pytest.approx(400.0)
 
 
-def test_zero_total_weight_is_refused():
-    with pytest.raises(ValueError, match="sum to zero"):
-        bradley_terry_loss(torch.tensor([1.0]), torch.tensor([0.0]), weights=torch.tensor([0.0]))
-
-
 def test_pointwise_loss_is_soft_label_cross_entropy():
-    loss = pointwise_loss(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.25]))
+    loss = pointwise_per_example(torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.25])).mean()
     assert loss.item() == pytest.approx(math.log(2))
-    assert pointwise_loss(torch.tensor([50.0]), torch.tensor([1.0])).item() == pytest.approx(0.0, abs=1e-6)
+    assert pointwise_per_example(torch.tensor([50.0]), torch.tensor([1.0])).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_loss_sums_weigh_pointwise_examples_and_report_accuracy_parts():

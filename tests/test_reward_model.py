@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from alignray.feedback import annotator_quality, annotator_weights, build_training_tables, write_feedback
 from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, make_annotator_pool, simulate_feedback
-from alignray.reward_model import (MEAN_KEY, STD_KEY, RewardModel, init_reward_model, load_reward_model,
+from alignray.reward.model import (MEAN_KEY, STD_KEY, RewardModel, init_reward_model, load_reward_model,
                                    reference_statistics, save_reward_model)
 from alignray.metrics import read_metrics
 from workflows.common import CONFIG_PATH
@@ -166,7 +166,7 @@ class StubEndpoint:
 
 
 def test_client_sends_the_token_chunks_requests_and_retries_busy_answers():
-    from alignray.reward_client import RewardClient
+    from alignray.reward.client import RewardClient
 
     stub = StubEndpoint(token="s3cret-token", failures=1)
     try:
@@ -182,7 +182,7 @@ def test_client_sends_the_token_chunks_requests_and_retries_busy_answers():
 
 
 def test_client_raises_at_once_on_a_refusal_and_after_retries_when_unreachable():
-    from alignray.reward_client import RewardClient, RewardEndpointError
+    from alignray.reward.client import RewardClient, RewardEndpointError
 
     stub = StubEndpoint(token="s3cret-token")
     try:

@@ -261,7 +261,7 @@ def reward_model_dir(tiny_base_model, tmp_path_factory):
     """A reward model from the tiny base model: an untrained head, but stored normalisation."""
     import torch
 
-    from alignray.reward_model import init_reward_model, save_reward_model
+    from alignray.reward.model import init_reward_model, save_reward_model
     torch.manual_seed(0)
     model, tokenizer = init_reward_model(tiny_base_model)
     return save_reward_model(model, tokenizer, tmp_path_factory.mktemp("rm") / "tiny-rm", MEAN, STD)
@@ -291,7 +291,7 @@ def post(url, path, body, headers=AUTH, **kwargs):
 
 
 def test_http_score_equals_in_process_score(server, reward_model_dir):
-    from alignray.reward_model import load_reward_model
+    from alignray.reward.model import load_reward_model
     expected = load_reward_model(reward_model_dir, device="cpu").score(PROMPTS, RESPONSES).tolist()
     reply = post(server, "/v1/score", {"prompts": PROMPTS, "responses": RESPONSES})
     assert reply.status_code == 200, reply.text
@@ -303,7 +303,7 @@ def test_http_score_equals_in_process_score(server, reward_model_dir):
 
 
 def test_compatibility_route_scores_full_texts(server, reward_model_dir):
-    from alignray.reward_model import load_reward_model, reward_texts
+    from alignray.reward.model import load_reward_model, reward_texts
     tokenizer = load_reward_model(reward_model_dir, device="cpu").tokenizer
     queries = reward_texts(tokenizer, PROMPTS, RESPONSES)
     # OpenRLHF also sends prompts and labels; they are ignored.
@@ -314,7 +314,7 @@ def test_compatibility_route_scores_full_texts(server, reward_model_dir):
 
 
 def test_reward_client_talks_to_the_endpoint(server):
-    from alignray.reward_client import RewardClient, RewardEndpointError
+    from alignray.reward.client import RewardClient, RewardEndpointError
     client = RewardClient(server, token=TOKEN, timeout=30, retries=1, max_items_per_request=2)
     pairs = post(server, "/v1/score", {"prompts": PROMPTS, "responses": RESPONSES}).json()
     assert client.score(PROMPTS, RESPONSES) == pytest.approx(pairs["rewards"], abs=1e-5)

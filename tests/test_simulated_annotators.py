@@ -1,9 +1,7 @@
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
-from alignray.embedded.vader import (NUM_RATERS, VADER_LEXICON_SCHEMA, load_vader_lexicon, tokenize, vader_raters,
-                                     write_vader_lexicon)
+from alignray.embedded.vader import NUM_RATERS, VADER_LEXICON_SCHEMA, load_vader_lexicon, tokenize, vader_raters
 from alignray.feedback.aggregate import build_training_tables
 from alignray.feedback.quality import annotator_quality, annotator_weights
 from alignray.feedback.schema import validate_feedback
@@ -25,33 +23,29 @@ def synthetic_responses(n_prompts, per_prompt, seed):
     return [f"prompt {i}" for i in range(n_prompts)], [[text() for _ in range(per_prompt)] for _ in range(n_prompts)]
 
 
-def test_lexicon_table_has_ten_ratings_per_word(tmp_path):
+def test_lexicon_table_has_ten_ratings_per_word():
     lexicon = load_vader_lexicon()
     assert lexicon.schema == VADER_LEXICON_SCHEMA and lexicon.num_rows == 7520
     ratings = np.asarray(lexicon.column("ratings").to_pylist())
     assert ratings.shape == (7520, NUM_RATERS)
     # The stated mean is the mean of the ten ratings (rounded to one decimal in the file).
     assert np.abs(ratings.mean(axis=1) - lexicon.column("mean").to_numpy()).max() <= 0.1 + 1e-9
-    write_vader_lexicon(tmp_path / "vader.parquet")
-    assert pq.read_table(tmp_path / "vader.parquet").equals(lexicon)
 
 
 def test_scores_are_means_over_lexicon_words_never_sums():
     raters = vader_raters()
     assert tokenize("Great, GREAT day!! Don't") == ["great", "great", "day", "don't"]
-    one = raters.score("good", 1)
-    assert raters.score("good good good good", 1) == one  # repetition pays nothing
-    assert raters.score("good, said the table", 1) == one  # non-lexicon words do not dilute
-    assert raters.score("the table and the chair", 4) == 0.0  # neutral when no lexicon word
-    assert raters.score("love", 8) == 4.0 and raters.score("love", 1) == 3.0  # "love": [3, 3, 3, 3, 3, 3, 3, 4, 4, 3]
-    with pytest.raises(ValueError):
-        raters.score("good", 0)
+    one = raters.all_scores("good")[0]  # index 0 is rater 1
+    assert raters.all_scores("good good good good")[0] == one  # repetition pays nothing
+    assert raters.all_scores("good, said the table")[0] == one  # non-lexicon words do not dilute
+    assert raters.all_scores("the table and the chair")[3] == 0.0  # neutral when no lexicon word
+    assert raters.all_scores("love")[7] == 4.0 and raters.all_scores("love")[0] == 3.0  # "love": [3, 3, 3, 3, 3, 3, 3, 4, 4, 3]
 
 
 def test_held_out_judge_is_disjoint_from_training_raters():
     assert set(TRAINING_RATERS).isdisjoint(HELD_OUT_JUDGE_RATERS)
     assert set(TRAINING_RATERS) | set(HELD_OUT_JUDGE_RATERS) == set(range(1, 11))
-    expected = np.mean([vader_raters().score("love it", r) for r in HELD_OUT_JUDGE_RATERS])
+    expected = np.mean([vader_raters().all_scores("love it")[r - 1] for r in HELD_OUT_JUDGE_RATERS])
     assert judge_scores(["love it"])[0] == pytest.approx(expected)
 
 

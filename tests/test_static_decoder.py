@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from alignray.generation import HFDecoder, make_decoder, response_logits, sample_responses, token_logprobs
-from alignray.static_decoder import StaticDecoder
+from alignray.generation import HFDecoder, response_logits, sample_responses, token_logprobs
+from alignray.static_decoder import StaticDecoder, make_decoder
 
 LOGPROB_TOLERANCE = 1e-4
 VOCAB, EOS, PAD = 96, 3, 0

@@ -102,3 +102,17 @@ def test_write_refuses_invalid_rows_and_unknown_keys(tmp_path):
     with pytest.raises(ValueError, match="typo"):
         write_parquet([{"prompt": "a", "score": 0.1, "typo": 1}], tmp_path / "t.parquet", SCHEMA)
     assert not (tmp_path / "t.parquet").exists()
+
+
+def test_reports_of_several_files_combine_into_one_and_count_as_plain_data():
+    bad = pa.table({"prompt": ["a", None, "c"], "score": [0.5, 0.5, 2.0]})
+    _, first = validate_table(bad, SCHEMA, "one.parquet", [score_in_unit_interval], strict=False)
+    _, second = validate_table(pa.table({"prompt": ["d"], "score": [0.1]}), SCHEMA, "two.parquet", strict=False)
+    both = ValidationReport.combined([first, second])
+    assert (both.file, both.rows_in, both.accepted, both.rejected) == ("2 files", 4, 2, 2)
+    assert both.reasons == {"null in required field": 1, "invalid score": 1} and len(both.errors) == 2
+    assert ValidationReport.combined([second]) is second
+    counts = first.counts(max_errors=1)
+    assert counts == {"file": "one.parquet", "rows_in": 3, "accepted": 1, "rejected": 2, "reasons": first.reasons,
+                      "errors": [str(first.errors[0])]}
+    assert "errors" not in second.counts()

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from alignray.artifacts import is_complete, mark_complete  # noqa: F401  (the apps take them from here)
 from alignray.config import register_configs
+from alignray.data import prepare_embedded_data
 
 register_configs()
 # Workers and actors inherit these: no telemetry, no hub lookups at run time.
@@ -53,11 +55,11 @@ def phase_dir(cfg: DictConfig, phase: str, *nodes) -> Path:
     return Path(cfg.workdir).expanduser().resolve() / f"{phase}-{config_hash(*nodes)}"
 
 
-def is_complete(out_dir: Path) -> bool:
-    """A phase writes DONE last, so a folder without it is an interrupted run."""
-    return (out_dir / "DONE").exists()
-
-
-def mark_complete(out_dir: Path, summary: dict) -> None:
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out_dir / "DONE").write_text("ok\n")
+def embedded_data_dir(cfg: DictConfig) -> Path:
+    """The embedded default's prompts and demonstrations (alignray.artifacts names the
+    files), prepared once per data config and reused."""
+    data_dir = phase_dir(cfg, "data", cfg.data)
+    if not is_complete(data_dir):
+        paths = prepare_embedded_data(cfg.data, data_dir)
+        mark_complete(data_dir, {name: str(path) for name, path in paths.items()})
+    return data_dir

@@ -20,12 +20,14 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from alignray.artifacts import EVAL_FILE, SAMPLES_FILE
+from alignray.base_model import resolve_base_model
 from alignray.data import format_prompt, prepare_embedded_data, read_prompts
 from alignray.evaluation import GuardReport, bootstrap_ci, words
 from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, judge_scores
 from alignray.generation import (decode_responses, disable_dropout, response_logits, sample_responses,
                                  token_logprobs)
-from alignray.modeling import load_causal_lm, load_tokenizer, resolve_base_model
+from alignray.modeling import load_causal_lm, load_tokenizer
 from alignray.ppo import TWEET_CONSTRAINTS_EXAMPLE, ConstraintPenalty, masked_sum
 from workflows.common import CONFIG_PATH, start_app
 
@@ -80,20 +82,8 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
     sft_chunks = answer(sft_model, tokenizer, prompts, ppo, max_prompt_tokens, cfg.seed)
     ppo_chunks = answer(ppo_model, tokenizer, prompts, ppo, max_prompt_tokens, cfg.seed)
 
-    def texts(chunks):
-        return [t for _, _, s in chunks for t in decode_responses(tokenizer, s.response_ids, s.response_mask)]
-
-    def per_token_mean(logprob_chunks, chunks):
-        total = sum(masked_sum(lp, s.response_mask).item() for lp, (_, _, s) in zip(logprob_chunks, chunks))
-        return total / sum(s.response_mask.sum().item() for _, _, s in chunks)
-
-    sft_texts, ppo_texts = texts(sft_chunks), texts(ppo_chunks)
-    # KL(PPO || SFT) per response: PPO's own sampling log-probs minus the SFT model's (k1, summed)
-    sft_on_ppo = logprobs_under(sft_model, ppo_chunks, ppo.temperature)
-    kl_per_response = torch.cat([masked_sum(s.logprobs - ref, s.response_mask, dim=1)
-                                 for ref, (_, _, s) in zip(sft_on_ppo, ppo_chunks)])
-    fluency_ppo = per_token_mean(sft_on_ppo, ppo_chunks)
-    fluency_sft = per_token_mean(logprobs_under(sft_model, sft_chunks, ppo.temperature), sft_chunks)
+    sft_texts, ppo_texts = response_texts(tokenizer, sft_chunks), response_texts(tokenizer, ppo_chunks)
+    kl_per_response, fluency_ppo, fluency_sft = kl_and_fluency(sft_model, sft_chunks, ppo_chunks, ppo.temperature)
 
     judge_sft = judge_scores(sft_texts, HELD_OUT_JUDGE_RATERS)
     judge_ppo = judge_scores(ppo_texts, HELD_OUT_JUDGE_RATERS)
@@ -117,10 +107,10 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
         "suspicious_win_rate": report.win_rate > 0.9,
         "preferred_with_guards": (report.ci_low > MIN_CI_LOW and verdict.startswith("PASS")),
     }
-    (out / "eval.json").write_text(json.dumps(result, indent=2))
+    (out / EVAL_FILE).write_text(json.dumps(result, indent=2))
     shown = min(ppo.eval.samples_to_write, len(prompts))
     base_texts = base_answers(base_path, tokenizer, prompts[:shown], ppo, max_prompt_tokens, cfg.seed)
-    with (out / "samples.jsonl").open("w") as f:
+    with (out / SAMPLES_FILE).open("w") as f:
         for i in range(shown):
             f.write(json.dumps({"prompt": prompts[i], **({"base": base_texts[i]} if base_texts else {}),
                                 "sft": sft_texts[i], "ppo": ppo_texts[i],
@@ -130,14 +120,32 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
     return result
 
 
+def response_texts(tokenizer, chunks) -> list[str]:
+    return [t for _, _, s in chunks for t in decode_responses(tokenizer, s.response_ids, s.response_mask)]
+
+
+def kl_and_fluency(sft_model, sft_chunks, ppo_chunks, temperature: float) -> tuple[torch.Tensor, float, float]:
+    """KL(PPO || SFT) per response: PPO's own sampling log-probs minus the SFT model's (k1,
+    summed); and the fluency of PPO's and SFT's responses: their mean log-likelihood per
+    token under the SFT model."""
+    def per_token_mean(logprob_chunks, chunks):
+        total = sum(masked_sum(lp, s.response_mask).item() for lp, (_, _, s) in zip(logprob_chunks, chunks))
+        return total / sum(s.response_mask.sum().item() for _, _, s in chunks)
+
+    sft_on_ppo = logprobs_under(sft_model, ppo_chunks, temperature)
+    kl_per_response = torch.cat([masked_sum(s.logprobs - ref, s.response_mask, dim=1)
+                                 for ref, (_, _, s) in zip(sft_on_ppo, ppo_chunks)])
+    return (kl_per_response, per_token_mean(sft_on_ppo, ppo_chunks),
+            per_token_mean(logprobs_under(sft_model, sft_chunks, temperature), sft_chunks))
+
+
 def base_answers(base_path: str | None, tokenizer, prompts: list[str], ppo, max_prompt_tokens: int,
                  seed: int) -> list[str]:
     """The pretrained model's answers to the same prompts (it shares the SFT tokenizer)."""
     if not base_path:
         return []
     model = disable_dropout(load_causal_lm(base_path, torch.device("cpu"))).eval()
-    chunks = answer(model, tokenizer, prompts, ppo, max_prompt_tokens, seed)
-    return [t for _, _, s in chunks for t in decode_responses(tokenizer, s.response_ids, s.response_mask)]
+    return response_texts(tokenizer, answer(model, tokenizer, prompts, ppo, max_prompt_tokens, seed))
 
 
 def _mean_words(texts: list[str]) -> float:

@@ -19,7 +19,8 @@ import hydra
 from omegaconf import DictConfig
 
 from actors import runtime
-from alignray.modeling import resolve_base_model
+from alignray.artifacts import MODEL_DIR, POLICY_DIR
+from alignray.base_model import resolve_base_model
 from workflows.common import CONFIG_PATH, start_app
 from workflows.evaluate import evaluate_policies
 from workflows.feedback import run_feedback
@@ -34,7 +35,7 @@ log = logging.getLogger("alignray.pipeline")
 def evaluate(cfg: DictConfig, base: str, sft_model: str, ppo_dir: Path) -> Path:
     """PPO vs SFT by the held-out judge, beside the PPO run it judges."""
     out = ppo_dir.parent / f"eval-{ppo_dir.name.removeprefix('ppo-')}"
-    evaluate_policies(cfg, sft_model, str(ppo_dir / "policy"), None, out, base_path=base)
+    evaluate_policies(cfg, sft_model, str(ppo_dir / POLICY_DIR), None, out, base_path=base)
     return out
 
 
@@ -52,10 +53,10 @@ def run_pipeline(cfg: DictConfig) -> Path:
 
     base = timed("1 pretrained model", resolve_base_model, cfg.model, cfg.cache_dir, cfg.seed)
     sft_dir = timed("2 supervised fine-tuning", run_sft, cfg, base)
-    sft_model = str(sft_dir / "model")
+    sft_model = str(sft_dir / MODEL_DIR)
     feedback_dir = timed("3a feedback", run_feedback, cfg, sft_model)
     reward_dir = timed("3b reward model", run_reward_model, cfg, sft_model, feedback_dir)
-    ppo_dir = timed("4 PPO", run_ppo, cfg, sft_model, str(reward_dir / "model"))
+    ppo_dir = timed("4 PPO", run_ppo, cfg, sft_model, str(reward_dir / MODEL_DIR))
     eval_dir = timed("evaluation", evaluate, cfg, base, sft_model, ppo_dir)
     phases = {"base": Path(base), "sft": sft_dir, "feedback": feedback_dir, "reward": reward_dir,
               "ppo": ppo_dir, "eval": eval_dir}

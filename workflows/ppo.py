@@ -40,13 +40,14 @@ from alignray.config.ppo import PPOConfig
 from alignray.data import format_prompt, prepare_embedded_data, read_prompts, response_text
 from alignray.experience import PromptBatch, PromptStream, Rollout, build_experience, sequence_scores
 from alignray.generation import decode_responses
+from alignray.artifacts import CURVES_FIGURE, METRICS_FILE, POLICY_DIR, STAGE_TIMES_FIGURE
+from alignray.base_model import resolve_base_model
 from alignray.metrics import MetricsLogger, StageTimes, plot_curves, read_metrics
-from alignray.modeling import load_tokenizer, resolve_base_model
+from alignray.modeling import check_position_limit, load_tokenizer
 from alignray.ppo import (
     TWEET_CONSTRAINTS_EXAMPLE,
     ConstraintPenalty,
     RunningRewardNormalizer,
-    explained_variance,
     make_kl_controller,
 )
 from alignray.ppo.step_stats import CriticTrainStats, PolicyTrainStats, step_metrics
@@ -225,13 +226,13 @@ class PPOCoordinator:
             self.normalizer.load_state_dict(state["normalizer"])
         self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
         torch.set_rng_state(state["torch_rng"])
-        keep_metrics_until(self.out / "metrics.jsonl", state["step"])
+        keep_metrics_until(self.out / METRICS_FILE, state["step"])
         log.info("resumed from the checkpoint after step %d", state["step"])
         return state["step"]
 
     def export_policy(self) -> Path:
-        ray.get(self.actors.policy.call("export_hf", str(self.out / "policy")))
-        return self.out / "policy"
+        ray.get(self.actors.policy.call("export_hf", str(self.out / POLICY_DIR)))
+        return self.out / POLICY_DIR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,16 +259,6 @@ def keep_metrics_until(path: Path, step: int) -> None:
         path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
-def check_position_limit(model_path: str, max_prompt_tokens: int, max_new_tokens: int) -> None:
-    """A prompt plus its response must fit the model's positions (the prototype crashed there)."""
-    from transformers import AutoConfig
-    config = AutoConfig.from_pretrained(model_path)
-    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-    if limit is not None and max_prompt_tokens + max_new_tokens > limit:
-        raise ValueError(f"data.max_prompt_tokens {max_prompt_tokens} + ppo.max_new_tokens {max_new_tokens} "
-                         f"exceed the model's {limit} positions")
-
-
 def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None) -> Path:
     """Train the policy with PPO; returns the output folder (``policy/`` in HF format,
     metrics.jsonl, curves.png, summary.json). A finished run with the same settings is reused;
@@ -281,7 +272,8 @@ def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None)
     if ppo.reward.kind == "model" and not reward_model_path:
         raise ValueError("ppo.reward.kind=model needs a reward model (ppo.reward_model_path); "
                          "ppo.reward.kind=annotators is the oracle reward without one")
-    check_position_limit(str(sft_model_path), cfg.data.max_prompt_tokens, ppo.max_new_tokens)
+    check_position_limit(str(sft_model_path), cfg.data.max_prompt_tokens + ppo.max_new_tokens,
+                         f"data.max_prompt_tokens {cfg.data.max_prompt_tokens} + ppo.max_new_tokens {ppo.max_new_tokens}")
     started = time.monotonic()
     with ray_session(cfg.cluster):
         coordinator = PPOCoordinator(ppo, cfg.cluster, cfg.data, int(cfg.seed), str(sft_model_path),
@@ -291,9 +283,9 @@ def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None)
             policy_dir = coordinator.export_policy()
         finally:
             coordinator.actors.shutdown()
-    records = read_metrics(out / "metrics.jsonl")
-    plot_curves(records, CURVES, out / "curves.png", title="PPO")
-    plot_curves(records, [k for k in records[-1] if k.startswith("time/")], out / "stage_times.png",
+    records = read_metrics(out / METRICS_FILE)
+    plot_curves(records, CURVES, out / CURVES_FIGURE, title="PPO")
+    plot_curves(records, [k for k in records[-1] if k.startswith("time/")], out / STAGE_TIMES_FIGURE,
                 title="PPO stage wall time (s)")
     mark_complete(out, {"sft_model": str(sft_model_path), "reward_model": reward_model_path,
                         "policy": str(policy_dir), "steps": ppo.steps, "wall_s": round(time.monotonic() - started, 1),

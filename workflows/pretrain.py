@@ -10,7 +10,8 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from alignray.modeling import load_causal_lm, load_tokenizer, resolve_base_model
+from alignray.base_model import resolve_base_model
+from alignray.modeling import load_causal_lm, load_tokenizer
 from workflows.common import CONFIG_PATH, start_app
 
 

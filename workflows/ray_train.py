@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -50,12 +51,12 @@ from ray.train.torch import TorchTrainer
 
 from actors.runtime import wait_for_capacity
 from alignray import deepspeed_strategy as strategy
+from alignray.artifacts import MODEL_DIR
 from alignray.config.training import DeepSpeedConfig
 from alignray.metrics import MetricsLogger
 from alignray.modeling import load_tokenizer
 
 RUN_NAME = "ray_train"  # the Ray Train run folder inside a phase's output folder
-MODEL_DIR = "model"  # Hugging Face export inside each checkpoint
 DEEPSPEED_DIR = "deepspeed"  # DeepSpeed state inside each checkpoint
 
 
@@ -146,6 +147,15 @@ def fit(task: TrainTask, loop: TrainLoopConfig, datasets: dict, cluster_cfg,
 
 def run_folder(storage_dir: Path) -> Path:
     return Path(storage_dir) / RUN_NAME
+
+
+def copy_final_model(result: ray.train.Result, out_dir: Path) -> Path:
+    """The Hugging Face model of the last checkpoint, copied to ``<out_dir>/model``."""
+    model_dir = Path(out_dir) / MODEL_DIR
+    shutil.rmtree(model_dir, ignore_errors=True)
+    with result.checkpoint.as_directory() as checkpoint:
+        shutil.copytree(Path(checkpoint) / MODEL_DIR, model_dir)
+    return model_dir
 
 
 # ----------------------------------------------------------------------------- the workers

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from alignray.artifacts import (AGREEMENT_FIGURE, CALIBRATION_FIGURE, CURVES_FIGURE, ELO_FIGURE, EVAL_FILE,
+                                LOSS_FIGURE, METRICS_FILE, RATINGS_FIGURE, SAMPLES_FILE, STAGE_TIMES_FIGURE,
+                                SUMMARY_FILE)
 from alignray.metrics import read_metrics
 from alignray.report import Section, write_report
 
@@ -48,7 +51,7 @@ def headline(evaluation: dict, reward_eval: dict, seconds: dict) -> Section:
 
 
 def pretrained_section(base: Path) -> Section:
-    summary = _json(base.parent / "summary.json")
+    summary = _json(base.parent / SUMMARY_FILE)
     if not summary:
         return Section("1. Pretrained model", [f"Loaded from {base} (not built by this run)."])
     rows = [["parameters", "steps", "held-out loss untrained", "held-out loss", "seconds"],
@@ -56,22 +59,22 @@ def pretrained_section(base: Path) -> Section:
              summary["seconds"]]]
     return Section("1. Pretrained model", [f"Embedded default: GPT-2 pretrained on {summary['train_tweets']} tweets "
                                            f"(loss in nats/token). Folder: {base}"],
-                   rows, _figures(base.parent, ["loss.png"]))
+                   rows, _figures(base.parent, [LOSS_FIGURE]))
 
 
 def sft_section(sft: Path) -> Section:
-    s = _json(sft / "summary.json")
+    s = _json(sft / SUMMARY_FILE)
     counts = next((v for v in s.get("validation", []) if "train" in Path(v["file"]).name), {})
     rows = [["held-out loss base", "held-out loss SFT", "steps", "batch", "workers", "ZeRO", "seconds"],
             [s.get("heldout_loss_base"), s.get("heldout_loss_sft"), s.get("steps"), s.get("global_batch_size"),
              s.get("workers"), s.get("zero_stage"), s.get("wall_time_s")]]
     text = (f"Demonstrations: {counts.get('rows_in', 'n/a')} rows in, {counts.get('accepted', 'n/a')} accepted, "
             f"{counts.get('rejected', 'n/a')} rejected. Loss on response tokens only.")
-    return Section("2. Supervised fine-tuning", [text], rows, _figures(sft, ["loss.png"]))
+    return Section("2. Supervised fine-tuning", [text], rows, _figures(sft, [LOSS_FIGURE]))
 
 
 def feedback_section(feedback: Path) -> Section:
-    s = _json(feedback / "summary.json")
+    s = _json(feedback / SUMMARY_FILE)
     alpha = ", ".join(f"{k} {v:.3f}" for k, v in s.get("alpha", {}).items() if isinstance(v, (int, float)))
     text = [f"{s.get('rows_in')} feedback rows in = {s.get('rows_accepted')} accepted + {s.get('rows_rejected')} "
             f"rejected; by source: {s.get('rows_by_source')}.",
@@ -82,7 +85,7 @@ def feedback_section(feedback: Path) -> Section:
         text.append(f"AI judge (RLAIF): {json.dumps(s['rlaif'])}")
     text.append(f"Full feedback report: {feedback / 'report.md'}")
     return Section("3a. Human feedback and annotator quality", text, [],
-                   _figures(feedback, ["agreement.png", "ratings.png", "elo_vs_bradley_terry.png"]))
+                   _figures(feedback, [AGREEMENT_FIGURE, RATINGS_FIGURE, ELO_FIGURE]))
 
 
 def reward_section(reward: Path, reward_eval: dict) -> Section:
@@ -94,12 +97,12 @@ def reward_section(reward: Path, reward_eval: dict) -> Section:
     text = ["Accuracy of the reward model on held-out pairs against each panel's majority; "
             "'with_flagged_annotators' is the same training with the flagged annotators kept."]
     return Section("3b. Reward model", text, rows if len(rows) > 1 else [],
-                   _figures(reward, ["loss.png", "calibration.png"]))
+                   _figures(reward, [LOSS_FIGURE, CALIBRATION_FIGURE]))
 
 
 def ppo_section(ppo: Path) -> tuple[Section, Section]:
-    s = _json(ppo / "summary.json")
-    records = read_metrics(ppo / "metrics.jsonl") if (ppo / "metrics.jsonl").exists() else []
+    s = _json(ppo / SUMMARY_FILE)
+    records = read_metrics(ppo / METRICS_FILE) if (ppo / METRICS_FILE).exists() else []
     last = s.get("final_metrics", {})
     rows = [["steps", "wall s", "reward (raw)", "KL", "response length", "entropy", "clip fraction"],
             [s.get("steps"), s.get("wall_s"), last.get("reward_raw"), last.get("kl"), last.get("response_length"),
@@ -111,10 +114,10 @@ def ppo_section(ppo: Path) -> tuple[Section, Section]:
         values = [r[key] for r in records if isinstance(r.get(key), (int, float))]
         timing.append([key[5:], sum(values) / max(len(values), 1), f"{100 * sum(values) / total:.0f}%"])
     ppo_sec = Section("4. PPO", ["Last step's metrics; curves over all steps below."], rows,
-                      _figures(ppo, ["curves.png"]))
+                      _figures(ppo, [CURVES_FIGURE]))
     timing_sec = Section("Stage timing of a PPO step",
                          ["Stages that run in parallel overlap, so shares can add up to more than 100%."],
-                         timing if len(timing) > 1 else [], _figures(ppo, ["stage_times.png"]))
+                         timing if len(timing) > 1 else [], _figures(ppo, [STAGE_TIMES_FIGURE]))
     return ppo_sec, timing_sec
 
 
@@ -139,7 +142,7 @@ def evaluation_section(evaluation: dict) -> Section:
 
 
 def samples_section(eval_dir: Path) -> Section:
-    path = eval_dir / "samples.jsonl"
+    path = eval_dir / SAMPLES_FILE
     if not path.exists():
         return Section("Sample responses", ["No samples were written."])
     samples = [json.loads(line) for line in path.read_text().splitlines()[:SAMPLES_IN_REPORT]]
@@ -150,8 +153,8 @@ def samples_section(eval_dir: Path) -> Section:
 
 
 def write_run_report(cfg: DictConfig, phases: dict[str, Path], seconds: dict[str, float], out_dir: Path) -> dict:
-    evaluation = _json(phases["eval"] / "eval.json")
-    reward_eval = _json(phases["reward"] / "eval.json")
+    evaluation = _json(phases["eval"] / EVAL_FILE)
+    reward_eval = _json(phases["reward"] / EVAL_FILE)
     ppo_sec, timing_sec = ppo_section(phases["ppo"])
     phase_times = Section("Time per phase", ["A phase whose output existed for the same settings was reused "
                                              "and shows about 0 s; its own summary.json holds the time it took."],

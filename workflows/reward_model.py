@@ -6,9 +6,9 @@
 
 An ``AutoModelForSequenceClassification(num_labels=1)`` on any backbone is trained with Ray
 Train's ``TorchTrainer`` through the project's DeepSpeed strategy, fed by Ray Data, on
-Bradley-Terry pairs plus pointwise targets (alignray/reward_losses.py). After training its
+Bradley-Terry pairs plus pointwise targets (alignray/reward/losses.py). After training its
 raw output is measured on a reference set and the mean and std are stored in its config
-(alignray/reward_model.py), then it is evaluated on held-out pairwise feedback.
+(alignray/reward/model.py), then it is evaluated on held-out pairwise feedback.
 
 The feedback folder holds (names below): the training tables ``pairs.parquet`` and
 ``pointwise.parquet`` (alignray.feedback.aggregate schemas); optionally ``heldout_feedback.parquet``,
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -34,20 +33,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray.data
 from omegaconf import DictConfig, OmegaConf
 
+from actors import runtime
+from alignray.artifacts import (CALIBRATION_FIGURE, EVAL_FILE, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, LOSS_FIGURE,
+                                METRICS_FILE, MODEL_DIR, PAIRS_FILE, POINTWISE_FILE, SUMMARY_FILE)
+from alignray.base_model import resolve_base_model
 from alignray.embedded.tweets import is_heldout
-from alignray.feedback.files import FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, PAIRS_FILE, POINTWISE_FILE
 from alignray.feedback import PAIRS_SCHEMA, POINTWISE_SCHEMA, build_training_tables, read_feedback
 from alignray.metrics import plot_curves, read_metrics
-from alignray.reward_evaluation import annotator_groups, evaluate_against_panels, plot_calibration
-from alignray.reward_model import (load_reward_model, minilm_backbone_path, reference_statistics,
+from alignray.reward.evaluation import annotator_groups, evaluate_against_panels, plot_calibration
+from alignray.reward.model import (load_reward_model, minilm_backbone_path, reference_statistics,
                                    save_reward_model)
-from alignray.reward_training import (build_reward_model, collate_reward_rows, reward_batch_loss,
+from alignray.reward.training import (build_reward_model, collate_reward_rows, reward_batch_loss,
                                       training_examples)
 from alignray.validation import validate_table
 from workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
-from workflows.ray_train import MODEL_DIR, TrainLoopConfig, TrainTask, fit, steps_per_epoch
+from workflows.feedback import run_feedback
+from workflows.ray_train import TrainLoopConfig, TrainTask, copy_final_model, fit, steps_per_epoch
+from workflows.sft import run_sft
 
 log = logging.getLogger("alignray.reward")
 
@@ -99,8 +104,6 @@ def train_reward_model(examples: pa.Table, backbone: str, cfg: DictConfig, out_d
     """Train on ``examples`` with the shared Ray Train loop (``cluster.num_workers``
     workers, DeepSpeed); returns ``<out_dir>/model``, not yet normalised. An interrupted
     run in ``out_dir`` resumes from its last checkpoint."""
-    import ray.data
-
     reward = cfg.reward
     tables = split_examples(examples, float(reward.heldout_fraction), int(cfg.seed))
     loop = TrainLoopConfig(
@@ -110,12 +113,7 @@ def train_reward_model(examples: pa.Table, backbone: str, cfg: DictConfig, out_d
         epochs=int(reward.epochs), max_steps=int(reward.max_steps), eval_every=int(reward.eval_every),
         checkpoint_every=0, log_every=int(reward.log_every), seed=int(cfg.seed), metrics_dir=str(out_dir))
     datasets = {split: ray.data.from_arrow(table) for split, table in tables.items()}
-    result = fit(reward_task(backbone, reward), loop, datasets, cfg.cluster, out_dir)
-    model_dir = out_dir / MODEL_DIR
-    shutil.rmtree(model_dir, ignore_errors=True)
-    with result.checkpoint.as_directory() as checkpoint:
-        shutil.copytree(Path(checkpoint) / MODEL_DIR, model_dir)
-    return model_dir
+    return copy_final_model(fit(reward_task(backbone, reward), loop, datasets, cfg.cluster, out_dir), out_dir)
 
 
 # ----------------------------------------------------------------------------- after training
@@ -180,15 +178,15 @@ def train_normalize_evaluate(pairs: pa.Table, pointwise: pa.Table, heldout: pa.T
     result = {"pairs": pairs.num_rows, "pointwise": pointwise.num_rows, "train_s": round(train_s, 1),
               "normalization": normalize_saved_model(model_dir, examples, int(cfg.reward.reference_size),
                                                      int(cfg.seed))}
-    records = [with_pair_accuracy(r) for r in read_metrics(out_dir / "metrics.jsonl")]
-    plot_curves(records, ["loss", "heldout_loss", "pair_accuracy", "heldout_pair_accuracy"], out_dir / "loss.png",
+    records = [with_pair_accuracy(r) for r in read_metrics(out_dir / METRICS_FILE)]
+    plot_curves(records, ["loss", "heldout_loss", "pair_accuracy", "heldout_pair_accuracy"], out_dir / LOSS_FIGURE,
                 title="reward model training")
     result["final_train_loss"] = next(r["loss"] for r in reversed(records) if "loss" in r)
     result["final_heldout_loss"] = next(r["heldout_loss"] for r in reversed(records) if "heldout_loss" in r)
     if heldout is not None:
         figures, calibration = evaluate_reward_model(model_dir, heldout, annotators_of(pairs, pointwise),
                                                      int(cfg.reward.calibration_bins))
-        plot_calibration(calibration, out_dir / "calibration.png")
+        plot_calibration(calibration, out_dir / CALIBRATION_FIGURE)
         result["heldout"] = figures
     result["wall_s"] = round(time.monotonic() - started, 1)
     return result
@@ -214,8 +212,6 @@ def unfiltered_tables(feedback_dir: Path, pairs: pa.Table, pointwise: pa.Table) 
 def run_reward_model(cfg: DictConfig, backbone_path: str, feedback_dir: str | Path) -> Path:
     """Train, normalise and evaluate the reward model; returns the phase folder (reused
     when complete). The model is ``<out>/model``."""
-    from actors.runtime import connect, shutdown_if_owned
-
     feedback_dir = Path(feedback_dir)
     out = phase_dir(cfg, "reward", cfg.reward, backbone_path, str(feedback_dir.resolve()))
     if is_complete(out):
@@ -226,8 +222,7 @@ def run_reward_model(cfg: DictConfig, backbone_path: str, feedback_dir: str | Pa
     heldout_path = feedback_dir / HELDOUT_FEEDBACK_FILE
     heldout = read_feedback(heldout_path)[0] if heldout_path.exists() else None
     backbone = resolve_backbone(cfg.reward.backbone, backbone_path)
-    owned = connect(cfg.cluster)
-    try:
+    with runtime.ray_session(cfg.cluster):
         evaluation = {"model": train_normalize_evaluate(pairs, pointwise, heldout, backbone, cfg, out)}
         comparison = unfiltered_tables(feedback_dir, pairs, pointwise) if cfg.reward.compare_unfiltered else None
         if comparison is not None:
@@ -235,16 +230,14 @@ def run_reward_model(cfg: DictConfig, backbone_path: str, feedback_dir: str | Pa
             (out / "unfiltered").mkdir(exist_ok=True)
             evaluation["with_flagged_annotators"] = train_normalize_evaluate(*comparison, heldout, backbone, cfg,
                                                                              out / "unfiltered")
-    finally:
-        shutdown_if_owned(owned)
     if "with_flagged_annotators" in evaluation and heldout is not None:
         evaluation["accuracy_gained_by_excluding_flagged"] = {
             panel: figures["accuracy"] - evaluation["with_flagged_annotators"]["heldout"][panel]["accuracy"]
             for panel, figures in evaluation["model"]["heldout"].items()}
-    (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
+    (out / EVAL_FILE).write_text(json.dumps(evaluation, indent=2))
     headline = _headline(evaluation)
-    print("reward model " + ", ".join(f"{k} {v:.3f}" for k, v in headline.items()) + f"; {out / 'model'}", flush=True)
-    mark_complete(out, {"model": str(out / "model"), "backbone": backbone, "feedback_dir": str(feedback_dir),
+    print("reward model " + ", ".join(f"{k} {v:.3f}" for k, v in headline.items()) + f"; {out / MODEL_DIR}", flush=True)
+    mark_complete(out, {"model": str(out / MODEL_DIR), "backbone": backbone, "feedback_dir": str(feedback_dir),
                         "workers": int(cfg.cluster.num_workers), **headline})
     return out
 
@@ -259,27 +252,18 @@ def _headline(evaluation: dict) -> dict:
 def upstream_inputs(cfg: DictConfig) -> tuple[str, str]:
     """The SFT model and the feedback folder: given in the config, or the upstream phases'
     outputs (run, or reused when complete)."""
-    from alignray.modeling import resolve_base_model
-    from workflows.feedback import run_feedback
-    from workflows.sft import run_sft
-
     sft_model = cfg.reward.sft_model or str(run_sft(cfg, resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed))
-                                            / "model")
+                                            / MODEL_DIR)
     feedback_dir = cfg.reward.feedback_dir or str(run_feedback(cfg, sft_model))
     return sft_model, feedback_dir
 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
-    from actors.runtime import connect, shutdown_if_owned
-
     start_app(cfg, "reward_model")
-    owned = connect(cfg.cluster)
-    try:
+    with runtime.ray_session(cfg.cluster):
         out = run_reward_model(cfg, *upstream_inputs(cfg))
-    finally:
-        shutdown_if_owned(owned)
-    print(json.dumps(json.loads((out / "summary.json").read_text()), indent=2))
+    print(json.dumps(json.loads((out / SUMMARY_FILE).read_text()), indent=2))
     return str(out)
 
 

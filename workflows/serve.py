@@ -27,10 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from ray import serve
 from ray.serve import Application
 
-from actors.runtime import connect, shutdown_if_owned
+from actors import runtime
 from alignray.config import ServeConfig
 from alignray.modeling import pick_device, training_dtype
-from alignray.reward_model import load_reward_model
+from alignray.reward.model import load_reward_model
 from alignray.serve_api import (BatchStats, ModelInfo, Normalization, RequestLimits, ScoredItems,
                                 StatsResponse, build_reward_api, check_bind_is_safe, is_loopback,
                                 load_token, token_digest)
@@ -190,23 +190,22 @@ def app_builder(args: dict) -> Application:
 def main(cfg: DictConfig) -> None:
     start_app(cfg, "serve")
     app = build_reward_app(cfg.serve)
-    owned = connect(cfg.cluster)
-    serve.start(http_options=http_options(serve_config(cfg.serve)))
-    serve.run(app, name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
-    scheme = "https" if cfg.serve.ssl_certfile else "http"
-    print(f"serving {cfg.serve.model_path} at {scheme}://{cfg.serve.host}:{cfg.serve.port}"
-          f"{cfg.serve.route_prefix.rstrip('/')}/v1/score (OpenAPI: /docs); Ctrl-C stops", flush=True)
-    # `kill` or a container stop cleans up like Ctrl-C does.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        # Serve applications outlive their driver on a shared cluster: remove ours.
-        serve.delete(cfg.serve.app_name)
-        shutdown_if_owned(owned)
+    with runtime.ray_session(cfg.cluster):
+        serve.start(http_options=http_options(serve_config(cfg.serve)))
+        serve.run(app, name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
+        scheme = "https" if cfg.serve.ssl_certfile else "http"
+        print(f"serving {cfg.serve.model_path} at {scheme}://{cfg.serve.host}:{cfg.serve.port}"
+              f"{cfg.serve.route_prefix.rstrip('/')}/v1/score (OpenAPI: /docs); Ctrl-C stops", flush=True)
+        # `kill` or a container stop cleans up like Ctrl-C does.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            # Serve applications outlive their driver on a shared cluster: remove ours.
+            serve.delete(cfg.serve.app_name)
 
 
 if __name__ == "__main__":

@@ -33,18 +33,19 @@ import pyarrow.compute as pc
 import ray
 import ray.data
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoConfig
 
 from actors import runtime
+from alignray.artifacts import DEMONSTRATIONS_FILE, LOSS_FIGURE, METRICS_FILE
+from alignray.base_model import resolve_base_model
 from alignray.config.sft import RUN_CONTROL_KEYS
 from alignray.config.training import DeepSpeedConfig
-from alignray.data import prepare_embedded_data, read_demonstrations
+from alignray.data import read_demonstrations
 from alignray.embedded.tweets import is_heldout
 from alignray.metrics import plot_curves, read_metrics
-from alignray.modeling import load_causal_lm, resolve_base_model
+from alignray.modeling import check_position_limit, load_causal_lm
 from alignray.sft import collate_token_rows, response_token_loss, sequence_length, tokenize_batch
-from workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
-from workflows.ray_train import MODEL_DIR, TrainLoopConfig, TrainTask, fit, run_folder, steps_per_epoch
+from workflows.common import CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, start_app
+from workflows.ray_train import TrainLoopConfig, TrainTask, copy_final_model, fit, run_folder, steps_per_epoch
 
 log = logging.getLogger("alignray.sft")
 
@@ -69,11 +70,8 @@ def read_demonstration_splits(cfg: DictConfig) -> tuple[dict[str, pa.Table], lis
     held-out rows are drawn by content hash (``data.heldout_fraction``, stable across runs).
     """
     if cfg.data.source == "embedded":
-        data_dir = phase_dir(cfg, "data", cfg.data)
-        if not is_complete(data_dir):
-            paths = prepare_embedded_data(cfg.data, data_dir)
-            mark_complete(data_dir, {name: str(path) for name, path in paths.items()})
-        splits = {split: _read(data_dir / f"demonstrations_{split}.parquet") for split in ("train", "heldout")}
+        data_dir = embedded_data_dir(cfg)
+        splits = {split: _read(data_dir / DEMONSTRATIONS_FILE.format(split=split)) for split in ("train", "heldout")}
         return {split: table for split, (table, _) in splits.items()}, [r for _, r in splits.values()]
     if cfg.data.source == "files":
         if not cfg.data.demonstrations_path:
@@ -88,8 +86,7 @@ def read_demonstration_splits(cfg: DictConfig) -> tuple[dict[str, pa.Table], lis
 def _read(path: Path) -> tuple[pa.Table, dict]:
     table, report = read_demonstrations(path)
     print(report.summary(), flush=True)
-    return table, {"file": str(path), "rows_in": report.rows_in, "accepted": report.accepted,
-                   "rejected": report.rejected, "reasons": report.reasons}
+    return table, report.counts()
 
 
 def load_demonstrations(cfg: DictConfig) -> tuple[dict[str, pa.Table], list[dict]]:
@@ -136,15 +133,6 @@ def truncation_counts(dataset: ray.data.Dataset) -> dict[str, int]:
     return counts
 
 
-def check_fits_model(model_path: str, cfg: DictConfig) -> None:
-    """Positions beyond the model's limit crash the position embedding: refuse early."""
-    limit = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
-    needed = sequence_length(cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
-    if limit is not None and needed > limit:
-        raise ValueError(f"data.max_prompt_tokens + data.max_response_tokens + 1 = {needed} exceeds the "
-                         f"model's {limit} positions ({model_path})")
-
-
 # ----------------------------------------------------------------------------- the phase
 def run_sft(cfg: DictConfig, base_model_path: str | Path) -> Path:
     """Fine-tune ``base_model_path`` on the demonstrations; returns the output folder
@@ -158,8 +146,9 @@ def run_sft(cfg: DictConfig, base_model_path: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.sft.resume:
         shutil.rmtree(run_folder(out), ignore_errors=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    check_fits_model(base_model_path, cfg)
+        (out / METRICS_FILE).unlink(missing_ok=True)
+    check_position_limit(base_model_path, sequence_length(cfg.data.max_prompt_tokens, cfg.data.max_response_tokens),
+                         "data.max_prompt_tokens + data.max_response_tokens + 1")
 
     tables, validation = load_demonstrations(cfg)
     datasets = {split: tokenized_dataset(table, base_model_path, cfg.data) for split, table in tables.items()}
@@ -178,10 +167,7 @@ def run_sft(cfg: DictConfig, base_model_path: str | Path) -> Path:
         interrupt_after_steps=cfg.sft.interrupt_after_steps)
     result = fit(SFT_TASK, loop, datasets, cfg.cluster, out)
 
-    model_dir = out / MODEL_DIR
-    shutil.rmtree(model_dir, ignore_errors=True)
-    with result.checkpoint.as_directory() as checkpoint:
-        shutil.copytree(Path(checkpoint) / MODEL_DIR, model_dir)
+    model_dir = copy_final_model(result, out)
     summary = summarise(out, loop, validation, tokens, untrained_tail, time.monotonic() - started)
     summary |= {"base_model": base_model_path, "model": str(model_dir),
                 "workers": cfg.cluster.num_workers, "zero_stage": cfg.sft.deepspeed.zero_stage}
@@ -194,10 +180,10 @@ def run_sft(cfg: DictConfig, base_model_path: str | Path) -> Path:
 def summarise(out: Path, loop: TrainLoopConfig, validation: list[dict], tokens: dict, untrained_tail: int,
               wall_time_s: float) -> dict:
     """Base vs SFT held-out loss from the metrics log, and the loss curves as PNG."""
-    records = trained_history(read_metrics(out / "metrics.jsonl"))
+    records = trained_history(read_metrics(out / METRICS_FILE))
     heldout = [(r["step"], r["heldout_loss"]) for r in records if "heldout_loss" in r]
     base = next(loss for step, loss in heldout if step == 0)
-    plot_curves(records, ["loss", "heldout_loss", "tokens_per_s"], out / "loss.png",
+    plot_curves(records, ["loss", "heldout_loss", "tokens_per_s"], out / LOSS_FIGURE,
                 title="SFT: response-token loss (nats/token)")
     return {"heldout_loss_base": base, "heldout_loss_sft": heldout[-1][1], "steps": loop.total_steps,
             "global_batch_size": loop.global_batch_size, "wall_time_s": round(wall_time_s, 1),

@@ -57,7 +57,7 @@ class PPOConfig:
     max_new_tokens: int = 24
     temperature: float = 1.0
     top_p: float = 1.0
-    # The rollout workers' generation path (alignray.generation.make_decoder): "auto" (the
+    # The rollout workers' generation path (alignray.static_decoder.make_decoder): "auto" (the
     # static KV cache for GPT-2/Llama, CUDA graphs on a GPU), "static", "static_eager" (no
     # graphs), or "hf" (the reference path).
     generation_engine: str = "auto"

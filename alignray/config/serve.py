@@ -7,7 +7,7 @@ from typing import Optional
 
 @dataclass
 class ServeConfig:
-    # Any folder saved by alignray.reward_model.save_reward_model.
+    # Any folder saved by alignray.reward.model.save_reward_model.
     model_path: Optional[str] = None
     # Reported by /v1/model and every score; defaults to the model folder's name.
     model_name: Optional[str] = None

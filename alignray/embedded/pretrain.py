@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from alignray.artifacts import LOSS_FIGURE, MODEL_DIR, is_complete, mark_complete
 from alignray.config.model import EmbeddedRecipe
 from alignray.embedded.tweets import is_heldout, load_tweets
 from alignray.metrics import MetricsLogger, plot_curves, read_metrics
@@ -52,9 +53,9 @@ def recipe_hash(recipe, seed: int) -> str:
 def build_base_model(recipe, cache_dir: str | Path, seed: int = 0) -> Path:
     """Return the folder of the base model for this recipe, pretraining it if needed."""
     root = Path(cache_dir).expanduser() / f"base-{recipe_hash(recipe, seed)}"
-    if (root / "DONE").exists():
+    if is_complete(root):
         log.info("reusing the base model in %s", root)
-        return root / "model"
+        return root / MODEL_DIR
     root.parent.mkdir(parents=True, exist_ok=True)
     # Build in a private folder and move it into place: two processes that build the same
     # recipe at once never see each other's half-written files.
@@ -66,9 +67,9 @@ def build_base_model(recipe, cache_dir: str | Path, seed: int = 0) -> Path:
         except OSError:  # another process finished first; its model is the same recipe
             shutil.rmtree(work, ignore_errors=True)
     finally:
-        if work.exists() and not (root / "DONE").exists():
+        if work.exists() and not is_complete(root):
             shutil.rmtree(work, ignore_errors=True)
-    return root / "model"
+    return root / MODEL_DIR
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -134,16 +135,15 @@ def _pretrain(recipe, seed: int, out: Path) -> None:
     final_loss = heldout_loss(model, eval_blocks, recipe)
     metrics.log(step, ("heldout_loss",), heldout_loss=final_loss)
 
-    save_pretrained(model, tokenizer, out / "model")
-    plot_curves(read_metrics(metrics.path), ["train_loss", "heldout_loss"], out / "loss.png",
+    save_pretrained(model, tokenizer, out / MODEL_DIR)
+    plot_curves(read_metrics(metrics.path), ["train_loss", "heldout_loss"], out / LOSS_FIGURE,
                 title="pretraining on tweets")
     summary = {"recipe": dataclasses.asdict(recipe) if dataclasses.is_dataclass(recipe) else OmegaConf.to_container(recipe),
                "seed": seed, "parameters": model.num_parameters(), "steps": step,
                "heldout_loss_untrained": untrained_loss, "heldout_loss": final_loss,
                "train_tweets": len(train_texts), "heldout_tweets": len(heldout_texts),
                "seconds": round(time.monotonic() - started, 1)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "DONE").write_text("ok\n")
+    mark_complete(out, summary)
     log.info("pretraining done: held-out loss %.3f -> %.3f nats/token in %d steps, %.0f s",
              untrained_loss, final_loss, step, summary["seconds"])
 

@@ -18,12 +18,11 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
 
-from alignray.validation import validate_table, write_parquet
+from alignray.validation import validate_table
 
 NUM_RATERS = 10
 RATING_RANGE = (-4, 4)
@@ -73,11 +72,6 @@ def load_vader_lexicon(path: str | os.PathLike | None = None) -> pa.Table:
     return table
 
 
-def write_vader_lexicon(path: str | os.PathLike) -> pa.Table:
-    """Write the lexicon to parquet with its declared schema."""
-    return write_parquet(load_vader_lexicon(), path, VADER_LEXICON_SCHEMA, [_check_lexicon_row])
-
-
 class LexiconRaters:
     """The ten raters of a lexicon table; scores are means over the lexicon words found."""
 
@@ -95,17 +89,6 @@ class LexiconRaters:
         """The ten raters' scores of ``text`` (index 0 is rater 1); zeros without lexicon words."""
         rows = [self._row_of_word[word] for word in self.lexicon_words(text)]
         return self._ratings[rows].mean(axis=0) if rows else np.zeros(NUM_RATERS)
-
-    def score(self, text: str, rater: int) -> float:
-        """Rater ``rater`` (1..10) on ``text``."""
-        if not 1 <= rater <= NUM_RATERS:
-            raise ValueError(f"rater {rater} is not in 1..{NUM_RATERS}")
-        return float(self.all_scores(text)[rater - 1])
-
-    def panel_scores(self, texts: Iterable[str], raters: Iterable[int]) -> np.ndarray:
-        """Mean score of a panel of raters (1-based numbers) for each text."""
-        columns = [r - 1 for r in raters]
-        return np.array([self.all_scores(text)[columns].mean() for text in texts])
 
 
 @lru_cache(maxsize=1)

@@ -14,9 +14,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from matplotlib.figure import Figure
 
+from alignray.artifacts import AGREEMENT_FIGURE, ELO_FIGURE, RATINGS_FIGURE
 from alignray.feedback.aggregate import TrainingTables, per_prompt_matchups
 from alignray.feedback.elo import bradley_terry_fit, bradley_terry_to_elo_scale, elo_ratings
 from alignray.feedback.quality import FAMILIES, AnnotatorQuality
+from alignray.feedback.schema import AI_JUDGE_ID
 from alignray.validation import ValidationReport
 
 
@@ -116,8 +118,11 @@ def write_feedback_report(
     tables: TrainingTables | None = None,
     validation: ValidationReport | None = None,
     title: str = "Feedback report",
+    rlaif: dict | None = None,
+    annotator_policy: str = "keep",
 ) -> Path:
-    """Write ``report.md`` and its figures into ``out_dir``; return the path of report.md."""
+    """Write ``report.md`` and its figures into ``out_dir``; return the path of report.md.
+    ``rlaif``: the AI judge's statistics, when it gave a share of the feedback."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", ""]
@@ -141,22 +146,43 @@ def write_feedback_report(
               "Agreement with the leave-one-out consensus (share of matching labels; Pearson r for "
               "ratings) next to the agreement expected by chance.", "",
               _markdown_table(quality.annotators[shown], "annotator"), "",
-              "![agreement](agreement.png)", ""]
-    _agreement_figure(quality, out_dir / "agreement.png")
-    if _ratings_figure(feedback, out_dir / "ratings.png"):
-        lines += ["![ratings](ratings.png)", ""]
+              f"![agreement]({AGREEMENT_FIGURE})", ""]
+    _agreement_figure(quality, out_dir / AGREEMENT_FIGURE)
+    if _ratings_figure(feedback, out_dir / RATINGS_FIGURE):
+        lines += [f"![ratings]({RATINGS_FIGURE})", ""]
     if not quality.groups.empty:
         lines += ["## Annotator groups", "", _markdown_table(quality.groups, "group"), ""]
     if tables is not None:
         lines += ["## Training tables", ""] + [f"- {name}: {count}" for name, count in tables.counts.items()] + [""]
         comparison, skipped = elo_vs_bradley_terry(tables.pairs)
         if not comparison.empty:
-            _elo_figure(comparison, out_dir / "elo_vs_bradley_terry.png")
+            _elo_figure(comparison, out_dir / ELO_FIGURE)
             correlation = comparison[["elo", "bradley_terry"]].corr().iloc[0, 1]
             lines += ["## Elo and Bradley-Terry", "",
                       f"{comparison['prompt'].nunique()} prompts compared ({skipped} skipped: some response "
                       f"never lost or never won, so the Bradley-Terry maximum is infinite); Pearson r = "
-                      f"{correlation:.3f}.", "", "![Elo vs Bradley-Terry](elo_vs_bradley_terry.png)", ""]
+                      f"{correlation:.3f}.", "", f"![Elo vs Bradley-Terry]({ELO_FIGURE})", ""]
+    if rlaif is not None:
+        lines.append(rlaif_section(rlaif, quality.annotators["verdict"].get(AI_JUDGE_ID, ""), annotator_policy))
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def rlaif_section(stats: dict, verdict: str, policy: str) -> str:
+    """The AI judge's share, cost and position bias, and its agreement with the held-out raters."""
+    lines = ["## RLAIF judge", "",
+             f"Judge model `{stats['judge_model']}`: {stats['items_replaced']} of {stats['pairwise_items']} pairwise "
+             f"items judged by the AI (share {stats['ai_share']}); {stats['pairs_judged']} pairs judged in both orders "
+             f"on {stats['actors']} Ray Data actor(s) in {stats['wall_time_s']} s; mean position bias "
+             f"{stats['mean_position_bias_log_odds']:.3f} log-odds toward the first reply (cancelled by the swap); "
+             f"{stats['texts_clipped']} texts clipped to fit the judge's positions."]
+    if "agreement_with_heldout_raters" in stats:
+        lines += ["", f"Agreement with the majority of the held-out raters on {stats['items']} held-out pairs: "
+                      f"**{stats['agreement_with_heldout_raters']:.3f}** (the training raters' consensus: "
+                      f"{stats['training_raters_agreement_with_heldout_raters']:.3f}; chance: 0.5)."]
+    if verdict in ("adversarial", "uninformative"):
+        # The quality check treats the judge like any annotator: a judge at chance is flagged.
+        lines += ["", f"Annotator quality flags the AI judge as **{verdict}**; with annotator_policy={policy} "
+                      f"its rows are weighted accordingly in the training tables."]
+    return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import pyarrow as pa
@@ -32,6 +33,7 @@ from alignray.validation import RowCheck, ValidationReport, read_parquet_validat
 
 KINDS = ("pairwise", "ranking", "thumbs", "rating")
 SOURCES = ("human", "ai", "simulated")
+AI_JUDGE_ID = "ai-judge"  # the annotator id of the AI judge's rows (alignray.rlaif)
 WINNERS = ("a", "b", "tie")
 THUMBS = ("up", "down")
 DEFAULT_FLAWS = ("harmful", "inaccurate", "unhelpful", "off_topic")
@@ -157,6 +159,20 @@ def read_feedback(
     strict: bool = True,
 ) -> tuple[pa.Table, ValidationReport]:
     return read_parquet_validated(path, FEEDBACK_SCHEMA, feedback_row_checks(flaw_vocabulary), strict)
+
+
+def read_feedback_files(path: str | os.PathLike,
+                        flaw_vocabulary: Sequence[str] = DEFAULT_FLAWS) -> tuple[pa.Table, list[ValidationReport]]:
+    """The accepted rows of a feedback file, or of every ``*.parquet`` in a folder, and one
+    report per file (bad rows are counted and named there, never raised)."""
+    if not path:
+        raise ValueError("feedback.source=files needs feedback.path (a parquet file or a folder of them)")
+    root = Path(path)
+    files = sorted(root.glob("*.parquet")) if root.is_dir() else [root]
+    if not files:
+        raise FileNotFoundError(f"no parquet files in {root}")
+    read = [read_feedback(file, flaw_vocabulary, strict=False) for file in files]
+    return pa.concat_tables([table for table, _ in read]), [report for _, report in read]
 
 
 def write_feedback(

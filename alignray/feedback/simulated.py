@@ -123,6 +123,11 @@ class SimulatedAnnotator:
                                **self._meta(timestamp))
 
 
+def annotator_id(rater: int) -> str:
+    """The id of rater ``rater``'s honest annotator (one copy per rater)."""
+    return f"rater{rater}"
+
+
 def make_annotator_pool(
     raters: Sequence[int] = TRAINING_RATERS,
     bad_faith_share: float = 0.0,
@@ -142,7 +147,7 @@ def make_annotator_pool(
     if not 0.0 <= bad_faith_share < 1.0:
         raise ValueError(f"bad_faith_share {bad_faith_share} is not in [0, 1)")
     rng = np.random.default_rng(seed)
-    honest = [(f"rater{r}" if copies_per_rater == 1 else f"rater{r}-{c + 1}", r, "honest")
+    honest = [(annotator_id(r) if copies_per_rater == 1 else f"{annotator_id(r)}-{c + 1}", r, "honest")
               for r in raters for c in range(copies_per_rater)]
     n_bad = round(bad_faith_share * len(honest) / (1.0 - bad_faith_share))
     bad = [(f"badfaith{i + 1}-{behaviour}", int(rng.choice(raters)), behaviour)
@@ -202,3 +207,24 @@ def simulate_feedback(
             if "rating" in forms:
                 rows += [judge.rating(prompt, response, rng, stamp()) for judge in judges()]
     return feedback_table(rows)
+
+
+def training_feedback(prompts: Sequence[str], responses: Sequence[Sequence[str]], *, train_annotators: int,
+                      bad_faith_share: float, annotators_per_item: int | None, pairs_per_prompt: int | None,
+                      seed: int) -> pa.Table:
+    """Every form of feedback from the first ``train_annotators`` training raters plus the
+    injected bad-faith share."""
+    if not 1 <= train_annotators <= len(TRAINING_RATERS):
+        raise ValueError(f"feedback.train_annotators must be in 1..{len(TRAINING_RATERS)}: raters "
+                         f"{HELD_OUT_JUDGE_RATERS} are the held-out judge")
+    pool = make_annotator_pool(TRAINING_RATERS[:train_annotators], bad_faith_share=bad_faith_share, seed=seed)
+    return simulate_feedback(pool, prompts, responses, annotators_per_item=annotators_per_item,
+                             pairs_per_prompt=pairs_per_prompt, seed=seed)
+
+
+def heldout_feedback(prompts: Sequence[str], responses: Sequence[Sequence[str]], *, train_annotators: int,
+                     seed: int) -> pa.Table:
+    """Every pair of each held-out prompt's responses, judged by every honest rater: the
+    training raters (ids as in the training feedback) and the held-out ones."""
+    raters = TRAINING_RATERS[:train_annotators] + HELD_OUT_JUDGE_RATERS
+    return simulate_feedback(make_annotator_pool(raters), prompts, responses, forms=("pairwise",), seed=seed)

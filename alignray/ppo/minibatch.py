@@ -1,7 +1,7 @@
 """Epochs of shuffled minibatches over one PPO batch, with optional early stop on KL, and
 the split of a minibatch into micro-batches under a token budget (gradient accumulation).
 
-Usage in the coordinator::
+Usage in the policy's update (actors/policy.py)::
 
     early_stop = EarlyStopOnKL(target_kl)
     for epoch, indices in minibatch_indices(n, minibatch_size, epochs, generator, early_stop):

@@ -59,7 +59,7 @@ class RunningRewardNormalizer:
 
     Batches are merged with Chan et al.'s parallel form of Welford's update, in float64,
     so the statistics do not depend on how the stream was cut into batches. Normalising keeps
-    the meaning of a KL coefficient the same across reward models (DESIGN.md).
+    the meaning of a KL coefficient the same across reward models.
     """
 
     def __init__(self, shift_mean: bool = True, eps: float = 1e-8):

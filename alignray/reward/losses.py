@@ -8,23 +8,14 @@
 * Pointwise: thumbs (1 / 0) and quality scores squashed into [0, 1] are targets for
   ``sigmoid(reward)``, a binary cross-entropy with soft labels.
 
-Every loss is a weighted mean: per-example weights (annotator reliability, the shared unit
-weight of a ranking's pairs, half-weight ties) scale each example's share.
+Per-example weights (annotator reliability, the shared unit weight of a ranking's pairs,
+half-weight ties) scale each example's share: :func:`reward_loss_sums` returns weighted
+sums, which the training loop divides by the global batch's total weight.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-
-def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    if weights is None:
-        return values.mean()
-    weights = weights.to(values.dtype)
-    total = weights.sum()
-    if total <= 0:
-        raise ValueError("the weights of a batch sum to zero: no example would count")
-    return (values * weights).sum() / total
 
 
 def bradley_terry_per_pair(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
@@ -40,19 +31,6 @@ def bradley_terry_per_pair(chosen_rewards: torch.Tensor, rejected_rewards: torch
 def pointwise_per_example(rewards: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy between ``sigmoid(reward)`` and a target in [0, 1]."""
     return F.binary_cross_entropy_with_logits(rewards, targets.to(rewards.dtype), reduction="none")
-
-
-def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
-                       margins: torch.Tensor | None = None,
-                       weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Weighted mean of ``-log sigmoid(r_chosen - r_rejected - margin)``."""
-    return weighted_mean(bradley_terry_per_pair(chosen_rewards, rejected_rewards, margins), weights)
-
-
-def pointwise_loss(rewards: torch.Tensor, targets: torch.Tensor,
-                   weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Weighted binary cross-entropy between ``sigmoid(reward)`` and targets in [0, 1]."""
-    return weighted_mean(pointwise_per_example(rewards, targets), weights)
 
 
 def reward_loss_sums(pair_chosen: torch.Tensor, pair_rejected: torch.Tensor, pair_margins: torch.Tensor,

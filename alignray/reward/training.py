@@ -4,7 +4,7 @@ training rows, the model builder, the collate function and the loss (pure: no Ra
 Pairs (chosen, rejected) and pointwise targets (thumbs, quality scores, Elo) travel as one
 table of EXAMPLE_SCHEMA, so one shuffled stream feeds both losses and their mix follows
 the tables' sizes. Text is tokenised in the collate function with the reward model's own
-tokenizer, exactly as :func:`alignray.reward_model.encode_texts` does when scoring.
+tokenizer, exactly as :func:`alignray.reward.model.encode_texts` does when scoring.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pyarrow as pa
 import torch
 from transformers import PreTrainedModel
 
-from alignray.reward_losses import reward_loss_sums
-from alignray.reward_model import encode_texts, init_reward_model, reward_tokenizer
+from alignray.reward.losses import reward_loss_sums
+from alignray.reward.model import encode_texts, init_reward_model, reward_tokenizer
 
 EXAMPLE_SCHEMA = pa.schema([
     pa.field("is_pair", pa.bool_(), nullable=False),

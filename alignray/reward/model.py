@@ -30,7 +30,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Bat
 from transformers.utils import logging as hf_logging
 
 from alignray.data import format_prompt, response_text
-from alignray.modeling import fused_activation, pick_device
+from alignray.modeling import fused_activation, pick_device, position_limit
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,7 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
 
 def _max_length_of(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
     """What the model can read: its position limit, else the tokenizer's, else a default."""
-    limits = [getattr(model.config, name, None) for name in ("max_position_embeddings", "n_positions")]
-    limits.append(tokenizer.model_max_length if tokenizer.model_max_length < 10**6 else None)
+    limits = [position_limit(model), tokenizer.model_max_length if tokenizer.model_max_length < 10**6 else None]
     limits = [int(limit) for limit in limits if limit]
     return min(limits) if limits else DEFAULT_MAX_LENGTH
 

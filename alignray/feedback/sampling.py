@@ -1,0 +1,50 @@
+"""What simulated and AI feedback judge: prompts drawn from a prompts file and responses
+sampled from the policy model (pure torch, no Ray)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alignray.data import format_prompt, read_prompts
+from alignray.generation import decode_responses, disable_dropout, sample_responses
+from alignray.modeling import check_position_limit, load_causal_lm, load_tokenizer
+
+
+def take_prompts(path: Path, count: int, seed: int) -> list[str]:
+    """``count`` distinct prompts drawn at random (seeded) from a validated prompts file."""
+    table, _ = read_prompts(path)
+    distinct = sorted(set(table.column("prompt").to_pylist()))
+    order = np.random.default_rng(seed).permutation(len(distinct))[:count]
+    return [distinct[i] for i in order]
+
+
+def load_policy(model_path: str):
+    """The policy model in eval mode without dropout, and its tokenizer."""
+    tokenizer = load_tokenizer(model_path)
+    # Keep a long prompt's end: with a chat template the generation prompt is there.
+    tokenizer.truncation_side = "left"
+    return disable_dropout(load_causal_lm(model_path)).eval(), tokenizer
+
+
+def sample_policy_responses(model, tokenizer, prompts: list[str], per_prompt: int, max_prompt_tokens: int,
+                            max_new_tokens: int, batch_size: int, temperature: float, seed: int,
+                            label: str) -> list[list[str]]:
+    """``per_prompt`` sampled responses to each prompt (batched, KV cache, seeded), with progress."""
+    check_position_limit(model, max_prompt_tokens + max_new_tokens,
+                         f"data.max_prompt_tokens {max_prompt_tokens} + {max_new_tokens} response tokens")
+    texts = [format_prompt(tokenizer, prompt) for prompt in prompts for _ in range(per_prompt)]
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    responses, started = [], time.monotonic()
+    for start in range(0, len(texts), batch_size):
+        encoded = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
+                            max_length=max_prompt_tokens, add_special_tokens=False).to(model.device)
+        sampled = sample_responses(model, encoded.input_ids, encoded.attention_mask, max_new_tokens=max_new_tokens,
+                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                   temperature=temperature, generator=generator)
+        responses += decode_responses(tokenizer, sampled.response_ids, sampled.response_mask)
+        print(f"sampling {label} responses: {len(responses)}/{len(texts)} ({time.monotonic() - started:.0f} s)",
+              flush=True)
+    return [responses[i:i + per_prompt] for i in range(0, len(responses), per_prompt)]
