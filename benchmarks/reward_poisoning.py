@@ -86,9 +86,9 @@ def app_config(args, workdir: Path):
     from hydra import compose, initialize_config_dir
 
     from workflows.common import CONFIG_PATH
-    overrides = [f"workdir={workdir}", f"cluster.num_workers={args.workers}", f"reward.lr={args.lr}",
-                 f"reward.epochs={args.epochs}", f"reward.batch_size={args.batch_size}", f"seed={args.seed}",
-                 "reward.compare_unfiltered=true"]
+    overrides = [f"workdir={workdir}", f"cluster.num_workers={args.workers}", f"reward_model.lr={args.lr}",
+                 f"reward_model.epochs={args.epochs}", f"reward_model.batch_size={args.batch_size}", f"seed={args.seed}",
+                 "reward_model.compare_unfiltered=true"]
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
         return compose(config_name="config", overrides=overrides)
 

@@ -94,8 +94,8 @@ def app_config(tmp_path, workers: int):
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
         return compose(config_name="config", overrides=[
             f"workdir={tmp_path / f'runs-{workers}'}", f"cluster.num_workers={workers}", "cluster.cpus_per_worker=1",
-            "reward.epochs=2", "reward.batch_size=32", "reward.lr=3e-3", "reward.log_every=5",
-            "reward.max_length=16", "reward.deepspeed.zero_stage=0", "reward.compare_unfiltered=false"])
+            "reward_model.epochs=2", "reward_model.batch_size=32", "reward_model.lr=3e-3", "reward_model.log_every=5",
+            "reward_model.max_length=16", "reward_model.deepspeed.zero_stage=0", "reward_model.compare_unfiltered=false"])
 
 
 def test_app_trains_normalises_and_evaluates_with_one_and_two_workers(ray_cluster, tiny_base_model, tmp_path):

@@ -3,7 +3,7 @@ validated, aggregated into reward-model training tables and reported, as a Hydra
 
     python -m workflows.feedback                                   # simulated, embedded default
     python -m workflows.feedback feedback=rlaif                    # half the comparisons by the AI judge
-    python -m workflows.feedback feedback.policy_model_path=<SFT model folder>
+    python -m workflows.feedback feedback.sft_model_path=<SFT model folder>
     python -m workflows.feedback feedback=files feedback.path=/data/feedback/   # file or folder
 
 ``source=simulated``: ``num_prompts`` training prompts each get ``responses_per_prompt``
@@ -82,13 +82,13 @@ def log_validation(report: ValidationReport) -> None:
 
 
 # ----------------------------------------------------------------------------- simulated and AI feedback
-def simulated_feedback(cfg: DictConfig, policy_model_path: str, out: Path) -> tuple[pa.Table, dict, dict | None]:
+def simulated_feedback(cfg: DictConfig, sft_model_path: str, out: Path) -> tuple[pa.Table, dict, dict | None]:
     """Training feedback (with the AI judge's share) and the held-out files; returns the
     feedback, the counts of its generation and the AI judge's statistics (None: no judge)."""
     fb = cfg.feedback
     files = prompt_files(cfg)
     max_new_tokens = fb.max_response_tokens or cfg.data.max_response_tokens
-    model, tokenizer = load_policy(policy_model_path)
+    model, tokenizer = load_policy(sft_model_path)
 
     def respond(prompts, label, seed):
         return sample_policy_responses(model, tokenizer, prompts, fb.responses_per_prompt, cfg.data.max_prompt_tokens,
@@ -112,7 +112,7 @@ def simulated_feedback(cfg: DictConfig, policy_model_path: str, out: Path) -> tu
                       out / HELDOUT_PAIRS_FILE, HELDOUT_PAIRS_SCHEMA)
         summary["heldout"] = {"prompts": len(heldout_prompts), "pairs": len(pairs), "rows": heldout.num_rows}
     if fb.ai_share > 0:
-        feedback, rlaif = mix_in_ai_judge(cfg, feedback, fb.ai_judge_path or policy_model_path, pairs)
+        feedback, rlaif = mix_in_ai_judge(cfg, feedback, fb.ai_judge_path or sft_model_path, pairs)
         return feedback, summary, rlaif
     return feedback, summary, None
 
@@ -145,11 +145,11 @@ def mix_in_ai_judge(cfg: DictConfig, feedback: pa.Table, judge_path: str,
 
 
 # ----------------------------------------------------------------------------- the phase
-def gather_feedback(cfg: DictConfig, policy_model_path: str, out: Path):
+def gather_feedback(cfg: DictConfig, sft_model_path: str, out: Path):
     """The accepted feedback rows, one validation report per input, the generation counts
     (simulated only) and the AI judge's statistics (None: no judge)."""
     if cfg.feedback.source == "simulated":
-        generated, generation, rlaif = simulated_feedback(cfg, policy_model_path, out)
+        generated, generation, rlaif = simulated_feedback(cfg, sft_model_path, out)
         feedback, report = validate_feedback(generated, "simulated feedback", strict=False)
         log_validation(report)
         return feedback, [report], generation, rlaif
@@ -159,22 +159,22 @@ def gather_feedback(cfg: DictConfig, policy_model_path: str, out: Path):
             log_validation(report)
         rlaif = None
         if cfg.feedback.ai_share > 0:
-            feedback, rlaif = mix_in_ai_judge(cfg, feedback, cfg.feedback.ai_judge_path or policy_model_path, None)
+            feedback, rlaif = mix_in_ai_judge(cfg, feedback, cfg.feedback.ai_judge_path or sft_model_path, None)
         return feedback, reports, None, rlaif
     raise ValueError(f"feedback.source must be simulated or files, not {cfg.feedback.source!r}")
 
 
-def run_feedback(cfg: DictConfig, policy_model_path: str) -> Path:
+def run_feedback(cfg: DictConfig, sft_model_path: str) -> Path:
     """Generate or ingest feedback, validate, aggregate and report it; returns the phase
     folder (reused when complete). Needs a connected Ray when the AI judge runs."""
-    policy_model_path = str(policy_model_path)
-    out = phase_dir(cfg, "feedback", cfg.feedback, cfg.data, policy_model_path, cfg.seed)
+    sft_model_path = str(sft_model_path)
+    out = phase_dir(cfg, "feedback", cfg.feedback, cfg.data, sft_model_path, cfg.seed)
     if is_complete(out):
         log.info("feedback output for these settings exists: %s", out)
         return out
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
-    feedback, reports, generation, rlaif = gather_feedback(cfg, policy_model_path, out)
+    feedback, reports, generation, rlaif = gather_feedback(cfg, sft_model_path, out)
     if feedback.num_rows == 0:
         raise ValueError(f"no feedback rows accepted: {[r.summary() for r in reports]}")
 
@@ -186,7 +186,7 @@ def run_feedback(cfg: DictConfig, policy_model_path: str) -> Path:
     report_path = write_feedback_report(out, feedback, quality, tables, ValidationReport.combined(reports),
                                         rlaif=rlaif, annotator_policy=cfg.feedback.annotator_policy)
     summary = {
-        "source": cfg.feedback.source, "policy_model": policy_model_path,
+        "source": cfg.feedback.source, "policy_model": sft_model_path,
         **({"generation": generation} if generation is not None else {}),
         "validation": [r.counts(MAX_ERRORS_LOGGED) for r in reports],
         "rows_in": sum(r.rows_in for r in reports), "rows_accepted": sum(r.accepted for r in reports),
@@ -211,7 +211,7 @@ def main(cfg: DictConfig) -> str:
     start_app(cfg, "feedback")
     # Only the AI judge runs on Ray (its actor pool); human and simulated feedback do not need it.
     with runtime.ray_session(cfg.cluster) if cfg.feedback.ai_share > 0 else nullcontext():
-        policy = cfg.feedback.policy_model_path or resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
+        policy = cfg.feedback.sft_model_path or resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
         return str(run_feedback(cfg, policy))
 
 

@@ -1,8 +1,8 @@
 """Phase 3b: train the reward model on the feedback tables, normalise it, evaluate it.
 
     python -m workflows.reward_model                      # embedded default: SFT and feedback phases first
-    python -m workflows.reward_model reward.sft_model=<folder> reward.feedback_dir=<folder>
-    python -m workflows.reward_model reward.backbone=minilm cluster=cpu_test   # MiniLM, two workers
+    python -m workflows.reward_model reward_model.sft_model_path=<folder> reward_model.feedback_dir=<folder>
+    python -m workflows.reward_model reward_model.backbone=minilm cluster=cpu_test   # MiniLM, two workers
 
 An ``AutoModelForSequenceClassification(num_labels=1)`` on any backbone is trained with Ray
 Train's ``TorchTrainer`` through the project's DeepSpeed strategy, fed by Ray Data, on
@@ -104,7 +104,7 @@ def train_reward_model(examples: pa.Table, backbone: str, cfg: DictConfig, out_d
     """Train on ``examples`` with the shared Ray Train loop (``cluster.num_workers``
     workers, DeepSpeed); returns ``<out_dir>/model``, not yet normalised. An interrupted
     run in ``out_dir`` resumes from its last checkpoint."""
-    reward = cfg.reward
+    reward = cfg.reward_model
     tables = split_examples(examples, float(reward.heldout_fraction), int(cfg.seed))
     loop = TrainLoopConfig(
         model_path=backbone, deepspeed=OmegaConf.to_object(reward.deepspeed), lr=float(reward.lr),
@@ -176,7 +176,7 @@ def train_normalize_evaluate(pairs: pa.Table, pointwise: pa.Table, heldout: pa.T
     model_dir = train_reward_model(examples, backbone, cfg, out_dir)
     train_s = time.monotonic() - started
     result = {"pairs": pairs.num_rows, "pointwise": pointwise.num_rows, "train_s": round(train_s, 1),
-              "normalization": normalize_saved_model(model_dir, examples, int(cfg.reward.reference_size),
+              "normalization": normalize_saved_model(model_dir, examples, int(cfg.reward_model.reference_size),
                                                      int(cfg.seed))}
     records = [with_pair_accuracy(r) for r in read_metrics(out_dir / METRICS_FILE)]
     plot_curves(records, ["loss", "heldout_loss", "pair_accuracy", "heldout_pair_accuracy"], out_dir / LOSS_FIGURE,
@@ -185,7 +185,7 @@ def train_normalize_evaluate(pairs: pa.Table, pointwise: pa.Table, heldout: pa.T
     result["final_heldout_loss"] = next(r["heldout_loss"] for r in reversed(records) if "heldout_loss" in r)
     if heldout is not None:
         figures, calibration = evaluate_reward_model(model_dir, heldout, annotators_of(pairs, pointwise),
-                                                     int(cfg.reward.calibration_bins))
+                                                     int(cfg.reward_model.calibration_bins))
         plot_calibration(calibration, out_dir / CALIBRATION_FIGURE)
         result["heldout"] = figures
     result["wall_s"] = round(time.monotonic() - started, 1)
@@ -213,7 +213,7 @@ def run_reward_model(cfg: DictConfig, backbone_path: str, feedback_dir: str | Pa
     """Train, normalise and evaluate the reward model; returns the phase folder (reused
     when complete). The model is ``<out>/model``."""
     feedback_dir = Path(feedback_dir)
-    out = phase_dir(cfg, "reward", cfg.reward, backbone_path, str(feedback_dir.resolve()))
+    out = phase_dir(cfg, "reward", cfg.reward_model, backbone_path, str(feedback_dir.resolve()))
     if is_complete(out):
         log.info("reusing the reward model in %s", out)
         return out
@@ -221,10 +221,10 @@ def run_reward_model(cfg: DictConfig, backbone_path: str, feedback_dir: str | Pa
     pairs, pointwise = read_training_tables(feedback_dir)
     heldout_path = feedback_dir / HELDOUT_FEEDBACK_FILE
     heldout = read_feedback(heldout_path)[0] if heldout_path.exists() else None
-    backbone = resolve_backbone(cfg.reward.backbone, backbone_path)
+    backbone = resolve_backbone(cfg.reward_model.backbone, backbone_path)
     with runtime.ray_session(cfg.cluster):
         evaluation = {"model": train_normalize_evaluate(pairs, pointwise, heldout, backbone, cfg, out)}
-        comparison = unfiltered_tables(feedback_dir, pairs, pointwise) if cfg.reward.compare_unfiltered else None
+        comparison = unfiltered_tables(feedback_dir, pairs, pointwise) if cfg.reward_model.compare_unfiltered else None
         if comparison is not None:
             # Same feedback, same settings, flagged annotators kept: what excluding them bought.
             (out / "unfiltered").mkdir(exist_ok=True)
@@ -252,9 +252,9 @@ def _headline(evaluation: dict) -> dict:
 def upstream_inputs(cfg: DictConfig) -> tuple[str, str]:
     """The SFT model and the feedback folder: given in the config, or the upstream phases'
     outputs (run, or reused when complete)."""
-    sft_model = cfg.reward.sft_model or str(run_sft(cfg, resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed))
+    sft_model = cfg.reward_model.sft_model_path or str(run_sft(cfg, resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed))
                                             / MODEL_DIR)
-    feedback_dir = cfg.reward.feedback_dir or str(run_feedback(cfg, sft_model))
+    feedback_dir = cfg.reward_model.feedback_dir or str(run_feedback(cfg, sft_model))
     return sft_model, feedback_dir
 
 

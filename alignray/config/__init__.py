@@ -14,7 +14,7 @@ from alignray.config.data import DataConfig
 from alignray.config.feedback import FeedbackConfig
 from alignray.config.model import EmbeddedRecipe, ModelConfig
 from alignray.config.ppo import PPOConfig
-from alignray.config.reward import RewardConfig
+from alignray.config.reward_model import RewardModelConfig
 from alignray.config.root import AlignrayConfig
 from alignray.config.serve import ServeConfig
 from alignray.config.sft import SFTConfig
@@ -22,7 +22,7 @@ from alignray.config.training import DeepSpeedConfig
 
 __all__ = [
     "AlignrayConfig", "ClusterConfig", "DataConfig", "DeepSpeedConfig", "EmbeddedRecipe",
-    "FeedbackConfig", "ModelConfig", "PPOConfig", "RewardConfig", "SFTConfig", "ServeConfig",
+    "FeedbackConfig", "ModelConfig", "PPOConfig", "RewardModelConfig", "SFTConfig", "ServeConfig",
     "register_configs",
 ]
 

@@ -12,7 +12,7 @@ class FeedbackConfig:
     source: str = "simulated"
     path: str = ""
     # The model that answers the prompts; the pipeline passes its SFT model. Empty: the base model.
-    policy_model_path: str = ""
+    sft_model_path: str = ""
     num_prompts: int = 600
     responses_per_prompt: int = 4
     # Held-out prompts whose response pairs every rater judges, 1..train_annotators and the

@@ -8,7 +8,7 @@ from alignray.config.data import DataConfig
 from alignray.config.feedback import FeedbackConfig
 from alignray.config.model import ModelConfig
 from alignray.config.ppo import PPOConfig
-from alignray.config.reward import RewardConfig
+from alignray.config.reward_model import RewardModelConfig
 from alignray.config.serve import ServeConfig
 from alignray.config.sft import SFTConfig
 
@@ -27,6 +27,6 @@ class AlignrayConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)

