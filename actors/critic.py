@@ -10,11 +10,10 @@ from transformers import AutoModel
 
 from actors.base import TrainableActor
 from alignray.config.ppo import PPOConfig
-from alignray.experience import Experience
+from alignray.experience import CriticTrainStats, Experience, mean
 from alignray.generation import disable_dropout, sequence_inputs
 from alignray.modeling import fused_activation, training_dtype
 from alignray.ppo import clipped_value_loss, minibatch_indices
-from alignray.ppo.step_stats import CriticTrainStats, mean
 from alignray.seeds import derived_seed
 
 

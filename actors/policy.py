@@ -14,11 +14,10 @@ import torch
 from actors.base import TrainableActor
 from actors.weight_sync import WeightSender
 from alignray.config.ppo import PPOConfig
-from alignray.experience import Experience
+from alignray.experience import Experience, PolicyTrainStats, mean
 from alignray.generation import disable_dropout, gather_tokens, response_logits, vocab_logprobs
 from alignray.modeling import load_causal_lm, load_tokenizer, training_dtype
 from alignray.ppo import EarlyStopOnKL, entropy_from_logprobs, get_policy_loss, masked_mean, minibatch_indices
-from alignray.ppo.step_stats import PolicyTrainStats, mean
 from alignray.seeds import derived_seed
 
 

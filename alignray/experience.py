@@ -3,7 +3,8 @@
 ``PromptBatch`` (what the coordinator hands the rollout pool) -> ``Rollout`` (plus the sampled
 responses and their behaviour log-probs) -> ``Experience`` (plus reference log-probs, critic
 values, sequence scores, per-token rewards, advantages and returns), built once by
-:func:`build_experience`. All tensors are batch-first; the layout of prompts and responses
+:func:`build_experience`; then what the step reports: the ranks' typed update statistics and
+:func:`step_metrics`. All tensors are batch-first; the layout of prompts and responses
 is the one of ``alignray.generation``.
 
 ``PromptStream`` is the deterministic order in which prompts are taken, with a position
@@ -12,16 +13,17 @@ that goes into the checkpoint so a resumed run takes the prompts the interrupted
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from alignray.generation import SampledResponses
-from alignray.ppo import (RunningRewardNormalizer, clip_rewards, get_advantage_estimator, kl_estimate,
-                          masked_mean, masked_sum, masked_whiten, token_level_rewards, truncation_penalty,
-                          valid_only)
+from alignray.ppo import (RunningRewardNormalizer, clip_rewards, explained_variance, get_advantage_estimator,
+                          kl_estimate, masked_mean, masked_sum, masked_whiten, token_level_rewards,
+                          truncation_penalty, valid_only)
 from alignray.seeds import derived_seed
 
 if TYPE_CHECKING:
@@ -185,3 +187,71 @@ class PromptStream:
         if (state["num_prompts"], state["seed"]) != (self.num_prompts, self.seed):
             raise ValueError("the checkpoint's prompt stream was over other prompts or another seed")
         self.consumed = int(state["consumed"])
+
+
+@dataclass
+class PolicyTrainStats:
+    """One policy rank's update at a step; losses and rates are means over applied minibatches."""
+    policy_loss: float
+    clip_fraction: float
+    approx_kl: float
+    ratio_max: float
+    entropy: float  # of the first minibatch, before any update, unless there is an entropy bonus
+    micro_batches: float
+    policy_updates: int
+    nonfinite_updates: int  # minibatches skipped for a non-finite loss
+    stopped_after_epoch: Optional[int]  # early stop on KL
+    train_tokens_per_s: float
+    mfu: Optional[float] = None  # where the device's peak FLOP/s is known
+
+
+@dataclass
+class CriticTrainStats:
+    value_loss: float
+    value_clip_fraction: float
+    nonfinite_updates: int
+    train_tokens_per_s: float
+    mfu: Optional[float] = None
+
+
+def mean(values: Sequence[float]) -> float:
+    """The mean, ignoring NaN and None (a rank or minibatch with nothing to report)."""
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
+def step_metrics(exp: Experience, raw_scores: Tensor, policy_logprobs: Tensor, constraint_costs: Tensor,
+                 violations: dict[str, Tensor], advantage_stats: dict[str, float], kl_coef: float,
+                 policy: list[PolicyTrainStats], critic: list[CriticTrainStats]) -> dict[str, float]:
+    """The algorithm's metrics of one step: rewards before and after normalisation, KL, the
+    advantages, constraint violations, the ranks' update statistics combined (means; sums for
+    counts and throughput; the max of the ratio), and the gap between the log-probs the
+    rollout workers sampled with and the policy's own for the same tokens, before its update
+    (0 up to rounding when the weights agree; bf16 on a GPU makes it small, stale weights large;
+    with ``policy_lag=1`` it includes the one update the sampler is behind)."""
+    mask = exp.response_mask
+    gap = (exp.logprobs - policy_logprobs)[mask].abs()
+    metrics = {
+        "rollout_logprob_gap_max": gap.max().item(), "rollout_logprob_gap_mean": gap.mean().item(),
+        "reward_raw": raw_scores.mean().item(), "reward_raw_std": raw_scores.std().item(),
+        "reward_normalized": exp.scores.mean().item(), "kl_coef": kl_coef, **advantage_stats,
+        "constraint_violation_rate": (constraint_costs > 0).float().mean().item(),
+        "constraint_penalty_mean": constraint_costs.mean().item(),
+        **{f"violations/{name}": v.float().mean().item() for name, v in violations.items()},
+        "response_length": mask.sum(dim=1).float().mean().item(),
+        "truncated_share": (~exp.ended_with_eos).float().mean().item(),
+        "explained_variance": explained_variance(exp.values, exp.returns, mask),
+    }
+    for key in ("policy_loss", "entropy", "clip_fraction", "approx_kl", "micro_batches"):
+        metrics[key] = mean([getattr(s, key) for s in policy])
+    metrics["ratio_max"] = max(s.ratio_max for s in policy)
+    metrics["policy_updates"] = sum(s.policy_updates for s in policy)
+    metrics["value_loss"] = mean([s.value_loss for s in critic])
+    metrics["value_clip_fraction"] = mean([s.value_clip_fraction for s in critic])
+    metrics["train_tokens_per_s"] = sum(s.train_tokens_per_s for s in policy)  # over the ranks
+    metrics["critic_train_tokens_per_s"] = sum(s.train_tokens_per_s for s in critic)
+    if policy[0].mfu is not None:
+        metrics["mfu"] = mean([s.mfu for s in policy])
+    if critic[0].mfu is not None:
+        metrics["critic_mfu"] = mean([s.mfu for s in critic])
+    return metrics

@@ -38,7 +38,8 @@ from actors.runtime import ray_session
 from actors.weight_sync import WeightSync
 from alignray.config.ppo import PPOConfig
 from alignray.data import format_prompt, prepare_embedded_data, read_prompts, response_text
-from alignray.experience import PromptBatch, PromptStream, Rollout, build_experience, sequence_scores
+from alignray.experience import (CriticTrainStats, PolicyTrainStats, PromptBatch, PromptStream, Rollout, build_experience,
+                                 sequence_scores, step_metrics)
 from alignray.generation import decode_responses
 from alignray.artifacts import CURVES_FIGURE, METRICS_FILE, POLICY_DIR, STAGE_TIMES_FIGURE
 from alignray.base_model import resolve_base_model
@@ -50,7 +51,6 @@ from alignray.ppo import (
     RunningRewardNormalizer,
     make_kl_controller,
 )
-from alignray.ppo.step_stats import CriticTrainStats, PolicyTrainStats, step_metrics
 from workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
 
 log = logging.getLogger("alignray.ppo")
