@@ -11,8 +11,8 @@ scores normalised once -> per-token KL folded into the reward -> GAE and whiteni
 parallel policy and critic updates -> metrics with the wall time of every stage ->
 checkpoint on schedule.
 
-``ppo.policy_lag=1`` overlaps generation with training: the pool takes the weights at the
-start of a step and generates the next step's batch while this one trains, so each batch
+``ppo.policy_lag=1`` overlaps generation with training: as soon as a step's batch is in, the
+pool takes the current weights and generates the next step's batch while this one trains, so each batch
 is one update behind the policy that trains on it (the ratio is taken against the rollout
 log-probs, which is what makes that correct). Off by default; a resumed run generates its
 first batch again with the restored weights, so it is not bit-identical to an uninterrupted one.
