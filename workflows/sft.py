@@ -86,7 +86,7 @@ def read_demonstration_splits(cfg: DictConfig) -> tuple[dict[str, pa.Table], lis
 
 def _read(path: Path) -> tuple[pa.Table, dict]:
     table, report = read_demonstrations(path)
-    print(report.summary(), flush=True)
+    log.info(report.summary())
     return table, report.counts()
 
 
@@ -156,8 +156,8 @@ def run_sft(cfg: DictConfig, base_model_path: str | Path) -> Path:
     tokens = {split: truncation_counts(dataset) for split, dataset in datasets.items()}
     steps = steps_per_epoch(tokens["train"]["rows"], cfg.sft.batch_size)
     untrained_tail = tokens["train"]["rows"] - steps * cfg.sft.batch_size
-    print(f"SFT data: {json.dumps(tokens)}; {steps} global batches of {cfg.sft.batch_size} per epoch, "
-          f"the last {untrained_tail} rows of each epoch make no full batch", flush=True)
+    log.info("SFT data: %s; %d global batches of %d per epoch, the last %d rows of each epoch make no full batch",
+             json.dumps(tokens), steps, cfg.sft.batch_size, untrained_tail)
 
     loop = TrainLoopConfig(
         model_path=base_model_path, deepspeed=DeepSpeedConfig(**OmegaConf.to_container(cfg.sft.deepspeed)),
