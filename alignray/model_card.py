@@ -37,7 +37,7 @@ class ModelCard:
 
 def hub_id(name: str | None) -> str | None:
     """``name`` when it reads as a hub model id, else None (a local path, empty)."""
-    if not name or Path(name).is_absolute() or name.startswith(".") or not _HUB_ID.match(name):
+    if not name or Path(name).exists() or name.startswith(".") or not _HUB_ID.match(name):
         return None
     return name
 

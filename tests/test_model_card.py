@@ -19,12 +19,15 @@ def test_a_card_round_trips_with_its_front_matter_and_sections(tmp_path):
     assert "| `heldout_loss` | 2.346 |" in body and "| `lr` | 0.0003 |" in body
 
 
-def test_a_local_base_model_is_named_in_the_body_not_the_front_matter(tmp_path):
+def test_a_local_base_model_is_named_in_the_body_not_the_front_matter(tmp_path, monkeypatch):
     write_model_card(tmp_path, ModelCard(title="t", description="d", base_model="/cache/base-1/model"))
     matter, body = read_model_card(tmp_path)
     assert "base_model" not in matter and "Starts from `/cache/base-1/model`." in body
     assert [hub_id(n) for n in ("gpt2", "org/name-1.5", "./model", "/abs/model", "", None, "a/b/c")] == [
         "gpt2", "org/name-1.5", None, None, None, None, None]
+    (tmp_path / "runs" / "base").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert hub_id("runs/base") is None and hub_id("runs/other") == "runs/other"  # a folder here is local
 
 
 def test_a_readme_without_front_matter_is_refused_with_its_path(tmp_path):
