@@ -37,6 +37,7 @@ import deepspeed.ops  # noqa: E402
 from deepspeed.accelerator import get_accelerator  # noqa: E402
 
 from alignray.config.training import DeepSpeedConfig  # noqa: E402
+from alignray.model_card import default_card, write_model_card  # noqa: E402
 from alignray.modeling import training_dtype  # noqa: E402
 
 # Name under which DeepSpeed's op registry knows its shared-memory collective op.
@@ -278,14 +279,16 @@ def gathered_state_dict(engine: deepspeed.DeepSpeedEngine) -> dict[str, torch.Te
 
 
 def export_hf(engine: deepspeed.DeepSpeedEngine, tokenizer, out_dir: str | os.PathLike) -> Path:
-    """Write the engine's model as a Hugging Face folder (safetensors, config, tokenizer)
-    that ``from_pretrained`` loads. Rank 0 writes; every rank must call it."""
+    """Write the engine's model as a Hugging Face folder (safetensors, config, tokenizer, a
+    model card naming where it started) that ``from_pretrained`` loads. Rank 0 writes; every
+    rank must call it."""
     out = Path(out_dir)
     state = gathered_state_dict(engine)
     if state is not None:
         out.mkdir(parents=True, exist_ok=True)
         engine.module.save_pretrained(out, state_dict=state)
         tokenizer.save_pretrained(out)
+        write_model_card(out, default_card(engine.module))
     if world_size() > 1:
         torch.distributed.barrier()
     return out

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from alignray.model_card import ModelCard, default_card, write_model_card
+
 
 def pick_device() -> torch.device:
     """The device comes from torch, never from Ray's GPU ids: inside an actor that holds a
@@ -52,12 +54,14 @@ def fused_activation(path: str | os.PathLike) -> dict[str, str]:
 
 
 def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                    out_dir: str | os.PathLike) -> Path:
-    """Save weights (safetensors), config and tokenizer so any tool can read the folder."""
+                    out_dir: str | os.PathLike, card: ModelCard | None = None) -> Path:
+    """Save weights (safetensors), config, tokenizer and model card (``card``, or one that
+    knows only where the model came from) so any tool can read the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    write_model_card(out, card or default_card(model))
     return out
 
 

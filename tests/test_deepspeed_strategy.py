@@ -14,6 +14,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from alignray import deepspeed_strategy as ds
 from alignray.config.training import DeepSpeedConfig
+from alignray.model_card import read_model_card
 
 VOCAB = 64
 SEQ = 12
@@ -187,6 +188,7 @@ def test_two_ranks_match_one(single_process_world, two_rank_world, tmp_path, sta
         torch.testing.assert_close(rank_states[0][name], value, rtol=0, atol=1e-5, msg=name)
 
     exported = GPT2LMHeadModel.from_pretrained(export_dir)
+    assert read_model_card(export_dir)[0]["library_name"] == "transformers"
     for name, value in exported.state_dict().items():
         if name in expected:
             torch.testing.assert_close(value, rank_states[0][name], rtol=0, atol=0, msg=name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pyarrow as pa
@@ -97,6 +98,7 @@ def test_finished_run_is_reused(simulated_run):
 
 
 def test_malformed_feedback_file_surfaces_row_errors_and_loses_nothing(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="alignray")  # the counts are an INFO line of the job log
     texts = [f"reply {i} is {'great' if i % 2 else 'awful'}" for i in range(12)]
     feedback = simulate_feedback(make_annotator_pool(), [f"prompt {i}" for i in range(4)],
                                  [texts[3 * i:3 * i + 3] for i in range(4)])

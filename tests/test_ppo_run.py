@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from alignray.metrics import read_metrics
+from alignray.model_card import read_model_card
 from tests.test_ppo_actors import small_config
 from workflows.evaluate import evaluate_policies
 from workflows.ppo import PPOCoordinator, run_ppo
@@ -70,6 +71,8 @@ def test_reward_rises_towards_the_known_optimum(uninterrupted):
         summary["stage_times_per_step"][0])
     assert (uninterrupted / "curves.png").stat().st_size > 0
     assert (uninterrupted / "policy" / "model.safetensors").exists()
+    matter, body = read_model_card(uninterrupted / "policy")
+    assert matter["pipeline_tag"] == "text-generation" and "Starts from `" in body
 
 
 def test_an_interrupted_run_resumes_exactly(ray_cluster, tiny_base_model, prompts_path, tmp_path, uninterrupted,

@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignray.embedded.pretrain import TINY_TEST_RECIPE, recipe_hash
+from alignray.model_card import read_model_card
 
 
 def test_pretraining_lowers_heldout_loss(tiny_base_model):
@@ -19,6 +20,10 @@ def test_saved_model_reloads_with_from_pretrained_and_generates(tiny_base_model)
     tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_base_model)
     assert (tiny_base_model / "model.safetensors").exists()
+    matter, body = read_model_card(tiny_base_model)
+    assert matter["library_name"] == "transformers" and "base_model" not in matter  # trained from scratch
+    summary = json.loads((tiny_base_model.parent / "summary.json").read_text())
+    assert f"| `heldout_loss` | {summary['heldout_loss']:.4g} |" in body
     batch = tokenizer(["I love the new"], return_tensors="pt")
     torch.manual_seed(0)
     out = model.generate(**batch, max_new_tokens=8, do_sample=True, pad_token_id=tokenizer.pad_token_id)

@@ -16,6 +16,7 @@ from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, make_annotator_po
 from alignray.reward.model import (MEAN_KEY, STD_KEY, RewardModel, init_reward_model, load_reward_model,
                                    reference_statistics, save_reward_model)
 from alignray.metrics import read_metrics
+from alignray.model_card import read_model_card
 from workflows.common import CONFIG_PATH
 
 PROMPTS = ["i think", "today was", "my flight", "this phone"]
@@ -42,6 +43,9 @@ def test_loader_round_trip_keeps_normalisation_and_scores(tiny_base_model, tmp_p
     config = json.loads((tmp_path / "rm" / "config.json").read_text())
     assert config[MEAN_KEY] == pytest.approx(mean) and config[STD_KEY] == pytest.approx(std)
     assert loaded.max_length == 32
+    matter, body = read_model_card(tmp_path / "rm")
+    assert matter["pipeline_tag"] == "text-classification" and "reward-model" in matter["tags"]
+    assert f"(raw - model.config.{MEAN_KEY}) / model.config.{STD_KEY}" in body
     torch.testing.assert_close(loaded.score(prompts, responses, normalize=False), raw)
     normalized = loaded.score(prompts, responses)
     torch.testing.assert_close(normalized, (raw - mean) / std)
@@ -108,6 +112,10 @@ def test_app_trains_normalises_and_evaluates_with_one_and_two_workers(ray_cluste
     for out in outs.values():
         for name in ("model/config.json", "metrics.jsonl", "calibration.png", "loss.png", "summary.json", "DONE"):
             assert (out / name).exists(), name
+        matter, body = read_model_card(out / "model")
+        assert matter["pipeline_tag"] == "text-classification" and f"Starts from `{tiny_base_model}`" in body
+        accuracy = json.loads((out / "eval.json").read_text())["model"]["heldout"]["heldout_annotators"]["accuracy"]
+        assert f"| `heldout_annotators_pair_accuracy` | {accuracy:.4g} |" in body
 
     heldout = {w: e["heldout"]["heldout_annotators"]["accuracy"] for w, e in evaluations.items()}
     assert heldout[1] > 0.65, evaluations[1]["heldout"]

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from alignray.config import DataConfig
 from alignray.data import DEMONSTRATION_SCHEMA, prepare_embedded_data
 from alignray.metrics import read_metrics
+from alignray.model_card import read_model_card
 from alignray.modeling import load_tokenizer
 from alignray.sft import tokenize_demonstrations
 from alignray.validation import DataValidationError
@@ -136,6 +137,9 @@ def test_resume_continues_from_the_checkpoint_without_repeating_or_skipping(inte
     assert len({first[step] for step in first} | {second[7]}) == 7  # each batch is a different one
     # What the final model went through: every step once, in order.
     assert [r["step"] for r in trained_history(records) if "loss" in r] == list(range(1, STEPS + 1))
+    matter, body = read_model_card(interrupted_then_resumed / "model")
+    assert matter["library_name"] == "transformers" and "sft" in matter["tags"]
+    assert f"| `heldout_loss_sft` | {summary(interrupted_then_resumed)['heldout_loss_sft']:.4g} |" in body
 
 
 def test_two_workers_zero2_match_one_worker(ray_cluster, tiny_base_model, demonstrations, tmp_path,

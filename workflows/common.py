@@ -25,10 +25,10 @@ CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def start_app(cfg: DictConfig, app: str) -> None:
-    """Print the resolved config and save it beside the app's Hydra outputs."""
+    """Log the resolved config and save it beside the app's Hydra outputs."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    print(f"=== alignray {app}: resolved config ===\n{resolved}", flush=True)
+    log.info("=== alignray %s: resolved config ===\n%s", app, resolved)
     out_dir = _hydra_output_dir()
     if out_dir is not None:
         (out_dir / f"{app}-config.yaml").write_text(resolved)

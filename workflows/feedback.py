@@ -74,7 +74,7 @@ def prompt_files(cfg: DictConfig) -> dict[str, Path | None]:
 
 def log_validation(report: ValidationReport) -> None:
     """Every count, and each bad row by file, row and field (the first MAX_ERRORS_LOGGED)."""
-    print(report.summary(), flush=True)
+    log.info(report.summary())
     for error in report.errors[:MAX_ERRORS_LOGGED]:
         log.warning("rejected: %s", error)
     if len(report.errors) > MAX_ERRORS_LOGGED:
@@ -134,13 +134,13 @@ def mix_in_ai_judge(cfg: DictConfig, feedback: pa.Table, judge_path: str,
     judged, stats = verdict_statistics(judged_items, verdicts)
     stats |= {"judge_model": judge_path, "actors": fb.judge_actors, "wall_time_s": round(time.monotonic() - started, 1),
               "ai_share": fb.ai_share, "pairwise_items": len(items), "items_replaced": len(replaced)}
-    print(f"AI judge: {stats['pairs_judged']} pairs in {stats['wall_time_s']} s, mean position bias "
-          f"{stats['mean_position_bias_log_odds']} log-odds toward the first reply", flush=True)
+    log.info("AI judge: %s pairs in %s s, mean position bias %s log-odds toward the first reply",
+             stats["pairs_judged"], stats["wall_time_s"], stats["mean_position_bias_log_odds"])
     if pairs is not None:
         stats |= judge_agreement(pairs, judged)
-        print(f"AI judge agrees with the held-out raters on {stats['agreement_with_heldout_raters']:.3f} of "
-              f"{stats['items']} held-out pairs (training raters: "
-              f"{stats['training_raters_agreement_with_heldout_raters']:.3f})", flush=True)
+        log.info("AI judge agrees with the held-out raters on %.3f of %s held-out pairs (training raters: %.3f)",
+                 stats["agreement_with_heldout_raters"], stats["items"],
+                 stats["training_raters_agreement_with_heldout_raters"])
     return replace_share_by_ai(feedback, judged, replaced), stats
 
 

@@ -43,9 +43,10 @@ from alignray.base_model import resolve_base_model
 from alignray.embedded.tweets import is_heldout
 from alignray.feedback import PAIRS_SCHEMA, POINTWISE_SCHEMA, build_training_tables, read_feedback
 from alignray.metrics import plot_curves, read_metrics
+from alignray.model_card import ModelCard, write_model_card
 from alignray.reward.evaluation import annotator_groups, evaluate_against_panels, plot_calibration
 from alignray.reward.model import (load_reward_model, minilm_backbone_path, reference_statistics,
-                                   save_reward_model)
+                                   reward_model_card, save_reward_model)
 from alignray.reward.training import (build_reward_model, collate_reward_rows, reward_batch_loss,
                                       training_examples)
 from alignray.validation import validate_table
@@ -188,8 +189,23 @@ def train_normalize_evaluate(pairs: pa.Table, pointwise: pa.Table, heldout: pa.T
                                                      int(cfg.reward_model.calibration_bins))
         plot_calibration(calibration, out_dir / CALIBRATION_FIGURE)
         result["heldout"] = figures
+    write_model_card(model_dir, reward_card(backbone, cfg, result))
     result["wall_s"] = round(time.monotonic() - started, 1)
     return result
+
+
+def reward_card(backbone: str, cfg: DictConfig, result: dict) -> ModelCard:
+    """The model card of a trained reward model: its data, settings and held-out figures."""
+    reward = cfg.reward_model
+    settings = {key: reward[key] for key in ("lr", "epochs", "max_steps", "batch_size", "margin", "pointwise_weight",
+                                             "max_length", "reference_size")}
+    metrics = {"final_train_loss": result["final_train_loss"], "final_heldout_loss": result["final_heldout_loss"]}
+    metrics |= {f"{panel}_pair_accuracy": figures["accuracy"] for panel, figures in result.get("heldout", {}).items()}
+    data = (f"{result['pairs']} preference pairs and {result['pointwise']} pointwise targets (the feedback "
+            "phase's training tables: Bradley-Terry loss on pairs, regression on pointwise targets). "
+            "Accuracies are on held-out pairwise feedback, per annotator panel.")
+    return reward_model_card(result["normalization"]["mean"], result["normalization"]["std"], base_model=backbone,
+                             data=data, config=settings | {"seed": int(cfg.seed)}, metrics=metrics)
 
 
 def unfiltered_tables(feedback_dir: Path, pairs: pa.Table, pointwise: pa.Table) -> tuple[pa.Table, pa.Table] | None:

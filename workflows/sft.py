@@ -42,6 +42,7 @@ from alignray.config.training import DeepSpeedConfig
 from alignray.data import read_demonstrations
 from alignray.embedded.tweets import is_heldout
 from alignray.metrics import plot_curves, read_metrics
+from alignray.model_card import ModelCard, write_model_card
 from alignray.modeling import check_position_limit, load_causal_lm
 from alignray.sft import collate_token_rows, response_token_loss, sequence_length, tokenize_batch
 from workflows.common import CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, start_app
@@ -85,7 +86,7 @@ def read_demonstration_splits(cfg: DictConfig) -> tuple[dict[str, pa.Table], lis
 
 def _read(path: Path) -> tuple[pa.Table, dict]:
     table, report = read_demonstrations(path)
-    print(report.summary(), flush=True)
+    log.info(report.summary())
     return table, report.counts()
 
 
@@ -155,8 +156,8 @@ def run_sft(cfg: DictConfig, base_model_path: str | Path) -> Path:
     tokens = {split: truncation_counts(dataset) for split, dataset in datasets.items()}
     steps = steps_per_epoch(tokens["train"]["rows"], cfg.sft.batch_size)
     untrained_tail = tokens["train"]["rows"] - steps * cfg.sft.batch_size
-    print(f"SFT data: {json.dumps(tokens)}; {steps} global batches of {cfg.sft.batch_size} per epoch, "
-          f"the last {untrained_tail} rows of each epoch make no full batch", flush=True)
+    log.info("SFT data: %s; %d global batches of %d per epoch, the last %d rows of each epoch make no full batch",
+             json.dumps(tokens), steps, cfg.sft.batch_size, untrained_tail)
 
     loop = TrainLoopConfig(
         model_path=base_model_path, deepspeed=DeepSpeedConfig(**OmegaConf.to_container(cfg.sft.deepspeed)),
@@ -171,10 +172,25 @@ def run_sft(cfg: DictConfig, base_model_path: str | Path) -> Path:
     summary = summarise(out, loop, validation, tokens, untrained_tail, time.monotonic() - started)
     summary |= {"base_model": base_model_path, "model": str(model_dir),
                 "workers": cfg.cluster.num_workers, "zero_stage": cfg.sft.deepspeed.zero_stage}
+    write_model_card(model_dir, sft_card(cfg, loop, summary))
     mark_complete(out, summary)
     print(f"SFT held-out loss {summary['heldout_loss_base']:.4f} (base) -> {summary['heldout_loss_sft']:.4f} "
           f"nats/token in {summary['wall_time_s']:.0f} s; model in {model_dir}", flush=True)
     return out
+
+
+def sft_card(cfg: DictConfig, loop: TrainLoopConfig, summary: dict) -> ModelCard:
+    return ModelCard(
+        title="alignray SFT model", tags=["sft", "rlhf"], base_model=summary["base_model"],
+        description="A causal language model fine-tuned on demonstrations (supervised fine-tuning, the "
+                    "first step of RLHF); the loss counts response tokens only.",
+        data=f"{summary['tokenized']['train']['rows']} training demonstrations (`data` config group: "
+             f"{cfg.data.max_prompt_tokens} prompt + {cfg.data.max_response_tokens} response tokens at most); "
+             f"{summary['tokenized']['heldout']['rows']} held out.",
+        config={"lr": loop.lr, "warmup_steps": loop.warmup_steps, "global_batch_size": loop.global_batch_size,
+                "steps": loop.total_steps, "epochs": loop.epochs, "zero_stage": summary["zero_stage"],
+                "workers": summary["workers"], "seed": loop.seed},
+        metrics={"heldout_loss_base": summary["heldout_loss_base"], "heldout_loss_sft": summary["heldout_loss_sft"]})
 
 
 def summarise(out: Path, loop: TrainLoopConfig, validation: list[dict], tokens: dict, untrained_tail: int,

