@@ -73,6 +73,7 @@ def test_reward_rises_towards_the_known_optimum(uninterrupted):
     assert (uninterrupted / "policy" / "model.safetensors").exists()
     matter, body = read_model_card(uninterrupted / "policy")
     assert matter["pipeline_tag"] == "text-generation" and "Starts from `" in body
+    assert "## Metrics" in body and "kl_last_step" in body and "`ppo.reward.kind=target_word`" in body
 
 
 def test_an_interrupted_run_resumes_exactly(ray_cluster, tiny_base_model, prompts_path, tmp_path, uninterrupted,

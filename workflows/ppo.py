@@ -38,12 +38,13 @@ from actors.runtime import ray_session
 from actors.weight_sync import WeightSync
 from alignray.config.ppo import PPOConfig
 from alignray.data import format_prompt, prepare_embedded_data, read_prompts, response_text
-from alignray.experience import (CriticTrainStats, PolicyTrainStats, PromptBatch, PromptStream, Rollout, build_experience,
-                                 sequence_scores, step_metrics)
+from alignray.experience import (CriticTrainStats, PolicyTrainStats, PromptBatch, PromptStream, Rollout,
+                                 build_experience, sequence_scores, step_metrics)
 from alignray.generation import decode_responses
 from alignray.artifacts import CURVES_FIGURE, METRICS_FILE, POLICY_DIR, STAGE_TIMES_FIGURE
 from alignray.base_model import resolve_base_model
 from alignray.metrics import MetricsLogger, StageTimes, plot_curves, read_metrics
+from alignray.model_card import ModelCard, write_model_card
 from alignray.modeling import check_position_limit, load_tokenizer
 from alignray.ppo import (
     TWEET_CONSTRAINTS_EXAMPLE,
@@ -272,8 +273,9 @@ def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None)
     if ppo.reward.kind == "model" and not reward_model_path:
         raise ValueError("ppo.reward.kind=model needs a reward model (ppo.reward_model_path); "
                          "ppo.reward.kind=annotators is the oracle reward without one")
-    check_position_limit(str(sft_model_path), cfg.data.max_prompt_tokens + ppo.max_new_tokens,
-                         f"data.max_prompt_tokens {cfg.data.max_prompt_tokens} + ppo.max_new_tokens {ppo.max_new_tokens}")
+    check_position_limit(
+        str(sft_model_path), cfg.data.max_prompt_tokens + ppo.max_new_tokens,
+        f"data.max_prompt_tokens {cfg.data.max_prompt_tokens} + ppo.max_new_tokens {ppo.max_new_tokens}")
     started = time.monotonic()
     with ray_session(cfg.cluster):
         coordinator = PPOCoordinator(ppo, cfg.cluster, cfg.data, int(cfg.seed), str(sft_model_path),
@@ -287,10 +289,28 @@ def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None)
     plot_curves(records, CURVES, out / CURVES_FIGURE, title="PPO")
     plot_curves(records, [k for k in records[-1] if k.startswith("time/")], out / STAGE_TIMES_FIGURE,
                 title="PPO stage wall time (s)")
+    write_model_card(policy_dir, policy_card(ppo, str(sft_model_path), reward_model_path, records))
     mark_complete(out, {"sft_model": str(sft_model_path), "reward_model": reward_model_path,
                         "policy": str(policy_dir), "steps": ppo.steps, "wall_s": round(time.monotonic() - started, 1),
                         "stage_times_per_step": step_times, "final_metrics": records[-1]})
     return out
+
+
+def policy_card(ppo: PPOConfig, sft_model_path: str, reward_model_path: str | None, records: list[dict]) -> ModelCard:
+    scorer = (f"the reward model `{reward_model_path}`" if ppo.reward.kind == "model"
+              else f"`ppo.reward.kind={ppo.reward.kind}`")
+    first, last = records[0], records[-1]
+    return ModelCard(
+        title="alignray PPO policy", tags=["ppo", "rlhf"], base_model=sft_model_path,
+        description="A causal language model trained with PPO against a reward, held near its SFT model by a "
+                    "KL penalty and rule-based constraint penalties.",
+        data=f"{ppo.steps} steps of {ppo.prompts_per_step} prompts, up to {ppo.max_new_tokens} new tokens per "
+             f"response; rewarded by {scorer}"
+             + (", normalised with running statistics." if ppo.reward.normalize else "."),
+        config={"lr": ppo.lr, "kl_coef": ppo.kl.coef, "kl_controller": ppo.kl.controller, "clip_eps": ppo.clip_eps,
+                "epochs": ppo.epochs, "minibatches": ppo.minibatches, "advantage_estimator": ppo.advantage_estimator},
+        metrics={"reward_raw_first_step": first["reward_raw"], "reward_raw_last_step": last["reward_raw"],
+                 "kl_last_step": last["kl"], "response_length_last_step": last["response_length"]})
 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
