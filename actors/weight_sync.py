@@ -151,23 +151,18 @@ class WeightReceiver:
 
 # ----------------------------------------------------------------------------- driver
 class WeightSync:
-    def __init__(self, policy: ActorGroup, pool: RolloutPool, probe: Probe, ppo: PPOConfig):
+    def __init__(self, policy: ActorGroup, pool: RolloutPool, probe: Probe, ppo: PPOConfig,
+                 placements: dict[str, dict]):
+        """``placements``: each actor's ``placement()`` by name (``policy0``, ``rollout0``...),
+        as the launch recorded them; a restarted worker lands where it was."""
         self.policy, self.pool, self.probe, self.ppo = policy, pool, probe, ppo
-        policy0 = policy.actors[0]
-        self.bytes_per_worker = ray.get(policy0.weight_bytes.remote())
-        self.policy_placement = ray.get(policy0.placement.remote())
+        self.bytes_per_worker = ray.get(policy.actors[0].weight_bytes.remote())
         self.latest_weights: ray.ObjectRef | None = None  # object-store mode keeps the last state
         self.group_formed_at_restarts: int | None = None  # pool restarts when the group formed
-        self.methods = self.choose_methods()
-
-    def choose_methods(self) -> list[str]:
-        """The method of each worker, logged (a restarted worker lands where it was)."""
-        placements = ray.get(self.pool.call("placement"))
-        methods = sync_methods(self.ppo.weight_sync, self.policy_placement, placements)
-        log.info("weight sync (ppo.weight_sync=%s), policy on %s: %s", self.ppo.weight_sync,
-                 self.policy_placement["device"],
-                 ", ".join(f"worker {i} {m} ({p['device']})" for i, (m, p) in enumerate(zip(methods, placements))))
-        return methods
+        workers = [placements[f"rollout{i}"] for i in range(len(pool))]
+        self.methods = sync_methods(ppo.weight_sync, placements["policy0"], workers)
+        log.info("weight sync (ppo.weight_sync=%s), policy on %s: %s", ppo.weight_sync, placements["policy0"]["device"],
+                 ", ".join(f"worker {i} {m} ({w['device']})" for i, (m, w) in enumerate(zip(self.methods, workers))))
 
     def workers(self, method: str) -> list:
         return [actor for actor, m in zip(self.pool.actors, self.methods) if m == method]

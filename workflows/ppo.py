@@ -80,7 +80,8 @@ class PPOCoordinator:
         self.stream_state_before_pending: dict | None = None
         self.actors: PPOActors = launch_ppo_actors(ppo, cluster_cfg, seed, sft_model_path, reward_model_path,
                                                    data_cfg.max_prompt_tokens)
-        self.weights = WeightSync(self.actors.policy, self.actors.pool, self.make_probe(), ppo)
+        self.weights = WeightSync(self.actors.policy, self.actors.pool, self.make_probe(), ppo,
+                                  self.actors.placements)
 
     # ------------------------------------------------------------------ one PPO step
     def step(self, step: int) -> dict[str, float]:
