@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from transformers import AutoModel
 
-from actors.base import TrainableActor
+from alignray.actors.base import TrainableActor
 from alignray.config.ppo import PPOConfig
 from alignray.experience import CriticTrainStats, Experience, mean
 from alignray.generation import disable_dropout, sequence_inputs

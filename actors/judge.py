@@ -16,7 +16,7 @@ import ray
 import ray.data
 from ray.data import ActorPoolStrategy
 
-from actors.runtime import wait_for_capacity
+from alignray.actors.runtime import wait_for_capacity
 from alignray.generation import disable_dropout
 from alignray.modeling import load_causal_lm, load_tokenizer
 from alignray.rlaif import judge_pairs

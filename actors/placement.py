@@ -16,13 +16,13 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.base import ActorGroup
-from actors.critic import CriticActor
-from actors.policy import PolicyActor
-from actors.reference import ReferenceActor
-from actors.reward import RewardActor
-from actors.rollout import RolloutPool, RolloutWorker
-from actors.runtime import placement_timeout
+from alignray.actors.base import ActorGroup
+from alignray.actors.critic import CriticActor
+from alignray.actors.policy import PolicyActor
+from alignray.actors.reference import ReferenceActor
+from alignray.actors.reward import RewardActor
+from alignray.actors.rollout import RolloutPool, RolloutWorker
+from alignray.actors.runtime import placement_timeout
 from alignray.config.ppo import PPOConfig
 from alignray.layout import LayoutPlan, Slot, plan_layout, sync_methods
 from alignray.reward.client import TOKEN_ENV

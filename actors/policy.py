@@ -11,8 +11,8 @@ from collections import defaultdict
 
 import torch
 
-from actors.base import TrainableActor
-from actors.weight_sync import WeightSender
+from alignray.actors.base import TrainableActor
+from alignray.actors.weight_sync import WeightSender
 from alignray.config.ppo import PPOConfig
 from alignray.experience import Experience, PolicyTrainStats, mean
 from alignray.generation import disable_dropout, gather_tokens, response_logits, vocab_logprobs

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from actors.base import ModelActor
+from alignray.actors.base import ModelActor
 from alignray.generation import disable_dropout
 from alignray.modeling import load_causal_lm, training_dtype
 

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from actors.base import ModelActor
+from alignray.actors.base import ModelActor
 from alignray.config.ppo import PPORewardConfig
 from alignray.evaluation import words
 

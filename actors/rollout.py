@@ -17,8 +17,8 @@ import ray
 import torch
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from actors.base import ActorGroup, ModelActor
-from actors.weight_sync import WeightReceiver
+from alignray.actors.base import ActorGroup, ModelActor
+from alignray.actors.weight_sync import WeightReceiver
 from alignray.config.ppo import PPOConfig
 from alignray.experience import PromptBatch, Rollout
 from alignray.generation import disable_dropout, sample_responses

@@ -29,12 +29,12 @@ import ray
 import torch
 from torch import Tensor
 
-from actors.base import ActorGroup, wait_named
+from alignray.actors.base import ActorGroup, wait_named
 from alignray.config.ppo import PPOConfig
 from alignray.layout import sync_methods
 
 if TYPE_CHECKING:
-    from actors.rollout import RolloutPool
+    from alignray.actors.rollout import RolloutPool
 
 log = logging.getLogger(__name__)
 SYNC_TIMEOUT = datetime.timedelta(minutes=2)

@@ -60,7 +60,7 @@ step imports 60 "$PY" - "$SMOKE" <<'EOF'
 import importlib, sys
 need = ["torch", "transformers", "tokenizers", "safetensors", "pyarrow", "numpy", "yaml", "ray", "ray.train",
         "hydra", "omegaconf", "deepspeed", "pytest",
-        "alignray.static_decoder", "alignray.machine", "actors.placement", "workflows.ppo"]
+        "alignray.static_decoder", "alignray.machine", "alignray.actors.placement", "alignray.workflows.ppo"]
 missing = []
 for name in need:
     try:

@@ -9,7 +9,7 @@ policy, reference, reward model and value model; 32 rollouts per update of exact
 tokens; 4 PPO epochs x 2 minibatches; fp32; AdamW lr 3e-6; KL coefficient 0.05 fixed;
 clip 0.2, value clip 0.2; gamma 1, lambda 0.95; 10 updates. Throughput is rollouts per
 second of update wall time, the median over updates 2-10 (the first pays for warm-up).
-alignray runs as a user would: ``python -m workflows.ppo`` with Hydra overrides, its
+alignray runs as a user would: ``python -m alignray.workflows.ppo`` with Hydra overrides, its
 actors on a private local Ray instance; its update time is the ``step_s`` it logs.
 
 Known differences, both small next to the compute: alignray's reward model reads text
@@ -98,7 +98,7 @@ def run_alignray(work: Path, models: Path, prompts: Path, updates: int) -> list[
         "ppo.value_clip_eps=0.2", "ppo.gamma=1.0", "ppo.lam=0.95", "ppo.deepspeed.precision=fp32",
         "ppo.checkpoint_every=0", "ppo.resume=false",
     ]
-    subprocess.run([sys.executable, "-m", "workflows.ppo", *overrides], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "alignray.workflows.ppo", *overrides], cwd=ROOT, check=True)
     metrics = sorted(out.glob("ppo-*/metrics.jsonl"), key=lambda p: p.stat().st_mtime)[-1]
     return [json.loads(line)["step_s"] for line in metrics.read_text().splitlines()]
 

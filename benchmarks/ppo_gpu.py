@@ -114,7 +114,7 @@ def bench_generation(model, batches: list[int], prompt_len: int, new_tokens: int
 
 def bench_training(model_path: Path, batch: int, prompt_len: int, new_tokens: int, zero_stage: int) -> dict:
     """The policy actor's update, in this process (a DeepSpeed world of one)."""
-    from actors.policy import PolicyActor
+    from alignray.actors.policy import PolicyActor
     from alignray import deepspeed_strategy as ds
     from alignray.config.ppo import PPOConfig
     from alignray.config.training import DeepSpeedConfig
@@ -146,8 +146,8 @@ def bench_ppo(work: Path, model_path: Path, cpu_smoke: bool, steps: int) -> dict
 
     from alignray.metrics import read_metrics
     from alignray.reward.model import init_reward_model, save_reward_model
-    from workflows.common import CONFIG_PATH
-    from workflows.ppo import run_ppo
+    from alignray.workflows.common import CONFIG_PATH
+    from alignray.workflows.ppo import run_ppo
     prompts = work / "prompts.parquet"
     texts = synthetic_texts(1024, seed=1)
     pq.write_table(pa.table({"prompt_id": [f"p{i}" for i in range(len(texts))], "prompt": texts}), prompts)

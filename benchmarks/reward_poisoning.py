@@ -85,7 +85,7 @@ def write_feedback_dir(folder: Path, train_feedback, heldout_feedback, policy: s
 def app_config(args, workdir: Path):
     from hydra import compose, initialize_config_dir
 
-    from workflows.common import CONFIG_PATH
+    from alignray.workflows.common import CONFIG_PATH
     overrides = [f"workdir={workdir}", f"cluster.num_workers={args.workers}", f"reward_model.lr={args.lr}",
                  f"reward_model.epochs={args.epochs}", f"reward_model.batch_size={args.batch_size}", f"seed={args.seed}",
                  "reward_model.compare_unfiltered=true"]
@@ -97,7 +97,7 @@ def default_backbone() -> str:
     from hydra import compose, initialize_config_dir
 
     from alignray.base_model import resolve_base_model
-    from workflows.common import CONFIG_PATH
+    from alignray.workflows.common import CONFIG_PATH
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
         cfg = compose(config_name="config")
     return resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
@@ -148,7 +148,7 @@ def main() -> None:
     print(f"backbone {backbone}; {len(items['train'][0])} training prompts, {len(items['heldout'][0])} held-out; "
           f"bad-faith annotators {bad_faith}; flagged {verdicts['poisoned']['flagged']}", flush=True)
 
-    from workflows.reward_model import run_reward_model
+    from alignray.workflows.reward_model import run_reward_model
     evaluations = {}
     for name in ("clean", "poisoned"):
         out = run_reward_model(app_config(args, args.out / "runs"), backbone, args.out / f"feedback-{name}")

@@ -69,8 +69,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "rlaif_agreement.json"))
     args = parser.parse_args()
 
-    from actors import runtime
-    from actors.judge import judge_with_actor_pool
+    from alignray.actors import runtime
+    from alignray.actors.judge import judge_with_actor_pool
     from alignray.config.cluster import ClusterConfig
     from alignray.config.model import ModelConfig
     from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, judge_scores

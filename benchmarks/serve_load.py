@@ -116,9 +116,9 @@ def main() -> None:
 
     from ray import serve
 
-    from actors.runtime import connect
+    from alignray.actors.runtime import connect
     from alignray.config import ClusterConfig, ServeConfig
-    from workflows.serve import build_reward_app
+    from alignray.workflows.serve import build_reward_app
 
     with tempfile.TemporaryDirectory() as scratch:
         model_path = args.model_path or str(benchmark_reward_model(Path(scratch), args.backbone))

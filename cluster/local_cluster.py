@@ -13,7 +13,7 @@ marker variable that names this cluster's temp dir, so `session_processes()` fin
 this cluster's processes and never another cluster's on the same host.
 
     with LocalRayCluster(tmp_dir) as cluster:
-        print(cluster.dashboard_url)       # http://127.0.0.1:<port>, for `cluster.submit`
+        print(cluster.dashboard_url)       # http://127.0.0.1:<port>, for `alignray.cluster.submit`
 """
 from __future__ import annotations
 

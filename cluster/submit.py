@@ -1,12 +1,12 @@
 """Submit an alignray workflow to a Ray cluster as a Ray job, follow its logs, stop it.
 
-    python -m cluster.submit WORKFLOW [HYDRA_OVERRIDE ...] [--address URL] [--no-wait]
+    python -m alignray.cluster.submit WORKFLOW [HYDRA_OVERRIDE ...] [--address URL] [--no-wait]
                              [--install-deps] [--env KEY=VALUE ...] [--submission-id ID]
                              [-- RAW_WORKFLOW_ARGS ...]
-    python -m cluster.submit --logs JOB_ID [--address URL]   # follow a job until it ends
-    python -m cluster.submit --stop JOB_ID [--address URL]
+    python -m alignray.cluster.submit --logs JOB_ID [--address URL]   # follow a job until it ends
+    python -m alignray.cluster.submit --stop JOB_ID [--address URL]
 
-The job runs `python -m workflows.WORKFLOW cluster.address=auto OVERRIDES...` with this
+The job runs `python -m alignray.workflows.WORKFLOW cluster.address=auto OVERRIDES...` with this
 repository as its working directory, so the workflow joins the cluster it was submitted to
 instead of starting its own Ray. Overrides go to Hydra unchanged; arguments after `--`
 too, which is how Hydra's own flags (`--multirun`, `--cfg job`) get through.
@@ -34,7 +34,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from cluster.runtime_env import DEFAULT_RUNTIME_ENV_FILE, REPO_ROOT, build_runtime_env
+from alignray.cluster.runtime_env import DEFAULT_RUNTIME_ENV_FILE, REPO_ROOT, build_runtime_env
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 ADDRESS_ENV_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
@@ -51,8 +51,8 @@ def available_workflows(workflows_dir: Path = REPO_ROOT / "workflows") -> list[s
 
 
 def workflow_name(name: str) -> str:
-    """`pretrain`, `workflows.pretrain` and `workflows/pretrain.py` all name one workflow."""
-    name = name.removesuffix(".py").replace("/", ".").removeprefix("workflows.")
+    """`pretrain`, `alignray.workflows.pretrain` and `workflows/pretrain.py` all name one workflow."""
+    name = name.removesuffix(".py").replace("/", ".").removeprefix("alignray.").removeprefix("workflows.")
     known = available_workflows()
     if name not in known:
         print(f"error: unknown workflow {name!r}; choose from: {', '.join(known)}", file=sys.stderr)
@@ -62,7 +62,7 @@ def workflow_name(name: str) -> str:
 
 def workflow_entrypoint(workflow: str, overrides: list[str]) -> str:
     # cluster.address=auto comes first so that an explicit override from the user wins.
-    return shlex.join(["python", "-m", f"workflows.{workflow}", "cluster.address=auto", *overrides])
+    return shlex.join(["python", "-m", f"alignray.workflows.{workflow}", "cluster.address=auto", *overrides])
 
 
 # -------------------------------------------------------------------------------- client
@@ -112,19 +112,19 @@ def follow(client, job_id: str) -> int:
         try:
             asyncio.run(_print_logs(client, job_id))
         except RuntimeError as err:  # the log stream broke; the job may still be running
-            print(f"[cluster.submit] log stream ended early ({err}); waiting for the job",
+            print(f"[alignray.cluster.submit] log stream ended early ({err}); waiting for the job",
                   file=sys.stderr)
         status = wait_for_end(client, job_id)
     except KeyboardInterrupt:
         if not ask_yes_no(f"\nStop job {job_id}? [y/N] "):
-            print(f"[cluster.submit] {job_id} keeps running. Follow it with --logs {job_id}, "
+            print(f"[alignray.cluster.submit] {job_id} keeps running. Follow it with --logs {job_id}, "
                   f"stop it with --stop {job_id}.", file=sys.stderr)
             return EXIT_INTERRUPTED
         client.stop_job(job_id)
         status = wait_for_end(client, job_id)
     info = client.get_job_info(job_id)
     message = f": {info.message}" if info.message else ""
-    print(f"[cluster.submit] job {job_id} {status}{message}", file=sys.stderr)
+    print(f"[alignray.cluster.submit] job {job_id} {status}{message}", file=sys.stderr)
     return EXIT_CODES.get(status, 1)
 
 
@@ -142,7 +142,7 @@ def warn_if_outputs_are_temporary(overrides: list[str]) -> None:
     with the session: a relative `workdir` (the default, runs/<name>) would vanish."""
     workdir = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("workdir=")), None)
     if workdir is None or not (workdir.startswith("/") or workdir.startswith("~")):
-        print("[cluster.submit] note: outputs go to a relative workdir inside the job's "
+        print("[alignray.cluster.submit] note: outputs go to a relative workdir inside the job's "
               "temporary copy of the repository; pass workdir=/an/absolute/path (storage "
               "every node sees) to keep them", file=sys.stderr)
 
@@ -157,9 +157,9 @@ def submit(args: argparse.Namespace) -> int:
     job_id = client.submit_job(
         entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id,
         metadata={"alignray_workflow": workflow, "hydra_overrides": shlex.join(args.overrides)})
-    print(f"[cluster.submit] submitted {job_id}: {entrypoint}", file=sys.stderr)
+    print(f"[alignray.cluster.submit] submitted {job_id}: {entrypoint}", file=sys.stderr)
     if args.no_wait:
-        print(f"[cluster.submit] follow with --logs {job_id}, stop with --stop {job_id}",
+        print(f"[alignray.cluster.submit] follow with --logs {job_id}, stop with --stop {job_id}",
               file=sys.stderr)
         print(job_id)
         return 0
@@ -169,7 +169,7 @@ def submit(args: argparse.Namespace) -> int:
 def stop(args: argparse.Namespace) -> int:
     client = make_client(args.address)
     stopped = client.stop_job(args.stop)
-    print(f"[cluster.submit] {args.stop}: " + ("stop requested" if stopped else "already ended"),
+    print(f"[alignray.cluster.submit] {args.stop}: " + ("stop requested" if stopped else "already ended"),
           file=sys.stderr)
     return 0
 
@@ -188,7 +188,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     raw = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(
-        prog="python -m cluster.submit", description=__doc__.split("\n\n")[0],
+        prog="python -m alignray.cluster.submit", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workflow", nargs="?", help="one of: " + ", ".join(available_workflows()))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. ppo.steps=10")
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             return follow(make_client(args.address), args.logs)
         return submit(args)
     except (RuntimeError, ConnectionError) as err:  # how the Ray SDK reports refusals
-        print(f"[cluster.submit] error: {err}", file=sys.stderr)
+        print(f"[alignray.cluster.submit] error: {err}", file=sys.stderr)
         return 1
 
 

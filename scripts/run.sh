@@ -6,4 +6,4 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # run, not sourced: a sourced script would see our Hydra overrides as its own arguments
 bash "$ROOT/scripts/setup.sh"
 cd "$ROOT"
-exec "$ROOT/.venv/bin/python" -m workflows.pipeline "$@"
+exec "$ROOT/.venv/bin/python" -m alignray.workflows.pipeline "$@"

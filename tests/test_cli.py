@@ -1,5 +1,5 @@
 """The `alignray` command (workflows/cli.py), run as the console script runs it: a new
-process, `python -m workflows.cli` (the venv's `alignray` script exists only after the
+process, `python -m alignray.workflows.cli` (the venv's `alignray` script exists only after the
 project is installed again), plus the declaration that makes the script."""
 import json
 import subprocess
@@ -10,19 +10,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflows import cli
+from alignray.workflows import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def alignray(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workflows.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "alignray.workflows.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
 
 
 def test_pyproject_declares_the_console_script():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"alignray": "workflows.cli:main"}
+    assert scripts == {"alignray": "alignray.workflows.cli:main"}
 
 
 def test_help_lists_every_subcommand_with_one_line():

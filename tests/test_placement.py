@@ -8,8 +8,8 @@ import pytest
 import ray
 from omegaconf import OmegaConf
 
-from actors.placement import launch_ppo_actors
-from actors.runtime import PlacementTimeout, wait_for_capacity
+from alignray.actors.placement import launch_ppo_actors
+from alignray.actors.runtime import PlacementTimeout, wait_for_capacity
 from alignray.config import AlignrayConfig
 
 

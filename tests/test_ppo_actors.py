@@ -10,14 +10,14 @@ import ray
 import torch
 from omegaconf import OmegaConf
 
-from actors.base import ModelActorDied
-from actors.reward import RewardActor, target_word_share
-from actors.weight_sync import WeightSyncError, named_weights
+from alignray.actors.base import ModelActorDied
+from alignray.actors.reward import RewardActor, target_word_share
+from alignray.actors.weight_sync import WeightSyncError, named_weights
 from alignray.config import AlignrayConfig
 from alignray.experience import Experience
 from alignray.layout import choose_sync_method
 from alignray.modeling import load_causal_lm
-from workflows.ppo import PPOCoordinator
+from alignray.workflows.ppo import PPOCoordinator
 
 
 def small_config(model_path, prompts_path, placement: str = "separate"):
@@ -61,7 +61,7 @@ def test_target_word_share_counts_whole_words_case_insensitively():
 
 
 def test_reward_actor_scores_with_each_kind_and_the_critic_loads_an_rm_backbone(tiny_base_model, tmp_path):
-    from actors.critic import ValueModel
+    from alignray.actors.critic import ValueModel
     from alignray.config.ppo import PPORewardConfig
     from alignray.feedback.simulated import TRAINING_RATERS, judge_scores
     from alignray.reward.model import init_reward_model, load_reward_model, save_reward_model
@@ -213,7 +213,7 @@ def test_a_dead_model_actor_stops_the_run_with_its_name(coordinator):
 
 def test_micro_batches_under_a_token_budget_give_the_whole_minibatch_update(coordinator, tiny_base_model):
     """Gradient accumulation over length-sorted, trimmed micro-batches is the same step."""
-    from actors.policy import PolicyActor
+    from alignray.actors.policy import PolicyActor
     rollout = generate(coordinator, torch.arange(16), step=300)
     exp = with_advantages(rollout, torch.randn(rollout.logprobs.shape, generator=torch.Generator().manual_seed(0)))
     ppo = dataclasses.replace(coordinator.ppo, prompts_per_step=16, epochs=2, minibatches=2)

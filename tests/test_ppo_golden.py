@@ -21,8 +21,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from alignray.metrics import read_metrics
-from workflows.common import CONFIG_PATH
-from workflows.ppo import run_ppo
+from alignray.workflows.common import CONFIG_PATH
+from alignray.workflows.ppo import run_ppo
 
 GOLDEN = Path(__file__).parent / "golden" / "ppo_tiny.json"
 # What depends on the wall clock, not on the algorithm.

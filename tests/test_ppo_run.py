@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from alignray.metrics import read_metrics
 from alignray.model_card import read_model_card
 from tests.test_ppo_actors import small_config
-from workflows.evaluate import evaluate_policies
-from workflows.ppo import PPOCoordinator, run_ppo
+from alignray.workflows.evaluate import evaluate_policies
+from alignray.workflows.ppo import PPOCoordinator, run_ppo
 
 STEPS = 8
 CRASH_AT = 5  # 0-based step; the last checkpoint before it is after step 4

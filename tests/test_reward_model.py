@@ -17,7 +17,7 @@ from alignray.reward.model import (MEAN_KEY, STD_KEY, RewardModel, init_reward_m
                                    reference_statistics, save_reward_model)
 from alignray.metrics import read_metrics
 from alignray.model_card import read_model_card
-from workflows.common import CONFIG_PATH
+from alignray.workflows.common import CONFIG_PATH
 
 PROMPTS = ["i think", "today was", "my flight", "this phone"]
 RESPONSES = ["a great day", "so bad and sad", "it is ok", "love it so much, happy", "terrible awful service"]
@@ -103,7 +103,7 @@ def app_config(tmp_path, workers: int):
 
 
 def test_app_trains_normalises_and_evaluates_with_one_and_two_workers(ray_cluster, tiny_base_model, tmp_path):
-    from workflows.reward_model import run_reward_model
+    from alignray.workflows.reward_model import run_reward_model
 
     feedback_dir = synthetic_feedback(tmp_path)
     outs = {workers: run_reward_model(app_config(tmp_path, workers), str(tiny_base_model), feedback_dir)
@@ -205,7 +205,7 @@ def test_client_raises_at_once_on_a_refusal_and_after_retries_when_unreachable()
 
 def test_evaluation_panels_separate_training_heldout_annotators_and_groups():
     from alignray.feedback import feedback_table, pairwise_feedback
-    from workflows.reward_model import evaluation_panels
+    from alignray.workflows.reward_model import evaluation_panels
 
     heldout = feedback_table([pairwise_feedback("p", "x", "y", "a", annotator, annotator_group=group)
                               for annotator, group in [("rater1", "north"), ("rater2", "south"), ("rater6", "north")]])

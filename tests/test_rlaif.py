@@ -87,7 +87,7 @@ def test_ai_rows_are_valid_feedback_with_source_ai():
 
 
 def test_actor_pool_judges_through_ray_data_in_order(ray_cluster, tiny_base_model, judge):
-    from actors.judge import judge_with_actor_pool
+    from alignray.actors.judge import judge_with_actor_pool
     model, tokenizer = judge
     prompts = ["i love", "why is", "the best", "so sad", "good night"] * 2
     replies_a = [f"reply number {i} is great" for i in range(10)]

@@ -208,7 +208,7 @@ def test_without_auth_only_loopback_clients_are_answered():
 
 
 def test_serve_config_rejects_unknown_keys_and_unsafe_binds(monkeypatch):
-    from workflows.serve import build_reward_app, deployment_options, http_options, serve_config
+    from alignray.workflows.serve import build_reward_app, deployment_options, http_options, serve_config
     with pytest.raises(Exception, match="max_batch"):
         serve_config({"max_batch": 4})
     assert serve_config({"max_batch_size": "4"}).max_batch_size == 4
@@ -229,13 +229,13 @@ def test_serve_config_file_and_hydra_groups_are_valid():
     from hydra import compose, initialize_config_dir
     from ray.serve.schema import ServeDeploySchema
 
-    from workflows.common import CONFIG_PATH
-    from workflows.serve import serve_config
+    from alignray.workflows.common import CONFIG_PATH
+    from alignray.workflows.serve import serve_config
     config_file = Path(__file__).resolve().parent.parent / "cluster" / "serve" / "serve_config.yaml"
     document = yaml.safe_load(config_file.read_text())
     application = ServeDeploySchema(**document).applications[0]
     args = serve_config(application.args)
-    assert application.import_path == "workflows.serve:app_builder"
+    assert application.import_path == "alignray.workflows.serve:app_builder"
     assert args.host == document["http_options"]["host"] and args.require_token
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
         assert compose(config_name="config", overrides=["serve=gpu"]).serve.gpus_per_replica == 1
@@ -271,7 +271,7 @@ def reward_model_dir(tiny_base_model, tmp_path_factory):
 def server(ray_cluster, reward_model_dir, tmp_path_factory):
     from ray import serve
 
-    from workflows.serve import build_reward_app, http_options
+    from alignray.workflows.serve import build_reward_app, http_options
     token_file = tmp_path_factory.mktemp("auth") / "token"
     token_file.write_text(TOKEN)
     port = free_port()

@@ -18,9 +18,9 @@ from alignray.model_card import read_model_card
 from alignray.modeling import load_tokenizer
 from alignray.sft import tokenize_demonstrations
 from alignray.validation import DataValidationError
-from workflows.common import CONFIG_PATH
-from workflows.ray_train import TrainingInterrupted
-from workflows.sft import load_demonstrations, run_sft, trained_history
+from alignray.workflows.common import CONFIG_PATH
+from alignray.workflows.ray_train import TrainingInterrupted
+from alignray.workflows.sft import load_demonstrations, run_sft, trained_history
 
 # Ten global batches of 8 from ~500 demonstrations; the tolerance for 1 vs 2 workers
 # covers the different dropout draws of two ranks (measured differences: ~1e-3 nats).

@@ -14,7 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
-from cluster.local_cluster import MARKER_VAR, kill_marked_leftovers
+from alignray.cluster.local_cluster import MARKER_VAR, kill_marked_leftovers
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 def compose_tiny(prompts: str):
     from hydra import compose, initialize_config_dir
 
-    from workflows.common import CONFIG_PATH
+    from alignray.workflows.common import CONFIG_PATH
     overrides = ["experiment=tiny", "data.source=files", f"data.prompts_path={prompts}",
                  "ppo.reward.kind=target_word", "ppo.reward.target_word=the",
                  "+cluster.model_resources.model_node=1", "+cluster.rollout_resources.rollout_node=1"]
@@ -33,7 +33,7 @@ def run(model: str, prompts: str, out: Path) -> dict:
     import ray
     from omegaconf import OmegaConf
 
-    from workflows.ppo import PPOCoordinator
+    from alignray.workflows.ppo import PPOCoordinator
     cfg = compose_tiny(prompts)
     coordinator = PPOCoordinator(OmegaConf.to_object(cfg.ppo), cfg.cluster, cfg.data, 0, model, None, out)
     try:

@@ -1,10 +1,10 @@
 """The `alignray` command: one entry point for the pipeline, each phase, job submission and
 sampling from a trained policy.
 
-    alignray run                                  # the whole pipeline (python -m workflows.pipeline)
+    alignray run                                  # the whole pipeline (python -m alignray.workflows.pipeline)
     alignray run experiment=tiny --cfg job        # Hydra overrides and flags pass through unchanged
     alignray sft --help                           # a phase's Hydra help: its config and how to override it
-    alignray submit ppo ppo.steps=10              # a Ray job on a cluster (python -m cluster.submit)
+    alignray submit ppo ppo.steps=10              # a Ray job on a cluster (python -m alignray.cluster.submit)
     alignray generate --model runs/<name>/ppo-<hash>/policy --prompt "I love the new"
 
 Each subcommand imports its app only when it runs, so `alignray --help` starts in a moment
@@ -21,17 +21,17 @@ from pathlib import Path
 
 # subcommand -> (module whose main() it runs, one line for --help)
 HYDRA_APPS = {
-    "run": ("workflows.pipeline", "the whole pipeline: pretrain, SFT, feedback, reward model, PPO, evaluation, report"),
-    "pretrain": ("workflows.pretrain", "phase 1: pretrain (or resolve) the base model"),
-    "sft": ("workflows.sft", "phase 2: supervised fine-tuning on demonstrations (Ray Train + DeepSpeed)"),
-    "feedback": ("workflows.feedback", "phase 3a: collect, check and aggregate human (and AI) feedback"),
-    "reward-model": ("workflows.reward_model", "phase 3b: train, normalise and evaluate the reward model"),
-    "ppo": ("workflows.ppo", "phase 4: PPO on Ray actors against the reward model"),
-    "evaluate": ("workflows.evaluate", "judge the PPO policy against the SFT model on held-out prompts"),
-    "serve": ("workflows.serve", "the reward model as an HTTP endpoint (Ray Serve, 127.0.0.1)"),
+    "run": ("alignray.workflows.pipeline", "the whole pipeline: pretrain, SFT, feedback, reward model, PPO, evaluation, report"),
+    "pretrain": ("alignray.workflows.pretrain", "phase 1: pretrain (or resolve) the base model"),
+    "sft": ("alignray.workflows.sft", "phase 2: supervised fine-tuning on demonstrations (Ray Train + DeepSpeed)"),
+    "feedback": ("alignray.workflows.feedback", "phase 3a: collect, check and aggregate human (and AI) feedback"),
+    "reward-model": ("alignray.workflows.reward_model", "phase 3b: train, normalise and evaluate the reward model"),
+    "ppo": ("alignray.workflows.ppo", "phase 4: PPO on Ray actors against the reward model"),
+    "evaluate": ("alignray.workflows.evaluate", "judge the PPO policy against the SFT model on held-out prompts"),
+    "serve": ("alignray.workflows.serve", "the reward model as an HTTP endpoint (Ray Serve, 127.0.0.1)"),
 }
 OTHER_COMMANDS = {
-    "submit": "submit a workflow to a Ray cluster as a Ray job, follow or stop it (cluster.submit)",
+    "submit": "submit a workflow to a Ray cluster as a Ray job, follow or stop it (alignray.cluster.submit)",
     "generate": "sample responses from a trained policy: --model DIR --prompt TEXT | --prompts-file F",
 }
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "generate":
         return generate(rest)
     if command == "submit":
-        from cluster import submit
+        from alignray.cluster import submit
         return submit.main(rest)
     if command not in HYDRA_APPS:
         print(f"alignray: unknown command {command!r}; choose from: "

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from alignray import CONF_DIR
 from alignray.artifacts import is_complete, mark_complete  # noqa: F401  (the apps take them from here)
 from alignray.config import register_configs
 from alignray.data import prepare_embedded_data
@@ -21,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 log = logging.getLogger("alignray")
-CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
+CONFIG_PATH = str(CONF_DIR)
 
 
 def start_app(cfg: DictConfig, app: str) -> None:

@@ -1,7 +1,7 @@
 """Evaluation: does the held-out judge prefer the PPO policy to the SFT policy, and is the
 win honest?
 
-    python -m workflows.evaluate ppo.eval.policy_path=<ppo dir>/policy [ppo.sft_model_path=...]
+    python -m alignray.workflows.evaluate ppo.eval.policy_path=<ppo dir>/policy [ppo.sft_model_path=...]
 
 Both policies answer the same held-out prompts (same sampling settings as PPO, same seed);
 annotators 6-10, who never gave training feedback, score every response (their mean).
@@ -29,7 +29,7 @@ from alignray.generation import (decode_responses, disable_dropout, response_log
                                  token_logprobs)
 from alignray.modeling import load_causal_lm, load_tokenizer
 from alignray.ppo import TWEET_CONSTRAINTS_EXAMPLE, ConstraintPenalty, masked_sum
-from workflows.common import CONFIG_PATH, start_app
+from alignray.workflows.common import CONFIG_PATH, start_app
 
 log = logging.getLogger("alignray.evaluate")
 BATCH = 64

@@ -1,10 +1,10 @@
 """Phase 3a: feedback, generated (simulated annotators, an AI judge) or ingested (files),
 validated, aggregated into reward-model training tables and reported, as a Hydra app.
 
-    python -m workflows.feedback                                   # simulated, embedded default
-    python -m workflows.feedback feedback=rlaif                    # half the comparisons by the AI judge
-    python -m workflows.feedback feedback.sft_model_path=<SFT model folder>
-    python -m workflows.feedback feedback=files feedback.path=/data/feedback/   # file or folder
+    python -m alignray.workflows.feedback                                   # simulated, embedded default
+    python -m alignray.workflows.feedback feedback=rlaif                    # half the comparisons by the AI judge
+    python -m alignray.workflows.feedback feedback.sft_model_path=<SFT model folder>
+    python -m alignray.workflows.feedback feedback=files feedback.path=/data/feedback/   # file or folder
 
 ``source=simulated``: ``num_prompts`` training prompts each get ``responses_per_prompt``
 responses sampled from the policy model; annotators reading through VADER raters
@@ -39,8 +39,8 @@ import pandas as pd
 import pyarrow as pa
 from omegaconf import DictConfig
 
-from actors import runtime
-from actors.judge import judge_with_actor_pool
+from alignray.actors import runtime
+from alignray.actors.judge import judge_with_actor_pool
 from alignray.artifacts import (FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, HELDOUT_PAIRS_FILE, PAIRS_FILE, POINTWISE_FILE,
                                 PROMPTS_FILE)
 from alignray.base_model import resolve_base_model
@@ -55,7 +55,7 @@ from alignray.feedback.schema import read_feedback_files
 from alignray.feedback.simulated import (HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, annotator_id, heldout_feedback,
                                          training_feedback)
 from alignray.validation import ValidationReport, write_parquet
-from workflows.common import CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, start_app
+from alignray.workflows.common import CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, start_app
 
 log = logging.getLogger("alignray.feedback")
 

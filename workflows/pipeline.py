@@ -1,8 +1,8 @@
 """The main job: all four phases in order, then the evaluation and the report.
 
-    python -m workflows.pipeline                        # the embedded default (bash scripts/run.sh)
-    python -m workflows.pipeline ppo.steps=80 name=longer
-    python -m workflows.pipeline -m ppo.kl.coef=0.1,0.2 # a sweep: one run folder per setting
+    python -m alignray.workflows.pipeline                        # the embedded default (bash scripts/run.sh)
+    python -m alignray.workflows.pipeline ppo.steps=80 name=longer
+    python -m alignray.workflows.pipeline -m ppo.kl.coef=0.1,0.2 # a sweep: one run folder per setting
 
 Each phase writes its output to `<workdir>/<phase>-<config hash>/` and the next phase reads
 it from there; a phase whose output is complete for the same settings is reused, so a
@@ -18,16 +18,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from actors import runtime
+from alignray.actors import runtime
 from alignray.artifacts import MODEL_DIR, POLICY_DIR
 from alignray.base_model import resolve_base_model
-from workflows.common import CONFIG_PATH, start_app
-from workflows.evaluate import evaluate_policies
-from workflows.feedback import run_feedback
-from workflows.ppo import run_ppo
-from workflows.report import write_run_report
-from workflows.reward_model import run_reward_model
-from workflows.sft import run_sft
+from alignray.workflows.common import CONFIG_PATH, start_app
+from alignray.workflows.evaluate import evaluate_policies
+from alignray.workflows.feedback import run_feedback
+from alignray.workflows.ppo import run_ppo
+from alignray.workflows.report import write_run_report
+from alignray.workflows.reward_model import run_reward_model
+from alignray.workflows.sft import run_sft
 
 log = logging.getLogger("alignray.pipeline")
 

@@ -1,8 +1,8 @@
 """Phase 4: PPO against the reward model; this process is the coordinator (single controller).
 
-    python -m workflows.ppo                                  # base model, oracle needs kind:
-    python -m workflows.ppo ppo.reward.kind=annotators ppo.steps=40
-    python -m workflows.ppo ppo.sft_model_path=... ppo.reward_model_path=...
+    python -m alignray.workflows.ppo                                  # base model, oracle needs kind:
+    python -m alignray.workflows.ppo ppo.reward.kind=annotators ppo.steps=40
+    python -m alignray.workflows.ppo ppo.sft_model_path=... ppo.reward_model_path=...
 
 One PPO step, as ``PPOCoordinator.step`` reads top to bottom: the policy's weights to the
 rollout pool, checked on a fixed probe -> prompts -> the pool generates (behaviour log-probs)
@@ -31,11 +31,11 @@ import ray
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from actors.base import wait_named
-from actors.placement import PPOActors, launch_ppo_actors
-from actors.rollout import PendingRollout
-from actors.runtime import ray_session
-from actors.weight_sync import WeightSync
+from alignray.actors.base import wait_named
+from alignray.actors.placement import PPOActors, launch_ppo_actors
+from alignray.actors.rollout import PendingRollout
+from alignray.actors.runtime import ray_session
+from alignray.actors.weight_sync import WeightSync
 from alignray.config.ppo import PPOConfig
 from alignray.data import format_prompt, prepare_embedded_data, read_prompts, response_text
 from alignray.experience import (CriticTrainStats, PolicyTrainStats, PromptBatch, PromptStream, Rollout,
@@ -52,7 +52,7 @@ from alignray.ppo import (
     RunningRewardNormalizer,
     make_kl_controller,
 )
-from workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
+from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
 
 log = logging.getLogger("alignray.ppo")
 PROGRESS_KEYS = ("reward_raw", "kl", "response_length", "value_loss", "approx_kl", "step_s")

@@ -1,8 +1,8 @@
 """Phase 1: the pretrained model. For the embedded default this pretrains the tiny GPT-2 on
 the tweets (cached); for any other source it resolves the model and checks it loads.
 
-    python -m workflows.pretrain                 # embedded default
-    python -m workflows.pretrain model=smollm2   # SmolLM2-135M-Instruct from its GGUF package
+    python -m alignray.workflows.pretrain                 # embedded default
+    python -m alignray.workflows.pretrain model=smollm2   # SmolLM2-135M-Instruct from its GGUF package
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from alignray.base_model import resolve_base_model
 from alignray.modeling import load_causal_lm, load_tokenizer
-from workflows.common import CONFIG_PATH, start_app
+from alignray.workflows.common import CONFIG_PATH, start_app
 
 
 def sample(model_path: str, prompts: list[str], max_new_tokens: int = 24, seed: int = 0) -> list[str]:

@@ -49,7 +49,7 @@ from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, 
                        ScalingConfig)
 from ray.train.torch import TorchTrainer
 
-from actors.runtime import wait_for_capacity
+from alignray.actors.runtime import wait_for_capacity
 from alignray import deepspeed_strategy as strategy
 from alignray.artifacts import MODEL_DIR
 from alignray.config.training import DeepSpeedConfig

@@ -1,8 +1,8 @@
 """Phase 3b: train the reward model on the feedback tables, normalise it, evaluate it.
 
-    python -m workflows.reward_model                      # embedded default: SFT and feedback phases first
-    python -m workflows.reward_model reward_model.sft_model_path=<folder> reward_model.feedback_dir=<folder>
-    python -m workflows.reward_model reward_model.backbone=minilm cluster=cpu_test   # MiniLM, two workers
+    python -m alignray.workflows.reward_model                      # embedded default: SFT and feedback phases first
+    python -m alignray.workflows.reward_model reward_model.sft_model_path=<folder> reward_model.feedback_dir=<folder>
+    python -m alignray.workflows.reward_model reward_model.backbone=minilm cluster=cpu_test   # MiniLM, two workers
 
 An ``AutoModelForSequenceClassification(num_labels=1)`` on any backbone is trained with Ray
 Train's ``TorchTrainer`` through the project's DeepSpeed strategy, fed by Ray Data, on
@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 import ray.data
 from omegaconf import DictConfig, OmegaConf
 
-from actors import runtime
+from alignray.actors import runtime
 from alignray.artifacts import (CALIBRATION_FIGURE, EVAL_FILE, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, LOSS_FIGURE,
                                 METRICS_FILE, MODEL_DIR, PAIRS_FILE, POINTWISE_FILE, SUMMARY_FILE)
 from alignray.base_model import resolve_base_model
@@ -50,10 +50,10 @@ from alignray.reward.model import (load_reward_model, minilm_backbone_path, refe
 from alignray.reward.training import (build_reward_model, collate_reward_rows, reward_batch_loss,
                                       training_examples)
 from alignray.validation import validate_table
-from workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
-from workflows.feedback import run_feedback
-from workflows.ray_train import TrainLoopConfig, TrainTask, copy_final_model, fit, steps_per_epoch
-from workflows.sft import run_sft
+from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
+from alignray.workflows.feedback import run_feedback
+from alignray.workflows.ray_train import TrainLoopConfig, TrainTask, copy_final_model, fit, steps_per_epoch
+from alignray.workflows.sft import run_sft
 
 log = logging.getLogger("alignray.reward")
 

@@ -1,10 +1,10 @@
 """Phase 5: any saved reward model over HTTP, on Ray Serve, batched across clients.
 
-    python -m workflows.serve serve.model_path=PATH              # 127.0.0.1:8000, no token
-    ALIGNRAY_SERVE_TOKEN=$(cat token) python -m workflows.serve serve.model_path=PATH \\
+    python -m alignray.workflows.serve serve.model_path=PATH              # 127.0.0.1:8000, no token
+    ALIGNRAY_SERVE_TOKEN=$(cat token) python -m alignray.workflows.serve serve.model_path=PATH \\
         serve.host=0.0.0.0 serve.num_replicas=2 serve.gpus_per_replica=1
     serve run cluster/serve/serve_config.yaml                   # production: a Serve config
-    serve run workflows.serve:app_builder model_path=PATH       # Serve's CLI, same checks
+    serve run alignray.workflows.serve:app_builder model_path=PATH       # Serve's CLI, same checks
 
 The HTTP API (routes, limits, authentication) is `alignray.serve_api`; this module adds
 what needs Ray: the replica that holds the model, `@serve.batch`, and the deployment
@@ -27,14 +27,14 @@ from omegaconf import DictConfig, OmegaConf
 from ray import serve
 from ray.serve import Application
 
-from actors import runtime
+from alignray.actors import runtime
 from alignray.config import ServeConfig
 from alignray.modeling import pick_device, training_dtype
 from alignray.reward.model import load_reward_model
 from alignray.serve_api import (BatchStats, ModelInfo, Normalization, RequestLimits, ScoredItems,
                                 StatsResponse, build_reward_api, check_bind_is_safe, is_loopback,
                                 load_token, token_digest)
-from workflows.common import CONFIG_PATH, start_app
+from alignray.workflows.common import CONFIG_PATH, start_app
 
 log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -180,7 +180,7 @@ def build_reward_app(cfg) -> Application:
 
 
 def app_builder(args: dict) -> Application:
-    """Entry for Serve's CLI and config files (`import_path: workflows.serve:app_builder`).
+    """Entry for Serve's CLI and config files (`import_path: alignray.workflows.serve:app_builder`).
     `args.host` must repeat the config file's `http_options.host`: it decides whether a
     token is required. Replicas without a token answer loopback clients only either way."""
     return build_reward_app(args)

@@ -1,9 +1,9 @@
 """Phase 2: supervised fine-tuning on human demonstrations, as a Hydra app.
 
-    python -m workflows.sft                                  # embedded default, local Ray
-    python -m workflows.sft cluster=cpu_test                 # two Ray Train workers on CPU
-    python -m workflows.sft cluster=multi_gpu sft.deepspeed.zero_stage=3
-    python -m workflows.sft data=files data.demonstrations_path=/data/demos.parquet
+    python -m alignray.workflows.sft                                  # embedded default, local Ray
+    python -m alignray.workflows.sft cluster=cpu_test                 # two Ray Train workers on CPU
+    python -m alignray.workflows.sft cluster=multi_gpu sft.deepspeed.zero_stage=3
+    python -m alignray.workflows.sft data=files data.demonstrations_path=/data/demos.parquet
 
 Demonstrations (parquet: ``prompt``, ``response``, optional ``system``, ``source``) are
 validated against `DEMONSTRATION_SCHEMA`: a malformed file stops the run with the file,
@@ -34,7 +34,7 @@ import ray
 import ray.data
 from omegaconf import DictConfig, OmegaConf
 
-from actors import runtime
+from alignray.actors import runtime
 from alignray.artifacts import DEMONSTRATIONS_FILE, LOSS_FIGURE, METRICS_FILE
 from alignray.base_model import resolve_base_model
 from alignray.config.sft import RUN_CONTROL_KEYS
@@ -45,8 +45,8 @@ from alignray.metrics import plot_curves, read_metrics
 from alignray.model_card import ModelCard, write_model_card
 from alignray.modeling import check_position_limit, load_causal_lm
 from alignray.sft import collate_token_rows, response_token_loss, sequence_length, tokenize_batch
-from workflows.common import CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, start_app
-from workflows.ray_train import TrainLoopConfig, TrainTask, copy_final_model, fit, run_folder, steps_per_epoch
+from alignray.workflows.common import CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, start_app
+from alignray.workflows.ray_train import TrainLoopConfig, TrainTask, copy_final_model, fit, run_folder, steps_per_epoch
 
 log = logging.getLogger("alignray.sft")
 

@@ -1,4 +1,4 @@
-"""The reward model behind Ray Serve (`python -m workflows.serve serve.model_path=...`)."""
+"""The reward model behind Ray Serve (`python -m alignray.workflows.serve serve.model_path=...`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
