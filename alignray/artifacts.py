@@ -42,6 +42,8 @@ RATINGS_FIGURE = "ratings.png"  # feedback
 ELO_FIGURE = "elo_vs_bradley_terry.png"  # feedback
 CURVES_FIGURE = "curves.png"  # PPO
 STAGE_TIMES_FIGURE = "stage_times.png"  # PPO
+MONITOR_FILE = "monitor.json"  # PPO: the over-optimisation monitor's checks and alarms
+OVEROPTIMISATION_FIGURE = "overoptimisation.png"  # PPO: proxy reward and judge against KL
 
 
 def is_complete(out_dir: Path) -> bool:

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from alignray.actors.base import wait_named
+from alignray.actors.monitor import OverOptimisationMonitor, make_judge, monitor_probe_prompts, monitor_summary
 from alignray.actors.placement import PPOActors, launch_ppo_actors
 from alignray.actors.rollout import PendingRollout
 from alignray.actors.runtime import ray_session
@@ -41,9 +43,11 @@ from alignray.data import format_prompt, prepare_embedded_data, read_prompts, re
 from alignray.experience import (CriticTrainStats, PolicyTrainStats, PromptBatch, PromptStream, Rollout,
                                  build_experience, sequence_scores, step_metrics)
 from alignray.generation import decode_responses
-from alignray.artifacts import CURVES_FIGURE, METRICS_FILE, POLICY_DIR, STAGE_TIMES_FIGURE
+from alignray.artifacts import (CURVES_FIGURE, METRICS_FILE, OVEROPTIMISATION_FIGURE, POLICY_DIR,
+                                STAGE_TIMES_FIGURE)
 from alignray.base_model import resolve_base_model
 from alignray.metrics import MetricsLogger, StageTimes, plot_curves, read_metrics
+from alignray.monitor import best_check, plot_overoptimisation
 from alignray.model_card import ModelCard, write_model_card
 from alignray.modeling import check_position_limit, load_tokenizer
 from alignray.ppo import (
@@ -82,6 +86,8 @@ class PPOCoordinator:
                                                    data_cfg.max_prompt_tokens)
         self.weights = WeightSync(self.actors.policy, self.actors.pool, self.make_probe(), ppo,
                                   self.actors.placements)
+        self.updates = 0  # policy updates the actors hold (a rollback lowers it)
+        self.monitor = self.make_monitor(data_cfg)
 
     # ------------------------------------------------------------------ one PPO step
     def step(self, step: int) -> dict[str, float]:
@@ -151,15 +157,25 @@ class PPOCoordinator:
         start_step = self.resume() if ppo.resume else 0
         metrics_log = MetricsLogger(self.out, total_steps=ppo.steps, name="ppo")
         step_times = []
+        if self.monitor and start_step == 0:
+            self.watch(0)  # the SFT model's answers: the judge's baseline
         for step in range(start_step, ppo.steps):
             started = time.monotonic()
             metrics = self.step(step)
+            self.updates = step + 1
             metrics["step_s"] = time.monotonic() - started
+            stop = False
+            if self.monitor:  # its cost is one of the step's stage times
+                watched = time.monotonic()
+                stop = self.monitor.due(step + 1, ppo.steps) and self.watch(step + 1)
+                metrics["time/monitor"] = round(time.monotonic() - watched, 4)
             step_times.append({"step": step, **{k[5:]: v for k, v in metrics.items() if k.startswith("time/")}})
             metrics_log.log(step + 1, PROGRESS_KEYS, **metrics)
-            last = step + 1 == ppo.steps
+            last = step + 1 == ppo.steps or stop
             if last or (ppo.checkpoint_every and (step + 1) % ppo.checkpoint_every == 0):
                 self.save_checkpoint(step + 1)
+            if stop:
+                break
         return step_times
 
     def count_nonfinite(self, step: int, stats: list[PolicyTrainStats | CriticTrainStats]) -> None:
@@ -173,15 +189,62 @@ class PPOCoordinator:
         if self.nonfinite_in_a_row >= self.ppo.max_nonfinite_in_a_row:
             raise FloatingPointError(f"non-finite losses in {self.nonfinite_in_a_row} steps in a row; stopping")
 
+    # ------------------------------------------------------------------ over-optimisation monitor
+    def make_monitor(self, data_cfg) -> OverOptimisationMonitor | None:
+        prompts = monitor_probe_prompts(self.ppo, data_cfg, self.out)
+        if prompts is None:
+            return None
+        probe = self.encode_prompts([format_prompt(self.tokenizer, p) for p in prompts], torch.arange(len(prompts)))
+        return OverOptimisationMonitor(self.ppo.monitor, self.actors, self.weights, probe, prompts, self.tokenizer,
+                                       judge=make_judge(self.ppo.monitor), out=self.out, seed=self.seed)
+
+    def watch(self, step: int) -> bool:
+        """One monitor check after ``step`` updates: keeps a checkpoint of the judge's best
+        checks (within ``ppo.monitor.keep_checkpoints``); True when an alarm stops the run
+        (``on_alarm=stop``, or ``rollback``, which first restores the judge's best checkpoint)."""
+        raised = self.monitor.check(step)
+        keep = self.monitor.steps_to_keep()
+        if step in keep:
+            self.save_checkpoint(step, self.monitor_checkpoint(step))
+        for folder in (self.ckpt_dir / "monitor").glob("step-*"):
+            if int(folder.name.removeprefix("step-")) not in keep:
+                shutil.rmtree(folder)
+        action = self.ppo.monitor.on_alarm
+        if not raised or action == "log":
+            return False
+        if action == "rollback":
+            self.hand_over_best()
+        log.warning("monitor: %s after an alarm at step %d", "rolled back and stopped" if action == "rollback"
+                    else "stopped", step)
+        return True
+
+    def monitor_checkpoint(self, step: int) -> Path:
+        return self.ckpt_dir / "monitor" / f"step-{step}"
+
+    def hand_over_best(self) -> int | None:
+        """Put the judge's best checked policy (with critic, optimiser and KL state) in the
+        actors, if the monitor ran; returns its step."""
+        if not self.monitor:
+            return None
+        best = best_check(self.monitor.history)
+        if best.step != self.updates:
+            self.updates = self.restore(self.monitor_checkpoint(best.step))
+            log.info("monitor: the judge preferred the policy after %d updates; it is the one kept", best.step)
+        return best.step
+
     # ------------------------------------------------------------------ prompts
     def submit_next_batch(self, step: int) -> PendingRollout:
         self.stream_state_before_pending = self.stream.state_dict()
         return self.actors.pool.submit(self.prompt_batch(self.stream.next_batch(self.ppo.prompts_per_step)), step)
 
     def prompt_batch(self, rows: torch.Tensor) -> PromptBatch:
-        """The prompts of ``rows``, left-padded, the longest cut from the left."""
-        encoded = self.tokenizer([self.prompts[i].formatted for i in rows.tolist()], return_tensors="pt",
-                                 padding=True, truncation=True, max_length=self.max_prompt_tokens)
+        """The training prompts of ``rows``."""
+        return self.encode_prompts([self.prompts[i].formatted for i in rows.tolist()], rows)
+
+    def encode_prompts(self, formatted: list[str], rows: torch.Tensor) -> PromptBatch:
+        """Formatted prompts, left-padded, the longest cut from the left."""
+        encoded = self.tokenizer(formatted, return_tensors="pt", padding=True, truncation=True,
+                                 max_length=self.max_prompt_tokens)
         return PromptBatch(prompt_index=rows, prompt_ids=encoded["input_ids"], prompt_mask=encoded["attention_mask"])
 
     def make_probe(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -197,39 +260,46 @@ class PPOCoordinator:
         return batch.prompt_ids, batch.prompt_mask, encoded["input_ids"], encoded["attention_mask"].bool()
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, step: int) -> None:
+    def save_checkpoint(self, step: int, folder: Path | None = None) -> None:
         """Actors first, the coordinator's state last: its file names the actor checkpoints
         that belong to it, so a crash in between resumes consistently."""
-        tags = ray.get(self.actors.policy.call("save_checkpoint", str(self.ckpt_dir / "policy"), {"step": step})
-                       + self.actors.critic.call("save_checkpoint", str(self.ckpt_dir / "critic"), {"step": step}))
+        folder = folder or self.ckpt_dir
+        tags = ray.get(self.actors.policy.call("save_checkpoint", str(folder / "policy"), {"step": step})
+                       + self.actors.critic.call("save_checkpoint", str(folder / "critic"), {"step": step}))
         state = {"step": step, "tags": {"policy": Path(tags[0]).name, "critic": Path(tags[-1]).name},
                  # a batch in flight is not saved: a resumed run draws its prompts again
                  "kl": self.kl.state_dict(),
                  "stream": self.stream_state_before_pending if self.pending else self.stream.state_dict(),
                  "normalizer": self.normalizer.state_dict() if self.normalizer else None,
                  "nonfinite_in_a_row": self.nonfinite_in_a_row, "torch_rng": torch.get_rng_state()}
-        partial = self.ckpt_dir / "coordinator.pt.partial"
+        partial = folder / "coordinator.pt.partial"
         torch.save(state, partial)
-        os.replace(partial, self.ckpt_dir / "coordinator.pt")
-        log.info("checkpoint after step %d in %s", step, self.ckpt_dir)
+        os.replace(partial, folder / "coordinator.pt")
+        log.info("checkpoint after step %d in %s", step, folder)
 
     def resume(self) -> int:
         """Restore the last checkpoint, if any; returns the step to continue from."""
-        path = self.ckpt_dir / "coordinator.pt"
-        if not path.exists():
+        if not (self.ckpt_dir / "coordinator.pt").exists():
             return 0
-        state = torch.load(path, weights_only=False)
+        step = self.updates = self.restore(self.ckpt_dir)
+        keep_metrics_until(self.out / METRICS_FILE, step)
+        if self.monitor:
+            self.monitor.resume(step)
+        log.info("resumed from the checkpoint after step %d", step)
+        return step
+
+    def restore(self, folder: Path) -> int:
+        """Load a checkpoint folder into the actors and this coordinator; returns its step."""
+        state = torch.load(folder / "coordinator.pt", weights_only=False)
         for role, group in (("policy", self.actors.policy), ("critic", self.actors.critic)):
-            (self.ckpt_dir / role / "latest").write_text(state["tags"][role])
-            ray.get(group.call("load_checkpoint", str(self.ckpt_dir / role)))
+            (folder / role / "latest").write_text(state["tags"][role])
+            ray.get(group.call("load_checkpoint", str(folder / role)))
         self.kl.load_state_dict(state["kl"])
         self.stream.load_state_dict(state["stream"])
         if self.normalizer is not None:
             self.normalizer.load_state_dict(state["normalizer"])
         self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
         torch.set_rng_state(state["torch_rng"])
-        keep_metrics_until(self.out / METRICS_FILE, state["step"])
-        log.info("resumed from the checkpoint after step %d", state["step"])
         return state["step"]
 
     def export_policy(self) -> Path:
@@ -283,16 +353,22 @@ def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None)
                                      str(reward_model_path) if reward_model_path else None, out)
         try:
             step_times = coordinator.run()
+            policy_step = coordinator.hand_over_best() or coordinator.updates
             policy_dir = coordinator.export_policy()
+            monitor = coordinator.monitor
         finally:
             coordinator.actors.shutdown()
     records = read_metrics(out / METRICS_FILE)
     plot_curves(records, CURVES, out / CURVES_FIGURE, title="PPO")
     plot_curves(records, [k for k in records[-1] if k.startswith("time/")], out / STAGE_TIMES_FIGURE,
                 title="PPO stage wall time (s)")
+    if monitor:
+        plot_overoptimisation(monitor.history, policy_step, monitor.fired, out / OVEROPTIMISATION_FIGURE)
     write_model_card(policy_dir, policy_card(ppo, str(sft_model_path), reward_model_path, records))
     mark_complete(out, {"sft_model": str(sft_model_path), "reward_model": reward_model_path,
-                        "policy": str(policy_dir), "steps": ppo.steps, "wall_s": round(time.monotonic() - started, 1),
+                        "policy": str(policy_dir), "policy_step": policy_step, "steps": ppo.steps,
+                        "steps_run": len(records), "wall_s": round(time.monotonic() - started, 1),
+                        "monitor": monitor_summary(monitor),
                         "stage_times_per_step": step_times, "final_metrics": records[-1]})
     return out
 

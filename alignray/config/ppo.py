@@ -44,6 +44,30 @@ class PPOEvalConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """The over-optimisation monitor (alignray/monitor.py, actors/monitor.py): every `every`
+    policy updates (and before the first, and after the last) the policy answers a fixed probe
+    set of held-out prompts, disjoint from the evaluation's, and a held-out judge compares the
+    answers with the SFT model's."""
+    every: int = 10  # updates between checks; 0: no monitor
+    # "auto": the held-out annotators on the embedded default, no monitor on other data (a
+    # warning says so); "annotators": the held-out annotators 6-10 on any prompts; "http": a
+    # reward endpoint (alignray's /v1/score) at `judge_url`, e.g. a gold reward model.
+    judge: str = "auto"
+    judge_url: Optional[str] = None
+    probe_prompts: int = 64
+    # None: the last `probe_prompts` of the embedded held-out prompts (the evaluation takes the first)
+    prompts_path: Optional[str] = None
+    window: int = 3  # checks over which "proxy rises while the judge falls" is judged
+    kl_budget: float = 8.0  # nats per response (the evaluation's guard uses the same default)
+    min_length_ratio: float = 0.5  # answers' mean words against the SFT model's
+    max_length_ratio: float = 2.0
+    max_degenerate_share: float = 0.25
+    on_alarm: str = "log"  # log | stop | rollback (restore the judge's best checkpoint, then stop)
+    keep_checkpoints: int = 2  # the best checks by the judge keep a full checkpoint
+
+
+@dataclass
 class PPOConfig:
     # The standalone app's inputs (the pipeline passes its own): None means the base model
     # from `model` as the SFT policy, and no reward model (ppo.reward.kind must not be "model").
@@ -103,4 +127,5 @@ class PPOConfig:
     resume: bool = True
     max_nonfinite_in_a_row: int = 3
     eval: PPOEvalConfig = field(default_factory=PPOEvalConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=lambda: DeepSpeedConfig(zero_stage=0))
