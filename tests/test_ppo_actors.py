@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import ray
 import torch
+from ray.util.placement_group import placement_group_table
 from omegaconf import OmegaConf
 
 from actors.base import ModelActorDied
@@ -106,6 +107,29 @@ def test_colocated_data_parallel_roles_share_one_gpu_and_train(ray_cluster, tiny
         probe = coordinator.weights.probe[:3]
         rank0, rank1 = ray.get(actors.policy.call("logprobs", *probe))
         assert torch.equal(rank0, rank1)  # gradients averaged over the world, one update on both
+    finally:
+        coordinator.actors.shutdown()
+
+
+def test_a_critic_free_estimator_places_no_critic_and_trains_without_one(ray_cluster, tiny_base_model, prompts_path,
+                                                                        tmp_path):
+    """reinforce_pp reads no values: the model actors' placement group asks for three GPU
+    bundles (policy, reference, reward), no critic runs, and a step trains the policy alone.
+    Placed before the module's coordinator, which holds all four logical GPUs."""
+    cfg = small_config(tiny_base_model, prompts_path)
+    cfg.ppo.advantage_estimator = "reinforce_pp"
+    coordinator = make_coordinator(cfg, tiny_base_model, tmp_path)
+    try:
+        actors = coordinator.actors
+        bundles = placement_group_table(actors.placement_group)["bundles"]
+        assert [bundle["GPU"] for bundle in bundles.values()] == [1.0] * 3
+        placements = ray.get([a.placement.remote() for a in actors.model_actors().values()])
+        assert [p["role"] for p in placements] == ["policy", "reference", "reward"] and len(actors.critic) == 0
+        metrics = coordinator.step(0)
+        assert metrics["policy_updates"] == 2 and "time/critic_values" not in metrics
+        assert not {"value_loss", "explained_variance", "critic_train_tokens_per_s"} & metrics.keys()
+        coordinator.save_checkpoint(1)  # the policy's alone
+        assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["coordinator.pt", "policy"]
     finally:
         coordinator.actors.shutdown()
 

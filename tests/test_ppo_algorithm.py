@@ -216,19 +216,6 @@ def test_gae_does_not_bootstrap_past_the_end_and_padding_does_not_leak():
         get_advantage_estimator("gae")(rewards, values, t([[1, 0, 1, 0, 0]] * 2), gamma=1.0, lam=0.95)
 
 
-def test_critic_free_estimators():
-    rewards = t([[0.0, 1.0, 0.0], [0.0, 3.0, 7.0], [2.0, 0.0, 0.0], [4.0, 0.0, 0.0]])
-    mask = t([[1, 1, 0], [1, 1, 0], [1, 1, 1], [1, 0, 0]])
-    advantages, returns = get_advantage_estimator("reinforce")(rewards, None, mask, gamma=0.5)
-    close(advantages[:2], [[0.5, 1.0, 0.0], [1.5, 3.0, 0.0]])
-    # totals 1, 3 (prompt 0) and 2, 4 (prompt 1): minus the other response's total
-    advantages, returns = get_advantage_estimator("rloo")(rewards, None, mask, group_ids=t([0, 0, 1, 1]))
-    close(advantages, [[-2.0, -2.0, 0.0], [2.0, 2.0, 0.0], [-2.0, -2.0, -2.0], [2.0, 0.0, 0.0]])
-    close(returns[1], [3.0, 3.0, 0.0])
-    with pytest.raises(ValueError, match="known: \\['gae', 'reinforce', 'rloo'\\]"):
-        get_advantage_estimator("vtrace")
-
-
 # --- losses ------------------------------------------------------------------------------
 
 def test_clipped_surrogate_hand_example():

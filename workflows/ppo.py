@@ -38,8 +38,8 @@ from actors.runtime import ray_session
 from actors.weight_sync import WeightSync
 from alignray.config.ppo import PPOConfig
 from alignray.data import format_prompt, prepare_embedded_data, read_prompts, response_text
-from alignray.experience import (CriticTrainStats, PolicyTrainStats, PromptBatch, PromptStream, Rollout,
-                                 build_experience, sequence_scores, step_metrics)
+from alignray.experience import (CriticTrainStats, Experience, PolicyTrainStats, PromptBatch, PromptStream,
+                                 Rollout, build_experience, sequence_scores, step_metrics)
 from alignray.generation import decode_responses
 from alignray.artifacts import CURVES_FIGURE, METRICS_FILE, POLICY_DIR, STAGE_TIMES_FIGURE
 from alignray.base_model import resolve_base_model
@@ -96,11 +96,7 @@ class PPOCoordinator:
         # 3. in parallel: reference log-probs, critic values, reward scores, and the policy's own
         # log-probs of the sampled tokens (their gap to the sampler's finds stale weights); penalties here
         with times("experience"):
-            sequences = (rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids)
-            refs = {"reference": actors.reference.logprobs.remote(*sequences),
-                    "policy_logprobs": actors.policy.actors[0].logprobs.remote(*sequences),  # for the gap
-                    "critic_values": actors.critic.actors[0].values.remote(*sequences),
-                    "scoring": actors.reward.score.remote([p.raw for p in prompts], responses)}
+            refs = self.experience_refs(rollout, [p.raw for p in prompts], responses)
             constraint_costs, violations = self.constraints.penalties(responses)
             parts = times.record(*wait_named(refs))
 
@@ -109,22 +105,39 @@ class PPOCoordinator:
                                  constraint_costs=constraint_costs, ended_with_eos=rollout.ended_with_eos,
                                  truncation_cost=ppo.reward.truncation_penalty)
         exp, advantage_stats = build_experience(
-            rollout, ref_logprobs=parts["reference"], values=parts["critic_values"], scores=scores,
+            rollout, ref_logprobs=parts["reference"], scores=scores,
+            values=parts.get("critic_values", torch.zeros_like(rollout.logprobs)),  # none without a critic
             kl_coef=self.kl.coef, kl_estimator=ppo.kl.estimator, estimator=ppo.advantage_estimator,
             gamma=ppo.gamma, lam=ppo.lam, whiten=ppo.whiten_advantages)
 
-        # 6. in parallel: the policy's and the critic's updates, each rank on its shard
+        # 6. in parallel: the policy's and (where there is one) the critic's updates, each rank on its shard
         with times("training"):
-            trained = times.record(*wait_named({
-                "policy_train": actors.policy.call_each("train", [(s, step) for s in exp.split(len(actors.policy))]),
-                "critic_train": actors.critic.call_each("train", [(s, step) for s in exp.split(len(actors.critic))])}))
-        self.count_nonfinite(step, trained["policy_train"] + trained["critic_train"])
+            trained = times.record(*wait_named(self.train_refs(exp, step)))
+        policy_stats, critic_stats = trained["policy_train"], trained.get("critic_train", [])
+        self.count_nonfinite(step, policy_stats + critic_stats)
         self.kl.update(advantage_stats["kl"], len(exp))
 
         return (step_metrics(exp, parts["scoring"], parts["policy_logprobs"], constraint_costs, violations,
-                             advantage_stats, self.kl.coef, trained["policy_train"], trained["critic_train"])
+                             advantage_stats, self.kl.coef, policy_stats, critic_stats)
                 | sync | {"pool_restarts": actors.pool.restarts, "prompts_taken": self.stream.consumed,
                           "policy_lag": step - sampled_by} | times.metrics())
+
+    def experience_refs(self, rollout: Rollout, raw_prompts: list[str], responses: list[str]) -> dict:
+        """What is computed in parallel on a sampled batch: reference log-probs, reward scores,
+        the policy's own log-probs of the sampled tokens (their gap to the sampler's finds
+        stale weights) and, where there is a critic, its values."""
+        actors, sequences = self.actors, (rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids)
+        refs = {"reference": actors.reference.logprobs.remote(*sequences),
+                "policy_logprobs": actors.policy.actors[0].logprobs.remote(*sequences),
+                "scoring": actors.reward.score.remote(raw_prompts, responses)}
+        if len(actors.critic):
+            refs["critic_values"] = actors.critic.actors[0].values.remote(*sequences)
+        return refs
+
+    def train_refs(self, exp: Experience, step: int) -> dict:
+        """The update of each role that trains, each rank on its shard of the batch."""
+        return {f"{role}_train": group.call_each("train", [(shard, step) for shard in exp.split(len(group))])
+                for role, group in self.actors.trainable().items()}
 
     def take_rollout(self, step: int, times: StageTimes) -> tuple[Rollout, int, dict[str, float]]:
         """The batch this step trains on, the weights version that sampled it, and the metrics
@@ -200,9 +213,9 @@ class PPOCoordinator:
     def save_checkpoint(self, step: int) -> None:
         """Actors first, the coordinator's state last: its file names the actor checkpoints
         that belong to it, so a crash in between resumes consistently."""
-        tags = ray.get(self.actors.policy.call("save_checkpoint", str(self.ckpt_dir / "policy"), {"step": step})
-                       + self.actors.critic.call("save_checkpoint", str(self.ckpt_dir / "critic"), {"step": step}))
-        state = {"step": step, "tags": {"policy": Path(tags[0]).name, "critic": Path(tags[-1]).name},
+        saving = {role: group.call("save_checkpoint", str(self.ckpt_dir / role), {"step": step})
+                  for role, group in self.actors.trainable().items()}
+        state = {"step": step, "tags": {role: Path(ray.get(refs)[0]).name for role, refs in saving.items()},
                  # a batch in flight is not saved: a resumed run draws its prompts again
                  "kl": self.kl.state_dict(),
                  "stream": self.stream_state_before_pending if self.pending else self.stream.state_dict(),
@@ -219,7 +232,7 @@ class PPOCoordinator:
         if not path.exists():
             return 0
         state = torch.load(path, weights_only=False)
-        for role, group in (("policy", self.actors.policy), ("critic", self.actors.critic)):
+        for role, group in self.actors.trainable().items():
             (self.ckpt_dir / role / "latest").write_text(state["tags"][role])
             ray.get(group.call("load_checkpoint", str(self.ckpt_dir / role)))
         self.kl.load_state_dict(state["kl"])

@@ -73,8 +73,11 @@ class PPOConfig:
     value_clip_eps: float = 0.2
     gamma: float = 1.0
     lam: float = 0.95
+    # alignray/ppo/advantages.py: "gae" (reads the critic), or a critic-free one, "grpo", "dr_grpo",
+    # "rloo", "reinforce_pp_baseline" (these compare a prompt's responses: samples_per_prompt >= 2),
+    # "reinforce_pp". Without a critic none is placed, loaded or trained (the critic_* keys are unused).
     advantage_estimator: str = "gae"
-    whiten_advantages: bool = True
+    whiten_advantages: bool = True  # whiten the estimator's advantages over the batch's valid tokens
     entropy_coef: float = 0.0
     # Gradient accumulation: a minibatch is cut into micro-batches of at most this many padded
     # tokens (rows sorted by length, each trimmed of padding); 0: the whole minibatch at once.

@@ -10,9 +10,15 @@ minibatch    shuffled minibatch epochs with early stop on KL; token-budget micro
 """
 from alignray.ppo.advantages import (
     ADVANTAGE_ESTIMATORS,
+    Estimator,
+    discounted_returns,
+    estimator_spec,
     gae_advantages,
     get_advantage_estimator,
-    reinforce_advantages,
+    grpo_advantages,
+    needs_critic,
+    reinforce_pp_advantages,
+    reinforce_pp_baseline_advantages,
     rloo_advantages,
 )
 from alignray.ppo.constraints import (
@@ -49,12 +55,13 @@ from alignray.ppo.rewards import (
 )
 
 __all__ = [
-    "ADVANTAGE_ESTIMATORS", "KL_ESTIMATORS", "POLICY_LOSSES", "TWEET_CONSTRAINTS_EXAMPLE",
-    "AdaptiveKLController", "ConstraintPenalty", "DegenerateTextRule", "EarlyStopOnKL",
-    "FixedKLController", "KLController", "RegexRule", "RunningRewardNormalizer",
-    "banned_phrase_rule", "clip_rewards", "clipped_surrogate_loss", "clipped_value_loss",
-    "entropy_from_logprobs", "explained_variance", "gae_advantages", "get_advantage_estimator",
-    "get_policy_loss", "kl_estimate", "last_valid_index", "length_sorted_parts", "make_kl_controller", "masked_mean",
-    "masked_sum", "masked_var", "masked_whiten", "micro_batch_count", "minibatch_indices", "reinforce_advantages",
-    "rloo_advantages", "token_level_rewards", "truncation_penalty", "valid_only",
+    "ADVANTAGE_ESTIMATORS", "AdaptiveKLController", "ConstraintPenalty", "DegenerateTextRule", "EarlyStopOnKL",
+    "Estimator", "FixedKLController", "KLController", "KL_ESTIMATORS", "POLICY_LOSSES", "RegexRule",
+    "RunningRewardNormalizer", "TWEET_CONSTRAINTS_EXAMPLE", "banned_phrase_rule", "clip_rewards",
+    "clipped_surrogate_loss", "clipped_value_loss", "discounted_returns", "entropy_from_logprobs",
+    "estimator_spec", "explained_variance", "gae_advantages", "get_advantage_estimator", "get_policy_loss",
+    "grpo_advantages", "kl_estimate", "last_valid_index", "length_sorted_parts", "make_kl_controller",
+    "masked_mean", "masked_sum", "masked_var", "masked_whiten", "micro_batch_count", "minibatch_indices",
+    "needs_critic", "reinforce_pp_advantages", "reinforce_pp_baseline_advantages", "rloo_advantages",
+    "token_level_rewards", "truncation_penalty", "valid_only"
 ]
