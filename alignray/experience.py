@@ -49,11 +49,16 @@ class PromptBatch:
     def select(self, rows: Tensor | slice) -> Self:
         return type(self)(**{name: value[rows] for name, value in self.tensors().items()})
 
-    def split(self, parts: int) -> list[Self]:
-        """``parts`` contiguous shards of (nearly) equal size, in order; none is empty."""
-        if not 0 < parts <= len(self):
-            raise ValueError(f"cannot split {len(self)} rows into {parts} shards")
-        bounds = torch.linspace(0, len(self), parts + 1).round().long().tolist()
+    def split(self, parts: int, group_size: int = 1) -> list[Self]:
+        """``parts`` contiguous shards of (nearly) equal size, in order; none is empty. Rows
+        come in groups of ``group_size`` consecutive rows (a prompt's responses) and a shard
+        boundary never cuts a group."""
+        groups, cut = divmod(len(self), group_size)
+        if cut:
+            raise ValueError(f"{len(self)} rows are not whole groups of {group_size}")
+        if not 0 < parts <= groups:
+            raise ValueError(f"cannot split {groups} groups of {group_size} rows into {parts} shards")
+        bounds = (torch.linspace(0, groups, parts + 1).round().long() * group_size).tolist()
         return [self.select(slice(lo, hi)) for lo, hi in zip(bounds, bounds[1:])]
 
     @classmethod
@@ -203,6 +208,7 @@ class PolicyTrainStats:
     stopped_after_epoch: Optional[int]  # early stop on KL
     train_tokens_per_s: float
     mfu: Optional[float] = None  # where the device's peak FLOP/s is known
+    kl_loss: Optional[float] = None  # the KL term, where ppo.kl.placement=loss
 
 
 @dataclass
@@ -247,8 +253,9 @@ def step_metrics(exp: Experience, raw_scores: Tensor, policy_logprobs: Tensor, c
     metrics["ratio_max"] = max(s.ratio_max for s in policy)
     metrics["policy_updates"] = sum(s.policy_updates for s in policy)
     metrics["train_tokens_per_s"] = sum(s.train_tokens_per_s for s in policy)  # over the ranks
-    if policy[0].mfu is not None:
-        metrics["mfu"] = mean([s.mfu for s in policy])
+    for key in ("mfu", "kl_loss"):  # where the device's peak is known; where the KL is a loss term
+        if getattr(policy[0], key) is not None:
+            metrics[key] = mean([getattr(s, key) for s in policy])
     return metrics | (critic_metrics(exp, critic) if critic else {})
 
 

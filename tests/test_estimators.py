@@ -88,3 +88,12 @@ def test_only_gae_needs_a_critic_and_old_names_point_to_the_new_ones():
         get_advantage_estimator("reinforce")
     with pytest.raises(ValueError, match="known: \\['dr_grpo', 'gae', 'grpo', 'reinforce_pp', "):
         get_advantage_estimator("vtrace")
+
+
+def test_a_group_estimator_without_groups_is_refused_before_anything_starts():
+    from alignray.config.ppo import PPOConfig
+    from workflows.ppo import check_algorithm
+    check_algorithm(PPOConfig(advantage_estimator="grpo", samples_per_prompt=2))
+    check_algorithm(PPOConfig(advantage_estimator="reinforce_pp"))
+    with pytest.raises(ValueError, match="advantage_estimator=rloo .*samples_per_prompt >= 2 \\(it is 1\\)"):
+        check_algorithm(PPOConfig(advantage_estimator="rloo"))

@@ -47,9 +47,13 @@ from alignray.metrics import MetricsLogger, StageTimes, plot_curves, read_metric
 from alignray.model_card import ModelCard, write_model_card
 from alignray.modeling import check_position_limit, load_tokenizer
 from alignray.ppo import (
+    AGGREGATIONS,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
     TWEET_CONSTRAINTS_EXAMPLE,
     ConstraintPenalty,
     RunningRewardNormalizer,
+    estimator_spec,
     make_kl_controller,
 )
 from workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
@@ -73,8 +77,7 @@ class PPOCoordinator:
         self.normalizer = RunningRewardNormalizer() if ppo.reward.normalize else None
         self.constraints = ConstraintPenalty.from_config(
             TWEET_CONSTRAINTS_EXAMPLE if ppo.reward.constraints == "tweets" else {})
-        if ppo.policy_lag not in (0, 1):
-            raise ValueError(f"ppo.policy_lag must be 0 or 1, not {ppo.policy_lag}")
+        check_algorithm(ppo)
         self.nonfinite_in_a_row = 0
         self.pending: PendingRollout | None = None  # policy_lag=1: the next step's batch, in flight
         self.stream_state_before_pending: dict | None = None
@@ -107,7 +110,8 @@ class PPOCoordinator:
         exp, advantage_stats = build_experience(
             rollout, ref_logprobs=parts["reference"], scores=scores,
             values=parts.get("critic_values", torch.zeros_like(rollout.logprobs)),  # none without a critic
-            kl_coef=self.kl.coef, kl_estimator=ppo.kl.estimator, estimator=ppo.advantage_estimator,
+            kl_coef=self.kl.coef if ppo.kl.placement == "reward" else 0.0, kl_estimator=ppo.kl.estimator,
+            estimator=ppo.advantage_estimator,
             gamma=ppo.gamma, lam=ppo.lam, whiten=ppo.whiten_advantages)
 
         # 6. in parallel: the policy's and (where there is one) the critic's updates, each rank on its shard
@@ -135,8 +139,11 @@ class PPOCoordinator:
         return refs
 
     def train_refs(self, exp: Experience, step: int) -> dict:
-        """The update of each role that trains, each rank on its shard of the batch."""
-        return {f"{role}_train": group.call_each("train", [(shard, step) for shard in exp.split(len(group))])
+        """The update of each role that trains, each rank on its shard of the batch; the
+        policy is given the KL's weight (used where the KL is a loss term)."""
+        extra = {"policy": (self.kl.coef,)}
+        return {f"{role}_train": group.call_each("train", [(shard, step, *extra.get(role, ()))
+                                                           for shard in exp.split(len(group))])
                 for role, group in self.actors.trainable().items()}
 
     def take_rollout(self, step: int, times: StageTimes) -> tuple[Rollout, int, dict[str, float]]:
@@ -188,8 +195,11 @@ class PPOCoordinator:
 
     # ------------------------------------------------------------------ prompts
     def submit_next_batch(self, step: int) -> PendingRollout:
+        """The next ``prompts_per_step`` prompts to the pool, each repeated on
+        ``samples_per_prompt`` consecutive rows: a group, kept whole on one worker."""
         self.stream_state_before_pending = self.stream.state_dict()
-        return self.actors.pool.submit(self.prompt_batch(self.stream.next_batch(self.ppo.prompts_per_step)), step)
+        rows = self.stream.next_batch(self.ppo.prompts_per_step).repeat_interleave(self.ppo.samples_per_prompt)
+        return self.actors.pool.submit(self.prompt_batch(rows), step, self.ppo.samples_per_prompt)
 
     def prompt_batch(self, rows: torch.Tensor) -> PromptBatch:
         """The prompts of ``rows``, left-padded, the longest cut from the left."""
@@ -248,6 +258,25 @@ class PPOCoordinator:
     def export_policy(self) -> Path:
         ray.get(self.actors.policy.call("export_hf", str(self.out / POLICY_DIR)))
         return self.out / POLICY_DIR
+
+
+def check_algorithm(ppo: PPOConfig) -> None:
+    """Refuse settings that cannot work together before any actor starts."""
+    if ppo.policy_lag not in (0, 1):
+        raise ValueError(f"ppo.policy_lag must be 0 or 1, not {ppo.policy_lag}")
+    if ppo.samples_per_prompt < 1:
+        raise ValueError(f"ppo.samples_per_prompt must be at least 1, not {ppo.samples_per_prompt}")
+    if ppo.policy_loss not in POLICY_LOSSES:
+        raise ValueError(f"ppo.policy_loss must be one of {sorted(POLICY_LOSSES)}, not {ppo.policy_loss!r}")
+    if ppo.kl.estimator not in KL_ESTIMATORS:
+        raise ValueError(f"ppo.kl.estimator must be one of {sorted(KL_ESTIMATORS)}, not {ppo.kl.estimator!r}")
+    if ppo.loss_aggregation not in AGGREGATIONS:
+        raise ValueError(f"ppo.loss_aggregation must be one of {AGGREGATIONS}, not {ppo.loss_aggregation!r}")
+    if ppo.kl.placement not in ("reward", "loss"):
+        raise ValueError(f"ppo.kl.placement must be reward or loss, not {ppo.kl.placement!r}")
+    if estimator_spec(ppo.advantage_estimator).needs_groups and ppo.samples_per_prompt < 2:
+        raise ValueError(f"ppo.advantage_estimator={ppo.advantage_estimator} compares the responses to one "
+                         f"prompt: set ppo.samples_per_prompt >= 2 (it is {ppo.samples_per_prompt})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,15 +343,18 @@ def policy_card(ppo: PPOConfig, sft_model_path: str, reward_model_path: str | No
     scorer = (f"the reward model `{reward_model_path}`" if ppo.reward.kind == "model"
               else f"`ppo.reward.kind={ppo.reward.kind}`")
     first, last = records[0], records[-1]
+    answered = f" x {ppo.samples_per_prompt} responses" if ppo.samples_per_prompt > 1 else ""
     return ModelCard(
         title="alignray PPO policy", tags=["ppo", "rlhf"], base_model=sft_model_path,
-        description="A causal language model trained with PPO against a reward, held near its SFT model by a "
-                    "KL penalty and rule-based constraint penalties.",
-        data=f"{ppo.steps} steps of {ppo.prompts_per_step} prompts, up to {ppo.max_new_tokens} new tokens per "
-             f"response; rewarded by {scorer}"
+        description=f"A causal language model trained with PPO ({ppo.advantage_estimator} advantages) against a "
+                    "reward, held near its SFT model by a KL penalty and rule-based constraint penalties.",
+        data=f"{ppo.steps} steps of {ppo.prompts_per_step} prompts{answered}, up to {ppo.max_new_tokens} new tokens "
+             f"per response; rewarded by {scorer}"
              + (", normalised with running statistics." if ppo.reward.normalize else "."),
         config={"lr": ppo.lr, "kl_coef": ppo.kl.coef, "kl_controller": ppo.kl.controller, "clip_eps": ppo.clip_eps,
-                "epochs": ppo.epochs, "minibatches": ppo.minibatches, "advantage_estimator": ppo.advantage_estimator},
+                "epochs": ppo.epochs, "minibatches": ppo.minibatches, "advantage_estimator": ppo.advantage_estimator,
+                "samples_per_prompt": ppo.samples_per_prompt, "kl_placement": ppo.kl.placement,
+                "policy_loss": ppo.policy_loss, "loss_aggregation": ppo.loss_aggregation},
         metrics={"reward_raw_first_step": first["reward_raw"], "reward_raw_last_step": last["reward_raw"],
                  "kl_last_step": last["kl"], "response_length_last_step": last["response_length"]})
 

@@ -13,7 +13,10 @@ class KLConfig:
     coef: float = 0.2
     target: float = 4.0
     horizon: int = 640
-    estimator: str = "k1"
+    estimator: str = "k1"  # k1 | k2 | k3 (alignray/ppo/kl.py), wherever the KL is placed
+    # "reward": -coef x KL on every token's reward, before the advantages (PPO, REINFORCE++);
+    # "loss": coef x KL(policy || reference) added to the policy's loss, aggregated like it (GRPO).
+    placement: str = "reward"
 
 
 @dataclass
@@ -54,6 +57,10 @@ class PPOConfig:
     # at 2.6 nats of KL with no collapse.
     steps: int = 80
     prompts_per_step: int = 64
+    # Responses sampled per prompt: a step trains on prompts_per_step x samples_per_prompt.
+    # A prompt's responses form a group, sampled on one rollout worker and compared by the
+    # group estimators (grpo, rloo, ...).
+    samples_per_prompt: int = 1
     max_new_tokens: int = 24
     temperature: float = 1.0
     top_p: float = 1.0
@@ -69,6 +76,12 @@ class PPOConfig:
     minibatches: int = 4
     lr: float = 1e-5
     critic_lr: float = 5e-5
+    # alignray/ppo/losses.py: "clipped_surrogate" (PPO's, per token) or "gspo" (the ratio of whole
+    # responses, clipped per response; GSPO clips at ~3e-4, so set clip_eps with it).
+    policy_loss: str = "clipped_surrogate"
+    # How a minibatch's token losses become one: "token_mean", "seq_mean" (each response's token
+    # mean, then the mean over responses), "constant" (sum / (responses x max_new_tokens): Dr. GRPO).
+    loss_aggregation: str = "token_mean"
     clip_eps: float = 0.2
     value_clip_eps: float = 0.2
     gamma: float = 1.0

@@ -5,7 +5,8 @@ kl           per-token KL estimators and the KL coefficient controllers
 rewards      sequence scores to per-token rewards; normalisation, clipping, truncation
 constraints  rule-based penalties on response texts
 advantages   GAE and critic-free estimators, registered by name
-losses       clipped surrogate and value losses, entropy, explained variance
+losses       policy losses (clipped surrogate, GSPO) and their aggregation, KL as a loss term,
+             the value loss, entropy, explained variance
 minibatch    shuffled minibatch epochs with early stop on KL; token-budget micro-batches
 """
 from alignray.ppo.advantages import (
@@ -37,12 +38,16 @@ from alignray.ppo.kl import (
     make_kl_controller,
 )
 from alignray.ppo.losses import (
+    AGGREGATIONS,
     POLICY_LOSSES,
+    aggregate,
     clipped_surrogate_loss,
     clipped_value_loss,
     entropy_from_logprobs,
     explained_variance,
     get_policy_loss,
+    gspo_loss,
+    kl_loss,
 )
 from alignray.ppo.masked import masked_mean, masked_sum, masked_var, masked_whiten, valid_only
 from alignray.ppo.minibatch import EarlyStopOnKL, length_sorted_parts, micro_batch_count, minibatch_indices
@@ -55,7 +60,7 @@ from alignray.ppo.rewards import (
 )
 
 __all__ = [
-    "ADVANTAGE_ESTIMATORS", "AdaptiveKLController", "ConstraintPenalty", "DegenerateTextRule", "EarlyStopOnKL",
+    "ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "aggregate", "gspo_loss", "kl_loss", "AdaptiveKLController", "ConstraintPenalty", "DegenerateTextRule", "EarlyStopOnKL",
     "Estimator", "FixedKLController", "KLController", "KL_ESTIMATORS", "POLICY_LOSSES", "RegexRule",
     "RunningRewardNormalizer", "TWEET_CONSTRAINTS_EXAMPLE", "banned_phrase_rule", "clip_rewards",
     "clipped_surrogate_loss", "clipped_value_loss", "discounted_returns", "entropy_from_logprobs",
