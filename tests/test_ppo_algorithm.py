@@ -389,3 +389,58 @@ def test_a_batch_splits_into_shards_of_whole_groups():
         batch.split(2, group_size=4)
     with pytest.raises(ValueError, match="5 groups of 3 rows into 6"):
         batch.split(6, group_size=3)
+
+
+# --- reward functions ---------------------------------------------------------------------
+# Loaded by import path in the test below, as a user's would be.
+
+def exclamations(prompts: list[str], responses: list[str]) -> list[int]:
+    return [response.count("!") for response in responses]
+
+
+def word_count(prompts: list[str], responses: list[str]) -> list[int]:
+    return [len(response.split()) for response in responses]
+
+
+def one_score_short(prompts: list[str], responses: list[str]) -> list[float]:
+    return [1.0] * (len(responses) - 1)
+
+
+def test_reward_functions_are_added_with_their_weights_and_each_part_is_reported():
+    from alignray.config.ppo import PPORewardConfig, RewardFunctionConfig
+    from alignray.ppo import WeightedReward
+    module = "tests.test_ppo_algorithm"
+    reward = WeightedReward.from_config(PPORewardConfig(kind="model", weight=2.0, functions=[
+        RewardFunctionConfig(f"{module}:exclamations", 0.5),
+        RewardFunctionConfig(f"{module}:word_count", -0.1, name="length")]))
+    total, parts = reward.combine(t([1.0, -1.0]), ["p", "q"], ["wow! great!", "meh"])
+    # 2 x 1 + 0.5 x 2 - 0.1 x 2 = 2.8 and 2 x -1 + 0 - 0.1 x 1 = -2.1
+    close(total, [2.8, -2.1])
+    assert parts == pytest.approx({"reward_parts/model": 0.0, "reward_parts/exclamations": 0.5,
+                                   "reward_parts/length": -0.15})
+    scores = t([0.25, 3.0])
+    alone, none = WeightedReward.from_config(PPORewardConfig()).combine(scores, ["p", "q"], ["a", "b"])
+    assert torch.equal(alone, scores) and none == {}  # no functions: the scorer's scores, nothing more logged
+
+
+@pytest.mark.parametrize("path,message", [
+    ("tests.test_ppo_algorithm.exclamations", "not of the form 'package.module:function'"),
+    ("tests.no_such_module:f", "cannot import 'tests.no_such_module'"),
+    ("tests.test_ppo_algorithm:no_such_function", "has no function 'no_such_function'"),
+])
+def test_a_reward_function_that_cannot_be_loaded_is_named(path, message):
+    from alignray.ppo import load_reward_function
+    with pytest.raises(ValueError, match=message):
+        load_reward_function(path)
+
+
+def test_a_reward_function_must_give_one_finite_score_per_response_and_parts_need_names():
+    from alignray.config.ppo import PPORewardConfig, RewardFunctionConfig
+    from alignray.ppo import WeightedReward
+    short = WeightedReward.from_config(PPORewardConfig(functions=[
+        RewardFunctionConfig("tests.test_ppo_algorithm:one_score_short")]))
+    with pytest.raises(ValueError, match="'one_score_short' must return one finite float per response"):
+        short.combine(t([0.0, 1.0]), ["p", "q"], ["a", "b"])
+    with pytest.raises(ValueError, match="its own name"):
+        WeightedReward.from_config(PPORewardConfig(kind="annotators", functions=[
+            RewardFunctionConfig("tests.test_ppo_algorithm:word_count", name="annotators")]))

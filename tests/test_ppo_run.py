@@ -144,6 +144,17 @@ def test_each_critic_free_preset_climbs_towards_the_known_optimum(ray_cluster, t
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["coordinator.pt", "policy"]
 
 
+def test_a_users_reward_function_is_added_to_the_scorer_and_its_part_logged(ray_cluster, tiny_base_model,
+                                                                             prompts_path, tmp_path):
+    cfg = run_config(tiny_base_model, prompts_path, tmp_path)
+    cfg.ppo.steps, cfg.ppo.checkpoint_every = 2, 0
+    cfg.ppo.reward.functions = [{"function": "tests.test_ppo_algorithm:word_count", "weight": -0.1, "name": "length"}]
+    records = read_metrics(run_ppo(cfg, str(tiny_base_model), None) / "metrics.jsonl")
+    for record in records:
+        assert record["reward_raw"] == pytest.approx(record["reward_parts/target_word"] + record["reward_parts/length"])
+        assert record["reward_parts/length"] < 0  # every response has words: -0.1 x their count
+
+
 def test_evaluating_a_policy_against_itself_is_a_tie_with_zero_kl(tiny_base_model, prompts_path, tmp_path):
     cfg = run_config(tiny_base_model, prompts_path, tmp_path)
     cfg.ppo.eval.num_prompts, cfg.ppo.eval.samples_to_write = 24, 5

@@ -53,6 +53,7 @@ from alignray.ppo import (
     TWEET_CONSTRAINTS_EXAMPLE,
     ConstraintPenalty,
     RunningRewardNormalizer,
+    WeightedReward,
     estimator_spec,
     make_kl_controller,
 )
@@ -74,6 +75,7 @@ class PPOCoordinator:
         self.max_prompt_tokens = data_cfg.max_prompt_tokens
         self.stream = PromptStream(len(self.prompts), seed)
         self.kl = make_kl_controller(ppo.kl.controller, ppo.kl.coef, ppo.kl.target, ppo.kl.horizon)
+        self.reward_sum = WeightedReward.from_config(ppo.reward)  # the scorer's score plus the user's functions
         self.normalizer = RunningRewardNormalizer() if ppo.reward.normalize else None
         self.constraints = ConstraintPenalty.from_config(
             TWEET_CONSTRAINTS_EXAMPLE if ppo.reward.constraints == "tweets" else {})
@@ -93,18 +95,20 @@ class PPOCoordinator:
         # 1-2. a batch of prompts; the rollout pool samples responses and records their
         # behaviour log-probs (with policy_lag=1 it did so while the last step trained)
         rollout, sampled_by, sync = self.take_rollout(step, times)
-        prompts = [self.prompts[i] for i in rollout.prompt_index.tolist()]
+        prompts = [self.prompts[i].raw for i in rollout.prompt_index.tolist()]
         responses = decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask)
 
         # 3. in parallel: reference log-probs, critic values, reward scores, and the policy's own
         # log-probs of the sampled tokens (their gap to the sampler's finds stale weights); penalties here
         with times("experience"):
-            refs = self.experience_refs(rollout, [p.raw for p in prompts], responses)
+            refs = self.experience_refs(rollout, prompts, responses)
             constraint_costs, violations = self.constraints.penalties(responses)
             parts = times.record(*wait_named(refs))
 
-        # 4-5. scores normalised once and penalised; KL folded into per-token rewards; advantages
-        scores = sequence_scores(parts["scoring"], self.normalizer, clip=ppo.reward.clip,
+        # 4-5. the user's reward functions added; scores normalised once and penalised; KL folded
+        # into per-token rewards (where it belongs to the reward); advantages
+        raw, reward_parts = self.reward_sum.combine(parts["scoring"], prompts, responses)
+        scores = sequence_scores(raw, self.normalizer, clip=ppo.reward.clip,
                                  constraint_costs=constraint_costs, ended_with_eos=rollout.ended_with_eos,
                                  truncation_cost=ppo.reward.truncation_penalty)
         exp, advantage_stats = build_experience(
@@ -121,9 +125,9 @@ class PPOCoordinator:
         self.count_nonfinite(step, policy_stats + critic_stats)
         self.kl.update(advantage_stats["kl"], len(exp))
 
-        return (step_metrics(exp, parts["scoring"], parts["policy_logprobs"], constraint_costs, violations,
+        return (step_metrics(exp, raw, parts["policy_logprobs"], constraint_costs, violations,
                              advantage_stats, self.kl.coef, policy_stats, critic_stats)
-                | sync | {"pool_restarts": actors.pool.restarts, "prompts_taken": self.stream.consumed,
+                | reward_parts | sync | {"pool_restarts": actors.pool.restarts, "prompts_taken": self.stream.consumed,
                           "policy_lag": step - sampled_by} | times.metrics())
 
     def experience_refs(self, rollout: Rollout, raw_prompts: list[str], responses: list[str]) -> dict:

@@ -20,6 +20,14 @@ class KLConfig:
 
 
 @dataclass
+class RewardFunctionConfig:
+    """A user's reward term, added to the scorer's: ``weight x function(prompts, responses)``."""
+    function: str = ""  # "package.module:function", returning one float per response (TRL's convention)
+    weight: float = 1.0
+    name: Optional[str] = None  # logged as reward_parts/<name>; None: the function's own name
+
+
+@dataclass
 class PPORewardConfig:
     """What scores a response during PPO (the RewardActor)."""
     # "model": the trained reward model (load_reward_model); "http": the reward endpoint at
@@ -33,6 +41,11 @@ class PPORewardConfig:
     clip: float = 5.0  # normalised scores are clipped to [-clip, clip]
     truncation_penalty: float = 0.0  # subtracted when a response hits max_new_tokens without an end token
     constraints: str = "tweets"  # "tweets" (TWEET_CONSTRAINTS_EXAMPLE) or "none"
+    # The raw reward is weight x the scorer's score + the sum of the functions' weighted scores,
+    # on the driver (e.g. rule checks, a length term beside the reward model); each part's mean
+    # contribution is logged as reward_parts/<name> when there are functions. Normalised after.
+    weight: float = 1.0
+    functions: list[RewardFunctionConfig] = field(default_factory=list)
 
 
 @dataclass

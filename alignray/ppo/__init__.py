@@ -2,7 +2,8 @@
 
 masked       statistics over valid tokens of padded [batch, T] tensors
 kl           per-token KL estimators and the KL coefficient controllers
-rewards      sequence scores to per-token rewards; normalisation, clipping, truncation
+rewards      a user's reward functions summed with the scorer; sequence scores to per-token
+             rewards; normalisation, clipping, truncation
 constraints  rule-based penalties on response texts
 advantages   GAE and critic-free estimators, registered by name
 losses       policy losses (clipped surrogate, GSPO) and their aggregation, KL as a loss term,
@@ -52,7 +53,10 @@ from alignray.ppo.losses import (
 from alignray.ppo.masked import masked_mean, masked_sum, masked_var, masked_whiten, valid_only
 from alignray.ppo.minibatch import EarlyStopOnKL, length_sorted_parts, micro_batch_count, minibatch_indices
 from alignray.ppo.rewards import (
+    RewardTerm,
     RunningRewardNormalizer,
+    WeightedReward,
+    load_reward_function,
     clip_rewards,
     last_valid_index,
     token_level_rewards,
@@ -60,13 +64,14 @@ from alignray.ppo.rewards import (
 )
 
 __all__ = [
-    "ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "aggregate", "gspo_loss", "kl_loss", "AdaptiveKLController", "ConstraintPenalty", "DegenerateTextRule", "EarlyStopOnKL",
-    "Estimator", "FixedKLController", "KLController", "KL_ESTIMATORS", "POLICY_LOSSES", "RegexRule",
-    "RunningRewardNormalizer", "TWEET_CONSTRAINTS_EXAMPLE", "banned_phrase_rule", "clip_rewards",
-    "clipped_surrogate_loss", "clipped_value_loss", "discounted_returns", "entropy_from_logprobs",
-    "estimator_spec", "explained_variance", "gae_advantages", "get_advantage_estimator", "get_policy_loss",
-    "grpo_advantages", "kl_estimate", "last_valid_index", "length_sorted_parts", "make_kl_controller",
-    "masked_mean", "masked_sum", "masked_var", "masked_whiten", "micro_batch_count", "minibatch_indices",
-    "needs_critic", "reinforce_pp_advantages", "reinforce_pp_baseline_advantages", "rloo_advantages",
-    "token_level_rewards", "truncation_penalty", "valid_only"
+    "ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "AdaptiveKLController", "ConstraintPenalty", "DegenerateTextRule",
+    "EarlyStopOnKL", "Estimator", "FixedKLController", "KLController", "KL_ESTIMATORS", "POLICY_LOSSES",
+    "RegexRule", "RewardTerm", "RunningRewardNormalizer", "TWEET_CONSTRAINTS_EXAMPLE", "WeightedReward",
+    "aggregate", "banned_phrase_rule", "clip_rewards", "clipped_surrogate_loss", "clipped_value_loss",
+    "discounted_returns", "entropy_from_logprobs", "estimator_spec", "explained_variance", "gae_advantages",
+    "get_advantage_estimator", "get_policy_loss", "grpo_advantages", "gspo_loss", "kl_estimate", "kl_loss",
+    "last_valid_index", "length_sorted_parts", "load_reward_function", "make_kl_controller", "masked_mean",
+    "masked_sum", "masked_var", "masked_whiten", "micro_batch_count", "minibatch_indices", "needs_critic",
+    "reinforce_pp_advantages", "reinforce_pp_baseline_advantages", "rloo_advantages", "token_level_rewards",
+    "truncation_penalty", "valid_only"
 ]
