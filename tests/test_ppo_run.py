@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from alignray.config.ppo import RewardFunctionConfig
 from alignray.metrics import read_metrics
 from alignray.model_card import read_model_card
 from tests.test_ppo_actors import small_config
@@ -148,7 +149,7 @@ def test_a_users_reward_function_is_added_to_the_scorer_and_its_part_logged(ray_
                                                                              prompts_path, tmp_path):
     cfg = run_config(tiny_base_model, prompts_path, tmp_path)
     cfg.ppo.steps, cfg.ppo.checkpoint_every = 2, 0
-    cfg.ppo.reward.functions = [{"function": "tests.test_ppo_algorithm:word_count", "weight": -0.1, "name": "length"}]
+    cfg.ppo.reward.functions = [RewardFunctionConfig("tests.test_ppo_algorithm:word_count", -0.1, name="length")]
     records = read_metrics(run_ppo(cfg, str(tiny_base_model), None) / "metrics.jsonl")
     for record in records:
         assert record["reward_raw"] == pytest.approx(record["reward_parts/target_word"] + record["reward_parts/length"])
