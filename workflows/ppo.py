@@ -60,8 +60,9 @@ from alignray.ppo import (
 from workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
 
 log = logging.getLogger("alignray.ppo")
-PROGRESS_KEYS = ("reward_raw", "kl", "response_length", "value_loss", "approx_kl", "step_s")
-CURVES = ["reward_raw", "reward_normalized", "kl", "response_length", "value_loss"]
+# keys a run does not log (value_loss without a critic, kl_loss with the KL in the reward) are left out
+PROGRESS_KEYS = ("reward_raw", "kl", "response_length", "value_loss", "kl_loss", "approx_kl", "step_s")
+CURVES = ["reward_raw", "reward_normalized", "kl", "response_length", "value_loss", "kl_loss"]
 
 
 class PPOCoordinator:
