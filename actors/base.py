@@ -71,7 +71,7 @@ class TrainableActor(ModelActor):
         """Join the role's world (rank 0 named the address) and build the DeepSpeed engine."""
         from alignray import deepspeed_strategy as ds
         ds.init_distributed(self.rank, self.world_size, master_addr, master_port)
-        per_rank = math.ceil(self.ppo.prompts_per_step / self.world_size)
+        per_rank = math.ceil(self.ppo.prompts_per_step * self.ppo.samples_per_prompt / self.world_size)
         self.engine = ds.build_engine(self.model, self.ppo.deepspeed, lr=self.lr, total_steps=0, warmup_steps=0,
                                       micro_batch_size=math.ceil(per_rank / self.ppo.minibatches))
 
@@ -95,24 +95,27 @@ class TrainableActor(ModelActor):
         return self._world_mean(float(torch.isfinite(loss).all())) == 1.0
 
     def _accumulated_step(self, minibatch: Experience, loss_fn: Callable[[Experience], tuple[Tensor, dict]],
-                          token_budget: int) -> tuple[float, dict[str, float]] | None:
+                          token_budget: int, per_row: bool = False) -> tuple[float, dict[str, float]] | None:
         """One optimizer step on ``minibatch``: its rows sorted by length and cut into the
         fewest micro-batches of at most ``token_budget`` padded tokens (0: one), each trimmed
-        of its padding, gradients accumulated. ``loss_fn`` returns a token-mean loss; each
-        micro-batch's counts by its share of the minibatch's tokens, so the step equals one
-        on the whole minibatch. Returns the loss and token-weighted stats (``*_max`` keys:
-        the max), or None when the loss is not finite on some rank: then nothing is applied."""
+        of its padding, gradients accumulated. ``loss_fn`` returns a token-mean loss (or, with
+        ``per_row``, a mean over rows); each micro-batch's counts by its share of the
+        minibatch's tokens (rows), so the step equals one on the whole minibatch. Returns the
+        loss and stats weighted alike (``*_max`` keys: the max), or None when the loss is not
+        finite on some rank: then nothing is applied."""
         started = time.perf_counter()
         lengths = minibatch.sequence_lengths()
         # every rank runs the same number of micro-batches (ZeRO-2 reduces in each backward),
         # none empty: the most any rank needs, at most the fewest rows any rank has
         count = min(self._world_max(micro_batch_count(lengths, token_budget)), -self._world_max(-len(minibatch)))
-        tokens = minibatch.response_mask.sum().clamp_min(1)
+        # what a micro-batch's share of the minibatch is counted in: tokens, or rows
+        units = (lambda batch: torch.tensor(len(batch))) if per_row else (lambda batch: batch.response_mask.sum())
+        whole = units(minibatch).clamp_min(1)
         total, stats = torch.zeros((), device=self.device), defaultdict(float)
         parts = length_sorted_parts(lengths, count)
         for i, rows in enumerate(parts):
             part = minibatch.select(rows).trimmed()
-            weight = part.response_mask.sum() / tokens
+            weight = units(part) / whole
             loss, part_stats = loss_fn(part)
             self.engine.set_gradient_accumulation_boundary(i == len(parts) - 1)
             self.engine.backward(loss * weight, scale_wrt_gas=False)

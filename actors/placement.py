@@ -25,6 +25,7 @@ from alignray.actors.rollout import RolloutPool, RolloutWorker
 from alignray.actors.runtime import placement_timeout
 from alignray.config.ppo import PPOConfig
 from alignray.layout import LayoutPlan, Slot, plan_layout, sync_methods
+from alignray.ppo import needs_critic
 from alignray.reward.client import TOKEN_ENV
 
 
@@ -56,7 +57,7 @@ def actor_options(slot: Slot, groups: list) -> dict[str, Any]:
 @dataclass
 class PPOActors:
     policy: ActorGroup
-    critic: ActorGroup
+    critic: ActorGroup  # empty when the advantage estimator needs no critic
     reference: Any
     reward: Any
     pool: RolloutPool
@@ -70,6 +71,10 @@ class PPOActors:
         named |= {f"critic{i}": a for i, a in enumerate(self.critic.actors)}
         return named | {"reference": self.reference, "reward": self.reward}
 
+    def trainable(self) -> dict[str, ActorGroup]:
+        """The groups that train, by role: the policy, and the critic where there is one."""
+        return {"policy": self.policy} | ({"critic": self.critic} if len(self.critic) else {})
+
     def shutdown(self) -> None:
         for actor in [*self.model_actors().values(), *self.pool.actors]:
             ray.kill(actor)
@@ -79,11 +84,12 @@ class PPOActors:
 
 def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: str,
                       reward_model_path: str | None, max_prompt_tokens: int) -> PPOActors:
-    """Place and start every PPO actor, form the policy's and the critic's DeepSpeed worlds,
-    and wait until all are ready."""
-    n_policy, n_critic = ppo.policy_actors, ppo.critic_actors
+    """Place and start every PPO actor (a critic only for an estimator that reads one), form
+    the policy's and the critic's DeepSpeed worlds, and wait until all are ready."""
+    # a critic-free estimator: no critic is placed (no bundle asked for), loaded or trained
+    n_policy, n_critic = ppo.policy_actors, ppo.critic_actors if needs_critic(ppo.advantage_estimator) else 0
     critic_backbone = reward_model_path if ppo.critic_init == "reward_model" else sft_model_path
-    if ppo.critic_init == "reward_model" and not reward_model_path:
+    if n_critic and ppo.critic_init == "reward_model" and not reward_model_path:
         raise ValueError("ppo.critic_init=reward_model needs a reward model path")
     plan = plan_layout(cluster_cfg, n_policy + n_critic + 2, ppo.rollout_workers, ppo.rollout_gpus,
                        cluster_has_gpus=ray.cluster_resources().get("GPU", 0) > 0)
@@ -116,7 +122,8 @@ def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: st
         sync_methods(ppo.weight_sync, actors.placements["policy0"],
                      [actors.placements[f"rollout{i}"] for i in range(len(workers))])
         policy.form_world()
-        critic.form_world()
+        if n_critic:
+            critic.form_world()
     except Exception:
         actors.shutdown()
         raise

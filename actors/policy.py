@@ -1,4 +1,5 @@
-"""The policy: the SFT model, trained with PPO's clipped surrogate in a DeepSpeed engine.
+"""The policy: the SFT model, trained with a policy loss (PPO's clipped surrogate by default,
+or GSPO's) in a DeepSpeed engine.
 
 Each rank trains on its shard of the batch; DeepSpeed averages the gradients over the
 role's world and clips them (``deepspeed.gradient_clipping``).
@@ -17,7 +18,8 @@ from alignray.config.ppo import PPOConfig
 from alignray.experience import Experience, PolicyTrainStats, mean
 from alignray.generation import disable_dropout, gather_tokens, response_logits, vocab_logprobs
 from alignray.modeling import load_causal_lm, load_tokenizer, training_dtype
-from alignray.ppo import EarlyStopOnKL, entropy_from_logprobs, get_policy_loss, masked_mean, minibatch_indices
+from alignray.ppo import (EarlyStopOnKL, aggregate, entropy_from_logprobs, get_policy_loss, kl_loss,
+                          minibatch_indices)
 from alignray.seeds import derived_seed
 
 
@@ -36,9 +38,10 @@ class PolicyActor(TrainableActor, WeightSender):
         self.engine.eval()
         return self._logprobs(self.engine, prompt_ids, prompt_mask, response_ids, self.ppo.temperature)
 
-    def train(self, exp: Experience, step: int) -> PolicyTrainStats:
-        """Epochs x minibatches of the clipped surrogate on this rank's shard; minibatches
-        whose loss is not finite (on any rank) are skipped and counted."""
+    def train(self, exp: Experience, step: int, kl_coef: float = 0.0) -> PolicyTrainStats:
+        """Epochs x minibatches of the policy loss on this rank's shard (plus ``kl_coef`` x the
+        KL to the reference where ``ppo.kl.placement=loss``); minibatches whose loss is not
+        finite (on any rank) are skipped and counted."""
         ppo = self.ppo
         self.engine.train()
         exp = exp.to(self.device)
@@ -50,8 +53,9 @@ class PolicyActor(TrainableActor, WeightSender):
         for n, (_, rows) in enumerate(minibatch_indices(len(exp), minibatch_size, ppo.epochs, generator, early_stop)):
             # without an entropy bonus the entropy is only reported: of the first minibatch,
             # before any update (over the whole vocabulary it costs ~10% of an update)
-            loss_fn = functools.partial(self._loss, report_entropy=n == 0)
-            result = self._accumulated_step(exp.select(rows.to(self.device)), loss_fn, ppo.micro_batch_tokens)
+            loss_fn = functools.partial(self._loss, report_entropy=n == 0, kl_coef=kl_coef)
+            result = self._accumulated_step(exp.select(rows.to(self.device)), loss_fn, ppo.micro_batch_tokens,
+                                            per_row=ppo.loss_aggregation != "token_mean")
             if result is None:
                 skipped += 1
                 continue
@@ -65,20 +69,27 @@ class PolicyActor(TrainableActor, WeightSender):
             **{key: mean(totals[key]) for key in ("policy_loss", "clip_fraction", "approx_kl", "entropy",
                                                  "micro_batches")},
             ratio_max=max(totals["ratio_max"], default=float("nan")), policy_updates=len(totals["policy_loss"]),
+            kl_loss=mean(totals["kl_loss"]) if "kl_loss" in totals else None,
             nonfinite_updates=skipped, stopped_after_epoch=early_stop.stopped_after_epoch,
             train_tokens_per_s=tokens_per_s, mfu=mfu)
 
-    def _loss(self, batch: Experience, report_entropy: bool) -> tuple[torch.Tensor, dict[str, float]]:
-        """The clipped surrogate (minus the entropy bonus) of a micro-batch, token mean."""
+    def _loss(self, batch: Experience, report_entropy: bool, kl_coef: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """The policy loss of a micro-batch (``ppo.policy_loss``, aggregated as
+        ``ppo.loss_aggregation``), plus the KL term where it is a loss, minus the entropy bonus."""
         ppo = self.ppo
         logits = response_logits(self.engine, batch.prompt_ids, batch.prompt_mask, batch.response_ids)
         vocab = vocab_logprobs(logits, ppo.temperature)
         logprobs = gather_tokens(vocab, batch.response_ids)
-        loss, stats = get_policy_loss("clipped_surrogate")(logprobs, batch.logprobs, batch.advantages,
-                                                            batch.response_mask, ppo.clip_eps)
+        how = {"aggregation": ppo.loss_aggregation, "normalizer": ppo.max_new_tokens}
+        loss, stats = get_policy_loss(ppo.policy_loss)(logprobs, batch.logprobs, batch.advantages,
+                                                       batch.response_mask, ppo.clip_eps, **how)
+        if ppo.kl.placement == "loss":
+            kl = kl_loss(logprobs, batch.ref_logprobs, batch.response_mask, ppo.kl.estimator, **how)
+            loss = loss + kl_coef * kl
+            stats["kl_loss"] = kl.item()
         if ppo.entropy_coef or report_entropy:
             with torch.set_grad_enabled(bool(ppo.entropy_coef)):
-                entropy = masked_mean(entropy_from_logprobs(vocab), batch.response_mask)
+                entropy = aggregate(entropy_from_logprobs(vocab), batch.response_mask, **how)
             loss = loss - ppo.entropy_coef * entropy
             stats["entropy"] = entropy.item()
         return loss, stats

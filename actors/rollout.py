@@ -86,15 +86,19 @@ class RolloutPool(ActorGroup):
         self.version = 0
         self.restarts = 0  # workers recovered so far; a broadcast group must be formed again
 
-    def submit(self, batch: PromptBatch, step: int) -> PendingRollout:
-        """Start generating ``batch`` on the workers' current weights; :meth:`collect` waits."""
-        shards = batch.split(len(self))
+    def submit(self, batch: PromptBatch, step: int, group_size: int = 1) -> PendingRollout:
+        """Start generating ``batch`` on the workers' current weights; :meth:`collect` waits.
+        Its rows come in groups of ``group_size`` (a prompt repeated, one row per response):
+        a group goes to one worker whole, so its responses are sampled together and come back
+        together; fewer groups than workers leave workers idle."""
+        shards = batch.split(min(len(self), len(batch) // group_size), group_size)
         return PendingRollout(step, shards, {i: self._submit(i, shard, step) for i, shard in enumerate(shards)},
                               self.version)
 
     def collect(self, pending: PendingRollout, restore: Callable[[ray.actor.ActorHandle], None]) -> Rollout:
-        """The responses of a submitted batch; a lost worker is given the current weights by
-        ``restore`` (``WeightSync.restore``) and generates its shard again."""
+        """The responses of a submitted batch, in its row order (so every group is whole); a
+        lost worker is given the current weights by ``restore`` (``WeightSync.restore``) and
+        generates its shard again, with the same seed: the same responses, none lost or twice."""
         results: dict[int, Rollout] = {}
         refs, shards, step = dict(pending.refs), pending.shards, pending.step
         while refs:

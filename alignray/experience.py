@@ -49,11 +49,16 @@ class PromptBatch:
     def select(self, rows: Tensor | slice) -> Self:
         return type(self)(**{name: value[rows] for name, value in self.tensors().items()})
 
-    def split(self, parts: int) -> list[Self]:
-        """``parts`` contiguous shards of (nearly) equal size, in order; none is empty."""
-        if not 0 < parts <= len(self):
-            raise ValueError(f"cannot split {len(self)} rows into {parts} shards")
-        bounds = torch.linspace(0, len(self), parts + 1).round().long().tolist()
+    def split(self, parts: int, group_size: int = 1) -> list[Self]:
+        """``parts`` contiguous shards of (nearly) equal size, in order; none is empty. Rows
+        come in groups of ``group_size`` consecutive rows (a prompt's responses) and a shard
+        boundary never cuts a group."""
+        groups, cut = divmod(len(self), group_size)
+        if cut:
+            raise ValueError(f"{len(self)} rows are not whole groups of {group_size}")
+        if not 0 < parts <= groups:
+            raise ValueError(f"cannot split {groups} groups of {group_size} rows into {parts} shards")
+        bounds = (torch.linspace(0, groups, parts + 1).round().long() * group_size).tolist()
         return [self.select(slice(lo, hi)) for lo, hi in zip(bounds, bounds[1:])]
 
     @classmethod
@@ -99,7 +104,7 @@ class Rollout(PromptBatch):
 class Experience(Rollout):
     """A rollout with everything PPO trains on; built once, by :func:`build_experience`."""
     ref_logprobs: Tensor  # [B, T] under the frozen reference
-    values: Tensor  # [B, T] the critic's values before the update
+    values: Tensor  # [B, T] the critic's values before the update (0 without a critic)
     scores: Tensor  # [B] final sequence scores (normalised, penalised)
     rewards: Tensor  # [B, T] per-token rewards
     advantages: Tensor  # [B, T]
@@ -203,6 +208,7 @@ class PolicyTrainStats:
     stopped_after_epoch: Optional[int]  # early stop on KL
     train_tokens_per_s: float
     mfu: Optional[float] = None  # where the device's peak FLOP/s is known
+    kl_loss: Optional[float] = None  # the KL term, where ppo.kl.placement=loss
 
 
 @dataclass
@@ -225,7 +231,8 @@ def step_metrics(exp: Experience, raw_scores: Tensor, policy_logprobs: Tensor, c
                  policy: list[PolicyTrainStats], critic: list[CriticTrainStats]) -> dict[str, float]:
     """The algorithm's metrics of one step: rewards before and after normalisation, KL, the
     advantages, constraint violations, the ranks' update statistics combined (means; sums for
-    counts and throughput; the max of the ratio), and the gap between the log-probs the
+    counts and throughput; the max of the ratio; the critic's where there is one, ``critic``
+    empty otherwise), and the gap between the log-probs the
     rollout workers sampled with and the policy's own for the same tokens, before its update
     (0 up to rounding when the weights agree; bf16 on a GPU makes it small, stale weights large;
     with ``policy_lag=1`` it includes the one update the sampler is behind)."""
@@ -240,18 +247,25 @@ def step_metrics(exp: Experience, raw_scores: Tensor, policy_logprobs: Tensor, c
         **{f"violations/{name}": v.float().mean().item() for name, v in violations.items()},
         "response_length": mask.sum(dim=1).float().mean().item(),
         "truncated_share": (~exp.ended_with_eos).float().mean().item(),
-        "explained_variance": explained_variance(exp.values, exp.returns, mask),
     }
     for key in ("policy_loss", "entropy", "clip_fraction", "approx_kl", "micro_batches"):
         metrics[key] = mean([getattr(s, key) for s in policy])
     metrics["ratio_max"] = max(s.ratio_max for s in policy)
     metrics["policy_updates"] = sum(s.policy_updates for s in policy)
-    metrics["value_loss"] = mean([s.value_loss for s in critic])
-    metrics["value_clip_fraction"] = mean([s.value_clip_fraction for s in critic])
     metrics["train_tokens_per_s"] = sum(s.train_tokens_per_s for s in policy)  # over the ranks
-    metrics["critic_train_tokens_per_s"] = sum(s.train_tokens_per_s for s in critic)
-    if policy[0].mfu is not None:
-        metrics["mfu"] = mean([s.mfu for s in policy])
+    for key in ("mfu", "kl_loss"):  # where the device's peak is known; where the KL is a loss term
+        if getattr(policy[0], key) is not None:
+            metrics[key] = mean([getattr(s, key) for s in policy])
+    return metrics | (critic_metrics(exp, critic) if critic else {})
+
+
+def critic_metrics(exp: Experience, critic: list[CriticTrainStats]) -> dict[str, float]:
+    """The critic's update statistics combined over its ranks, and how well its values
+    (before the update) explained the returns."""
+    metrics = {"explained_variance": explained_variance(exp.values, exp.returns, exp.response_mask),
+               "value_loss": mean([s.value_loss for s in critic]),
+               "value_clip_fraction": mean([s.value_clip_fraction for s in critic]),
+               "critic_train_tokens_per_s": sum(s.train_tokens_per_s for s in critic)}
     if critic[0].mfu is not None:
         metrics["critic_mfu"] = mean([s.mfu for s in critic])
     return metrics

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import ray
 import torch
+from ray.util.placement_group import placement_group_table
 from omegaconf import OmegaConf
 
 from alignray.actors.base import ModelActorDied
@@ -34,9 +35,9 @@ def make_coordinator(cfg, model_path, out) -> PPOCoordinator:
     return PPOCoordinator(OmegaConf.to_object(cfg.ppo), cfg.cluster, cfg.data, 0, str(model_path), None, out)
 
 
-def generate(coordinator, rows: torch.Tensor, step: int):
+def generate(coordinator, rows: torch.Tensor, step: int, group_size: int = 1):
     pool = coordinator.actors.pool
-    return pool.collect(pool.submit(coordinator.prompt_batch(rows), step), coordinator.weights.restore)
+    return pool.collect(pool.submit(coordinator.prompt_batch(rows), step, group_size), coordinator.weights.restore)
 
 
 def with_advantages(rollout, advantages: torch.Tensor) -> Experience:
@@ -106,6 +107,29 @@ def test_colocated_data_parallel_roles_share_one_gpu_and_train(ray_cluster, tiny
         probe = coordinator.weights.probe[:3]
         rank0, rank1 = ray.get(actors.policy.call("logprobs", *probe))
         assert torch.equal(rank0, rank1)  # gradients averaged over the world, one update on both
+    finally:
+        coordinator.actors.shutdown()
+
+
+def test_a_critic_free_estimator_places_no_critic_and_trains_without_one(ray_cluster, tiny_base_model, prompts_path,
+                                                                        tmp_path):
+    """reinforce_pp reads no values: the model actors' placement group asks for three GPU
+    bundles (policy, reference, reward), no critic runs, and a step trains the policy alone.
+    Placed before the module's coordinator, which holds all four logical GPUs."""
+    cfg = small_config(tiny_base_model, prompts_path)
+    cfg.ppo.advantage_estimator = "reinforce_pp"
+    coordinator = make_coordinator(cfg, tiny_base_model, tmp_path)
+    try:
+        actors = coordinator.actors
+        bundles = placement_group_table(actors.placement_group)["bundles"]
+        assert [bundle["GPU"] for bundle in bundles.values()] == [1.0] * 3
+        placements = ray.get([a.placement.remote() for a in actors.model_actors().values()])
+        assert [p["role"] for p in placements] == ["policy", "reference", "reward"] and len(actors.critic) == 0
+        metrics = coordinator.step(0)
+        assert metrics["policy_updates"] == 2 and "time/critic_values" not in metrics
+        assert not {"value_loss", "explained_variance", "critic_train_tokens_per_s"} & metrics.keys()
+        coordinator.save_checkpoint(1)  # the policy's alone
+        assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["coordinator.pt", "policy"]
     finally:
         coordinator.actors.shutdown()
 
@@ -191,6 +215,28 @@ def test_a_rollout_worker_killed_mid_step_loses_and_duplicates_nothing(coordinat
     coordinator.weights.sync(pool.version)
 
 
+def test_a_prompts_responses_stay_on_one_worker_and_survive_its_loss_whole(coordinator):
+    """Three prompts x 4 responses on two workers: no group is cut between workers (a cut
+    at 6 rows would split prompt 1's); a worker killed mid-step answers its groups again,
+    identically, so each prompt keeps exactly its 4 responses, in order."""
+    pool, rows = coordinator.actors.pool, torch.arange(3).repeat_interleave(4)
+    pending = pool.submit(coordinator.prompt_batch(rows), 400, group_size=4)
+    assert [s.prompt_index.tolist() for s in pending.shards] == [[0] * 4 + [1] * 4, [2] * 4]
+    expected = pool.collect(pending, coordinator.weights.restore)
+    restarts = pool.restarts
+    ray.kill(pool.actors[1], no_restart=False)
+    got = generate(coordinator, rows, step=400, group_size=4)
+    assert pool.restarts == restarts + 1
+    assert got.prompt_index.tolist() == rows.tolist()
+    assert torch.equal(got.response_ids, expected.response_ids)
+    group = got.response_ids[:4]
+    assert len({tuple(r.tolist()) for r in group}) > 1  # a group's responses are separate samples
+    with pytest.raises(ValueError, match="whole groups of 4"):
+        pool.submit(coordinator.prompt_batch(torch.arange(6)), 400, group_size=4)
+    coordinator.ppo.weight_sync = "broadcast"  # the restarted worker joins a new group
+    coordinator.weights.sync(pool.version)
+
+
 def test_nonfinite_losses_skip_the_update_and_stop_the_run(coordinator):
     before, _, _ = probe_logprobs(coordinator)
     rollout = generate(coordinator, torch.arange(8), step=200)
@@ -211,12 +257,18 @@ def test_a_dead_model_actor_stops_the_run_with_its_name(coordinator):
         coordinator.step(coordinator.actors.pool.version)
 
 
-def test_micro_batches_under_a_token_budget_give_the_whole_minibatch_update(coordinator, tiny_base_model):
-    """Gradient accumulation over length-sorted, trimmed micro-batches is the same step."""
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean"])
+def test_micro_batches_under_a_token_budget_give_the_whole_minibatch_update(coordinator, tiny_base_model, aggregation):
+    """Gradient accumulation over length-sorted, trimmed micro-batches is the same step,
+    whether the loss is a mean over tokens (micro-batches weigh by tokens) or over responses
+    (they weigh by rows)."""
     from alignray.actors.policy import PolicyActor
     rollout = generate(coordinator, torch.arange(16), step=300)
+    # responses of 1 to 8 tokens, so that weighing micro-batches by tokens or by rows differs
+    rollout.response_mask &= torch.arange(rollout.response_mask.shape[1]) < 1 + torch.arange(16).unsqueeze(1) % 8
     exp = with_advantages(rollout, torch.randn(rollout.logprobs.shape, generator=torch.Generator().manual_seed(0)))
-    ppo = dataclasses.replace(coordinator.ppo, prompts_per_step=16, epochs=2, minibatches=2)
+    ppo = dataclasses.replace(coordinator.ppo, prompts_per_step=16, epochs=2, minibatches=2,
+                              loss_aggregation=aggregation)
     budget = int(exp.sequence_lengths().max()) * 3  # micro-batches of about three rows
     policies = [ray.remote(PolicyActor).options(num_cpus=1).remote(str(tiny_base_model),
                                                                    dataclasses.replace(ppo, micro_batch_tokens=b))

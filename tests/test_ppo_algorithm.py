@@ -13,13 +13,16 @@ from alignray.ppo import (
     EarlyStopOnKL,
     FixedKLController,
     RunningRewardNormalizer,
+    aggregate,
     clip_rewards,
+    clipped_surrogate_loss,
     clipped_value_loss,
     entropy_from_logprobs,
     explained_variance,
     get_advantage_estimator,
     get_policy_loss,
     kl_estimate,
+    kl_loss,
     length_sorted_parts,
     make_kl_controller,
     masked_mean,
@@ -216,19 +219,6 @@ def test_gae_does_not_bootstrap_past_the_end_and_padding_does_not_leak():
         get_advantage_estimator("gae")(rewards, values, t([[1, 0, 1, 0, 0]] * 2), gamma=1.0, lam=0.95)
 
 
-def test_critic_free_estimators():
-    rewards = t([[0.0, 1.0, 0.0], [0.0, 3.0, 7.0], [2.0, 0.0, 0.0], [4.0, 0.0, 0.0]])
-    mask = t([[1, 1, 0], [1, 1, 0], [1, 1, 1], [1, 0, 0]])
-    advantages, returns = get_advantage_estimator("reinforce")(rewards, None, mask, gamma=0.5)
-    close(advantages[:2], [[0.5, 1.0, 0.0], [1.5, 3.0, 0.0]])
-    # totals 1, 3 (prompt 0) and 2, 4 (prompt 1): minus the other response's total
-    advantages, returns = get_advantage_estimator("rloo")(rewards, None, mask, group_ids=t([0, 0, 1, 1]))
-    close(advantages, [[-2.0, -2.0, 0.0], [2.0, 2.0, 0.0], [-2.0, -2.0, -2.0], [2.0, 0.0, 0.0]])
-    close(returns[1], [3.0, 3.0, 0.0])
-    with pytest.raises(ValueError, match="known: \\['gae', 'reinforce', 'rloo'\\]"):
-        get_advantage_estimator("vtrace")
-
-
 # --- losses ------------------------------------------------------------------------------
 
 def test_clipped_surrogate_hand_example():
@@ -248,6 +238,66 @@ def test_clipped_surrogate_hand_example():
     loss.backward()
     # clipped tokens and padding carry no gradient; d(-A r / 4)/d logp = -A r / 4 elsewhere
     close(logprobs.grad, [[0.0, -0.25, -0.125, 0.0, 0.0]])
+
+
+def test_aggregations_weigh_tokens_responses_or_a_constant():
+    # valid tokens 1, 2 (row 0) and 3 (row 1); 50 is padding
+    per_token, mask = t([[1.0, 2.0, 50.0], [3.0, 50.0, 50.0]]), t([[1, 1, 0], [1, 0, 0]])
+    close(aggregate(per_token, mask, "token_mean"), 2.0)  # 6 / 3
+    close(aggregate(per_token, mask, "seq_mean"), 2.25)  # (1.5 + 3) / 2
+    close(aggregate(per_token, mask, "constant", normalizer=4), 0.75)  # 6 / (2 rows x 4)
+    with pytest.raises(ValueError, match="positive normaliser"):
+        aggregate(per_token, mask, "constant")
+    with pytest.raises(ValueError, match="known: \\['token_mean', 'seq_mean', 'constant'\\]"):
+        aggregate(per_token, mask, "sum")
+
+
+def test_clipped_surrogate_per_response_and_with_a_constant_normaliser():
+    # row 0: ratios 1.5, 1.0, advantages 2, 1 -> -2.4 (clipped), -1; row 1: ratio 0.5, A 1 -> -0.5
+    old = torch.zeros(2, 2)
+    logprobs = torch.log(t([[1.5, 1.0], [0.5, 7.0]])).requires_grad_()
+    advantages, mask = t([[2.0, 1.0], [1.0, 9.0]]), t([[1, 1], [1, 0]])
+    loss, _ = clipped_surrogate_loss(logprobs, old, advantages, mask, 0.2, aggregation="seq_mean")
+    close(loss, (-3.4 / 2 - 0.5) / 2)
+    loss.backward()
+    # each response weighs 1/2, each of its tokens 1/len: d(-A r)/d logp = -A r
+    close(logprobs.grad, [[0.0, -1.0 / 4], [-0.5 / 2, 0.0]])
+    loss, _ = clipped_surrogate_loss(logprobs, old, advantages, mask, 0.2, aggregation="constant", normalizer=2)
+    close(loss, -3.9 / 4)  # the sum over tokens / (2 rows x 2)
+
+
+def test_gspo_clips_the_ratio_of_whole_responses_and_has_the_sequence_gradient():
+    # row 0: token log-ratios 0.1, 0.3 -> s = e^0.2 = 1.2214 > 1.2 with A = 1: clipped to -1.2, no gradient
+    # row 1: -0.2, 0.0, -0.4 -> s = e^-0.2 = 0.81873 inside [0.8, 1.2], A = -1: loss +s
+    old = t([[-1.0, -2.0, 0.0], [-1.0, -1.0, -1.0]])
+    log_ratio = t([[0.1, 0.3, 5.0], [-0.2, 0.0, -0.4]])
+    advantages, mask = t([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]]), t([[1, 1, 0], [1, 1, 1]])
+    logprobs = (old + log_ratio).requires_grad_()
+    loss, stats = get_policy_loss("gspo")(logprobs, old, advantages, mask, 0.2)
+    close(loss, (-1.2 + math.exp(-0.2)) / 2)
+    assert stats["ratio_max"] == pytest.approx(math.exp(0.2)) and stats["clip_fraction"] == pytest.approx(2 / 5)
+    loss.backward()
+    close(logprobs.grad, [[0.0, 0.0, 0.0], [math.exp(-0.2) / 6] * 3])
+    # the same gradient as the sequence-level objective 1/2 * sum_i -A_i s_i on the unclipped response
+    sequence_logprobs = (old + log_ratio).requires_grad_()
+    s1 = torch.exp((sequence_logprobs - old)[1].mean())
+    (0.5 * s1).backward()
+    close(logprobs.grad[1], sequence_logprobs.grad[1].tolist())
+
+
+def test_kl_as_a_loss_term_with_each_estimator_and_no_gradient_from_padding():
+    # log r = ref - logp = -0.5, 0 on the valid tokens; the padded reference log-prob is -inf
+    logprobs = t([[-1.0, -2.0, -3.0]]).requires_grad_()
+    ref, mask = t([[-1.5, -2.0, float("-inf")]]), t([[1, 1, 0]])
+    k3 = kl_loss(logprobs, ref, mask, "k3")
+    close(k3, (math.exp(-0.5) - 1 + 0.5) / 2)  # k3 = e^{log r} - 1 - log r, token mean
+    k3.backward()
+    close(logprobs.grad, [[(1 - math.exp(-0.5)) / 2, 0.0, 0.0]])  # d k3 / d logp = 1 - r
+    logprobs.grad = None
+    k1 = kl_loss(logprobs, ref, mask, "k1", aggregation="seq_mean")
+    close(k1, 0.25)  # (0.5 + 0) / 2 tokens, one response
+    k1.backward()
+    close(logprobs.grad, [[0.5, 0.5, 0.0]])
 
 
 def test_clipped_value_loss_hand_example():
@@ -327,3 +377,70 @@ def test_length_sorted_parts_group_similar_lengths_and_cover_each_row_once():
     parts = length_sorted_parts(lengths, 2)
     assert [p.tolist() for p in parts] == [[1, 3], [4, 2, 0]]  # lengths [40, 30], [25, 20, 10]
     assert sorted(torch.cat(length_sorted_parts(lengths, 5)).tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_a_batch_splits_into_shards_of_whole_groups():
+    from alignray.experience import PromptBatch
+    batch = PromptBatch(torch.arange(5).repeat_interleave(3), torch.zeros(15, 2), torch.ones(15, 2))
+    shards = batch.split(2, group_size=3)  # 5 groups: 2 and 3 of them (linspace 0, 2.5, 5 rounds to even)
+    assert [s.prompt_index.tolist() for s in shards] == [[0] * 3 + [1] * 3, [2] * 3 + [3] * 3 + [4] * 3]
+    assert [len(s) for s in batch.split(2)] == [8, 7]  # one row per group: cut anywhere
+    with pytest.raises(ValueError, match="whole groups of 4"):
+        batch.split(2, group_size=4)
+    with pytest.raises(ValueError, match="5 groups of 3 rows into 6"):
+        batch.split(6, group_size=3)
+
+
+# --- reward functions ---------------------------------------------------------------------
+# Loaded by import path in the test below, as a user's would be.
+
+def exclamations(prompts: list[str], responses: list[str]) -> list[int]:
+    return [response.count("!") for response in responses]
+
+
+def word_count(prompts: list[str], responses: list[str]) -> list[int]:
+    return [len(response.split()) for response in responses]
+
+
+def one_score_short(prompts: list[str], responses: list[str]) -> list[float]:
+    return [1.0] * (len(responses) - 1)
+
+
+def test_reward_functions_are_added_with_their_weights_and_each_part_is_reported():
+    from alignray.config.ppo import PPORewardConfig, RewardFunctionConfig
+    from alignray.ppo import WeightedReward
+    module = "tests.test_ppo_algorithm"
+    reward = WeightedReward.from_config(PPORewardConfig(kind="model", weight=2.0, functions=[
+        RewardFunctionConfig(f"{module}:exclamations", 0.5),
+        RewardFunctionConfig(f"{module}:word_count", -0.1, name="length")]))
+    total, parts = reward.combine(t([1.0, -1.0]), ["p", "q"], ["wow! great!", "meh"])
+    # 2 x 1 + 0.5 x 2 - 0.1 x 2 = 2.8 and 2 x -1 + 0 - 0.1 x 1 = -2.1
+    close(total, [2.8, -2.1])
+    assert parts == pytest.approx({"reward_parts/model": 0.0, "reward_parts/exclamations": 0.5,
+                                   "reward_parts/length": -0.15})
+    scores = t([0.25, 3.0])
+    alone, none = WeightedReward.from_config(PPORewardConfig()).combine(scores, ["p", "q"], ["a", "b"])
+    assert torch.equal(alone, scores) and none == {}  # no functions: the scorer's scores, nothing more logged
+
+
+@pytest.mark.parametrize("path,message", [
+    ("tests.test_ppo_algorithm.exclamations", "not of the form 'package.module:function'"),
+    ("tests.no_such_module:f", "cannot import 'tests.no_such_module'"),
+    ("tests.test_ppo_algorithm:no_such_function", "has no function 'no_such_function'"),
+])
+def test_a_reward_function_that_cannot_be_loaded_is_named(path, message):
+    from alignray.ppo import load_reward_function
+    with pytest.raises(ValueError, match=message):
+        load_reward_function(path)
+
+
+def test_a_reward_function_must_give_one_finite_score_per_response_and_parts_need_names():
+    from alignray.config.ppo import PPORewardConfig, RewardFunctionConfig
+    from alignray.ppo import WeightedReward
+    short = WeightedReward.from_config(PPORewardConfig(functions=[
+        RewardFunctionConfig("tests.test_ppo_algorithm:one_score_short")]))
+    with pytest.raises(ValueError, match="'one_score_short' must return one finite float per response"):
+        short.combine(t([0.0, 1.0]), ["p", "q"], ["a", "b"])
+    with pytest.raises(ValueError, match="its own name"):
+        WeightedReward.from_config(PPORewardConfig(kind="annotators", functions=[
+            RewardFunctionConfig("tests.test_ppo_algorithm:word_count", name="annotators")]))

@@ -1,21 +1,27 @@
 """Whole PPO runs through ``run_ppo`` on the session's Ray cluster (real actors, DeepSpeed on
 CPU, the tiny model): the reward rises on a task with a known optimum, and a run
-interrupted after a checkpoint resumes to exactly the uninterrupted run's result; and the
+interrupted after a checkpoint resumes to exactly the uninterrupted run's result; each
+critic-free preset (GRPO, RLOO, REINFORCE++) climbs too, without a critic; and the
 evaluation's known answer for a policy judged against itself."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from alignray.config.ppo import RewardFunctionConfig
 from alignray.metrics import read_metrics
 from alignray.model_card import read_model_card
 from tests.test_ppo_actors import small_config
+from alignray.workflows.common import CONFIG_PATH
 from alignray.workflows.evaluate import evaluate_policies
 from alignray.workflows.ppo import PPOCoordinator, run_ppo
 
+CONF = Path(CONFIG_PATH)
 STEPS = 8
 CRASH_AT = 5  # 0-based step; the last checkpoint before it is after step 4
 
@@ -117,6 +123,37 @@ def test_one_step_of_policy_lag_overlaps_generation_and_still_climbs(ray_cluster
     lock_step = read_metrics(uninterrupted / "metrics.jsonl")
     assert records[0]["reward_raw"] == pytest.approx(lock_step[0]["reward_raw"])  # the same first batch
     assert records[1]["reward_raw"] != pytest.approx(lock_step[1]["reward_raw"])  # sampled before the update
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo", "reinforce_pp"])
+def test_each_critic_free_preset_climbs_towards_the_known_optimum(ray_cluster, tiny_base_model, prompts_path, tmp_path,
+                                                                   method):
+    """The preset's algorithm keys (conf/experiment/<method>.yaml) on the PPO run's task,
+    with as many responses per step (8 prompts x 4 for the group methods): the reward rises,
+    and no critic ran."""
+    cfg = run_config(tiny_base_model, prompts_path, tmp_path)
+    cfg.ppo = OmegaConf.merge(cfg.ppo, OmegaConf.load(CONF / "experiment" / f"{method}.yaml").ppo)
+    cfg.ppo.prompts_per_step = 32 // cfg.ppo.samples_per_prompt
+    out = run_ppo(cfg, str(tiny_base_model), None)
+    records = read_metrics(out / "metrics.jsonl")
+    mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
+    assert mean(records[-2:], "reward_raw") > mean(records[:2], "reward_raw") + 0.05
+    assert records[-1]["prompts_taken"] == STEPS * cfg.ppo.prompts_per_step
+    assert ("kl_loss" in records[-1]) == (cfg.ppo.kl.placement == "loss")
+    summary = json.loads((out / "summary.json").read_text())
+    assert "critic_values" not in summary["stage_times_per_step"][0] and "value_loss" not in records[-1]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["coordinator.pt", "policy"]
+
+
+def test_a_users_reward_function_is_added_to_the_scorer_and_its_part_logged(ray_cluster, tiny_base_model,
+                                                                             prompts_path, tmp_path):
+    cfg = run_config(tiny_base_model, prompts_path, tmp_path)
+    cfg.ppo.steps, cfg.ppo.checkpoint_every = 2, 0
+    cfg.ppo.reward.functions = [RewardFunctionConfig("tests.test_ppo_algorithm:word_count", -0.1, name="length")]
+    records = read_metrics(run_ppo(cfg, str(tiny_base_model), None) / "metrics.jsonl")
+    for record in records:
+        assert record["reward_raw"] == pytest.approx(record["reward_parts/target_word"] + record["reward_parts/length"])
+        assert record["reward_parts/length"] < 0  # every response has words: -0.1 x their count
 
 
 def test_evaluating_a_policy_against_itself_is_a_tie_with_zero_kl(tiny_base_model, prompts_path, tmp_path):

@@ -40,8 +40,8 @@ from alignray.actors.runtime import ray_session
 from alignray.actors.weight_sync import WeightSync
 from alignray.config.ppo import PPOConfig
 from alignray.data import format_prompt, prepare_embedded_data, read_prompts, response_text
-from alignray.experience import (CriticTrainStats, PolicyTrainStats, PromptBatch, PromptStream, Rollout,
-                                 build_experience, sequence_scores, step_metrics)
+from alignray.experience import (CriticTrainStats, Experience, PolicyTrainStats, PromptBatch, PromptStream,
+                                 Rollout, build_experience, sequence_scores, step_metrics)
 from alignray.generation import decode_responses
 from alignray.artifacts import (CURVES_FIGURE, METRICS_FILE, OVEROPTIMISATION_FIGURE, POLICY_DIR,
                                 STAGE_TIMES_FIGURE)
@@ -51,16 +51,22 @@ from alignray.monitor import best_check, plot_overoptimisation
 from alignray.model_card import ModelCard, write_model_card
 from alignray.modeling import check_position_limit, load_tokenizer
 from alignray.ppo import (
+    AGGREGATIONS,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
     TWEET_CONSTRAINTS_EXAMPLE,
     ConstraintPenalty,
     RunningRewardNormalizer,
+    WeightedReward,
+    estimator_spec,
     make_kl_controller,
 )
 from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
 
 log = logging.getLogger("alignray.ppo")
-PROGRESS_KEYS = ("reward_raw", "kl", "response_length", "value_loss", "approx_kl", "step_s")
-CURVES = ["reward_raw", "reward_normalized", "kl", "response_length", "value_loss"]
+# keys a run does not log (value_loss without a critic, kl_loss with the KL in the reward) are left out
+PROGRESS_KEYS = ("reward_raw", "kl", "response_length", "value_loss", "kl_loss", "approx_kl", "step_s")
+CURVES = ["reward_raw", "reward_normalized", "kl", "response_length", "value_loss", "kl_loss"]
 
 
 class PPOCoordinator:
@@ -74,11 +80,11 @@ class PPOCoordinator:
         self.max_prompt_tokens = data_cfg.max_prompt_tokens
         self.stream = PromptStream(len(self.prompts), seed)
         self.kl = make_kl_controller(ppo.kl.controller, ppo.kl.coef, ppo.kl.target, ppo.kl.horizon)
+        self.reward_sum = WeightedReward.from_config(ppo.reward)  # the scorer's score plus the user's functions
         self.normalizer = RunningRewardNormalizer() if ppo.reward.normalize else None
         self.constraints = ConstraintPenalty.from_config(
             TWEET_CONSTRAINTS_EXAMPLE if ppo.reward.constraints == "tweets" else {})
-        if ppo.policy_lag not in (0, 1):
-            raise ValueError(f"ppo.policy_lag must be 0 or 1, not {ppo.policy_lag}")
+        check_algorithm(ppo)
         self.nonfinite_in_a_row = 0
         self.pending: PendingRollout | None = None  # policy_lag=1: the next step's batch, in flight
         self.stream_state_before_pending: dict | None = None
@@ -96,41 +102,60 @@ class PPOCoordinator:
         # 1-2. a batch of prompts; the rollout pool samples responses and records their
         # behaviour log-probs (with policy_lag=1 it did so while the last step trained)
         rollout, sampled_by, sync = self.take_rollout(step, times)
-        prompts = [self.prompts[i] for i in rollout.prompt_index.tolist()]
+        prompts = [self.prompts[i].raw for i in rollout.prompt_index.tolist()]
         responses = decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask)
 
         # 3. in parallel: reference log-probs, critic values, reward scores, and the policy's own
         # log-probs of the sampled tokens (their gap to the sampler's finds stale weights); penalties here
         with times("experience"):
-            sequences = (rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids)
-            refs = {"reference": actors.reference.logprobs.remote(*sequences),
-                    "policy_logprobs": actors.policy.actors[0].logprobs.remote(*sequences),  # for the gap
-                    "critic_values": actors.critic.actors[0].values.remote(*sequences),
-                    "scoring": actors.reward.score.remote([p.raw for p in prompts], responses)}
+            refs = self.experience_refs(rollout, prompts, responses)
             constraint_costs, violations = self.constraints.penalties(responses)
             parts = times.record(*wait_named(refs))
 
-        # 4-5. scores normalised once and penalised; KL folded into per-token rewards; advantages
-        scores = sequence_scores(parts["scoring"], self.normalizer, clip=ppo.reward.clip,
+        # 4-5. the user's reward functions added; scores normalised once and penalised; KL folded
+        # into per-token rewards (where it belongs to the reward); advantages
+        raw, reward_parts = self.reward_sum.combine(parts["scoring"], prompts, responses)
+        scores = sequence_scores(raw, self.normalizer, clip=ppo.reward.clip,
                                  constraint_costs=constraint_costs, ended_with_eos=rollout.ended_with_eos,
                                  truncation_cost=ppo.reward.truncation_penalty)
         exp, advantage_stats = build_experience(
-            rollout, ref_logprobs=parts["reference"], values=parts["critic_values"], scores=scores,
-            kl_coef=self.kl.coef, kl_estimator=ppo.kl.estimator, estimator=ppo.advantage_estimator,
+            rollout, ref_logprobs=parts["reference"], scores=scores,
+            values=parts.get("critic_values", torch.zeros_like(rollout.logprobs)),  # none without a critic
+            kl_coef=self.kl.coef if ppo.kl.placement == "reward" else 0.0, kl_estimator=ppo.kl.estimator,
+            estimator=ppo.advantage_estimator,
             gamma=ppo.gamma, lam=ppo.lam, whiten=ppo.whiten_advantages)
 
-        # 6. in parallel: the policy's and the critic's updates, each rank on its shard
+        # 6. in parallel: the policy's and (where there is one) the critic's updates, each rank on its shard
         with times("training"):
-            trained = times.record(*wait_named({
-                "policy_train": actors.policy.call_each("train", [(s, step) for s in exp.split(len(actors.policy))]),
-                "critic_train": actors.critic.call_each("train", [(s, step) for s in exp.split(len(actors.critic))])}))
-        self.count_nonfinite(step, trained["policy_train"] + trained["critic_train"])
+            trained = times.record(*wait_named(self.train_refs(exp, step)))
+        policy_stats, critic_stats = trained["policy_train"], trained.get("critic_train", [])
+        self.count_nonfinite(step, policy_stats + critic_stats)
         self.kl.update(advantage_stats["kl"], len(exp))
 
-        return (step_metrics(exp, parts["scoring"], parts["policy_logprobs"], constraint_costs, violations,
-                             advantage_stats, self.kl.coef, trained["policy_train"], trained["critic_train"])
-                | sync | {"pool_restarts": actors.pool.restarts, "prompts_taken": self.stream.consumed,
+        return (step_metrics(exp, raw, parts["policy_logprobs"], constraint_costs, violations,
+                             advantage_stats, self.kl.coef, policy_stats, critic_stats)
+                | reward_parts | sync | {"pool_restarts": actors.pool.restarts, "prompts_taken": self.stream.consumed,
                           "policy_lag": step - sampled_by} | times.metrics())
+
+    def experience_refs(self, rollout: Rollout, raw_prompts: list[str], responses: list[str]) -> dict:
+        """What is computed in parallel on a sampled batch: reference log-probs, reward scores,
+        the policy's own log-probs of the sampled tokens (their gap to the sampler's finds
+        stale weights) and, where there is a critic, its values."""
+        actors, sequences = self.actors, (rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids)
+        refs = {"reference": actors.reference.logprobs.remote(*sequences),
+                "policy_logprobs": actors.policy.actors[0].logprobs.remote(*sequences),
+                "scoring": actors.reward.score.remote(raw_prompts, responses)}
+        if len(actors.critic):
+            refs["critic_values"] = actors.critic.actors[0].values.remote(*sequences)
+        return refs
+
+    def train_refs(self, exp: Experience, step: int) -> dict:
+        """The update of each role that trains, each rank on its shard of the batch; the
+        policy is given the KL's weight (used where the KL is a loss term)."""
+        extra = {"policy": (self.kl.coef,)}
+        return {f"{role}_train": group.call_each("train", [(shard, step, *extra.get(role, ()))
+                                                           for shard in exp.split(len(group))])
+                for role, group in self.actors.trainable().items()}
 
     def take_rollout(self, step: int, times: StageTimes) -> tuple[Rollout, int, dict[str, float]]:
         """The batch this step trains on, the weights version that sampled it, and the metrics
@@ -234,8 +259,11 @@ class PPOCoordinator:
 
     # ------------------------------------------------------------------ prompts
     def submit_next_batch(self, step: int) -> PendingRollout:
+        """The next ``prompts_per_step`` prompts to the pool, each repeated on
+        ``samples_per_prompt`` consecutive rows: a group, kept whole on one worker."""
         self.stream_state_before_pending = self.stream.state_dict()
-        return self.actors.pool.submit(self.prompt_batch(self.stream.next_batch(self.ppo.prompts_per_step)), step)
+        rows = self.stream.next_batch(self.ppo.prompts_per_step).repeat_interleave(self.ppo.samples_per_prompt)
+        return self.actors.pool.submit(self.prompt_batch(rows), step, self.ppo.samples_per_prompt)
 
     def prompt_batch(self, rows: torch.Tensor) -> PromptBatch:
         """The training prompts of ``rows``."""
@@ -264,9 +292,9 @@ class PPOCoordinator:
         """Actors first, the coordinator's state last: its file names the actor checkpoints
         that belong to it, so a crash in between resumes consistently."""
         folder = folder or self.ckpt_dir
-        tags = ray.get(self.actors.policy.call("save_checkpoint", str(folder / "policy"), {"step": step})
-                       + self.actors.critic.call("save_checkpoint", str(folder / "critic"), {"step": step}))
-        state = {"step": step, "tags": {"policy": Path(tags[0]).name, "critic": Path(tags[-1]).name},
+        saving = {role: group.call("save_checkpoint", str(folder / role), {"step": step})
+                  for role, group in self.actors.trainable().items()}
+        state = {"step": step, "tags": {role: Path(ray.get(refs)[0]).name for role, refs in saving.items()},
                  # a batch in flight is not saved: a resumed run draws its prompts again
                  "kl": self.kl.state_dict(),
                  "stream": self.stream_state_before_pending if self.pending else self.stream.state_dict(),
@@ -291,7 +319,7 @@ class PPOCoordinator:
     def restore(self, folder: Path) -> int:
         """Load a checkpoint folder into the actors and this coordinator; returns its step."""
         state = torch.load(folder / "coordinator.pt", weights_only=False)
-        for role, group in (("policy", self.actors.policy), ("critic", self.actors.critic)):
+        for role, group in self.actors.trainable().items():
             (folder / role / "latest").write_text(state["tags"][role])
             ray.get(group.call("load_checkpoint", str(folder / role)))
         self.kl.load_state_dict(state["kl"])
@@ -305,6 +333,25 @@ class PPOCoordinator:
     def export_policy(self) -> Path:
         ray.get(self.actors.policy.call("export_hf", str(self.out / POLICY_DIR)))
         return self.out / POLICY_DIR
+
+
+def check_algorithm(ppo: PPOConfig) -> None:
+    """Refuse settings that cannot work together before any actor starts."""
+    if ppo.policy_lag not in (0, 1):
+        raise ValueError(f"ppo.policy_lag must be 0 or 1, not {ppo.policy_lag}")
+    if ppo.samples_per_prompt < 1:
+        raise ValueError(f"ppo.samples_per_prompt must be at least 1, not {ppo.samples_per_prompt}")
+    if ppo.policy_loss not in POLICY_LOSSES:
+        raise ValueError(f"ppo.policy_loss must be one of {sorted(POLICY_LOSSES)}, not {ppo.policy_loss!r}")
+    if ppo.kl.estimator not in KL_ESTIMATORS:
+        raise ValueError(f"ppo.kl.estimator must be one of {sorted(KL_ESTIMATORS)}, not {ppo.kl.estimator!r}")
+    if ppo.loss_aggregation not in AGGREGATIONS:
+        raise ValueError(f"ppo.loss_aggregation must be one of {AGGREGATIONS}, not {ppo.loss_aggregation!r}")
+    if ppo.kl.placement not in ("reward", "loss"):
+        raise ValueError(f"ppo.kl.placement must be reward or loss, not {ppo.kl.placement!r}")
+    if estimator_spec(ppo.advantage_estimator).needs_groups and ppo.samples_per_prompt < 2:
+        raise ValueError(f"ppo.advantage_estimator={ppo.advantage_estimator} compares the responses to one "
+                         f"prompt: set ppo.samples_per_prompt >= 2 (it is {ppo.samples_per_prompt})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,15 +424,18 @@ def policy_card(ppo: PPOConfig, sft_model_path: str, reward_model_path: str | No
     scorer = (f"the reward model `{reward_model_path}`" if ppo.reward.kind == "model"
               else f"`ppo.reward.kind={ppo.reward.kind}`")
     first, last = records[0], records[-1]
+    answered = f" x {ppo.samples_per_prompt} responses" if ppo.samples_per_prompt > 1 else ""
     return ModelCard(
         title="alignray PPO policy", tags=["ppo", "rlhf"], base_model=sft_model_path,
-        description="A causal language model trained with PPO against a reward, held near its SFT model by a "
-                    "KL penalty and rule-based constraint penalties.",
-        data=f"{ppo.steps} steps of {ppo.prompts_per_step} prompts, up to {ppo.max_new_tokens} new tokens per "
-             f"response; rewarded by {scorer}"
+        description=f"A causal language model trained with PPO ({ppo.advantage_estimator} advantages) against a "
+                    "reward, held near its SFT model by a KL penalty and rule-based constraint penalties.",
+        data=f"{ppo.steps} steps of {ppo.prompts_per_step} prompts{answered}, up to {ppo.max_new_tokens} new tokens "
+             f"per response; rewarded by {scorer}"
              + (", normalised with running statistics." if ppo.reward.normalize else "."),
         config={"lr": ppo.lr, "kl_coef": ppo.kl.coef, "kl_controller": ppo.kl.controller, "clip_eps": ppo.clip_eps,
-                "epochs": ppo.epochs, "minibatches": ppo.minibatches, "advantage_estimator": ppo.advantage_estimator},
+                "epochs": ppo.epochs, "minibatches": ppo.minibatches, "advantage_estimator": ppo.advantage_estimator,
+                "samples_per_prompt": ppo.samples_per_prompt, "kl_placement": ppo.kl.placement,
+                "policy_loss": ppo.policy_loss, "loss_aggregation": ppo.loss_aggregation},
         metrics={"reward_raw_first_step": first["reward_raw"], "reward_raw_last_step": last["reward_raw"],
                  "kl_last_step": last["kl"], "response_length_last_step": last["response_length"]})
 

@@ -13,7 +13,18 @@ class KLConfig:
     coef: float = 0.2
     target: float = 4.0
     horizon: int = 640
-    estimator: str = "k1"
+    estimator: str = "k1"  # k1 | k2 | k3 (alignray/ppo/kl.py), wherever the KL is placed
+    # "reward": -coef x KL on every token's reward, before the advantages (PPO, REINFORCE++);
+    # "loss": coef x KL(policy || reference) added to the policy's loss, aggregated like it (GRPO).
+    placement: str = "reward"
+
+
+@dataclass
+class RewardFunctionConfig:
+    """A user's reward term, added to the scorer's: ``weight x function(prompts, responses)``."""
+    function: str = ""  # "package.module:function", returning one float per response (TRL's convention)
+    weight: float = 1.0
+    name: Optional[str] = None  # logged as reward_parts/<name>; None: the function's own name
 
 
 @dataclass
@@ -30,6 +41,11 @@ class PPORewardConfig:
     clip: float = 5.0  # normalised scores are clipped to [-clip, clip]
     truncation_penalty: float = 0.0  # subtracted when a response hits max_new_tokens without an end token
     constraints: str = "tweets"  # "tweets" (TWEET_CONSTRAINTS_EXAMPLE) or "none"
+    # The raw reward is weight x the scorer's score + the sum of the functions' weighted scores,
+    # on the driver (e.g. rule checks, a length term beside the reward model); each part's mean
+    # contribution is logged as reward_parts/<name> when there are functions. Normalised after.
+    weight: float = 1.0
+    functions: list[RewardFunctionConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -78,6 +94,10 @@ class PPOConfig:
     # at 2.6 nats of KL with no collapse.
     steps: int = 80
     prompts_per_step: int = 64
+    # Responses sampled per prompt: a step trains on prompts_per_step x samples_per_prompt.
+    # A prompt's responses form a group, sampled on one rollout worker and compared by the
+    # group estimators (grpo, rloo, ...).
+    samples_per_prompt: int = 1
     max_new_tokens: int = 24
     temperature: float = 1.0
     top_p: float = 1.0
@@ -93,12 +113,21 @@ class PPOConfig:
     minibatches: int = 4
     lr: float = 1e-5
     critic_lr: float = 5e-5
+    # alignray/ppo/losses.py: "clipped_surrogate" (PPO's, per token) or "gspo" (the ratio of whole
+    # responses, clipped per response; GSPO clips at ~3e-4, so set clip_eps with it).
+    policy_loss: str = "clipped_surrogate"
+    # How a minibatch's token losses become one: "token_mean", "seq_mean" (each response's token
+    # mean, then the mean over responses), "constant" (sum / (responses x max_new_tokens): Dr. GRPO).
+    loss_aggregation: str = "token_mean"
     clip_eps: float = 0.2
     value_clip_eps: float = 0.2
     gamma: float = 1.0
     lam: float = 0.95
+    # alignray/ppo/advantages.py: "gae" (reads the critic), or a critic-free one, "grpo", "dr_grpo",
+    # "rloo", "reinforce_pp_baseline" (these compare a prompt's responses: samples_per_prompt >= 2),
+    # "reinforce_pp". Without a critic none is placed, loaded or trained (the critic_* keys are unused).
     advantage_estimator: str = "gae"
-    whiten_advantages: bool = True
+    whiten_advantages: bool = True  # whiten the estimator's advantages over the batch's valid tokens
     entropy_coef: float = 0.0
     # Gradient accumulation: a minibatch is cut into micro-batches of at most this many padded
     # tokens (rows sorted by length, each trimmed of padding); 0: the whole minibatch at once.

@@ -2,17 +2,25 @@
 
 masked       statistics over valid tokens of padded [batch, T] tensors
 kl           per-token KL estimators and the KL coefficient controllers
-rewards      sequence scores to per-token rewards; normalisation, clipping, truncation
+rewards      a user's reward functions summed with the scorer; sequence scores to per-token
+             rewards; normalisation, clipping, truncation
 constraints  rule-based penalties on response texts
 advantages   GAE and critic-free estimators, registered by name
-losses       clipped surrogate and value losses, entropy, explained variance
+losses       policy losses (clipped surrogate, GSPO) and their aggregation, KL as a loss term,
+             the value loss, entropy, explained variance
 minibatch    shuffled minibatch epochs with early stop on KL; token-budget micro-batches
 """
 from alignray.ppo.advantages import (
     ADVANTAGE_ESTIMATORS,
+    Estimator,
+    discounted_returns,
+    estimator_spec,
     gae_advantages,
     get_advantage_estimator,
-    reinforce_advantages,
+    grpo_advantages,
+    needs_critic,
+    reinforce_pp_advantages,
+    reinforce_pp_baseline_advantages,
     rloo_advantages,
 )
 from alignray.ppo.constraints import (
@@ -31,17 +39,24 @@ from alignray.ppo.kl import (
     make_kl_controller,
 )
 from alignray.ppo.losses import (
+    AGGREGATIONS,
     POLICY_LOSSES,
+    aggregate,
     clipped_surrogate_loss,
     clipped_value_loss,
     entropy_from_logprobs,
     explained_variance,
     get_policy_loss,
+    gspo_loss,
+    kl_loss,
 )
 from alignray.ppo.masked import masked_mean, masked_sum, masked_var, masked_whiten, valid_only
 from alignray.ppo.minibatch import EarlyStopOnKL, length_sorted_parts, micro_batch_count, minibatch_indices
 from alignray.ppo.rewards import (
+    RewardTerm,
     RunningRewardNormalizer,
+    WeightedReward,
+    load_reward_function,
     clip_rewards,
     last_valid_index,
     token_level_rewards,
@@ -49,12 +64,14 @@ from alignray.ppo.rewards import (
 )
 
 __all__ = [
-    "ADVANTAGE_ESTIMATORS", "KL_ESTIMATORS", "POLICY_LOSSES", "TWEET_CONSTRAINTS_EXAMPLE",
-    "AdaptiveKLController", "ConstraintPenalty", "DegenerateTextRule", "EarlyStopOnKL",
-    "FixedKLController", "KLController", "RegexRule", "RunningRewardNormalizer",
-    "banned_phrase_rule", "clip_rewards", "clipped_surrogate_loss", "clipped_value_loss",
-    "entropy_from_logprobs", "explained_variance", "gae_advantages", "get_advantage_estimator",
-    "get_policy_loss", "kl_estimate", "last_valid_index", "length_sorted_parts", "make_kl_controller", "masked_mean",
-    "masked_sum", "masked_var", "masked_whiten", "micro_batch_count", "minibatch_indices", "reinforce_advantages",
-    "rloo_advantages", "token_level_rewards", "truncation_penalty", "valid_only",
+    "ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "AdaptiveKLController", "ConstraintPenalty", "DegenerateTextRule",
+    "EarlyStopOnKL", "Estimator", "FixedKLController", "KLController", "KL_ESTIMATORS", "POLICY_LOSSES",
+    "RegexRule", "RewardTerm", "RunningRewardNormalizer", "TWEET_CONSTRAINTS_EXAMPLE", "WeightedReward",
+    "aggregate", "banned_phrase_rule", "clip_rewards", "clipped_surrogate_loss", "clipped_value_loss",
+    "discounted_returns", "entropy_from_logprobs", "estimator_spec", "explained_variance", "gae_advantages",
+    "get_advantage_estimator", "get_policy_loss", "grpo_advantages", "gspo_loss", "kl_estimate", "kl_loss",
+    "last_valid_index", "length_sorted_parts", "load_reward_function", "make_kl_controller", "masked_mean",
+    "masked_sum", "masked_var", "masked_whiten", "micro_batch_count", "minibatch_indices", "needs_critic",
+    "reinforce_pp_advantages", "reinforce_pp_baseline_advantages", "rloo_advantages", "token_level_rewards",
+    "truncation_penalty", "valid_only"
 ]

@@ -1,9 +1,10 @@
-"""PPO losses for the policy and the value critic, and the diagnostics logged with them.
+"""PPO losses for the policy and the value critic, the KL as a loss term, and the
+diagnostics logged with them.
 
 Policy losses are registered by name and share one call,
-``loss_fn(logprobs, old_logprobs, advantages, mask, clip_eps) -> (loss, stats)``, all
-tensors ``[batch, T]``; ``loss`` is a scalar to minimise (the mean over valid tokens) and
-``stats`` a dict of floats for logging.
+``loss_fn(logprobs, old_logprobs, advantages, mask, clip_eps, aggregation, normalizer) -> (loss, stats)``,
+all tensors ``[batch, T]``; ``loss`` is a scalar to minimise (the valid tokens' losses
+aggregated as :func:`aggregate` says) and ``stats`` a dict of floats for logging.
 """
 from __future__ import annotations
 
@@ -13,17 +14,57 @@ import torch
 from torch import Tensor
 
 from alignray.ppo.kl import kl_estimate
-from alignray.ppo.masked import masked_mean, masked_var
+from alignray.ppo.masked import masked_mean, masked_sum, masked_var, valid_only
 
-PolicyLoss = Callable[[Tensor, Tensor, Tensor, Tensor, float], tuple[Tensor, dict[str, float]]]
+PolicyLoss = Callable[..., tuple[Tensor, dict[str, float]]]
+AGGREGATIONS = ("token_mean", "seq_mean", "constant")
+
+
+def aggregate(per_token: Tensor, mask: Tensor, aggregation: str = "token_mean",
+              normalizer: float | None = None) -> Tensor:
+    """A per-token loss ``[batch, T]`` as one scalar over the valid tokens:
+
+    - ``token_mean``: the mean over every valid token of the batch (long responses weigh more);
+    - ``seq_mean``: each response's token mean, then the mean over responses (each weighs the same);
+    - ``constant``: the sum over valid tokens divided by ``rows x normalizer`` (Dr. GRPO, with
+      the longest allowed response as the normaliser: no length bias either way).
+    """
+    if aggregation == "token_mean":
+        return masked_mean(per_token, mask)
+    if aggregation == "seq_mean":
+        return masked_mean(per_token, mask, dim=1).mean()
+    if aggregation == "constant":
+        if not normalizer or normalizer <= 0:
+            raise ValueError(f"the constant aggregation needs a positive normaliser, got {normalizer}")
+        return masked_sum(per_token, mask) / (per_token.shape[0] * normalizer)
+    raise ValueError(f"unknown loss aggregation {aggregation!r}; known: {list(AGGREGATIONS)}")
+
+
+def _clipped_objective(log_ratio: Tensor, old_logprobs: Tensor, logprobs: Tensor, advantages: Tensor, mask: Tensor,
+                       clip_eps: float, aggregation: str, normalizer: float | None) -> tuple[Tensor, dict[str, float]]:
+    """``max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))`` per token, aggregated; the
+    stats of :func:`clipped_surrogate_loss`."""
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    loss = aggregate(torch.maximum(unclipped, clipped), mask, aggregation, normalizer)
+    with torch.no_grad():
+        stats = {
+            "clip_fraction": masked_mean((clipped > unclipped).to(ratio.dtype), mask).item(),
+            "approx_kl": masked_mean(kl_estimate(old_logprobs, logprobs, "k3"), mask).item(),
+            "ratio_max": ratio[mask.bool()].max().item(),
+        }
+    return loss, stats
 
 
 def clipped_surrogate_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
-                           clip_eps: float) -> tuple[Tensor, dict[str, float]]:
+                           clip_eps: float, aggregation: str = "token_mean",
+                           normalizer: float | None = None) -> tuple[Tensor, dict[str, float]]:
     """PPO's clipped surrogate (Schulman et al. 2017), negated so that it is minimised.
 
     Per token, with ``ratio = exp(logprobs - old_logprobs)``:
-    ``max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))``, the pessimistic of the two.
+    ``max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))``, the pessimistic of the two,
+    aggregated over the valid tokens by ``aggregation`` (:func:`aggregate`).
 
     stats:
     - ``clip_fraction``: share of valid tokens where the clipped term was the larger one,
@@ -33,18 +74,33 @@ def clipped_surrogate_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: T
     - ``ratio_max``: the largest ratio; far from 1 on the first minibatch means the rollout
       log-probs do not match the trainer's.
     """
-    log_ratio = logprobs - old_logprobs
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    with torch.no_grad():
-        stats = {
-            "clip_fraction": masked_mean((clipped > unclipped).to(ratio.dtype), mask).item(),
-            "approx_kl": masked_mean(kl_estimate(old_logprobs, logprobs, "k3"), mask).item(),
-            "ratio_max": ratio[mask.bool()].max().item(),
-        }
-    return loss, stats
+    return _clipped_objective(logprobs - old_logprobs, old_logprobs, logprobs, advantages, mask, clip_eps,
+                              aggregation, normalizer)
+
+
+def gspo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float,
+              aggregation: str = "seq_mean", normalizer: float | None = None) -> tuple[Tensor, dict[str, float]]:
+    """GSPO (Zheng et al. 2025): the clipped surrogate on the ratio of whole responses,
+    ``s = exp(mean of the response's token log-ratios)``, clipped per response.
+
+    In GSPO's token form every token carries the value ``s`` of its response and the
+    gradient ``s * grad log pi(token)``; with ``seq_mean`` aggregation (GSPO's own) and one
+    advantage per response that is exactly the gradient of the sequence-level objective.
+    ``ratio_max`` is the largest response ratio; GSPO clips far tighter than PPO (its paper:
+    3e-4 to 4e-4), since ``s`` is a geometric mean.
+    """
+    response_log_ratio = masked_mean(logprobs - old_logprobs, mask, dim=1)
+    log_ratio = logprobs - logprobs.detach() + response_log_ratio.detach().unsqueeze(1)
+    return _clipped_objective(log_ratio, old_logprobs, logprobs, advantages, mask, clip_eps, aggregation, normalizer)
+
+
+def kl_loss(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, estimator: str, aggregation: str = "token_mean",
+            normalizer: float | None = None) -> Tensor:
+    """KL(policy || reference) as a loss term (GRPO puts it there rather than in the reward):
+    the per-token ``estimator`` (k1/k2/k3, ``alignray.ppo.kl``) on the current log-probs,
+    aggregated like the policy loss. Padding is zeroed first, so it carries no gradient."""
+    per_token = kl_estimate(valid_only(logprobs, mask), valid_only(ref_logprobs, mask), estimator)
+    return aggregate(per_token, mask, aggregation, normalizer)
 
 
 def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
@@ -87,6 +143,7 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
 
 POLICY_LOSSES: dict[str, PolicyLoss] = {
     "clipped_surrogate": clipped_surrogate_loss,
+    "gspo": gspo_loss,
 }
 
 

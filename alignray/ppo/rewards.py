@@ -3,11 +3,16 @@
 The reward model scores whole responses; PPO needs a reward at every token. Following
 Ziegler et al. (2019) the per-token reward is the KL penalty on every valid token, plus the
 (normalised, clipped, penalty-adjusted) sequence score on the last valid token.
+
+Before that, :class:`WeightedReward` adds a user's own reward functions (by import path) to
+the scorer's score, each with its weight, and reports each part's contribution.
 """
 from __future__ import annotations
 
+import importlib
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -99,3 +104,64 @@ class RunningRewardNormalizer:
         self.count = int(state["count"])
         self.mean = float(state["mean"])
         self.m2 = float(state["m2"])
+
+
+RewardFunction = Callable[[list[str], list[str]], Sequence[float]]
+
+
+def load_reward_function(import_path: str) -> RewardFunction:
+    """The function at ``"package.module:function"``; an error that names the path otherwise."""
+    module_name, colon, attribute = import_path.partition(":")
+    if not (module_name and colon and attribute):
+        raise ValueError(f"ppo.reward.functions: {import_path!r} is not of the form 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"ppo.reward.functions: cannot import {module_name!r} for {import_path!r}: "
+                         f"{error}") from error
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise ValueError(f"ppo.reward.functions: {module_name!r} has no function {attribute!r}")
+    return function
+
+
+@dataclass(frozen=True)
+class RewardTerm:
+    name: str
+    weight: float
+    function: RewardFunction  # (prompts, responses) -> one float per response
+
+
+class WeightedReward:
+    """The raw reward of each response: ``scorer_weight`` x the scorer's score plus, for each
+    term, its weight x its function's score (rule checks, a length term, ... beside a reward
+    model). Config: ``ppo.reward`` (``kind``, ``weight``, ``functions``)."""
+
+    def __init__(self, scorer_name: str, scorer_weight: float, terms: Sequence[RewardTerm] = ()):
+        names = [scorer_name, *(term.name for term in terms)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"ppo.reward.functions: every part needs its own name, got {names}")
+        self.scorer_name, self.scorer_weight, self.terms = scorer_name, float(scorer_weight), list(terms)
+
+    @classmethod
+    def from_config(cls, reward_cfg) -> WeightedReward:
+        terms = []
+        for term in reward_cfg.functions:
+            function = load_reward_function(term.function)
+            terms.append(RewardTerm(term.name or function.__name__, float(term.weight), function))
+        return cls(reward_cfg.kind, reward_cfg.weight, terms)
+
+    def combine(self, scorer_scores: Tensor, prompts: list[str],
+                responses: list[str]) -> tuple[Tensor, dict[str, float]]:
+        """The summed raw rewards ``[batch]`` and, when there are terms, each part's mean
+        weighted contribution as ``reward_parts/<name>`` (they add up to the mean reward)."""
+        total = self.scorer_weight * scorer_scores.float()
+        parts = {self.scorer_name: total.mean().item()}
+        for term in self.terms:
+            values = torch.as_tensor([float(v) for v in term.function(prompts, responses)], dtype=torch.float32)
+            if values.shape != total.shape or not torch.isfinite(values).all():
+                raise ValueError(f"reward function {term.name!r} must return one finite float per response: got "
+                                 f"{values.tolist()} for {len(responses)} responses")
+            total = total + term.weight * values
+            parts[term.name] = (term.weight * values).mean().item()
+        return total, ({f"reward_parts/{name}": value for name, value in parts.items()} if self.terms else {})
