@@ -22,7 +22,7 @@ from actors import runtime
 from alignray.artifacts import MODEL_DIR, POLICY_DIR
 from alignray.base_model import resolve_base_model
 from workflows.common import CONFIG_PATH, start_app
-from workflows.evaluate import evaluate_policies
+from workflows.evaluate import run_evaluation
 from workflows.feedback import run_feedback
 from workflows.ppo import run_ppo
 from workflows.report import write_run_report
@@ -33,10 +33,8 @@ log = logging.getLogger("alignray.pipeline")
 
 
 def evaluate(cfg: DictConfig, base: str, sft_model: str, ppo_dir: Path) -> Path:
-    """PPO vs SFT by the held-out judge, beside the PPO run it judges."""
-    out = ppo_dir.parent / f"eval-{ppo_dir.name.removeprefix('ppo-')}"
-    evaluate_policies(cfg, sft_model, str(ppo_dir / POLICY_DIR), None, out, base_path=base)
-    return out
+    """PPO vs SFT by the held-out judge (reused when complete for the same settings)."""
+    return run_evaluation(cfg, sft_model, str(ppo_dir / POLICY_DIR), base)
 
 
 def run_pipeline(cfg: DictConfig) -> Path:

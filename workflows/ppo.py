@@ -41,7 +41,7 @@ from alignray.data import format_prompt, prepare_embedded_data, read_prompts, re
 from alignray.experience import (CriticTrainStats, PolicyTrainStats, PromptBatch, PromptStream, Rollout,
                                  build_experience, sequence_scores, step_metrics)
 from alignray.generation import decode_responses
-from alignray.artifacts import CURVES_FIGURE, METRICS_FILE, POLICY_DIR, STAGE_TIMES_FIGURE
+from alignray.artifacts import CURVES_FIGURE, METRICS_FILE, POLICY_DIR, PPO, STAGE_TIMES_FIGURE
 from alignray.base_model import resolve_base_model
 from alignray.metrics import MetricsLogger, StageTimes, plot_curves, read_metrics
 from alignray.model_card import ModelCard, write_model_card
@@ -265,7 +265,7 @@ def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None)
     """Train the policy with PPO; returns the output folder (``policy/`` in HF format,
     metrics.jsonl, curves.png, summary.json). A finished run with the same settings is reused;
     an interrupted one resumes from its last checkpoint."""
-    out = phase_dir(cfg, "ppo", cfg.ppo, str(sft_model_path), str(reward_model_path))
+    out = phase_dir(cfg, PPO, sft_model=sft_model_path, reward_model=reward_model_path)
     if is_complete(out):
         log.info("PPO output exists: %s", out)
         return out
