@@ -6,7 +6,15 @@ import dataclasses
 import pytest
 from hydra import compose, initialize_config_dir
 
-from alignray.artifacts import DATA, EVALUATION, FEEDBACK, PHASE_OUTPUTS, PPO, REWARD, SFT
+from alignray.artifacts import (
+    DATA,
+    EVALUATION,
+    FEEDBACK,
+    PHASE_OUTPUTS,
+    PPO,
+    REWARD,
+    SFT,
+)
 from alignray.base_model import resolve_base_model
 from workflows.common import CONFIG_PATH, output_key, phase_settings
 from workflows.sft import sft_output_dir

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -27,3 +29,45 @@ def test_multirun_of_two_ppo_settings_gives_two_runs_with_their_own_metrics(tmp_
         coefs.add(records[0]["kl_coef"])
         assert (run / "DONE").exists() and (run / "policy" / "config.json").exists()
     assert coefs == {0.1, 0.3}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_base_model) -> tuple[Path, list[str]]:
+    """The whole pipeline once at experiment=tiny, every phase trained: its folder and the
+    overrides that reuse it."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    overrides = ["experiment=tiny", f"cache_dir={tiny_base_model.parent.parent}", f"workdir={root}/runs"]
+    result = subprocess.run([sys.executable, "-m", "workflows.pipeline", *overrides, f"hydra.run.dir={root}/hydra"],
+                            cwd=REPO, capture_output=True, text=True, timeout=1200, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root, overrides
+
+
+def trained_folders(runs: Path) -> set[str]:
+    return {p.name for prefix in ("sft", "feedback", "reward", "ppo") for p in runs.glob(f"{prefix}-*")}
+
+
+def test_multirun_of_the_pipeline_gives_each_job_its_own_report(tiny_run):
+    """A sweep of the evaluation's size reuses every trained phase; each job evaluates with
+    its own setting and writes its own report beside its config."""
+    root, overrides = tiny_run
+    trained = trained_folders(root / "runs")
+    assert len(trained) == 4
+    command = [sys.executable, "-m", "workflows.pipeline", "-m", *overrides, "ppo.eval.num_prompts=8,12",
+               f"hydra.sweep.dir={root}/multirun"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    assert trained_folders(root / "runs") == trained  # nothing trained again
+    ppo_dirs = set()
+    for job, num_prompts in (("0", 8), ("1", 12)):
+        report = root / "multirun" / job / "report"
+        assert (root / "multirun" / job / "pipeline-config.yaml").exists()
+        markdown = report.joinpath("report.md").read_text()
+        assert markdown.startswith(f"# alignray run 'tiny' (ppo.eval.num_prompts={num_prompts})")
+        assert f"on {num_prompts} held-out prompts" in markdown
+        assert "<img" in report.joinpath("report.html").read_text()
+        phases = json.loads(report.joinpath("phases.json").read_text())
+        assert json.loads(Path(phases["eval"], "eval.json").read_text())["num_prompts"] == num_prompts
+        ppo_dirs.add(phases["ppo"])
+    assert len(ppo_dirs) == 1 and Path(ppo_dirs.pop()).name in trained

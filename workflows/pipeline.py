@@ -4,9 +4,12 @@
     python -m workflows.pipeline ppo.steps=80 name=longer
     python -m workflows.pipeline -m ppo.kl.coef=0.1,0.2 # a sweep: one run folder per setting
 
-Each phase writes its output to `<workdir>/<phase>-<config hash>/` and the next phase reads
-it from there; a phase whose output is complete for the same settings is reused, so a
-re-run after a failure picks up where the failed one stopped.
+Each phase writes its output to `<workdir>/<phase>-<output key>/` (alignray.artifacts declares
+what each key hashes) and the next phase reads it from there; a phase whose output is
+complete for the same settings is reused, so a re-run after a failure picks up where the
+failed one stopped, and the jobs of a sweep share what their settings share. The report goes
+to `<workdir>/report/`; in a multirun, to each job's own folder (`<sweep dir>/<job>/report/`,
+beside the job's config), so every job keeps its report.
 """
 from __future__ import annotations
 
@@ -37,6 +40,17 @@ def evaluate(cfg: DictConfig, base: str, sft_model: str, ppo_dir: Path) -> Path:
     return run_evaluation(cfg, sft_model, str(ppo_dir / POLICY_DIR), base)
 
 
+def report_dir(cfg: DictConfig) -> tuple[Path, list[str]]:
+    """Where this run's report goes, and the overrides that tell it apart from the other
+    jobs of its sweep (none outside a multirun)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        hydra_cfg = HydraConfig.get()
+        return Path(hydra_cfg.runtime.output_dir) / "report", list(hydra_cfg.overrides.task)
+    return Path(cfg.workdir).expanduser().resolve() / "report", []
+
+
 def run_pipeline(cfg: DictConfig) -> Path:
     """Run (or reuse) every phase; returns the report folder."""
     seconds: dict[str, float] = {}
@@ -58,12 +72,12 @@ def run_pipeline(cfg: DictConfig) -> Path:
     eval_dir = timed("evaluation", evaluate, cfg, base, sft_model, ppo_dir)
     phases = {"base": Path(base), "sft": sft_dir, "feedback": feedback_dir, "reward": reward_dir,
               "ppo": ppo_dir, "eval": eval_dir}
-    report_dir = Path(cfg.workdir).expanduser().resolve() / "report"
-    paths = timed("report", write_run_report, cfg, phases, seconds, report_dir)
-    (report_dir / "phases.json").write_text(json.dumps({k: str(v) for k, v in phases.items()} | {
+    out, overrides = report_dir(cfg)
+    paths = timed("report", write_run_report, cfg, phases, seconds, out, overrides)
+    (out / "phases.json").write_text(json.dumps({k: str(v) for k, v in phases.items()} | {
         "seconds": seconds}, indent=2))
     print(f"\nreport: {paths['markdown']}\n        {paths['html']}", flush=True)
-    return report_dir
+    return out
 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")

@@ -43,7 +43,7 @@ from alignray.experience import (CriticTrainStats, PolicyTrainStats, PromptBatch
 from alignray.generation import decode_responses
 from alignray.artifacts import CURVES_FIGURE, METRICS_FILE, POLICY_DIR, PPO, STAGE_TIMES_FIGURE
 from alignray.base_model import resolve_base_model
-from alignray.metrics import MetricsLogger, StageTimes, plot_curves, read_metrics
+from alignray.metrics import MetricsLogger, StageTimes, plot_curves, plot_stage_times, read_metrics
 from alignray.model_card import ModelCard, write_model_card
 from alignray.modeling import check_position_limit, load_tokenizer
 from alignray.ppo import (
@@ -57,6 +57,9 @@ from workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir,
 log = logging.getLogger("alignray.ppo")
 PROGRESS_KEYS = ("reward_raw", "kl", "response_length", "value_loss", "approx_kl", "step_s")
 CURVES = ["reward_raw", "reward_normalized", "kl", "response_length", "value_loss"]
+# The stages of a step that run one after another (``time/<stage>``): stacked, they make the
+# step's time. The rest (reference, scoring, policy_train, ...) run in parallel inside them.
+SEQUENTIAL_STAGES = ["sync", "sync_probe", "generation", "experience", "training"]
 
 
 class PPOCoordinator:
@@ -288,8 +291,7 @@ def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None)
             coordinator.actors.shutdown()
     records = read_metrics(out / METRICS_FILE)
     plot_curves(records, CURVES, out / CURVES_FIGURE, title="PPO")
-    plot_curves(records, [k for k in records[-1] if k.startswith("time/")], out / STAGE_TIMES_FIGURE,
-                title="PPO stage wall time (s)")
+    plot_stage_times(records, SEQUENTIAL_STAGES, out / STAGE_TIMES_FIGURE, title="Where a PPO step's time goes")
     write_model_card(policy_dir, policy_card(ppo, str(sft_model_path), reward_model_path, records))
     mark_complete(out, {"sft_model": str(sft_model_path), "reward_model": reward_model_path,
                         "policy": str(policy_dir), "steps": ppo.steps, "wall_s": round(time.monotonic() - started, 1),

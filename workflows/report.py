@@ -12,8 +12,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from alignray.artifacts import (AGREEMENT_FIGURE, CALIBRATION_FIGURE, CURVES_FIGURE, ELO_FIGURE, EVAL_FILE,
-                                LOSS_FIGURE, METRICS_FILE, RATINGS_FIGURE, SAMPLES_FILE, STAGE_TIMES_FIGURE,
-                                SUMMARY_FILE)
+                                LOSS_FIGURE, METRICS_FILE, RATINGS_FIGURE, REPORT_FILE, SAMPLES_FILE,
+                                STAGE_TIMES_FIGURE, SUMMARY_FILE)
 from alignray.metrics import read_metrics
 from alignray.report import Section, write_report
 
@@ -75,17 +75,24 @@ def sft_section(sft: Path) -> Section:
 
 def feedback_section(feedback: Path) -> Section:
     s = _json(feedback / SUMMARY_FILE)
-    alpha = ", ".join(f"{k} {v:.3f}" for k, v in s.get("alpha", {}).items() if isinstance(v, (int, float)))
+    flagged = ", ".join(s.get("flagged_annotators") or []) or "nobody"
     text = [f"{s.get('rows_in')} feedback rows in = {s.get('rows_accepted')} accepted + {s.get('rows_rejected')} "
-            f"rejected; by source: {s.get('rows_by_source')}.",
-            f"{s.get('annotators')} annotators; Krippendorff's alpha: {alpha or 'n/a'}; flagged as bad faith: "
-            f"{s.get('flagged_annotators') or 'nobody'} (policy: {s.get('annotator_policy')}).",
-            f"Training tables: {s.get('training_tables')}."]
+            f"rejected, from {s.get('annotators')} annotators; flagged as bad faith: {flagged} "
+            f"(policy: {s.get('annotator_policy')})."]
+    tables = {"Accepted rows by source": _key_value_rows(["source", "rows"], s.get("rows_by_source", {})),
+              "Krippendorff's alpha by form of feedback": _key_value_rows(["form", "alpha"], s.get("alpha", {})),
+              "Training tables": _key_value_rows(["table", "rows"], s.get("training_tables", {}))}
     if s.get("rlaif"):
-        text.append(f"AI judge (RLAIF): {json.dumps(s['rlaif'])}")
-    text.append(f"Full feedback report: {feedback / 'report.md'}")
-    return Section("3a. Human feedback and annotator quality", text, [],
-                   _figures(feedback, [AGREEMENT_FIGURE, RATINGS_FIGURE, ELO_FIGURE]))
+        scalars = {k: v for k, v in s["rlaif"].items() if isinstance(v, (int, float, str))}
+        tables["AI judge (RLAIF)"] = _key_value_rows(["measure", "value"], scalars)
+    text.append(f"Full feedback report: {feedback / REPORT_FILE}")
+    return Section("3a. Human feedback and annotator quality", text,
+                   figures=_figures(feedback, [AGREEMENT_FIGURE, RATINGS_FIGURE, ELO_FIGURE]),
+                   named_tables={caption: rows for caption, rows in tables.items() if len(rows) > 1})
+
+
+def _key_value_rows(header: list[str], values: dict) -> list[list]:
+    return [header, *([key, value] for key, value in values.items())]
 
 
 def reward_section(reward: Path, reward_eval: dict) -> Section:
@@ -116,7 +123,10 @@ def ppo_section(ppo: Path) -> tuple[Section, Section]:
     ppo_sec = Section("4. PPO", ["Last step's metrics; curves over all steps below."], rows,
                       _figures(ppo, [CURVES_FIGURE]))
     timing_sec = Section("Stage timing of a PPO step",
-                         ["Stages that run in parallel overlap, so shares can add up to more than 100%."],
+                         ["The chart stacks, for each step, the stages that run one after another (weight sync, "
+                          "its probe check, generation, experience, training) and the rest of the step; the table "
+                          "also lists the work that runs in parallel inside experience and training, so its "
+                          "shares add up to more than 100%."],
                          timing if len(timing) > 1 else [], _figures(ppo, [STAGE_TIMES_FIGURE]))
     return ppo_sec, timing_sec
 
@@ -152,7 +162,9 @@ def samples_section(eval_dir: Path) -> Section:
                    rows)
 
 
-def write_run_report(cfg: DictConfig, phases: dict[str, Path], seconds: dict[str, float], out_dir: Path) -> dict:
+def write_run_report(cfg: DictConfig, phases: dict[str, Path], seconds: dict[str, float], out_dir: Path,
+                     overrides: list[str] = ()) -> dict:
+    """``overrides``: the settings of this job of a sweep, shown in the title."""
     evaluation = _json(phases["eval"] / EVAL_FILE)
     reward_eval = _json(phases["reward"] / EVAL_FILE)
     ppo_sec, timing_sec = ppo_section(phases["ppo"])
@@ -163,4 +175,5 @@ def write_run_report(cfg: DictConfig, phases: dict[str, Path], seconds: dict[str
                 sft_section(phases["sft"]), feedback_section(phases["feedback"]),
                 reward_section(phases["reward"], reward_eval), ppo_sec, evaluation_section(evaluation),
                 samples_section(phases["eval"]), timing_sec, phase_times]
-    return write_report(out_dir, f"alignray run '{cfg.name}'", sections)
+    title = f"alignray run '{cfg.name}'" + (f" ({' '.join(overrides)})" if overrides else "")
+    return write_report(out_dir, title, sections)
