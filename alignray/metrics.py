@@ -119,6 +119,7 @@ def plot_stage_times(records: list[dict], stages: list[str], out_png: str | Path
                color="lightgrey" if stage == "other" else None)
         bottom = [b + s for b, s in zip(bottom, seconds)]
     ax.set_xlabel(x_key)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # steps, not fractions of one
     ax.set_ylabel("seconds")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)

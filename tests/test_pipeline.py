@@ -64,10 +64,27 @@ def test_multirun_of_the_pipeline_gives_each_job_its_own_report(tiny_run):
         report = root / "multirun" / job / "report"
         assert (root / "multirun" / job / "pipeline-config.yaml").exists()
         markdown = report.joinpath("report.md").read_text()
-        assert markdown.startswith(f"# alignray run 'tiny' (ppo.eval.num_prompts={num_prompts})")
+        assert f"This run is multirun job {job}: experiment=tiny " in markdown
+        assert f" ppo.eval.num_prompts={num_prompts}." in markdown
         assert f"on {num_prompts} held-out prompts" in markdown
         assert "<img" in report.joinpath("report.html").read_text()
         phases = json.loads(report.joinpath("phases.json").read_text())
         assert json.loads(Path(phases["eval"], "eval.json").read_text())["num_prompts"] == num_prompts
         ppo_dirs.add(phases["ppo"])
     assert len(ppo_dirs) == 1 and Path(ppo_dirs.pop()).name in trained
+
+
+def test_a_run_report_has_readable_figures_and_tables(tiny_run):
+    """Every figure of a real run's report fits the page's width (shown at its own size), and
+    counts are tables, not Python literals."""
+    from alignray.artifacts import AGREEMENT_FIGURE, CALIBRATION_FIGURE, CURVES_FIGURE, STAGE_TIMES_FIGURE
+    from alignray.report import PAGE_CONTENT_PX, png_size
+    report = tiny_run[0] / "runs" / "report"
+    figures = sorted((report / "figures").glob("*.png"))
+    drawn = {figure.name.split("-", 1)[1] for figure in figures}
+    assert {AGREEMENT_FIGURE, CALIBRATION_FIGURE, CURVES_FIGURE, STAGE_TIMES_FIGURE} <= drawn
+    assert all(png_size(figure)[0] <= PAGE_CONTENT_PX for figure in figures), [
+        (figure.name, png_size(figure)) for figure in figures]
+    markdown = report.joinpath("report.md").read_text()
+    assert "**Accepted rows by source**" in markdown and "**Training tables**" in markdown
+    assert "{'" not in markdown and "': " not in markdown

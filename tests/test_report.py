@@ -111,7 +111,7 @@ def test_feedback_counts_are_tables_not_python_literals(tmp_path):
     assert tables["Training tables"][1:] == [["rows_pairwise", 18000], ["pairs", 9000], ["pointwise", 27000]]
     assert ["pairs_judged", 12] in tables["AI judge (RLAIF)"]
     report = write_report(tmp_path / "report", "t", [section])
-    assert "**Training tables**\n\n| table | rows |\n|---|---|\n| rows_pairwise | 18000 |" in report["markdown"].read_text()
+    assert "**Training tables**\n\n| count of | rows |\n|---|---|\n| rows_pairwise | 18000 |" in report["markdown"].read_text()
     page = report["html"].read_text()
     assert "<h3>Accepted rows by source</h3><table>" in page and "<td>simulated</td><td>45000</td>" in page
 

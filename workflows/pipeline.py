@@ -40,15 +40,16 @@ def evaluate(cfg: DictConfig, base: str, sft_model: str, ppo_dir: Path) -> Path:
     return run_evaluation(cfg, sft_model, str(ppo_dir / POLICY_DIR), base)
 
 
-def report_dir(cfg: DictConfig) -> tuple[Path, list[str]]:
-    """Where this run's report goes, and the overrides that tell it apart from the other
-    jobs of its sweep (none outside a multirun)."""
+def report_dir(cfg: DictConfig) -> tuple[Path, str]:
+    """Where this run's report goes, and in a multirun which job of the sweep it is, with
+    the job's overrides ("" outside a multirun)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         hydra_cfg = HydraConfig.get()
-        return Path(hydra_cfg.runtime.output_dir) / "report", list(hydra_cfg.overrides.task)
-    return Path(cfg.workdir).expanduser().resolve() / "report", []
+        return (Path(hydra_cfg.runtime.output_dir) / "report",
+                f"multirun job {hydra_cfg.job.num}: {' '.join(hydra_cfg.overrides.task)}")
+    return Path(cfg.workdir).expanduser().resolve() / "report", ""
 
 
 def run_pipeline(cfg: DictConfig) -> Path:
@@ -72,8 +73,8 @@ def run_pipeline(cfg: DictConfig) -> Path:
     eval_dir = timed("evaluation", evaluate, cfg, base, sft_model, ppo_dir)
     phases = {"base": Path(base), "sft": sft_dir, "feedback": feedback_dir, "reward": reward_dir,
               "ppo": ppo_dir, "eval": eval_dir}
-    out, overrides = report_dir(cfg)
-    paths = timed("report", write_run_report, cfg, phases, seconds, out, overrides)
+    out, job = report_dir(cfg)
+    paths = timed("report", write_run_report, cfg, phases, seconds, out, job)
     (out / "phases.json").write_text(json.dumps({k: str(v) for k, v in phases.items()} | {
         "seconds": seconds}, indent=2))
     print(f"\nreport: {paths['markdown']}\n        {paths['html']}", flush=True)

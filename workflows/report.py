@@ -81,7 +81,7 @@ def feedback_section(feedback: Path) -> Section:
             f"(policy: {s.get('annotator_policy')})."]
     tables = {"Accepted rows by source": _key_value_rows(["source", "rows"], s.get("rows_by_source", {})),
               "Krippendorff's alpha by form of feedback": _key_value_rows(["form", "alpha"], s.get("alpha", {})),
-              "Training tables": _key_value_rows(["table", "rows"], s.get("training_tables", {}))}
+              "Training tables": _key_value_rows(["count of", "rows"], s.get("training_tables", {}))}
     if s.get("rlaif"):
         scalars = {k: v for k, v in s["rlaif"].items() if isinstance(v, (int, float, str))}
         tables["AI judge (RLAIF)"] = _key_value_rows(["measure", "value"], scalars)
@@ -163,8 +163,8 @@ def samples_section(eval_dir: Path) -> Section:
 
 
 def write_run_report(cfg: DictConfig, phases: dict[str, Path], seconds: dict[str, float], out_dir: Path,
-                     overrides: list[str] = ()) -> dict:
-    """``overrides``: the settings of this job of a sweep, shown in the title."""
+                     job: str = "") -> dict:
+    """``job``: which job of a sweep this is and its overrides, shown under the title."""
     evaluation = _json(phases["eval"] / EVAL_FILE)
     reward_eval = _json(phases["reward"] / EVAL_FILE)
     ppo_sec, timing_sec = ppo_section(phases["ppo"])
@@ -175,5 +175,6 @@ def write_run_report(cfg: DictConfig, phases: dict[str, Path], seconds: dict[str
                 sft_section(phases["sft"]), feedback_section(phases["feedback"]),
                 reward_section(phases["reward"], reward_eval), ppo_sec, evaluation_section(evaluation),
                 samples_section(phases["eval"]), timing_sec, phase_times]
-    title = f"alignray run '{cfg.name}'" + (f" ({' '.join(overrides)})" if overrides else "")
-    return write_report(out_dir, title, sections)
+    if job:
+        sections[0].paragraphs.insert(0, f"This run is {job}.")
+    return write_report(out_dir, f"alignray run '{cfg.name}'", sections)
