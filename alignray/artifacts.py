@@ -54,6 +54,7 @@ REPORT_FILE = "report.md"  # feedback (and the run report, beside report.html)
 RAY_TRAIN_DIR = "ray_train"  # a Ray Train run with its checkpoints (SFT, reward model)
 CHECKPOINTS_DIR = "checkpoints"  # PPO's actor and coordinator checkpoints
 UNFILTERED_DIR = "unfiltered"  # reward model retrained with the flagged annotators kept
+PROMPTS_COPY_DIR = "data"  # the embedded prompts as PPO and the evaluation read them
 
 
 @dataclass(frozen=True)
@@ -96,13 +97,14 @@ PPO = PhaseOutput("ppo", settings=("seed", "data", "ppo"),
                   ignored=("ppo.eval", "ppo.resume", "ppo.sft_model_path", "ppo.reward_model_path",
                            "data.demonstrations_path", "data.max_response_tokens"),
                   inputs=("sft_model", "reward_model"),
-                  writes=(POLICY_DIR, CHECKPOINTS_DIR, METRICS_FILE, CURVES_FIGURE, STAGE_TIMES_FIGURE, *FINISHED))
+                  writes=(POLICY_DIR, CHECKPOINTS_DIR, METRICS_FILE, CURVES_FIGURE, STAGE_TIMES_FIGURE, PROMPTS_COPY_DIR,
+                          *FINISHED))
 # The evaluation samples with PPO's sampling settings; its sizes are its own, not PPO's.
 EVALUATION = PhaseOutput("eval", settings=("seed", "data", "ppo.eval", "ppo.max_new_tokens", "ppo.temperature",
                                            "ppo.top_p"),
                          ignored=("ppo.eval.policy_path", "data.demonstrations_path", "data.max_response_tokens"),
                          inputs=("sft_model", "policy", "base_model"),
-                         writes=(EVAL_FILE, SAMPLES_FILE, *FINISHED))
+                         writes=(EVAL_FILE, SAMPLES_FILE, PROMPTS_COPY_DIR, *FINISHED))
 PHASE_OUTPUTS = (DATA, SFT, FEEDBACK, REWARD, PPO, EVALUATION)
 
 

@@ -24,7 +24,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from alignray.artifacts import EVAL_FILE, EVALUATION, SAMPLES_FILE
+from alignray.artifacts import EVAL_FILE, EVALUATION, PROMPTS_COPY_DIR, SAMPLES_FILE
 from alignray.base_model import resolve_base_model
 from alignray.data import format_prompt, prepare_embedded_data, read_prompts
 from alignray.evaluation import GuardReport, bootstrap_ci, words
@@ -74,7 +74,7 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
     out.mkdir(parents=True, exist_ok=True)
     ppo = cfg.ppo
     if reference_prompts_path is None:
-        reference_prompts_path = prepare_embedded_data(cfg.data, out / "data")["prompts_heldout"]
+        reference_prompts_path = prepare_embedded_data(cfg.data, out / PROMPTS_COPY_DIR)["prompts_heldout"]
     table, _ = read_prompts(reference_prompts_path)
     prompts = table.column("prompt").to_pylist()[: ppo.eval.num_prompts]
 

@@ -41,7 +41,7 @@ from alignray.data import format_prompt, prepare_embedded_data, read_prompts, re
 from alignray.experience import (CriticTrainStats, PolicyTrainStats, PromptBatch, PromptStream, Rollout,
                                  build_experience, sequence_scores, step_metrics)
 from alignray.generation import decode_responses
-from alignray.artifacts import CURVES_FIGURE, METRICS_FILE, POLICY_DIR, PPO, STAGE_TIMES_FIGURE
+from alignray.artifacts import CURVES_FIGURE, METRICS_FILE, POLICY_DIR, PPO, PROMPTS_COPY_DIR, STAGE_TIMES_FIGURE
 from alignray.base_model import resolve_base_model
 from alignray.metrics import MetricsLogger, StageTimes, plot_curves, plot_stage_times, read_metrics
 from alignray.model_card import ModelCard, write_model_card
@@ -249,7 +249,7 @@ class PromptText:
 def load_prompt_texts(data_cfg, tokenizer, out: Path, max_prompts: int) -> list[PromptText]:
     """The training prompts, validated (alignray.data.read_prompts)."""
     if data_cfg.source == "embedded":
-        path = prepare_embedded_data(data_cfg, out / "data")["prompts_train"]
+        path = prepare_embedded_data(data_cfg, out / PROMPTS_COPY_DIR)["prompts_train"]
     else:
         path = data_cfg.prompts_path
     table, _ = read_prompts(path)
