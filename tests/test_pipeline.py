@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from alignray.artifacts import AGREEMENT_FIGURE, CALIBRATION_FIGURE, CURVES_FIGURE, PHASE_OUTPUTS, STAGE_TIMES_FIGURE
+from alignray.report import PAGE_CONTENT_PX, png_size
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -77,13 +80,6 @@ def test_multirun_of_the_pipeline_gives_each_job_its_own_report(tiny_run):
 def test_a_run_report_has_readable_figures_and_tables(tiny_run):
     """Every figure of a real run's report fits the page's width (shown at its own size), and
     counts are tables, not Python literals."""
-    from alignray.artifacts import (
-        AGREEMENT_FIGURE,
-        CALIBRATION_FIGURE,
-        CURVES_FIGURE,
-        STAGE_TIMES_FIGURE,
-    )
-    from alignray.report import PAGE_CONTENT_PX, png_size
     report = tiny_run[0] / "runs" / "report"
     figures = sorted((report / "figures").glob("*.png"))
     drawn = {figure.name.split("-", 1)[1] for figure in figures}
@@ -98,7 +94,6 @@ def test_a_run_report_has_readable_figures_and_tables(tiny_run):
 def test_each_phase_folder_holds_only_what_its_declaration_lists(tiny_run):
     """alignray.artifacts.PHASE_OUTPUTS names what each phase writes: a run's folders hold
     nothing else, and every phase of the pipeline left its folder."""
-    from alignray.artifacts import PHASE_OUTPUTS
     folders = [p for p in (tiny_run[0] / "runs").iterdir() if p.name != "report"]
     # the per-split names (PROMPTS_FILE, ...) stand for one file per split
     declared = {phase.prefix: {name.format(split=split) for name in phase.writes for split in ("train", "heldout")}
