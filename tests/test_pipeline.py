@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from alignray.artifacts import AGREEMENT_FIGURE, CALIBRATION_FIGURE, CURVES_FIGURE, PHASE_OUTPUTS, STAGE_TIMES_FIGURE
+from alignray import artifacts
 from alignray.report import PAGE_CONTENT_PX, png_size
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,7 +83,8 @@ def test_a_run_report_has_readable_figures_and_tables(tiny_run):
     report = tiny_run[0] / "runs" / "report"
     figures = sorted((report / "figures").glob("*.png"))
     drawn = {figure.name.split("-", 1)[1] for figure in figures}
-    assert {AGREEMENT_FIGURE, CALIBRATION_FIGURE, CURVES_FIGURE, STAGE_TIMES_FIGURE} <= drawn
+    assert {artifacts.AGREEMENT_FIGURE, artifacts.CALIBRATION_FIGURE, artifacts.CURVES_FIGURE,
+            artifacts.STAGE_TIMES_FIGURE} <= drawn
     assert all(png_size(figure)[0] <= PAGE_CONTENT_PX for figure in figures), [
         (figure.name, png_size(figure)) for figure in figures]
     markdown = report.joinpath("report.md").read_text()
@@ -97,7 +98,7 @@ def test_each_phase_folder_holds_only_what_its_declaration_lists(tiny_run):
     folders = [p for p in (tiny_run[0] / "runs").iterdir() if p.name != "report"]
     # the per-split names (PROMPTS_FILE, ...) stand for one file per split
     declared = {phase.prefix: {name.format(split=split) for name in phase.writes for split in ("train", "heldout")}
-                for phase in PHASE_OUTPUTS}
+                for phase in artifacts.PHASE_OUTPUTS}
     assert {p.name.split("-")[0] for p in folders} == set(declared)
     for folder in folders:
         assert {p.name for p in folder.iterdir()} <= declared[folder.name.split("-")[0]], folder.name
