@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from alignray.actors.base import wait_named
-from alignray.artifacts import MONITOR_FILE
+from alignray.artifacts import MONITOR_FILE, PROMPTS_COPY_DIR
 from alignray.config.ppo import MonitorConfig, PPOConfig
 from alignray.data import prepare_embedded_data, read_prompts
 from alignray.evaluation import bootstrap_ci, degenerate_share, mean_length_ratio
@@ -116,7 +116,7 @@ def monitor_probe_prompts(ppo: PPOConfig, data_cfg, out: Path) -> list[str] | No
         log.warning("ppo.monitor is off: the held-out annotators judge only the embedded default; set "
                     "ppo.monitor.judge=annotators and ppo.monitor.prompts_path to watch this run")
         return None
-    table, _ = read_prompts(prepare_embedded_data(data_cfg, out / "data")["prompts_heldout"])
+    table, _ = read_prompts(prepare_embedded_data(data_cfg, out / PROMPTS_COPY_DIR)["prompts_heldout"])
     if table.num_rows < ppo.eval.num_prompts + monitor.probe_prompts:
         raise ValueError(f"{table.num_rows} held-out prompts cannot give ppo.eval.num_prompts="
                          f"{ppo.eval.num_prompts} and ppo.monitor.probe_prompts={monitor.probe_prompts} apart")

@@ -11,10 +11,16 @@ evaluation or the run report), each named once, and the mark of a finished phase
 | ``PROMPTS_FILE``, ``DEMONSTRATIONS_FILE`` | the embedded data | SFT, feedback, PPO, evaluation |
 | the feedback files | feedback | reward model |
 | the figures | each phase | the run report |
+
+Each phase's output folder is ``<workdir>/<prefix>-<key>``; ``PHASE_OUTPUTS`` declares, per
+phase, what the key hashes (config paths, minus those that do not change the result, plus
+the upstream folders it reads) and what the folder holds. ``alignray.workflows.common.phase_dir``
+computes the key from it.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 DONE_FILE = "DONE"  # written last: a folder without it is an interrupted run
@@ -44,6 +50,64 @@ CURVES_FIGURE = "curves.png"  # PPO
 STAGE_TIMES_FIGURE = "stage_times.png"  # PPO
 MONITOR_FILE = "monitor.json"  # PPO: the over-optimisation monitor's checks and alarms
 OVEROPTIMISATION_FIGURE = "overoptimisation.png"  # PPO: proxy reward and judge against KL
+
+
+REPORT_FILE = "report.md"  # feedback (and the run report, beside report.html)
+RAY_TRAIN_DIR = "ray_train"  # a Ray Train run with its checkpoints (SFT, reward model)
+CHECKPOINTS_DIR = "checkpoints"  # PPO's actor and coordinator checkpoints
+UNFILTERED_DIR = "unfiltered"  # reward model retrained with the flagged annotators kept
+PROMPTS_COPY_DIR = "data"  # the embedded prompts as PPO and the evaluation read them
+
+
+@dataclass(frozen=True)
+class PhaseOutput:
+    """What names one phase's output folder, ``<workdir>/<prefix>-<key>``, and what it holds.
+
+    ``settings``: config paths whose values decide the output (a group such as ``"sft"``
+    stands for every key under it); ``ignored``: paths under them that do not change the
+    result (run control, logging, evaluation sizes of a later phase, and config keys that
+    only name an input the caller passes in ``inputs``); ``inputs``: the upstream paths the
+    phase reads, named; ``writes``: the files and folders it leaves there.
+    """
+    prefix: str
+    settings: tuple[str, ...]
+    ignored: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+
+
+FINISHED = (SUMMARY_FILE, DONE_FILE)
+# What cuts the embedded tweets into prompts and demonstrations (alignray.data.prepare_embedded_data).
+DATA = PhaseOutput("data", settings=("data.prompt_words", "data.min_response_words", "data.min_confidence",
+                                     "data.heldout_fraction"),
+                   writes=(PROMPTS_FILE, DEMONSTRATIONS_FILE, *FINISHED))
+SFT = PhaseOutput("sft", settings=("seed", "data", "sft"),
+                  ignored=("sft.resume", "sft.interrupt_after_steps", "sft.log_every", "data.prompts_path"),
+                  inputs=("base_model",),
+                  writes=(MODEL_DIR, METRICS_FILE, LOSS_FIGURE, RAY_TRAIN_DIR, *FINISHED))
+FEEDBACK = PhaseOutput("feedback", settings=("seed", "data", "feedback"),
+                       ignored=("feedback.sft_model_path", "data.demonstrations_path"),
+                       inputs=("policy",),
+                       writes=(FEEDBACK_FILE, PAIRS_FILE, POINTWISE_FILE, HELDOUT_FEEDBACK_FILE, HELDOUT_PAIRS_FILE,
+                               REPORT_FILE, AGREEMENT_FIGURE, RATINGS_FIGURE, ELO_FIGURE, *FINISHED))
+REWARD = PhaseOutput("reward", settings=("seed", "reward_model"),
+                     ignored=("reward_model.sft_model_path", "reward_model.feedback_dir", "reward_model.log_every"),
+                     inputs=("backbone", "feedback"),
+                     writes=(MODEL_DIR, METRICS_FILE, LOSS_FIGURE, CALIBRATION_FIGURE, EVAL_FILE, RAY_TRAIN_DIR,
+                             UNFILTERED_DIR, *FINISHED))
+PPO = PhaseOutput("ppo", settings=("seed", "data", "ppo"),
+                  ignored=("ppo.eval", "ppo.resume", "ppo.sft_model_path", "ppo.reward_model_path",
+                           "data.demonstrations_path", "data.max_response_tokens"),
+                  inputs=("sft_model", "reward_model"),
+                  writes=(POLICY_DIR, CHECKPOINTS_DIR, METRICS_FILE, CURVES_FIGURE, STAGE_TIMES_FIGURE, PROMPTS_COPY_DIR,
+                          MONITOR_FILE, OVEROPTIMISATION_FIGURE, *FINISHED))
+# The evaluation samples with PPO's sampling settings; its sizes are its own, not PPO's.
+EVALUATION = PhaseOutput("eval", settings=("seed", "data", "ppo.eval", "ppo.max_new_tokens", "ppo.temperature",
+                                           "ppo.top_p"),
+                         ignored=("ppo.eval.policy_path", "data.demonstrations_path", "data.max_response_tokens"),
+                         inputs=("sft_model", "policy", "base_model"),
+                         writes=(EVAL_FILE, SAMPLES_FILE, PROMPTS_COPY_DIR, *FINISHED))
+PHASE_OUTPUTS = (DATA, SFT, FEEDBACK, REWARD, PPO, EVALUATION)
 
 
 def is_complete(out_dir: Path) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 from alignray.artifacts import METRICS_FILE  # noqa: E402
+from alignray.report import PAGE_CONTENT_PX
 
 
 class MetricsLogger:
@@ -62,12 +63,75 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def plot_curves(records: list[dict], keys: list[str], out_png: str | Path, title: str = "",
                 x_key: str = "step") -> Path | None:
-    """One panel per key, drawn against `x_key`; keys absent from the records are skipped.
+    """One panel per key, drawn against `x_key`, in rows of at most three panels so the
+    figure fits the report page at its own size; keys absent from the records are skipped.
     None, with a warning, where matplotlib is not installed (the GPU machines may lack it)."""
     keys = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in records)]
     out_png = Path(out_png)
     if not keys:
         raise ValueError(f"none of the keys to plot appear in the records for {out_png.name}")
+    plt = _pyplot(out_png)
+    if plt is None:
+        return None
+    columns = 2 if len(keys) == 4 else min(len(keys), 3)
+    rows = math.ceil(len(keys) / columns)
+    panel_width = min(5.0, (PAGE_CONTENT_PX - 10) / FIGURE_DPI / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(panel_width * columns, 2.8 * rows + (0.4 if title else 0)),
+                             squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        points = [(r[x_key], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 40 else None)
+        ax.set_title(key)
+        ax.set_xlabel(x_key)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    return _save(plt, fig, out_png, title)
+
+
+def stage_stack(records: list[dict], stages: list[str], total_key: str = "step_s",
+                x_key: str = "step") -> tuple[list, dict[str, list[float]]]:
+    """The steps, and per stage (``time/<stage>``, one after another) the seconds of each step,
+    with "other" last: the rest of ``total_key``. Stages no record has are left out."""
+    rows = [r for r in records if isinstance(r.get(total_key), (int, float))]
+    stack = {stage: [float(r.get(f"time/{stage}", 0.0)) for r in rows] for stage in stages
+             if any(isinstance(r.get(f"time/{stage}"), (int, float)) for r in rows)}
+    stacked = [sum(seconds) for seconds in zip(*stack.values())] or [0.0] * len(rows)
+    stack["other"] = [max(r[total_key] - s, 0.0) for r, s in zip(rows, stacked)]
+    return [r[x_key] for r in rows], stack
+
+
+def plot_stage_times(records: list[dict], stages: list[str], out_png: str | Path, title: str = "",
+                     total_key: str = "step_s", x_key: str = "step") -> Path | None:
+    """Where each step's wall time goes: one bar per step, stacked by ``stages`` (keys
+    ``time/<stage>``, which must run one after another), the rest of ``total_key`` on top."""
+    steps, stack = stage_stack(records, stages, total_key, x_key)
+    out_png = Path(out_png)
+    if len(stack) == 1:
+        raise ValueError(f"none of the stages {stages} appear in the records for {out_png.name}")
+    plt = _pyplot(out_png)
+    if plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(9.0, 4.0))
+    bottom = [0.0] * len(steps)
+    for stage, seconds in stack.items():
+        ax.bar(steps, seconds, bottom=bottom, width=0.8, label=stage,
+               color="lightgrey" if stage == "other" else None)
+        bottom = [b + s for b, s in zip(bottom, seconds)]
+    ax.set_xlabel(x_key)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # steps, not fractions of one
+    ax.set_ylabel("seconds")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+    return _save(plt, fig, out_png, title)
+
+
+# The report page shows a figure up to PAGE_CONTENT_PX wide at its own size; at 100 dpi
+# matplotlib's 10-point text is then about 14 pixels high.
+FIGURE_DPI = 100
+
+
+def _pyplot(out_png: Path):
     try:
         import matplotlib
     except ModuleNotFoundError:
@@ -75,18 +139,15 @@ def plot_curves(records: list[dict], keys: list[str], out_png: str | Path, title
         return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        points = [(r[x_key], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 40 else None)
-        ax.set_title(key)
-        ax.set_xlabel(x_key)
-        ax.grid(alpha=0.3)
+    return plt
+
+
+def _save(plt, fig, out_png: Path, title: str) -> Path:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    fig.savefig(out_png, dpi=FIGURE_DPI)
     plt.close(fig)
     return out_png
 

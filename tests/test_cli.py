@@ -1,6 +1,7 @@
 """The `alignray` command (workflows/cli.py), run as the console script runs it: a new
 process, `python -m alignray.workflows.cli` (the venv's `alignray` script exists only after the
 project is installed again), plus the declaration that makes the script."""
+import io
 import json
 import subprocess
 import sys
@@ -30,7 +31,7 @@ def test_help_lists_every_subcommand_with_one_line():
     assert done.returncode == 0, done.stderr
     listed = {line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")}
     assert listed == {"run", "pretrain", "sft", "feedback", "reward-model", "ppo", "evaluate", "serve",
-                      "submit", "generate"}
+                      "submit", "generate", "chat"}
     assert alignray().returncode == 2  # no command: usage on stderr
 
 
@@ -63,3 +64,28 @@ def test_generate_samples_each_prompt_reproducibly(tiny_base_model, tmp_path, ca
         ("I love the new", 0), ("I love the new", 1), ("Monday mornings are", 0), ("Monday mornings are", 1)]
     with pytest.raises(SystemExit, match="not a model folder"):
         cli.main(["generate", "--model", str(tmp_path), "--prompt", "hi"])
+
+
+def test_chat_answers_piped_prompts_until_exit_and_matches_generate(tiny_base_model):
+    """A new process reading piped stdin, as `echo ... | alignray chat` runs: one response per
+    prompt line, blank lines skipped, nothing read after /exit; the first turn samples as
+    `generate` does with the same seed (they share the loading and sampling code)."""
+    sampling = ["--model", str(tiny_base_model), "--max-new-tokens", "6", "--seed", "5"]
+    chat = subprocess.run([sys.executable, "-m", "alignray.workflows.cli", "chat", *sampling], cwd=ROOT, text=True,
+                          input="I love the new\n\nMonday mornings are\n/exit\nThe weather today is\n",
+                          capture_output=True, timeout=300, check=False)
+    assert chat.returncode == 0, chat.stderr
+    answers = chat.stdout.splitlines()
+    assert len(answers) == 2 and all(answers)
+    assert "> " in chat.stderr and "/exit" in chat.stderr  # the marker and the help line, not on stdout
+    generated = alignray("generate", *sampling, "--prompt", "I love the new")
+    assert generated.returncode == 0, generated.stderr
+    assert json.loads(generated.stdout)["response"].replace("\n", " ") == answers[0]
+
+
+def test_chat_ends_at_end_of_input_and_refuses_a_folder_without_a_model(tiny_base_model, tmp_path, capsys):
+    assert cli.chat(["--model", str(tiny_base_model), "--max-new-tokens", "4", "--samples", "2"],
+                    stdin=io.StringIO("My phone just")) == 0  # no newline, then end of input
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    with pytest.raises(SystemExit, match="not a model folder"):
+        cli.chat(["--model", str(tmp_path)], stdin=io.StringIO("hi\n"))

@@ -4,6 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from alignray import artifacts
+from alignray.report import PAGE_CONTENT_PX, png_size
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -27,3 +32,73 @@ def test_multirun_of_two_ppo_settings_gives_two_runs_with_their_own_metrics(tmp_
         coefs.add(records[0]["kl_coef"])
         assert (run / "DONE").exists() and (run / "policy" / "config.json").exists()
     assert coefs == {0.1, 0.3}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_base_model) -> tuple[Path, list[str]]:
+    """The whole pipeline once at experiment=tiny, every phase trained: its folder and the
+    overrides that reuse it."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    overrides = ["experiment=tiny", f"cache_dir={tiny_base_model.parent.parent}", f"workdir={root}/runs"]
+    result = subprocess.run([sys.executable, "-m", "alignray.workflows.pipeline", *overrides, f"hydra.run.dir={root}/hydra"],
+                            cwd=REPO, capture_output=True, text=True, timeout=1200, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root, overrides
+
+
+def trained_folders(runs: Path) -> set[str]:
+    return {p.name for prefix in ("sft", "feedback", "reward", "ppo") for p in runs.glob(f"{prefix}-*")}
+
+
+def test_multirun_of_the_pipeline_gives_each_job_its_own_report(tiny_run):
+    """A sweep of the evaluation's size reuses every trained phase; each job evaluates with
+    its own setting and writes its own report beside its config."""
+    root, overrides = tiny_run
+    trained = trained_folders(root / "runs")
+    assert len(trained) == 4
+    command = [sys.executable, "-m", "alignray.workflows.pipeline", "-m", *overrides, "ppo.eval.num_prompts=8,12",
+               f"hydra.sweep.dir={root}/multirun"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    assert trained_folders(root / "runs") == trained  # nothing trained again
+    ppo_dirs = set()
+    for job, num_prompts in (("0", 8), ("1", 12)):
+        report = root / "multirun" / job / "report"
+        assert (root / "multirun" / job / "pipeline-config.yaml").exists()
+        markdown = report.joinpath("report.md").read_text()
+        assert f"This run is multirun job {job}: experiment=tiny " in markdown
+        assert f" ppo.eval.num_prompts={num_prompts}." in markdown
+        assert f"on {num_prompts} held-out prompts" in markdown
+        assert "<img" in report.joinpath("report.html").read_text()
+        phases = json.loads(report.joinpath("phases.json").read_text())
+        assert json.loads(Path(phases["eval"], "eval.json").read_text())["num_prompts"] == num_prompts
+        ppo_dirs.add(phases["ppo"])
+    assert len(ppo_dirs) == 1 and Path(ppo_dirs.pop()).name in trained
+
+
+def test_a_run_report_has_readable_figures_and_tables(tiny_run):
+    """Every figure of a real run's report fits the page's width (shown at its own size), and
+    counts are tables, not Python literals."""
+    report = tiny_run[0] / "runs" / "report"
+    figures = sorted((report / "figures").glob("*.png"))
+    drawn = {figure.name.split("-", 1)[1] for figure in figures}
+    assert {artifacts.AGREEMENT_FIGURE, artifacts.CALIBRATION_FIGURE, artifacts.CURVES_FIGURE,
+            artifacts.STAGE_TIMES_FIGURE} <= drawn
+    assert all(png_size(figure)[0] <= PAGE_CONTENT_PX for figure in figures), [
+        (figure.name, png_size(figure)) for figure in figures]
+    markdown = report.joinpath("report.md").read_text()
+    assert "**Accepted rows by source**" in markdown and "**Training tables**" in markdown
+    assert "{'" not in markdown and "': " not in markdown
+
+
+def test_each_phase_folder_holds_only_what_its_declaration_lists(tiny_run):
+    """alignray.artifacts.PHASE_OUTPUTS names what each phase writes: a run's folders hold
+    nothing else, and every phase of the pipeline left its folder."""
+    folders = [p for p in (tiny_run[0] / "runs").iterdir() if p.name != "report"]
+    # the per-split names (PROMPTS_FILE, ...) stand for one file per split
+    declared = {phase.prefix: {name.format(split=split) for name in phase.writes for split in ("train", "heldout")}
+                for phase in artifacts.PHASE_OUTPUTS}
+    assert {p.name.split("-")[0] for p in folders} == set(declared)
+    for folder in folders:
+        assert {p.name for p in folder.iterdir()} <= declared[folder.name.split("-")[0]], folder.name

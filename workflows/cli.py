@@ -6,6 +6,7 @@ sampling from a trained policy.
     alignray sft --help                           # a phase's Hydra help: its config and how to override it
     alignray submit ppo ppo.steps=10              # a Ray job on a cluster (python -m alignray.cluster.submit)
     alignray generate --model runs/<name>/ppo-<hash>/policy --prompt "I love the new"
+    alignray chat --model runs/<name>/ppo-<hash>/policy   # a prompt per line on stdin; /exit or EOF ends
 
 Each subcommand imports its app only when it runs, so `alignray --help` starts in a moment
 and the Ray-free `alignray/` package stays Ray-free.
@@ -33,6 +34,7 @@ HYDRA_APPS = {
 OTHER_COMMANDS = {
     "submit": "submit a workflow to a Ray cluster as a Ray job, follow or stop it (alignray.cluster.submit)",
     "generate": "sample responses from a trained policy: --model DIR --prompt TEXT | --prompts-file F",
+    "chat": "try a trained policy interactively: --model DIR, then one prompt per line (/exit ends)",
 }
 
 
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "generate":
         return generate(rest)
+    if command == "chat":
+        return chat(rest)
     if command == "submit":
         from alignray.cluster import submit
         return submit.main(rest)
@@ -68,22 +72,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def generate_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="alignray generate", description="Sample responses from a trained policy (any causal LM folder); "
-        "one JSON object per line on stdout: prompt, sample, response.")
+def add_sampling_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The model and how it samples: the same for `generate` and `chat`."""
     parser.add_argument("--model", required=True, help="a Hugging Face model folder (e.g. a PPO run's policy/)")
-    prompts = parser.add_mutually_exclusive_group(required=True)
-    prompts.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    prompts.add_argument("--prompts-file", type=Path, help="a text file, one prompt per line")
     parser.add_argument("--samples", type=int, default=1, help="responses per prompt (default 1)")
     parser.add_argument("--max-new-tokens", type=int, default=36, help="tokens per response (default 36)")
     parser.add_argument("--max-prompt-tokens", type=int, default=24,
                         help="a longer prompt keeps its last tokens (default 24, data.max_prompt_tokens)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same responses")
+    return parser
+
+
+def generate_parser() -> argparse.ArgumentParser:
+    parser = add_sampling_options(argparse.ArgumentParser(
+        prog="alignray generate", description="Sample responses from a trained policy (any causal LM folder); "
+        "one JSON object per line on stdout: prompt, sample, response."))
+    prompts = parser.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    prompts.add_argument("--prompts-file", type=Path, help="a text file, one prompt per line")
     parser.add_argument("--batch-size", type=int, default=16)
     return parser
+
+
+def chat_parser() -> argparse.ArgumentParser:
+    return add_sampling_options(argparse.ArgumentParser(
+        prog="alignray chat", description="Try a trained policy: type a prompt, read its response(s). Each "
+        "line is a new prompt (no conversation history); /exit or end of input (Ctrl-D) ends. Reads piped "
+        "stdin too: responses go to stdout, one per line, the prompt marker and progress to stderr."))
 
 
 def read_prompt_lines(path: Path) -> list[str]:
@@ -95,22 +111,56 @@ def read_prompt_lines(path: Path) -> list[str]:
     return prompts
 
 
-def generate(argv: list[str]) -> int:
-    args = generate_parser().parse_args(argv)
-    if not (Path(args.model) / "config.json").is_file():
-        raise SystemExit(f"alignray generate: {args.model} is not a model folder (no config.json)")
-    prompts = args.prompt or read_prompt_lines(args.prompts_file)
-    from alignray.feedback.sampling import load_policy, sample_policy_responses
+def load_trained_policy(command: str, model_dir: str):
+    """The policy and its tokenizer, or an error naming the folder that is not a model."""
+    if not (Path(model_dir) / "config.json").is_file():
+        raise SystemExit(f"alignray {command}: {model_dir} is not a model folder (no config.json)")
+    from alignray.feedback.sampling import load_policy
+    return load_policy(model_dir)
 
-    model, tokenizer = load_policy(args.model)
+
+def respond(policy, prompts: list[str], args: argparse.Namespace, seed: int,
+            batch_size: int = 16) -> list[list[str]]:
+    """``args.samples`` responses to each prompt, sampled as the options say."""
+    from alignray.feedback.sampling import sample_policy_responses
+    model, tokenizer = policy
     # Progress lines go to stderr: stdout holds only the answers.
     with contextlib.redirect_stdout(sys.stderr):
-        responses = sample_policy_responses(model, tokenizer, prompts, args.samples, args.max_prompt_tokens,
-                                            args.max_new_tokens, args.batch_size, args.temperature, args.seed,
-                                            label=Path(args.model).name)
+        return sample_policy_responses(model, tokenizer, prompts, args.samples, args.max_prompt_tokens,
+                                       args.max_new_tokens, batch_size, args.temperature, seed,
+                                       label=Path(args.model).name)
+
+
+def generate(argv: list[str]) -> int:
+    args = generate_parser().parse_args(argv)
+    prompts = args.prompt or read_prompt_lines(args.prompts_file)
+    policy = load_trained_policy("generate", args.model)
+    responses = respond(policy, prompts, args, args.seed, args.batch_size)
     for prompt, answers in zip(prompts, responses):
         for sample, response in enumerate(answers):
             print(json.dumps({"prompt": prompt, "sample": sample, "response": response}, ensure_ascii=False))
+    return 0
+
+
+def chat(argv: list[str], stdin=None) -> int:
+    """Answer each prompt read from ``stdin`` until ``/exit`` or end of input. Turn ``t`` samples
+    with seed ``--seed + t``: a session replays exactly, and a repeated prompt gets new answers."""
+    args = chat_parser().parse_args(argv)
+    stdin = sys.stdin if stdin is None else stdin
+    policy = load_trained_policy("chat", args.model)
+    print(f"alignray chat with {args.model}: a prompt per line, /exit or Ctrl-D to end", file=sys.stderr)
+    turn = 0
+    while True:
+        print("> ", end="", file=sys.stderr, flush=True)
+        line = stdin.readline()
+        if not line or line.strip() == "/exit":
+            break
+        if not line.strip():
+            continue
+        for response in respond(policy, [line.strip()], args, args.seed + turn)[0]:
+            print(response.replace("\n", " "), flush=True)
+        turn += 1
+    print(file=sys.stderr)
     return 0
 
 

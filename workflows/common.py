@@ -1,5 +1,6 @@
 """What every Hydra app does first: register the schemas, log and save its resolved
-config, and find (or reuse) the folder of a phase's output."""
+config, and find (or reuse) the folder of a phase's output (keyed as alignray.artifacts
+declares)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from alignray import CONF_DIR
-from alignray.artifacts import is_complete, mark_complete  # noqa: F401  (the apps take them from here)
+from alignray.artifacts import DATA, PhaseOutput, is_complete, mark_complete  # noqa: F401  (the apps take them from here)
 from alignray.config import register_configs
 from alignray.data import prepare_embedded_data
 
@@ -42,24 +43,54 @@ def _hydra_output_dir() -> Path | None:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def config_hash(*nodes) -> str:
-    """A short, stable hash of config nodes (and plain values): the identity of a phase's
-    output, so a phase whose output exists for the same settings is reused."""
-    def plain(node):
-        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-    text = json.dumps([plain(n) for n in nodes], sort_keys=True, default=str)
+def phase_settings(cfg: DictConfig, phase: PhaseOutput) -> dict:
+    """The settings ``phase`` declares as deciding its output, flattened to dotted keys
+    (``{"sft.lr": 3e-4, ...}``), with its ignored keys left out. A declared path that the
+    config lacks is an error naming it."""
+    flat: dict = {}
+    for path in phase.settings:
+        node = OmegaConf.select(cfg, path, default=_ABSENT)
+        if node is _ABSENT:
+            raise KeyError(f"phase {phase.prefix!r} hashes {path!r}, which the config does not have")
+        _flatten(path, OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node, flat)
+    for path in phase.ignored:
+        if not any(key == path or key.startswith(path + ".") for key in flat):
+            raise KeyError(f"phase {phase.prefix!r} ignores {path!r}, which is not among its settings")
+    return {key: value for key, value in flat.items()
+            if not any(key == path or key.startswith(path + ".") for path in phase.ignored)}
+
+
+_ABSENT = object()
+
+
+def _flatten(prefix: str, value, into: dict) -> None:
+    if isinstance(value, dict) and value:
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}", inner, into)
+    else:
+        into[prefix] = value
+
+
+def output_key(cfg: DictConfig, phase: PhaseOutput, **inputs) -> str:
+    """A short, stable hash of what decides ``phase``'s output: its settings and the
+    upstream paths it reads (every input it declares, by name)."""
+    if set(inputs) != set(phase.inputs):
+        raise TypeError(f"phase {phase.prefix!r} is keyed by the inputs {list(phase.inputs)}, given {list(inputs)}")
+    text = json.dumps({"settings": phase_settings(cfg, phase), "inputs": {k: str(v) for k, v in inputs.items()}},
+                      sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
-def phase_dir(cfg: DictConfig, phase: str, *nodes) -> Path:
-    """`<workdir>/<phase>-<hash of the settings that decide its output>`."""
-    return Path(cfg.workdir).expanduser().resolve() / f"{phase}-{config_hash(*nodes)}"
+def phase_dir(cfg: DictConfig, phase: PhaseOutput, **inputs) -> Path:
+    """``<workdir>/<prefix>-<output key>``: a phase whose folder is complete for the same
+    key is reused."""
+    return Path(cfg.workdir).expanduser().resolve() / f"{phase.prefix}-{output_key(cfg, phase, **inputs)}"
 
 
 def embedded_data_dir(cfg: DictConfig) -> Path:
     """The embedded default's prompts and demonstrations (alignray.artifacts names the
     files), prepared once per data config and reused."""
-    data_dir = phase_dir(cfg, "data", cfg.data)
+    data_dir = phase_dir(cfg, DATA)
     if not is_complete(data_dir):
         paths = prepare_embedded_data(cfg.data, data_dir)
         mark_complete(data_dir, {name: str(path) for name, path in paths.items()})

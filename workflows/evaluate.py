@@ -3,6 +3,10 @@ win honest?
 
     python -m alignray.workflows.evaluate ppo.eval.policy_path=<ppo dir>/policy [ppo.sft_model_path=...]
 
+Output, ``<workdir>/eval-<hash>/`` (keyed as alignray.artifacts.EVALUATION declares: the
+seed, the evaluation's own settings and sizes, PPO's sampling settings, the models judged):
+``eval.json``, ``samples.jsonl``, ``summary.json``; reused when complete.
+
 Both policies answer the same held-out prompts (same sampling settings as PPO, same seed);
 annotators 6-10, who never gave training feedback, score every response (their mean).
 Reported next to the win-rate and its bootstrap interval: KL to the SFT (reference) model
@@ -20,7 +24,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from alignray.artifacts import EVAL_FILE, SAMPLES_FILE
+from alignray.artifacts import EVAL_FILE, EVALUATION, PROMPTS_COPY_DIR, SAMPLES_FILE
 from alignray.base_model import resolve_base_model
 from alignray.data import format_prompt, prepare_embedded_data, read_prompts
 from alignray.evaluation import GuardReport, bootstrap_ci, words
@@ -29,7 +33,7 @@ from alignray.generation import (decode_responses, disable_dropout, response_log
                                  token_logprobs)
 from alignray.modeling import load_causal_lm, load_tokenizer
 from alignray.ppo import TWEET_CONSTRAINTS_EXAMPLE, ConstraintPenalty, masked_sum
-from alignray.workflows.common import CONFIG_PATH, start_app
+from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
 
 log = logging.getLogger("alignray.evaluate")
 BATCH = 64
@@ -70,7 +74,7 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
     out.mkdir(parents=True, exist_ok=True)
     ppo = cfg.ppo
     if reference_prompts_path is None:
-        reference_prompts_path = prepare_embedded_data(cfg.data, out / "data")["prompts_heldout"]
+        reference_prompts_path = prepare_embedded_data(cfg.data, out / PROMPTS_COPY_DIR)["prompts_heldout"]
     table, _ = read_prompts(reference_prompts_path)
     prompts = table.column("prompt").to_pylist()[: ppo.eval.num_prompts]
 
@@ -120,6 +124,19 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
     return result
 
 
+def run_evaluation(cfg, sft_path: str, policy_path: str, base_path: str | None = None) -> Path:
+    """Evaluate (or reuse) the policy against the SFT model on ``ppo.eval.prompts_path``
+    (None: the embedded held-out prompts); returns the folder holding eval.json."""
+    out = phase_dir(cfg, EVALUATION, sft_model=sft_path, policy=policy_path, base_model=base_path)
+    if is_complete(out):
+        log.info("evaluation for these settings exists: %s", out)
+        return out
+    result = evaluate_policies(cfg, sft_path, policy_path, cfg.ppo.eval.prompts_path, out, base_path=base_path)
+    mark_complete(out, {key: result[key] for key in ("sft_model", "ppo_policy", "num_prompts", "win_rate",
+                                                     "ci_low", "ci_high", "verdict")})
+    return out
+
+
 def response_texts(tokenizer, chunks) -> list[str]:
     return [t for _, _, s in chunks for t in decode_responses(tokenizer, s.response_ids, s.response_mask)]
 
@@ -158,8 +175,8 @@ def main(cfg: DictConfig) -> dict:
     if not cfg.ppo.eval.policy_path:
         raise ValueError("set ppo.eval.policy_path to the PPO policy folder (<ppo output>/policy)")
     sft = cfg.ppo.sft_model_path or resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
-    out = Path(cfg.ppo.eval.policy_path).resolve().parent / "eval"
-    result = evaluate_policies(cfg, sft, cfg.ppo.eval.policy_path, cfg.ppo.eval.prompts_path, out)
+    out = run_evaluation(cfg, sft, str(Path(cfg.ppo.eval.policy_path).resolve()))
+    result = json.loads((out / EVAL_FILE).read_text())
     print(json.dumps(result, indent=2))
     return result
 

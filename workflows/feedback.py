@@ -41,7 +41,7 @@ from omegaconf import DictConfig
 
 from alignray.actors import runtime
 from alignray.actors.judge import judge_with_actor_pool
-from alignray.artifacts import (FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, HELDOUT_PAIRS_FILE, PAIRS_FILE, POINTWISE_FILE,
+from alignray.artifacts import (FEEDBACK, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, HELDOUT_PAIRS_FILE, PAIRS_FILE, POINTWISE_FILE,
                                 PROMPTS_FILE)
 from alignray.base_model import resolve_base_model
 from alignray.feedback import (annotator_quality, annotator_weights, build_training_tables, validate_feedback,
@@ -168,7 +168,7 @@ def run_feedback(cfg: DictConfig, sft_model_path: str) -> Path:
     """Generate or ingest feedback, validate, aggregate and report it; returns the phase
     folder (reused when complete). Needs a connected Ray when the AI judge runs."""
     sft_model_path = str(sft_model_path)
-    out = phase_dir(cfg, "feedback", cfg.feedback, cfg.data, sft_model_path, cfg.seed)
+    out = phase_dir(cfg, FEEDBACK, policy=sft_model_path)
     if is_complete(out):
         log.info("feedback output for these settings exists: %s", out)
         return out

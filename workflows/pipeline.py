@@ -4,9 +4,12 @@
     python -m alignray.workflows.pipeline ppo.steps=80 name=longer
     python -m alignray.workflows.pipeline -m ppo.kl.coef=0.1,0.2 # a sweep: one run folder per setting
 
-Each phase writes its output to `<workdir>/<phase>-<config hash>/` and the next phase reads
-it from there; a phase whose output is complete for the same settings is reused, so a
-re-run after a failure picks up where the failed one stopped.
+Each phase writes its output to `<workdir>/<phase>-<output key>/` (alignray.artifacts declares
+what each key hashes) and the next phase reads it from there; a phase whose output is
+complete for the same settings is reused, so a re-run after a failure picks up where the
+failed one stopped, and the jobs of a sweep share what their settings share. The report goes
+to `<workdir>/report/`; in a multirun, to each job's own folder (`<sweep dir>/<job>/report/`,
+beside the job's config), so every job keeps its report.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from alignray.actors import runtime
 from alignray.artifacts import MODEL_DIR, POLICY_DIR
 from alignray.base_model import resolve_base_model
 from alignray.workflows.common import CONFIG_PATH, start_app
-from alignray.workflows.evaluate import evaluate_policies
+from alignray.workflows.evaluate import run_evaluation
 from alignray.workflows.feedback import run_feedback
 from alignray.workflows.ppo import run_ppo
 from alignray.workflows.report import write_run_report
@@ -33,10 +36,20 @@ log = logging.getLogger("alignray.pipeline")
 
 
 def evaluate(cfg: DictConfig, base: str, sft_model: str, ppo_dir: Path) -> Path:
-    """PPO vs SFT by the held-out judge, beside the PPO run it judges."""
-    out = ppo_dir.parent / f"eval-{ppo_dir.name.removeprefix('ppo-')}"
-    evaluate_policies(cfg, sft_model, str(ppo_dir / POLICY_DIR), None, out, base_path=base)
-    return out
+    """PPO vs SFT by the held-out judge (reused when complete for the same settings)."""
+    return run_evaluation(cfg, sft_model, str(ppo_dir / POLICY_DIR), base)
+
+
+def report_dir(cfg: DictConfig) -> tuple[Path, str]:
+    """Where this run's report goes, and in a multirun which job of the sweep it is, with
+    the job's overrides ("" outside a multirun)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        hydra_cfg = HydraConfig.get()
+        return (Path(hydra_cfg.runtime.output_dir) / "report",
+                f"multirun job {hydra_cfg.job.num}: {' '.join(hydra_cfg.overrides.task)}")
+    return Path(cfg.workdir).expanduser().resolve() / "report", ""
 
 
 def run_pipeline(cfg: DictConfig) -> Path:
@@ -60,12 +73,12 @@ def run_pipeline(cfg: DictConfig) -> Path:
     eval_dir = timed("evaluation", evaluate, cfg, base, sft_model, ppo_dir)
     phases = {"base": Path(base), "sft": sft_dir, "feedback": feedback_dir, "reward": reward_dir,
               "ppo": ppo_dir, "eval": eval_dir}
-    report_dir = Path(cfg.workdir).expanduser().resolve() / "report"
-    paths = timed("report", write_run_report, cfg, phases, seconds, report_dir)
-    (report_dir / "phases.json").write_text(json.dumps({k: str(v) for k, v in phases.items()} | {
+    out, job = report_dir(cfg)
+    paths = timed("report", write_run_report, cfg, phases, seconds, out, job)
+    (out / "phases.json").write_text(json.dumps({k: str(v) for k, v in phases.items()} | {
         "seconds": seconds}, indent=2))
     print(f"\nreport: {paths['markdown']}\n        {paths['html']}", flush=True)
-    return report_dir
+    return out
 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")

@@ -43,10 +43,10 @@ from alignray.data import format_prompt, prepare_embedded_data, read_prompts, re
 from alignray.experience import (CriticTrainStats, Experience, PolicyTrainStats, PromptBatch, PromptStream,
                                  Rollout, build_experience, sequence_scores, step_metrics)
 from alignray.generation import decode_responses
-from alignray.artifacts import (CURVES_FIGURE, METRICS_FILE, OVEROPTIMISATION_FIGURE, POLICY_DIR,
-                                STAGE_TIMES_FIGURE)
+from alignray.artifacts import (CURVES_FIGURE, METRICS_FILE, OVEROPTIMISATION_FIGURE, POLICY_DIR, PPO,
+                                PROMPTS_COPY_DIR, STAGE_TIMES_FIGURE)
 from alignray.base_model import resolve_base_model
-from alignray.metrics import MetricsLogger, StageTimes, plot_curves, read_metrics
+from alignray.metrics import MetricsLogger, StageTimes, plot_curves, plot_stage_times, read_metrics
 from alignray.monitor import best_check, plot_overoptimisation
 from alignray.model_card import ModelCard, write_model_card
 from alignray.modeling import check_position_limit, load_tokenizer
@@ -67,6 +67,9 @@ log = logging.getLogger("alignray.ppo")
 # keys a run does not log (value_loss without a critic, kl_loss with the KL in the reward) are left out
 PROGRESS_KEYS = ("reward_raw", "kl", "response_length", "value_loss", "kl_loss", "approx_kl", "step_s")
 CURVES = ["reward_raw", "reward_normalized", "kl", "response_length", "value_loss", "kl_loss"]
+# The stages of a step that run one after another (``time/<stage>``): stacked, they make the
+# step's time. The rest (reference, scoring, policy_train, ...) run in parallel inside them.
+SEQUENTIAL_STAGES = ["sync", "sync_probe", "generation", "experience", "training", "monitor"]
 
 
 class PPOCoordinator:
@@ -188,12 +191,12 @@ class PPOCoordinator:
             started = time.monotonic()
             metrics = self.step(step)
             self.updates = step + 1
-            metrics["step_s"] = time.monotonic() - started
             stop = False
             if self.monitor:  # its cost is one of the step's stage times
                 watched = time.monotonic()
                 stop = self.monitor.due(step + 1, ppo.steps) and self.watch(step + 1)
                 metrics["time/monitor"] = round(time.monotonic() - watched, 4)
+            metrics["step_s"] = time.monotonic() - started
             step_times.append({"step": step, **{k[5:]: v for k, v in metrics.items() if k.startswith("time/")}})
             metrics_log.log(step + 1, PROGRESS_KEYS, **metrics)
             last = step + 1 == ppo.steps or stop
@@ -363,7 +366,7 @@ class PromptText:
 def load_prompt_texts(data_cfg, tokenizer, out: Path, max_prompts: int) -> list[PromptText]:
     """The training prompts, validated (alignray.data.read_prompts)."""
     if data_cfg.source == "embedded":
-        path = prepare_embedded_data(data_cfg, out / "data")["prompts_train"]
+        path = prepare_embedded_data(data_cfg, out / PROMPTS_COPY_DIR)["prompts_train"]
     else:
         path = data_cfg.prompts_path
     table, _ = read_prompts(path)
@@ -382,7 +385,7 @@ def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None)
     """Train the policy with PPO; returns the output folder (``policy/`` in HF format,
     metrics.jsonl, curves.png, summary.json). A finished run with the same settings is reused;
     an interrupted one resumes from its last checkpoint."""
-    out = phase_dir(cfg, "ppo", cfg.ppo, str(sft_model_path), str(reward_model_path))
+    out = phase_dir(cfg, PPO, sft_model=sft_model_path, reward_model=reward_model_path)
     if is_complete(out):
         log.info("PPO output exists: %s", out)
         return out
@@ -407,8 +410,7 @@ def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None)
             coordinator.actors.shutdown()
     records = read_metrics(out / METRICS_FILE)
     plot_curves(records, CURVES, out / CURVES_FIGURE, title="PPO")
-    plot_curves(records, [k for k in records[-1] if k.startswith("time/")], out / STAGE_TIMES_FIGURE,
-                title="PPO stage wall time (s)")
+    plot_stage_times(records, SEQUENTIAL_STAGES, out / STAGE_TIMES_FIGURE, title="Where a PPO step's time goes")
     if monitor:
         plot_overoptimisation(monitor.history, policy_step, monitor.fired, out / OVEROPTIMISATION_FIGURE)
     write_model_card(policy_dir, policy_card(ppo, str(sft_model_path), reward_model_path, records))

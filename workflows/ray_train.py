@@ -51,12 +51,12 @@ from ray.train.torch import TorchTrainer
 
 from alignray.actors.runtime import wait_for_capacity
 from alignray import deepspeed_strategy as strategy
-from alignray.artifacts import MODEL_DIR
+from alignray.artifacts import MODEL_DIR, RAY_TRAIN_DIR
 from alignray.config.training import DeepSpeedConfig
 from alignray.metrics import MetricsLogger
 from alignray.modeling import load_tokenizer
 
-RUN_NAME = "ray_train"  # the Ray Train run folder inside a phase's output folder
+RUN_NAME = RAY_TRAIN_DIR  # the Ray Train run folder inside a phase's output folder
 DEEPSPEED_DIR = "deepspeed"  # DeepSpeed state inside each checkpoint
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from alignray.artifacts import (AGREEMENT_FIGURE, CALIBRATION_FIGURE, CURVES_FIGURE, ELO_FIGURE, EVAL_FILE,
-                                LOSS_FIGURE, METRICS_FILE, RATINGS_FIGURE, SAMPLES_FILE, STAGE_TIMES_FIGURE,
-                                SUMMARY_FILE)
+                                LOSS_FIGURE, METRICS_FILE, RATINGS_FIGURE, REPORT_FILE, SAMPLES_FILE,
+                                MONITOR_FILE, OVEROPTIMISATION_FIGURE, STAGE_TIMES_FIGURE, SUMMARY_FILE)
 from alignray.metrics import read_metrics
+from alignray.monitor import read_history
 from alignray.report import Section, write_report
 
 SAMPLES_IN_REPORT = 8
@@ -75,17 +76,24 @@ def sft_section(sft: Path) -> Section:
 
 def feedback_section(feedback: Path) -> Section:
     s = _json(feedback / SUMMARY_FILE)
-    alpha = ", ".join(f"{k} {v:.3f}" for k, v in s.get("alpha", {}).items() if isinstance(v, (int, float)))
+    flagged = ", ".join(s.get("flagged_annotators") or []) or "nobody"
     text = [f"{s.get('rows_in')} feedback rows in = {s.get('rows_accepted')} accepted + {s.get('rows_rejected')} "
-            f"rejected; by source: {s.get('rows_by_source')}.",
-            f"{s.get('annotators')} annotators; Krippendorff's alpha: {alpha or 'n/a'}; flagged as bad faith: "
-            f"{s.get('flagged_annotators') or 'nobody'} (policy: {s.get('annotator_policy')}).",
-            f"Training tables: {s.get('training_tables')}."]
+            f"rejected, from {s.get('annotators')} annotators; flagged as bad faith: {flagged} "
+            f"(policy: {s.get('annotator_policy')})."]
+    tables = {"Accepted rows by source": _key_value_rows(["source", "rows"], s.get("rows_by_source", {})),
+              "Krippendorff's alpha by form of feedback": _key_value_rows(["form", "alpha"], s.get("alpha", {})),
+              "Training tables": _key_value_rows(["count of", "rows"], s.get("training_tables", {}))}
     if s.get("rlaif"):
-        text.append(f"AI judge (RLAIF): {json.dumps(s['rlaif'])}")
-    text.append(f"Full feedback report: {feedback / 'report.md'}")
-    return Section("3a. Human feedback and annotator quality", text, [],
-                   _figures(feedback, [AGREEMENT_FIGURE, RATINGS_FIGURE, ELO_FIGURE]))
+        scalars = {k: v for k, v in s["rlaif"].items() if isinstance(v, (int, float, str))}
+        tables["AI judge (RLAIF)"] = _key_value_rows(["measure", "value"], scalars)
+    text.append(f"Full feedback report: {feedback / REPORT_FILE}")
+    return Section("3a. Human feedback and annotator quality", text,
+                   figures=_figures(feedback, [AGREEMENT_FIGURE, RATINGS_FIGURE, ELO_FIGURE]),
+                   named_tables={caption: rows for caption, rows in tables.items() if len(rows) > 1})
+
+
+def _key_value_rows(header: list[str], values: dict) -> list[list]:
+    return [header, *([key, value] for key, value in values.items())]
 
 
 def reward_section(reward: Path, reward_eval: dict) -> Section:
@@ -116,9 +124,27 @@ def ppo_section(ppo: Path) -> tuple[Section, Section]:
     ppo_sec = Section("4. PPO", ["Last step's metrics; curves over all steps below."], rows,
                       _figures(ppo, [CURVES_FIGURE]))
     timing_sec = Section("Stage timing of a PPO step",
-                         ["Stages that run in parallel overlap, so shares can add up to more than 100%."],
+                         ["The chart stacks, for each step, the stages that run one after another (weight sync, "
+                          "its probe check, generation, experience, training) and the rest of the step; the table "
+                          "also lists the work that runs in parallel inside experience and training, so its "
+                          "shares add up to more than 100%."],
                          timing if len(timing) > 1 else [], _figures(ppo, [STAGE_TIMES_FIGURE]))
     return ppo_sec, timing_sec
+
+
+def monitor_section(ppo: Path) -> list[Section]:
+    """The over-optimisation monitor's checks, alarms and the policy it kept (none when it did not run)."""
+    if not (ppo / MONITOR_FILE).exists():
+        return []
+    history, fired, _, _ = read_history(ppo / MONITOR_FILE)
+    kept = _json(ppo / SUMMARY_FILE).get("policy_step")
+    rows = [["step", "proxy reward", "judge win-rate vs SFT", "95% interval", "KL", "length vs SFT", "degenerate"]]
+    rows += [[c.step, c.proxy_reward, c.judge_win_rate, f"[{_fmt(c.judge_ci_low)}, {_fmt(c.judge_ci_high)}]", c.kl,
+              c.length_ratio, c.degenerate_share] for c in history]
+    said = [f"The policy handed to evaluation is the one after {kept} updates: the held-out judge preferred it "
+            "on the probe prompts (disjoint from the evaluation's)."]
+    said += [f"Alarm {a.rule} at step {a.step}: {a.evidence}." for a in fired] or ["No alarm was raised."]
+    return [Section("4b. Over-optimisation monitor", said, rows, _figures(ppo, [OVEROPTIMISATION_FIGURE]))]
 
 
 def evaluation_section(evaluation: dict) -> Section:
@@ -152,7 +178,9 @@ def samples_section(eval_dir: Path) -> Section:
                    rows)
 
 
-def write_run_report(cfg: DictConfig, phases: dict[str, Path], seconds: dict[str, float], out_dir: Path) -> dict:
+def write_run_report(cfg: DictConfig, phases: dict[str, Path], seconds: dict[str, float], out_dir: Path,
+                     job: str = "") -> dict:
+    """``job``: which job of a sweep this is and its overrides, shown under the title."""
     evaluation = _json(phases["eval"] / EVAL_FILE)
     reward_eval = _json(phases["reward"] / EVAL_FILE)
     ppo_sec, timing_sec = ppo_section(phases["ppo"])
@@ -161,6 +189,9 @@ def write_run_report(cfg: DictConfig, phases: dict[str, Path], seconds: dict[str
                           [["phase", "seconds"], *[[k, v] for k, v in seconds.items()]])
     sections = [headline(evaluation, reward_eval, seconds), pretrained_section(phases["base"]),
                 sft_section(phases["sft"]), feedback_section(phases["feedback"]),
-                reward_section(phases["reward"], reward_eval), ppo_sec, evaluation_section(evaluation),
+                reward_section(phases["reward"], reward_eval), ppo_sec, *monitor_section(phases["ppo"]),
+                evaluation_section(evaluation),
                 samples_section(phases["eval"]), timing_sec, phase_times]
+    if job:
+        sections[0].paragraphs.insert(0, f"This run is {job}.")
     return write_report(out_dir, f"alignray run '{cfg.name}'", sections)

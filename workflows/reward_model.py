@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alignray.actors import runtime
 from alignray.artifacts import (CALIBRATION_FIGURE, EVAL_FILE, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, LOSS_FIGURE,
-                                METRICS_FILE, MODEL_DIR, PAIRS_FILE, POINTWISE_FILE, SUMMARY_FILE)
+                                METRICS_FILE, MODEL_DIR, PAIRS_FILE, POINTWISE_FILE, REWARD, SUMMARY_FILE)
 from alignray.base_model import resolve_base_model
 from alignray.embedded.tweets import is_heldout
 from alignray.feedback import PAIRS_SCHEMA, POINTWISE_SCHEMA, build_training_tables, read_feedback
@@ -229,7 +229,7 @@ def run_reward_model(cfg: DictConfig, backbone_path: str, feedback_dir: str | Pa
     """Train, normalise and evaluate the reward model; returns the phase folder (reused
     when complete). The model is ``<out>/model``."""
     feedback_dir = Path(feedback_dir)
-    out = phase_dir(cfg, "reward", cfg.reward_model, backbone_path, str(feedback_dir.resolve()))
+    out = phase_dir(cfg, REWARD, backbone=backbone_path, feedback=feedback_dir.resolve())
     if is_complete(out):
         log.info("reusing the reward model in %s", out)
         return out

@@ -35,9 +35,8 @@ import ray.data
 from omegaconf import DictConfig, OmegaConf
 
 from alignray.actors import runtime
-from alignray.artifacts import DEMONSTRATIONS_FILE, LOSS_FIGURE, METRICS_FILE
+from alignray.artifacts import DEMONSTRATIONS_FILE, LOSS_FIGURE, METRICS_FILE, SFT
 from alignray.base_model import resolve_base_model
-from alignray.config.sft import RUN_CONTROL_KEYS
 from alignray.config.training import DeepSpeedConfig
 from alignray.data import read_demonstrations
 from alignray.embedded.tweets import is_heldout
@@ -56,11 +55,10 @@ TOKENIZE_BATCH_ROWS = 512
 
 
 def sft_output_dir(cfg: DictConfig, base_model_path: str) -> Path:
-    """The folder is named by everything that decides the SFT model, run control left out
-    (so ``resume=false`` or a drill does not move it)."""
-    settings = {k: v for k, v in OmegaConf.to_container(cfg.sft, resolve=True).items()
-                if k not in RUN_CONTROL_KEYS}
-    return phase_dir(cfg, "sft", settings, cfg.data, str(base_model_path))
+    """The folder is named by everything that decides the SFT model (alignray.artifacts.SFT:
+    the seed, data and SFT settings, the base model), run control left out (so
+    ``resume=false`` or a drill does not move it)."""
+    return phase_dir(cfg, SFT, base_model=base_model_path)
 
 
 # ----------------------------------------------------------------------------- data

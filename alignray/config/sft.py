@@ -27,6 +27,3 @@ class SFTConfig:
     interrupt_after_steps: int = 0
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
-
-# SFTConfig keys that change how a run proceeds but not the model it produces.
-RUN_CONTROL_KEYS = ("resume", "interrupt_after_steps", "log_every")

@@ -19,7 +19,10 @@ from alignray.feedback.aggregate import TrainingTables, per_prompt_matchups
 from alignray.feedback.elo import bradley_terry_fit, bradley_terry_to_elo_scale, elo_ratings
 from alignray.feedback.quality import FAMILIES, AnnotatorQuality
 from alignray.feedback.schema import AI_JUDGE_ID
+from alignray.report import PAGE_CONTENT_PX
 from alignray.validation import ValidationReport
+
+FEEDBACK_DPI = 110
 
 
 def elo_vs_bradley_terry(pairs: pa.Table, min_responses: int = 3, elo_passes: int = 10) -> tuple[pd.DataFrame, int]:
@@ -56,7 +59,8 @@ def _markdown_table(frame: pd.DataFrame, index_name: str) -> str:
 def _agreement_figure(quality: AnnotatorQuality, path: Path) -> None:
     table = quality.annotators
     families = [f for f in FAMILIES if f"{f}_score" in table]
-    figure = Figure(figsize=(max(6.0, 0.35 * len(table) + 2), 4.0))
+    # One bar group per annotator, as wide as the report page allows (many annotators: thinner bars).
+    figure = Figure(figsize=(min(max(6.0, 0.35 * len(table) + 2), (PAGE_CONTENT_PX - 10) / FEEDBACK_DPI), 4.0))
     axes = figure.add_subplot()
     width = 0.8 / max(1, len(families))
     x = np.arange(len(table))
@@ -71,7 +75,7 @@ def _agreement_figure(quality: AnnotatorQuality, path: Path) -> None:
     axes.set_title("Annotator agreement (flagged annotators shaded red)")
     axes.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=FEEDBACK_DPI)
 
 
 def _ratings_figure(feedback: pa.Table, path: Path) -> bool:
@@ -93,7 +97,7 @@ def _ratings_figure(feedback: pa.Table, path: Path) -> bool:
     axes.set_ylabel("density")
     axes.set_title("Rating distribution per annotator (before normalisation)")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=FEEDBACK_DPI)
     return True
 
 
@@ -108,7 +112,7 @@ def _elo_figure(comparison: pd.DataFrame, path: Path) -> None:
     axes.set_ylabel("Elo")
     axes.set_title("Per-prompt response ratings")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=FEEDBACK_DPI)
 
 
 def write_feedback_report(
