@@ -26,14 +26,28 @@ from alignray.layout import Resources, capacity_error, unplaceable  # noqa: E402
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
+# Ray Data reads its logging setup from this variable: INFO to its log file, not the console
+RAY_DATA_LOGGING_ENV = "RAY_DATA_LOGGING_CONFIG"
+RAY_DATA_LOGGING_FILE = str(REPO / "cluster" / "ray_data_logging.yaml")
 
 
 def worker_env() -> dict[str, str]:
     """What every actor and Ray Train worker needs: the project importable, no hub lookups,
-    and DeepSpeed's accelerator chosen from torch (on CPU nothing may JIT-compile)."""
+    DeepSpeed's accelerator chosen from torch (on CPU nothing may JIT-compile) and Ray
+    Data's INFO lines kept off the console."""
     import torch
     return {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")}
+            "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu"),
+            RAY_DATA_LOGGING_ENV: os.environ.get(RAY_DATA_LOGGING_ENV, RAY_DATA_LOGGING_FILE)}
+
+
+def quiet_ray_data_console() -> None:
+    """Ray Data's INFO lines (every execution's plan, and a block of progress every few
+    seconds when stdout is no terminal) to its ray-data.log only, in this process: they
+    came between the phases' own progress lines. Its workers get the same through worker_env."""
+    os.environ.setdefault(RAY_DATA_LOGGING_ENV, RAY_DATA_LOGGING_FILE)
+    from ray.data._internal.logging import configure_logging  # what `import ray.data` ran, before the variable
+    configure_logging()
 
 
 def connect(cluster_cfg, runtime_env: dict | None = None) -> bool:
@@ -41,6 +55,7 @@ def connect(cluster_cfg, runtime_env: dict | None = None) -> bool:
     (the caller then owns the instance and may `ray.shutdown()` it)."""
     if ray.is_initialized():
         return False
+    quiet_ray_data_console()
     address = cluster_cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         # A submitted job already carries its runtime env (cluster/runtime_env.yaml, with the
@@ -55,7 +70,10 @@ def connect(cluster_cfg, runtime_env: dict | None = None) -> bool:
         # "local": always a new instance. Without it ray.init joins whatever cluster a
         # `ray start` on this host last recorded in /tmp/ray/ray_current_cluster.
         address="local",
-        include_dashboard=False,
+        # Ray Train's PlacementGroupCleaner asks the State API, which the dashboard serves, whether
+        # the controller lives: without it every check failed with a warning (one a second).
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
         object_store_memory=int(cluster_cfg.object_store_memory_mb) * 1024 * 1024,
         runtime_env=runtime_env,
     )

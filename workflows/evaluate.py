@@ -160,7 +160,7 @@ def main(cfg: DictConfig) -> dict:
     sft = cfg.ppo.sft_model_path or resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
     out = Path(cfg.ppo.eval.policy_path).resolve().parent / "eval"
     result = evaluate_policies(cfg, sft, cfg.ppo.eval.policy_path, cfg.ppo.eval.prompts_path, out)
-    print(json.dumps(result, indent=2))
+    log.info("evaluation:\n%s", json.dumps(result, indent=2))
     return result
 
 

@@ -199,10 +199,10 @@ def run_feedback(cfg: DictConfig, sft_model_path: str) -> Path:
         "wall_time_s": round(time.monotonic() - started, 1),
     }
     mark_complete(out, summary)
-    print(f"feedback: {summary['rows_in']} rows in = {summary['rows_accepted']} accepted + "
-          f"{summary['rows_rejected']} rejected; {tables.counts['pairs']} pairs, {tables.counts['pointwise']} "
-          f"pointwise targets; flagged {quality.flagged or 'nobody'}; alpha "
-          + ", ".join(f"{k} {v:.3f}" for k, v in quality.alpha.items()) + f"; report {report_path}", flush=True)
+    log.info("feedback: %d rows in = %d accepted + %d rejected; %d pairs, %d pointwise targets; flagged %s; "
+             "alpha %s; report %s", summary["rows_in"], summary["rows_accepted"], summary["rows_rejected"],
+             tables.counts["pairs"], tables.counts["pointwise"], quality.flagged or "nobody",
+             ", ".join(f"{k} {v:.3f}" for k, v in quality.alpha.items()), report_path)
     return out
 
 

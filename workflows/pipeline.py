@@ -44,11 +44,11 @@ def run_pipeline(cfg: DictConfig) -> Path:
     seconds: dict[str, float] = {}
 
     def timed(phase: str, fn, *args):
-        print(f"\n=== alignray pipeline: {phase} ===", flush=True)
+        log.info("=== alignray pipeline: %s ===", phase)
         started = time.monotonic()
         result = fn(*args)
         seconds[phase] = round(time.monotonic() - started, 1)
-        print(f"=== {phase} done in {seconds[phase]:.0f} s: {result}", flush=True)
+        log.info("=== %s done in %.0f s: %s", phase, seconds[phase], result)
         return result
 
     base = timed("1 pretrained model", resolve_base_model, cfg.model, cfg.cache_dir, cfg.seed)
@@ -64,7 +64,7 @@ def run_pipeline(cfg: DictConfig) -> Path:
     paths = timed("report", write_run_report, cfg, phases, seconds, report_dir)
     (report_dir / "phases.json").write_text(json.dumps({k: str(v) for k, v in phases.items()} | {
         "seconds": seconds}, indent=2))
-    print(f"\nreport: {paths['markdown']}\n        {paths['html']}", flush=True)
+    log.info("report: %s\n        %s", paths["markdown"], paths["html"])
     return report_dir
 
 
