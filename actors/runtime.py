@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,16 +65,20 @@ def connect(cluster_cfg, runtime_env: dict | None = None) -> bool:
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return False
+    # Ray Train's PlacementGroupCleaner asks the State API, which the dashboard serves, whether
+    # the Train controller lives: without a dashboard every check failed with a warning (one a
+    # second), and with several Ray instances on the host it could not tell which is ours.
+    dashboard_port = free_loopback_port()
     runtime_env = dict(runtime_env or {})
-    runtime_env["env_vars"] = worker_env() | runtime_env.get("env_vars", {})
+    runtime_env["env_vars"] = (worker_env() | {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
+                               | runtime_env.get("env_vars", {}))
     kwargs = dict(
         # "local": always a new instance. Without it ray.init joins whatever cluster a
         # `ray start` on this host last recorded in /tmp/ray/ray_current_cluster.
         address="local",
-        # Ray Train's PlacementGroupCleaner asks the State API, which the dashboard serves, whether
-        # the controller lives: without it every check failed with a warning (one a second).
         include_dashboard=True,
         dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
         object_store_memory=int(cluster_cfg.object_store_memory_mb) * 1024 * 1024,
         runtime_env=runtime_env,
     )
@@ -84,6 +89,12 @@ def connect(cluster_cfg, runtime_env: dict | None = None) -> bool:
     log.info("starting a local Ray instance on 127.0.0.1 (%s)", kwargs)
     ray.init(**kwargs)
     return True
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def shutdown_if_owned(owned: bool) -> None:

@@ -2,7 +2,8 @@
 Weights & Biases, MLflow or nothing behind it (the `logger` config group).
 
 A phase opens one tracker for its output folder; `alignray.metrics.MetricsLogger` hands it
-every record it appends to metrics.jsonl (numbers only) and the run's resolved config once.
+every record it appends to metrics.jsonl (numbers only), after the run's resolved config;
+a phase without steps logs its summary once (`log_summary`).
 wandb and mlflow are optional (`pip install 'alignray[test]'`) and imported only when chosen.
 """
 from __future__ import annotations
@@ -116,6 +117,9 @@ class WandbTracker(Tracker):
 
     def close(self):
         self.run.finish()
+        # finish() can return before wandb's service has written the run file; teardown waits
+        # for it (the next run starts a new service)
+        _optional("wandb").teardown()
 
 
 class MLflowTracker(Tracker):
@@ -168,6 +172,16 @@ def open_tracker(settings: TrackingSettings | None, out_dir: str | Path, run_nam
     if settings.params:
         tracker.log_params(settings.params)
     return tracker
+
+
+def log_summary(settings: TrackingSettings | None, out_dir: str | Path, run_name: str, summary: dict) -> None:
+    """The numbers of a phase without training steps (feedback, evaluation) as its step 0,
+    nested keys joined by dots."""
+    tracker = open_tracker(settings, out_dir, run_name)
+    try:
+        tracker.log_metrics(scalars(flatten(summary)), step=0)
+    finally:
+        tracker.close()
 
 
 def _optional(module: str):

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from alignray.config import DataConfig
 from alignray.data import prepare_embedded_data
 from alignray.metrics import MetricsLogger, following, read_metrics
-from alignray.tracking import TrackingSettings, open_tracker, tracking_settings
+from alignray.tracking import TrackingSettings, log_summary, open_tracker, tracking_settings
 from workflows.common import CONFIG_PATH
 
 PARAMS = {"sft.lr": 0.001, "seed": 3, "name": "tiny"}
@@ -66,6 +66,13 @@ def test_tensorboard_event_files_hold_every_number_of_metrics_jsonl(tmp_path):
     for key, points in expected.items():
         assert [s for s, _ in scalars[key]] == [s for s, _ in points]
         assert [v for _, v in scalars[key]] == pytest.approx([v for _, v in points], rel=1e-6)  # float32
+
+
+def test_a_phase_without_steps_logs_the_numbers_of_its_summary_once(tmp_path):
+    log_summary(TrackingSettings(backend="tensorboard"), tmp_path, "eval-abc",
+                {"win_rate": 0.5, "mean_words": {"sft": 10, "ppo": 12}, "verdict": "PASS", "preferred": True})
+    assert tensorboard_scalars(tmp_path) == {"win_rate": [(0, 0.5)], "mean_words.sft": [(0, 10.0)],
+                                             "mean_words.ppo": [(0, 12.0)]}
 
 
 def test_mlflow_file_store_reads_back_metrics_and_params(tmp_path):
@@ -145,12 +152,15 @@ def tiny_sft(ray_cluster, tiny_base_model, tmp_path_factory):
     cfg = config(f"workdir={folder}/runs", "data=files", f"data.demonstrations_path={folder}/demonstrations.parquet",
                  "data.heldout_fraction=0.2", "sft.max_steps=3", "sft.batch_size=8", "sft.log_every=1",
                  "sft.eval_every=2", "sft.checkpoint_every=0")
-    handler = _Collect()
-    logging.getLogger("alignray.progress").addHandler(handler)
+    progress, handler = logging.getLogger("alignray.progress"), _Collect()
+    level = progress.level
+    progress.setLevel(logging.INFO)  # as a Hydra app's logging has it
+    progress.addHandler(handler)
     try:
         out = run_sft(cfg, tiny_base_model)
     finally:
-        logging.getLogger("alignray.progress").removeHandler(handler)
+        progress.removeHandler(handler)
+        progress.setLevel(level)
     return out, handler.lines
 
 

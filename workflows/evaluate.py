@@ -29,6 +29,7 @@ from alignray.generation import (decode_responses, disable_dropout, response_log
                                  token_logprobs)
 from alignray.modeling import load_causal_lm, load_tokenizer
 from alignray.ppo import TWEET_CONSTRAINTS_EXAMPLE, ConstraintPenalty, masked_sum
+from alignray.tracking import log_summary, tracking_settings
 from workflows.common import CONFIG_PATH, start_app
 
 log = logging.getLogger("alignray.evaluate")
@@ -108,6 +109,7 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
         "preferred_with_guards": (report.ci_low > MIN_CI_LOW and verdict.startswith("PASS")),
     }
     (out / EVAL_FILE).write_text(json.dumps(result, indent=2))
+    log_summary(tracking_settings(cfg), out, out.name, result)
     shown = min(ppo.eval.samples_to_write, len(prompts))
     base_texts = base_answers(base_path, tokenizer, prompts[:shown], ppo, max_prompt_tokens, cfg.seed)
     with (out / SAMPLES_FILE).open("w") as f:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from actors import runtime
 from alignray.artifacts import MODEL_DIR, POLICY_DIR
 from alignray.base_model import resolve_base_model
+from alignray.tracking import tracking_settings
 from workflows.common import CONFIG_PATH, start_app
 from workflows.evaluate import evaluate_policies
 from workflows.feedback import run_feedback
@@ -51,7 +52,7 @@ def run_pipeline(cfg: DictConfig) -> Path:
         log.info("=== %s done in %.0f s: %s", phase, seconds[phase], result)
         return result
 
-    base = timed("1 pretrained model", resolve_base_model, cfg.model, cfg.cache_dir, cfg.seed)
+    base = timed("1 pretrained model", resolve_base_model, cfg.model, cfg.cache_dir, cfg.seed, tracking_settings(cfg))
     sft_dir = timed("2 supervised fine-tuning", run_sft, cfg, base)
     sft_model = str(sft_dir / MODEL_DIR)
     feedback_dir = timed("3a feedback", run_feedback, cfg, sft_model)

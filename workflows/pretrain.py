@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from alignray.base_model import resolve_base_model
 from alignray.modeling import load_causal_lm, load_tokenizer
+from alignray.tracking import tracking_settings
 from workflows.common import CONFIG_PATH, start_app
 
 log = logging.getLogger("alignray.pretrain")
@@ -34,7 +35,7 @@ def sample(model_path: str, prompts: list[str], max_new_tokens: int = 24, seed: 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
     start_app(cfg, "pretrain")
-    path = resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
+    path = resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed, tracking_settings(cfg))
     prompts = ["I love the new", "Flying with this airline", "Self-driving cars are"]
     samples = "".join(f"\n  {p} ->{c}" for p, c in zip(prompts, sample(path, prompts, seed=cfg.seed)))
     log.info("base model: %s; samples:%s", path, samples)

@@ -50,7 +50,7 @@ import numpy as np
 import ray.train
 import torch
 from ray.data import ExecutionOptions
-from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig,
+from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig,
                        ScalingConfig)
 from ray.train.torch import TorchTrainer
 
@@ -140,7 +140,10 @@ def fit(task: TrainTask, loop: TrainLoopConfig, datasets: dict, cluster_cfg,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=RUN_NAME, storage_path=str(Path(storage_dir).resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=0)),
+                             failure_config=FailureConfig(max_failures=0),
+                             # Ray Train's INFO lines (worker group started, every checkpoint and
+                             # report) to its log files: the console keeps the progress lines
+                             logging_config=LoggingConfig(log_level="WARNING")),
         # Unsplit, in order: every worker selects its rows by example_id (module docstring).
         dataset_config=DataConfig(datasets_to_split=[],
                                   execution_options=ExecutionOptions(preserve_order=True)),
