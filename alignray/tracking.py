@@ -12,6 +12,7 @@ import importlib
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("tensorboard", "wandb", "mlflow", "none")
 MLFLOW_DIR = "mlruns"  # the default MLflow file store, inside the workdir
 _MLFLOW_BATCH = 100  # MLflow's limit of params (and the chunk of metrics) per log_batch call
+_NOT_IN_A_TAG = re.compile(r"[^\w./-]")  # TensorBoard's tag characters (tensorboardX warns, then replaces)
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ class TensorBoardTracker(Tracker):
 
     def log_metrics(self, metrics, step):
         for name, value in metrics.items():
-            self.writer.add_scalar(name, value, step)
+            self.writer.add_scalar(_NOT_IN_A_TAG.sub("_", name), value, step)
         self.writer.flush()  # a killed job keeps what it logged
 
     def log_params(self, params):

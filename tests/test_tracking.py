@@ -23,7 +23,7 @@ from workflows.common import CONFIG_PATH
 PARAMS = {"sft.lr": 0.001, "seed": 3, "name": "tiny"}
 # Three records as a phase logs them: a string and a non-finite value are not tracked.
 RECORDS = [{"loss": 2.5, "lr": 1e-3, "event": "resumed"}, {"loss": 2.25, "heldout_loss": float("nan")},
-           {"loss": 2.0, "time/rollout": 0.125}]
+           {"loss": 2.0, "time/rollout": 0.125, "violations/phrase:miracle cure": 0.25}]
 
 
 def config(*overrides):
@@ -60,7 +60,8 @@ def test_tensorboard_event_files_hold_every_number_of_metrics_jsonl(tmp_path):
     log_records(tmp_path, "tensorboard")
     assert list(tmp_path.glob("events.out.tfevents.*"))
     expected = tracked_values(tmp_path)
-    assert set(expected) == {"time_s", "loss", "lr", "time/rollout"}  # not the string, not the NaN
+    assert set(expected) == {"time_s", "loss", "lr", "time/rollout", "violations/phrase:miracle cure"}  # no string, no NaN
+    expected["violations/phrase_miracle_cure"] = expected.pop("violations/phrase:miracle cure")  # a tag's characters
     scalars = tensorboard_scalars(tmp_path)
     assert set(scalars) == set(expected)
     for key, points in expected.items():
