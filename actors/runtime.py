@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 # Ray Data reads its logging setup from this variable: INFO to its log file, not the console
 RAY_DATA_LOGGING_ENV = "RAY_DATA_LOGGING_CONFIG"
-RAY_DATA_LOGGING_FILE = str(REPO / "cluster" / "ray_data_logging.yaml")
+RAY_DATA_LOGGING_FILE = REPO / "cluster" / "ray_data_logging.yaml"
 
 
 def worker_env() -> dict[str, str]:
@@ -39,14 +39,22 @@ def worker_env() -> dict[str, str]:
     import torch
     return {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
             "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu"),
-            RAY_DATA_LOGGING_ENV: os.environ.get(RAY_DATA_LOGGING_ENV, RAY_DATA_LOGGING_FILE)}
+            **ray_data_logging()}
+
+
+def ray_data_logging() -> dict[str, str]:
+    """The variable that points Ray Data at our logging setup; none when the file is missing
+    (Ray Data's import fails on a path that does not exist) or the variable is set already."""
+    if os.environ.get(RAY_DATA_LOGGING_ENV):
+        return {RAY_DATA_LOGGING_ENV: os.environ[RAY_DATA_LOGGING_ENV]}
+    return {RAY_DATA_LOGGING_ENV: str(RAY_DATA_LOGGING_FILE)} if RAY_DATA_LOGGING_FILE.exists() else {}
 
 
 def quiet_ray_data_console() -> None:
     """Ray Data's INFO lines (every execution's plan, and a block of progress every few
     seconds when stdout is no terminal) to its ray-data.log only, in this process: they
     came between the phases' own progress lines. Its workers get the same through worker_env."""
-    os.environ.setdefault(RAY_DATA_LOGGING_ENV, RAY_DATA_LOGGING_FILE)
+    os.environ.update(ray_data_logging())
     from ray.data._internal.logging import configure_logging  # what `import ray.data` ran, before the variable
     configure_logging()
 

@@ -196,3 +196,15 @@ def test_ray_train_report_carries_the_losses_of_its_checkpoint(tiny_sft):
     assert reported["step"] == 3
     assert reported["loss"] == [r["loss"] for r in records if "loss" in r][-1]
     assert reported["heldout_loss"] == [r["heldout_loss"] for r in records if "heldout_loss" in r][-1]
+
+
+# ----------------------------------------------------------------------------- logs
+def test_ray_data_info_lines_go_to_its_log_file_and_warnings_still_to_the_console(capfd):
+    from actors.runtime import quiet_ray_data_console
+    quiet_ray_data_console()
+    logging.getLogger("ray.data._internal.execution.streaming_executor").info("Starting execution of Dataset x")
+    logging.getLogger("ray.data._internal.execution.streaming_executor").warning("a Ray Data warning")
+    console = "".join(capfd.readouterr())
+    assert "Starting execution" not in console and "a Ray Data warning" in console
+    handlers = {h.name: h for h in logging.getLogger("ray.data").handlers}
+    assert handlers["file"].level == logging.NOTSET  # ray-data.log keeps everything
