@@ -8,8 +8,8 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from alignray.artifacts import METRICS_FILE
 from alignray.tracking import Tracker, scalars
@@ -31,7 +31,7 @@ class MetricsLogger:
         self.tracker = tracker or Tracker()
         self.started = time.monotonic()
 
-    def __enter__(self) -> "MetricsLogger":
+    def __enter__(self) -> MetricsLogger:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import threading
 import time
@@ -44,7 +45,7 @@ def tracked_values(out) -> dict[str, list[tuple[int, float]]]:
     expected: dict[str, list[tuple[int, float]]] = {}
     for record in read_metrics(out / "metrics.jsonl"):
         for key, value in record.items():
-            if key != "step" and isinstance(value, float | int) and value == value:
+            if key != "step" and isinstance(value, float | int) and not math.isnan(value):
                 expected.setdefault(key, []).append((record["step"], value))
     return expected
 

@@ -150,9 +150,9 @@ def fit(task: TrainTask, loop: TrainLoopConfig, datasets: dict, cluster_cfg,
         datasets=datasets,
     )
     tracker = open_tracker(tracking, loop.metrics_dir, Path(loop.metrics_dir).name)
-    with MetricsLogger(loop.metrics_dir, total_steps=loop.total_steps, name=task.name, tracker=tracker) as relay:
-        with following(relay.path, lambda record: relay.publish(record, PROGRESS_KEYS)):
-            result = trainer.fit()
+    relay = MetricsLogger(loop.metrics_dir, total_steps=loop.total_steps, name=task.name, tracker=tracker)
+    with relay, following(relay.path, lambda record: relay.publish(record, PROGRESS_KEYS)):
+        result = trainer.fit()
     reached = (result.metrics or {}).get("step", 0)
     if reached < loop.total_steps:
         raise TrainingInterrupted(f"training stopped at step {reached} of {loop.total_steps}; "
