@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,14 +27,36 @@ from alignray.layout import Resources, capacity_error, unplaceable  # noqa: E402
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
+# Ray Data reads its logging setup from this variable: INFO to its log file, not the console
+RAY_DATA_LOGGING_ENV = "RAY_DATA_LOGGING_CONFIG"
+RAY_DATA_LOGGING_FILE = REPO / "cluster" / "ray_data_logging.yaml"
 
 
 def worker_env() -> dict[str, str]:
     """What every actor and Ray Train worker needs: the project importable, no hub lookups,
-    and DeepSpeed's accelerator chosen from torch (on CPU nothing may JIT-compile)."""
+    DeepSpeed's accelerator chosen from torch (on CPU nothing may JIT-compile) and Ray
+    Data's INFO lines kept off the console."""
     import torch
     return {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")}
+            "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu"),
+            **ray_data_logging()}
+
+
+def ray_data_logging() -> dict[str, str]:
+    """The variable that points Ray Data at our logging setup; none when the file is missing
+    (Ray Data's import fails on a path that does not exist) or the variable is set already."""
+    if os.environ.get(RAY_DATA_LOGGING_ENV):
+        return {RAY_DATA_LOGGING_ENV: os.environ[RAY_DATA_LOGGING_ENV]}
+    return {RAY_DATA_LOGGING_ENV: str(RAY_DATA_LOGGING_FILE)} if RAY_DATA_LOGGING_FILE.exists() else {}
+
+
+def quiet_ray_data_console() -> None:
+    """Ray Data's INFO lines (every execution's plan, and a block of progress every few
+    seconds when stdout is no terminal) to its ray-data.log only, in this process: they
+    came between the phases' own progress lines. Its workers get the same through worker_env."""
+    os.environ.update(ray_data_logging())
+    from ray.data._internal.logging import configure_logging  # what `import ray.data` ran, before the variable
+    configure_logging()
 
 
 def connect(cluster_cfg, runtime_env: dict | None = None) -> bool:
@@ -41,6 +64,7 @@ def connect(cluster_cfg, runtime_env: dict | None = None) -> bool:
     (the caller then owns the instance and may `ray.shutdown()` it)."""
     if ray.is_initialized():
         return False
+    quiet_ray_data_console()
     address = cluster_cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         # A submitted job already carries its runtime env (cluster/runtime_env.yaml, with the
@@ -49,13 +73,20 @@ def connect(cluster_cfg, runtime_env: dict | None = None) -> bool:
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return False
+    # Ray Train's PlacementGroupCleaner asks the State API, which the dashboard serves, whether
+    # the Train controller lives: without a dashboard every check failed with a warning (one a
+    # second), and with several Ray instances on the host it could not tell which is ours.
+    dashboard_port = free_loopback_port()
     runtime_env = dict(runtime_env or {})
-    runtime_env["env_vars"] = worker_env() | runtime_env.get("env_vars", {})
+    runtime_env["env_vars"] = (worker_env() | {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
+                               | runtime_env.get("env_vars", {}))
     kwargs = dict(
         # "local": always a new instance. Without it ray.init joins whatever cluster a
         # `ray start` on this host last recorded in /tmp/ray/ray_current_cluster.
         address="local",
-        include_dashboard=False,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
         object_store_memory=int(cluster_cfg.object_store_memory_mb) * 1024 * 1024,
         runtime_env=runtime_env,
     )
@@ -66,6 +97,12 @@ def connect(cluster_cfg, runtime_env: dict | None = None) -> bool:
     log.info("starting a local Ray instance on 127.0.0.1 (%s)", kwargs)
     ray.init(**kwargs)
     return True
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def shutdown_if_owned(owned: bool) -> None:

@@ -7,12 +7,15 @@ import os
 
 from alignray.embedded.pretrain import build_base_model
 from alignray.embedded.smollm2 import convert_smollm2
+from alignray.tracking import TrackingSettings
 
 
-def resolve_base_model(model_cfg, cache_dir: str | os.PathLike, seed: int = 0) -> str:
-    """The base model's path or hub id for `model.source` (embedded / hf / smollm2_gguf)."""
+def resolve_base_model(model_cfg, cache_dir: str | os.PathLike, seed: int = 0,
+                       tracking: TrackingSettings | None = None) -> str:
+    """The base model's path or hub id for `model.source` (embedded / hf / smollm2_gguf);
+    pretraining the embedded one reports to the tracker of `tracking`."""
     if model_cfg.source == "embedded":
-        return str(build_base_model(model_cfg.embedded, cache_dir, seed))
+        return str(build_base_model(model_cfg.embedded, cache_dir, seed, tracking))
     if model_cfg.source == "smollm2_gguf":
         return str(convert_smollm2(cache_dir))
     if model_cfg.source == "hf":

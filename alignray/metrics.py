@@ -1,44 +1,61 @@
-"""Metrics for long jobs: a JSONL log, a console progress line, and curves as PNG."""
+"""Metrics for long jobs: a JSONL log, the phase's experiment tracker, a progress line
+through `logging` (so Hydra's job log holds it), and curves as PNG."""
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
 import math
-import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-log = logging.getLogger(__name__)
-
-from alignray.artifacts import METRICS_FILE  # noqa: E402
+from alignray.artifacts import METRICS_FILE
 from alignray.report import PAGE_CONTENT_PX
+from alignray.tracking import Tracker, scalars
+
+log = logging.getLogger(__name__)
+progress_log = logging.getLogger("alignray.progress")
 
 
 class MetricsLogger:
-    """Appends one JSON object per `log` call to `<out_dir>/metrics.jsonl` and prints a
-    progress line with the rate and the estimated time left."""
+    """Appends one JSON object per `log` call to `<out_dir>/metrics.jsonl`, hands its numbers
+    to `tracker` and logs a progress line with the rate and the estimated time left."""
 
     def __init__(self, out_dir: str | Path, total_steps: int | None = None, name: str = "",
-                 stream=sys.stdout):
+                 tracker: Tracker | None = None):
         self.path = Path(out_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.total_steps = total_steps
         self.name = name
-        self.stream = stream
+        self.tracker = tracker or Tracker()
         self.started = time.monotonic()
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def log(self, step: int, print_keys: tuple[str, ...] = (), **metrics) -> None:
         record = {"step": int(step), "time_s": round(time.monotonic() - self.started, 3)}
         record.update({k: _plain(v) for k, v in metrics.items()})
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if print_keys:
-            self.stream.write(self._progress_line(step, record, print_keys) + "\n")
-            self.stream.flush()
+        self.publish(record, print_keys)
 
-    def _progress_line(self, step: int, record: dict, keys: tuple[str, ...]) -> str:
-        elapsed = record["time_s"]
+    def publish(self, record: dict, print_keys: tuple[str, ...] = ()) -> None:
+        """Hand a record to the tracker; log its progress line when it holds any of `print_keys`."""
+        self.tracker.log_metrics(scalars(record), record["step"])
+        if any(k in record for k in print_keys):
+            progress_log.info(self._progress_line(record, print_keys))
+
+    def close(self) -> None:
+        self.tracker.close()
+
+    def _progress_line(self, record: dict, keys: tuple[str, ...]) -> str:
+        step, elapsed = record["step"], record["time_s"]
         parts = [f"[{self.name}] step {step}" + (f"/{self.total_steps}" if self.total_steps else "")]
         parts += [f"{k} {record[k]:.4g}" if isinstance(record.get(k), float) else f"{k} {record.get(k)}"
                   for k in keys if k in record]
@@ -46,6 +63,43 @@ class MetricsLogger:
             eta = elapsed / step * max(self.total_steps - step, 0)
             parts.append(f"elapsed {elapsed:.0f}s eta {eta:.0f}s")
         return " | ".join(parts)
+
+
+@contextlib.contextmanager
+def following(path: str | Path, publish: Callable[[dict], None], poll_s: float = 1.0):
+    """While the block runs, hand every record another process appends to the metrics file
+    `path` (a Ray Train worker's) to `publish`; the last ones once the block ends."""
+    path = Path(path)
+    offset = path.stat().st_size if path.exists() else 0
+    stop = threading.Event()
+
+    def poll() -> None:
+        nonlocal offset
+        if not path.exists():
+            return
+        with path.open("rb") as f:
+            f.seek(offset)
+            data = f.read()
+        complete = data[:data.rfind(b"\n") + 1]  # a line being written waits for the next poll
+        offset += len(complete)
+        for line in complete.splitlines():
+            publish(json.loads(line))
+
+    def keep_polling() -> None:
+        while not stop.wait(poll_s):
+            try:
+                poll()
+            except Exception:  # the run goes on; the final poll raises if it persists
+                log.exception("could not relay the metrics in %s", path)
+
+    thread = threading.Thread(target=keep_polling, name=f"metrics-{path.parent.name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        poll()
 
 
 def _plain(value):

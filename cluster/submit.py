@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shlex
 import sys
@@ -36,6 +37,7 @@ from pathlib import Path
 
 from alignray.cluster.runtime_env import DEFAULT_RUNTIME_ENV_FILE, REPO_ROOT, build_runtime_env
 
+log = logging.getLogger("alignray.cluster.submit")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 ADDRESS_ENV_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
@@ -112,19 +114,17 @@ def follow(client, job_id: str) -> int:
         try:
             asyncio.run(_print_logs(client, job_id))
         except RuntimeError as err:  # the log stream broke; the job may still be running
-            print(f"[alignray.cluster.submit] log stream ended early ({err}); waiting for the job",
-                  file=sys.stderr)
+            log.warning("log stream ended early (%s); waiting for the job", err)
         status = wait_for_end(client, job_id)
     except KeyboardInterrupt:
         if not ask_yes_no(f"\nStop job {job_id}? [y/N] "):
-            print(f"[alignray.cluster.submit] {job_id} keeps running. Follow it with --logs {job_id}, "
-                  f"stop it with --stop {job_id}.", file=sys.stderr)
+            log.info("%s keeps running. Follow it with --logs %s, stop it with --stop %s.", job_id, job_id, job_id)
             return EXIT_INTERRUPTED
         client.stop_job(job_id)
         status = wait_for_end(client, job_id)
     info = client.get_job_info(job_id)
     message = f": {info.message}" if info.message else ""
-    print(f"[alignray.cluster.submit] job {job_id} {status}{message}", file=sys.stderr)
+    log.info("job %s %s%s", job_id, status, message)
     return EXIT_CODES.get(status, 1)
 
 
@@ -142,9 +142,8 @@ def warn_if_outputs_are_temporary(overrides: list[str]) -> None:
     with the session: a relative `workdir` (the default, runs/<name>) would vanish."""
     workdir = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("workdir=")), None)
     if workdir is None or not (workdir.startswith("/") or workdir.startswith("~")):
-        print("[alignray.cluster.submit] note: outputs go to a relative workdir inside the job's "
-              "temporary copy of the repository; pass workdir=/an/absolute/path (storage "
-              "every node sees) to keep them", file=sys.stderr)
+        log.warning("note: outputs go to a relative workdir inside the job's temporary copy of the "
+                    "repository; pass workdir=/an/absolute/path (storage every node sees) to keep them")
 
 
 def submit(args: argparse.Namespace) -> int:
@@ -157,11 +156,10 @@ def submit(args: argparse.Namespace) -> int:
     job_id = client.submit_job(
         entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id,
         metadata={"alignray_workflow": workflow, "hydra_overrides": shlex.join(args.overrides)})
-    print(f"[alignray.cluster.submit] submitted {job_id}: {entrypoint}", file=sys.stderr)
+    log.info("submitted %s: %s", job_id, entrypoint)
     if args.no_wait:
-        print(f"[alignray.cluster.submit] follow with --logs {job_id}, stop with --stop {job_id}",
-              file=sys.stderr)
-        print(job_id)
+        log.info("follow with --logs %s, stop with --stop %s", job_id, job_id)
+        print(job_id)  # the result, alone on stdout for scripts
         return 0
     return follow(client, job_id)
 
@@ -169,8 +167,7 @@ def submit(args: argparse.Namespace) -> int:
 def stop(args: argparse.Namespace) -> int:
     client = make_client(args.address)
     stopped = client.stop_job(args.stop)
-    print(f"[alignray.cluster.submit] {args.stop}: " + ("stop requested" if stopped else "already ended"),
-          file=sys.stderr)
+    log.info("%s: %s", args.stop, "stop requested" if stopped else "already ended")
     return 0
 
 
@@ -214,6 +211,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")  # stderr, as before
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.stop:
@@ -222,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             return follow(make_client(args.address), args.logs)
         return submit(args)
     except (RuntimeError, ConnectionError) as err:  # how the Ray SDK reports refusals
-        print(f"[alignray.cluster.submit] error: {err}", file=sys.stderr)
+        log.error("error: %s", err)
         return 1
 
 

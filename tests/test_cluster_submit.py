@@ -82,6 +82,14 @@ def test_submit_runs_workflow_on_a_local_cluster_and_stops_it_cleanly():
         assert (cluster.temp_dir / "session_latest" / "logs" / f"job-driver-{job_id}.log").exists()
         config = next(out.glob(f"runs/hydra/*/{WORKFLOW}-config.yaml")).read_text()
         assert "address: auto" in config
+        # Hydra's job log holds every phase's progress lines (the Ray Train workers' relayed by
+        # the driver) and results; every phase's metrics reached the default tracker too.
+        job_log = next(out.glob(f"runs/hydra/*/{WORKFLOW}.log")).read_text()
+        for phase in ("pretrain", "sft", "reward", "ppo"):
+            assert f"[{phase}] step " in job_log, f"no {phase} progress in the job log"
+        assert "feedback: " in job_log and "=== evaluation done in" in job_log and "report: " in job_log
+        for pattern in ("cache/base-*", *(f"runs/{p}-*" for p in ("sft", "feedback", "reward", "ppo", "eval"))):
+            assert list(out.glob(f"{pattern}/events.out.tfevents.*")), f"no TensorBoard events in {pattern}"
 
         print(f"first job done: {time.monotonic() - started:.0f} s")
         # A job left running (--no-wait) is stopped with --stop; --logs reports STOPPED.

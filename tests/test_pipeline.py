@@ -23,6 +23,10 @@ def test_multirun_of_two_ppo_settings_gives_two_runs_with_their_own_metrics(tmp_
     jobs = sorted(p for p in (tmp_path / "multirun").iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1"]
     assert all((job / "ppo-config.yaml").exists() for job in jobs)
+    for job in jobs:  # Hydra's job log holds the phase's progress lines and its result
+        job_log = (job / "ppo.log").read_text()
+        assert "[ppo] step 1/2 | reward_raw" in job_log and "[ppo] step 2/2 | reward_raw" in job_log
+        assert "PPO policy: " in job_log
     runs = sorted((tmp_path / "runs").glob("ppo-*"))
     assert len(runs) == 2
     coefs = set()
@@ -31,6 +35,7 @@ def test_multirun_of_two_ppo_settings_gives_two_runs_with_their_own_metrics(tmp_
         assert [r["step"] for r in records] == [1, 2]
         coefs.add(records[0]["kl_coef"])
         assert (run / "DONE").exists() and (run / "policy" / "config.json").exists()
+        assert list(run.glob("events.out.tfevents.*"))  # logger=tensorboard, the default
     assert coefs == {0.1, 0.3}
 
 

@@ -105,6 +105,6 @@ def test_the_installed_command_runs_from_an_empty_directory(venv, tiny_base_mode
     cache = tiny_base_model.parent.parent
     phase = run([command, "pretrain", "experiment=tiny", f"cache_dir={cache}", f"workdir={empty / 'runs'}"],
                 cwd=empty)
-    assert f"base model: {tiny_base_model}" in phase.stdout
-    assert "I love the new ->" in phase.stdout
+    said = phase.stdout + phase.stderr  # the result goes through logging
+    assert f"base model: {tiny_base_model}" in said and "I love the new ->" in said
     assert list((empty / "runs").rglob("pretrain-config.yaml")), "Hydra's outputs belong under workdir"

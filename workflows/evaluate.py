@@ -33,6 +33,7 @@ from alignray.generation import (decode_responses, disable_dropout, response_log
                                  token_logprobs)
 from alignray.modeling import load_causal_lm, load_tokenizer
 from alignray.ppo import TWEET_CONSTRAINTS_EXAMPLE, ConstraintPenalty, masked_sum
+from alignray.tracking import log_summary, tracking_settings
 from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
 
 log = logging.getLogger("alignray.evaluate")
@@ -112,6 +113,7 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
         "preferred_with_guards": (report.ci_low > MIN_CI_LOW and verdict.startswith("PASS")),
     }
     (out / EVAL_FILE).write_text(json.dumps(result, indent=2))
+    log_summary(tracking_settings(cfg), out, out.name, result)
     shown = min(ppo.eval.samples_to_write, len(prompts))
     base_texts = base_answers(base_path, tokenizer, prompts[:shown], ppo, max_prompt_tokens, cfg.seed)
     with (out / SAMPLES_FILE).open("w") as f:
@@ -177,7 +179,7 @@ def main(cfg: DictConfig) -> dict:
     sft = cfg.ppo.sft_model_path or resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
     out = run_evaluation(cfg, sft, str(Path(cfg.ppo.eval.policy_path).resolve()))
     result = json.loads((out / EVAL_FILE).read_text())
-    print(json.dumps(result, indent=2))
+    log.info("evaluation:\n%s", json.dumps(result, indent=2))
     return result
 
 

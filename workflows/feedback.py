@@ -54,6 +54,7 @@ from alignray.feedback.sampling import load_policy, sample_policy_responses, tak
 from alignray.feedback.schema import read_feedback_files
 from alignray.feedback.simulated import (HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, annotator_id, heldout_feedback,
                                          training_feedback)
+from alignray.tracking import log_summary, tracking_settings
 from alignray.validation import ValidationReport, write_parquet
 from alignray.workflows.common import CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, start_app
 
@@ -199,10 +200,11 @@ def run_feedback(cfg: DictConfig, sft_model_path: str) -> Path:
         "wall_time_s": round(time.monotonic() - started, 1),
     }
     mark_complete(out, summary)
-    print(f"feedback: {summary['rows_in']} rows in = {summary['rows_accepted']} accepted + "
-          f"{summary['rows_rejected']} rejected; {tables.counts['pairs']} pairs, {tables.counts['pointwise']} "
-          f"pointwise targets; flagged {quality.flagged or 'nobody'}; alpha "
-          + ", ".join(f"{k} {v:.3f}" for k, v in quality.alpha.items()) + f"; report {report_path}", flush=True)
+    log_summary(tracking_settings(cfg), out, out.name, summary)
+    log.info("feedback: %d rows in = %d accepted + %d rejected; %d pairs, %d pointwise targets; flagged %s; "
+             "alpha %s; report %s", summary["rows_in"], summary["rows_accepted"], summary["rows_rejected"],
+             tables.counts["pairs"], tables.counts["pointwise"], quality.flagged or "nobody",
+             ", ".join(f"{k} {v:.3f}" for k, v in quality.alpha.items()), report_path)
     return out
 
 

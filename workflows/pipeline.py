@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from alignray.actors import runtime
 from alignray.artifacts import MODEL_DIR, POLICY_DIR
 from alignray.base_model import resolve_base_model
+from alignray.tracking import tracking_settings
 from alignray.workflows.common import CONFIG_PATH, start_app
 from alignray.workflows.evaluate import run_evaluation
 from alignray.workflows.feedback import run_feedback
@@ -57,14 +58,14 @@ def run_pipeline(cfg: DictConfig) -> Path:
     seconds: dict[str, float] = {}
 
     def timed(phase: str, fn, *args):
-        print(f"\n=== alignray pipeline: {phase} ===", flush=True)
+        log.info("=== alignray pipeline: %s ===", phase)
         started = time.monotonic()
         result = fn(*args)
         seconds[phase] = round(time.monotonic() - started, 1)
-        print(f"=== {phase} done in {seconds[phase]:.0f} s: {result}", flush=True)
+        log.info("=== %s done in %.0f s: %s", phase, seconds[phase], result)
         return result
 
-    base = timed("1 pretrained model", resolve_base_model, cfg.model, cfg.cache_dir, cfg.seed)
+    base = timed("1 pretrained model", resolve_base_model, cfg.model, cfg.cache_dir, cfg.seed, tracking_settings(cfg))
     sft_dir = timed("2 supervised fine-tuning", run_sft, cfg, base)
     sft_model = str(sft_dir / MODEL_DIR)
     feedback_dir = timed("3a feedback", run_feedback, cfg, sft_model)
@@ -77,7 +78,7 @@ def run_pipeline(cfg: DictConfig) -> Path:
     paths = timed("report", write_run_report, cfg, phases, seconds, out, job)
     (out / "phases.json").write_text(json.dumps({k: str(v) for k, v in phases.items()} | {
         "seconds": seconds}, indent=2))
-    print(f"\nreport: {paths['markdown']}\n        {paths['html']}", flush=True)
+    log.info("report: %s\n        %s", paths["markdown"], paths["html"])
     return out
 
 

@@ -50,6 +50,7 @@ from alignray.metrics import MetricsLogger, StageTimes, plot_curves, plot_stage_
 from alignray.monitor import best_check, plot_overoptimisation
 from alignray.model_card import ModelCard, write_model_card
 from alignray.modeling import check_position_limit, load_tokenizer
+from alignray.tracking import TrackingSettings, open_tracker, tracking_settings
 from alignray.ppo import (
     AGGREGATIONS,
     KL_ESTIMATORS,
@@ -180,30 +181,31 @@ class PPOCoordinator:
         return rollout, pending.weights_version, sync
 
     # ------------------------------------------------------------------ the run
-    def run(self) -> list[dict]:
+    def run(self, tracking: TrackingSettings | None = None) -> list[dict]:
         ppo = self.ppo
         start_step = self.resume() if ppo.resume else 0
-        metrics_log = MetricsLogger(self.out, total_steps=ppo.steps, name="ppo")
+        tracker = open_tracker(tracking, self.out, self.out.name)
         step_times = []
-        if self.monitor and start_step == 0:
-            self.watch(0)  # the SFT model's answers: the judge's baseline
-        for step in range(start_step, ppo.steps):
-            started = time.monotonic()
-            metrics = self.step(step)
-            self.updates = step + 1
-            stop = False
-            if self.monitor:  # its cost is one of the step's stage times
-                watched = time.monotonic()
-                stop = self.monitor.due(step + 1, ppo.steps) and self.watch(step + 1)
-                metrics["time/monitor"] = round(time.monotonic() - watched, 4)
-            metrics["step_s"] = time.monotonic() - started
-            step_times.append({"step": step, **{k[5:]: v for k, v in metrics.items() if k.startswith("time/")}})
-            metrics_log.log(step + 1, PROGRESS_KEYS, **metrics)
-            last = step + 1 == ppo.steps or stop
-            if last or (ppo.checkpoint_every and (step + 1) % ppo.checkpoint_every == 0):
-                self.save_checkpoint(step + 1)
-            if stop:
-                break
+        with MetricsLogger(self.out, total_steps=ppo.steps, name="ppo", tracker=tracker) as metrics_log:
+            if self.monitor and start_step == 0:
+                self.watch(0)  # the SFT model's answers: the judge's baseline
+            for step in range(start_step, ppo.steps):
+                started = time.monotonic()
+                metrics = self.step(step)
+                self.updates = step + 1
+                stop = False
+                if self.monitor:  # its cost is one of the step's stage times
+                    watched = time.monotonic()
+                    stop = self.monitor.due(step + 1, ppo.steps) and self.watch(step + 1)
+                    metrics["time/monitor"] = round(time.monotonic() - watched, 4)
+                metrics["step_s"] = time.monotonic() - started
+                step_times.append({"step": step, **{k[5:]: v for k, v in metrics.items() if k.startswith("time/")}})
+                metrics_log.log(step + 1, PROGRESS_KEYS, **metrics)
+                last = step + 1 == ppo.steps or stop
+                if last or (ppo.checkpoint_every and (step + 1) % ppo.checkpoint_every == 0):
+                    self.save_checkpoint(step + 1)
+                if stop:
+                    break
         return step_times
 
     def count_nonfinite(self, step: int, stats: list[PolicyTrainStats | CriticTrainStats]) -> None:
@@ -402,7 +404,7 @@ def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None)
         coordinator = PPOCoordinator(ppo, cfg.cluster, cfg.data, int(cfg.seed), str(sft_model_path),
                                      str(reward_model_path) if reward_model_path else None, out)
         try:
-            step_times = coordinator.run()
+            step_times = coordinator.run(tracking_settings(cfg))
             policy_step = coordinator.hand_over_best() or coordinator.updates
             policy_dir = coordinator.export_policy()
             monitor = coordinator.monitor
@@ -447,7 +449,7 @@ def main(cfg: DictConfig) -> str:
     start_app(cfg, "ppo")
     sft = cfg.ppo.sft_model_path or resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
     out = run_ppo(cfg, sft, cfg.ppo.reward_model_path)
-    print(f"PPO policy: {out / 'policy'}")
+    log.info("PPO policy: %s", out / POLICY_DIR)
     return str(out)
 
 

@@ -6,13 +6,18 @@ the tweets (cached); for any other source it resolves the model and checks it lo
 """
 from __future__ import annotations
 
+import logging
+
 import hydra
 import torch
 from omegaconf import DictConfig
 
 from alignray.base_model import resolve_base_model
 from alignray.modeling import load_causal_lm, load_tokenizer
+from alignray.tracking import tracking_settings
 from alignray.workflows.common import CONFIG_PATH, start_app
+
+log = logging.getLogger("alignray.pretrain")
 
 
 def sample(model_path: str, prompts: list[str], max_new_tokens: int = 24, seed: int = 0) -> list[str]:
@@ -30,11 +35,10 @@ def sample(model_path: str, prompts: list[str], max_new_tokens: int = 24, seed: 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
     start_app(cfg, "pretrain")
-    path = resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
-    print(f"base model: {path}")
+    path = resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed, tracking_settings(cfg))
     prompts = ["I love the new", "Flying with this airline", "Self-driving cars are"]
-    for prompt, continuation in zip(prompts, sample(path, prompts, seed=cfg.seed)):
-        print(f"  {prompt} ->{continuation}")
+    samples = "".join(f"\n  {p} ->{c}" for p, c in zip(prompts, sample(path, prompts, seed=cfg.seed)))
+    log.info("base model: %s; samples:%s", path, samples)
     return path
 
 

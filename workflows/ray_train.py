@@ -29,6 +29,11 @@ the same whatever the number of workers.
 Storage. Checkpoints go to ``<storage_dir>/ray_train`` and rank 0 appends metrics to
 ``<storage_dir>/metrics.jsonl``: on a multi-node cluster that folder must be on storage
 every node sees (NFS or similar), as Ray Train requires of a local ``storage_path``.
+
+Metrics. The driver follows that file while the workers train and hands each record to
+the phase's experiment tracker and its progress line to `logging`: Hydra's job log and the
+tracker see the workers' metrics, and the console shows one progress line per record.
+Every checkpoint's `ray.train.report` carries the latest training and held-out metrics.
 """
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ import numpy as np
 import ray.train
 import torch
 from ray.data import ExecutionOptions
-from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig,
+from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig,
                        ScalingConfig)
 from ray.train.torch import TorchTrainer
 
@@ -53,10 +58,13 @@ from alignray.actors.runtime import wait_for_capacity
 from alignray import deepspeed_strategy as strategy
 from alignray.artifacts import MODEL_DIR, RAY_TRAIN_DIR
 from alignray.config.training import DeepSpeedConfig
-from alignray.metrics import MetricsLogger
+from alignray.metrics import MetricsLogger, following
 from alignray.modeling import load_tokenizer
+from alignray.tracking import TrackingSettings, open_tracker
 
 RUN_NAME = RAY_TRAIN_DIR  # the Ray Train run folder inside a phase's output folder
+# What a progress line shows of a worker's record (each record holds some of them)
+PROGRESS_KEYS = ("event", "loss", "heldout_loss", "tokens_per_s", "lr", "epoch", "batches_done")
 DEEPSPEED_DIR = "deepspeed"  # DeepSpeed state inside each checkpoint
 
 
@@ -109,10 +117,11 @@ class DataPosition:
 
 # ----------------------------------------------------------------------------- the driver
 def fit(task: TrainTask, loop: TrainLoopConfig, datasets: dict, cluster_cfg,
-        storage_dir: Path) -> ray.train.Result:
+        storage_dir: Path, tracking: TrackingSettings | None = None) -> ray.train.Result:
     """Run the loop on ``cluster_cfg.num_workers`` workers. The run lives in
     ``<storage_dir>/ray_train``; if a checkpoint of an earlier run is there, Ray Train
-    hands it to the workers and training continues from it. Returns the result once the
+    hands it to the workers and training continues from it. The workers' metrics go to the
+    tracker of `tracking` and to `logging` as they arrive. Returns the result once the
     last step is checkpointed; raises `TrainingInterrupted` otherwise."""
     if loop.global_batch_size % cluster_cfg.num_workers:
         raise ValueError(f"the global batch size {loop.global_batch_size} must divide evenly over "
@@ -131,13 +140,19 @@ def fit(task: TrainTask, loop: TrainLoopConfig, datasets: dict, cluster_cfg,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=RUN_NAME, storage_path=str(Path(storage_dir).resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=0)),
+                             failure_config=FailureConfig(max_failures=0),
+                             # Ray Train's INFO lines (worker group started, every checkpoint and
+                             # report) to its log files: the console keeps the progress lines
+                             logging_config=LoggingConfig(log_level="WARNING")),
         # Unsplit, in order: every worker selects its rows by example_id (module docstring).
         dataset_config=DataConfig(datasets_to_split=[],
                                   execution_options=ExecutionOptions(preserve_order=True)),
         datasets=datasets,
     )
-    result = trainer.fit()
+    tracker = open_tracker(tracking, loop.metrics_dir, Path(loop.metrics_dir).name)
+    relay = MetricsLogger(loop.metrics_dir, total_steps=loop.total_steps, name=task.name, tracker=tracker)
+    with relay, following(relay.path, lambda record: relay.publish(record, PROGRESS_KEYS)):
+        result = trainer.fit()
     reached = (result.metrics or {}).get("step", 0)
     if reached < loop.total_steps:
         raise TrainingInterrupted(f"training stopped at step {reached} of {loop.total_steps}; "
@@ -184,8 +199,9 @@ class TrainingWorker:
                                             micro_batch_size=self.micro_batch)
         torch.manual_seed(loop.seed + 1 + self.rank)  # dropout differs between ranks
         self.device = self.engine.device
-        self.metrics = (MetricsLogger(loop.metrics_dir, total_steps=loop.total_steps, name=task.name)
-                        if self.rank == 0 else None)
+        # rank 0 writes the file; the driver follows it (module docstring)
+        self.metrics = MetricsLogger(loop.metrics_dir, name=task.name) if self.rank == 0 else None
+        self.latest: dict[str, float] = {}  # the last training and held-out metrics, for Ray Train
         self.position = DataPosition()
         self._evaluated_at = self._checkpointed_at = -1  # steps at which each last happened
 
@@ -213,8 +229,7 @@ class TrainingWorker:
         position = DataPosition(**state)
         self._checkpointed_at = self.step
         if self.metrics:
-            self.metrics.log(self.step, ("epoch", "batches_done"), event="resumed",
-                             **dataclasses.asdict(position))
+            self.metrics.log(self.step, event="resumed", **dataclasses.asdict(position))
         return position
 
     def _train_epoch(self, train) -> bool:
@@ -300,16 +315,19 @@ class TrainingWorker:
             for name, value in {"loss_sum": float(loss_sum), **sums}.items():
                 totals[name] = totals.get(name, 0.0) + weight * value
         totals = self._all_reduce(torch.tensor(totals.pop("loss_sum")), totals)
-        if self.metrics:
-            units = totals["units"]
-            extra = {f"heldout_{k}": v / units for k, v in totals.items() if k not in ("loss_sum", "units", "tokens")}
-            self.metrics.log(self.step, ("heldout_loss",), heldout_loss=totals["loss_sum"] / units,
-                             heldout_units=int(units), **extra)
+        units = totals["units"]
+        record = {"heldout_loss": totals["loss_sum"] / units, "heldout_units": int(units)}
+        record |= {f"heldout_{k}": v / units for k, v in totals.items() if k not in ("loss_sum", "units", "tokens")}
+        self._record(record)
 
     def _log_train(self, window: "_Throughput", epoch: int) -> None:
+        self._record(window.summary() | {"epoch": epoch, "lr": strategy.current_lr(self.engine)})
+
+    def _record(self, record: dict) -> None:
+        """Every rank keeps the latest metrics (all-reduced, so equal) for Ray Train; rank 0 logs them."""
+        self.latest |= record
         if self.metrics:
-            record = window.summary() | {"epoch": epoch, "lr": strategy.current_lr(self.engine)}
-            self.metrics.log(self.step, ("loss", "tokens_per_s", "lr"), **record)
+            self.metrics.log(self.step, **record)
 
     def _checkpoint(self) -> None:
         """Save DeepSpeed state (every rank its shards) and the Hugging Face model (rank 0),
@@ -321,7 +339,7 @@ class TrainingWorker:
             strategy.save_checkpoint(self.engine, Path(folder) / DEEPSPEED_DIR,
                                      dataclasses.asdict(self.position))
             strategy.export_hf(self.engine, self.tokenizer, Path(folder) / MODEL_DIR)
-            ray.train.report({"step": self.step}, checkpoint=Checkpoint.from_directory(folder),
+            ray.train.report({"step": self.step} | self.latest, checkpoint=Checkpoint.from_directory(folder),
                              checkpoint_dir_name=f"checkpoint_step{self.step:07d}")
 
 

@@ -49,6 +49,7 @@ from alignray.reward.model import (load_reward_model, minilm_backbone_path, refe
                                    reward_model_card, save_reward_model)
 from alignray.reward.training import (build_reward_model, collate_reward_rows, reward_batch_loss,
                                       training_examples)
+from alignray.tracking import tracking_settings
 from alignray.validation import validate_table
 from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
 from alignray.workflows.feedback import run_feedback
@@ -114,7 +115,8 @@ def train_reward_model(examples: pa.Table, backbone: str, cfg: DictConfig, out_d
         epochs=int(reward.epochs), max_steps=int(reward.max_steps), eval_every=int(reward.eval_every),
         checkpoint_every=0, log_every=int(reward.log_every), seed=int(cfg.seed), metrics_dir=str(out_dir))
     datasets = {split: ray.data.from_arrow(table) for split, table in tables.items()}
-    return copy_final_model(fit(reward_task(backbone, reward), loop, datasets, cfg.cluster, out_dir), out_dir)
+    result = fit(reward_task(backbone, reward), loop, datasets, cfg.cluster, out_dir, tracking_settings(cfg))
+    return copy_final_model(result, out_dir)
 
 
 # ----------------------------------------------------------------------------- after training
@@ -252,7 +254,7 @@ def run_reward_model(cfg: DictConfig, backbone_path: str, feedback_dir: str | Pa
             for panel, figures in evaluation["model"]["heldout"].items()}
     (out / EVAL_FILE).write_text(json.dumps(evaluation, indent=2))
     headline = _headline(evaluation)
-    print("reward model " + ", ".join(f"{k} {v:.3f}" for k, v in headline.items()) + f"; {out / MODEL_DIR}", flush=True)
+    log.info("reward model %s; %s", ", ".join(f"{k} {v:.3f}" for k, v in headline.items()), out / MODEL_DIR)
     mark_complete(out, {"model": str(out / MODEL_DIR), "backbone": backbone, "feedback_dir": str(feedback_dir),
                         "workers": int(cfg.cluster.num_workers), **headline})
     return out
@@ -279,7 +281,7 @@ def main(cfg: DictConfig) -> str:
     start_app(cfg, "reward_model")
     with runtime.ray_session(cfg.cluster):
         out = run_reward_model(cfg, *upstream_inputs(cfg))
-    print(json.dumps(json.loads((out / SUMMARY_FILE).read_text()), indent=2))
+    log.info("reward model summary:\n%s", json.dumps(json.loads((out / SUMMARY_FILE).read_text()), indent=2))
     return str(out)
 
 

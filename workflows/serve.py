@@ -194,8 +194,8 @@ def main(cfg: DictConfig) -> None:
         serve.start(http_options=http_options(serve_config(cfg.serve)))
         serve.run(app, name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
         scheme = "https" if cfg.serve.ssl_certfile else "http"
-        print(f"serving {cfg.serve.model_path} at {scheme}://{cfg.serve.host}:{cfg.serve.port}"
-              f"{cfg.serve.route_prefix.rstrip('/')}/v1/score (OpenAPI: /docs); Ctrl-C stops", flush=True)
+        log.info("serving %s at %s://%s:%s%s/v1/score (OpenAPI: /docs); Ctrl-C stops", cfg.serve.model_path,
+                 scheme, cfg.serve.host, cfg.serve.port, cfg.serve.route_prefix.rstrip("/"))
         # `kill` or a container stop cleans up like Ctrl-C does.
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
         try:

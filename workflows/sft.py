@@ -44,6 +44,7 @@ from alignray.metrics import plot_curves, read_metrics
 from alignray.model_card import ModelCard, write_model_card
 from alignray.modeling import check_position_limit, load_causal_lm
 from alignray.sft import collate_token_rows, response_token_loss, sequence_length, tokenize_batch
+from alignray.tracking import tracking_settings
 from alignray.workflows.common import CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, start_app
 from alignray.workflows.ray_train import TrainLoopConfig, TrainTask, copy_final_model, fit, run_folder, steps_per_epoch
 
@@ -164,7 +165,7 @@ def run_sft(cfg: DictConfig, base_model_path: str | Path) -> Path:
         eval_every=cfg.sft.eval_every, checkpoint_every=cfg.sft.checkpoint_every,
         log_every=cfg.sft.log_every, seed=cfg.seed, metrics_dir=str(out),
         interrupt_after_steps=cfg.sft.interrupt_after_steps)
-    result = fit(SFT_TASK, loop, datasets, cfg.cluster, out)
+    result = fit(SFT_TASK, loop, datasets, cfg.cluster, out, tracking_settings(cfg))
 
     model_dir = copy_final_model(result, out)
     summary = summarise(out, loop, validation, tokens, untrained_tail, time.monotonic() - started)
@@ -172,8 +173,8 @@ def run_sft(cfg: DictConfig, base_model_path: str | Path) -> Path:
                 "workers": cfg.cluster.num_workers, "zero_stage": cfg.sft.deepspeed.zero_stage}
     write_model_card(model_dir, sft_card(cfg, loop, summary))
     mark_complete(out, summary)
-    print(f"SFT held-out loss {summary['heldout_loss_base']:.4f} (base) -> {summary['heldout_loss_sft']:.4f} "
-          f"nats/token in {summary['wall_time_s']:.0f} s; model in {model_dir}", flush=True)
+    log.info("SFT held-out loss %.4f (base) -> %.4f nats/token in %.0f s; model in %s",
+             summary["heldout_loss_base"], summary["heldout_loss_sft"], summary["wall_time_s"], model_dir)
     return out
 
 

@@ -12,6 +12,7 @@ from hydra.core.config_store import ConfigStore
 from alignray.config.cluster import ClusterConfig
 from alignray.config.data import DataConfig
 from alignray.config.feedback import FeedbackConfig
+from alignray.config.logger import LoggerConfig
 from alignray.config.model import EmbeddedRecipe, ModelConfig
 from alignray.config.ppo import PPOConfig
 from alignray.config.reward_model import RewardModelConfig
@@ -22,7 +23,7 @@ from alignray.config.training import DeepSpeedConfig
 
 __all__ = [
     "AlignrayConfig", "ClusterConfig", "DataConfig", "DeepSpeedConfig", "EmbeddedRecipe",
-    "FeedbackConfig", "ModelConfig", "PPOConfig", "RewardModelConfig", "SFTConfig", "ServeConfig",
+    "FeedbackConfig", "LoggerConfig", "ModelConfig", "PPOConfig", "RewardModelConfig", "SFTConfig", "ServeConfig",
     "register_configs",
 ]
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from alignray.config.cluster import ClusterConfig
 from alignray.config.data import DataConfig
 from alignray.config.feedback import FeedbackConfig
+from alignray.config.logger import LoggerConfig
 from alignray.config.model import ModelConfig
 from alignray.config.ppo import PPOConfig
 from alignray.config.reward_model import RewardModelConfig
@@ -30,3 +31,4 @@ class AlignrayConfig:
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)

@@ -29,6 +29,7 @@ from alignray.embedded.tweets import is_heldout, load_tweets
 from alignray.metrics import MetricsLogger, plot_curves, read_metrics
 from alignray.model_card import CARD_FILE, ModelCard, write_model_card
 from alignray.modeling import save_pretrained
+from alignray.tracking import Tracker, TrackingSettings, open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,9 @@ def recipe_hash(recipe, seed: int) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
-def build_base_model(recipe, cache_dir: str | Path, seed: int = 0) -> Path:
-    """Return the folder of the base model for this recipe, pretraining it if needed."""
+def build_base_model(recipe, cache_dir: str | Path, seed: int = 0, tracking: TrackingSettings | None = None) -> Path:
+    """Return the folder of the base model for this recipe, pretraining it if needed (its
+    metrics also to the tracker of `tracking`)."""
     root = Path(cache_dir).expanduser() / f"base-{recipe_hash(recipe, seed)}"
     if is_complete(root):
         log.info("reusing the base model in %s", root)
@@ -64,7 +66,7 @@ def build_base_model(recipe, cache_dir: str | Path, seed: int = 0) -> Path:
     # recipe at once never see each other's half-written files.
     work = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
     try:
-        _pretrain(recipe, seed, work)
+        _pretrain(recipe, seed, work, open_tracker(tracking, work, root.name))
         try:
             os.rename(work, root)
         except OSError:  # another process finished first; its model is the same recipe
@@ -92,7 +94,7 @@ def pack_blocks(tokenizer, texts: list[str], block: int) -> torch.Tensor:
     return torch.tensor(ids[:usable]).view(-1, block)
 
 
-def _pretrain(recipe, seed: int, out: Path) -> None:
+def _pretrain(recipe, seed: int, out: Path, tracker: Tracker) -> None:
     torch.manual_seed(seed)
     started = time.monotonic()
     texts = [t.text for t in load_tweets()]
@@ -109,7 +111,7 @@ def _pretrain(recipe, seed: int, out: Path) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(recipe.warmup_steps, recipe.max_steps))
     generator = torch.Generator().manual_seed(seed)
-    metrics = MetricsLogger(out, total_steps=recipe.max_steps, name="pretrain")
+    metrics = MetricsLogger(out, total_steps=recipe.max_steps, name="pretrain", tracker=tracker)
 
     untrained_loss = heldout_loss(model, eval_blocks, recipe)
     metrics.log(0, ("heldout_loss",), heldout_loss=untrained_loss)
@@ -137,6 +139,7 @@ def _pretrain(recipe, seed: int, out: Path) -> None:
                     "reproducible across machines", recipe.max_seconds, step, recipe.max_steps)
     final_loss = heldout_loss(model, eval_blocks, recipe)
     metrics.log(step, ("heldout_loss",), heldout_loss=final_loss)
+    metrics.close()
 
     plot_curves(read_metrics(metrics.path), ["train_loss", "heldout_loss"], out / LOSS_FIGURE,
                 title="pretraining on tweets")
