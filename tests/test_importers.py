@@ -199,3 +199,17 @@ def test_conversation_must_match_its_prompt(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows, schema=PROMPT_SCHEMA), tmp_path / "p.parquet")
     table, report = read_prompts(tmp_path / "p.parquet")
     assert report.accepted == 1 and report.reasons == {"invalid prompt": 1, "invalid conversation": 1}
+
+
+def test_text_cap_is_the_data_max_text_chars_setting(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from alignray.feedback.sampling import take_prompts
+    from workflows.common import CONFIG_PATH
+    out = tmp_path / "hh"
+    convert.main(["--format", "hh-rlhf", str(HH_EXCERPT), str(out), "--heldout-fraction", "0"])
+    longest = max(len(p) for p in pq.read_table(out / "prompts_train.parquet")["prompt"].to_pylist())
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
+        cfg = compose(config_name="config", overrides=[f"data.max_text_chars={longest - 1}"])
+    assert len(take_prompts(out / "prompts_train.parquet", 100, 0, cfg.data.max_text_chars)) == 27
+    assert len(take_prompts(out / "prompts_train.parquet", 100, 0, longest)) == 28

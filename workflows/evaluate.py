@@ -71,7 +71,7 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
     ppo = cfg.ppo
     if reference_prompts_path is None:
         reference_prompts_path = prepare_embedded_data(cfg.data, out / "data")["prompts_heldout"]
-    table, _ = read_prompts(reference_prompts_path)
+    table, _ = read_prompts(reference_prompts_path, cfg.data.max_text_chars)
     prompts = table.column("prompt").to_pylist()[: ppo.eval.num_prompts]
 
     tokenizer = load_tokenizer(sft_path)

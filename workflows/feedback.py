@@ -94,7 +94,7 @@ def simulated_feedback(cfg: DictConfig, sft_model_path: str, out: Path) -> tuple
         return sample_policy_responses(model, tokenizer, prompts, fb.responses_per_prompt, cfg.data.max_prompt_tokens,
                                        max_new_tokens, fb.generation_batch_size, fb.temperature, seed, label)
 
-    prompts = take_prompts(files["train"], fb.num_prompts, cfg.seed)
+    prompts = take_prompts(files["train"], fb.num_prompts, cfg.seed, cfg.data.max_text_chars)
     feedback = training_feedback(prompts, respond(prompts, "training", cfg.seed),
                                  train_annotators=fb.train_annotators, bad_faith_share=fb.bad_faith_share,
                                  annotators_per_item=fb.annotators_per_item, pairs_per_prompt=fb.pairs_per_prompt,
@@ -102,7 +102,7 @@ def simulated_feedback(cfg: DictConfig, sft_model_path: str, out: Path) -> tuple
     summary = {"prompts": len(prompts), "responses_per_prompt": fb.responses_per_prompt}
     pairs = None
     if files["heldout"] is not None and fb.heldout_prompts > 0:
-        heldout_prompts = take_prompts(files["heldout"], fb.heldout_prompts, cfg.seed)
+        heldout_prompts = take_prompts(files["heldout"], fb.heldout_prompts, cfg.seed, cfg.data.max_text_chars)
         heldout = heldout_feedback(heldout_prompts, respond(heldout_prompts, "held-out", cfg.seed + 1),
                                    train_annotators=fb.train_annotators, seed=cfg.seed + 1)
         write_feedback(heldout, out / HELDOUT_FEEDBACK_FILE)

@@ -249,7 +249,7 @@ def load_prompt_texts(data_cfg, tokenizer, out: Path, max_prompts: int) -> list[
         path = prepare_embedded_data(data_cfg, out / "data")["prompts_train"]
     else:
         path = data_cfg.prompts_path
-    table, _ = read_prompts(path)
+    table, _ = read_prompts(path, data_cfg.max_text_chars)
     rows = table.to_pylist()[: max_prompts or None]
     return [PromptText(r["prompt"], format_prompt(tokenizer, r["prompt"], r.get("system"))) for r in rows]
 

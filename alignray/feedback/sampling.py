@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignray.data import format_prompt, read_prompts
+from alignray.data import DEFAULT_MAX_CHARS, format_prompt, read_prompts
 from alignray.generation import decode_responses, disable_dropout, sample_responses
 from alignray.modeling import check_position_limit, load_causal_lm, load_tokenizer
 
 
-def take_prompts(path: Path, count: int, seed: int) -> list[str]:
+def take_prompts(path: Path, count: int, seed: int, max_chars: int = DEFAULT_MAX_CHARS) -> list[str]:
     """``count`` distinct prompts drawn at random (seeded) from a validated prompts file."""
-    table, _ = read_prompts(path)
+    table, _ = read_prompts(path, max_chars)
     distinct = sorted(set(table.column("prompt").to_pylist()))
     order = np.random.default_rng(seed).permutation(len(distinct))[:count]
     return [distinct[i] for i in order]
