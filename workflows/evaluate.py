@@ -28,7 +28,7 @@ from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, 
 from alignray.generation import (decode_responses, disable_dropout, response_logits, sample_responses,
                                  token_logprobs)
 from alignray.modeling import load_causal_lm, load_tokenizer
-from alignray.ppo import TWEET_CONSTRAINTS_EXAMPLE, ConstraintPenalty, masked_sum
+from alignray.ppo import ConstraintPenalty, masked_sum
 from workflows.common import CONFIG_PATH, start_app
 
 log = logging.getLogger("alignray.evaluate")
@@ -90,7 +90,7 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
     report = GuardReport.measure(judge_ppo, judge_sft, ppo_texts, sft_texts, kl_per_response.mean().item(),
                                  fluency_ppo, fluency_sft, seed=cfg.seed)
     verdict = report.verdict(kl_budget=ppo.eval.kl_budget)
-    constraints = ConstraintPenalty.from_config(TWEET_CONSTRAINTS_EXAMPLE)
+    constraints = ConstraintPenalty.from_rule_set(ppo.reward.constraints)
     violation_rate = {name: (constraints.penalties(t)[0] > 0).float().mean().item()
                       for name, t in (("sft", sft_texts), ("ppo", ppo_texts))}
     train_rate = bootstrap_ci(judge_scores(ppo_texts, TRAINING_RATERS), judge_scores(sft_texts, TRAINING_RATERS),
@@ -100,7 +100,7 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
         "num_prompts": len(prompts), "judge": f"mean of annotators {list(HELD_OUT_JUDGE_RATERS)}",
         **{k: v for k, v in vars(report).items()},
         "kl_median": kl_per_response.median().item(), "kl_budget": ppo.eval.kl_budget,
-        "constraint_violation_rate": violation_rate,
+        "constraint_violation_rate": violation_rate, "constraints": ppo.reward.constraints,
         "win_rate_training_annotators": dict(zip(("win_rate", "ci_low", "ci_high"), train_rate)),
         "mean_words": {"sft": _mean_words(sft_texts), "ppo": _mean_words(ppo_texts)},
         "verdict": verdict,

@@ -47,7 +47,6 @@ from alignray.metrics import MetricsLogger, StageTimes, plot_curves, read_metric
 from alignray.model_card import ModelCard, write_model_card
 from alignray.modeling import check_position_limit, load_tokenizer
 from alignray.ppo import (
-    TWEET_CONSTRAINTS_EXAMPLE,
     ConstraintPenalty,
     RunningRewardNormalizer,
     make_kl_controller,
@@ -71,8 +70,7 @@ class PPOCoordinator:
         self.stream = PromptStream(len(self.prompts), seed)
         self.kl = make_kl_controller(ppo.kl.controller, ppo.kl.coef, ppo.kl.target, ppo.kl.horizon)
         self.normalizer = RunningRewardNormalizer() if ppo.reward.normalize else None
-        self.constraints = ConstraintPenalty.from_config(
-            TWEET_CONSTRAINTS_EXAMPLE if ppo.reward.constraints == "tweets" else {})
+        self.constraints = ConstraintPenalty.from_rule_set(ppo.reward.constraints)
         if ppo.policy_lag not in (0, 1):
             raise ValueError(f"ppo.policy_lag must be 0 or 1, not {ppo.policy_lag}")
         self.nonfinite_in_a_row = 0

@@ -29,7 +29,9 @@ class PPORewardConfig:
     normalize: bool = True  # running mean/std normalisation, so the KL coef means the same for any RM
     clip: float = 5.0  # normalised scores are clipped to [-clip, clip]
     truncation_penalty: float = 0.0  # subtracted when a response hits max_new_tokens without an end token
-    constraints: str = "tweets"  # "tweets" (TWEET_CONSTRAINTS_EXAMPLE) or "none"
+    # The constraint rule set (alignray/ppo/constraints.py): a file of conf/constraints/ by
+    # name ("tweets", "chat"), a path to a YAML rule set, or "none"; anything else is an error.
+    constraints: str = "tweets"
 
 
 @dataclass
