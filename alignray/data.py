@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import pyarrow as pa
 
@@ -95,16 +96,20 @@ def format_prompt(tokenizer, prompt: str, system: str | None = None, conversatio
     return prompt if not system else f"{system}\n{prompt}"
 
 
-def prompt_token_ids(tokenizer, formatted: list[str]) -> list[list[int]]:
-    """Token ids of prompts formatted by :func:`format_prompt`: the one tokenisation every
-    phase uses (SFT, feedback sampling, PPO, evaluation; the reward model applies the same
-    rule). A chat template writes its special tokens into the text; without one the
-    tokenizer's own leading special tokens (BOS for Llama, Mistral, Gemma) come first."""
-    ids = tokenizer(list(formatted), add_special_tokens=False)["input_ids"]
-    if getattr(tokenizer, "chat_template", None):
-        return ids
-    prefix = _leading_special_tokens(tokenizer)
-    return [prefix + row for row in ids]
+def prompt_token_ids(tokenizer, formatted: Sequence[str], max_tokens: int | None = None) -> tuple[list[list[int]], list[bool]]:
+    """Token ids of prompts formatted by :func:`format_prompt`, and which were cut: the one
+    tokenisation every phase uses (SFT, feedback sampling, PPO, evaluation; the reward
+    model applies the same rule to its text). A chat template writes its special tokens
+    into the text; without one the tokenizer's own leading special tokens (BOS for Llama,
+    Mistral, Gemma) come first. A prompt over ``max_tokens`` keeps those and its last
+    tokens, the ones next to the response."""
+    rows = tokenizer(list(formatted), add_special_tokens=False)["input_ids"]
+    prefix = [] if getattr(tokenizer, "chat_template", None) else _leading_special_tokens(tokenizer)
+    room = None if max_tokens is None else max_tokens - len(prefix)
+    if room is not None and room <= 0:
+        raise ValueError(f"max_tokens {max_tokens} leaves no room after the special tokens {prefix}")
+    cut = [room is not None and len(row) > room for row in rows]
+    return [prefix + (row[-room:] if over else row) for row, over in zip(rows, cut)], cut
 
 
 def _leading_special_tokens(tokenizer) -> list[int]:

@@ -25,8 +25,8 @@ from alignray.base_model import resolve_base_model
 from alignray.data import format_prompt, prepare_embedded_data, read_prompts
 from alignray.evaluation import GuardReport, bootstrap_ci, words
 from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, judge_scores
-from alignray.generation import (decode_responses, disable_dropout, response_logits, sample_responses,
-                                 token_logprobs)
+from alignray.generation import (decode_responses, disable_dropout, encode_prompts, response_logits,
+                                 sample_responses, token_logprobs)
 from alignray.modeling import load_causal_lm, load_tokenizer
 from alignray.ppo import ConstraintPenalty, masked_sum
 from workflows.common import CONFIG_PATH, start_app
@@ -39,18 +39,18 @@ MIN_CI_LOW = 0.55
 
 
 @torch.no_grad()
-def answer(model, tokenizer, prompts: list[str], ppo, max_prompt_tokens: int, seed: int):
-    """Sampled responses of ``model``: token tensors, texts and their sampling log-probs."""
+def answer(model, tokenizer, formatted: list[str], ppo, max_prompt_tokens: int, seed: int):
+    """Sampled responses of ``model`` to prompts formatted by ``format_prompt``: token
+    tensors, texts and their sampling log-probs."""
     generator = torch.Generator().manual_seed(seed)
     chunks = []
-    for start in range(0, len(prompts), BATCH):
-        encoded = tokenizer([format_prompt(tokenizer, p) for p in prompts[start:start + BATCH]],
-                            return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens)
-        sampled = sample_responses(model, encoded["input_ids"], encoded["attention_mask"],
+    for start in range(0, len(formatted), BATCH):
+        prompt_ids, prompt_mask = encode_prompts(tokenizer, formatted[start:start + BATCH], max_prompt_tokens)
+        sampled = sample_responses(model, prompt_ids, prompt_mask,
                                    max_new_tokens=ppo.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                                    pad_token_id=tokenizer.pad_token_id, temperature=ppo.temperature,
                                    top_p=ppo.top_p, generator=generator)
-        chunks.append((encoded["input_ids"], encoded["attention_mask"], sampled))
+        chunks.append((prompt_ids, prompt_mask, sampled))
     return chunks
 
 
@@ -72,15 +72,16 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
     if reference_prompts_path is None:
         reference_prompts_path = prepare_embedded_data(cfg.data, out / "data")["prompts_heldout"]
     table, _ = read_prompts(reference_prompts_path, cfg.data.max_text_chars)
-    prompts = table.column("prompt").to_pylist()[: ppo.eval.num_prompts]
+    rows = table.to_pylist()[: ppo.eval.num_prompts]
+    prompts = [row["prompt"] for row in rows]
 
     tokenizer = load_tokenizer(sft_path)
-    tokenizer.truncation_side = "left"
+    formatted = [format_prompt(tokenizer, r["prompt"], r.get("system"), r.get("conversation")) for r in rows]
     sft_model = disable_dropout(load_causal_lm(sft_path, torch.device("cpu"))).eval()
     ppo_model = disable_dropout(load_causal_lm(ppo_path, torch.device("cpu"))).eval()
     max_prompt_tokens = cfg.data.max_prompt_tokens
-    sft_chunks = answer(sft_model, tokenizer, prompts, ppo, max_prompt_tokens, cfg.seed)
-    ppo_chunks = answer(ppo_model, tokenizer, prompts, ppo, max_prompt_tokens, cfg.seed)
+    sft_chunks = answer(sft_model, tokenizer, formatted, ppo, max_prompt_tokens, cfg.seed)
+    ppo_chunks = answer(ppo_model, tokenizer, formatted, ppo, max_prompt_tokens, cfg.seed)
 
     sft_texts, ppo_texts = response_texts(tokenizer, sft_chunks), response_texts(tokenizer, ppo_chunks)
     kl_per_response, fluency_ppo, fluency_sft = kl_and_fluency(sft_model, sft_chunks, ppo_chunks, ppo.temperature)
@@ -109,7 +110,7 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
     }
     (out / EVAL_FILE).write_text(json.dumps(result, indent=2))
     shown = min(ppo.eval.samples_to_write, len(prompts))
-    base_texts = base_answers(base_path, tokenizer, prompts[:shown], ppo, max_prompt_tokens, cfg.seed)
+    base_texts = base_answers(base_path, tokenizer, formatted[:shown], ppo, max_prompt_tokens, cfg.seed)
     with (out / SAMPLES_FILE).open("w") as f:
         for i in range(shown):
             f.write(json.dumps({"prompt": prompts[i], **({"base": base_texts[i]} if base_texts else {}),
@@ -139,13 +140,13 @@ def kl_and_fluency(sft_model, sft_chunks, ppo_chunks, temperature: float) -> tup
             per_token_mean(logprobs_under(sft_model, sft_chunks, temperature), sft_chunks))
 
 
-def base_answers(base_path: str | None, tokenizer, prompts: list[str], ppo, max_prompt_tokens: int,
+def base_answers(base_path: str | None, tokenizer, formatted: list[str], ppo, max_prompt_tokens: int,
                  seed: int) -> list[str]:
     """The pretrained model's answers to the same prompts (it shares the SFT tokenizer)."""
     if not base_path:
         return []
     model = disable_dropout(load_causal_lm(base_path, torch.device("cpu"))).eval()
-    return response_texts(tokenizer, answer(model, tokenizer, prompts, ppo, max_prompt_tokens, seed))
+    return response_texts(tokenizer, answer(model, tokenizer, formatted, ppo, max_prompt_tokens, seed))
 
 
 def _mean_words(texts: list[str]) -> float:

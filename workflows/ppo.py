@@ -40,7 +40,7 @@ from alignray.config.ppo import PPOConfig
 from alignray.data import format_prompt, prepare_embedded_data, read_prompts, response_text
 from alignray.experience import (CriticTrainStats, PolicyTrainStats, PromptBatch, PromptStream, Rollout,
                                  build_experience, sequence_scores, step_metrics)
-from alignray.generation import decode_responses
+from alignray.generation import decode_responses, encode_prompts
 from alignray.artifacts import CURVES_FIGURE, METRICS_FILE, POLICY_DIR, STAGE_TIMES_FIGURE
 from alignray.base_model import resolve_base_model
 from alignray.metrics import MetricsLogger, StageTimes, plot_curves, read_metrics
@@ -64,7 +64,7 @@ class PPOCoordinator:
         self.ppo, self.seed, self.out = ppo, seed, out
         self.ckpt_dir = out / "checkpoints"
         self.tokenizer = load_tokenizer(sft_model_path)
-        self.tokenizer.truncation_side = "left"  # keep a long prompt's end, next to the response
+        self.tokenizer.truncation_side = "left"
         self.prompts = load_prompt_texts(data_cfg, self.tokenizer, out, ppo.max_prompts)
         self.max_prompt_tokens = data_cfg.max_prompt_tokens
         self.stream = PromptStream(len(self.prompts), seed)
@@ -178,9 +178,9 @@ class PPOCoordinator:
 
     def prompt_batch(self, rows: torch.Tensor) -> PromptBatch:
         """The prompts of ``rows``, left-padded, the longest cut from the left."""
-        encoded = self.tokenizer([self.prompts[i].formatted for i in rows.tolist()], return_tensors="pt",
-                                 padding=True, truncation=True, max_length=self.max_prompt_tokens)
-        return PromptBatch(prompt_index=rows, prompt_ids=encoded["input_ids"], prompt_mask=encoded["attention_mask"])
+        ids, mask = encode_prompts(self.tokenizer, [self.prompts[i].formatted for i in rows.tolist()],
+                                   self.max_prompt_tokens)
+        return PromptBatch(prompt_index=rows, prompt_ids=ids, prompt_mask=mask)
 
     def make_probe(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Fixed sequences whose log-probs the pool must reproduce after each sync: the first
@@ -190,7 +190,7 @@ class PPOCoordinator:
         answers = [response_text(self.tokenizer, self.prompts[k + i].raw) for i in range(k)]
         self.tokenizer.padding_side = "right"
         encoded = self.tokenizer(answers, return_tensors="pt", padding="max_length", truncation=True,
-                                 max_length=self.ppo.max_new_tokens)
+                                 max_length=self.ppo.max_new_tokens, add_special_tokens=False)
         self.tokenizer.padding_side = "left"
         return batch.prompt_ids, batch.prompt_mask, encoded["input_ids"], encoded["attention_mask"].bool()
 
@@ -249,7 +249,8 @@ def load_prompt_texts(data_cfg, tokenizer, out: Path, max_prompts: int) -> list[
         path = data_cfg.prompts_path
     table, _ = read_prompts(path, data_cfg.max_text_chars)
     rows = table.to_pylist()[: max_prompts or None]
-    return [PromptText(r["prompt"], format_prompt(tokenizer, r["prompt"], r.get("system"))) for r in rows]
+    return [PromptText(r["prompt"], format_prompt(tokenizer, r["prompt"], r.get("system"), r.get("conversation")))
+            for r in rows]
 
 
 def keep_metrics_until(path: Path, step: int) -> None:
