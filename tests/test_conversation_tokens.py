@@ -1,6 +1,7 @@
 """One tokenisation of a conversation for every phase: with a tokenizer that adds BOS (as
 Llama, Mistral and Gemma do), SFT, feedback sampling, PPO, evaluation and the reward model
-all see the same prompt ids, BOS once; with a chat template, the template's ids."""
+all see the same prompt ids, BOS once; with a chat template, the template's ids. And hub
+ids: only a model built here forces the hub offline; one that cannot be had is a clear error."""
 from types import SimpleNamespace
 
 import numpy as np
@@ -109,3 +110,24 @@ def test_a_long_prompt_keeps_its_bos_and_its_end(tmp_path):
     full = tokenizer(PROMPT)["input_ids"]
     assert row["input_ids"][0][:5].tolist() == [tokenizer.bos_token_id] + full[-4:]
     assert row["prompt_truncated"].tolist() == [1]
+
+
+def test_hub_id_offline_and_not_cached_is_an_error_naming_the_model(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match=r"model 'alignray-tests/not-cached-anywhere' is not a local folder nor in "
+                                      r"the Hugging Face cache, and the hub is offline"):
+        load_tokenizer("alignray-tests/not-cached-anywhere")
+
+
+@pytest.mark.parametrize("source, offline", [("embedded", "1"), ("hf", None)])
+def test_only_a_local_model_forces_the_hub_offline_and_workers_inherit_it(monkeypatch, source, offline):
+    from omegaconf import OmegaConf
+
+    from actors.runtime import worker_env
+    from workflows.common import start_app
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    start_app(OmegaConf.create({"model": {"source": source}}), "test")
+    assert worker_env().get("HF_HUB_OFFLINE") == offline
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the user's own setting wins
+    start_app(OmegaConf.create({"model": {"source": source}}), "test")
+    assert worker_env()["HF_HUB_OFFLINE"] == "0"
