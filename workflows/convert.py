@@ -29,6 +29,7 @@ from alignray.validation import write_parquet
 FEEDBACK_SPLIT_FILE = "feedback_{split}.parquet"
 SUMMARY_FILE = "convert_summary.json"
 ERRORS_SHOWN = 50
+SPLIT_SALT = "convert-heldout:"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -47,7 +48,10 @@ def parser() -> argparse.ArgumentParser:
 def write_outputs(imported: Imported, out_dir: Path, heldout_fraction: float) -> dict:
     """The files, split by prompt text; returns the summary (also written as JSON)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    side = {p["prompt"]: "heldout" if is_heldout(p["prompt"], heldout_fraction) else "train" for p in imported.prompts}
+    # Salted: the phases split their own inputs by the same hash (SFT's evaluation loss, the
+    # reward model's held-out pairs); unsalted, this split would leave them no held-out rows.
+    side = {p["prompt"]: "heldout" if is_heldout(SPLIT_SALT + p["prompt"], heldout_fraction) else "train"
+            for p in imported.prompts}
     outputs = ((PROMPTS_FILE, imported.prompts, PROMPT_SCHEMA), (DEMONSTRATIONS_FILE, imported.demonstrations,
                 DEMONSTRATION_SCHEMA), (FEEDBACK_SPLIT_FILE, imported.feedback, None))
     files = {}

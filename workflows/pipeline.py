@@ -33,9 +33,10 @@ log = logging.getLogger("alignray.pipeline")
 
 
 def evaluate(cfg: DictConfig, base: str, sft_model: str, ppo_dir: Path) -> Path:
-    """PPO vs SFT by the held-out judge, beside the PPO run it judges."""
+    """PPO vs SFT by the held-out judge, beside the PPO run it judges, on ``ppo.eval.prompts_path``
+    (your held-out prompts; None: the embedded default's)."""
     out = ppo_dir.parent / f"eval-{ppo_dir.name.removeprefix('ppo-')}"
-    evaluate_policies(cfg, sft_model, str(ppo_dir / POLICY_DIR), None, out, base_path=base)
+    evaluate_policies(cfg, sft_model, str(ppo_dir / POLICY_DIR), cfg.ppo.eval.prompts_path, out, base_path=base)
     return out
 
 
