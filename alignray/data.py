@@ -96,7 +96,8 @@ def format_prompt(tokenizer, prompt: str, system: str | None = None, conversatio
     return prompt if not system else f"{system}\n{prompt}"
 
 
-def prompt_token_ids(tokenizer, formatted: Sequence[str], max_tokens: int | None = None) -> tuple[list[list[int]], list[bool]]:
+def prompt_token_ids(tokenizer, formatted: Sequence[str],
+                     max_tokens: int | None = None) -> tuple[list[list[int]], list[bool]]:
     """Token ids of prompts formatted by :func:`format_prompt`, and which were cut: the one
     tokenisation every phase uses (SFT, feedback sampling, PPO, evaluation; the reward
     model applies the same rule to its text). A chat template writes its special tokens

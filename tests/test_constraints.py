@@ -23,7 +23,8 @@ def test_named_rule_sets_and_none():
     assert load_rule_set("tweets") == TWEET_CONSTRAINTS_EXAMPLE
     assert ConstraintPenalty.from_rule_set("none").rules == []
     chat = ConstraintPenalty.from_rule_set("chat")
-    _, violations = chat.penalties(["Sure, here is how.\nHuman: thanks", "You can boil the water first, then add salt."])
+    _, violations = chat.penalties(["Sure, here is how.\nHuman: thanks",
+                                    "You can boil the water first, then add salt."])
     assert violations["writes_user_turn"].tolist() == [True, False]
     assert {"length", "repetition", "degenerate"} <= {rule.name for rule in chat.rules}
 

@@ -95,7 +95,8 @@ def test_preference_formats_text_messages_and_implicit_prompt(tmp_path):
     assert imported.report.reasons == {"prompts differ": 1, "empty response": 1, "bad conversation": 1,
                                        "wrong type": 1}
     system_prompt = imported.prompts[1]
-    assert system_prompt["system"] == "Be brief." and system_prompt["conversation"] == [{"role": "user", "content": "Hi?"}]
+    assert system_prompt["system"] == "Be brief."
+    assert system_prompt["conversation"] == [{"role": "user", "content": "Hi?"}]
     implicit = imported.demonstrations[2]
     assert implicit["response"] == "4, sorry." and len(implicit["conversation"]) == 3
     assert implicit["prompt"] == "Human: 2+2?\n\nAssistant: 5\n\nHuman: Sure?\n\nAssistant:"
@@ -150,7 +151,8 @@ def read_feedback_roundtrip(rows, tmp_path):
 
 def test_sft_demonstrations_prompt_completion_and_messages(tmp_path):
     rows = [{"prompt": "Say hi.", "completion": "Hi!"},
-            {"prompt": [{"role": "user", "content": "Say bye."}], "completion": [{"role": "assistant", "content": "Bye!"}]},
+            {"prompt": [{"role": "user", "content": "Say bye."}],
+             "completion": [{"role": "assistant", "content": "Bye!"}]},
             {"messages": [{"role": "system", "content": "Kind."}, {"role": "user", "content": "Hello"},
                           {"role": "assistant", "content": "Hey"}, {"role": "user", "content": "Joke?"},
                           {"role": "assistant", "content": "No."}]},

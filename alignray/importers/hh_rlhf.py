@@ -29,8 +29,8 @@ def split_transcript(transcript: str, field: str) -> tuple[list[dict], str]:
 
 
 def convert_hh_row(row: dict, options: ImportOptions) -> Converted:
-    # Transcripts begin with "\n\n": read them unstripped.
-    text_field(row, "chosen"), text_field(row, "rejected")
+    for name in ("chosen", "rejected"):
+        text_field(row, name)  # present, text, not blank; split below as written (it begins with "\n\n")
     chosen_turns, chosen = split_transcript(row["chosen"], "chosen")
     rejected_turns, rejected = split_transcript(row["rejected"], "rejected")
     if chosen_turns != rejected_turns:

@@ -50,7 +50,8 @@ def _rated_completions(row: dict) -> list[tuple[str, dict[str, float]]]:
         if ratings := _ratings(required(completion, "annotations"), f"{where}.annotations"):
             rated.append((response, ratings))
     if len(rated) < 2:
-        raise RowRejected("too few rated completions", "completions", f"{len(rated)} rated completions; a ranking needs 2")
+        raise RowRejected("too few rated completions", "completions",
+                          f"{len(rated)} rated completions; a ranking needs 2")
     if len({response for response, _ in rated}) < len(rated):
         raise RowRejected("identical responses", "completions", "two rated completions are identical")
     return rated
