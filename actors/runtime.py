@@ -33,11 +33,13 @@ RAY_DATA_LOGGING_FILE = REPO / "cluster" / "ray_data_logging.yaml"
 
 
 def worker_env() -> dict[str, str]:
-    """What every actor and Ray Train worker needs: the project importable, no hub lookups,
-    DeepSpeed's accelerator chosen from torch (on CPU nothing may JIT-compile) and Ray
-    Data's INFO lines kept off the console."""
+    """What every actor and Ray Train worker needs: the project importable, the driver's hub
+    setting (offline for the embedded default, the user's own for a hub id), DeepSpeed's
+    accelerator chosen from torch (on CPU nothing may JIT-compile) and Ray Data's INFO lines
+    kept off the console."""
     import torch
-    return {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    hub = {"HF_HUB_OFFLINE": os.environ["HF_HUB_OFFLINE"]} if "HF_HUB_OFFLINE" in os.environ else {}
+    return {"PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **hub,
             "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu"),
             **ray_data_logging()}
 

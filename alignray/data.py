@@ -1,5 +1,11 @@
-"""Prompts and demonstrations: declared schemas, validated readers, the plain prompt
-format, and the embedded default's files.
+"""Prompts and demonstrations: declared schemas, validated readers, the prompt formats
+(conversations included) and their token ids, and the embedded default's files.
+
+A multi-turn prompt keeps its turns in ``conversation`` (a list of ``{role, content}``
+messages ending with the user turn to answer); ``prompt`` then holds its plain rendering
+(:func:`render_conversation`), so every reader of ``prompt`` alone (judges, the reward
+model's text, grouping by prompt) still sees the whole context. A single-turn prompt needs
+no ``conversation``.
 
 Files are data: every reader validates against the schema below, names the file, row and
 field of each bad row, and reports counts in = accepted + rejected (alignray/validation.py).
@@ -8,21 +14,29 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import pyarrow as pa
 
 from alignray.artifacts import DEMONSTRATIONS_FILE, PROMPTS_FILE
+from alignray.config.data import DataConfig
 from alignray.embedded.tweets import is_heldout, load_tweets, split_opening
 from alignray.validation import (DataValidationError, ValidationReport, read_parquet_validated,
                                  write_parquet)
 
 log = logging.getLogger(__name__)
 
+ROLES = ("user", "assistant")  # a system message lives in the ``system`` column
+MESSAGES_TYPE = pa.list_(pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())]))
+# Plain-format speaker labels, as in HH-RLHF transcripts.
+PLAIN_LABELS = {"user": "Human", "assistant": "Assistant"}
+
 PROMPT_SCHEMA = pa.schema([
     pa.field("prompt_id", pa.string(), nullable=False),
     pa.field("prompt", pa.string(), nullable=False),
     pa.field("system", pa.string()),
     pa.field("source", pa.string()),
+    pa.field("conversation", MESSAGES_TYPE),
 ])
 
 DEMONSTRATION_SCHEMA = pa.schema([
@@ -30,26 +44,83 @@ DEMONSTRATION_SCHEMA = pa.schema([
     pa.field("response", pa.string(), nullable=False),
     pa.field("system", pa.string()),
     pa.field("source", pa.string()),
+    pa.field("conversation", MESSAGES_TYPE),
 ])
+
+DEFAULT_MAX_CHARS = DataConfig.max_text_chars
 
 # Errors that mean the file itself is malformed (wrong columns or types), as opposed to
 # rows that are merely unusable (empty, too long), which are counted and reported.
 STRUCTURAL_REASONS = ("missing column", "wrong type", "null in required field")
 
 
-def format_prompt(tokenizer, prompt: str, system: str | None = None) -> str:
+def render_conversation(messages: list[dict]) -> str:
+    """The plain text of a prompt's turns: a single user turn is its content; more turns
+    are an HH-style transcript ending with the assistant's cue, which the response follows."""
+    if len(messages) == 1:
+        return messages[0]["content"]
+    turns = [f"{PLAIN_LABELS[m['role']]}: {m['content']}" for m in messages]
+    return "\n\n".join(turns + [f"{PLAIN_LABELS['assistant']}:"])
+
+
+def conversation_problems(messages) -> list[str]:
+    """What makes ``messages`` unusable as a prompt's turns (empty list: nothing)."""
+    if not isinstance(messages, list) or not messages:
+        return ["a conversation is a non-empty list of {role, content} messages"]
+    problems = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            problems.append(f"message {i} is not a {{role, content}} with text content")
+        elif message.get("role") not in ROLES:
+            problems.append(f"message {i} has role {message.get('role')!r}, not one of {ROLES}")
+        elif not message["content"].strip():
+            problems.append(f"message {i} is empty")
+    if not problems and messages[-1]["role"] != "user":
+        problems.append("the last message must be the user's (the turn the response answers)")
+    return problems
+
+
+def format_prompt(tokenizer, prompt: str, system: str | None = None, conversation: list[dict] | None = None) -> str:
     """The text a model sees before its response.
 
-    With a chat template (SmolLM2-Instruct, most hub models) the prompt becomes a user
-    turn and the template's generation prompt follows. Without one (the embedded base
-    model) the plain format is the prompt itself: the response continues it after a
-    single space, the way a tweet's continuation follows its opening words.
+    With a chat template (SmolLM2-Instruct, most hub models) the conversation (or the
+    prompt as one user turn) goes through it, with the generation prompt last. Without one
+    (the embedded base model) the plain format is the prompt itself, which for a
+    conversation is its rendering: the response continues it after a single space, the
+    way a tweet's continuation follows its opening words.
     """
     if getattr(tokenizer, "chat_template", None):
         messages = ([{"role": "system", "content": system}] if system else [])
-        messages.append({"role": "user", "content": prompt})
+        messages += [dict(m) for m in conversation] if conversation else [{"role": "user", "content": prompt}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return prompt if not system else f"{system}\n{prompt}"
+
+
+def prompt_token_ids(tokenizer, formatted: Sequence[str],
+                     max_tokens: int | None = None) -> tuple[list[list[int]], list[bool]]:
+    """Token ids of prompts formatted by :func:`format_prompt`, and which were cut: the one
+    tokenisation every phase uses (SFT, feedback sampling, PPO, evaluation; the reward
+    model applies the same rule to its text). A chat template writes its special tokens
+    into the text; without one the tokenizer's own leading special tokens (BOS for Llama,
+    Mistral, Gemma) come first. A prompt over ``max_tokens`` keeps those and its last
+    tokens, the ones next to the response."""
+    rows = tokenizer(list(formatted), add_special_tokens=False)["input_ids"]
+    prefix = [] if getattr(tokenizer, "chat_template", None) else _leading_special_tokens(tokenizer)
+    room = None if max_tokens is None else max_tokens - len(prefix)
+    if room is not None and room <= 0:
+        raise ValueError(f"max_tokens {max_tokens} leaves no room after the special tokens {prefix}")
+    cut = [room is not None and len(row) > room for row in rows]
+    return [prefix + (row[-room:] if over else row) for row, over in zip(rows, cut)], cut
+
+
+def _leading_special_tokens(tokenizer) -> list[int]:
+    """What the tokenizer puts before a text's own tokens (often nothing, GPT-2)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[:start]
+    return []
 
 
 def response_text(tokenizer, response: str) -> str:
@@ -66,8 +137,20 @@ def _text_checks(fields: tuple[str, ...], max_chars: int):
                 problems.append((name, "empty text"))
             elif len(value) > max_chars:
                 problems.append((name, f"over-long: {len(value)} characters > {max_chars}"))
-        return problems
+        return problems + conversation_check(row)
     return check
+
+
+def conversation_check(row: dict) -> list[tuple[str, str]]:
+    """A row check: the ``conversation``, where there is one, is well formed and
+    ``prompt`` is its rendering."""
+    messages = row.get("conversation")
+    if messages is None:
+        return []
+    problems = [("conversation", problem) for problem in conversation_problems(messages)]
+    if not problems and render_conversation(messages) != row["prompt"]:
+        problems.append(("prompt", "prompt is not the rendering of its conversation"))
+    return problems
 
 
 def _read_checked(path, schema, fields, max_chars) -> tuple[pa.Table, ValidationReport]:
@@ -78,13 +161,13 @@ def _read_checked(path, schema, fields, max_chars) -> tuple[pa.Table, Validation
     return table, report
 
 
-def read_demonstrations(path: str | Path, max_chars: int = 2000) -> tuple[pa.Table, ValidationReport]:
+def read_demonstrations(path: str | Path, max_chars: int = DEFAULT_MAX_CHARS) -> tuple[pa.Table, ValidationReport]:
     """Rows with empty or over-long text are rejected and counted in the report; a
     missing column, a wrong type or a null raises DataValidationError."""
     return _read_checked(path, DEMONSTRATION_SCHEMA, ("prompt", "response"), max_chars)
 
 
-def read_prompts(path: str | Path, max_chars: int = 2000) -> tuple[pa.Table, ValidationReport]:
+def read_prompts(path: str | Path, max_chars: int = DEFAULT_MAX_CHARS) -> tuple[pa.Table, ValidationReport]:
     return _read_checked(path, PROMPT_SCHEMA, ("prompt",), max_chars)
 
 

@@ -19,9 +19,12 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
+
+from alignray.data import prompt_token_ids
 
 
 @dataclass
@@ -30,6 +33,20 @@ class SampledResponses:
     response_mask: Tensor  # [B, T] bool; tokens up to and including the end token
     logprobs: Tensor  # [B, T] float32; log-prob of each sampled token, 0 on padding
     ended_with_eos: Tensor  # [B] bool; False where the length limit cut the response
+
+
+def encode_prompts(tokenizer, formatted: Sequence[str], max_prompt_tokens: int) -> tuple[Tensor, Tensor]:
+    """``(prompt_ids, prompt_mask)`` ``[B, P]``, left-padded, of prompts formatted by
+    ``alignray.data.format_prompt``, tokenised by ``alignray.data.prompt_token_ids`` (the
+    ids SFT trained on), each cut to its last ``max_prompt_tokens``."""
+    rows, _ = prompt_token_ids(tokenizer, formatted, max_prompt_tokens)
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids, mask
 
 
 def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,7 +1,8 @@
 """Loading and saving causal LMs in Hugging Face format, and choosing a device.
 
 Everything downstream loads models through these functions, so any local folder or hub
-id works where the embedded default does.
+id works where the embedded default does. Only the embedded default forces the hub offline
+(``alignray.workflows.common.start_app``); a hub id is fetched where the hub is reachable and cached.
 """
 from __future__ import annotations
 
@@ -29,9 +30,24 @@ def training_dtype(precision: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def from_pretrained(loader, path: str | os.PathLike, **kwargs):
+    """``loader.from_pretrained(path)``; a hub id that cannot be had (not cached, and the
+    hub offline or unreachable) is an error naming the model and what to do."""
+    try:
+        return loader.from_pretrained(str(path), **kwargs)
+    except OSError as error:
+        if Path(path).exists():
+            raise
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        why = "the hub is offline (HF_HUB_OFFLINE is set)" if offline else "the hub could not be reached"
+        raise OSError(f"model {str(path)!r} is not a local folder nor in the Hugging Face cache, and {why}: "
+                      f"download it once where the hub is reachable (`hf download {path}`), "
+                      "or give a local folder") from error
+
+
 def load_tokenizer(path: str | os.PathLike, padding_side: str = "left") -> PreTrainedTokenizerBase:
     """Left padding by default: generation appends to the right end of every row."""
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = from_pretrained(AutoTokenizer, path)
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -40,7 +56,7 @@ def load_tokenizer(path: str | os.PathLike, padding_side: str = "left") -> PreTr
 
 def load_causal_lm(path: str | os.PathLike, device: torch.device | None = None,
                    dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **fused_activation(path))
+    model = from_pretrained(AutoModelForCausalLM, path, dtype=dtype, **fused_activation(path))
     return model.to(device or pick_device())
 
 
@@ -48,7 +64,7 @@ def fused_activation(path: str | os.PathLike) -> dict[str, str]:
     """``from_pretrained`` overrides that swap GPT-2's tanh-approximated GELU, six elementwise
     ops in Python, for the same function as one fused kernel (~8% of a small model's
     training step on CPU). Every loader of a causal LM backbone passes them."""
-    if getattr(AutoConfig.from_pretrained(str(path)), "activation_function", None) == "gelu_new":
+    if getattr(from_pretrained(AutoConfig, path), "activation_function", None) == "gelu_new":
         return {"activation_function": "gelu_pytorch_tanh"}
     return {}
 
@@ -69,7 +85,7 @@ def position_limit(model) -> int | None:
     """How many positions ``model`` reads, from its config: a loaded model, its config, or
     a model folder or hub id. None when the config states no limit."""
     if isinstance(model, (str, os.PathLike)):
-        model = AutoConfig.from_pretrained(str(model))
+        model = from_pretrained(AutoConfig, model)
     config = getattr(model, "config", model)
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 

@@ -3,11 +3,13 @@ mask covers the response only, and the loss is summed over those tokens.
 
 A row is ``prompt tokens + response tokens + end token``. The prompt is formatted the way
 the model will later see it at generation time (`alignray.data.format_prompt`: the chat
-template when the tokenizer has one, else the plain format) and tokenised on its own, so
-training conditions on exactly the tokens generation will start from.
+template when the tokenizer has one, else the plain format; a conversation's turns
+included) and tokenised on its own by `alignray.data.prompt_token_ids`, the tokenisation
+PPO, feedback sampling and evaluation use too, so training conditions on exactly the tokens
+generation will start from (a BOS-adding tokenizer's BOS included).
 
 Lengths are capped, never silently: a prompt longer than ``max_prompt_tokens`` keeps its
-last tokens (the ones next to the response), a response longer than
+leading special tokens and last tokens (the ones next to the response), a response longer than
 ``max_response_tokens`` keeps its first tokens and loses its end token; each row carries
 flags saying so, and the phase counts and reports them.
 """
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alignray.data import format_prompt, response_text
+from alignray.data import format_prompt, prompt_token_ids, response_text
 from alignray.modeling import load_tokenizer
 
 IGNORE = 0  # loss-mask value of prompt and padding positions
@@ -31,7 +33,7 @@ def sequence_length(max_prompt_tokens: int, max_response_tokens: int) -> int:
 
 
 def tokenize_demonstrations(tokenizer, prompts, responses, systems, max_prompt_tokens: int,
-                            max_response_tokens: int) -> dict[str, np.ndarray]:
+                            max_response_tokens: int, conversations=None) -> dict[str, np.ndarray]:
     """Token rows, right-padded to :func:`sequence_length`:
 
     - ``input_ids`` (int32), ``attention_mask`` (int8): the row and where it is real;
@@ -40,9 +42,10 @@ def tokenize_demonstrations(tokenizer, prompts, responses, systems, max_prompt_t
     - ``prompt_truncated``, ``response_truncated`` (int8): the caps that were applied.
     """
     width = sequence_length(max_prompt_tokens, max_response_tokens)
-    prompt_texts = [format_prompt(tokenizer, p, s or None) for p, s in zip(prompts, systems)]
+    conversations = [None] * len(prompts) if conversations is None else conversations
+    prompt_texts = [format_prompt(tokenizer, p, s or None, c) for p, s, c in zip(prompts, systems, conversations)]
     response_texts = [response_text(tokenizer, r) for r in responses]
-    prompt_ids = tokenizer(prompt_texts, add_special_tokens=False)["input_ids"]
+    prompt_ids, prompt_cut = prompt_token_ids(tokenizer, prompt_texts, max_prompt_tokens)
     response_ids = tokenizer(response_texts, add_special_tokens=False)["input_ids"]
 
     rows = len(prompt_texts)
@@ -53,10 +56,8 @@ def tokenize_demonstrations(tokenizer, prompts, responses, systems, max_prompt_t
         "prompt_truncated": np.zeros(rows, dtype=np.int8),
         "response_truncated": np.zeros(rows, dtype=np.int8),
     }
+    out["prompt_truncated"][:] = prompt_cut
     for i, (prompt, response) in enumerate(zip(prompt_ids, response_ids)):
-        if len(prompt) > max_prompt_tokens:
-            prompt = prompt[-max_prompt_tokens:]
-            out["prompt_truncated"][i] = 1
         if len(response) > max_response_tokens:
             response = response[:max_response_tokens]  # cut mid-text: no end token
             out["response_truncated"][i] = 1
@@ -76,9 +77,11 @@ def tokenize_batch(batch: dict[str, np.ndarray], model_path: str, max_prompt_tok
     worker process and kept (tasks reuse their processes)."""
     rows = len(batch["prompt"])
     systems = batch["system"] if "system" in batch else [None] * rows
+    # Ray Data hands a list-of-struct column over as arrays of dicts (None: single-turn)
+    conversations = [None if c is None else list(c) for c in batch.get("conversation", [None] * rows)]
     tokens = tokenize_demonstrations(_tokenizer(model_path), batch["prompt"], batch["response"], systems,
-                                     max_prompt_tokens, max_response_tokens)
-    passed_on = {k: v for k, v in batch.items() if k not in ("prompt", "response", "system", "source")}
+                                     max_prompt_tokens, max_response_tokens, conversations)
+    passed_on = {k: v for k, v in batch.items() if k not in ("prompt", "response", "system", "source", "conversation")}
     return passed_on | tokens
 
 

@@ -17,10 +17,10 @@ from alignray.config import register_configs
 from alignray.data import prepare_embedded_data
 
 register_configs()
-# Workers and actors inherit these: no telemetry, no hub lookups at run time.
+# Workers and actors inherit these: no telemetry.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+LOCAL_MODEL_SOURCES = ("embedded", "smollm2_gguf")  # built here from local files: never the hub
 
 log = logging.getLogger("alignray")
 CONFIG_PATH = str(CONF_DIR)
@@ -29,6 +29,10 @@ CONFIG_PATH = str(CONF_DIR)
 def start_app(cfg: DictConfig, app: str) -> None:
     """Log the resolved config and save it beside the app's Hydra outputs."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if cfg.model.source in LOCAL_MODEL_SOURCES:
+        # No hub lookups for a model built from local files; a hub id (model.source=hf) keeps
+        # the user's setting, which workers inherit (actors/runtime.worker_env).
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     log.info("=== alignray %s: resolved config ===\n%s", app, resolved)
     out_dir = _hydra_output_dir()

@@ -29,10 +29,10 @@ from alignray.base_model import resolve_base_model
 from alignray.data import format_prompt, prepare_embedded_data, read_prompts
 from alignray.evaluation import GuardReport, bootstrap_ci, words
 from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, judge_scores
-from alignray.generation import (decode_responses, disable_dropout, response_logits, sample_responses,
-                                 token_logprobs)
+from alignray.generation import (decode_responses, disable_dropout, encode_prompts, response_logits,
+                                 sample_responses, token_logprobs)
 from alignray.modeling import load_causal_lm, load_tokenizer
-from alignray.ppo import TWEET_CONSTRAINTS_EXAMPLE, ConstraintPenalty, masked_sum
+from alignray.ppo import ConstraintPenalty, masked_sum
 from alignray.tracking import log_summary, tracking_settings
 from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
 
@@ -44,18 +44,18 @@ MIN_CI_LOW = 0.55
 
 
 @torch.no_grad()
-def answer(model, tokenizer, prompts: list[str], ppo, max_prompt_tokens: int, seed: int):
-    """Sampled responses of ``model``: token tensors, texts and their sampling log-probs."""
+def answer(model, tokenizer, formatted: list[str], ppo, max_prompt_tokens: int, seed: int):
+    """Sampled responses of ``model`` to prompts formatted by ``format_prompt``: token
+    tensors, texts and their sampling log-probs."""
     generator = torch.Generator().manual_seed(seed)
     chunks = []
-    for start in range(0, len(prompts), BATCH):
-        encoded = tokenizer([format_prompt(tokenizer, p) for p in prompts[start:start + BATCH]],
-                            return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens)
-        sampled = sample_responses(model, encoded["input_ids"], encoded["attention_mask"],
+    for start in range(0, len(formatted), BATCH):
+        prompt_ids, prompt_mask = encode_prompts(tokenizer, formatted[start:start + BATCH], max_prompt_tokens)
+        sampled = sample_responses(model, prompt_ids, prompt_mask,
                                    max_new_tokens=ppo.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                                    pad_token_id=tokenizer.pad_token_id, temperature=ppo.temperature,
                                    top_p=ppo.top_p, generator=generator)
-        chunks.append((encoded["input_ids"], encoded["attention_mask"], sampled))
+        chunks.append((prompt_ids, prompt_mask, sampled))
     return chunks
 
 
@@ -76,16 +76,17 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
     ppo = cfg.ppo
     if reference_prompts_path is None:
         reference_prompts_path = prepare_embedded_data(cfg.data, out / PROMPTS_COPY_DIR)["prompts_heldout"]
-    table, _ = read_prompts(reference_prompts_path)
-    prompts = table.column("prompt").to_pylist()[: ppo.eval.num_prompts]
+    table, _ = read_prompts(reference_prompts_path, cfg.data.max_text_chars)
+    rows = table.to_pylist()[: ppo.eval.num_prompts]
+    prompts = [row["prompt"] for row in rows]
 
     tokenizer = load_tokenizer(sft_path)
-    tokenizer.truncation_side = "left"
+    formatted = [format_prompt(tokenizer, r["prompt"], r.get("system"), r.get("conversation")) for r in rows]
     sft_model = disable_dropout(load_causal_lm(sft_path, torch.device("cpu"))).eval()
     ppo_model = disable_dropout(load_causal_lm(ppo_path, torch.device("cpu"))).eval()
     max_prompt_tokens = cfg.data.max_prompt_tokens
-    sft_chunks = answer(sft_model, tokenizer, prompts, ppo, max_prompt_tokens, cfg.seed)
-    ppo_chunks = answer(ppo_model, tokenizer, prompts, ppo, max_prompt_tokens, cfg.seed)
+    sft_chunks = answer(sft_model, tokenizer, formatted, ppo, max_prompt_tokens, cfg.seed)
+    ppo_chunks = answer(ppo_model, tokenizer, formatted, ppo, max_prompt_tokens, cfg.seed)
 
     sft_texts, ppo_texts = response_texts(tokenizer, sft_chunks), response_texts(tokenizer, ppo_chunks)
     kl_per_response, fluency_ppo, fluency_sft = kl_and_fluency(sft_model, sft_chunks, ppo_chunks, ppo.temperature)
@@ -95,7 +96,7 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
     report = GuardReport.measure(judge_ppo, judge_sft, ppo_texts, sft_texts, kl_per_response.mean().item(),
                                  fluency_ppo, fluency_sft, seed=cfg.seed)
     verdict = report.verdict(kl_budget=ppo.eval.kl_budget)
-    constraints = ConstraintPenalty.from_config(TWEET_CONSTRAINTS_EXAMPLE)
+    constraints = ConstraintPenalty.from_rule_set(ppo.reward.constraints)
     violation_rate = {name: (constraints.penalties(t)[0] > 0).float().mean().item()
                       for name, t in (("sft", sft_texts), ("ppo", ppo_texts))}
     train_rate = bootstrap_ci(judge_scores(ppo_texts, TRAINING_RATERS), judge_scores(sft_texts, TRAINING_RATERS),
@@ -105,7 +106,7 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
         "num_prompts": len(prompts), "judge": f"mean of annotators {list(HELD_OUT_JUDGE_RATERS)}",
         **{k: v for k, v in vars(report).items()},
         "kl_median": kl_per_response.median().item(), "kl_budget": ppo.eval.kl_budget,
-        "constraint_violation_rate": violation_rate,
+        "constraint_violation_rate": violation_rate, "constraints": ppo.reward.constraints,
         "win_rate_training_annotators": dict(zip(("win_rate", "ci_low", "ci_high"), train_rate)),
         "mean_words": {"sft": _mean_words(sft_texts), "ppo": _mean_words(ppo_texts)},
         "verdict": verdict,
@@ -115,7 +116,7 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
     (out / EVAL_FILE).write_text(json.dumps(result, indent=2))
     log_summary(tracking_settings(cfg), out, out.name, result)
     shown = min(ppo.eval.samples_to_write, len(prompts))
-    base_texts = base_answers(base_path, tokenizer, prompts[:shown], ppo, max_prompt_tokens, cfg.seed)
+    base_texts = base_answers(base_path, tokenizer, formatted[:shown], ppo, max_prompt_tokens, cfg.seed)
     with (out / SAMPLES_FILE).open("w") as f:
         for i in range(shown):
             f.write(json.dumps({"prompt": prompts[i], **({"base": base_texts[i]} if base_texts else {}),
@@ -158,13 +159,13 @@ def kl_and_fluency(sft_model, sft_chunks, ppo_chunks, temperature: float) -> tup
             per_token_mean(logprobs_under(sft_model, sft_chunks, temperature), sft_chunks))
 
 
-def base_answers(base_path: str | None, tokenizer, prompts: list[str], ppo, max_prompt_tokens: int,
+def base_answers(base_path: str | None, tokenizer, formatted: list[str], ppo, max_prompt_tokens: int,
                  seed: int) -> list[str]:
     """The pretrained model's answers to the same prompts (it shares the SFT tokenizer)."""
     if not base_path:
         return []
     model = disable_dropout(load_causal_lm(base_path, torch.device("cpu"))).eval()
-    return response_texts(tokenizer, answer(model, tokenizer, prompts, ppo, max_prompt_tokens, seed))
+    return response_texts(tokenizer, answer(model, tokenizer, formatted, ppo, max_prompt_tokens, seed))
 
 
 def _mean_words(texts: list[str]) -> float:

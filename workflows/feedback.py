@@ -50,7 +50,7 @@ from alignray.feedback.aggregate import PAIRS_SCHEMA, POINTWISE_SCHEMA
 from alignray.feedback.ai_share import (items_for_ai, judge_agreement, pairwise_items, replace_share_by_ai,
                                         verdict_statistics)
 from alignray.feedback.heldout import HELDOUT_PAIRS_SCHEMA, heldout_pairs, pair_items
-from alignray.feedback.sampling import load_policy, sample_policy_responses, take_prompts
+from alignray.feedback.sampling import load_policy, prompt_conversations, sample_policy_responses, take_prompts
 from alignray.feedback.schema import read_feedback_files
 from alignray.feedback.simulated import (HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, annotator_id, heldout_feedback,
                                          training_feedback)
@@ -90,12 +90,15 @@ def simulated_feedback(cfg: DictConfig, sft_model_path: str, out: Path) -> tuple
     files = prompt_files(cfg)
     max_new_tokens = fb.max_response_tokens or cfg.data.max_response_tokens
     model, tokenizer = load_policy(sft_model_path)
+    conversations = {prompt: turns for path in files.values() if path
+                     for prompt, turns in prompt_conversations(path, cfg.data.max_text_chars).items()}
 
     def respond(prompts, label, seed):
         return sample_policy_responses(model, tokenizer, prompts, fb.responses_per_prompt, cfg.data.max_prompt_tokens,
-                                       max_new_tokens, fb.generation_batch_size, fb.temperature, seed, label)
+                                       max_new_tokens, fb.generation_batch_size, fb.temperature, seed, label,
+                                       conversations)
 
-    prompts = take_prompts(files["train"], fb.num_prompts, cfg.seed)
+    prompts = take_prompts(files["train"], fb.num_prompts, cfg.seed, cfg.data.max_text_chars)
     feedback = training_feedback(prompts, respond(prompts, "training", cfg.seed),
                                  train_annotators=fb.train_annotators, bad_faith_share=fb.bad_faith_share,
                                  annotators_per_item=fb.annotators_per_item, pairs_per_prompt=fb.pairs_per_prompt,
@@ -103,7 +106,7 @@ def simulated_feedback(cfg: DictConfig, sft_model_path: str, out: Path) -> tuple
     summary = {"prompts": len(prompts), "responses_per_prompt": fb.responses_per_prompt}
     pairs = None
     if files["heldout"] is not None and fb.heldout_prompts > 0:
-        heldout_prompts = take_prompts(files["heldout"], fb.heldout_prompts, cfg.seed)
+        heldout_prompts = take_prompts(files["heldout"], fb.heldout_prompts, cfg.seed, cfg.data.max_text_chars)
         heldout = heldout_feedback(heldout_prompts, respond(heldout_prompts, "held-out", cfg.seed + 1),
                                    train_annotators=fb.train_annotators, seed=cfg.seed + 1)
         write_feedback(heldout, out / HELDOUT_FEEDBACK_FILE)

@@ -42,7 +42,7 @@ from alignray.config.ppo import PPOConfig
 from alignray.data import format_prompt, prepare_embedded_data, read_prompts, response_text
 from alignray.experience import (CriticTrainStats, Experience, PolicyTrainStats, PromptBatch, PromptStream,
                                  Rollout, build_experience, sequence_scores, step_metrics)
-from alignray.generation import decode_responses
+from alignray.generation import decode_responses, encode_prompts
 from alignray.artifacts import (CURVES_FIGURE, METRICS_FILE, OVEROPTIMISATION_FIGURE, POLICY_DIR, PPO,
                                 PROMPTS_COPY_DIR, STAGE_TIMES_FIGURE)
 from alignray.base_model import resolve_base_model
@@ -55,7 +55,6 @@ from alignray.ppo import (
     AGGREGATIONS,
     KL_ESTIMATORS,
     POLICY_LOSSES,
-    TWEET_CONSTRAINTS_EXAMPLE,
     ConstraintPenalty,
     RunningRewardNormalizer,
     WeightedReward,
@@ -79,15 +78,14 @@ class PPOCoordinator:
         self.ppo, self.seed, self.out = ppo, seed, out
         self.ckpt_dir = out / "checkpoints"
         self.tokenizer = load_tokenizer(sft_model_path)
-        self.tokenizer.truncation_side = "left"  # keep a long prompt's end, next to the response
+        self.tokenizer.truncation_side = "left"
         self.prompts = load_prompt_texts(data_cfg, self.tokenizer, out, ppo.max_prompts)
         self.max_prompt_tokens = data_cfg.max_prompt_tokens
         self.stream = PromptStream(len(self.prompts), seed)
         self.kl = make_kl_controller(ppo.kl.controller, ppo.kl.coef, ppo.kl.target, ppo.kl.horizon)
         self.reward_sum = WeightedReward.from_config(ppo.reward)  # the scorer's score plus the user's functions
         self.normalizer = RunningRewardNormalizer() if ppo.reward.normalize else None
-        self.constraints = ConstraintPenalty.from_config(
-            TWEET_CONSTRAINTS_EXAMPLE if ppo.reward.constraints == "tweets" else {})
+        self.constraints = ConstraintPenalty.from_rule_set(ppo.reward.constraints)
         check_algorithm(ppo)
         self.nonfinite_in_a_row = 0
         self.pending: PendingRollout | None = None  # policy_lag=1: the next step's batch, in flight
@@ -224,7 +222,7 @@ class PPOCoordinator:
         prompts = monitor_probe_prompts(self.ppo, data_cfg, self.out)
         if prompts is None:
             return None
-        probe = self.encode_prompts([format_prompt(self.tokenizer, p) for p in prompts], torch.arange(len(prompts)))
+        probe = self.batch_of([format_prompt(self.tokenizer, p) for p in prompts], torch.arange(len(prompts)))
         return OverOptimisationMonitor(self.ppo.monitor, self.actors, self.weights, probe, prompts, self.tokenizer,
                                        judge=make_judge(self.ppo.monitor), out=self.out, seed=self.seed)
 
@@ -272,13 +270,12 @@ class PPOCoordinator:
 
     def prompt_batch(self, rows: torch.Tensor) -> PromptBatch:
         """The training prompts of ``rows``."""
-        return self.encode_prompts([self.prompts[i].formatted for i in rows.tolist()], rows)
+        return self.batch_of([self.prompts[i].formatted for i in rows.tolist()], rows)
 
-    def encode_prompts(self, formatted: list[str], rows: torch.Tensor) -> PromptBatch:
-        """Formatted prompts, left-padded, the longest cut from the left."""
-        encoded = self.tokenizer(formatted, return_tensors="pt", padding=True, truncation=True,
-                                 max_length=self.max_prompt_tokens)
-        return PromptBatch(prompt_index=rows, prompt_ids=encoded["input_ids"], prompt_mask=encoded["attention_mask"])
+    def batch_of(self, formatted: list[str], rows: torch.Tensor) -> PromptBatch:
+        """Formatted prompts, left-padded, the longest cut from the left (alignray.generation.encode_prompts)."""
+        ids, mask = encode_prompts(self.tokenizer, formatted, self.max_prompt_tokens)
+        return PromptBatch(prompt_index=rows, prompt_ids=ids, prompt_mask=mask)
 
     def make_probe(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Fixed sequences whose log-probs the pool must reproduce after each sync: the first
@@ -288,7 +285,7 @@ class PPOCoordinator:
         answers = [response_text(self.tokenizer, self.prompts[k + i].raw) for i in range(k)]
         self.tokenizer.padding_side = "right"
         encoded = self.tokenizer(answers, return_tensors="pt", padding="max_length", truncation=True,
-                                 max_length=self.ppo.max_new_tokens)
+                                 max_length=self.ppo.max_new_tokens, add_special_tokens=False)
         self.tokenizer.padding_side = "left"
         return batch.prompt_ids, batch.prompt_mask, encoded["input_ids"], encoded["attention_mask"].bool()
 
@@ -371,9 +368,10 @@ def load_prompt_texts(data_cfg, tokenizer, out: Path, max_prompts: int) -> list[
         path = prepare_embedded_data(data_cfg, out / PROMPTS_COPY_DIR)["prompts_train"]
     else:
         path = data_cfg.prompts_path
-    table, _ = read_prompts(path)
+    table, _ = read_prompts(path, data_cfg.max_text_chars)
     rows = table.to_pylist()[: max_prompts or None]
-    return [PromptText(r["prompt"], format_prompt(tokenizer, r["prompt"], r.get("system"))) for r in rows]
+    return [PromptText(r["prompt"], format_prompt(tokenizer, r["prompt"], r.get("system"), r.get("conversation")))
+            for r in rows]
 
 
 def keep_metrics_until(path: Path, step: int) -> None:

@@ -71,20 +71,20 @@ def read_demonstration_splits(cfg: DictConfig) -> tuple[dict[str, pa.Table], lis
     """
     if cfg.data.source == "embedded":
         data_dir = embedded_data_dir(cfg)
-        splits = {split: _read(data_dir / DEMONSTRATIONS_FILE.format(split=split)) for split in ("train", "heldout")}
+        splits = {split: _read(data_dir / DEMONSTRATIONS_FILE.format(split=split), cfg.data.max_text_chars) for split in ("train", "heldout")}
         return {split: table for split, (table, _) in splits.items()}, [r for _, r in splits.values()]
     if cfg.data.source == "files":
         if not cfg.data.demonstrations_path:
             raise ValueError("data.source=files needs data.demonstrations_path")
-        table, report = _read(Path(cfg.data.demonstrations_path))
+        table, report = _read(Path(cfg.data.demonstrations_path), cfg.data.max_text_chars)
         texts = zip(table.column("prompt").to_pylist(), table.column("response").to_pylist())
         heldout = pa.array([is_heldout(f"{p} {r}", cfg.data.heldout_fraction) for p, r in texts], pa.bool_())
         return {"train": table.filter(pc.invert(heldout)), "heldout": table.filter(heldout)}, [report]
     raise ValueError(f"data.source must be embedded or files, not {cfg.data.source!r}")
 
 
-def _read(path: Path) -> tuple[pa.Table, dict]:
-    table, report = read_demonstrations(path)
+def _read(path: Path, max_chars: int) -> tuple[pa.Table, dict]:
+    table, report = read_demonstrations(path, max_chars)
     log.info(report.summary())
     return table, report.counts()
 

@@ -40,7 +40,9 @@ class PPORewardConfig:
     normalize: bool = True  # running mean/std normalisation, so the KL coef means the same for any RM
     clip: float = 5.0  # normalised scores are clipped to [-clip, clip]
     truncation_penalty: float = 0.0  # subtracted when a response hits max_new_tokens without an end token
-    constraints: str = "tweets"  # "tweets" (TWEET_CONSTRAINTS_EXAMPLE) or "none"
+    # The constraint rule set (alignray/ppo/constraints.py): a file of conf/constraints/ by
+    # name ("tweets", "chat"), a path to a YAML rule set, or "none"; anything else is an error.
+    constraints: str = "tweets"
     # The raw reward is weight x the scorer's score + the sum of the functions' weighted scores,
     # on the driver (e.g. rule checks, a length term beside the reward model); each part's mean
     # contribution is logged as reward_parts/<name> when there are functions. Normalised after.

@@ -8,17 +8,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignray.data import format_prompt, read_prompts
-from alignray.generation import decode_responses, disable_dropout, sample_responses
+from alignray.data import DEFAULT_MAX_CHARS, format_prompt, read_prompts
+from alignray.generation import decode_responses, disable_dropout, encode_prompts, sample_responses
 from alignray.modeling import check_position_limit, load_causal_lm, load_tokenizer
 
 
-def take_prompts(path: Path, count: int, seed: int) -> list[str]:
+def take_prompts(path: Path, count: int, seed: int, max_chars: int = DEFAULT_MAX_CHARS) -> list[str]:
     """``count`` distinct prompts drawn at random (seeded) from a validated prompts file."""
-    table, _ = read_prompts(path)
+    table, _ = read_prompts(path, max_chars)
     distinct = sorted(set(table.column("prompt").to_pylist()))
     order = np.random.default_rng(seed).permutation(len(distinct))[:count]
     return [distinct[i] for i in order]
+
+
+def prompt_conversations(path: Path, max_chars: int = DEFAULT_MAX_CHARS) -> dict[str, list[dict]]:
+    """The turns of each multi-turn prompt of a prompts file, by its prompt text."""
+    table, _ = read_prompts(path, max_chars)
+    return {row["prompt"]: row["conversation"] for row in table.select(["prompt", "conversation"]).to_pylist()
+            if row["conversation"] is not None}
 
 
 def load_policy(model_path: str):
@@ -31,17 +38,20 @@ def load_policy(model_path: str):
 
 def sample_policy_responses(model, tokenizer, prompts: list[str], per_prompt: int, max_prompt_tokens: int,
                             max_new_tokens: int, batch_size: int, temperature: float, seed: int,
-                            label: str) -> list[list[str]]:
-    """``per_prompt`` sampled responses to each prompt (batched, KV cache, seeded), with progress."""
+                            label: str, conversations: dict[str, list[dict]] | None = None) -> list[list[str]]:
+    """``per_prompt`` sampled responses to each prompt (batched, KV cache, seeded), with
+    progress. ``conversations`` maps a multi-turn prompt to its turns (:func:`take_prompts`)."""
     check_position_limit(model, max_prompt_tokens + max_new_tokens,
                          f"data.max_prompt_tokens {max_prompt_tokens} + {max_new_tokens} response tokens")
-    texts = [format_prompt(tokenizer, prompt) for prompt in prompts for _ in range(per_prompt)]
+    conversations = conversations or {}
+    texts = [format_prompt(tokenizer, prompt, conversation=conversations.get(prompt))
+             for prompt in prompts for _ in range(per_prompt)]
     generator = torch.Generator(device=model.device).manual_seed(seed)
     responses, started = [], time.monotonic()
     for start in range(0, len(texts), batch_size):
-        encoded = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
-                            max_length=max_prompt_tokens, add_special_tokens=False).to(model.device)
-        sampled = sample_responses(model, encoded.input_ids, encoded.attention_mask, max_new_tokens=max_new_tokens,
+        prompt_ids, prompt_mask = encode_prompts(tokenizer, texts[start:start + batch_size], max_prompt_tokens)
+        sampled = sample_responses(model, prompt_ids.to(model.device), prompt_mask.to(model.device),
+                                   max_new_tokens=max_new_tokens,
                                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                    temperature=temperature, generator=generator)
         responses += decode_responses(tokenizer, sampled.response_ids, sampled.response_mask)

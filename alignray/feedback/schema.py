@@ -17,7 +17,8 @@ rating     [response]               ``score`` within [``scale_min``, ``scale_max
 Responses live in one list column, ``responses``, because a ranking has any number of
 them; a pairwise row names them "a" and "b" by position. Every row carries
 ``annotator_id``, an optional ``annotator_group``, ``source`` (human | ai | simulated) and a
-UTC ``timestamp``.
+UTC ``timestamp``. A multi-turn prompt also carries its turns in ``conversation`` (as in
+the prompts schema, ``alignray.data``; ``prompt`` is then their rendering).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from typing import Iterable, Sequence
 
 import pyarrow as pa
 
+from alignray.data import MESSAGES_TYPE, conversation_check
 from alignray.validation import RowCheck, ValidationReport, read_parquet_validated, validate_table, write_parquet
 
 KINDS = ("pairwise", "ranking", "thumbs", "rating")
@@ -54,6 +56,7 @@ FEEDBACK_SCHEMA = pa.schema([
     pa.field("annotator_group", pa.string()),
     pa.field("source", pa.string(), nullable=False),
     pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("conversation", MESSAGES_TYPE),
 ])
 
 # The columns each kind may (and for all but strength and flaws, must) fill.
@@ -132,6 +135,7 @@ def feedback_row_checks(flaw_vocabulary: Sequence[str] = DEFAULT_FLAWS) -> list[
             errors.append(("source", f"source {row['source']!r} is not one of {SOURCES}"))
         if any(response is None for response in row["responses"]):
             errors.append(("responses", "a response is null"))
+        errors += conversation_check(row)
         kind = row["kind"]
         if kind not in per_kind:
             return errors + [("kind", f"kind {kind!r} is not one of {KINDS}")]
