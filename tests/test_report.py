@@ -59,8 +59,8 @@ def test_report_opens_in_headless_chromium_and_figures_render(report, tmp_path):
 
 def ppo_records(steps: int = 6) -> list[dict]:
     """PPO metrics as the coordinator logs them: every stage timed, the parallel ones too."""
-    stages = ["sync", "sync_probe", "generation", "experience", "training", "reference", "policy_logprobs",
-              "critic_values", "scoring", "policy_train", "critic_train"]
+    stages = ["sync", "sync_probe", "generation", "experience", "training", "monitor", "reference",
+              "policy_logprobs", "critic_values", "scoring", "policy_train", "critic_train"]
     return [{"step": i + 1, "step_s": 10.0 + i, "reward_raw": 0.1 * i, "kl": 0.01 * i, "response_length": 20 - i,
              "value_loss": 1 / (i + 1), "reward_normalized": 0.2 * i,
              **{f"time/{stage}": 0.5 + 0.1 * k for k, stage in enumerate(stages)}} for i in range(steps)]
@@ -69,7 +69,7 @@ def ppo_records(steps: int = 6) -> list[dict]:
 def test_a_step_is_stacked_by_its_sequential_stages_and_the_rest():
     steps, stack = stage_stack(ppo_records(), SEQUENTIAL_STAGES)
     assert steps == [1, 2, 3, 4, 5, 6] and list(stack) == [*SEQUENTIAL_STAGES, "other"]
-    sequential = 0.5 + 0.6 + 0.7 + 0.8 + 0.9
+    sequential = 0.5 + 0.6 + 0.7 + 0.8 + 0.9 + 1.0
     assert stack["other"] == pytest.approx([10.0 + i - sequential for i in range(6)])
     # a record whose stages outlast its step (clock skew) gets no negative "other"
     assert stage_stack([{"step": 1, "step_s": 1.0, "time/generation": 2.0}], ["generation"])[1]["other"] == [0.0]
