@@ -23,13 +23,15 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
 
+import alignray.cluster  # noqa: E402
 from alignray.layout import Resources, capacity_error, unplaceable  # noqa: E402
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parent.parent
+# Where `import alignray` is found (a checkout's root, or site-packages): workers import from there.
+IMPORT_ROOT = Path(alignray.__file__).resolve().parent.parent
 # Ray Data reads its logging setup from this variable: INFO to its log file, not the console
 RAY_DATA_LOGGING_ENV = "RAY_DATA_LOGGING_CONFIG"
-RAY_DATA_LOGGING_FILE = REPO / "cluster" / "ray_data_logging.yaml"
+RAY_DATA_LOGGING_FILE = Path(alignray.cluster.__file__).resolve().parent / "ray_data_logging.yaml"
 
 
 def worker_env() -> dict[str, str]:
@@ -39,7 +41,7 @@ def worker_env() -> dict[str, str]:
     kept off the console."""
     import torch
     hub = {"HF_HUB_OFFLINE": os.environ["HF_HUB_OFFLINE"]} if "HF_HUB_OFFLINE" in os.environ else {}
-    return {"PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **hub,
+    return {"PYTHONPATH": str(IMPORT_ROOT), "TOKENIZERS_PARALLELISM": "false", **hub,
             "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu"),
             **ray_data_logging()}
 
