@@ -222,7 +222,8 @@ class PPOCoordinator:
         prompts = monitor_probe_prompts(self.ppo, data_cfg, self.out)
         if prompts is None:
             return None
-        probe = self.batch_of([format_prompt(self.tokenizer, p) for p in prompts], torch.arange(len(prompts)))
+        probe = encode_prompt_batch(self.tokenizer, [format_prompt(self.tokenizer, p) for p in prompts],
+                                     torch.arange(len(prompts)), self.max_prompt_tokens)
         return OverOptimisationMonitor(self.ppo.monitor, self.actors, self.weights, probe, prompts, self.tokenizer,
                                        judge=make_judge(self.ppo.monitor), out=self.out, seed=self.seed)
 
@@ -270,12 +271,8 @@ class PPOCoordinator:
 
     def prompt_batch(self, rows: torch.Tensor) -> PromptBatch:
         """The training prompts of ``rows``."""
-        return self.batch_of([self.prompts[i].formatted for i in rows.tolist()], rows)
-
-    def batch_of(self, formatted: list[str], rows: torch.Tensor) -> PromptBatch:
-        """Formatted prompts, left-padded, the longest cut from the left (alignray.generation.encode_prompts)."""
-        ids, mask = encode_prompts(self.tokenizer, formatted, self.max_prompt_tokens)
-        return PromptBatch(prompt_index=rows, prompt_ids=ids, prompt_mask=mask)
+        return encode_prompt_batch(self.tokenizer, [self.prompts[i].formatted for i in rows.tolist()], rows,
+                                   self.max_prompt_tokens)
 
     def make_probe(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Fixed sequences whose log-probs the pool must reproduce after each sync: the first
@@ -354,6 +351,12 @@ def check_algorithm(ppo: PPOConfig) -> None:
     if estimator_spec(ppo.advantage_estimator).needs_groups and ppo.samples_per_prompt < 2:
         raise ValueError(f"ppo.advantage_estimator={ppo.advantage_estimator} compares the responses to one "
                          f"prompt: set ppo.samples_per_prompt >= 2 (it is {ppo.samples_per_prompt})")
+
+
+def encode_prompt_batch(tokenizer, formatted: list[str], rows: torch.Tensor, max_prompt_tokens: int) -> PromptBatch:
+    """Formatted prompts, left-padded, the longest cut from the left (alignray.generation.encode_prompts)."""
+    ids, mask = encode_prompts(tokenizer, formatted, max_prompt_tokens)
+    return PromptBatch(prompt_index=rows, prompt_ids=ids, prompt_mask=mask)
 
 
 @dataclasses.dataclass(frozen=True)
