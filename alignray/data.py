@@ -13,12 +13,13 @@ field of each bad row, and reports counts in = accepted + rejected (alignray/val
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import pyarrow as pa
 
-from alignray.artifacts import DEMONSTRATIONS_FILE, PROMPTS_FILE
+from alignray.artifacts import DEMONSTRATIONS_FILE, PROMPTS_COPY_DIR, PROMPTS_FILE
 from alignray.config.data import DataConfig
 from alignray.embedded.tweets import is_heldout, load_tweets, split_opening
 from alignray.validation import (DataValidationError, ValidationReport, read_parquet_validated,
@@ -195,3 +196,21 @@ def prepare_embedded_data(data_cfg, out_dir: str | Path) -> dict[str, Path]:
     log.info("embedded data: %d train and %d held-out demonstrations in %s",
              len(rows["train"]), len(rows["heldout"]), out)
     return paths
+
+
+@dataclass(frozen=True)
+class PromptText:
+    raw: str  # as in the prompts file: what the reward model and the judges read
+    formatted: str  # what the policy reads (chat template or plain format)
+
+
+def load_prompt_texts(data_cfg, tokenizer, out: Path, max_prompts: int) -> list[PromptText]:
+    """The training prompts, validated (alignray.data.read_prompts)."""
+    if data_cfg.source == "embedded":
+        path = prepare_embedded_data(data_cfg, out / PROMPTS_COPY_DIR)["prompts_train"]
+    else:
+        path = data_cfg.prompts_path
+    table, _ = read_prompts(path, data_cfg.max_text_chars)
+    rows = table.to_pylist()[: max_prompts or None]
+    return [PromptText(r["prompt"], format_prompt(tokenizer, r["prompt"], r.get("system"), r.get("conversation")))
+            for r in rows]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-from alignray.generation import SampledResponses
+from alignray.generation import SampledResponses, encode_prompts
 from alignray.ppo import (RunningRewardNormalizer, clip_rewards, explained_variance, get_advantage_estimator,
                           kl_estimate, masked_mean, masked_sum, masked_whiten, token_level_rewards,
                           truncation_penalty, valid_only)
@@ -269,3 +269,9 @@ def critic_metrics(exp: Experience, critic: list[CriticTrainStats]) -> dict[str,
     if critic[0].mfu is not None:
         metrics["critic_mfu"] = mean([s.mfu for s in critic])
     return metrics
+
+
+def encode_prompt_batch(tokenizer, formatted: list[str], rows: torch.Tensor, max_prompt_tokens: int) -> PromptBatch:
+    """Formatted prompts, left-padded, the longest cut from the left (alignray.generation.encode_prompts)."""
+    ids, mask = encode_prompts(tokenizer, formatted, max_prompt_tokens)
+    return PromptBatch(prompt_index=rows, prompt_ids=ids, prompt_mask=mask)

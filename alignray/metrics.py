@@ -249,3 +249,10 @@ class StageTimes:
 
     def metrics(self) -> dict[str, float]:
         return {f"time/{stage}": round(s, 3) for stage, s in self.seconds.items()}
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Drop the records an interrupted run logged after its last checkpoint: they are redone."""
+    if path.exists():
+        kept = [r for r in read_metrics(path) if r["step"] <= step]
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))

@@ -13,8 +13,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from alignray.config.ppo import PPOConfig
 
 CARD_FILE = "README.md"
 # A hub id (``owner/name`` or a bare name); anything else (a local path) is named in the body only,
@@ -122,3 +126,24 @@ def default_card(model) -> ModelCard:
                      base_model=getattr(model, "name_or_path", None) or None,
                      usage="Load it with `AutoModelForSequenceClassification.from_pretrained(<this folder>)`."
                      if classifier else "")
+
+
+def ppo_policy_card(ppo: PPOConfig, sft_model_path: str, reward_model_path: str | None, records: list[dict]) -> ModelCard:
+    """The PPO (or GRPO, RLOO...) policy's card: its start, its reward, key settings, first and last step."""
+    scorer = (f"the reward model `{reward_model_path}`" if ppo.reward.kind == "model"
+              else f"`ppo.reward.kind={ppo.reward.kind}`")
+    first, last = records[0], records[-1]
+    answered = f" x {ppo.samples_per_prompt} responses" if ppo.samples_per_prompt > 1 else ""
+    return ModelCard(
+        title="alignray PPO policy", tags=["ppo", "rlhf"], base_model=sft_model_path,
+        description=f"A causal language model trained with PPO ({ppo.advantage_estimator} advantages) against a "
+                    "reward, held near its SFT model by a KL penalty and rule-based constraint penalties.",
+        data=f"{ppo.steps} steps of {ppo.prompts_per_step} prompts{answered}, up to {ppo.max_new_tokens} new tokens "
+             f"per response; rewarded by {scorer}"
+             + (", normalised with running statistics." if ppo.reward.normalize else "."),
+        config={"lr": ppo.lr, "kl_coef": ppo.kl.coef, "kl_controller": ppo.kl.controller, "clip_eps": ppo.clip_eps,
+                "epochs": ppo.epochs, "minibatches": ppo.minibatches, "advantage_estimator": ppo.advantage_estimator,
+                "samples_per_prompt": ppo.samples_per_prompt, "kl_placement": ppo.kl.placement,
+                "policy_loss": ppo.policy_loss, "loss_aggregation": ppo.loss_aggregation},
+        metrics={"reward_raw_first_step": first["reward_raw"], "reward_raw_last_step": last["reward_raw"],
+                 "kl_last_step": last["kl"], "response_length_last_step": last["response_length"]})

@@ -18,7 +18,8 @@ from alignray.reward.model import encode_texts
 from alignray.sft import tokenize_batch
 from alignray.validation import write_parquet
 from alignray.workflows.evaluate import answer
-from alignray.workflows.ppo import PPOCoordinator, load_prompt_texts
+from alignray.data import load_prompt_texts
+from alignray.workflows.ppo import PPOCoordinator
 
 TURNS = [{"role": "user", "content": "where is the cat ?"}, {"role": "assistant", "content": "the cat is here ."},
          {"role": "user", "content": "and the dog ?"}]

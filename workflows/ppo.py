@@ -19,8 +19,6 @@ first batch again with the restored weights, so it is not bit-identical to an un
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -39,16 +37,17 @@ from alignray.actors.rollout import PendingRollout
 from alignray.actors.runtime import ray_session
 from alignray.actors.weight_sync import WeightSync
 from alignray.config.ppo import PPOConfig
-from alignray.data import format_prompt, prepare_embedded_data, read_prompts, response_text
+from alignray.data import format_prompt, load_prompt_texts, response_text
 from alignray.experience import (CriticTrainStats, Experience, PolicyTrainStats, PromptBatch, PromptStream,
-                                 Rollout, build_experience, sequence_scores, step_metrics)
-from alignray.generation import decode_responses, encode_prompts
+                                 Rollout, build_experience, encode_prompt_batch, sequence_scores, step_metrics)
+from alignray.generation import decode_responses
 from alignray.artifacts import (CURVES_FIGURE, METRICS_FILE, OVEROPTIMISATION_FIGURE, POLICY_DIR, PPO,
-                                PROMPTS_COPY_DIR, STAGE_TIMES_FIGURE)
+                                STAGE_TIMES_FIGURE)
 from alignray.base_model import resolve_base_model
-from alignray.metrics import MetricsLogger, StageTimes, plot_curves, plot_stage_times, read_metrics
+from alignray.metrics import (MetricsLogger, StageTimes, keep_metrics_until, plot_curves, plot_stage_times,
+                              read_metrics)
 from alignray.monitor import best_check, plot_overoptimisation
-from alignray.model_card import ModelCard, write_model_card
+from alignray.model_card import ppo_policy_card, write_model_card
 from alignray.modeling import check_position_limit, load_tokenizer
 from alignray.tracking import TrackingSettings, open_tracker, tracking_settings
 from alignray.ppo import (
@@ -353,37 +352,6 @@ def check_algorithm(ppo: PPOConfig) -> None:
                          f"prompt: set ppo.samples_per_prompt >= 2 (it is {ppo.samples_per_prompt})")
 
 
-def encode_prompt_batch(tokenizer, formatted: list[str], rows: torch.Tensor, max_prompt_tokens: int) -> PromptBatch:
-    """Formatted prompts, left-padded, the longest cut from the left (alignray.generation.encode_prompts)."""
-    ids, mask = encode_prompts(tokenizer, formatted, max_prompt_tokens)
-    return PromptBatch(prompt_index=rows, prompt_ids=ids, prompt_mask=mask)
-
-
-@dataclasses.dataclass(frozen=True)
-class PromptText:
-    raw: str  # as in the prompts file: what the reward model and the judges read
-    formatted: str  # what the policy reads (chat template or plain format)
-
-
-def load_prompt_texts(data_cfg, tokenizer, out: Path, max_prompts: int) -> list[PromptText]:
-    """The training prompts, validated (alignray.data.read_prompts)."""
-    if data_cfg.source == "embedded":
-        path = prepare_embedded_data(data_cfg, out / PROMPTS_COPY_DIR)["prompts_train"]
-    else:
-        path = data_cfg.prompts_path
-    table, _ = read_prompts(path, data_cfg.max_text_chars)
-    rows = table.to_pylist()[: max_prompts or None]
-    return [PromptText(r["prompt"], format_prompt(tokenizer, r["prompt"], r.get("system"), r.get("conversation")))
-            for r in rows]
-
-
-def keep_metrics_until(path: Path, step: int) -> None:
-    """Drop the records an interrupted run logged after its last checkpoint: they are redone."""
-    if path.exists():
-        kept = [r for r in read_metrics(path) if r["step"] <= step]
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-
-
 def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None) -> Path:
     """Train the policy with PPO; returns the output folder (``policy/`` in HF format,
     metrics.jsonl, curves.png, summary.json). A finished run with the same settings is reused;
@@ -416,33 +384,13 @@ def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None)
     plot_stage_times(records, SEQUENTIAL_STAGES, out / STAGE_TIMES_FIGURE, title="Where a PPO step's time goes")
     if monitor:
         plot_overoptimisation(monitor.history, policy_step, monitor.fired, out / OVEROPTIMISATION_FIGURE)
-    write_model_card(policy_dir, policy_card(ppo, str(sft_model_path), reward_model_path, records))
+    write_model_card(policy_dir, ppo_policy_card(ppo, str(sft_model_path), reward_model_path, records))
     mark_complete(out, {"sft_model": str(sft_model_path), "reward_model": reward_model_path,
                         "policy": str(policy_dir), "policy_step": policy_step, "steps": ppo.steps,
                         "steps_run": len(records), "wall_s": round(time.monotonic() - started, 1),
                         "monitor": monitor_summary(monitor),
                         "stage_times_per_step": step_times, "final_metrics": records[-1]})
     return out
-
-
-def policy_card(ppo: PPOConfig, sft_model_path: str, reward_model_path: str | None, records: list[dict]) -> ModelCard:
-    scorer = (f"the reward model `{reward_model_path}`" if ppo.reward.kind == "model"
-              else f"`ppo.reward.kind={ppo.reward.kind}`")
-    first, last = records[0], records[-1]
-    answered = f" x {ppo.samples_per_prompt} responses" if ppo.samples_per_prompt > 1 else ""
-    return ModelCard(
-        title="alignray PPO policy", tags=["ppo", "rlhf"], base_model=sft_model_path,
-        description=f"A causal language model trained with PPO ({ppo.advantage_estimator} advantages) against a "
-                    "reward, held near its SFT model by a KL penalty and rule-based constraint penalties.",
-        data=f"{ppo.steps} steps of {ppo.prompts_per_step} prompts{answered}, up to {ppo.max_new_tokens} new tokens "
-             f"per response; rewarded by {scorer}"
-             + (", normalised with running statistics." if ppo.reward.normalize else "."),
-        config={"lr": ppo.lr, "kl_coef": ppo.kl.coef, "kl_controller": ppo.kl.controller, "clip_eps": ppo.clip_eps,
-                "epochs": ppo.epochs, "minibatches": ppo.minibatches, "advantage_estimator": ppo.advantage_estimator,
-                "samples_per_prompt": ppo.samples_per_prompt, "kl_placement": ppo.kl.placement,
-                "policy_loss": ppo.policy_loss, "loss_aggregation": ppo.loss_aggregation},
-        metrics={"reward_raw_first_step": first["reward_raw"], "reward_raw_last_step": last["reward_raw"],
-                 "kl_last_step": last["kl"], "response_length_last_step": last["response_length"]})
 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
