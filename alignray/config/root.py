@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from alignray.config.cluster import ClusterConfig
 from alignray.config.data import DataConfig
+from alignray.config.dpo import DPOConfig
 from alignray.config.feedback import FeedbackConfig
 from alignray.config.model import ModelConfig
 from alignray.config.ppo import PPOConfig
@@ -29,4 +30,5 @@ class AlignrayConfig:
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
