@@ -107,7 +107,7 @@ def test_sequence_logprob_is_the_sft_loss_of_the_response(tiny_base_model):
 # ----------------------------------------------------------------------------- a real run
 POSITIVE = ["good", "great", "love", "happy", "nice", "best"]
 NEGATIVE = ["bad", "hate", "sad", "worst", "awful", "angry"]
-STEPS = 12
+STEPS = 6
 
 
 def preference_folder(tmp_path, num_prompts: int = 40, seed: int = 0):
@@ -132,7 +132,7 @@ def test_dpo_app_raises_implicit_reward_accuracy_on_its_pairs(ray_cluster, tiny_
         cfg = compose(config_name="config", overrides=[
             f"workdir={tmp_path / 'runs'}", "cluster.num_workers=1", "cluster.cpus_per_worker=1",
             "data.max_prompt_tokens=8", "data.max_response_tokens=8", "dpo.heldout_fraction=0.2",
-            "dpo.batch_size=8", "dpo.epochs=10", f"dpo.max_steps={STEPS}", "dpo.lr=2e-3", "dpo.warmup_steps=0",
+            "dpo.batch_size=8", "dpo.epochs=2", f"dpo.max_steps={STEPS}", "dpo.lr=1e-3", "dpo.warmup_steps=0",
             "dpo.beta=0.5", "dpo.log_every=1", "dpo.eval_every=0", "dpo.checkpoint_every=0",
             "dpo.deepspeed.zero_stage=0"])
     out = run_dpo(cfg, str(tiny_base_model), preference_folder(tmp_path))
