@@ -13,7 +13,8 @@ chosen response is ``y_w`` and rejected ``y_l`` (log-probs summed over the respo
   its margin reaches the target instead of driving it to infinity.
 
 The implicit rewards are ``beta (log pi - log ref)`` of each response; a pair is ranked right
-when its chosen response's implicit reward is the higher. Weights (the annotator-quality
+when its chosen response's implicit reward is strictly the higher (so before training, when
+the policy is the reference and every pair a tie, the accuracy is 0). Weights (the annotator-quality
 weights of the feedback phase's pairs table) scale each pair's loss and metrics.
 
 Rows follow alignray/sft.py's layout (`tokenize_demonstrations`: prompt + response + end
