@@ -4,12 +4,12 @@ evaluation or the run report), each named once, and the mark of a finished phase
 | name | written by | read by |
 |---|---|---|
 | ``DONE_FILE``, ``SUMMARY_FILE`` | every phase, last | reuse of a finished phase; the run report |
-| ``MODEL_DIR`` | pretraining, SFT, reward model (and each Ray Train checkpoint) | the next phases |
+| ``MODEL_DIR`` | pretraining, SFT, reward model, DPO (and each Ray Train checkpoint) | the next phases |
 | ``POLICY_DIR`` | PPO | the evaluation |
 | ``METRICS_FILE`` | every training loop (``alignray.metrics``) | the phase's plots; the run report |
 | ``EVAL_FILE``, ``SAMPLES_FILE`` | reward model (eval only), evaluation | the run report |
 | ``PROMPTS_FILE``, ``DEMONSTRATIONS_FILE`` | the embedded data | SFT, feedback, PPO, evaluation |
-| the feedback files | feedback | reward model |
+| the feedback files | feedback | reward model, DPO (``PAIRS_FILE``) |
 | the figures | each phase | the run report |
 
 Each phase's output folder is ``<workdir>/<prefix>-<key>``; ``PHASE_OUTPUTS`` declares, per
@@ -41,7 +41,7 @@ POINTWISE_FILE = "pointwise.parquet"  # pointwise targets for training (POINTWIS
 HELDOUT_FEEDBACK_FILE = "heldout_feedback.parquet"  # held-out prompts, judged by both panels
 HELDOUT_PAIRS_FILE = "heldout_pairs.parquet"  # the same, one row per pair with each panel's vote share
 
-LOSS_FIGURE = "loss.png"  # pretraining, SFT, reward model
+LOSS_FIGURE = "loss.png"  # pretraining, SFT, reward model, DPO
 CALIBRATION_FIGURE = "calibration.png"  # reward model
 AGREEMENT_FIGURE = "agreement.png"  # feedback
 RATINGS_FIGURE = "ratings.png"  # feedback

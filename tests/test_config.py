@@ -13,7 +13,7 @@ def _compose(overrides):
 
 def test_default_config_composes_with_every_group():
     cfg = _compose([])
-    for group in ("model", "data", "cluster", "sft", "feedback", "reward_model", "ppo", "serve"):
+    for group in ("model", "data", "cluster", "sft", "feedback", "reward_model", "ppo", "dpo", "serve"):
         assert group in cfg
     assert cfg.model.source == "embedded" and cfg.serve.host == "127.0.0.1"
 

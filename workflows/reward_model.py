@@ -267,12 +267,13 @@ def _headline(evaluation: dict) -> dict:
             for panel, figures in result["heldout"].items()}
 
 
-def upstream_inputs(cfg: DictConfig) -> tuple[str, str]:
-    """The SFT model and the feedback folder: given in the config, or the upstream phases'
-    outputs (run, or reused when complete)."""
-    sft_model = cfg.reward_model.sft_model_path or str(run_sft(cfg, resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed))
-                                            / MODEL_DIR)
-    feedback_dir = cfg.reward_model.feedback_dir or str(run_feedback(cfg, sft_model))
+def upstream_inputs(cfg: DictConfig, phase: str = "reward_model") -> tuple[str, str]:
+    """The SFT model and the feedback folder: given in the ``phase`` config group
+    (``sft_model_path``, ``feedback_dir``), or the upstream phases' outputs (run, or reused
+    when complete)."""
+    sft_model = cfg[phase].sft_model_path or str(run_sft(cfg, resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed))
+                                                 / MODEL_DIR)
+    feedback_dir = cfg[phase].feedback_dir or str(run_feedback(cfg, sft_model))
     return sft_model, feedback_dir
 
 

@@ -11,6 +11,7 @@ from hydra.core.config_store import ConfigStore
 
 from alignray.config.cluster import ClusterConfig
 from alignray.config.data import DataConfig
+from alignray.config.dpo import DPOConfig
 from alignray.config.feedback import FeedbackConfig
 from alignray.config.logger import LoggerConfig
 from alignray.config.model import EmbeddedRecipe, ModelConfig
@@ -22,7 +23,7 @@ from alignray.config.sft import SFTConfig
 from alignray.config.training import DeepSpeedConfig
 
 __all__ = [
-    "AlignrayConfig", "ClusterConfig", "DataConfig", "DeepSpeedConfig", "EmbeddedRecipe",
+    "AlignrayConfig", "ClusterConfig", "DataConfig", "DeepSpeedConfig", "DPOConfig", "EmbeddedRecipe",
     "FeedbackConfig", "LoggerConfig", "ModelConfig", "PPOConfig", "RewardModelConfig", "SFTConfig", "ServeConfig",
     "register_configs",
 ]

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from alignray.config.cluster import ClusterConfig
 from alignray.config.data import DataConfig
+from alignray.config.dpo import DPOConfig
 from alignray.config.feedback import FeedbackConfig
 from alignray.config.logger import LoggerConfig
 from alignray.config.model import ModelConfig
@@ -30,5 +31,6 @@ class AlignrayConfig:
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
