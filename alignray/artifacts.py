@@ -107,7 +107,11 @@ EVALUATION = PhaseOutput("eval", settings=("seed", "data", "ppo.eval", "ppo.max_
                          ignored=("ppo.eval.policy_path", "data.demonstrations_path", "data.max_response_tokens"),
                          inputs=("sft_model", "policy", "base_model"),
                          writes=(EVAL_FILE, SAMPLES_FILE, PROMPTS_COPY_DIR, *FINISHED))
-PHASE_OUTPUTS = (DATA, SFT, FEEDBACK, REWARD, PPO, EVALUATION)
+DPO = PhaseOutput("dpo", settings=("seed", "dpo", "data.max_prompt_tokens", "data.max_response_tokens"),
+                  ignored=("dpo.resume", "dpo.log_every", "dpo.sft_model_path", "dpo.feedback_dir"),
+                  inputs=("sft_model", "feedback"),
+                  writes=(MODEL_DIR, METRICS_FILE, LOSS_FIGURE, RAY_TRAIN_DIR, *FINISHED))
+PHASE_OUTPUTS = (DATA, SFT, FEEDBACK, REWARD, PPO, DPO, EVALUATION)
 
 
 def is_complete(out_dir: Path) -> bool:

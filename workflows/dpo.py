@@ -35,8 +35,7 @@ import ray.data
 from omegaconf import DictConfig, OmegaConf
 
 from alignray.actors import runtime
-from alignray.artifacts import LOSS_FIGURE, METRICS_FILE, SUMMARY_FILE
-from alignray.config.dpo import RUN_CONTROL_KEYS
+from alignray.artifacts import DPO, LOSS_FIGURE, METRICS_FILE, SUMMARY_FILE
 from alignray.dpo import (ReferenceLogprobs, build_policy, check_loss_settings, collate_pair_rows, dpo_batch_loss,
                           tokenize_pairs_batch)
 from alignray.metrics import plot_curves, read_metrics
@@ -54,11 +53,8 @@ BATCH_ROWS = 256  # pairs per Ray Data batch (tokenising, reference log-probs)
 
 
 def dpo_output_dir(cfg: DictConfig, sft_model: str, feedback_dir: Path) -> Path:
-    """Named by everything that decides the policy, run control and input paths' spelling left out."""
-    settings = {k: v for k, v in OmegaConf.to_container(cfg.dpo, resolve=True).items()
-                if k not in RUN_CONTROL_KEYS + ("sft_model_path", "feedback_dir")}
-    caps = [cfg.data.max_prompt_tokens, cfg.data.max_response_tokens]
-    return phase_dir(cfg, "dpo", settings, caps, str(Path(sft_model).resolve()), str(feedback_dir.resolve()))
+    """Named by what alignray.artifacts.DPO declares decides the policy."""
+    return phase_dir(cfg, DPO, sft_model=str(Path(sft_model).resolve()), feedback=str(feedback_dir.resolve()))
 
 
 def weighted_pairs(feedback_dir: Path) -> tuple[pa.Table, dict]:

@@ -31,7 +31,3 @@ class DPOConfig:
     # as in SFT and generation.
     resume: bool = True  # run control: continue an interrupted run with the same settings
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-
-
-# DPOConfig keys that change how a run proceeds but not the policy it produces.
-RUN_CONTROL_KEYS = ("resume", "log_every")
