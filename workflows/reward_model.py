@@ -271,7 +271,7 @@ def reward_card(backbone: str, cfg: DictConfig, result: dict) -> ModelCard:
             "phase's training tables: Bradley-Terry loss on pairs, regression on pointwise targets). "
             "Accuracies are on held-out pairwise feedback, per annotator panel.")
     return reward_model_card(result["normalization"]["mean"], result["normalization"]["std"],
-                             int(reward.ensemble_size), base_model=backbone,
+                             int(reward.ensemble_size), str(reward.pooling), base_model=backbone,
                              data=data, config=settings | {"seed": int(cfg.seed)}, metrics=metrics)
 
 

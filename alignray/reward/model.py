@@ -153,14 +153,18 @@ def save_reward_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    write_model_card(out, card or reward_model_card(mean, std))
+    write_model_card(out, card or reward_model_card(mean, std, pooling=getattr(model.config, POOLING_KEY, "last")))
     return out
 
 
-def reward_model_card(mean: float, std: float, members: int = 1, **known) -> ModelCard:
+def reward_model_card(mean: float, std: float, members: int = 1, pooling: str = "last", **known) -> ModelCard:
     """A reward model's card: how to apply the stored normalisation, plus what the caller
     ``known``s (``base_model``, ``data``, ``config``, ``metrics``: :class:`ModelCard` fields)."""
     usage = reward_model_usage(mean, std, MEAN_KEY, STD_KEY)
+    if pooling == "sum":
+        usage += (f"\n\nThis model sums its head over the tokens (`{POOLING_KEY}: sum`): its raw reward is "
+                  "`(model.score(model.base_model(**batch).last_hidden_state)[..., 0] * batch['attention_mask'])"
+                  ".sum(1)` (`classifier` for an encoder), not the logits above.")
     if members > 1:
         usage = (f"An ensemble of {members} sequence classifiers (`member-<i>/`), scored as one: the reward is "
                  f"their mean raw output, normalised by `(mean_raw - {mean:.6g}) / {std:.6g}` (`{ENSEMBLE_FILE}`); "
