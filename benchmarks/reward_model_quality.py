@@ -128,10 +128,12 @@ def annotator_reference(heldout) -> dict:
     from alignray.feedback.simulated import TRAINING_RATERS, judge_scores
     from alignray.reward.evaluation import evaluate_against_panels
     from workflows.reward_model import evaluation_panels
-    panels = {PANEL: evaluation_panels(heldout, {f"rater{r}" for r in TRAINING_RATERS})[PANEL]}
+    panels = evaluation_panels(heldout, {f"rater{r}" for r in TRAINING_RATERS})
+    panels = {name: panels[name] for name in (PANEL, "training_annotators")}
     figures, _ = evaluate_against_panels(lambda prompts, responses: judge_scores(responses, TRAINING_RATERS),
                                          heldout, panels)
-    return {"heldout_accuracy": figures[PANEL]["accuracy"], "items": figures[PANEL]["items"]}
+    return {"heldout_accuracy": figures[PANEL]["accuracy"], "items": figures[PANEL]["items"],
+            "training_accuracy": figures["training_annotators"]["accuracy"]}
 
 
 def app_config(overrides: list[str]):
