@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 from alignray.actors.base import wait_named
 from alignray.artifacts import MONITOR_FILE, PROMPTS_COPY_DIR
@@ -61,16 +60,18 @@ class OverOptimisationMonitor:
         parts, _ = wait_named({
             "reference": self.actors.reference.logprobs.remote(rollout.prompt_ids, rollout.prompt_mask,
                                                                rollout.response_ids),
-            "proxy": self.actors.reward.score.remote(self.probe_prompts, texts)})
+            "proxy": self.actors.reward.score_with_disagreement.remote(self.probe_prompts, texts)})
+        proxy, disagreement = parts["proxy"]
         kl = masked_sum(rollout.logprobs - parts["reference"], rollout.response_mask, dim=1).mean().item()
         scores = np.asarray(self.judge(self.probe_prompts, texts), dtype=float)
         if self.sft_texts is None:  # the first check: the SFT model's answers are the baseline
             self.sft_texts, self.sft_scores = texts, scores
         win_rate, low, high = bootstrap_ci(scores, self.sft_scores, seed=self.seed)
-        check = MonitorCheck(step=step, proxy_reward=float(torch.as_tensor(parts["proxy"]).mean()),
+        check = MonitorCheck(step=step, proxy_reward=float(proxy.mean()),
                              judge_win_rate=win_rate, judge_ci_low=low, judge_ci_high=high, kl=kl,
                              length_ratio=mean_length_ratio(texts, self.sft_texts),
-                             degenerate_share=degenerate_share(texts), seconds=round(time.monotonic() - started, 3))
+                             degenerate_share=degenerate_share(texts), reward_disagreement=float(disagreement.mean()),
+                             seconds=round(time.monotonic() - started, 3))
         self.history.append(check)
         raised = alarms(self.history, self.cfg)
         self.fired += raised

@@ -1,7 +1,7 @@
 """The reward: one score per (prompt, response), from a frozen scorer chosen in config
 (``ppo.reward.kind``):
 
-- ``model``: the trained reward model, through ``alignray.reward.model.load_reward_model``;
+- ``model``: the trained reward model, single or ensemble, through ``alignray.reward.model.load_reward_model``;
 - ``http``: the Ray Serve reward endpoint at ``ppo.reward.url``, through ``alignray.reward.client``;
 - ``annotators``: the oracle reward, the mean score of the simulated training annotators
   1-5 (never the held-out judge 6-10); for ablations and for runs before a reward model exists;
@@ -11,6 +11,10 @@
 Scores are raw, as the scorer gives them (a reward model's own mean/std from its training
 data is not applied): the coordinator normalises them once, with running statistics
 (``ppo.reward.normalize``), so the KL coefficient means the same for every scorer.
+
+``score_with_disagreement`` also gives how much an ensemble's members disagree (their std,
+in the same units as the score; the endpoint's for ``http``). A single model and the rule
+scorers are one scorer each: their disagreement is 0.
 """
 from __future__ import annotations
 
@@ -66,3 +70,15 @@ class RewardActor(ModelActor):
         if kind == "model":
             return self.scorer.score(prompts, responses, normalize=False).float().cpu()
         return torch.as_tensor(self.scorer.score(prompts, responses), dtype=torch.float32)
+
+    @torch.no_grad()
+    def score_with_disagreement(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw scores and the members' disagreement, each ``[len(responses)]`` (float32, CPU)."""
+        if self.reward.kind == "model":
+            scores = self.scorer.score_with_disagreement(prompts, responses, normalize=False)
+            return scores.reward.float().cpu(), scores.disagreement.float().cpu()
+        if self.reward.kind == "http":
+            rewards, disagreement = self.scorer.score_with_disagreement(prompts, responses)
+            return torch.as_tensor(rewards, dtype=torch.float32), torch.as_tensor(disagreement, dtype=torch.float32)
+        scores = self.score(prompts, responses)
+        return scores, torch.zeros_like(scores)

@@ -30,7 +30,7 @@ class MonitorCheck:
     kl: float  # mean KL(policy || reference) per response, nats
     length_ratio: float  # mean words of the policy's answers over the SFT model's
     degenerate_share: float
-    reward_disagreement: float | None = None  # spread of a reward-model ensemble, where there is one
+    reward_disagreement: float | None = None  # members' std of a reward-model ensemble (0: one scorer)
     seconds: float = 0.0
 
 

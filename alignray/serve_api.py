@@ -6,10 +6,12 @@ across clients happens there); everything here runs in a plain process.
 
 Endpoints (all but /healthz and the OpenAPI document need the token when auth is on):
   POST /v1/score    {"prompts": [...], "responses": [...]} or [{"prompt", "response"}, ...]
-                    -> normalised rewards, model name and version, observed batch size
+                    -> normalised rewards, the disagreement of an ensemble's members
+                    (their std in reward units; 0 for a single model), model name and
+                    version, observed batch size
   POST /get_reward  {"query": [...]} -> {"rewards": [...]}: what OpenRLHF's remote reward
                     client sends, each query the full prompt+response text
-  GET  /v1/model    name, version, normalisation statistics, limits
+  GET  /v1/model    name, version, ensemble members, normalisation statistics, limits
   GET  /v1/stats    this replica's batching statistics
   GET  /healthz     liveness, never authenticated (load balancers probe it)
 
@@ -239,14 +241,18 @@ class CompatResponse(BaseModel):
 
 @dataclass
 class ScoredItems:
-    """Rewards for one request, and the size of the cross-client batch that scored it."""
+    """Rewards and disagreement for one request, and the size of the cross-client batch
+    that scored it."""
     rewards: list[float]
+    disagreement: list[float]
     batch_requests: int
     batch_items: int
 
 
 class ScoreResponse(BaseModel):
     rewards: list[float]
+    disagreement: list[float] = Field(description="per item, the std of the ensemble members' rewards in the "
+                                                  "rewards' units; 0 for a single model")
     normalized: bool = True
     model_name: str
     model_version: str
@@ -262,6 +268,7 @@ class Normalization(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     version: str
+    members: int = Field(1, description="reward models in the ensemble; 1 for a single model")
     normalization: Normalization
     max_length: int
     max_items_per_request: int
@@ -381,7 +388,7 @@ def build_reward_api(scorer: RewardScorer, limits: RequestLimits, digest: Option
         check_limits({"prompts": prompts, "responses": responses}, limits)
         scored = await scorer.score_pairs(prompts, responses)
         info = scorer.model_info()
-        return ScoreResponse(rewards=scored.rewards, model_name=info.name, model_version=info.version,
+        return ScoreResponse(rewards=scored.rewards, disagreement=scored.disagreement, model_name=info.name, model_version=info.version,
                              batch_requests=scored.batch_requests, batch_items=scored.batch_items)
 
     @app.post("/get_reward", dependencies=[Depends(authorized), Depends(json_body)])

@@ -13,8 +13,8 @@ from hydra import compose, initialize_config_dir
 
 from alignray.feedback import annotator_quality, annotator_weights, build_training_tables, write_feedback
 from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, make_annotator_pool, simulate_feedback
-from alignray.reward.model import (MEAN_KEY, STD_KEY, RewardModel, init_reward_model, load_reward_model,
-                                   reference_statistics, save_reward_model)
+from alignray.reward.model import (ENSEMBLE_FILE, MEAN_KEY, STD_KEY, RewardModel, encode_texts, init_reward_model,
+                                   load_reward_model, reference_statistics, save_reward_model)
 from alignray.metrics import read_metrics
 from alignray.model_card import read_model_card
 from alignray.workflows.common import CONFIG_PATH
@@ -33,7 +33,7 @@ HELDOUT_ACCURACY_TOLERANCE = 0.03
 
 def test_loader_round_trip_keeps_normalisation_and_scores(tiny_base_model, tmp_path):
     model, tokenizer = init_reward_model(tiny_base_model, max_length=32)
-    fresh = RewardModel(model, tokenizer)
+    fresh = RewardModel([model], tokenizer)
     prompts, responses = PROMPTS + PROMPTS[:1], RESPONSES
     mean, std = reference_statistics(fresh, prompts, responses)
     raw = fresh.score(prompts, responses, normalize=False)
@@ -54,6 +54,25 @@ def test_loader_round_trip_keeps_normalisation_and_scores(tiny_base_model, tmp_p
     # Padding must not change a score: one at a time equals all at once.
     one_by_one = torch.cat([loaded.score([p], [r], batch_size=1) for p, r in zip(prompts, responses)])
     torch.testing.assert_close(one_by_one, normalized, atol=1e-5, rtol=1e-5)
+
+
+def test_sum_pooling_adds_the_head_over_the_tokens_and_ignores_padding(tiny_base_model):
+    torch.manual_seed(0)
+    model, tokenizer = init_reward_model(tiny_base_model, max_length=32, pooling="sum")
+    scorer = RewardModel([model], tokenizer)
+    prompts, responses = PROMPTS + PROMPTS[:1], RESPONSES
+    pooled = scorer.score(prompts, responses, normalize=False)
+    for prompt, response, reward in zip(prompts, responses, pooled):
+        batch = encode_texts(tokenizer, [prompt], [response], 32)
+        with torch.no_grad():
+            hidden = model.base_model(**batch).last_hidden_state
+            assert reward.item() == pytest.approx(model.score(hidden)[0, :, 0].sum().item(), abs=1e-4)
+    torch.testing.assert_close(torch.cat([scorer.score([p], [r], normalize=False) for p, r in zip(prompts, responses)]),
+                               pooled, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(pooled, RewardModel([init_reward_model(tiny_base_model, 32)[0]], tokenizer)
+                              .score(prompts, responses, normalize=False))
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        init_reward_model(tiny_base_model, pooling="mean-ish")
 
 
 def test_a_constant_head_cannot_be_normalised(tiny_base_model, tmp_path):
@@ -128,6 +147,34 @@ def test_app_trains_normalises_and_evaluates_with_one_and_two_workers(ray_cluste
     assert len(early) >= 5 and all(a == pytest.approx(b, abs=EARLY_LOSS_TOLERANCE) for a, b in early)
     assert final[0] == pytest.approx(final[1], abs=FINAL_LOSS_TOLERANCE)
     assert heldout[1] == pytest.approx(heldout[2], abs=HELDOUT_ACCURACY_TOLERANCE)
+
+
+def test_app_trains_an_ensemble_scored_as_one_with_sum_pooling(ray_cluster, tiny_base_model, tmp_path):
+    from alignray.workflows.reward_model import run_reward_model
+
+    feedback_dir = synthetic_feedback(tmp_path)
+    cfg = app_config(tmp_path, 1)
+    cfg.reward_model.update({"ensemble_size": 2, "ensemble_data": "split", "pooling": "sum", "epochs": 1,
+                             "max_steps": 12, "eval_every": 0})
+    out = run_reward_model(cfg, str(tiny_base_model), feedback_dir)
+    manifest = json.loads((out / "model" / ENSEMBLE_FILE).read_text())
+    assert manifest["members"] == ["member-0", "member-1"]
+    for i in (0, 1):
+        assert (out / f"member-{i}" / "loss.png").exists() and (out / "model" / f"member-{i}" / "config.json").exists()
+    evaluation = json.loads((out / "eval.json").read_text())["model"]
+    assert evaluation["ensemble_size"] == 2 and len(evaluation["member_heldout_accuracies"]) == 2
+    assert evaluation["mean_disagreement"] > 0
+
+    ensemble = load_reward_model(out / "model", device="cpu")
+    assert (ensemble.mean, ensemble.std) == (manifest["mean"], manifest["std"])
+    alone = [load_reward_model(out / "model" / f"member-{i}", device="cpu") for i in (0, 1)]
+    raw = torch.stack([member.score(PROMPTS[:1] * 5, RESPONSES, normalize=False) for member in alone])
+    scores = ensemble.score_with_disagreement(PROMPTS[:1] * 5, RESPONSES)
+    torch.testing.assert_close(scores.reward, (raw.mean(dim=0) - ensemble.mean) / ensemble.std)
+    torch.testing.assert_close(scores.disagreement, raw.std(dim=0, unbiased=False) / ensemble.std)
+    assert not torch.allclose(raw[0], raw[1])  # the members learnt from different prompts
+    matter, body = read_model_card(out / "model")
+    assert "An ensemble of 2 sequence classifiers" in body
 
 
 class StubEndpoint:

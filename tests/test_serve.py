@@ -80,10 +80,10 @@ class LengthScorer:
     """A stand-in model: the reward is the response's length."""
 
     async def score_pairs(self, prompts, responses):
-        return ScoredItems([float(len(r)) for r in responses], 1, len(responses))
+        return ScoredItems([float(len(r)) for r in responses], [0.0] * len(responses), 1, len(responses))
 
     async def score_texts(self, texts):
-        return ScoredItems([float(len(t)) for t in texts], 1, len(texts))
+        return ScoredItems([float(len(t)) for t in texts], [0.0] * len(texts), 1, len(texts))
 
     def model_info(self):
         return ModelInfo(name="length", version="v0", normalization=Normalization(mean=0.0, std=1.0),
@@ -297,6 +297,7 @@ def test_http_score_equals_in_process_score(server, reward_model_dir):
     assert reply.status_code == 200, reply.text
     payload = reply.json()
     assert payload["rewards"] == pytest.approx(expected, abs=1e-5)
+    assert payload["disagreement"] == [0.0] * len(PROMPTS)  # one model disagrees with nobody
     info = requests.get(server + "/v1/model", headers=AUTH, timeout=30).json()
     assert payload["model_name"] == info["name"] == "tiny-rm" and payload["model_version"] == info["version"]
     assert info["normalization"] == {"mean": MEAN, "std": STD}
@@ -376,3 +377,69 @@ def test_a_dead_replica_is_restarted(server):
     else:
         pytest.fail("Serve did not replace the killed replica within 90 s")
     assert post(server, "/v1/score", {"prompts": PROMPTS[:1], "responses": RESPONSES[:1]}).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def ensemble_model_dir(tiny_base_model, tmp_path_factory):
+    """Two reward models with different heads (seeds 0 and 1) as one ensemble, normalised
+    on the test texts."""
+    import torch
+
+    from alignray.reward.model import (assemble_reward_ensemble, init_reward_model, load_reward_model,
+                                       reference_statistics, save_normalization, save_reward_model)
+    folder = tmp_path_factory.mktemp("ensemble")
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model, tokenizer = init_reward_model(tiny_base_model)
+        members.append(save_reward_model(model, tokenizer, folder / f"trained-{seed}", 0.0, 1.0))
+    ensemble = load_reward_model(assemble_reward_ensemble(members, folder / "tiny-ensemble"), device="cpu")
+    save_normalization(ensemble, *reference_statistics(ensemble, PROMPTS, RESPONSES))
+    return folder / "tiny-ensemble"
+
+
+def test_an_ensemble_scores_with_mean_and_disagreement_through_the_actor_and_the_endpoint(
+        server, ensemble_model_dir, tmp_path):
+    import ray
+    import torch
+    from ray import serve
+
+    from alignray.actors.reward import RewardActor
+    from alignray.config.ppo import PPORewardConfig
+    from alignray.reward.client import RewardClient
+    from alignray.reward.model import load_reward_model, reward_texts
+    from alignray.workflows.serve import build_reward_app
+
+    ensemble = load_reward_model(ensemble_model_dir, device="cpu")
+    members = ensemble.member_scores(reward_texts(ensemble.tokenizer, PROMPTS, RESPONSES))
+    assert members.shape == (2, 3) and not torch.allclose(members[0], members[1])  # two different heads
+    raw_mean, raw_std = members.mean(dim=0), members.std(dim=0, unbiased=False)
+    assert raw_std.min() > 0
+
+    # The PPO reward actor, as a Ray actor: raw mean and disagreement.
+    actor = ray.remote(RewardActor).remote(PPORewardConfig(kind="model"), str(ensemble_model_dir))
+    reward, disagreement = ray.get(actor.score_with_disagreement.remote(PROMPTS, RESPONSES))
+    torch.testing.assert_close(reward, raw_mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(disagreement, raw_std, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ray.get(actor.score.remote(PROMPTS, RESPONSES)), raw_mean, atol=1e-5, rtol=1e-5)
+    ray.kill(actor)
+
+    # The endpoint, as a second app on the module's Serve instance: normalised mean and disagreement.
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    port = int(server.rsplit(":", 1)[1])
+    cfg = ServeConfig(model_path=str(ensemble_model_dir), port=port, token_env=None, token_file=str(token_file),
+                      cpus_per_replica=0)
+    serve.run(build_reward_app(cfg), name=APP_NAME + "-ensemble", route_prefix="/ensemble")
+    try:
+        payload = post(server, "/ensemble/v1/score", {"prompts": PROMPTS, "responses": RESPONSES}).json()
+        expected = ((raw_mean - ensemble.mean) / ensemble.std).tolist()
+        assert payload["rewards"] == pytest.approx(expected, abs=1e-5)
+        assert payload["disagreement"] == pytest.approx((raw_std / ensemble.std).tolist(), abs=1e-5)
+        info = requests.get(server + "/ensemble/v1/model", headers=AUTH, timeout=30).json()
+        assert info["members"] == 2 and info["normalization"] == {"mean": ensemble.mean, "std": ensemble.std}
+        client = RewardClient(server + "/ensemble", token=TOKEN, timeout=30, retries=1)
+        rewards, spread = client.score_with_disagreement(PROMPTS, RESPONSES)
+        assert rewards == pytest.approx(expected, abs=1e-5) and spread == pytest.approx(payload["disagreement"])
+    finally:
+        serve.delete(APP_NAME + "-ensemble")

@@ -138,9 +138,10 @@ def monitor_section(ppo: Path) -> list[Section]:
         return []
     history, fired, _, _ = read_history(ppo / MONITOR_FILE)
     kept = _json(ppo / SUMMARY_FILE).get("policy_step")
-    rows = [["step", "proxy reward", "judge win-rate vs SFT", "95% interval", "KL", "length vs SFT", "degenerate"]]
+    rows = [["step", "proxy reward", "judge win-rate vs SFT", "95% interval", "KL", "length vs SFT", "degenerate",
+             "RM members' disagreement"]]
     rows += [[c.step, c.proxy_reward, c.judge_win_rate, f"[{_fmt(c.judge_ci_low)}, {_fmt(c.judge_ci_high)}]", c.kl,
-              c.length_ratio, c.degenerate_share] for c in history]
+              c.length_ratio, c.degenerate_share, c.reward_disagreement] for c in history]
     said = [f"The policy handed to evaluation is the one after {kept} updates: the held-out judge preferred it "
             "on the probe prompts (disjoint from the evaluation's)."]
     said += [f"Alarm {a.rule} at step {a.step}: {a.evidence}." for a in fired] or ["No alarm was raised."]

@@ -16,15 +16,21 @@ raw feedback on held-out items for evaluation; optionally ``feedback.parquet``, 
 training feedback, to retrain with every annotator kept and measure what excluding the
 flagged ones changed.
 
-Output ``<workdir>/reward-<hash>/``: ``model/`` (Hugging Face folder, the one
-``load_reward_model`` reads), ``metrics.jsonl``, ``loss.png``, ``calibration.png``,
-``eval.json``, ``summary.json``.
+With ``reward_model.ensemble_size=K`` > 1 it trains K members (seeds ``seed + i``; every
+example or a 1/K share of the prompts each, ``reward_model.ensemble_data``), scored as one
+reward model: the mean of their rewards, and their disagreement.
+
+Output ``<workdir>/reward-<hash>/``: ``model/`` (the folder ``load_reward_model`` reads: a
+Hugging Face folder, or for an ensemble ``member-<i>/`` Hugging Face folders and
+``reward_ensemble.json``), ``metrics.jsonl`` and ``loss.png`` (per member in
+``member-<i>/`` for an ensemble), ``calibration.png``, ``eval.json``, ``summary.json``.
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
+import zlib
 from functools import partial
 from pathlib import Path
 
@@ -45,8 +51,8 @@ from alignray.feedback import PAIRS_SCHEMA, POINTWISE_SCHEMA, build_training_tab
 from alignray.metrics import plot_curves, read_metrics
 from alignray.model_card import ModelCard, write_model_card
 from alignray.reward.evaluation import annotator_groups, evaluate_against_panels, plot_calibration
-from alignray.reward.model import (load_reward_model, minilm_backbone_path, reference_statistics,
-                                   reward_model_card, save_reward_model)
+from alignray.reward.model import (assemble_reward_ensemble, load_reward_model, minilm_backbone_path,
+                                   reference_statistics, reward_model_card, reward_texts, save_normalization)
 from alignray.reward.training import (build_reward_model, collate_reward_rows, reward_batch_loss,
                                       training_examples)
 from alignray.tracking import tracking_settings
@@ -57,6 +63,7 @@ from alignray.workflows.ray_train import TrainLoopConfig, TrainTask, copy_final_
 from alignray.workflows.sft import run_sft
 
 log = logging.getLogger("alignray.reward")
+ENSEMBLE_DATA = ("all", "split")
 
 
 
@@ -96,27 +103,58 @@ def reward_task(backbone: str, reward_cfg) -> TrainTask:
     return TrainTask(
         name="reward",
         build_model=partial(build_reward_model, max_length=int(reward_cfg.max_length),
-                            disable_dropout=bool(reward_cfg.disable_dropout)),
+                            disable_dropout=bool(reward_cfg.disable_dropout),
+                            freeze_backbone=bool(reward_cfg.freeze_backbone), pooling=str(reward_cfg.pooling)),
         collate=partial(collate_reward_rows, tokenizer_path=backbone, max_length=int(reward_cfg.max_length)),
         loss=partial(reward_batch_loss, margin_scale=float(reward_cfg.margin),
                      pointwise_weight=float(reward_cfg.pointwise_weight)))
 
 
-def train_reward_model(examples: pa.Table, backbone: str, cfg: DictConfig, out_dir: Path) -> Path:
+def train_reward_model(examples: pa.Table, backbone: str, cfg: DictConfig, out_dir: Path, seed: int) -> Path:
     """Train on ``examples`` with the shared Ray Train loop (``cluster.num_workers``
     workers, DeepSpeed); returns ``<out_dir>/model``, not yet normalised. An interrupted
     run in ``out_dir`` resumes from its last checkpoint."""
     reward = cfg.reward_model
-    tables = split_examples(examples, float(reward.heldout_fraction), int(cfg.seed))
+    tables = split_examples(examples, float(reward.heldout_fraction), seed)
     loop = TrainLoopConfig(
         model_path=backbone, deepspeed=OmegaConf.to_object(reward.deepspeed), lr=float(reward.lr),
         warmup_steps=int(reward.warmup_steps), global_batch_size=int(reward.batch_size),
         steps_per_epoch=steps_per_epoch(tables["train"].num_rows, int(reward.batch_size)),
         epochs=int(reward.epochs), max_steps=int(reward.max_steps), eval_every=int(reward.eval_every),
-        checkpoint_every=0, log_every=int(reward.log_every), seed=int(cfg.seed), metrics_dir=str(out_dir))
+        checkpoint_every=0, log_every=int(reward.log_every), seed=seed, metrics_dir=str(out_dir))
     datasets = {split: ray.data.from_arrow(table) for split, table in tables.items()}
     result = fit(reward_task(backbone, reward), loop, datasets, cfg.cluster, out_dir, tracking_settings(cfg))
     return copy_final_model(result, out_dir)
+
+
+def member_examples(examples: pa.Table, member: int, members: int, data: str) -> pa.Table:
+    """What ensemble member ``member`` of ``members`` trains on: every example ("all": the
+    members differ by seed, so by head initialisation and order), or the examples of its
+    share of the prompts ("split": each prompt goes to one member, by content hash)."""
+    if data not in ENSEMBLE_DATA:
+        raise ValueError(f"reward_model.ensemble_data must be one of {ENSEMBLE_DATA}, not {data!r}")
+    if data == "all" or members == 1:
+        return examples
+    shares = [zlib.crc32(prompt.encode()) % members for prompt in examples.column("prompt").to_pylist()]
+    return examples.filter(pa.array(np.asarray(shares) == member))
+
+
+def member_folders(out_dir: Path, members: int) -> list[Path]:
+    """Where each member trains: the phase folder itself for a single model (its model is
+    ``<out>/model``), ``<out>/member-<i>/`` for an ensemble (assembled into ``<out>/model``)."""
+    if members < 1:
+        raise ValueError(f"reward_model.ensemble_size must be >= 1, not {members}")
+    return [out_dir] if members == 1 else [out_dir / f"member-{i}" for i in range(members)]
+
+
+def train_members(examples: pa.Table, backbone: str, cfg: DictConfig, out_dir: Path) -> Path:
+    """The ``reward_model.ensemble_size`` members, member ``i`` with seed ``seed + i`` (so
+    member 0 is the single model of the same settings); returns the model folder."""
+    reward = cfg.reward_model
+    folders = member_folders(out_dir, int(reward.ensemble_size))
+    models = [train_reward_model(member_examples(examples, i, len(folders), reward.ensemble_data), backbone, cfg,
+                                 folder, int(cfg.seed) + i) for i, folder in enumerate(folders)]
+    return models[0] if len(models) == 1 else assemble_reward_ensemble(models, out_dir / MODEL_DIR)
 
 
 # ----------------------------------------------------------------------------- after training
@@ -125,7 +163,7 @@ def normalize_saved_model(model_dir: Path, examples: pa.Table, reference_size: i
     reward_model = load_reward_model(model_dir)
     prompts, responses = reference_texts(examples, reference_size, seed)
     mean, std = reference_statistics(reward_model, prompts, responses)
-    save_reward_model(reward_model.model, reward_model.tokenizer, model_dir, mean, std)
+    save_normalization(reward_model, mean, std)
     return {"mean": mean, "std": std, "reference_texts": len(prompts)}
 
 
@@ -140,15 +178,31 @@ def evaluation_panels(heldout: pa.Table, training_annotators: set[str]) -> dict[
 
 
 def evaluate_reward_model(model_dir: Path, heldout: pa.Table, training_annotators: set[str],
-                          bins: int) -> tuple[dict, dict]:
+                          bins: int) -> tuple[dict, dict, dict]:
     """Accuracy and calibration per panel (raw rewards: the Bradley-Terry probability
-    ``sigmoid(r_a - r_b)`` is defined on the scale the model was trained on)."""
+    ``sigmoid(r_a - r_b)`` is defined on the scale the model was trained on). For an
+    ensemble, third, each member's accuracy against the held-out annotators and the mean
+    disagreement (normalised units) on the held-out texts; empty for a single model."""
     reward_model = load_reward_model(model_dir)
+    panels = evaluation_panels(heldout, training_annotators)
+    scored = {}
 
-    def score_raw(prompts, responses):
-        return reward_model.score(prompts, responses, normalize=False).numpy()
+    def raw_scores(prompts, responses):
+        # evaluate_against_panels scores the same distinct texts each time: score them once.
+        if "members" not in scored:
+            scored["members"] = reward_model.member_scores(reward_texts(reward_model.tokenizer, prompts,
+                                                                        responses)).numpy()
+        return scored["members"]
 
-    return evaluate_against_panels(score_raw, heldout, evaluation_panels(heldout, training_annotators), bins)
+    figures, tables = evaluate_against_panels(lambda p, r: raw_scores(p, r).mean(axis=0), heldout, panels, bins)
+    ensemble = {}
+    if len(reward_model.members) > 1:
+        heldout_panel = {"heldout_annotators": panels["heldout_annotators"]} if "heldout_annotators" in panels else {}
+        ensemble["member_heldout_accuracies"] = [
+            evaluate_against_panels(lambda p, r, i=i: raw_scores(p, r)[i], heldout, heldout_panel, bins)[0]
+            .get("heldout_annotators", {}).get("accuracy") for i in range(len(reward_model.members))]
+        ensemble["mean_disagreement"] = float(scored["members"].std(axis=0).mean() / reward_model.std)
+    return figures, tables, ensemble
 
 
 def read_training_tables(feedback_dir: Path) -> tuple[pa.Table, pa.Table]:
@@ -171,26 +225,38 @@ def with_pair_accuracy(record: dict) -> dict:
     return record
 
 
+def final_losses(folders: list[Path]) -> dict:
+    """Each member's training curves plotted in its folder; the last train and held-out
+    losses, averaged over the members."""
+    finals = []
+    for folder in folders:
+        records = [with_pair_accuracy(r) for r in read_metrics(folder / METRICS_FILE)]
+        plot_curves(records, ["loss", "heldout_loss", "pair_accuracy", "heldout_pair_accuracy"],
+                    folder / LOSS_FIGURE, title="reward model training")
+        finals.append((next(r["loss"] for r in reversed(records) if "loss" in r),
+                       next(r["heldout_loss"] for r in reversed(records) if "heldout_loss" in r)))
+    return {"final_train_loss": float(np.mean([train for train, _ in finals])),
+            "final_heldout_loss": float(np.mean([heldout for _, heldout in finals]))}
+
+
 def train_normalize_evaluate(pairs: pa.Table, pointwise: pa.Table, heldout: pa.Table | None, backbone: str,
                              cfg: DictConfig, out_dir: Path) -> dict:
     """One reward model: train, normalise, evaluate; figures go to ``out_dir``."""
     started = time.monotonic()
     examples = training_examples(pairs, pointwise)
-    model_dir = train_reward_model(examples, backbone, cfg, out_dir)
+    model_dir = train_members(examples, backbone, cfg, out_dir)
     train_s = time.monotonic() - started
     result = {"pairs": pairs.num_rows, "pointwise": pointwise.num_rows, "train_s": round(train_s, 1),
+              "ensemble_size": int(cfg.reward_model.ensemble_size),
               "normalization": normalize_saved_model(model_dir, examples, int(cfg.reward_model.reference_size),
                                                      int(cfg.seed))}
-    records = [with_pair_accuracy(r) for r in read_metrics(out_dir / METRICS_FILE)]
-    plot_curves(records, ["loss", "heldout_loss", "pair_accuracy", "heldout_pair_accuracy"], out_dir / LOSS_FIGURE,
-                title="reward model training")
-    result["final_train_loss"] = next(r["loss"] for r in reversed(records) if "loss" in r)
-    result["final_heldout_loss"] = next(r["heldout_loss"] for r in reversed(records) if "heldout_loss" in r)
+    result |= final_losses(member_folders(out_dir, int(cfg.reward_model.ensemble_size)))
     if heldout is not None:
-        figures, calibration = evaluate_reward_model(model_dir, heldout, annotators_of(pairs, pointwise),
-                                                     int(cfg.reward_model.calibration_bins))
+        figures, calibration, ensemble = evaluate_reward_model(model_dir, heldout, annotators_of(pairs, pointwise),
+                                                               int(cfg.reward_model.calibration_bins))
         plot_calibration(calibration, out_dir / CALIBRATION_FIGURE)
         result["heldout"] = figures
+        result |= ensemble
     write_model_card(model_dir, reward_card(backbone, cfg, result))
     result["wall_s"] = round(time.monotonic() - started, 1)
     return result
@@ -200,13 +266,14 @@ def reward_card(backbone: str, cfg: DictConfig, result: dict) -> ModelCard:
     """The model card of a trained reward model: its data, settings and held-out figures."""
     reward = cfg.reward_model
     settings = {key: reward[key] for key in ("lr", "epochs", "max_steps", "batch_size", "margin", "pointwise_weight",
-                                             "max_length", "reference_size")}
+                                             "max_length", "pooling", "reference_size", "ensemble_size", "ensemble_data")}
     metrics = {"final_train_loss": result["final_train_loss"], "final_heldout_loss": result["final_heldout_loss"]}
     metrics |= {f"{panel}_pair_accuracy": figures["accuracy"] for panel, figures in result.get("heldout", {}).items()}
     data = (f"{result['pairs']} preference pairs and {result['pointwise']} pointwise targets (the feedback "
             "phase's training tables: Bradley-Terry loss on pairs, regression on pointwise targets). "
             "Accuracies are on held-out pairwise feedback, per annotator panel.")
-    return reward_model_card(result["normalization"]["mean"], result["normalization"]["std"], base_model=backbone,
+    return reward_model_card(result["normalization"]["mean"], result["normalization"]["std"],
+                             int(reward.ensemble_size), str(reward.pooling), base_model=backbone,
                              data=data, config=settings | {"seed": int(cfg.seed)}, metrics=metrics)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 import hydra
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from ray import serve
 from ray.serve import Application
@@ -30,7 +31,7 @@ from ray.serve import Application
 from alignray.actors import runtime
 from alignray.config import ServeConfig
 from alignray.modeling import pick_device, training_dtype
-from alignray.reward.model import load_reward_model
+from alignray.reward.model import ENSEMBLE_FILE, load_reward_model, reward_member_dirs, reward_texts
 from alignray.serve_api import (BatchStats, ModelInfo, Normalization, RequestLimits, ScoredItems,
                                 StatsResponse, build_reward_api, check_bind_is_safe, is_loopback,
                                 load_token, token_digest)
@@ -42,16 +43,18 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 def model_version(path: str | Path) -> str:
-    """A short content hash of the weights and config: two servers report the same version
-    exactly when they serve the same model."""
+    """A short content hash of the weights and config of every member (and an ensemble's
+    manifest): two servers report the same version exactly when they serve the same model."""
     digest = hashlib.sha256()
     folder = Path(path)
-    for file in sorted(folder.iterdir()):
-        if file.suffix in WEIGHT_SUFFIXES or file.name == "config.json":
-            digest.update(file.name.encode())
-            with file.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+    files = [folder / ENSEMBLE_FILE] if (folder / ENSEMBLE_FILE).is_file() else []
+    files += [file for member in reward_member_dirs(folder) for file in sorted(member.iterdir())
+              if file.suffix in WEIGHT_SUFFIXES or file.name == "config.json"]
+    for file in files:
+        digest.update(file.relative_to(folder).as_posix().encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()[:12]
 
 
@@ -78,7 +81,7 @@ class RewardModelServer:
         self.reward_model = load_reward_model(cfg.model_path, device, training_dtype(cfg.precision, device))
         self.info = ModelInfo(
             name=cfg.model_name or Path(cfg.model_path).name,
-            version=model_version(cfg.model_path),
+            version=model_version(cfg.model_path), members=len(self.reward_model.members),
             normalization=Normalization(mean=self.reward_model.mean, std=self.reward_model.std),
             max_length=self.reward_model.max_length,
             max_items_per_request=cfg.max_items_per_request, max_chars_per_item=cfg.max_chars_per_item,
@@ -110,23 +113,21 @@ class RewardModelServer:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def _score_batch(self, jobs: list[ScoringJob]) -> list[ScoredItems]:
         # In a worker thread: the event loop keeps accepting requests for the next batch.
-        rewards = await asyncio.to_thread(self._score_jobs, jobs)
+        scored = await asyncio.to_thread(self._score_jobs, jobs)
         items = sum(job.size for job in jobs)
         self.batch_stats.record(len(jobs), items)
-        return [ScoredItems(job_rewards, len(jobs), items) for job_rewards in rewards]
+        return [ScoredItems(rewards, disagreement, len(jobs), items) for rewards, disagreement in scored]
 
-    def _score_jobs(self, jobs: list[ScoringJob]) -> list[list[float]]:
-        """All pairs in one scoring call and all full texts in another, split back per job."""
-        pair_jobs = [job for job in jobs if job.texts is None]
-        text_jobs = [job for job in jobs if job.texts is not None]
-        pair_scores = iter(self.reward_model.score(
-            [p for job in pair_jobs for p in job.prompts], [r for job in pair_jobs for r in job.responses],
-            normalize=True, batch_size=self.cfg.forward_batch_size).tolist() if pair_jobs else [])
-        text_scores = iter(self.reward_model.score_texts(
-            [t for job in text_jobs for t in job.texts], normalize=True,
-            batch_size=self.cfg.forward_batch_size).tolist() if text_jobs else [])
-        return [[next(text_scores if job.texts is not None else pair_scores) for _ in range(job.size)]
-                for job in jobs]
+    def _score_jobs(self, jobs: list[ScoringJob]) -> list[tuple[list[float], list[float]]]:
+        """Every job's items in one scoring call (pairs formatted as the model reads them),
+        split back per job as (rewards, disagreement)."""
+        tokenizer = self.reward_model.tokenizer
+        texts = [text for job in jobs
+                 for text in (job.texts if job.texts is not None else reward_texts(tokenizer, job.prompts, job.responses))]
+        scores = self.reward_model.scores_of_texts(texts, normalize=True, batch_size=self.cfg.forward_batch_size)
+        rewards, disagreement = scores.reward.tolist(), scores.disagreement.tolist()
+        bounds = np.cumsum([0] + [job.size for job in jobs])
+        return [(rewards[start:end], disagreement[start:end]) for start, end in zip(bounds[:-1], bounds[1:])]
 
 
 def serve_config(cfg) -> ServeConfig:
@@ -171,8 +172,10 @@ def build_reward_app(cfg) -> Application:
     if min(cfg.max_batch_size, cfg.forward_batch_size, cfg.max_items_per_request) < 1:
         raise ValueError("serve.max_batch_size, forward_batch_size and max_items_per_request must be >= 1")
     model_path = Path(cfg.model_path).expanduser()
-    if not (model_path / "config.json").is_file():
-        raise FileNotFoundError(f"serve.model_path {model_path} holds no saved model (no config.json)")
+    try:
+        reward_member_dirs(model_path)
+    except (FileNotFoundError, ValueError) as error:
+        raise FileNotFoundError(f"serve.model_path: {error}") from error
     # Replicas may start in another working directory.
     cfg.model_path = str(model_path.resolve())
     deployment = serve.deployment(RewardModelServer).options(**deployment_options(cfg))

@@ -34,7 +34,12 @@ class RewardModelConfig:
     heldout_fraction: float = 0.05  # of the prompts: their examples give the held-out loss
     eval_every: int = 100  # steps between held-out losses; 0: at the end of each epoch only
     disable_dropout: bool = True
+    # Train only the new scalar head on a frozen backbone (a linear probe of its features).
+    freeze_backbone: bool = False
     max_length: int = 64  # tokens of prompt + response; longer texts lose their start
+    # How the scalar head reads the text: "last", the model's own head (the last token of a
+    # causal LM, [CLS] of an encoder); "sum", the head on every token, summed over the text.
+    pooling: str = "last"
     # Normalisation: distinct (prompt, response) texts of the training tables measured
     # after training; their mean and std are stored in the model's config.
     reference_size: int = 2000
@@ -42,5 +47,11 @@ class RewardModelConfig:
     # the flagged ones changes (needs the raw feedback in the feedback folder).
     compare_unfiltered: bool = True
     calibration_bins: int = 10
+    # K > 1: an ensemble of K reward models on the same backbone, member i with seed
+    # seed + i, scored as one (mean reward, and disagreement = std across members).
+    # ensemble_data "all": every member sees every example (members differ by seed);
+    # "split": each member trains on its own 1/K of the prompts.
+    ensemble_size: int = 1
+    ensemble_data: str = "all"
     log_every: int = 10
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)

@@ -2,6 +2,7 @@
 
     client = RewardClient("http://127.0.0.1:8000", token=None)   # token: or $ALIGNRAY_SERVE_TOKEN
     rewards = client.score(prompts, responses)                    # list[float], normalised
+    rewards, disagreement = client.score_with_disagreement(prompts, responses)  # ensemble members' std
 
 It sends ``POST <url>/v1/score`` with ``{"prompts": [...], "responses": [...]}`` and a
 bearer token when it has one, in requests of at most ``max_items_per_request`` items (the
@@ -44,16 +45,25 @@ class RewardClient:
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         """Normalised rewards, one per (prompt, response), in order."""
+        return self.score_with_disagreement(prompts, responses)[0]
+
+    def score_with_disagreement(self, prompts: Sequence[str],
+                                responses: Sequence[str]) -> tuple[list[float], list[float]]:
+        """Normalised rewards and the ensemble members' disagreement (0 for a single model,
+        or for a server that does not report it), one each per (prompt, response)."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         rewards: list[float] = []
+        disagreement: list[float] = []
         for start in range(0, len(prompts), self.max_items_per_request):
             end = start + self.max_items_per_request
-            rewards += self._post({"prompts": list(prompts[start:end]), "responses": list(responses[start:end])},
-                                  expected=len(prompts[start:end]))
-        return rewards
+            chunk = self._post({"prompts": list(prompts[start:end]), "responses": list(responses[start:end])},
+                               expected=len(prompts[start:end]))
+            rewards += chunk[0]
+            disagreement += chunk[1]
+        return rewards, disagreement
 
-    def _post(self, body: dict, expected: int) -> list[float]:
+    def _post(self, body: dict, expected: int) -> tuple[list[float], list[float]]:
         data = json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
         if self.token:
@@ -74,11 +84,13 @@ class RewardClient:
             time.sleep(self.backoff_s * 2 ** attempt)
             attempt += 1
 
-    def _rewards(self, answer: dict, expected: int) -> list[float]:
+    def _rewards(self, answer: dict, expected: int) -> tuple[list[float], list[float]]:
         rewards = answer.get("rewards")
-        if not isinstance(rewards, list) or len(rewards) != expected:
-            raise RewardEndpointError(f"{self.url} returned {len(rewards) if isinstance(rewards, list) else rewards!r}"
-                                      f" rewards for {expected} items")
+        disagreement = answer.get("disagreement", [0.0] * expected)
+        for name, values in (("rewards", rewards), ("disagreement", disagreement)):
+            if not isinstance(values, list) or len(values) != expected:
+                raise RewardEndpointError(f"{self.url} returned {len(values) if isinstance(values, list) else values!r}"
+                                          f" {name} for {expected} items")
         self.model_name = answer.get("model_name", answer.get("model"))
         self.model_version = answer.get("model_version", answer.get("version"))
-        return [float(r) for r in rewards]
+        return [float(r) for r in rewards], [float(d) for d in disagreement]

@@ -11,15 +11,24 @@ Normalisation: after training, the raw head output is measured on a reference se
 mean and standard deviation are stored in the model's config (``alignray_reward_mean``,
 ``alignray_reward_std``); ``score(..., normalize=True)`` returns ``(raw - mean) / std``, so
 served and in-training rewards are mean 0, std 1 on the reference data. The maximum input
-length is stored the same way, so every consumer truncates alike.
+length is stored the same way, so every consumer truncates alike, and so is the pooling
+(:func:`reward_logits`: the head's own, or the sum of per-token head outputs).
+
+Ensembles: a folder may hold K reward models on one backbone (different seeds or data
+splits) as ``member-<i>/`` plus ``reward_ensemble.json`` (the members and the normalisation
+of their mean). The loader returns the same :class:`RewardModel` for both: its reward is the
+members' mean raw output (one member: the model's own), normalised as above, and its
+disagreement the members' standard deviation (0 for one member), in the same units.
 
 Everyone (PPO reward actor, Ray Serve endpoint, evaluation) loads through
 :func:`load_reward_model`; training and scoring encode through :func:`encode_texts`.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -38,6 +47,12 @@ log = logging.getLogger(__name__)
 MEAN_KEY = "alignray_reward_mean"
 STD_KEY = "alignray_reward_std"
 MAX_LENGTH_KEY = "alignray_reward_max_length"
+POOLING_KEY = "alignray_reward_pooling"
+POOLINGS = ("last", "sum")
+# The scalar head's attribute in transformers' sequence classifiers (GPT-2, Llama, Qwen: score; BERT: classifier).
+SCALAR_HEADS = ("score", "classifier")
+# An ensemble folder: this manifest (members, normalisation of their mean) and one folder per member.
+ENSEMBLE_FILE = "reward_ensemble.json"
 DEFAULT_MAX_LENGTH = 512
 # A standard deviation below this means the head is (nearly) constant on the reference
 # set: dividing by it would blow noise up into huge rewards.
@@ -93,17 +108,33 @@ def reward_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
 
 
 def init_reward_model(backbone_path: str | os.PathLike, max_length: int | None = None,
-                      dtype: torch.dtype = torch.float32
+                      dtype: torch.dtype = torch.float32, pooling: str = "last"
                       ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A fresh reward model (backbone + new scalar head) and its tokenizer, from a causal LM
     folder or an encoder. Normalisation is the identity until :func:`save_reward_model`."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"reward pooling must be one of {POOLINGS}, not {pooling!r}")
     tokenizer = reward_tokenizer(backbone_path)
     model = _load_classifier(str(backbone_path), dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
     limit = _max_length_of(model, tokenizer)
     setattr(model.config, MAX_LENGTH_KEY, min(max_length, limit) if max_length else limit)
+    setattr(model.config, POOLING_KEY, pooling)
     set_normalization(model, 0.0, 1.0)
     return model, tokenizer
+
+
+def reward_logits(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The raw reward of each row, float32, by the model's pooling: ``last``, the model's own
+    head (the last token of a causal LM, the pooled [CLS] of an encoder); ``sum``, the head
+    applied to every token's final hidden state, summed over the text, so evidence spread
+    over the text (a sentiment lexicon's words) adds up instead of having to reach one token."""
+    module = getattr(model, "module", model)  # under DeepSpeed, the engine wraps the model
+    if getattr(module.config, POOLING_KEY, "last") == "last":
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+    hidden = module.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    head = next(getattr(module, name) for name in SCALAR_HEADS if hasattr(module, name))
+    return (head(hidden)[..., 0].float() * attention_mask).sum(dim=1)
 
 
 def set_normalization(model: PreTrainedModel, mean: float, std: float) -> None:
@@ -122,18 +153,28 @@ def save_reward_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    write_model_card(out, card or reward_model_card(mean, std))
+    write_model_card(out, card or reward_model_card(mean, std, pooling=getattr(model.config, POOLING_KEY, "last")))
     return out
 
 
-def reward_model_card(mean: float, std: float, **known) -> ModelCard:
+def reward_model_card(mean: float, std: float, members: int = 1, pooling: str = "last", **known) -> ModelCard:
     """A reward model's card: how to apply the stored normalisation, plus what the caller
     ``known``s (``base_model``, ``data``, ``config``, ``metrics``: :class:`ModelCard` fields)."""
+    usage = reward_model_usage(mean, std, MEAN_KEY, STD_KEY)
+    if pooling == "sum":
+        usage += (f"\n\nThis model sums its head over the tokens (`{POOLING_KEY}: sum`): its raw reward is "
+                  "`(model.score(model.base_model(**batch).last_hidden_state)[..., 0] * batch['attention_mask'])"
+                  ".sum(1)` (`classifier` for an encoder), not the logits above.")
+    if members > 1:
+        usage = (f"An ensemble of {members} sequence classifiers (`member-<i>/`), scored as one: the reward is "
+                 f"their mean raw output, normalised by `(mean_raw - {mean:.6g}) / {std:.6g}` (`{ENSEMBLE_FILE}`); "
+                 "their standard deviation is the disagreement. "
+                 "`alignray.reward.model.load_reward_model(folder).score_with_disagreement(prompts, responses)` "
+                 "gives both.")
     return ModelCard(title="alignray reward model", pipeline_tag="text-classification",
                      description="A reward model: one scalar per (prompt, response), higher for the "
                                  "response people prefer, trained on human feedback.",
-                     tags=["reward-model", "rlhf"], usage=reward_model_usage(mean, std, MEAN_KEY, STD_KEY),
-                     **known)
+                     tags=["reward-model", "rlhf"], usage=usage, **known)
 
 
 def reward_texts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
@@ -160,46 +201,71 @@ def encode_full_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], 
 
 
 @dataclass
-class RewardModel:
-    """A loaded reward model, ready to score text."""
+class RewardScores:
+    """Scores of an ensemble: ``reward``, the mean of the members' raw rewards (normalised
+    when asked), and ``disagreement``, their population standard deviation across members
+    in the same units (0 for a single model)."""
 
-    model: PreTrainedModel
+    reward: torch.Tensor
+    disagreement: torch.Tensor
+
+
+@dataclass
+class RewardModel:
+    """A loaded reward model, ready to score text: K >= 1 members (one for a single model)
+    sharing one tokenizer, scored as one. The normalisation applies to the members' mean."""
+
+    members: list[PreTrainedModel]
     tokenizer: PreTrainedTokenizerBase
     path: str = ""
+    mean: float = 0.0
+    std: float = 1.0
 
-    @property
-    def mean(self) -> float:
-        return float(getattr(self.model.config, MEAN_KEY, 0.0))
-
-    @property
-    def std(self) -> float:
-        return float(getattr(self.model.config, STD_KEY, 1.0))
+    def __post_init__(self):
+        if not self.members:
+            raise ValueError(f"reward model {self.path or '(unsaved)'} has no members")
 
     @property
     def max_length(self) -> int:
-        return int(getattr(self.model.config, MAX_LENGTH_KEY, None) or _max_length_of(self.model, self.tokenizer))
+        first = self.members[0]
+        return int(getattr(first.config, MAX_LENGTH_KEY, None) or _max_length_of(first, self.tokenizer))
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return next(self.members[0].parameters()).device
 
     def score(self, prompts: Sequence[str], responses: Sequence[str], normalize: bool = True,
               batch_size: int = 32) -> torch.Tensor:
-        """One float32 reward per (prompt, response) on CPU: the raw head output, then
-        ``(raw - mean) / std`` when ``normalize``."""
+        """One float32 reward per (prompt, response) on CPU: the members' mean raw head
+        output, then ``(raw - mean) / std`` when ``normalize``."""
         return self.score_texts(reward_texts(self.tokenizer, prompts, responses), normalize, batch_size)
 
-    @torch.no_grad()
     def score_texts(self, texts: Sequence[str], normalize: bool = True, batch_size: int = 32) -> torch.Tensor:
         """Rewards of texts that already hold prompt and response, formatted as
         :func:`reward_texts` formats them (OpenRLHF-style queries)."""
-        self.model.eval()
+        return self.scores_of_texts(texts, normalize, batch_size).reward
+
+    def score_with_disagreement(self, prompts: Sequence[str], responses: Sequence[str], normalize: bool = True,
+                                batch_size: int = 32) -> RewardScores:
+        """Reward and the members' disagreement per (prompt, response)."""
+        return self.scores_of_texts(reward_texts(self.tokenizer, prompts, responses), normalize, batch_size)
+
+    def scores_of_texts(self, texts: Sequence[str], normalize: bool = True, batch_size: int = 32) -> RewardScores:
+        raw = self.member_scores(texts, batch_size)
+        reward, disagreement = raw.mean(dim=0), raw.std(dim=0, unbiased=False)
+        if normalize:
+            return RewardScores((reward - self.mean) / self.std, disagreement / self.std)
+        return RewardScores(reward, disagreement)
+
+    @torch.no_grad()
+    def member_scores(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """Raw rewards ``[members, len(texts)]``: each batch is encoded once for every member."""
         raw = []
         for start in range(0, len(texts), batch_size):
-            batch = encode_full_texts(self.tokenizer, texts[start:start + batch_size], self.max_length)
-            raw.append(self.model(**batch.to(self.device)).logits[:, 0].float().cpu())
-        scores = torch.cat(raw) if raw else torch.zeros(0)
-        return (scores - self.mean) / self.std if normalize else scores
+            batch = encode_full_texts(self.tokenizer, texts[start:start + batch_size], self.max_length).to(self.device)
+            raw.append(torch.stack([reward_logits(member.eval(), batch["input_ids"], batch["attention_mask"]).cpu()
+                                    for member in self.members]))
+        return torch.cat(raw, dim=1) if raw else torch.zeros(len(self.members), 0)
 
 
 def reference_statistics(reward_model: RewardModel, prompts: Sequence[str], responses: Sequence[str],
@@ -210,14 +276,82 @@ def reference_statistics(reward_model: RewardModel, prompts: Sequence[str], resp
     return float(raw.mean()), float(raw.std(unbiased=False))
 
 
-def load_reward_model(path: str | os.PathLike, device: torch.device | str | None = None,
-                      dtype: torch.dtype = torch.float32) -> RewardModel:
-    """The one loader of a saved reward model (PPO reward actor, Ray Serve, evaluation)."""
-    tokenizer = reward_tokenizer(path)
+# ----------------------------------------------------------------------------- ensembles
+def reward_member_dirs(path: str | os.PathLike) -> list[Path]:
+    """The member folders of a saved reward model: the folder itself for a single model,
+    the ones its ``reward_ensemble.json`` lists (relative to it) for an ensemble."""
+    folder = Path(path)
+    manifest = folder / ENSEMBLE_FILE
+    if manifest.is_file():
+        members = json.loads(manifest.read_text()).get("members")
+        if not members:
+            raise ValueError(f"{manifest} lists no members")
+        return [folder / member for member in members]
+    if (folder / "config.json").is_file():
+        return [folder]
+    raise FileNotFoundError(f"{folder} holds no reward model (neither config.json nor {ENSEMBLE_FILE})")
+
+
+def write_ensemble_manifest(folder: Path, members: Sequence[str], mean: float, std: float) -> None:
+    if not std > MIN_STD:
+        raise ValueError(f"reward std {std} is not above {MIN_STD}: the ensemble is constant on the reference set")
+    (folder / ENSEMBLE_FILE).write_text(json.dumps({"members": list(members), "mean": float(mean),
+                                                    "std": float(std)}, indent=2))
+
+
+def assemble_reward_ensemble(member_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
+    """Move trained reward models into one ensemble folder (``member-<i>/`` each, plus the
+    manifest); its normalisation is the identity until :func:`save_normalization`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [f"member-{i}" for i in range(len(member_dirs))]
+    for name, member in zip(names, member_dirs):
+        shutil.rmtree(out / name, ignore_errors=True)
+        shutil.move(str(member), out / name)
+    write_ensemble_manifest(out, names, 0.0, 1.0)
+    return out
+
+
+def save_normalization(reward_model: RewardModel, mean: float, std: float, card: ModelCard | None = None) -> Path:
+    """Store the normalisation with a loaded reward model where the loader reads it: the
+    config of a single model, the manifest of an ensemble; and its card."""
+    folder = Path(reward_model.path)
+    if (folder / ENSEMBLE_FILE).exists():
+        members = [d.relative_to(folder).as_posix() for d in reward_member_dirs(folder)]
+        write_ensemble_manifest(folder, members, mean, std)
+        write_model_card(folder, card or reward_model_card(mean, std, len(members)))
+    else:
+        save_reward_model(reward_model.members[0], reward_model.tokenizer, folder, mean, std, card)
+    reward_model.mean, reward_model.std = float(mean), float(std)
+    return folder
+
+
+def _load_member(path: Path, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
     model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype, **fused_activation(path))
     if model.config.num_labels != 1:
         raise ValueError(f"{path} is not a reward model: it has {model.config.num_labels} labels, not 1")
-    if getattr(model.config, STD_KEY, None) is None:
+    return model.to(device).eval()
+
+
+def load_reward_model(path: str | os.PathLike, device: torch.device | str | None = None,
+                      dtype: torch.dtype = torch.float32) -> RewardModel:
+    """The one loader of a saved reward model, single or ensemble (PPO reward actor, Ray
+    Serve, evaluation)."""
+    member_dirs = reward_member_dirs(path)
+    device = torch.device(device) if device is not None else pick_device()
+    members = [_load_member(member, device, dtype) for member in member_dirs]
+    lengths = {getattr(member.config, MAX_LENGTH_KEY, None) for member in members}
+    vocabularies = {member.config.vocab_size for member in members}
+    if len(lengths) > 1 or len(vocabularies) > 1:
+        raise ValueError(f"the members of {path} differ in max length {lengths} or vocabulary {vocabularies}: "
+                         "an ensemble's members share one backbone and tokenizer")
+    manifest = Path(path) / ENSEMBLE_FILE
+    if manifest.is_file():
+        stored = json.loads(manifest.read_text())
+        mean, std = stored.get("mean"), stored.get("std")
+    else:
+        mean, std = getattr(members[0].config, MEAN_KEY, None), getattr(members[0].config, STD_KEY, None)
+    if std is None:
         log.warning("%s stores no reward normalisation: scores are raw head outputs", path)
-    model.to(torch.device(device) if device is not None else pick_device()).eval()
-    return RewardModel(model, tokenizer, str(path))
+    return RewardModel(members, reward_tokenizer(member_dirs[0]), str(path),
+                       0.0 if mean is None else float(mean), 1.0 if std is None else float(std))

@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from alignray.reward.losses import reward_loss_sums
-from alignray.reward.model import encode_texts, init_reward_model, reward_tokenizer
+from alignray.reward.model import encode_texts, init_reward_model, reward_logits, reward_tokenizer
 
 EXAMPLE_SCHEMA = pa.schema([
     pa.field("is_pair", pa.bool_(), nullable=False),
@@ -43,15 +43,19 @@ def training_examples(pairs: pa.Table, pointwise: pa.Table) -> pa.Table:
     }, schema=EXAMPLE_SCHEMA)
 
 
-def build_reward_model(backbone_path: str, max_length: int, disable_dropout: bool = True) -> PreTrainedModel:
+def build_reward_model(backbone_path: str, max_length: int, disable_dropout: bool = True,
+                       freeze_backbone: bool = False, pooling: str = "last") -> PreTrainedModel:
     """A backbone with a fresh scalar head. Dropout off by default: with it, the two
     rewards of a pair are computed by two different random sub-networks, which adds noise
-    to their difference, the only thing the Bradley-Terry loss sees."""
-    model, _ = init_reward_model(backbone_path, max_length)
+    to their difference, the only thing the Bradley-Terry loss sees. ``freeze_backbone``
+    leaves only the head trainable (the optimizer takes trainable parameters only)."""
+    model, _ = init_reward_model(backbone_path, max_length, pooling=pooling)
     if disable_dropout:
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
+    if freeze_backbone:
+        model.base_model.requires_grad_(False)
     return model
 
 
@@ -85,7 +89,7 @@ def collate_reward_rows(rows: dict[str, np.ndarray], device: torch.device, token
 def reward_batch_loss(model, batch: dict[str, torch.Tensor], margin_scale: float,
                       pointwise_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
     """One forward over every text of the batch, then :func:`reward_loss_sums`."""
-    rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+    rewards = reward_logits(model, batch["input_ids"], batch["attention_mask"])
     n = len(batch["pair_weights"])
     return reward_loss_sums(rewards[:n], rewards[n:2 * n], batch["pair_margins"], batch["pair_weights"],
                             rewards[2 * n:], batch["point_targets"], batch["point_weights"],
