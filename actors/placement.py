@@ -27,6 +27,7 @@ from alignray.config.ppo import PPOConfig
 from alignray.layout import LayoutPlan, Slot, plan_layout, sync_methods
 from alignray.ppo import needs_critic
 from alignray.reward.client import TOKEN_ENV
+from alignray.reward.model import reward_member_dirs
 
 
 def reserve(plan: LayoutPlan, timeout_s: float) -> list:
@@ -88,9 +89,11 @@ def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: st
     the policy's and the critic's DeepSpeed worlds, and wait until all are ready."""
     # a critic-free estimator: no critic is placed (no bundle asked for), loaded or trained
     n_policy, n_critic = ppo.policy_actors, ppo.critic_actors if needs_critic(ppo.advantage_estimator) else 0
-    critic_backbone = reward_model_path if ppo.critic_init == "reward_model" else sft_model_path
-    if n_critic and ppo.critic_init == "reward_model" and not reward_model_path:
-        raise ValueError("ppo.critic_init=reward_model needs a reward model path")
+    critic_backbone = sft_model_path
+    if n_critic and ppo.critic_init == "reward_model":
+        if not reward_model_path:
+            raise ValueError("ppo.critic_init=reward_model needs a reward model path")
+        critic_backbone = str(reward_member_dirs(reward_model_path)[0])  # an ensemble's first member
     plan = plan_layout(cluster_cfg, n_policy + n_critic + 2, ppo.rollout_workers, ppo.rollout_gpus,
                        cluster_has_gpus=ray.cluster_resources().get("GPU", 0) > 0)
     groups = reserve(plan, float(cluster_cfg.placement_timeout_s))
