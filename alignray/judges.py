@@ -111,8 +111,11 @@ def read_preference_pairs(path: str) -> PreferencePairs:
     or a feedback file: pairwise rows without the ties (they state no preference) and
     rankings expanded into their pairs (alignray.feedback.aggregate); each pair counts once.
     A feedback file's multi-turn prompts keep their turns."""
-    names = pq.read_schema(path).names
-    if {"chosen", "rejected"} <= set(names):
+    names = set(pq.read_schema(path).names)
+    if names & {"chosen", "rejected"}:
+        missing = sorted({"prompt", "chosen", "rejected"} - names)
+        if missing:
+            raise ValueError(f"{path}: a pairs table needs the columns prompt, chosen, rejected; {missing} missing")
         table = pq.read_table(path, columns=["prompt", "chosen", "rejected"])
         turns = {}
     else:

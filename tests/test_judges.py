@@ -110,6 +110,8 @@ def test_the_http_judge_scores_both_policies_answers_at_the_endpoint(tmp_path, t
     assert sample["judge_ppo"] == sample["judge_sft"] == len(sample["ppo"].split())
     assert "win_rate_training_annotators" not in result  # the panel is not this run's judge
     assert f"PPO vs SFT win-rate, judged by reward endpoint {judge_url} (95% CI)" in headline(result, {}, {}).table[1]
+    assert (f"judged by reward endpoint {judge_url} (95% CI): 0.50 [0.50, 0.50], on {NUM_PROMPTS} held-out prompts."
+            in evaluation_section(result).paragraphs[0])
 
 
 # -- gold_rm: a reward model trained on held-out feedback
@@ -156,6 +158,18 @@ def test_a_feedback_file_gives_its_pairs_without_the_ties(feedback_path):
     assert ("best one here", "worst one") in zip(pairs.chosen, pairs.rejected)
 
 
+def test_a_pairs_table_reads_as_is_and_one_without_its_columns_is_an_error_naming_the_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"prompt": ["p"], "chosen": ["yes"], "rejected": ["no"], "weight": [1.0]}), path)
+    pairs = read_preference_pairs(str(path))
+    assert (pairs.prompts, pairs.chosen, pairs.rejected, pairs.conversations) == (["p"], ["yes"], ["no"], [None])
+    pq.write_table(pa.table({"chosen": ["yes"], "rejected": ["no"]}), path)
+    with pytest.raises(ValueError, match=f"{path}: a pairs table needs .*'prompt'"):
+        read_preference_pairs(str(path))
+
+
 def summed_logprob(model, tokenizer, prompt: str, response: str) -> float:
     """log pi(response + end token | prompt) from one forward pass over the whole text."""
     prompt_ids = tokenizer(prompt)["input_ids"]
@@ -200,4 +214,5 @@ def test_the_pairs_judge_of_a_policy_against_itself_is_all_ties(tmp_path, tiny_b
     assert "judge_ppo" not in json.loads((tmp_path / "eval" / "samples.jsonl").read_text().splitlines()[0])
     section = " ".join(evaluation_section(result).paragraphs)
     assert f"implicit-reward accuracy on the held-out preference pairs in {feedback_path} (95% CI): 0.50" in section
-    assert "an accuracy, not a win-rate" in section and "an accuracy, not a win-rate" in headline(result, {}, {}).paragraphs[0]
+    assert "an accuracy, not a win-rate" in section
+    assert "an accuracy, not a win-rate" in headline(result, {}, {}).paragraphs[0]

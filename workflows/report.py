@@ -172,9 +172,12 @@ def evaluation_section(evaluation: dict) -> Section:
              evaluation.get("fluency_policy")],
             ["constraint-violation rate", violations.get("sft"), violations.get("ppo")]]
     name, value = judge_figure(evaluation)
-    text = [f"{name}: {value}; both models answered {evaluation.get('num_prompts')} held-out prompts for the guards."]
+    prompts = f"on {evaluation.get('num_prompts')} held-out prompts"
     if evaluation.get("measure") == IMPLICIT_REWARD_ACCURACY:
-        text.append(f"On {evaluation.get('num_pairs')} held-out pairs; the figure is {evaluation.get('measure_note')}.")
+        text = [f"{name}: {value}, on {evaluation.get('num_pairs')} held-out pairs; the guards compare both models' "
+                f"answers {prompts}.", f"The figure is {evaluation.get('measure_note')}."]
+    else:
+        text = [f"{name}: {value}, {prompts}."]
     if "win_rate_training_annotators" in evaluation:
         training = evaluation["win_rate_training_annotators"]
         text.append(f"By the training annotators 1-5: {_fmt(training.get('win_rate'))}.")
