@@ -55,13 +55,18 @@ def headline(evaluation: dict, reward_eval: dict, seconds: dict) -> Section:
             ["reward-model accuracy vs held-out annotators",
              _fmt(heldout.get("heldout_annotators", {}).get("accuracy"))],
             ["wall time of this invocation (s; reused phases count 0)", _fmt(sum(seconds.values()), 0)]]
-    judge = f"The judge ({evaluation.get('judge', 'n/a')})"
-    text = (f"{judge} prefers the PPO policy to the SFT model, and every guard holds."
-            if evaluation.get("preferred_with_guards") else
-            f"{judge} does not clearly prefer the PPO policy with every guard holding: "
-            "read the evaluation section before trusting this run.")
+    preferred = evaluation.get("preferred_with_guards")
     if evaluation.get("measure") == IMPLICIT_REWARD_ACCURACY:
-        text += f" Its figure is {evaluation.get('measure_note')}."
+        text = ("On the held-out pairs the PPO policy favours the chosen responses more than the SFT model does, "
+                "and every guard holds." if preferred else
+                "On the held-out pairs the PPO policy does not clearly favour the chosen responses more than the SFT "
+                "model does with every guard holding: read the evaluation section before trusting this run.")
+        text += f" The figure is {evaluation.get('measure_note')}."
+    else:
+        judge = f"The judge ({evaluation.get('judge', 'n/a')})"
+        text = (f"{judge} prefers the PPO policy to the SFT model, and every guard holds." if preferred else
+                f"{judge} does not clearly prefer the PPO policy with every guard holding: "
+                "read the evaluation section before trusting this run.")
     return Section("Headline", [text], rows)
 
 
@@ -184,7 +189,9 @@ def evaluation_section(evaluation: dict) -> Section:
     text += [f"KL(PPO || SFT) per response: mean {_fmt(evaluation.get('mean_kl'))}, median "
              f"{_fmt(evaluation.get('kl_median'))} nats (budget {evaluation.get('kl_budget')}); length ratio "
              f"{_fmt(evaluation.get('length_ratio'))}.",
-             f"Verdict: {evaluation.get('verdict')}. A win-rate above 0.9 is a warning sign of reward hacking."]
+             f"Verdict: {evaluation.get('verdict')}."]
+    if evaluation.get("measure", WIN_RATE) == WIN_RATE:
+        text[-1] += " A win-rate above 0.9 is a warning sign of reward hacking."
     return Section("Evaluation: does the held-out judge prefer PPO, and did anything get gamed?", text, rows)
 
 
