@@ -75,7 +75,7 @@ def metric_of(kind: str) -> str:
 def describe(kind: str, eval_cfg) -> str:
     """The judge in words, for eval.json and the report."""
     if kind == "annotators":
-        return f"the held-out annotators {HELD_OUT_JUDGE_RATERS[0]}-{HELD_OUT_JUDGE_RATERS[-1]} (their mean score)"
+        return f"the mean of the held-out annotators {HELD_OUT_JUDGE_RATERS[0]}-{HELD_OUT_JUDGE_RATERS[-1]}"
     if kind == "http":
         return f"reward endpoint {eval_cfg.judge_url}"
     if kind == "gold_rm":
