@@ -76,15 +76,26 @@ def bootstrap_ci(scores_a: Sequence[float], scores_b: Sequence[float], ties: flo
     return float(outcomes.mean()), float(low), float(high)
 
 
+WIN_RATE = "win_rate"
+# The pairs judge's figure: the share of held-out preference pairs whose chosen response the
+# policy favours more than the reference does (DPO's implicit reward). Chance is 0.5, as
+# for a win-rate, but it compares no answers of the two models.
+IMPLICIT_REWARD_ACCURACY = "implicit_reward_accuracy"
+METRIC_LABELS = {WIN_RATE: "win-rate", IMPLICIT_REWARD_ACCURACY: "implicit-reward accuracy"}
+
+
 @dataclass(frozen=True)
 class GuardReport:
-    """Win-rate of the policy over the reference (e.g. SFT) model with the guards beside it.
+    """The judge's figure for the policy against the reference (e.g. SFT) model, with its
+    interval, and the guards beside it.
 
-    ``mean_kl`` is the mean per-response KL(policy || reference) in nats; fluency is the mean
-    per-token log-likelihood of the responses under the SFT model, computed elsewhere.
+    ``figure`` is a ``metric``: the win-rate of the policy's answers over the reference's,
+    or the pairs judge's implicit-reward accuracy. ``mean_kl`` is the mean per-response
+    KL(policy || reference) in nats; fluency is the mean per-token log-likelihood of the
+    responses under the SFT model, computed elsewhere.
     """
 
-    win_rate: float
+    figure: float
     ci_low: float
     ci_high: float
     degenerate_share_policy: float
@@ -93,6 +104,7 @@ class GuardReport:
     mean_kl: float
     fluency_policy: float | None = None
     fluency_reference: float | None = None
+    metric: str = WIN_RATE
 
     @classmethod
     def measure(cls, policy_scores: Sequence[float], reference_scores: Sequence[float],
@@ -100,23 +112,33 @@ class GuardReport:
                 fluency_policy: float | None = None, fluency_reference: float | None = None,
                 seed: int = 0) -> GuardReport:
         """Compute every field from paired scores and texts (same prompts, same order)."""
-        rate, low, high = bootstrap_ci(policy_scores, reference_scores, seed=seed)
-        return cls(rate, low, high, degenerate_share(policy_texts), degenerate_share(reference_texts),
-                   mean_length_ratio(policy_texts, reference_texts), mean_kl,
-                   fluency_policy, fluency_reference)
+        return cls.with_figure(bootstrap_ci(policy_scores, reference_scores, seed=seed), WIN_RATE, policy_texts,
+                               reference_texts, mean_kl, fluency_policy, fluency_reference)
+
+    @classmethod
+    def with_figure(cls, figure: tuple[float, float, float], metric: str, policy_texts: Sequence[str],
+                    reference_texts: Sequence[str], mean_kl: float, fluency_policy: float | None = None,
+                    fluency_reference: float | None = None) -> GuardReport:
+        """The guards measured on the texts beside a figure already computed: ``(value, low, high)``."""
+        if metric not in METRIC_LABELS:
+            raise ValueError(f"metric must be one of {sorted(METRIC_LABELS)}, not {metric!r}")
+        return cls(*figure, degenerate_share(policy_texts), degenerate_share(reference_texts),
+                   mean_length_ratio(policy_texts, reference_texts), mean_kl, fluency_policy, fluency_reference,
+                   metric)
 
     def verdict(self, suspicious_win_rate: float = 0.9, max_degenerate_increase: float = 0.03,
                 min_length_ratio: float = 0.7, kl_budget: float = 8.0,
                 max_fluency_drop: float = 1.0) -> str:
         """One line: ``PASS`` or ``FLAG``, the win-rate with its interval, then each flag.
 
-        Flags: a win-rate above ``suspicious_win_rate`` (too good to be true); a degenerate
+        Flags: a win-rate above ``suspicious_win_rate`` (too good to be true; an accuracy on
+        held-out pairs is not flagged so); a degenerate
         share more than ``max_degenerate_increase`` above the reference's; a length ratio
         below ``min_length_ratio``; ``mean_kl`` above ``kl_budget`` nats; and, when both
         fluencies are given, a drop of more than ``max_fluency_drop`` nats per token.
         """
         flags = []
-        if self.win_rate > suspicious_win_rate:
+        if self.metric == WIN_RATE and self.figure > suspicious_win_rate:
             flags.append(f"win-rate above {suspicious_win_rate:.2f} is suspicious")
         degenerate_increase = self.degenerate_share_policy - self.degenerate_share_reference
         if degenerate_increase > max_degenerate_increase:
@@ -131,6 +153,6 @@ class GuardReport:
             drop = self.fluency_reference - self.fluency_policy
             if drop > max_fluency_drop:
                 flags.append(f"fluency fell {drop:.2f} nats/token (> {max_fluency_drop:.2f})")
-        head = (f"{'FLAG' if flags else 'PASS'}: win-rate {self.win_rate:.2f} "
+        head = (f"{'FLAG' if flags else 'PASS'}: {METRIC_LABELS[self.metric]} {self.figure:.2f} "
                 f"[{self.ci_low:.2f}, {self.ci_high:.2f}]")
         return "; ".join([head, *flags])

@@ -78,7 +78,7 @@ def test_words_and_shares():
 
 
 def test_guard_report_passes_a_healthy_policy():
-    report = GuardReport(win_rate=0.66, ci_low=0.61, ci_high=0.72, degenerate_share_policy=0.02,
+    report = GuardReport(figure=0.66, ci_low=0.61, ci_high=0.72, degenerate_share_policy=0.02,
                          degenerate_share_reference=0.01, length_ratio=0.95, mean_kl=3.0,
                          fluency_policy=-4.2, fluency_reference=-4.0)
     assert report.verdict() == "PASS: win-rate 0.66 [0.61, 0.72]"
@@ -89,7 +89,7 @@ def test_guard_report_flags_the_collapse_seen_in_the_prototype():
     reference_texts = [NORMAL_TWEET] * 10
     report = GuardReport.measure([1.0] * 10, [0.0] * 10, policy_texts, reference_texts, mean_kl=160.0,
                                  fluency_policy=-7.5, fluency_reference=-4.0)
-    assert report.win_rate == 1.0 and report.degenerate_share_policy == 0.9
+    assert report.figure == 1.0 and report.degenerate_share_policy == 0.9
     verdict = report.verdict()
     assert verdict.startswith("FLAG: win-rate 1.00 [1.00, 1.00]")
     for flag in ("win-rate above 0.90 is suspicious", "degenerate share 0.900 vs 0.000",

@@ -24,7 +24,10 @@ def test_hh_tiny_runs_every_phase_on_converted_hh_data(tmp_path, tiny_base_model
     evaluation = json.loads(next(workdir.glob("eval-*/eval.json")).read_text())
     assert evaluation["prompts"] == str(workdir / "hh_data" / "prompts_heldout.parquet")
     assert evaluation["constraints"] == "chat" and evaluation["num_prompts"] > 0
+    assert evaluation["judge"] == "pairs" and evaluation["num_pairs"] > 0
+    assert evaluation["measure"] == "implicit_reward_accuracy" and "win_rate" not in evaluation
     samples = [json.loads(line) for line in next(workdir.glob("eval-*/samples.jsonl")).read_text().splitlines()]
     assert any(sample["prompt"].startswith("Human: ") for sample in samples)  # multi-turn HH prompts
     report = (workdir / "report" / "report.md").read_text()
-    assert "judged by the held-out annotators 6-10" in report
+    assert "PPO (reference: SFT) implicit-reward accuracy on the held-out preference pairs in" in report
+    assert "an accuracy, not a win-rate" in report

@@ -158,6 +158,7 @@ def test_a_users_reward_function_is_added_to_the_scorer_and_its_part_logged(ray_
 
 def test_evaluating_a_policy_against_itself_is_a_tie_with_zero_kl(tiny_base_model, prompts_path, tmp_path):
     cfg = run_config(tiny_base_model, prompts_path, tmp_path)
+    cfg.data.source = "embedded"  # the held-out annotators judge the embedded default's tweet openings only
     cfg.ppo.eval.num_prompts, cfg.ppo.eval.samples_to_write = 24, 5
     result = evaluate_policies(cfg, str(tiny_base_model), str(tiny_base_model), str(prompts_path), tmp_path / "eval")
     assert result["num_prompts"] == 24

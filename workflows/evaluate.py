@@ -1,23 +1,30 @@
-"""Evaluation: does the held-out judge prefer the PPO policy to the SFT policy, and is the
+"""Evaluation: does a held-out judge prefer the PPO policy to the SFT policy, and is the
 win honest?
 
     python -m alignray.workflows.evaluate ppo.eval.policy_path=<ppo dir>/policy [ppo.sft_model_path=...]
+    python -m alignray.workflows.evaluate ... data=files ... ppo.eval.judge=pairs \
+        ppo.eval.pairs_path=<held-out feedback parquet>
 
 Output, ``<workdir>/eval-<hash>/`` (keyed as alignray.artifacts.EVALUATION declares: the
-seed, the evaluation's own settings and sizes, PPO's sampling settings, the models judged):
-``eval.json``, ``samples.jsonl``, ``summary.json``; reused when complete.
+seed, the evaluation's own settings and sizes, its judge and the judge's settings, PPO's
+sampling settings, the models judged): ``eval.json``, ``samples.jsonl``, ``summary.json``;
+reused when complete.
 
-Both policies answer the same held-out prompts (same sampling settings as PPO, same seed);
-annotators 6-10, who never gave training feedback, score every response (their mean).
-Reported next to the win-rate and its bootstrap interval: KL to the SFT (reference) model
-per response, constraint-violation rates before and after, and the guards of
-``alignray.evaluation``: degenerate share, mean length against SFT's, fluency (mean
-log-likelihood per token under the SFT model). A win-rate above 0.9 is a warning, not success.
+Both policies answer the same held-out prompts (same sampling settings as PPO, same seed).
+The judge (``ppo.eval.judge``, alignray.judges) gives the figure: the win-rate of PPO's
+answers over SFT's by the held-out annotators 6-10 (embedded default), a reward endpoint or a
+gold reward model, or, for ``pairs``, the implicit-reward accuracy on held-out preference
+pairs (an accuracy, not a win-rate). Reported next to it with its bootstrap interval: KL to
+the SFT (reference) model per response, constraint-violation rates before and after, and
+the guards of ``alignray.evaluation``: degenerate share, mean length against SFT's, fluency
+(mean log-likelihood per token under the SFT model). A win-rate above 0.9 is a warning, not
+success.
 """
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
@@ -27,10 +34,12 @@ from omegaconf import DictConfig
 from alignray.artifacts import EVAL_FILE, EVALUATION, PROMPTS_COPY_DIR, SAMPLES_FILE
 from alignray.base_model import resolve_base_model
 from alignray.data import format_prompt, prepare_embedded_data, read_prompts
-from alignray.evaluation import GuardReport, bootstrap_ci, words
-from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, judge_scores
+from alignray.evaluation import WIN_RATE, GuardReport, bootstrap_ci, words
+from alignray.feedback.simulated import TRAINING_RATERS, judge_scores
 from alignray.generation import (decode_responses, disable_dropout, encode_prompts, response_logits,
                                  sample_responses, token_logprobs)
+from alignray.judges import (describe, implicit_reward_accuracy, make_scorer, metric_of, read_preference_pairs,
+                             resolve_judge)
 from alignray.modeling import load_causal_lm, load_tokenizer
 from alignray.ppo import ConstraintPenalty, masked_sum
 from alignray.tracking import log_summary, tracking_settings
@@ -41,6 +50,8 @@ BATCH = 64
 # "Done" for the embedded default (issue 6): the judge's preference must be clear, and the
 # guards must pass.
 MIN_CI_LOW = 0.55
+PAIRS_NOTE = ("an accuracy, not a win-rate: the share of held-out preference pairs where log pi(chosen) - "
+              "log pi_sft(chosen) > log pi(rejected) - log pi_sft(rejected), ties counting one half")
 
 
 @torch.no_grad()
@@ -67,13 +78,15 @@ def logprobs_under(model, chunks, temperature: float) -> list[torch.Tensor]:
 
 def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path: str | None,
                       out_dir: str | Path, base_path: str | None = None) -> dict:
-    """Judge PPO against SFT on held-out prompts; writes ``eval.json`` and ``samples.jsonl``
-    (responses side by side) in ``out_dir`` and returns what eval.json holds.
-    ``reference_prompts_path`` None means the embedded default's held-out prompts. With
-    ``base_path``, the pretrained model's answers join the side-by-side samples."""
+    """Judge PPO against SFT on held-out prompts with the judge ``ppo.eval.judge`` names
+    (alignray.judges); writes ``eval.json`` and ``samples.jsonl`` (responses side by side) in
+    ``out_dir`` and returns what eval.json holds. ``reference_prompts_path`` None means the
+    embedded default's held-out prompts. With ``base_path``, the pretrained model's answers
+    join the side-by-side samples."""
+    ppo = cfg.ppo
+    kind = resolve_judge(ppo.eval, cfg.data.source)  # before any model loads: a wrong choice fails at once
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ppo = cfg.ppo
     if reference_prompts_path is None:
         reference_prompts_path = prepare_embedded_data(cfg.data, out / PROMPTS_COPY_DIR)["prompts_heldout"]
     table, _ = read_prompts(reference_prompts_path, cfg.data.max_text_chars)
@@ -90,41 +103,74 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
 
     sft_texts, ppo_texts = response_texts(tokenizer, sft_chunks), response_texts(tokenizer, ppo_chunks)
     kl_per_response, fluency_ppo, fluency_sft = kl_and_fluency(sft_model, sft_chunks, ppo_chunks, ppo.temperature)
-
-    judge_sft = judge_scores(sft_texts, HELD_OUT_JUDGE_RATERS)
-    judge_ppo = judge_scores(ppo_texts, HELD_OUT_JUDGE_RATERS)
-    report = GuardReport.measure(judge_ppo, judge_sft, ppo_texts, sft_texts, kl_per_response.mean().item(),
-                                 fluency_ppo, fluency_sft, seed=cfg.seed)
+    verdict_of = judge(kind, cfg, prompts, sft_texts, ppo_texts, (sft_model, ppo_model, tokenizer))
+    report = GuardReport.with_figure(verdict_of.figure, metric_of(kind), ppo_texts, sft_texts,
+                                     kl_per_response.mean().item(), fluency_ppo, fluency_sft)
     verdict = report.verdict(kl_budget=ppo.eval.kl_budget)
     constraints = ConstraintPenalty.from_rule_set(ppo.reward.constraints)
     violation_rate = {name: (constraints.penalties(t)[0] > 0).float().mean().item()
                       for name, t in (("sft", sft_texts), ("ppo", ppo_texts))}
-    train_rate = bootstrap_ci(judge_scores(ppo_texts, TRAINING_RATERS), judge_scores(sft_texts, TRAINING_RATERS),
-                              seed=cfg.seed)
     result = {
         "sft_model": str(sft_path), "ppo_policy": str(ppo_path), "prompts": str(reference_prompts_path),
-        "num_prompts": len(prompts), "judge": f"mean of annotators {list(HELD_OUT_JUDGE_RATERS)}",
-        **{k: v for k, v in vars(report).items()},
+        "num_prompts": len(prompts), "judge": kind, "judge_description": describe(kind, ppo.eval),
+        "measure": report.metric, report.metric: report.figure, "ci_low": report.ci_low, "ci_high": report.ci_high,
+        **{k: v for k, v in vars(report).items() if k not in ("figure", "metric", "ci_low", "ci_high")},
+        **verdict_of.extra,
         "kl_median": kl_per_response.median().item(), "kl_budget": ppo.eval.kl_budget,
         "constraint_violation_rate": violation_rate, "constraints": ppo.reward.constraints,
-        "win_rate_training_annotators": dict(zip(("win_rate", "ci_low", "ci_high"), train_rate)),
         "mean_words": {"sft": _mean_words(sft_texts), "ppo": _mean_words(ppo_texts)},
         "verdict": verdict,
-        "suspicious_win_rate": report.win_rate > 0.9,
+        "suspicious_win_rate": report.metric == WIN_RATE and report.figure > 0.9,
         "preferred_with_guards": (report.ci_low > MIN_CI_LOW and verdict.startswith("PASS")),
     }
     (out / EVAL_FILE).write_text(json.dumps(result, indent=2))
     log_summary(tracking_settings(cfg), out, out.name, result)
-    shown = min(ppo.eval.samples_to_write, len(prompts))
-    base_texts = base_answers(base_path, tokenizer, formatted[:shown], ppo, max_prompt_tokens, cfg.seed)
-    with (out / SAMPLES_FILE).open("w") as f:
-        for i in range(shown):
-            f.write(json.dumps({"prompt": prompts[i], **({"base": base_texts[i]} if base_texts else {}),
-                                "sft": sft_texts[i], "ppo": ppo_texts[i],
-                                "judge_sft": float(judge_sft[i]), "judge_ppo": float(judge_ppo[i]),
-                                "kl": kl_per_response[i].item()}) + "\n")
+    write_samples(out / SAMPLES_FILE, cfg, prompts, formatted, tokenizer, base_path,
+                  {"sft": sft_texts, "ppo": ppo_texts, "judge_sft": verdict_of.sft_scores,
+                   "judge_ppo": verdict_of.ppo_scores, "kl": kl_per_response.tolist()})
     log.info("evaluation: %s", verdict)
     return result
+
+
+@dataclass
+class Judged:
+    figure: tuple[float, float, float]  # (value, low, high)
+    sft_scores: list[float] | None = None  # per answer, for the judges that score answers
+    ppo_scores: list[float] | None = None
+    extra: dict = field(default_factory=dict)  # what eval.json adds for this judge
+
+
+def judge(kind: str, cfg, prompts: list[str], sft_texts: list[str], ppo_texts: list[str], models) -> Judged:
+    """The judge's figure: PPO's win-rate over SFT by a judge of answers, or for ``pairs``
+    the implicit-reward accuracy of PPO (reference: SFT) on the held-out pairs."""
+    if kind == "pairs":
+        sft_model, ppo_model, tokenizer = models
+        pairs = read_preference_pairs(cfg.ppo.eval.pairs_path)
+        figure = implicit_reward_accuracy(ppo_model, sft_model, tokenizer, pairs, cfg.data.max_prompt_tokens,
+                                          cfg.data.max_response_tokens, seed=cfg.seed)
+        return Judged(figure, extra={"num_pairs": len(pairs.prompts), "measure_note": PAIRS_NOTE})
+    scorer = make_scorer(kind, cfg.ppo.eval)
+    sft_scores, ppo_scores = scorer(prompts, sft_texts), scorer(prompts, ppo_texts)
+    extra = {}
+    if kind == "annotators":
+        train_rate = bootstrap_ci(judge_scores(ppo_texts, TRAINING_RATERS), judge_scores(sft_texts, TRAINING_RATERS),
+                                  seed=cfg.seed)
+        extra["win_rate_training_annotators"] = dict(zip(("win_rate", "ci_low", "ci_high"), train_rate))
+    return Judged(bootstrap_ci(ppo_scores, sft_scores, seed=cfg.seed), [float(x) for x in sft_scores],
+                  [float(x) for x in ppo_scores], extra)
+
+
+def write_samples(path: Path, cfg, prompts: list[str], formatted: list[str], tokenizer, base_path: str | None,
+                  columns: dict[str, list | None]) -> None:
+    """The first ``ppo.eval.samples_to_write`` prompts with each model's answer (the base
+    model's too, with ``base_path``), the judge's scores where it gives any, and the KL."""
+    shown = min(cfg.ppo.eval.samples_to_write, len(prompts))
+    base_texts = base_answers(base_path, tokenizer, formatted[:shown], cfg.ppo, cfg.data.max_prompt_tokens, cfg.seed)
+    columns = {"base": base_texts or None, **columns}
+    with path.open("w") as f:
+        for i in range(shown):
+            row = {"prompt": prompts[i], **{name: values[i] for name, values in columns.items() if values}}
+            f.write(json.dumps(row) + "\n")
 
 
 def run_evaluation(cfg, sft_path: str, policy_path: str, base_path: str | None = None) -> Path:
@@ -135,8 +181,8 @@ def run_evaluation(cfg, sft_path: str, policy_path: str, base_path: str | None =
         log.info("evaluation for these settings exists: %s", out)
         return out
     result = evaluate_policies(cfg, sft_path, policy_path, cfg.ppo.eval.prompts_path, out, base_path=base_path)
-    mark_complete(out, {key: result[key] for key in ("sft_model", "ppo_policy", "num_prompts", "win_rate",
-                                                     "ci_low", "ci_high", "verdict")})
+    mark_complete(out, {key: result[key] for key in ("sft_model", "ppo_policy", "num_prompts", "judge", "measure",
+                                                     result["measure"], "ci_low", "ci_high", "verdict")})
     return out
 
 

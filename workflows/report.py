@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from alignray.artifacts import (AGREEMENT_FIGURE, CALIBRATION_FIGURE, CURVES_FIGURE, ELO_FIGURE, EVAL_FILE,
                                 LOSS_FIGURE, METRICS_FILE, RATINGS_FIGURE, REPORT_FILE, SAMPLES_FILE,
                                 MONITOR_FILE, OVEROPTIMISATION_FIGURE, STAGE_TIMES_FIGURE, SUMMARY_FILE)
+from alignray.evaluation import IMPLICIT_REWARD_ACCURACY, METRIC_LABELS, WIN_RATE
 from alignray.metrics import read_metrics
 from alignray.monitor import read_history
 from alignray.report import Section, write_report
@@ -33,21 +34,39 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "n/a"
 
 
+def judge_figure(evaluation: dict) -> tuple[str, str]:
+    """The evaluation's figure in words ("PPO vs SFT win-rate, judged by ...") and its value
+    with the interval; eval.json names the judge and the measure."""
+    measure = evaluation.get("measure", WIN_RATE)
+    label = METRIC_LABELS.get(measure, measure)
+    judge = evaluation.get("judge_description", "n/a")
+    name = (f"PPO (reference: SFT) {label} on {judge}" if measure == IMPLICIT_REWARD_ACCURACY
+            else f"PPO vs SFT {label}, judged by {judge}")
+    value = (f"{_fmt(evaluation.get(measure), 2)} [{_fmt(evaluation.get('ci_low'), 2)}, "
+             f"{_fmt(evaluation.get('ci_high'), 2)}]")
+    return f"{name} (95% CI)", value
+
+
 def headline(evaluation: dict, reward_eval: dict, seconds: dict) -> Section:
-    win = (f"{_fmt(evaluation.get('win_rate'), 2)} [{_fmt(evaluation.get('ci_low'), 2)}, "
-           f"{_fmt(evaluation.get('ci_high'), 2)}]")
     heldout = reward_eval.get("model", {}).get("heldout", {})
     rows = [["measure", "value"],
-            ["PPO vs SFT win-rate, held-out annotators 6-10 (95% CI)", win],
+            list(judge_figure(evaluation)),
             ["verdict with the reward-hacking guards", evaluation.get("verdict", "n/a")],
             ["reward-model accuracy vs held-out annotators",
              _fmt(heldout.get("heldout_annotators", {}).get("accuracy"))],
             ["wall time of this invocation (s; reused phases count 0)", _fmt(sum(seconds.values()), 0)]]
     preferred = evaluation.get("preferred_with_guards")
-    text = ("The held-out annotators prefer the PPO policy to the SFT model, and every guard holds."
-            if preferred else
-            "The held-out annotators do not clearly prefer the PPO policy with every guard holding: "
-            "read the evaluation section before trusting this run.")
+    if evaluation.get("measure") == IMPLICIT_REWARD_ACCURACY:
+        text = ("On the held-out pairs the PPO policy favours the chosen responses more than the SFT model does, "
+                "and every guard holds." if preferred else
+                "On the held-out pairs the PPO policy does not clearly favour the chosen responses more than the SFT "
+                "model does with every guard holding: read the evaluation section before trusting this run.")
+        text += f" The figure is {evaluation.get('measure_note')}."
+    else:
+        judge = f"The judge ({evaluation.get('judge', 'n/a')})"
+        text = (f"{judge} prefers the PPO policy to the SFT model, and every guard holds." if preferred else
+                f"{judge} does not clearly prefer the PPO policy with every guard holding: "
+                "read the evaluation section before trusting this run.")
     return Section("Headline", [text], rows)
 
 
@@ -150,21 +169,30 @@ def monitor_section(ppo: Path) -> list[Section]:
 
 def evaluation_section(evaluation: dict) -> Section:
     violations = evaluation.get("constraint_violation_rate", {})
-    train = evaluation.get("win_rate_training_annotators", {})
     rows = [["measure", "SFT", "PPO"],
-            ["degenerate share", evaluation.get("degenerate_share_reference"), evaluation.get("degenerate_share_policy")],
+            ["degenerate share", evaluation.get("degenerate_share_reference"),
+             evaluation.get("degenerate_share_policy")],
             ["mean words per response", evaluation.get("mean_words", {}).get("sft"),
              evaluation.get("mean_words", {}).get("ppo")],
             ["fluency (log-likelihood under SFT, nats/token)", evaluation.get("fluency_reference"),
              evaluation.get("fluency_policy")],
             ["constraint-violation rate", violations.get("sft"), violations.get("ppo")]]
-    text = [f"Win-rate of PPO over SFT judged by the held-out annotators 6-10 on {evaluation.get('num_prompts')} "
-            f"held-out prompts: {_fmt(evaluation.get('win_rate'))} (95% bootstrap CI {_fmt(evaluation.get('ci_low'))}"
-            f" to {_fmt(evaluation.get('ci_high'))}); by the training annotators 1-5: {_fmt(train.get('win_rate'))}.",
-            f"KL(PPO || SFT) per response: mean {_fmt(evaluation.get('mean_kl'))}, median "
-            f"{_fmt(evaluation.get('kl_median'))} nats (budget {evaluation.get('kl_budget')}); length ratio "
-            f"{_fmt(evaluation.get('length_ratio'))}.",
-            f"Verdict: {evaluation.get('verdict')}. A win-rate above 0.9 is a warning sign of reward hacking."]
+    name, value = judge_figure(evaluation)
+    prompts = f"on {evaluation.get('num_prompts')} held-out prompts"
+    if evaluation.get("measure") == IMPLICIT_REWARD_ACCURACY:
+        text = [f"{name}: {value}, on {evaluation.get('num_pairs')} held-out pairs; the guards compare both models' "
+                f"answers {prompts}.", f"The figure is {evaluation.get('measure_note')}."]
+    else:
+        text = [f"{name}: {value}, {prompts}."]
+    if "win_rate_training_annotators" in evaluation:
+        training = evaluation["win_rate_training_annotators"]
+        text.append(f"By the training annotators 1-5: {_fmt(training.get('win_rate'))}.")
+    text += [f"KL(PPO || SFT) per response: mean {_fmt(evaluation.get('mean_kl'))}, median "
+             f"{_fmt(evaluation.get('kl_median'))} nats (budget {evaluation.get('kl_budget')}); length ratio "
+             f"{_fmt(evaluation.get('length_ratio'))}.",
+             f"Verdict: {evaluation.get('verdict')}."]
+    if evaluation.get("measure", WIN_RATE) == WIN_RATE:
+        text[-1] += " A win-rate above 0.9 is a warning sign of reward hacking."
     return Section("Evaluation: does the held-out judge prefer PPO, and did anything get gamed?", text, rows)
 
 
