@@ -3,8 +3,13 @@ layout (one bundle per model role) schedules on a CPU machine; and the tiny base
 every model test starts from."""
 from __future__ import annotations
 
+import json
 import os
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Callable, Sequence
 
 import pytest
 import torch
@@ -63,3 +68,32 @@ def prompts_path(tmp_path_factory) -> Path:
     write_parquet([{"prompt_id": str(i), "prompt": p, "system": None, "source": "test"}
                    for i, p in enumerate(OPENINGS * 3)], path, PROMPT_SCHEMA)
     return path
+
+
+@contextmanager
+def score_endpoint(score: Callable[[Sequence[str], Sequence[str]], Sequence[float]]):
+    """A ``/v1/score`` endpoint on 127.0.0.1 that scores with ``score(prompts, responses)``
+    while the block runs (stopped at its end); yields its URL and the prompts it received."""
+    received: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.extend(body["prompts"])
+            answer = json.dumps({"rewards": [float(x) for x in score(body["prompts"], body["responses"])]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -3,8 +3,6 @@ through the real evaluation (alignray.workflows.evaluate), and the errors of a w
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ from alignray.judges import (PreferencePairs, implicit_reward_accuracy, make_sco
 from alignray.modeling import load_causal_lm, load_tokenizer
 from alignray.workflows.evaluate import evaluate_policies
 from alignray.workflows.report import evaluation_section, headline
-from tests.conftest import OPENINGS
+from tests.conftest import OPENINGS, score_endpoint
 
 NUM_PROMPTS = 12
 
@@ -68,44 +66,23 @@ def test_the_evaluation_refuses_the_annotators_on_your_data_before_loading_a_mod
 
 # -- http: any reward endpoint
 
-class CountingWords(BaseHTTPRequestHandler):
-    """/v1/score: a response's word count; keeps the prompts it was sent."""
-    received: list[str] = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).received += body["prompts"]
-        answer = json.dumps({"rewards": [float(len(r.split())) for r in body["responses"]]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def judge_url():
-    CountingWords.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), CountingWords)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def word_count_endpoint():
+    """/v1/score: a response's word count; keeps the prompts it was sent."""
+    with score_endpoint(lambda prompts, responses: [len(r.split()) for r in responses]) as (url, received):
+        yield url, received
 
 
 def test_the_http_judge_scores_both_policies_answers_at_the_endpoint(tmp_path, tiny_base_model, prompts_path,
-                                                                    judge_url):
+                                                                    word_count_endpoint):
+    judge_url, received = word_count_endpoint
     cfg = eval_config(tmp_path, judge="http", judge_url=judge_url)
     result = self_evaluation(cfg, tiny_base_model, prompts_path, tmp_path / "eval")
     assert result["judge"] == "http" and result["judge_description"] == f"reward endpoint {judge_url}"
     assert result["measure"] == "win_rate"
     assert (result["win_rate"], result["ci_low"], result["ci_high"]) == (0.5, 0.5, 0.5)
     # each policy's answers to the held-out prompts, raw, in order
-    assert CountingWords.received == (OPENINGS * 3)[:NUM_PROMPTS] * 2
+    assert received == (OPENINGS * 3)[:NUM_PROMPTS] * 2
     sample = json.loads((tmp_path / "eval" / "samples.jsonl").read_text().splitlines()[0])
     assert sample["judge_ppo"] == sample["judge_sft"] == len(sample["ppo"].split())
     assert "win_rate_training_annotators" not in result  # the panel is not this run's judge

@@ -6,8 +6,6 @@ it, stop, and hand over the policy the judge preferred."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -24,6 +22,7 @@ from alignray.metrics import read_metrics
 from alignray.modeling import load_causal_lm, load_tokenizer
 from alignray.monitor import MonitorCheck, alarms, best_check, checkpoints_to_keep, plot_overoptimisation, read_history
 from alignray.workflows.ppo import run_ppo
+from tests.conftest import score_endpoint
 from tests.test_ppo_run import run_config
 
 
@@ -72,32 +71,15 @@ def test_the_plot_marks_the_kept_policy(tmp_path):
     assert image.shape[1] <= 900 and image.std() > 10  # fits a page, not blank
 
 
-class PanelDislikingThe(BaseHTTPRequestHandler):
-    """/v1/score: the held-out panel's score minus 2 x the share of "the" in the answer."""
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        texts = body["responses"]
-        scores = judge_scores(texts, HELD_OUT_JUDGE_RATERS) - 2.0 * target_word_share(texts, "the").numpy()
-        answer = json.dumps({"rewards": scores.tolist()}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args):
-        pass
+def panel_disliking_the(prompts, responses):
+    """The held-out panel's score minus 2 x the share of "the" in the answer."""
+    return judge_scores(responses, HELD_OUT_JUDGE_RATERS) - 2.0 * target_word_share(responses, "the").numpy()
 
 
 @pytest.fixture
 def judge_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), PanelDislikingThe)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with score_endpoint(panel_disliking_the) as (url, _):
+        yield url
 
 
 def test_an_over_optimising_run_is_caught_rolled_back_and_its_best_policy_kept(
@@ -133,6 +115,6 @@ def test_an_over_optimising_run_is_caught_rolled_back_and_its_best_policy_kept(
                                    pad_token_id=tokenizer.pad_token_id, temperature=1.0, top_p=1.0,
                                    generator=torch.Generator().manual_seed(0))
     texts = decode_responses(tokenizer, sampled.response_ids, sampled.response_mask)
-    scores = judge_scores(texts, HELD_OUT_JUDGE_RATERS) - 2.0 * target_word_share(texts, "the").numpy()
+    scores = panel_disliking_the(probe, texts)
     kept_win_rate = bootstrap_ci(scores, np.asarray(sft_scores))[0]
     assert kept_win_rate > history[-1].judge_ci_high
