@@ -77,6 +77,8 @@ class PhaseOutput:
 
 
 FINISHED = (SUMMARY_FILE, DONE_FILE)
+# What the `logger` group adds to any phase folder it tracks (alignray/tracking.py), as patterns.
+TRACKING_PATTERNS = ("events.out.tfevents.*", "wandb")
 # What cuts the embedded tweets into prompts and demonstrations (alignray.data.prepare_embedded_data).
 DATA = PhaseOutput("data", settings=("data.prompt_words", "data.min_response_words", "data.min_confidence",
                                      "data.heldout_fraction"),
