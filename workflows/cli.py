@@ -33,6 +33,7 @@ HYDRA_APPS = {
     "serve": ("alignray.workflows.serve", "the reward model as an HTTP endpoint (Ray Serve, 127.0.0.1)"),
 }
 OTHER_COMMANDS = {
+    "convert": "your data to alignray's files: --format hh-rlhf|preference|ultrafeedback|sft IN OUT_DIR",
     "submit": "submit a workflow to a Ray cluster as a Ray job, follow or stop it (alignray.cluster.submit)",
     "generate": "sample responses from a trained policy: --model DIR --prompt TEXT | --prompts-file F",
     "chat": "try a trained policy interactively: --model DIR, then one prompt per line (/exit ends)",
@@ -62,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     if command == "submit":
         from alignray.cluster import submit
         return submit.main(rest)
+    if command == "convert":
+        from alignray.workflows import convert
+        convert.main(rest)
+        return 0
     if command not in HYDRA_APPS:
         print(f"alignray: unknown command {command!r}; choose from: "
               f"{', '.join([*HYDRA_APPS, *OTHER_COMMANDS])}", file=sys.stderr)

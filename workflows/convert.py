@@ -33,7 +33,7 @@ SPLIT_SALT = "convert-heldout:"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m alignray.workflows.convert", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="alignray convert", description=__doc__.split("\n\n")[0])
     p.add_argument("--format", required=True, choices=sorted(CONVERTERS), help="the input's format family")
     p.add_argument("input", help=".jsonl, .jsonl.gz, .parquet, .csv, or a folder saved by datasets.save_to_disk")
     p.add_argument("out_dir")
