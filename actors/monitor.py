@@ -20,18 +20,17 @@ from alignray.config.ppo import MonitorConfig, PPOConfig
 from alignray.data import prepare_embedded_data, read_prompts
 from alignray.evaluation import bootstrap_ci, degenerate_share, mean_length_ratio
 from alignray.experience import PromptBatch
-from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, judge_scores
 from alignray.generation import decode_responses
+from alignray.judges import make_scorer
 from alignray.monitor import (Alarm, MonitorCheck, alarms, best_check, checkpoints_to_keep, read_history,
                               write_history)
 from alignray.ppo import masked_sum
-from alignray.reward.client import RewardClient
 
 log = logging.getLogger("alignray.ppo.monitor")
 # Probe batches draw their sampling seeds from steps no training batch uses, so a check leaves
 # the training rollouts exactly as they would be without it.
 PROBE_SEED_STEP = 500_000
-MONITOR_JUDGES = ("auto", "annotators", "http")
+MONITOR_JUDGES = ("auto", "annotators", "http", "gold_rm")
 Judge = Callable[[Sequence[str], Sequence[str]], np.ndarray]  # (prompts, answers) -> scores
 
 
@@ -125,13 +124,12 @@ def monitor_probe_prompts(ppo: PPOConfig, data_cfg, out: Path) -> list[str] | No
 
 
 def make_judge(monitor: MonitorConfig) -> Judge:
-    """The monitor's judge: scores per (prompt, answer), higher is preferred."""
-    if monitor.judge == "http":
-        if not monitor.judge_url:
-            raise ValueError("ppo.monitor.judge=http needs ppo.monitor.judge_url")
-        client = RewardClient(monitor.judge_url)
-        return lambda prompts, texts: np.asarray(client.score(prompts, texts), dtype=float)
-    return lambda prompts, texts: judge_scores(texts, HELD_OUT_JUDGE_RATERS)
+    """The monitor's judge, one of the evaluation's (alignray.judges.make_scorer): scores per
+    (prompt, answer), higher is preferred."""
+    needs = {"http": "judge_url", "gold_rm": "gold_reward_model_path"}.get(monitor.judge)
+    if needs and not getattr(monitor, needs):
+        raise ValueError(f"ppo.monitor.judge={monitor.judge} needs ppo.monitor.{needs}")
+    return make_scorer("annotators" if monitor.judge == "auto" else monitor.judge, monitor)
 
 
 def monitor_summary(monitor: OverOptimisationMonitor | None) -> dict | None:

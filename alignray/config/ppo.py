@@ -80,9 +80,11 @@ class MonitorConfig:
     every: int = 10  # updates between checks; 0: no monitor
     # "auto": the held-out annotators on the embedded default, no monitor on other data (a
     # warning says so); "annotators": the held-out annotators 6-10 on any prompts; "http": a
-    # reward endpoint (alignray's /v1/score) at `judge_url`, e.g. a gold reward model.
+    # reward endpoint (alignray's /v1/score) at `judge_url`; "gold_rm": a reward model folder
+    # trained on feedback PPO never saw (`gold_reward_model_path`), as the evaluation's judge.
     judge: str = "auto"
     judge_url: Optional[str] = None
+    gold_reward_model_path: Optional[str] = None
     probe_prompts: int = 64
     # None: the last `probe_prompts` of the embedded held-out prompts (the evaluation takes the first)
     prompts_path: Optional[str] = None
