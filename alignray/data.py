@@ -64,6 +64,29 @@ def render_conversation(messages: list[dict]) -> str:
     return "\n\n".join(turns + [f"{PLAIN_LABELS['assistant']}:"])
 
 
+def parse_rendering(prompt: str) -> list[dict] | None:
+    """The turns of a prompt that is a :func:`render_conversation` transcript, else None.
+
+    Readers that get only the text (the reward model's training rows and scoring requests,
+    the HTTP endpoint) recover the turns this way, so a chat template reads a multi-turn
+    prompt as its turns rather than as one user message holding the whole transcript."""
+    cue = f"\n\n{PLAIN_LABELS['assistant']}:"
+    if not prompt.endswith(cue):
+        return None
+    leads = {role: f"{label}: " for role, label in PLAIN_LABELS.items()}
+    messages = []
+    for turn in prompt[:-len(cue)].split("\n\n"):
+        role = next((r for r, lead in leads.items() if turn.startswith(lead)), None)
+        if role is not None:
+            messages.append({"role": role, "content": turn[len(leads[role]):]})
+        elif messages:  # a paragraph break inside a turn's content
+            messages[-1]["content"] += "\n\n" + turn
+        else:
+            return None
+    ok = len(messages) > 1 and not conversation_problems(messages) and render_conversation(messages) == prompt
+    return messages if ok else None
+
+
 def conversation_problems(messages) -> list[str]:
     """What makes ``messages`` unusable as a prompt's turns (empty list: nothing)."""
     if not isinstance(messages, list) or not messages:
@@ -84,15 +107,16 @@ def conversation_problems(messages) -> list[str]:
 def format_prompt(tokenizer, prompt: str, system: str | None = None, conversation: list[dict] | None = None) -> str:
     """The text a model sees before its response.
 
-    With a chat template (SmolLM2-Instruct, most hub models) the conversation (or the
-    prompt as one user turn) goes through it, with the generation prompt last. Without one
-    (the embedded base model) the plain format is the prompt itself, which for a
-    conversation is its rendering: the response continues it after a single space, the
-    way a tweet's continuation follows its opening words.
+    With a chat template (SmolLM2-Instruct, most hub models) the conversation (given, or
+    recovered from a transcript prompt, else the prompt as one user turn) goes through it,
+    with the generation prompt last. Without one (the embedded base model) the plain format
+    is the prompt itself, which for a conversation is its rendering: the response continues
+    it after a single space, the way a tweet's continuation follows its opening words.
     """
     if getattr(tokenizer, "chat_template", None):
         messages = ([{"role": "system", "content": system}] if system else [])
-        messages += [dict(m) for m in conversation] if conversation else [{"role": "user", "content": prompt}]
+        turns = conversation or parse_rendering(prompt) or [{"role": "user", "content": prompt}]
+        messages += [dict(m) for m in turns]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return prompt if not system else f"{system}\n{prompt}"
 

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from alignray.config import DataConfig
-from alignray.data import PROMPT_SCHEMA, render_conversation
+from alignray.data import PROMPT_SCHEMA, parse_rendering, render_conversation
 from alignray.feedback.sampling import load_policy, sample_policy_responses
 from alignray.modeling import load_tokenizer
 from alignray.reward.model import encode_texts
@@ -98,10 +98,21 @@ def test_every_phase_tokenises_the_conversation_alike(tmp_path, chat_template):
     assert real_ids(ids[0], mask[0]) == expected
 
     # The reward model (same tokenizer) applies the same rule: BOS once, then its text
+    # (it reads only the prompt's text: a chat template still gets the turns, from the transcript)
     reward_ids = encode_texts(tokenizer, [PROMPT], [RESPONSE], 128)["input_ids"][0].tolist()
-    assert reward_ids[0] == tokenizer.bos_token_id and reward_ids.count(tokenizer.bos_token_id) == 1
-    if not chat_template:
-        assert reward_ids[:len(expected)] == expected
+    assert reward_ids[:len(expected)] == expected and reward_ids.count(tokenizer.bos_token_id) == 1
+
+
+@pytest.mark.parametrize("turns", [TURNS, [{"role": "user", "content": "line one\n\nline two"},
+                                          {"role": "assistant", "content": "ok"}, {"role": "user", "content": "go"}]])
+def test_a_transcript_prompt_gives_back_its_turns(turns):
+    assert parse_rendering(render_conversation(turns)) == turns
+
+
+@pytest.mark.parametrize("prompt", ["a tweet opening", "Human: one turn only\n\nAssistant:",
+                                    "preamble\n\nHuman: hi\n\nAssistant: yo\n\nHuman: and?\n\nAssistant:"])
+def test_a_prompt_that_is_no_transcript_stays_one_user_turn(prompt):
+    assert parse_rendering(prompt) is None
 
 
 def test_a_long_prompt_keeps_its_bos_and_its_end(tmp_path):
