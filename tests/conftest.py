@@ -73,14 +73,16 @@ def prompts_path(tmp_path_factory) -> Path:
 @contextmanager
 def score_endpoint(score: Callable[[Sequence[str], Sequence[str]], Sequence[float]]):
     """A ``/v1/score`` endpoint on 127.0.0.1 that scores with ``score(prompts, responses)``
-    while the block runs (stopped at its end); yields its URL and the prompts it received."""
+    while the block runs (stopped at its end); yields its URL and the prompts it received.
+    It also answers OpenRLHF's ``/get_reward``, scoring ``score(prompts, queries)``."""
     received: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             received.extend(body["prompts"])
-            answer = json.dumps({"rewards": [float(x) for x in score(body["prompts"], body["responses"])]}).encode()
+            texts = body["query"] if self.path == "/get_reward" else body["responses"]
+            answer = json.dumps({"rewards": [float(x) for x in score(body["prompts"], texts)]}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(answer)))

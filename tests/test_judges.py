@@ -3,6 +3,7 @@ through the real evaluation (alignray.workflows.evaluate), and the errors of a w
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -89,6 +90,14 @@ def test_the_http_judge_scores_both_policies_answers_at_the_endpoint(tmp_path, t
     assert f"PPO vs SFT win-rate, judged by reward endpoint {judge_url} (95% CI)" in headline(result, {}, {}).table[1]
     assert (f"judged by reward endpoint {judge_url} (95% CI): 0.50 [0.50, 0.50], on {NUM_PROMPTS} held-out prompts."
             in evaluation_section(result).paragraphs[0])
+
+
+def test_the_http_judge_also_speaks_openrlhfs_get_reward(word_count_endpoint):
+    url, received = word_count_endpoint
+    score = make_scorer("http", SimpleNamespace(judge_url=url + "/get_reward"))
+    # the query is the prompt and the response joined by a space, read as it is
+    assert score(["the cat", "a"], ["sat down", "b"]).tolist() == [4.0, 2.0]
+    assert received == ["the cat", "a"]
 
 
 # -- gold_rm: a reward model trained on held-out feedback

@@ -58,7 +58,7 @@ class PPOEvalConfig:
     prompts_path: Optional[str] = None
     num_prompts: int = 400  # held-out prompts both policies answer
     # Who judges (alignray/judges.py): "annotators" (the held-out panel 6-10, embedded default
-    # only), "http" (a reward endpoint, alignray's /v1/score, at `judge_url`), "gold_rm" (a
+    # only), "http" (a reward endpoint at `judge_url`: alignray's /v1/score, or OpenRLHF's /get_reward), "gold_rm" (a
     # reward model trained on held-out feedback PPO never saw, at `gold_reward_model_path`),
     # "pairs" (implicit-reward accuracy on the held-out preference pairs at `pairs_path`: an
     # accuracy, not a win-rate). "auto": annotators on the embedded default; other data must
@@ -80,7 +80,7 @@ class MonitorConfig:
     every: int = 10  # updates between checks; 0: no monitor
     # "auto": the held-out annotators on the embedded default, no monitor on other data (a
     # warning says so); "annotators": the held-out annotators 6-10 on any prompts; "http": a
-    # reward endpoint (alignray's /v1/score) at `judge_url`; "gold_rm": a reward model folder
+    # reward endpoint (alignray's /v1/score or OpenRLHF's /get_reward) at `judge_url`; "gold_rm": a reward model folder
     # trained on feedback PPO never saw (`gold_reward_model_path`), as the evaluation's judge.
     judge: str = "auto"
     judge_url: Optional[str] = None

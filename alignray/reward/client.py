@@ -10,6 +10,12 @@ server refuses larger ones with 413). Connection failures, timeouts and answers 
 succeed on a retry (429, 502, 503, 504) are retried with exponential backoff; any other
 refusal (401, 413, 422, ...) raises at once with the server's message, since sending the
 same request again cannot change it. Standard library only, so it runs anywhere.
+
+A URL ending in ``/get_reward`` is a remote reward model of OpenRLHF's kind (its
+``serve_rm``, and servers written to its protocol): the client then sends
+``{"query": [...], "prompts": [...]}``, each query the prompt and the response joined by a
+space as plain text (such a server reads the query as it is, with no chat template), and
+reads ``rewards`` from the answer as it does from alignray's own endpoint.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import urllib.request
 from typing import Sequence
 
 SCORE_ROUTE = "/v1/score"
+OPENRLHF_ROUTE = "/get_reward"
 TOKEN_ENV = "ALIGNRAY_SERVE_TOKEN"
 RETRIABLE_STATUS = (429, 502, 503, 504)
 
@@ -33,7 +40,7 @@ class RewardClient:
     def __init__(self, url: str, token: str | None = None, timeout: float = 30.0, retries: int = 3,
                  max_items_per_request: int = 256, backoff_s: float = 0.5):
         base = url.rstrip("/")
-        self.url = base if base.endswith(SCORE_ROUTE) else base + SCORE_ROUTE
+        self.url = base if base.endswith((SCORE_ROUTE, OPENRLHF_ROUTE)) else base + SCORE_ROUTE
         self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
         self.timeout = timeout
         self.retries = retries
@@ -57,11 +64,15 @@ class RewardClient:
         disagreement: list[float] = []
         for start in range(0, len(prompts), self.max_items_per_request):
             end = start + self.max_items_per_request
-            chunk = self._post({"prompts": list(prompts[start:end]), "responses": list(responses[start:end])},
-                               expected=len(prompts[start:end]))
+            chunk = self._post(self._body(prompts[start:end], responses[start:end]), expected=len(prompts[start:end]))
             rewards += chunk[0]
             disagreement += chunk[1]
         return rewards, disagreement
+
+    def _body(self, prompts: Sequence[str], responses: Sequence[str]) -> dict:
+        if self.url.endswith(OPENRLHF_ROUTE):
+            return {"query": [f"{p} {r}" for p, r in zip(prompts, responses)], "prompts": list(prompts)}
+        return {"prompts": list(prompts), "responses": list(responses)}
 
     def _post(self, body: dict, expected: int) -> tuple[list[float], list[float]]:
         data = json.dumps(body).encode()
