@@ -1,0 +1,147 @@
+"""PPO, GRPO, RLOO, REINFORCE++ and DPO on the embedded default, on one table.
+
+    python benchmarks/algorithms.py --run runs/default                   # every method, 80 steps
+    python benchmarks/algorithms.py --run runs/default --steps 30 --methods ppo grpo dpo
+
+``--run`` is a workdir whose SFT, feedback and reward-model phases are complete (the
+default run, ``bash scripts/run.sh``): every method starts from the same SFT model; the
+online methods climb the same reward model, with the same number of rollouts (``--steps``
+steps of 64 responses: PPO and REINFORCE++ answer 64 prompts once, GRPO and RLOO 16 prompts
+4 times, their presets in conf/experiment/); DPO trains on the same feedback pairs the
+reward model was trained on (its preset: 300 steps of 32 pairs, about a quarter of one
+pass). Each method's policy is then judged by the held-out annotators 6-10 against the SFT
+model on the same held-out prompts (the evaluation phase, workflows/evaluate.py): win-rate
+with its 95% interval, KL(policy || SFT) per response, and the guards' verdict.
+
+Each phase runs in-process on one Ray instance, into ``--workdir`` (phases complete for the
+same settings are reused, so a second call only adds what is missing). ``wall_s`` is the
+method's training phase; the 1-minute load average is recorded because the machine may be
+shared. Prints a table; writes JSON (``--out``) and a PNG beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# method -> (its preset in conf/experiment/, "online" | "offline")
+METHODS = {"ppo": ("cpu_default", "online"), "grpo": ("grpo", "online"), "rloo": ("rloo", "online"),
+           "reinforce_pp": ("reinforce_pp", "online"), "dpo": ("dpo", "offline")}
+RESPONSES_PER_STEP = 64
+
+
+def phase_inputs(run: Path) -> dict[str, str]:
+    """The SFT model, feedback folder and reward model of a complete default run."""
+    from alignray.artifacts import MODEL_DIR
+    from alignray.workflows.common import is_complete
+
+    def newest(prefix: str) -> Path:
+        done = sorted((p for p in run.glob(f"{prefix}-*") if is_complete(p)), key=lambda p: p.stat().st_mtime)
+        if not done:
+            raise SystemExit(f"{run} has no complete {prefix}-* phase: run the default pipeline there first")
+        return done[-1]
+
+    return {"sft_model": str(newest("sft") / MODEL_DIR), "feedback_dir": str(newest("feedback")),
+            "reward_model": str(newest("reward") / MODEL_DIR)}
+
+
+def method_config(method: str, workdir: Path, steps: int, seed: int):
+    from hydra import compose, initialize_config_dir
+
+    from alignray import CONF_DIR
+    preset, _ = METHODS[method]
+    overrides = [f"experiment={preset}", f"workdir={workdir}", f"seed={seed}", f"ppo.steps={steps}", "logger=none"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(config_name="config", overrides=overrides)
+    ppo = cfg.ppo
+    if METHODS[method][1] == "online" and ppo.prompts_per_step * ppo.samples_per_prompt != RESPONSES_PER_STEP:
+        raise SystemExit(f"{method}: {ppo.prompts_per_step} x {ppo.samples_per_prompt} responses a step, "
+                         f"not {RESPONSES_PER_STEP}: the methods would not see the same number of rollouts")
+    return cfg
+
+
+def run_method(method: str, inputs: dict[str, str], workdir: Path, steps: int, seed: int) -> dict:
+    from alignray.artifacts import EVAL_FILE, MODEL_DIR, POLICY_DIR, SUMMARY_FILE
+    from alignray.workflows.dpo import run_dpo
+    from alignray.workflows.evaluate import run_evaluation
+    from alignray.workflows.ppo import run_ppo
+
+    cfg = method_config(method, workdir, steps, seed)
+    started, load = time.monotonic(), os.getloadavg()[0]
+    if METHODS[method][1] == "online":
+        out = run_ppo(cfg, inputs["sft_model"], inputs["reward_model"])
+        policy = out / POLICY_DIR
+    else:
+        out = run_dpo(cfg, inputs["sft_model"], inputs["feedback_dir"])
+        policy = out / MODEL_DIR
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    wall_s = summary.get("wall_s", summary.get("wall_time_s", time.monotonic() - started))
+    evaluation = json.loads((run_evaluation(cfg, inputs["sft_model"], str(policy)) / EVAL_FILE).read_text())
+    budget = (f"{steps} steps x {RESPONSES_PER_STEP} responses" if METHODS[method][1] == "online"
+              else f"{cfg.dpo.max_steps} steps x {cfg.dpo.batch_size} pairs")
+    return {"method": method, "preset": METHODS[method][0], "budget": budget, "phase_dir": str(out),
+            "win_rate": evaluation["win_rate"], "ci_low": evaluation["ci_low"], "ci_high": evaluation["ci_high"],
+            "kl_per_response": evaluation["mean_kl"], "verdict": evaluation["verdict"],
+            "preferred_with_guards": evaluation["preferred_with_guards"],
+            "mean_words": evaluation["mean_words"]["ppo"], "wall_s": round(float(wall_s), 1),
+            "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for i, row in enumerate(rows):
+        ax.errorbar(row["kl_per_response"], row["win_rate"], fmt="o",
+                    yerr=[[row["win_rate"] - row["ci_low"]], [row["ci_high"] - row["win_rate"]]], capsize=3,
+                    label=row["method"], color=f"C{i}")
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("KL(policy || SFT) per response (nats)")
+    ax.set_ylabel("win-rate vs SFT (held-out annotators)")
+    ax.set_title("Methods on the embedded default (95% intervals)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, default=REPO / "runs" / "default")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--steps", type=int, default=80, help="online methods' steps (64 responses each)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "algorithms")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "algorithms.json")
+    args = parser.parse_args()
+    from alignray.actors import runtime
+    from alignray.machine import describe_machine, machine_info
+    inputs = phase_inputs(args.run.resolve())
+    rows = []
+    with runtime.ray_session(method_config("ppo", args.workdir, args.steps, args.seed).cluster):
+        for method in args.methods:
+            rows.append(run_method(method, inputs, args.workdir.resolve(), args.steps, args.seed))
+            print(json.dumps(rows[-1]), flush=True)
+    machine = machine_info()
+    print(f"machine: {describe_machine(machine)}; inputs: {inputs}")
+    print(f"{'method':<13} {'budget':<24} {'win-rate [95% CI]':<22} {'KL/resp':>8} {'words':>6} {'wall s':>7}  verdict")
+    for r in rows:
+        print(f"{r['method']:<13} {r['budget']:<24} {r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+              f"   {r['kl_per_response']:>8.2f} {r['mean_words']:>6.1f} {r['wall_s']:>7.0f}  {r['verdict']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"inputs": inputs, "steps": args.steps, "seed": args.seed, "machine": machine,
+                                    "methods": rows}, indent=2))
+    plot(rows, args.out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
