@@ -4,8 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from alignray.feedback.schema import DEFAULT_FLAWS, KINDS
-
 ACTIONS = ("serve", "annotators", "tasks", "compact", "admin-link")
 
 
@@ -52,6 +50,7 @@ class CollectConfig:
     ssl_keyfile: Optional[str] = None
     request_timeout_s: float = 30.0
     max_ongoing_requests: int = 64
+    cpus_per_replica: float = 0.5
     max_body_bytes: int = 256 * 1024
     # The admin bearer token: from token_file, else $token_env; without one only loopback
     # clients reach the admin API, and a non-loopback host refuses to start.
@@ -59,11 +58,11 @@ class CollectConfig:
     token_file: Optional[str] = None
     require_token: bool = False
     # The forms a task enables (those that fit its number of responses), the rating scale
-    # and the flaw checkboxes.
-    forms: list[str] = field(default_factory=lambda: list(KINDS))
+    # and the flaw checkboxes (all of alignray.feedback.schema's KINDS and DEFAULT_FLAWS).
+    forms: list[str] = field(default_factory=lambda: ["pairwise", "ranking", "thumbs", "rating"])
     scale_min: float = 1.0
     scale_max: float = 7.0
-    flaws: list[str] = field(default_factory=lambda: list(DEFAULT_FLAWS))
+    flaws: list[str] = field(default_factory=lambda: ["harmful", "inaccurate", "unhelpful", "off_topic"])
     # Per annotator: `burst` requests at once, rate_per_minute on average (429 beyond).
     rate_per_minute: float = 120.0
     burst: int = 30
