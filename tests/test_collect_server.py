@@ -214,3 +214,66 @@ def test_a_non_loopback_bind_without_a_token_refuses_to_start(tmp_path, monkeypa
                            f"workdir={tmp_path}", "hydra.run.dir=" + str(tmp_path / "hydra")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "reachable from other machines" in done.stderr
+
+
+class SimulatedAnnotator(threading.Thread):
+    """Labels its queue to the end over HTTP, retrying a failed submit with the same
+    label_id; records the label ids the server acknowledged. Stops by itself at `deadline`."""
+
+    def __init__(self, url: str, token: str, deadline: float):
+        super().__init__(daemon=True)
+        self.url, self.headers, self.deadline = url, bearer(token), deadline
+        self.acknowledged: list[str] = []
+        self.failures = 0
+
+    def request(self, method: str, path: str, body: dict | None = None) -> requests.Response | None:
+        while time.monotonic() < self.deadline:
+            try:
+                reply = requests.request(method, self.url + path, json=body, headers=self.headers, timeout=10)
+            except requests.RequestException:
+                reply = None
+            if reply is not None and reply.status_code in (200, 204):
+                return reply
+            self.failures += 1
+            wait = float(reply.headers.get("retry-after", 0.2)) if reply is not None and reply.status_code == 429 else 0.2
+            time.sleep(wait)
+        return None
+
+    def run(self) -> None:
+        while (reply := self.request("GET", "/api/task")) is not None and reply.status_code == 200:
+            body = {"label_id": uuid.uuid4().hex, "task_id": reply.json()["task_id"], "kind": "pairwise",
+                    "winner": "a", "seconds": 1.0}
+            saved = self.request("POST", "/api/labels", body)
+            if saved is None:
+                return
+            assert saved.json()["saved"] is True
+            self.acknowledged.append(body["label_id"])
+
+
+def test_every_acknowledged_label_survives_a_sigkill_of_the_serving_process(server):
+    url, cfg = server
+    annotators = {f"crash-{i:02d}": new_annotator(url, f"crash-{i:02d}", tasks_body(10, f"crash{i}"))
+                  for i in range(16)}
+    before = requests.get(url + "/admin/api/status", headers=ADMIN, timeout=30).json()
+    workers = [SimulatedAnnotator(url, ann["token"], time.monotonic() + 150) for ann in annotators.values()]
+    for worker in workers:
+        worker.start()
+    while sum(len(worker.acknowledged) for worker in workers) < 30 and any(w.is_alive() for w in workers):
+        time.sleep(0.05)
+    acknowledged_at_kill = sum(len(worker.acknowledged) for worker in workers)
+    os.kill(before["pid"], signal.SIGKILL)  # the Serve replica's process: it holds the store
+    for worker in workers:
+        worker.join(timeout=180)
+    after = requests.get(url + "/admin/api/status", headers=ADMIN, timeout=30).json()
+    assert after["pid"] != before["pid"], "the replica was not restarted"
+    assert 0 < acknowledged_at_kill < 160 and sum(worker.failures for worker in workers) > 0
+    store = LabelStore(cfg.store_path)
+    stored = [(who, label_id) for who, label_id in store.label_ids() if who.startswith("crash-")]
+    assert len(stored) == len(set(stored))
+    for (who, _), worker in zip(annotators.items(), workers):
+        assert not worker.is_alive() and len(worker.acknowledged) == 10, who
+        mine = [label_id for owner, label_id in stored if owner == who]
+        assert sorted(mine) == sorted(worker.acknowledged), who
+    rows = [row for row in store.feedback_table().to_pylist() if row["annotator_id"].startswith("crash-")]
+    assert len(rows) == 160 == len({(row["annotator_id"], row["prompt"]) for row in rows})
+    store.close()
