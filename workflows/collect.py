@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Optional
 
 import hydra
+import pyarrow as pa
+import pyarrow.compute as pc
 from omegaconf import DictConfig, OmegaConf
 from ray import serve
 
 from alignray.actors import runtime
 from alignray.actors.collector import collect_deployment
 from alignray.collect.api import form_settings
+from alignray.collect.quality import live_quality
 from alignray.collect.store import ADMIN, LabelStore
 from alignray.collect.tasks import mixed_queue, read_tasks
 from alignray.config.collect import ACTIONS, CollectConfig
@@ -120,9 +123,18 @@ def load_tasks(store: LabelStore, cfg: CollectConfig) -> int:
 
 
 def compact(store: LabelStore, cfg: CollectConfig) -> Path:
+    """Every standing label into the feedback parquet; with collect.quality.policy=exclude,
+    the annotators flagged by the live verdicts (gold items included) are left out."""
     out = Path(cfg.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    table = write_feedback(store.feedback_table(), out, cfg.flaws)
+    report = live_quality(store, cfg)
+    excluded = sorted(row["annotator_id"] for row in report["annotators"] if row["weight"] == 0.0)
+    feedback = store.feedback_table()
+    if excluded:
+        keep = pc.invert(pc.is_in(feedback.column("annotator_id"), pa.array(excluded)))
+        feedback = feedback.filter(keep)
+        print(f"left out (collect.quality.policy=exclude): {', '.join(excluded)}")
+    table = write_feedback(feedback, out, cfg.flaws)
     print(f"{table.num_rows} labels -> {out} (alignray feedback feedback.source=files feedback.path={out})")
     return out
 

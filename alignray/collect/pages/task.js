@@ -44,7 +44,7 @@ function responseCard(text, i) {
   card.append(element("h3", {}, `Response ${letter(i)}`), element("div", {class: "text"}, text));
   if (task.forms.includes("thumbs")) {
     const thumbs = element("fieldset", {class: "thumbs"});
-    for (const [value, label] of [["up", "👍 good"], ["down", "👎 bad"]]) {
+    for (const [value, label] of [["up", "thumbs up"], ["down", "thumbs down"]]) {
       const option = element("label");
       option.append(element("input", {type: "radio", name: `thumb-${i}`, value}), ` ${label}`);
       thumbs.append(option);
