@@ -4,6 +4,7 @@ link, gives a pairwise label and a rating with a flaw, and the labels reach the 
 parquet under the right annotator; the admin page shows them as they come in."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import shutil
 import tempfile
@@ -20,9 +21,13 @@ from tests.test_collect_server import ADMIN, collect_settings, new_annotator, st
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)")
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
+                       reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
+                              "chromium-driver; .ci/run does)"),
+    pytest.mark.skipif(importlib.util.find_spec("selenium") is None,
+                       reason="needs selenium (pip install -e '.[test]')"),
+]
 APP_NAME = "alignray-collect-browser"
 CONVERSATION = [{"role": "user", "content": "My flight was cancelled."},
                 {"role": "assistant", "content": "I am sorry to hear that."},

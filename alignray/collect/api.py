@@ -1,4 +1,4 @@
-"""The collection server's HTTP API and pages, without Ray (docs/collect.md has the contract).
+"""The collection server's HTTP API and pages, without Ray (docs/collect.md lists the routes).
 
 `actors/collector.py` puts this app behind Ray Serve; here it runs in any ASGI server.
 
