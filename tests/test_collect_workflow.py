@@ -56,3 +56,17 @@ def test_admin_actions_create_load_and_compact(tmp_path, capsys):
     assert set(feedback.column("source").to_pylist()) == {"human"}
     assert build_training_tables(feedback).pairs.num_rows == 20
     store.close()
+
+
+def test_candidates_sampled_from_a_checkpoint_become_tasks(tiny_base_model, prompts_path, tmp_path):
+    from alignray.collect.tasks import read_tasks
+    from alignray.config.collect import CandidatesConfig
+    from alignray.workflows.collect import generate_tasks
+    cfg = collect_config(CollectConfig(tasks_file=str(tmp_path / "tasks.jsonl"), candidates=CandidatesConfig(
+        models=[str(tiny_base_model)], prompts_file=str(prompts_path), num_prompts=3, max_new_tokens=6)))
+    generate_tasks(cfg)
+    lines = [json.loads(line) for line in (tmp_path / "tasks.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all(line["candidates"] == [str(tiny_base_model)] * 2 for line in lines)
+    tasks = read_tasks(tmp_path / "tasks.jsonl", cfg.forms)
+    assert all(len(task.responses) == 2 and "pairwise" in task.forms for task in tasks)
+    assert len({task.prompt for task in tasks}) == 3

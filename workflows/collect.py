@@ -1,6 +1,8 @@
 """Collect human feedback in web pages: serve the pages, and the admin's actions on the store.
 
     alignray collect collect.action=annotators collect.annotators=[ann1,ann2] collect.group=lenient
+    alignray collect collect.action=generate collect.tasks_file=tasks.jsonl \\
+        collect.candidates.models=[SFT_DIR,PPO_DIR] collect.candidates.prompts_file=prompts.parquet
     alignray collect collect.action=tasks collect.tasks_file=tasks.jsonl collect.gold_fraction=0.1
     alignray collect                                   # serve at http://127.0.0.1:8010 (Ctrl-C stops)
     alignray collect collect.action=admin-link         # a one-time link to the live quality page
@@ -27,6 +29,7 @@ from ray import serve
 from alignray.actors import runtime
 from alignray.actors.collector import collect_deployment
 from alignray.collect.api import form_settings
+from alignray.collect.candidates import write_candidate_tasks
 from alignray.collect.quality import live_quality
 from alignray.collect.store import ADMIN, LabelStore
 from alignray.collect.tasks import mixed_queue, read_tasks
@@ -122,6 +125,16 @@ def load_tasks(store: LabelStore, cfg: CollectConfig) -> int:
     return len(targets)
 
 
+def generate_tasks(cfg: CollectConfig) -> Path:
+    """Sample candidates from the checkpoints into collect.tasks_file (then action=tasks)."""
+    if not cfg.tasks_file:
+        raise ValueError("collect.action=generate needs collect.tasks_file (where to write the tasks)")
+    out = write_candidate_tasks(cfg.candidates, cfg.tasks_file)
+    print(f"{cfg.candidates.num_prompts} tasks from {len(cfg.candidates.models)} models -> {out}; "
+          f"load them with collect.action=tasks collect.tasks_file={out}")
+    return out
+
+
 def compact(store: LabelStore, cfg: CollectConfig) -> Path:
     """Every standing label into the feedback parquet; with collect.quality.policy=exclude,
     the annotators flagged by the live verdicts (gold items included) are left out."""
@@ -167,6 +180,9 @@ def main(cfg: DictConfig) -> None:
     collect = collect_config(cfg.collect)
     if collect.action == "serve":
         serve_collection(cfg, collect)
+        return
+    if collect.action == "generate":
+        generate_tasks(collect)
         return
     store = LabelStore(collect.store_path, form_settings(collect))
     try:

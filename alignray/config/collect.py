@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-ACTIONS = ("serve", "annotators", "tasks", "compact", "admin-link")
+ACTIONS = ("serve", "annotators", "generate", "tasks", "compact", "admin-link")
 
 
 @dataclass
@@ -23,9 +23,25 @@ class CollectQualityConfig:
 
 
 @dataclass
+class CandidatesConfig:
+    # collect.action=generate: responses sampled from these checkpoints (one each per
+    # prompt; two from a single model) to prompts drawn from prompts_file (the prompts
+    # schema), written as the tasks file collect.tasks_file.
+    models: list[str] = field(default_factory=list)
+    prompts_file: str = ""
+    num_prompts: int = 50
+    max_prompt_tokens: int = 24
+    max_new_tokens: int = 36
+    temperature: float = 1.0
+    batch_size: int = 16
+    seed: int = 0
+
+
+@dataclass
 class CollectConfig:
     # serve: the pages and the API; annotators: create `annotators` (one-time links);
-    # tasks: load `tasks_file` into the queues; compact: write `out`; admin-link: a
+    # generate: write `tasks_file` from checkpoints (`candidates`); tasks: load
+    # `tasks_file` into the queues; compact: write `out`; admin-link: a
     # one-time link to the admin page. Every action but serve works on the store directly.
     action: str = "serve"
     store_path: str = "${workdir}/collect/labels.sqlite"
@@ -70,3 +86,4 @@ class CollectConfig:
     hourly_rate: float = 15.0
     currency: str = "USD"
     quality: CollectQualityConfig = field(default_factory=CollectQualityConfig)
+    candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
