@@ -218,7 +218,8 @@ def _add_admin_api(app: FastAPI, store: LabelStore, guard: Guard, cfg: CollectCo
 
     @app.get("/admin/api/quality", dependencies=admin)
     def quality() -> dict:
-        version = store.version()
+        # Recomputed only when a label, skip, undo or annotator was added since.
+        version = (store.version(), len(store.annotator_groups()))
         if quality_cache.get("version") != version:
             quality_cache.update(version=version, report=live_quality(store, cfg))
         return quality_cache["report"] | {"updated": time.time()}

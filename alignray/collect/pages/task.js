@@ -6,6 +6,8 @@
 const csrf = document.querySelector('meta[name="csrf-token"]').content;
 const $ = (id) => document.getElementById(id);
 let task = null, shownAt = 0, focused = 0, pending = null;
+// Undo takes back the whole last submission: every label it sent.
+let lastSent = 1;
 
 function newId() {
   const bytes = new Uint8Array(16);
@@ -137,6 +139,7 @@ async function send(labels) {
   status("saving…");
   try {
     for (const label of pending) await call("POST", "api/labels", label);
+    lastSent = pending.length;
     status(`saved ✓ (${pending.length} label${pending.length > 1 ? "s" : ""})`, "saved");
     await loadNext();
   } catch (error) {
@@ -155,11 +158,13 @@ async function skip() { if (task) { pending = null; await send([{kind: "skip"}])
 
 async function undo() {
   try {
-    const {undone} = await call("POST", "api/undo");
-    status(`undone: ${undone}`, "saved");
+    for (let i = 0; i < lastSent; i++) await call("POST", "api/undo");
+    status(`undone: the last ${lastSent > 1 ? `${lastSent} labels` : "label"}`, "saved");
+    lastSent = 1;
     await loadNext();
   } catch (error) {
-    status(`nothing undone (${error.message})`, "error");
+    status(`nothing (more) undone (${error.message})`, "error");
+    lastSent = 1;
   }
 }
 
