@@ -81,7 +81,15 @@ def test_a_browser_labels_through_its_one_time_link(server, browser):
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=float)
     assert pixels.std() > 10, "the task page screenshot is blank"
 
-    browser.find_element(By.CSS_SELECTOR, "body").send_keys("a")  # the pairwise shortcut
+    # A first answer (B, by its shortcut), saved, then taken back with the page's undo.
+    browser.find_element(By.CSS_SELECTOR, "body").send_keys("b")
+    browser.find_element(By.ID, "submit").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "empty").is_displayed())
+    browser.find_element(By.ID, "undo-empty").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "task").is_displayed() and d.find_elements(By.ID, "response-1"))
+    assert "undone" in browser.find_element(By.ID, "status").text
+
+    browser.find_element(By.CSS_SELECTOR, "body").send_keys("a")
     assert browser.find_element(By.CSS_SELECTOR, 'input[name="winner"][value="a"]').is_selected()
     Select(browser.find_element(By.ID, "score-1")).select_by_value("2")
     browser.find_element(By.CSS_SELECTOR, 'input[name="flaw-1"][value="unhelpful"]').click()
