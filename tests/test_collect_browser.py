@@ -65,6 +65,13 @@ def wait_for(driver, condition, timeout: float = 30.0):
     return WebDriverWait(driver, timeout).until(condition)
 
 
+def texts(driver, selector: str) -> list[str]:
+    """The text of every element matching ``selector``, read in one go: the admin page
+    redraws its tables every few seconds, so element handles go stale."""
+    return driver.execute_script("return Array.from(document.querySelectorAll(arguments[0]), e => e.textContent)",
+                                 selector)
+
+
 def test_a_browser_labels_through_its_one_time_link(server, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -108,7 +115,6 @@ def test_a_browser_labels_through_its_one_time_link(server, browser):
 
 
 def test_the_admin_page_updates_live(server, browser):
-    from selenium.webdriver.common.by import By
     created = new_annotator(server, "live-ann", [{"task_id": f"live-{i}", "prompt": f"p{i}",
                                                    "responses": ["x", "y"]} for i in range(2)])
     status = requests.get(server + "/admin/api/status", headers=ADMIN, timeout=30).json()
@@ -117,11 +123,13 @@ def test_the_admin_page_updates_live(server, browser):
     store.close()
     browser.get(link)
     row = "#annotator-live-ann td:nth-child(3)"
-    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, row))
-    assert browser.find_element(By.CSS_SELECTOR, row).text == "0"
+    wait_for(browser, lambda d: texts(d, row) == ["0"])
+    point = {"labels": 1, "accuracy": 0.5, "model": "rm-live"}
+    assert requests.post(server + "/admin/api/accuracy", json=point, headers=ADMIN, timeout=30).status_code == 200
     body = {"label_id": "live-1", "task_id": "live-0", "kind": "pairwise", "winner": "b", "seconds": 2.0}
     saved = requests.post(server + "/api/labels", json=body, headers={"Authorization": f"Bearer {created['token']}"},
                           timeout=30)
     assert saved.status_code == 200
     # No reload: the page polls the quality report and redraws.
-    wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, row).text == "1", timeout=20)
+    wait_for(browser, lambda d: texts(d, row) == ["1"], timeout=20)
+    assert texts(browser, "#accuracy tbody td") == ["1", "0.500", "rm-live"]

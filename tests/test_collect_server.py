@@ -199,6 +199,12 @@ def test_gold_answers_move_the_verdict_on_the_live_quality_report(server):
     after = verdicts()["careless"]
     assert after["labels"] == 8 and after["gold_accuracy"] == 0.0 and after["verdict"] == "fails_gold"
     assert after["weight"] == cfg.quality.downweight and after["cost"] > before["cost"]
+    for labels, accuracy in ((400, 0.71), (200, 0.62)):
+        admin_post(url, "/admin/api/accuracy", {"labels": labels, "accuracy": accuracy, "model": f"rm-{labels}"})
+    curve = requests.get(url + "/admin/api/quality", headers=ADMIN, timeout=60).json()["accuracy"]
+    assert [(point["labels"], point["accuracy"]) for point in curve] == [(200, 0.62), (400, 0.71)]
+    bad = requests.post(url + "/admin/api/accuracy", json={"labels": 10, "accuracy": 1.5}, headers=ADMIN, timeout=30)
+    assert bad.status_code == 422 and "accuracy" in bad.json()["detail"]
     page = requests.get(url + "/admin", headers=ADMIN, timeout=30)
     assert page.status_code == 200 and "static/admin.js" in page.text
     assert "admin/api/quality" in requests.get(url + "/static/admin.js", timeout=30).text

@@ -64,6 +64,13 @@ class AdminTasks(BaseModel):
     assign_to: Optional[list[str]] = None
 
 
+class AccuracyPoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    labels: int = Field(ge=0, description="labels the reward model was trained on")
+    accuracy: float = Field(ge=0.0, le=1.0, description="its held-out accuracy")
+    model: Optional[str] = Field(None, max_length=256)
+
+
 def _bearer(request: Request) -> Optional[str]:
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
@@ -222,7 +229,12 @@ def _add_admin_api(app: FastAPI, store: LabelStore, guard: Guard, cfg: CollectCo
         version = (store.version(), len(store.annotator_groups()))
         if quality_cache.get("version") != version:
             quality_cache.update(version=version, report=live_quality(store, cfg))
-        return quality_cache["report"] | {"updated": time.time()}
+        return quality_cache["report"] | {"accuracy": store.accuracy_curve(), "updated": time.time()}
+
+    @app.post("/admin/api/accuracy", dependencies=admin)
+    def add_accuracy(point: AccuracyPoint) -> dict:
+        store.add_accuracy(point.labels, point.accuracy, point.model)
+        return {"points": len(store.accuracy_curve())}
 
     @app.get("/admin/api/feedback", dependencies=admin)
     def feedback() -> Response:

@@ -44,6 +44,8 @@ CREATE INDEX IF NOT EXISTS queue_order ON queue (annotator_id, state, position);
 CREATE TABLE IF NOT EXISTS labels (seq INTEGER PRIMARY KEY AUTOINCREMENT, annotator_id TEXT NOT NULL,
     label_id TEXT NOT NULL, task_id TEXT NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,
     seconds REAL NOT NULL, created REAL NOT NULL, undone REAL, UNIQUE (annotator_id, label_id));
+CREATE TABLE IF NOT EXISTS accuracy (labels INTEGER NOT NULL, accuracy REAL NOT NULL, model TEXT,
+    created REAL NOT NULL);
 """
 
 
@@ -269,6 +271,17 @@ class LabelStore:
                 tally[0] += 1
                 tally[1] += int(correct)
         return {who: (n, correct) for who, (n, correct) in results.items()}
+
+    # ------------------------------------------------------------ the reward model's progress
+    def add_accuracy(self, labels: int, accuracy: float, model: Optional[str] = None) -> None:
+        """A reward model's held-out accuracy after training on ``labels`` labels (reported
+        by whoever retrains it): the admin page's accuracy-by-labels curve."""
+        self._write(lambda db: db.execute("INSERT INTO accuracy VALUES (?,?,?,?)",
+                                          (int(labels), float(accuracy), model, time.time())))
+
+    def accuracy_curve(self) -> list[dict]:
+        rows = self._read("SELECT labels, accuracy, model FROM accuracy ORDER BY labels, created")
+        return [{"labels": labels, "accuracy": accuracy, "model": model} for labels, accuracy, model in rows]
 
     # ------------------------------------------------------------ compaction
     def feedback_rows(self) -> Iterable[dict]:

@@ -32,6 +32,13 @@ function draw(report) {
   $("annotators").tBodies[0].replaceChildren(...report.annotators.map((a) => row(a, t.currency)));
   $("alpha").textContent = "Krippendorff's alpha: " + (Object.entries(report.alpha)
     .map(([family, value]) => `${family} ${value === null ? "–" : value.toFixed(2)}`).join(", ") || "–");
+  $("accuracy").tBodies[0].replaceChildren(...report.accuracy.map((point) => {
+    const tr = document.createElement("tr");
+    const model = cell(point.model);
+    model.className = "text";
+    tr.append(cell(point.labels), cell(point.accuracy, 3), model);
+    return tr;
+  }));
   $("warnings").replaceChildren(...report.warnings.map((w) => { const li = document.createElement("li"); li.textContent = w; return li; }));
   $("updated").textContent = `updated ${new Date(report.updated * 1000).toLocaleTimeString()}`;
 }
