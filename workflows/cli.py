@@ -31,6 +31,7 @@ HYDRA_APPS = {
     "dpo": ("alignray.workflows.dpo", "DPO / IPO / cDPO: the SFT model trained directly on the feedback's preference pairs"),
     "evaluate": ("alignray.workflows.evaluate", "judge the PPO policy against the SFT model on held-out prompts"),
     "serve": ("alignray.workflows.serve", "the reward model as an HTTP endpoint (Ray Serve, 127.0.0.1)"),
+    "collect": ("alignray.workflows.collect", "collect human feedback in web pages: annotators, tasks, serve, compact"),
 }
 OTHER_COMMANDS = {
     "convert": "your data to alignray's files: --format hh-rlhf|preference|ultrafeedback|sft IN OUT_DIR",

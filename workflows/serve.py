@@ -199,16 +199,21 @@ def main(cfg: DictConfig) -> None:
         scheme = "https" if cfg.serve.ssl_certfile else "http"
         log.info("serving %s at %s://%s:%s%s/v1/score (OpenAPI: /docs); Ctrl-C stops", cfg.serve.model_path,
                  scheme, cfg.serve.host, cfg.serve.port, cfg.serve.route_prefix.rstrip("/"))
-        # `kill` or a container stop cleans up like Ctrl-C does.
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            # Serve applications outlive their driver on a shared cluster: remove ours.
-            serve.delete(cfg.serve.app_name)
+        serve_until_stopped(cfg.serve.app_name)
+
+
+def serve_until_stopped(app_name: str) -> None:
+    """Block until Ctrl-C or SIGTERM, then delete the application."""
+    # `kill` or a container stop cleans up like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        # Serve applications outlive their driver on a shared cluster: remove ours.
+        serve.delete(app_name)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 
 from alignray.config.cluster import ClusterConfig
+from alignray.config.collect import CandidatesConfig, CollectConfig, CollectQualityConfig
 from alignray.config.data import DataConfig
 from alignray.config.dpo import DPOConfig
 from alignray.config.feedback import FeedbackConfig
@@ -23,7 +24,7 @@ from alignray.config.sft import SFTConfig
 from alignray.config.training import DeepSpeedConfig
 
 __all__ = [
-    "AlignrayConfig", "ClusterConfig", "DataConfig", "DeepSpeedConfig", "DPOConfig", "EmbeddedRecipe",
+    "AlignrayConfig", "ClusterConfig", "CandidatesConfig", "CollectConfig", "CollectQualityConfig", "DataConfig", "DeepSpeedConfig", "DPOConfig", "EmbeddedRecipe",
     "FeedbackConfig", "LoggerConfig", "ModelConfig", "PPOConfig", "RewardModelConfig", "SFTConfig", "ServeConfig",
     "register_configs",
 ]

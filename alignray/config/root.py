@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from alignray.config.cluster import ClusterConfig
+from alignray.config.collect import CollectConfig
 from alignray.config.data import DataConfig
 from alignray.config.dpo import DPOConfig
 from alignray.config.feedback import FeedbackConfig
@@ -33,4 +34,5 @@ class AlignrayConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
