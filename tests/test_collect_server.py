@@ -5,7 +5,6 @@ actions of the workflow, and a SIGKILL of the serving process while 16 annotator
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
