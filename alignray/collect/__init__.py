@@ -1,0 +1,1 @@
+"""Collecting human feedback: which pairs to label next (selection)."""
