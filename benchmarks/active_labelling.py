@@ -5,9 +5,11 @@ labels, for random and active selection of the pairs to label (issue #16).
     python benchmarks/active_labelling.py --http http://127.0.0.1:8000 --admin-token-file token.txt
     python benchmarks/active_labelling.py --budgets 100,200 --seeds 1 --pool-prompts 100   # a quick look
 
-Candidates: the embedded default's training prompts, ``--responses`` responses each sampled
-from the embedded base model (the policy the feedback phase samples from); every pair of
-a prompt's distinct responses is a candidate. Held-out: as many pairs on the embedded
+Candidates: the embedded default's training prompts with the responses a feedback phase
+sampled from its policy (``--feedback-dir``: its ``feedback.parquet`` and
+``heldout_feedback.parquet``), or ``--responses`` responses to ``--pool-prompts`` prompts
+sampled here from the embedded base model; every pair of a prompt's distinct responses is a
+candidate. Held-out: as many pairs on the embedded
 default's held-out prompts, each judged by the held-out raters 6-10; accuracy is against
 their majority (alignray.reward.evaluation). Annotators: the training raters 1-5
 (alignray.feedback.simulated, grouped by leniency), each label given by one of them,
@@ -15,7 +17,7 @@ through the collection API (benchmarks/labelling_desk.py: in-process or HTTP).
 
 The reward model, cheap enough to retrain after every round: a linear Bradley-Terry model
 on frozen bag-of-words features (each response's word counts over its number of words,
-vocabulary of every candidate and held-out response), L2-regularised, fitted by L-BFGS; an
+vocabulary of every candidate and held-out response), L2-regularised, fitted by Newton-CG; an
 ensemble of ``--members`` fits on bootstrap resamples of the labels gives the reward (their
 mean) and the disagreement. It is retrained every ``--cadence`` labels; the first round is
 random for every strategy (no model yet). Strategies: random; active by the ensemble's
@@ -39,12 +41,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 from scipy import optimize, sparse
+from scipy.special import expit
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from alignray.artifacts import FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE  # noqa: E402
 from alignray.collect.selection import pair_uncertainty, select_pairs  # noqa: E402
 from alignray.embedded.vader import tokenize  # noqa: E402
 from alignray.feedback.aggregate import preference_pairs  # noqa: E402
@@ -104,16 +108,25 @@ def bag_of_words(texts: list[str]) -> sparse.csr_matrix:
 
 
 def fit_bradley_terry(difference: sparse.csr_matrix, weights: np.ndarray, l2: float) -> np.ndarray:
-    """Weights w minimising sum_i weight_i * log(1 + exp(-w . difference_i)) + l2/2 |w|^2."""
-    def loss_and_gradient(w):
-        margin = difference @ w
-        loss = weights @ np.logaddexp(0.0, -margin) + 0.5 * l2 * w @ w
-        gradient = -(difference.T @ (weights * (1.0 / (1.0 + np.exp(margin))))) + l2 * w
-        return loss, gradient
+    """Weights w minimising sum_i weight_i * log(1 + exp(-w . difference_i)) + l2/2 |w|^2, by
+    Newton-CG on the words that occur in the pairs (the others' optimum is 0)."""
+    used = np.unique(difference.indices)
+    x = difference[:, used]
 
-    result = optimize.minimize(loss_and_gradient, np.zeros(difference.shape[1]), jac=True, method="L-BFGS-B",
-                               options={"maxiter": 200})
-    return result.x
+    def loss_and_gradient(w):
+        margin = x @ w
+        loss = weights @ np.logaddexp(0.0, -margin) + 0.5 * l2 * w @ w
+        return loss, -(x.T @ (weights * expit(-margin))) + l2 * w
+
+    def hessian_times(w, v):
+        p = expit(x @ w)
+        return x.T @ (weights * p * (1.0 - p) * (x @ v)) + l2 * v
+
+    result = optimize.minimize(loss_and_gradient, np.zeros(len(used)), jac=True, hessp=hessian_times,
+                               method="Newton-CG", options={"maxiter": 50})
+    full = np.zeros(difference.shape[1])
+    full[used] = result.x
+    return full
 
 
 class LinearRewardEnsemble:
@@ -148,7 +161,7 @@ class StudySettings:
     budgets: list[int]
     cadence: int = 100
     members: int = 5
-    l2: float = 1e-3
+    l2: float = 1e-2
 
 
 def send_round(desk, annotators: list, tokens: dict[str, str], pairs: list[tuple[str, str, str]],
@@ -232,6 +245,16 @@ def summarize(runs: list[dict], budgets: list[int]) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- candidates, output, command line
+def responses_by_prompt(feedback_file: Path) -> tuple[list[str], list[list[str]]]:
+    """Every prompt of a feedback file with every response shown with it."""
+    import pyarrow.parquet as pq
+    shown: dict[str, set[str]] = {}
+    for row in pq.read_table(feedback_file, columns=["prompt", "responses"]).to_pylist():
+        shown.setdefault(row["prompt"], set()).update(row["responses"])
+    prompts = sorted(shown)
+    return prompts, [sorted(shown[prompt]) for prompt in prompts]
+
+
 def sample_candidates(policy: str | None, pool_prompts: int, heldout_prompts: int, responses: int,
                       seed: int) -> tuple[tuple[list, list], tuple[list, list], str]:
     """Training and held-out (prompts, responses) of the embedded default, sampled from
@@ -294,7 +317,7 @@ def plot_curves(study: dict, consensus: float, path: Path) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--budgets", default="200,400,800,1600,3200", help="label counts to report (multiples of cadence)")
+    parser.add_argument("--budgets", default="200,400,800,1600,2400", help="label counts to report (multiples of cadence)")
     parser.add_argument("--cadence", type=int, default=100, help="labels per round; the model retrains after each")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
@@ -302,6 +325,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pool-prompts", type=int, default=1500)
     parser.add_argument("--heldout-prompts", type=int, default=200)
     parser.add_argument("--responses", type=int, default=4, help="responses per prompt")
+    parser.add_argument("--feedback-dir", default=None,
+                        help="a feedback phase's folder: its prompts and responses are the candidates (no sampling)")
     parser.add_argument("--policy", default=None, help="model folder to sample from (default: embedded base model)")
     parser.add_argument("--http", default=None, help="collection server URL (default: the in-process desk)")
     parser.add_argument("--admin-token-file", default=None, help="the server's admin token (with --http)")
@@ -316,7 +341,13 @@ def main(argv=None) -> dict:
     if any(budget % settings.cadence for budget in settings.budgets):
         raise SystemExit(f"--budgets {settings.budgets} must be multiples of --cadence {settings.cadence}")
     started = time.monotonic()
-    train, heldout, policy = sample_candidates(args.policy, args.pool_prompts, args.heldout_prompts, args.responses, 0)
+    if args.feedback_dir:
+        folder = Path(args.feedback_dir)
+        train, heldout = responses_by_prompt(folder / FEEDBACK_FILE), responses_by_prompt(folder / HELDOUT_FEEDBACK_FILE)
+        policy = f"the responses of {folder}"
+    else:
+        train, heldout, policy = sample_candidates(args.policy, args.pool_prompts, args.heldout_prompts,
+                                                   args.responses, 0)
     candidates = build_candidates(train, heldout)
     sampling_s = time.monotonic() - started
     if args.http:
