@@ -200,7 +200,9 @@ def run_selection(desk, candidates: Candidates, model: LinearRewardEnsemble, str
         send_round(desk, annotators, tokens, [candidates.pairs[i] for i in picks], rng)
         feedback = rows_of_annotators(desk.feedback(), list(tokens))
         started = time.monotonic()
-        model.fit(preference_pairs(feedback), rng)
+        # In a fixed order, so that the bootstraps do not depend on the order the back end returns rows in.
+        model.fit(preference_pairs(feedback).sort_by([(key, "ascending") for key in ("prompt", "chosen", "rejected")]),
+                  rng)
         trained = True
         curve.append({"labels": feedback.num_rows, "accuracy": model.heldout_accuracy(candidates.heldout),
                       "fit_s": time.monotonic() - started})
