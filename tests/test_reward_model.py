@@ -177,6 +177,20 @@ def test_app_trains_an_ensemble_scored_as_one_with_sum_pooling(ray_cluster, tiny
     assert "An ensemble of 2 sequence classifiers" in body
 
 
+def test_unfiltered_tables_bring_back_excluded_annotators_and_are_none_when_nobody_was(tmp_path):
+    from alignray.feedback import read_feedback
+    from alignray.workflows.reward_model import unfiltered_tables
+
+    folder = synthetic_feedback(tmp_path, num_prompts=40)
+    feedback = read_feedback(folder / "feedback.parquet")[0]
+    pairs, pointwise = pq.read_table(folder / "pairs.parquet"), pq.read_table(folder / "pointwise.parquet")
+    everyone_pairs, _ = unfiltered_tables(feedback, pairs, pointwise)
+    assert "badfaith1-flipper" in everyone_pairs.column("annotator_id").to_pylist()
+    assert "badfaith1-flipper" not in pairs.column("annotator_id").to_pylist()
+    kept = build_training_tables(feedback, None)
+    assert unfiltered_tables(feedback, kept.pairs, kept.pointwise) is None
+
+
 @pytest.mark.slow  # three reward-model trainings: ~2.5 min on the shared 2-core machine
 def test_cross_group_models_are_scored_against_every_groups_majority(ray_cluster, tiny_base_model, tmp_path):
     from alignray.workflows.reward_model import run_reward_model
