@@ -1,8 +1,8 @@
 """Spend labels where they teach most: reward-model held-out accuracy against the number of
 labels, for random and active selection of the pairs to label (issue #16).
 
-    python benchmarks/active_labelling.py                                  # in-process desk, ~10 min on 2 cores
-    python benchmarks/active_labelling.py --http http://127.0.0.1:8000 --admin-token-file token.txt
+    python benchmarks/active_labelling.py --feedback-dir runs/default/feedback-<hash>   # in process: 686 s here
+    python benchmarks/active_labelling.py --feedback-dir ... --http http://127.0.0.1:8010 --admin-token-file token.txt
     python benchmarks/active_labelling.py --budgets 100,200 --seeds 1 --pool-prompts 100   # a quick look
 
 Candidates: the embedded default's training prompts with the responses a feedback phase
@@ -85,8 +85,8 @@ def build_candidates(train: tuple[list, list], heldout: tuple[list, list], seed:
     everyone = simulate_feedback(judges, *heldout, forms=("pairwise",), seed=seed)
     panels = {name: [annotator_id(r) for r in raters]
               for name, raters in (("train", TRAINING_RATERS), ("heldout", HELD_OUT_JUDGE_RATERS))}
-    votes = panel_votes(everyone, panels["heldout"]).merge(panel_votes(everyone, panels["train"]),
-                                                          on=["prompt", "response_a", "response_b"], suffixes=("", "_train"))
+    votes = panel_votes(everyone, panels["heldout"]).merge(
+        panel_votes(everyone, panels["train"]), on=["prompt", "response_a", "response_b"], suffixes=("", "_train"))
     consensus = accuracy_against_votes(votes["wins_a_train"] / votes["votes_train"], np.full(len(votes), 0.5),
                                        votes["wins_a"], votes["votes"])["accuracy"]
     texts = sorted({r for shown in train[1] + heldout[1] for r in shown})
@@ -289,8 +289,9 @@ def print_table(summary: list[dict], consensus: float) -> None:
           f"min..max over seeds); training raters' consensus: {consensus:.3f}")
     print(f"{'strategy':>20} {'labels':>6} {'accuracy':>15} {'gain over random':>26}")
     for row in summary:
-        gain = ("" if row["strategy"] == "random" else
-                f"{row['gain_over_random_mean']:+.3f} ({row['gain_over_random_min']:+.3f}..{row['gain_over_random_max']:+.3f})")
+        gain = "" if row["strategy"] == "random" else (
+            f"{row['gain_over_random_mean']:+.3f} ({row['gain_over_random_min']:+.3f}.."
+            f"{row['gain_over_random_max']:+.3f})")
         print(f"{row['strategy']:>20} {row['labels']:>6} {row['accuracy_mean']:>8.3f} +- {row['accuracy_std']:.3f} "
               f"{gain:>26}")
 
@@ -319,7 +320,8 @@ def plot_curves(study: dict, consensus: float, path: Path) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--budgets", default="200,400,800,1600,2400", help="label counts to report (multiples of cadence)")
+    parser.add_argument("--budgets", default="200,400,800,1600,2400",
+                        help="label counts to report (multiples of cadence)")
     parser.add_argument("--cadence", type=int, default=100, help="labels per round; the model retrains after each")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
@@ -345,7 +347,8 @@ def main(argv=None) -> dict:
     started = time.monotonic()
     if args.feedback_dir:
         folder = Path(args.feedback_dir)
-        train, heldout = responses_by_prompt(folder / FEEDBACK_FILE), responses_by_prompt(folder / HELDOUT_FEEDBACK_FILE)
+        train = responses_by_prompt(folder / FEEDBACK_FILE)
+        heldout = responses_by_prompt(folder / HELDOUT_FEEDBACK_FILE)
         policy = f"the responses of {folder}"
     else:
         train, heldout, policy = sample_candidates(args.policy, args.pool_prompts, args.heldout_prompts,

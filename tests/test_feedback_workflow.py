@@ -94,7 +94,8 @@ def test_simulated_annotators_carry_their_leniency_group_into_the_files_and_the_
     _, _, out = simulated_run
     for name in ("feedback.parquet", "heldout_feedback.parquet"):
         rows = pq.read_table(out / name, columns=["annotator_id", "annotator_group"]).to_pylist()
-        honest = {(row["annotator_id"], row["annotator_group"]) for row in rows if row["annotator_id"].startswith("rater")}
+        honest = {(row["annotator_id"], row["annotator_group"]) for row in rows
+                  if row["annotator_id"].startswith("rater")}
         assert honest == {(annotator_id(r), leniency_group(r)) for r in
                           (range(1, 6) if name == "feedback.parquet" else range(1, 11))}, name
     report = (out / "report.md").read_text()
