@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from alignray.feedback import FEEDBACK_SCHEMA, PAIRS_SCHEMA, POINTWISE_SCHEMA
 from alignray.feedback.heldout import HELDOUT_PAIRS_SCHEMA
-from alignray.feedback.simulated import make_annotator_pool, simulate_feedback
+from alignray.feedback.simulated import annotator_id, leniency_group, make_annotator_pool, simulate_feedback
 from alignray.workflows.common import CONFIG_PATH
 from alignray.workflows.feedback import run_feedback
 
@@ -88,6 +88,18 @@ def test_summary_counts_and_report(simulated_run):
     if summary["verdicts"]["ai-judge"] in ("adversarial", "uninformative"):
         assert "flags the AI judge" in report
     assert (out / "agreement.png").stat().st_size > 0 and (out / "DONE").exists()
+
+
+def test_simulated_annotators_carry_their_leniency_group_into_the_files_and_the_report(simulated_run):
+    _, _, out = simulated_run
+    for name in ("feedback.parquet", "heldout_feedback.parquet"):
+        rows = pq.read_table(out / name, columns=["annotator_id", "annotator_group"]).to_pylist()
+        honest = {(row["annotator_id"], row["annotator_group"]) for row in rows
+                  if row["annotator_id"].startswith("rater")}
+        assert honest == {(annotator_id(r), leniency_group(r)) for r in
+                          (range(1, 6) if name == "feedback.parquet" else range(1, 11))}, name
+    report = (out / "report.md").read_text()
+    assert "## Annotator groups" in report and "| lenient |" in report and "| strict |" in report
 
 
 def test_finished_run_is_reused(simulated_run):

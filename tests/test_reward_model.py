@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from alignray.feedback import annotator_quality, annotator_weights, build_training_tables, write_feedback
-from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, make_annotator_pool, simulate_feedback
+from alignray.feedback.simulated import BY_LENIENCY, HELD_OUT_JUDGE_RATERS, make_annotator_pool, simulate_feedback
 from alignray.reward.model import (ENSEMBLE_FILE, MEAN_KEY, STD_KEY, RewardModel, encode_texts, init_reward_model,
                                    load_reward_model, reference_statistics, save_reward_model)
 from alignray.metrics import read_metrics
@@ -86,9 +86,9 @@ WORDS = {"positive": ["good", "great", "love", "happy", "nice", "best", "thanks"
          "neutral": ["the", "flight", "today", "phone", "just", "it", "was"]}
 
 
-def synthetic_feedback(tmp_path, num_prompts: int = 100, seed: int = 0):
+def synthetic_feedback(tmp_path, num_prompts: int = 100, seed: int = 0, groups=None):
     """Training feedback by raters 1-5 (plus a bad-faith flipper) and held-out feedback by
-    raters 1-5 and 6-10, on short texts made of lexicon words."""
+    raters 1-5 and 6-10, on short texts made of lexicon words (``groups``: as in make_annotator_pool)."""
     rng = np.random.default_rng(seed)
 
     def response():
@@ -97,10 +97,10 @@ def synthetic_feedback(tmp_path, num_prompts: int = 100, seed: int = 0):
 
     prompts = [f"{rng.choice(WORDS['neutral'])} {i}" for i in range(2 * num_prompts)]
     candidates = [[response() for _ in range(3)] for _ in prompts]
-    trainers = make_annotator_pool(bad_faith_share=0.15, bad_faith_behaviours=("flipper",), seed=seed)
+    trainers = make_annotator_pool(bad_faith_share=0.15, bad_faith_behaviours=("flipper",), groups=groups, seed=seed)
     train = simulate_feedback(trainers, prompts[:num_prompts], candidates[:num_prompts],
                               forms=("pairwise", "thumbs"), annotators_per_item=3, seed=seed)
-    judges = make_annotator_pool() + make_annotator_pool(HELD_OUT_JUDGE_RATERS)
+    judges = make_annotator_pool(groups=groups) + make_annotator_pool(HELD_OUT_JUDGE_RATERS, groups=groups)
     heldout = simulate_feedback(judges, prompts[num_prompts:], candidates[num_prompts:], forms=("pairwise",),
                                 seed=seed + 1)
     tables = build_training_tables(train, annotator_weights(annotator_quality(train), "exclude"))
@@ -175,6 +175,42 @@ def test_app_trains_an_ensemble_scored_as_one_with_sum_pooling(ray_cluster, tiny
     assert not torch.allclose(raw[0], raw[1])  # the members learnt from different prompts
     matter, body = read_model_card(out / "model")
     assert "An ensemble of 2 sequence classifiers" in body
+
+
+def test_unfiltered_tables_bring_back_excluded_annotators_and_are_none_when_nobody_was(tmp_path):
+    from alignray.feedback import read_feedback
+    from alignray.workflows.reward_model import unfiltered_tables
+
+    folder = synthetic_feedback(tmp_path, num_prompts=40)
+    feedback = read_feedback(folder / "feedback.parquet")[0]
+    pairs, pointwise = pq.read_table(folder / "pairs.parquet"), pq.read_table(folder / "pointwise.parquet")
+    everyone_pairs, _ = unfiltered_tables(feedback, pairs, pointwise)
+    assert "badfaith1-flipper" in everyone_pairs.column("annotator_id").to_pylist()
+    assert "badfaith1-flipper" not in pairs.column("annotator_id").to_pylist()
+    kept = build_training_tables(feedback, None)
+    assert unfiltered_tables(feedback, kept.pairs, kept.pointwise) is None
+
+
+@pytest.mark.slow  # three reward-model trainings: ~2.5 min on the shared 2-core machine
+def test_cross_group_models_are_scored_against_every_groups_majority(ray_cluster, tiny_base_model, tmp_path):
+    from alignray.workflows.reward_model import run_reward_model
+
+    feedback_dir = synthetic_feedback(tmp_path, num_prompts=60, groups=BY_LENIENCY)
+    cfg = app_config(tmp_path, 1)
+    cfg.reward_model.update({"cross_group": True, "epochs": 1, "max_steps": 6, "eval_every": 0})
+    out = run_reward_model(cfg, str(tiny_base_model), feedback_dir)
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert {"model", "trained_on:lenient", "trained_on:strict"} <= set(evaluation)
+    # Rater 5 is the one lenient trainer; raters 1-4 strict. Every kept pair is in one group's model.
+    assert evaluation["trained_on:lenient"]["pairs"] + evaluation["trained_on:strict"]["pairs"] == \
+        evaluation["model"]["pairs"]
+    assert evaluation["trained_on:strict"]["pairs"] > evaluation["trained_on:lenient"]["pairs"] > 0
+    by_group = evaluation["accuracy_by_group"]
+    assert by_group["lenient"]["strict"] == evaluation["trained_on:lenient"]["heldout"]["group:strict"]["accuracy"]
+    assert set(by_group) == {"all", "lenient", "strict"} and all(set(v) == {"lenient", "strict"}
+                                                                  for v in by_group.values())
+    for group in ("lenient", "strict"):
+        assert (out / f"group-{group}" / "model" / "config.json").exists()
 
 
 class StubEndpoint:

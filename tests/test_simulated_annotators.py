@@ -5,8 +5,9 @@ from alignray.embedded.vader import NUM_RATERS, VADER_LEXICON_SCHEMA, load_vader
 from alignray.feedback.aggregate import build_training_tables
 from alignray.feedback.quality import annotator_quality, annotator_weights
 from alignray.feedback.schema import validate_feedback
-from alignray.feedback.simulated import (HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, SimulatedAnnotator, judge_scores,
-                                         make_annotator_pool, simulate_feedback)
+from alignray.feedback.simulated import (HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, SimulatedAnnotator, annotator_id,
+                                         heldout_feedback, judge_scores, leniency_group, make_annotator_pool,
+                                         simulate_feedback, training_feedback)
 
 FILLER = "the a of to and it is was on for with this that my you we they at so just".split()
 
@@ -47,6 +48,34 @@ def test_held_out_judge_is_disjoint_from_training_raters():
     assert set(TRAINING_RATERS) | set(HELD_OUT_JUDGE_RATERS) == set(range(1, 11))
     expected = np.mean([vader_raters().all_scores("love it")[r - 1] for r in HELD_OUT_JUDGE_RATERS])
     assert judge_scores(["love it"])[0] == pytest.approx(expected)
+
+
+def test_leniency_groups_split_the_raters_by_their_mean_rating_of_the_lexicon():
+    ratings = np.asarray(load_vader_lexicon().column("ratings").to_pylist(), dtype=float)
+    groups = {rater: leniency_group(rater) for rater in range(1, NUM_RATERS + 1)}
+    lenient = [r for r, g in groups.items() if g == "lenient"]
+    strict = [r for r, g in groups.items() if g == "strict"]
+    assert len(lenient) == len(strict) == NUM_RATERS // 2
+    # Every lenient rater rates the lexicon more kindly on average than every strict one.
+    assert min(ratings[:, r - 1].mean() for r in lenient) > max(ratings[:, r - 1].mean() for r in strict)
+    with pytest.raises(ValueError, match="rater 0"):
+        leniency_group(0)
+
+
+def test_default_feedback_carries_each_annotators_leniency_group():
+    prompts, responses = synthetic_responses(40, 3, seed=1)
+    train = training_feedback(prompts, responses, train_annotators=5, bad_faith_share=0.2, annotators_per_item=None,
+                              pairs_per_prompt=None, seed=0)
+    heldout = heldout_feedback(prompts[:5], responses[:5], train_annotators=5, seed=1)
+    raters = {annotator_id(rater): rater for rater in range(1, NUM_RATERS + 1)}
+    for table in (train, heldout):
+        for row in table.select(["annotator_id", "annotator_group"]).to_pylist():
+            if row["annotator_id"] in raters:  # the honest ones (bad-faith ones read through a random rater)
+                assert row["annotator_group"] == leniency_group(raters[row["annotator_id"]])
+    assert set(heldout.column("annotator_group").to_pylist()) == {"lenient", "strict"}
+    # Lenient raters give more thumbs up than strict ones on the same texts.
+    quality = annotator_quality(train)
+    assert quality.groups.loc["lenient", "thumbs_up_rate"] > quality.groups.loc["strict", "thumbs_up_rate"]
 
 
 def test_annotator_gives_every_form_of_feedback():

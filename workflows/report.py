@@ -121,8 +121,9 @@ def reward_section(reward: Path, reward_eval: dict) -> Section:
         if isinstance(result, dict):
             for panel, figures in result.get("heldout", {}).items():
                 rows.append([run, panel, figures.get("accuracy"), figures.get("items", figures.get("n", ""))])
-    text = ["Accuracy of the reward model on held-out pairs against each panel's majority; "
-            "'with_flagged_annotators' is the same training with the flagged annotators kept."]
+    text = ["Accuracy of the reward model on held-out pairs against each panel's majority (group:<name>: an "
+            "annotator group's); 'with_flagged_annotators' is the same training with the flagged annotators kept, "
+            "'trained_on:<group>' the same training on one group's feedback alone (reward_model.cross_group)."]
     return Section("3b. Reward model", text, rows if len(rows) > 1 else [],
                    _figures(reward, [LOSS_FIGURE, CALIBRATION_FIGURE]))
 

@@ -14,7 +14,13 @@ The feedback folder holds (names below): the training tables ``pairs.parquet`` a
 ``pointwise.parquet`` (alignray.feedback.aggregate schemas); optionally ``heldout_feedback.parquet``,
 raw feedback on held-out items for evaluation; optionally ``feedback.parquet``, the raw
 training feedback, to retrain with every annotator kept and measure what excluding the
-flagged ones changed.
+flagged ones changed. Without a held-out file the raw feedback's rows on the prompts held
+out from training are the held-out feedback (collected feedback: alignray/feedback/groups.py).
+
+Each annotator group of the held-out feedback is a panel (``group:<name>``): the model's
+accuracy against each group's majority, gathered in eval.json's ``accuracy_by_group``.
+With ``reward_model.cross_group=true`` one more model is trained on each group's feedback
+alone (``trained_on:<group>``, in ``group-<name>/``), scored against every group.
 
 With ``reward_model.ensemble_size=K`` > 1 it trains K members (seeds ``seed + i``; every
 example or a 1/K share of the prompts each, ``reward_model.ensemble_data``), scored as one
@@ -48,6 +54,8 @@ from alignray.artifacts import (CALIBRATION_FIGURE, EVAL_FILE, FEEDBACK_FILE, HE
 from alignray.base_model import resolve_base_model
 from alignray.embedded.tweets import is_heldout
 from alignray.feedback import PAIRS_SCHEMA, POINTWISE_SCHEMA, build_training_tables, read_feedback
+from alignray.feedback.groups import (GROUP_PANEL, TRAINED_ON, cross_group_accuracy, group_training_tables,
+                                      heldout_prompt_rows)
 from alignray.metrics import plot_curves, read_metrics
 from alignray.model_card import ModelCard, write_model_card
 from alignray.reward.evaluation import annotator_groups, evaluate_against_panels, plot_calibration
@@ -173,7 +181,7 @@ def evaluation_panels(heldout: pa.Table, training_annotators: set[str]) -> dict[
     ids = sorted(set(heldout.column("annotator_id").to_pylist()))
     panels = {"training_annotators": [i for i in ids if i in training_annotators],
               "heldout_annotators": [i for i in ids if i not in training_annotators]}
-    panels |= {f"group:{group}": members for group, members in annotator_groups(heldout).items()}
+    panels |= {f"{GROUP_PANEL}{group}": members for group, members in annotator_groups(heldout).items()}
     return {name: members for name, members in panels.items() if members}
 
 
@@ -277,14 +285,10 @@ def reward_card(backbone: str, cfg: DictConfig, result: dict) -> ModelCard:
                              data=data, config=settings | {"seed": int(cfg.seed)}, metrics=metrics)
 
 
-def unfiltered_tables(feedback_dir: Path, pairs: pa.Table, pointwise: pa.Table) -> tuple[pa.Table, pa.Table] | None:
+def unfiltered_tables(feedback: pa.Table, pairs: pa.Table, pointwise: pa.Table) -> tuple[pa.Table, pa.Table] | None:
     """The training tables rebuilt from the raw feedback with every annotator at weight 1,
-    or None when there is no raw feedback or that changes nothing (nobody was excluded or
-    down-weighted)."""
-    path = feedback_dir / FEEDBACK_FILE
-    if not path.exists():
-        return None
-    everyone = build_training_tables(read_feedback(path, strict=False)[0], None)
+    or None when that changes nothing (nobody was excluded or down-weighted)."""
+    everyone = build_training_tables(feedback, None)
 
     def extent(table):
         return table.num_rows, round(pc.sum(table.column("weight")).as_py() or 0.0, 6)
@@ -304,27 +308,59 @@ def run_reward_model(cfg: DictConfig, backbone_path: str, feedback_dir: str | Pa
         return out
     out.mkdir(parents=True, exist_ok=True)
     pairs, pointwise = read_training_tables(feedback_dir)
-    heldout_path = feedback_dir / HELDOUT_FEEDBACK_FILE
-    heldout = read_feedback(heldout_path)[0] if heldout_path.exists() else None
+    feedback = read_feedback(feedback_dir / FEEDBACK_FILE, strict=False)[0] if (feedback_dir / FEEDBACK_FILE).exists() \
+        else None
+    heldout = heldout_feedback_of(feedback_dir, feedback, float(cfg.reward_model.heldout_fraction))
     backbone = resolve_backbone(cfg.reward_model.backbone, backbone_path)
     with runtime.ray_session(cfg.cluster):
         evaluation = {"model": train_normalize_evaluate(pairs, pointwise, heldout, backbone, cfg, out)}
-        comparison = unfiltered_tables(feedback_dir, pairs, pointwise) if cfg.reward_model.compare_unfiltered else None
-        if comparison is not None:
-            # Same feedback, same settings, flagged annotators kept: what excluding them bought.
-            (out / "unfiltered").mkdir(exist_ok=True)
-            evaluation["with_flagged_annotators"] = train_normalize_evaluate(*comparison, heldout, backbone, cfg,
-                                                                             out / "unfiltered")
+        evaluation |= comparison_models(cfg, feedback, pairs, pointwise, heldout, backbone, out)
     if "with_flagged_annotators" in evaluation and heldout is not None:
         evaluation["accuracy_gained_by_excluding_flagged"] = {
             panel: figures["accuracy"] - evaluation["with_flagged_annotators"]["heldout"][panel]["accuracy"]
             for panel, figures in evaluation["model"]["heldout"].items()}
+    if heldout is not None and annotator_groups(heldout):
+        evaluation["accuracy_by_group"] = cross_group_accuracy(evaluation)
     (out / EVAL_FILE).write_text(json.dumps(evaluation, indent=2))
     headline = _headline(evaluation)
     log.info("reward model %s; %s", ", ".join(f"{k} {v:.3f}" for k, v in headline.items()), out / MODEL_DIR)
     mark_complete(out, {"model": str(out / MODEL_DIR), "backbone": backbone, "feedback_dir": str(feedback_dir),
                         "workers": int(cfg.cluster.num_workers), **headline})
     return out
+
+
+def heldout_feedback_of(feedback_dir: Path, feedback: pa.Table | None, heldout_fraction: float) -> pa.Table | None:
+    """The held-out feedback: the feedback phase's held-out file (simulated feedback), else
+    the raw feedback's rows on the prompts held out from training (collected feedback)."""
+    path = feedback_dir / HELDOUT_FEEDBACK_FILE
+    if path.exists():
+        return read_feedback(path)[0]
+    if feedback is None:
+        return None
+    rows = heldout_prompt_rows(feedback, heldout_fraction)
+    return rows if rows.num_rows else None
+
+
+def comparison_models(cfg: DictConfig, feedback: pa.Table | None, pairs: pa.Table, pointwise: pa.Table,
+                      heldout: pa.Table | None, backbone: str, out: Path) -> dict:
+    """The opt-in comparisons, each a reward model of the same settings: with the flagged
+    annotators kept (``compare_unfiltered``) and on each annotator group's feedback alone
+    (``cross_group``, with held-out feedback to judge them)."""
+    runs = {}
+    if feedback is None:
+        return runs
+    comparison = unfiltered_tables(feedback, pairs, pointwise) if cfg.reward_model.compare_unfiltered else None
+    if comparison is not None:
+        # Same feedback, same settings, flagged annotators kept: what excluding them bought.
+        (out / "unfiltered").mkdir(exist_ok=True)
+        runs["with_flagged_annotators"] = train_normalize_evaluate(*comparison, heldout, backbone, cfg,
+                                                                   out / "unfiltered")
+    if cfg.reward_model.cross_group and heldout is not None:
+        for group, tables in group_training_tables(feedback, pairs, pointwise).items():
+            folder = out / f"group-{group}"
+            folder.mkdir(exist_ok=True)
+            runs[f"{TRAINED_ON}{group}"] = train_normalize_evaluate(*tables, heldout, backbone, cfg, folder)
+    return runs
 
 
 def _headline(evaluation: dict) -> dict:

@@ -46,6 +46,10 @@ class RewardModelConfig:
     # Also train on the same feedback with every annotator kept, to measure what excluding
     # the flagged ones changes (needs the raw feedback in the feedback folder).
     compare_unfiltered: bool = True
+    # Also train one model on each annotator group's feedback alone and score it against
+    # every group's majority on the held-out pairs (eval.json "trained_on:<group>" and
+    # "accuracy_by_group"); off by default: one more training per group.
+    cross_group: bool = False
     calibration_bins: int = 10
     # K > 1: an ensemble of K reward models on the same backbone, member i with seed
     # seed + i, scored as one (mean reward, and disagreement = std across members).

@@ -90,6 +90,10 @@ class LexiconRaters:
         rows = [self._row_of_word[word] for word in self.lexicon_words(text)]
         return self._ratings[rows].mean(axis=0) if rows else np.zeros(NUM_RATERS)
 
+    def mean_ratings(self) -> np.ndarray:
+        """Each rater's mean rating over the lexicon's distinct words (index 0 is rater 1)."""
+        return self._ratings[sorted(self._row_of_word.values())].mean(axis=0)
+
 
 @lru_cache(maxsize=1)
 def vader_raters() -> LexiconRaters:

@@ -15,6 +15,14 @@ Each annotator reads a text through one of the ten raters of ``alignray.embedded
 Raters 1-5 (TRAINING_RATERS) produce the training feedback; 6-10 (HELD_OUT_JUDGE_RATERS)
 never enter training and act as the independent judge in evaluation.
 
+Annotator groups (``groups=BY_LENIENCY``, the default path): the five raters whose mean
+rating of the lexicon's words is highest are "lenient", the other five "strict". Measured
+on vaderSentiment 3.3.2: lenient 8, 9, 7, 6, 5 (means -0.10 to -0.16), strict 1, 4, 2, 3, 10
+(-0.21 to -0.25); so the training raters 1-5 are four strict and one lenient, the
+held-out judge 6-10 four lenient and one strict. Lenient raters rate negative words
+less harshly (mean -1.47 vs -1.63 over the negative words), which moves thumbs, ratings
+and pairs of mixed texts.
+
 Bad-faith annotators can be injected: a "flipper" answers as if every score were negated
 (preferences flipped, rankings reversed, ratings inverted), a "random" clicker answers
 uniformly at random without reading.
@@ -40,6 +48,8 @@ HELD_OUT_JUDGE_RATERS = (6, 7, 8, 9, 10)
 BEHAVIOURS = ("honest", "flipper", "random")
 BAD_FAITH_BEHAVIOURS = ("flipper", "random")
 RATING_SCALE = (1.0, 7.0)
+LENIENCY_GROUPS = ("lenient", "strict")
+BY_LENIENCY = "by_leniency"  # make_annotator_pool(groups=BY_LENIENCY): each annotator its rater's group
 
 
 @lru_cache(maxsize=200_000)
@@ -51,6 +61,15 @@ def judge_scores(texts: Sequence[str], raters: Sequence[int] = HELD_OUT_JUDGE_RA
     """Mean score of a panel of raters for each text; by default the held-out judge."""
     columns = [r - 1 for r in raters]
     return np.array([_rater_scores(text)[columns].mean() for text in texts])
+
+
+def leniency_group(rater: int) -> str:
+    """"lenient" for the half of the raters whose mean rating of the lexicon is highest,
+    "strict" for the other half."""
+    if not 1 <= rater <= NUM_RATERS:
+        raise ValueError(f"rater {rater} is not in 1..{NUM_RATERS}")
+    most_lenient_first = np.argsort(-vader_raters().mean_ratings(), kind="stable")
+    return "lenient" if rater - 1 in most_lenient_first[:NUM_RATERS // 2] else "strict"
 
 
 @dataclass(frozen=True)
@@ -133,7 +152,7 @@ def make_annotator_pool(
     bad_faith_share: float = 0.0,
     copies_per_rater: int = 1,
     bad_faith_behaviours: Sequence[str] = BAD_FAITH_BEHAVIOURS,
-    groups: Sequence[str] | None = None,
+    groups: Sequence[str] | str | None = None,
     temperature: float = 0.25,
     seed: int = 0,
 ) -> list[SimulatedAnnotator]:
@@ -142,7 +161,8 @@ def make_annotator_pool(
     ``bad_faith_share`` is the share of bad-faith annotators in the whole pool:
     round(share * honest / (1 - share)) of them are added, cycling through
     ``bad_faith_behaviours``, each reading texts through a randomly drawn rater. ``groups``
-    are handed out round-robin (None: no groups).
+    are handed out round-robin; BY_LENIENCY: each annotator gets its rater's
+    :func:`leniency_group`; None: no groups.
     """
     if not 0.0 <= bad_faith_share < 1.0:
         raise ValueError(f"bad_faith_share {bad_faith_share} is not in [0, 1)")
@@ -152,8 +172,12 @@ def make_annotator_pool(
     n_bad = round(bad_faith_share * len(honest) / (1.0 - bad_faith_share))
     bad = [(f"badfaith{i + 1}-{behaviour}", int(rng.choice(raters)), behaviour)
            for i, behaviour in zip(range(n_bad), itertools.cycle(bad_faith_behaviours))]
-    return [SimulatedAnnotator(annotator_id, rater, behaviour, temperature,
-                               group=None if not groups else groups[i % len(groups)])
+    def group(i, rater):
+        if groups == BY_LENIENCY:
+            return leniency_group(rater)
+        return None if not groups else groups[i % len(groups)]
+
+    return [SimulatedAnnotator(annotator_id, rater, behaviour, temperature, group=group(i, rater))
             for i, (annotator_id, rater, behaviour) in enumerate(honest + bad)]
 
 
@@ -213,11 +237,12 @@ def training_feedback(prompts: Sequence[str], responses: Sequence[Sequence[str]]
                       bad_faith_share: float, annotators_per_item: int | None, pairs_per_prompt: int | None,
                       seed: int) -> pa.Table:
     """Every form of feedback from the first ``train_annotators`` training raters plus the
-    injected bad-faith share."""
+    injected bad-faith share, grouped by leniency."""
     if not 1 <= train_annotators <= len(TRAINING_RATERS):
         raise ValueError(f"feedback.train_annotators must be in 1..{len(TRAINING_RATERS)}: raters "
                          f"{HELD_OUT_JUDGE_RATERS} are the held-out judge")
-    pool = make_annotator_pool(TRAINING_RATERS[:train_annotators], bad_faith_share=bad_faith_share, seed=seed)
+    pool = make_annotator_pool(TRAINING_RATERS[:train_annotators], bad_faith_share=bad_faith_share,
+                               groups=BY_LENIENCY, seed=seed)
     return simulate_feedback(pool, prompts, responses, annotators_per_item=annotators_per_item,
                              pairs_per_prompt=pairs_per_prompt, seed=seed)
 
@@ -225,6 +250,7 @@ def training_feedback(prompts: Sequence[str], responses: Sequence[Sequence[str]]
 def heldout_feedback(prompts: Sequence[str], responses: Sequence[Sequence[str]], *, train_annotators: int,
                      seed: int) -> pa.Table:
     """Every pair of each held-out prompt's responses, judged by every honest rater: the
-    training raters (ids as in the training feedback) and the held-out ones."""
+    training raters (ids as in the training feedback) and the held-out ones, grouped by leniency."""
     raters = TRAINING_RATERS[:train_annotators] + HELD_OUT_JUDGE_RATERS
-    return simulate_feedback(make_annotator_pool(raters), prompts, responses, forms=("pairwise",), seed=seed)
+    return simulate_feedback(make_annotator_pool(raters, groups=BY_LENIENCY), prompts, responses,
+                             forms=("pairwise",), seed=seed)
