@@ -1,16 +1,14 @@
 """The active-labelling study (benchmarks/active_labelling.py) end to end at tiny budgets:
-simulated annotators answer through the collection API, in process and over HTTP (a
-loopback stand-in for the collection server that serves the in-process desk)."""
+simulated annotators answer through the collection API, in process and over HTTP (the
+collection server's API, served on loopback)."""
 from __future__ import annotations
 
-import io
-import json
+import socket
 import threading
+import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.active_labelling import (LinearRewardEnsemble, StudySettings, bag_of_words, build_candidates,
@@ -63,56 +61,34 @@ def test_active_run_labels_each_pair_once_through_the_desk(candidates):
 
 
 @contextmanager
-def collection_server_stand_in(desk: InProcessDesk, admin_token: str):
-    """The collection API's routes used by the study, served from ``desk`` on 127.0.0.1."""
-    tokens: set[str] = set()
+def collection_api(store_path, admin_token: str):
+    """The collection server's own API (alignray.collect.api) on 127.0.0.1, served by
+    uvicorn in a thread while the block runs, on a fresh store; rate limits out of the way."""
+    import uvicorn
 
-    class Handler(BaseHTTPRequestHandler):
-        def _token(self):
-            return self.headers.get("Authorization", "").removeprefix("Bearer ")
-
-        def _send(self, status, body=b"", kind="application/json"):
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self):
-            if self.path == "/api/task" and self._token() in tokens:
-                task = desk.next_task(self._token())
-                return self._send(204) if task is None else self._send(200, json.dumps(task).encode())
-            if self.path == "/admin/api/feedback" and self._token() == admin_token:
-                buffer = io.BytesIO()
-                pq.write_table(desk.feedback(), buffer)
-                return self._send(200, buffer.getvalue(), "application/octet-stream")
-            self._send(401, b'{"detail": "bad token"}')
-
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if self.path == "/admin/api/annotators" and self._token() == admin_token:
-                tokens.add(token := desk.add_annotator(body["annotator_id"], body["group"]))
-                return self._send(200, json.dumps({"annotator_id": body["annotator_id"], "token": token}).encode())
-            if self.path == "/admin/api/tasks" and self._token() == admin_token:
-                ids = desk.add_tasks(body["tasks"], body["assign_to"])
-                return self._send(200, json.dumps({"added": len(ids), "task_ids": ids}).encode())
-            if self.path == "/api/labels" and self._token() in tokens:
-                return self._send(200, json.dumps(desk.submit(self._token(), body)).encode())
-            self._send(401, b'{"detail": "bad token"}')
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    from alignray.collect.api import build_collect_api
+    from alignray.collect.store import LabelStore
+    from alignray.config.collect import CollectConfig
+    from alignray.serve_api import token_digest
+    cfg = CollectConfig(store_path=str(store_path), rate_per_minute=1_000_000, burst=100_000)
+    app = build_collect_api(LabelStore(cfg.store_path), cfg, token_digest(admin_token))
+    with socket.socket() as probe:  # a free loopback port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{port}"
     finally:
-        server.shutdown()
-        server.server_close()
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
-def test_http_back_end_gives_the_same_labels_as_the_in_process_one(candidates):
+def test_http_back_end_gives_the_same_labels_as_the_in_process_one(candidates, tmp_path):
     settings = StudySettings(budgets=[60], cadence=30, members=2)
 
     def labels(desk):
@@ -123,8 +99,8 @@ def test_http_back_end_gives_the_same_labels_as_the_in_process_one(candidates):
         return curve, sorted(map(str, rows.to_pylist()))
 
     in_process = labels(InProcessDesk())
-    with collection_server_stand_in(InProcessDesk(), "admin-secret") as url:
-        over_http = labels(HttpDesk(url, "admin-secret"))
+    with collection_api(tmp_path / "labels.sqlite", "admin-secret-" + "x" * 20) as url:
+        over_http = labels(HttpDesk(url, "admin-secret-" + "x" * 20))
         with pytest.raises(RuntimeError, match="401"):
             HttpDesk(url, "wrong").add_annotator("x", None)
     assert over_http[1] == in_process[1] and len(in_process[1]) == 60
