@@ -206,6 +206,7 @@ def run_selection(desk, candidates: Candidates, model: LinearRewardEnsemble, str
         trained = True
         curve.append({"labels": feedback.num_rows, "accuracy": model.heldout_accuracy(candidates.heldout),
                       "fit_s": time.monotonic() - started})
+        desk.report_accuracy(curve[-1]["labels"], curve[-1]["accuracy"], f"{run_id} {strategy} seed {seed}")
     return curve
 
 

@@ -37,6 +37,7 @@ class InProcessDesk:
         self._tasks: dict[str, dict] = {}
         self._labels: dict[str, dict] = {}  # label_id -> feedback row
         self._ids = itertools.count()
+        self.accuracy_curve: list[dict] = []
 
     def add_annotator(self, annotator_id: str, group: str | None) -> str:
         token = f"token-{annotator_id}"
@@ -72,6 +73,9 @@ class InProcessDesk:
     def feedback(self) -> pa.Table:
         return feedback_table(self._labels.values())
 
+    def report_accuracy(self, labels: int, accuracy: float, model: str) -> None:
+        self.accuracy_curve.append({"labels": labels, "accuracy": accuracy, "model": model})
+
 
 class HttpDesk:
     """The same operations against a collection server at ``url`` (admin token ``admin_token``)."""
@@ -104,6 +108,10 @@ class HttpDesk:
 
     def feedback(self) -> pa.Table:
         return pq.read_table(io.BytesIO(self._call("GET", "/admin/api/feedback").content))
+
+    def report_accuracy(self, labels: int, accuracy: float, model: str) -> None:
+        """The retrained model's held-out accuracy, for the admin page's curve."""
+        self._call("POST", "/admin/api/accuracy", json={"labels": labels, "accuracy": accuracy, "model": model})
 
 
 def pair_task(prompt: str, response_a: str, response_b: str) -> dict:

@@ -103,5 +103,9 @@ def test_http_back_end_gives_the_same_labels_as_the_in_process_one(candidates, t
         over_http = labels(HttpDesk(url, "admin-secret-" + "x" * 20))
         with pytest.raises(RuntimeError, match="401"):
             HttpDesk(url, "wrong").add_annotator("x", None)
+        # each retrain's accuracy reached the admin page's curve
+        admin = HttpDesk(url, "admin-secret-" + "x" * 20)
+        curve = admin._call("GET", "/admin/api/quality").json()["accuracy"]
+    assert [(p["labels"], p["accuracy"]) for p in curve] == [(p["labels"], p["accuracy"]) for p in over_http[0]]
     assert over_http[1] == in_process[1] and len(in_process[1]) == 60
     assert [p["accuracy"] for p in over_http[0]] == [p["accuracy"] for p in in_process[0]]
