@@ -243,17 +243,17 @@ def train_normalize_evaluate(pairs: pa.Table, pointwise: pa.Table, heldout: pa.T
                              cfg: DictConfig, out_dir: Path) -> dict:
     """One reward model: train, normalise, evaluate; figures go to ``out_dir``."""
     started = time.monotonic()
-    examples = training_examples(pairs, pointwise)
+    reward = cfg.reward_model
+    examples = training_examples(pairs, pointwise, str(reward.votes), keep_margins=float(reward.margin) != 0)
     model_dir = train_members(examples, backbone, cfg, out_dir)
     train_s = time.monotonic() - started
-    result = {"pairs": pairs.num_rows, "pointwise": pointwise.num_rows, "train_s": round(train_s, 1),
-              "ensemble_size": int(cfg.reward_model.ensemble_size),
-              "normalization": normalize_saved_model(model_dir, examples, int(cfg.reward_model.reference_size),
-                                                     int(cfg.seed))}
-    result |= final_losses(member_folders(out_dir, int(cfg.reward_model.ensemble_size)))
+    result = {"pairs": pairs.num_rows, "pointwise": pointwise.num_rows, "examples": examples.num_rows,
+              "train_s": round(train_s, 1), "ensemble_size": int(reward.ensemble_size),
+              "normalization": normalize_saved_model(model_dir, examples, int(reward.reference_size), int(cfg.seed))}
+    result |= final_losses(member_folders(out_dir, int(reward.ensemble_size)))
     if heldout is not None:
         figures, calibration, ensemble = evaluate_reward_model(model_dir, heldout, annotators_of(pairs, pointwise),
-                                                               int(cfg.reward_model.calibration_bins))
+                                                               int(reward.calibration_bins))
         plot_calibration(calibration, out_dir / CALIBRATION_FIGURE)
         result["heldout"] = figures
         result |= ensemble
@@ -266,7 +266,8 @@ def reward_card(backbone: str, cfg: DictConfig, result: dict) -> ModelCard:
     """The model card of a trained reward model: its data, settings and held-out figures."""
     reward = cfg.reward_model
     settings = {key: reward[key] for key in ("lr", "epochs", "max_steps", "batch_size", "margin", "pointwise_weight",
-                                             "max_length", "pooling", "reference_size", "ensemble_size", "ensemble_data")}
+                                             "votes", "max_length", "pooling", "reference_size", "ensemble_size",
+                                             "ensemble_data")}
     metrics = {"final_train_loss": result["final_train_loss"], "final_heldout_loss": result["final_heldout_loss"]}
     metrics |= {f"{panel}_pair_accuracy": figures["accuracy"] for panel, figures in result.get("heldout", {}).items()}
     data = (f"{result['pairs']} preference pairs and {result['pointwise']} pointwise targets (the feedback "

@@ -31,6 +31,11 @@ class RewardModelConfig:
     margin: float = 0.0
     # loss = bradley_terry + pointwise_weight * pointwise (thumbs, quality scores, Elo).
     pointwise_weight: float = 0.5
+    # Training rows: "each", one per vote; "merged", a pair's identical votes as one row of
+    # their total weight and a text's pointwise targets as one row of their weighted mean
+    # (the same loss in fewer rows: alignray.reward.training.merge_votes); "majority", one
+    # pair per pair of texts, the side with more votes, weight 1 (pointwise rows merged).
+    votes: str = "each"
     heldout_fraction: float = 0.05  # of the prompts: their examples give the held-out loss
     eval_every: int = 100  # steps between held-out losses; 0: at the end of each epoch only
     disable_dropout: bool = True
