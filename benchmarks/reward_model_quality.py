@@ -44,8 +44,11 @@ PANEL = "heldout_annotators"
 # whatever the default is.
 BASELINE = ["reward_model.pooling=last", "reward_model.max_steps=300", "reward_model.lr=3e-4",
             "reward_model.votes=each", "reward_model.batch_size=32", "reward_model.eval_every=100",
-            "reward_model.epochs=1", "reward_model.pointwise_weight=0.5", "reward_model.warmup_steps=10"]
+            "reward_model.epochs=1", "reward_model.pointwise_weight=0.5", "reward_model.warmup_steps=10",
+            "reward_model.batch_by_prompt=false"]
 MERGED = ["reward_model.votes=merged"]
+# merged votes, a batch's rows from whole prompts: each text once per epoch, about
+BY_PROMPT = [*MERGED, "reward_model.batch_by_prompt=true", "reward_model.epochs=100"]
 VARIANTS = {
     "baseline": ("the default before this benchmark: last-token head, 300 steps of 32, lr 3e-4", []),
     "sum_pooling": ("head on every token, summed", ["reward_model.pooling=sum"]),
@@ -70,6 +73,15 @@ VARIANTS = {
     "merged_pairwise_only": ("merged, no pointwise loss", [*MERGED, "reward_model.pointwise_weight=0"]),
     "merged_pointwise_2": ("merged, pointwise weight 2", [*MERGED, "reward_model.pointwise_weight=2"]),
     "merged_sum_pooling": ("merged, sum pooling", [*MERGED, "reward_model.pooling=sum"]),
+    "by_prompt": ("merged, batches of whole prompts (texts computed once), 300 steps of 32 rows", BY_PROMPT),
+    "by_prompt_batch_128": ("merged, whole prompts, 300 steps of 128 rows",
+                            [*BY_PROMPT, "reward_model.batch_size=128"]),
+    "by_prompt_batch_128_lr_1e-3": ("merged, whole prompts, 300 steps of 128 rows, lr 1e-3",
+                                    [*BY_PROMPT, "reward_model.batch_size=128", "reward_model.lr=1e-3"]),
+    "by_prompt_batch_128_600": ("merged, whole prompts, 600 steps of 128 rows",
+                                [*BY_PROMPT, "reward_model.batch_size=128", "reward_model.max_steps=600"]),
+    "by_prompt_batch_128_sum": ("merged, whole prompts, 300 steps of 128 rows, sum pooling",
+                                [*BY_PROMPT, "reward_model.batch_size=128", "reward_model.pooling=sum"]),
     # Longer is no variant: prompt + response is at most 44 SFT tokens on the default run, and
     # batches are padded to their longest text, so 128 computes exactly what 64 does.
     "max_length_32": ("32 tokens (cuts the prompt's start of 15% of texts)", ["reward_model.max_length=32"]),

@@ -85,13 +85,27 @@ def reference_texts(examples: pa.Table, size: int, seed: int) -> tuple[list[str]
     return [texts[i][0] for i in picked], [texts[i][1] for i in picked]
 
 
-def split_examples(examples: pa.Table, heldout_fraction: float, seed: int) -> dict[str, pa.Table]:
-    """Train / held-out by prompt (content hash, stable across runs), the train rows
-    shuffled with the seed; each row numbered by ``example_id`` in training order, as the
+def training_order(prompts: list[str], seed: int, by_prompt: bool) -> np.ndarray:
+    """The rows' training order: shuffled; with ``by_prompt``, the prompts shuffled and each
+    prompt's rows together (shuffled among themselves), so a batch holds a few prompts whole
+    and computes each of their responses once for all its pairs and targets."""
+    rng = np.random.default_rng(seed)
+    if not by_prompt:
+        return rng.permutation(len(prompts))
+    _, prompt_of_row = np.unique(np.asarray(prompts, dtype=object), return_inverse=True)
+    prompt_rank = rng.permutation(int(prompt_of_row.max()) + 1 if len(prompts) else 0)[prompt_of_row]
+    return np.lexsort((rng.random(len(prompts)), prompt_rank))
+
+
+def split_examples(examples: pa.Table, heldout_fraction: float, seed: int,
+                   by_prompt: bool = False) -> dict[str, pa.Table]:
+    """Train / held-out by prompt (content hash, stable across runs), the train rows in
+    :func:`training_order`; each row numbered by ``example_id`` in training order, as the
     loop requires."""
     heldout = np.array([is_heldout(p, heldout_fraction) for p in examples.column("prompt").to_pylist()], dtype=bool)
     tables = {"train": examples.filter(pa.array(~heldout)), "heldout": examples.filter(pa.array(heldout))}
-    tables["train"] = tables["train"].take(pa.array(np.random.default_rng(seed).permutation(tables["train"].num_rows)))
+    order = training_order(tables["train"].column("prompt").to_pylist(), seed, by_prompt)
+    tables["train"] = tables["train"].take(pa.array(order))
     for split, table in tables.items():
         if table.num_rows == 0:
             raise ValueError(f"no {split} rows: {examples.num_rows} examples, heldout_fraction {heldout_fraction}")
@@ -115,7 +129,7 @@ def train_reward_model(examples: pa.Table, backbone: str, cfg: DictConfig, out_d
     workers, DeepSpeed); returns ``<out_dir>/model``, not yet normalised. An interrupted
     run in ``out_dir`` resumes from its last checkpoint."""
     reward = cfg.reward_model
-    tables = split_examples(examples, float(reward.heldout_fraction), seed)
+    tables = split_examples(examples, float(reward.heldout_fraction), seed, bool(reward.batch_by_prompt))
     loop = TrainLoopConfig(
         model_path=backbone, deepspeed=OmegaConf.to_object(reward.deepspeed), lr=float(reward.lr),
         warmup_steps=int(reward.warmup_steps), global_batch_size=int(reward.batch_size),
@@ -266,8 +280,8 @@ def reward_card(backbone: str, cfg: DictConfig, result: dict) -> ModelCard:
     """The model card of a trained reward model: its data, settings and held-out figures."""
     reward = cfg.reward_model
     settings = {key: reward[key] for key in ("lr", "epochs", "max_steps", "batch_size", "margin", "pointwise_weight",
-                                             "votes", "max_length", "pooling", "reference_size", "ensemble_size",
-                                             "ensemble_data")}
+                                             "votes", "batch_by_prompt", "max_length", "pooling", "reference_size",
+                                             "ensemble_size", "ensemble_data")}
     metrics = {"final_train_loss": result["final_train_loss"], "final_heldout_loss": result["final_heldout_loss"]}
     metrics |= {f"{panel}_pair_accuracy": figures["accuracy"] for panel, figures in result.get("heldout", {}).items()}
     data = (f"{result['pairs']} preference pairs and {result['pointwise']} pointwise targets (the feedback "

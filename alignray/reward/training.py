@@ -110,21 +110,26 @@ def _cached_tokenizer(path: str):
 
 def collate_reward_rows(rows: dict[str, np.ndarray], device: torch.device, tokenizer_path: str,
                         max_length: int) -> dict[str, torch.Tensor]:
-    """One padded batch of every text of the rows: the pairs' chosen responses, then their
-    rejected ones, then the pointwise responses; and the weights, margins and targets."""
+    """One padded batch of the rows' distinct texts (a text in several rows, such as a
+    response in several pairs of its prompt, is computed once), where each pair's chosen
+    and rejected response and each pointwise response sit in it; and the weights, margins
+    and targets."""
     pair = rows["is_pair"].astype(bool)
-    prompts = [str(p) for p in rows["prompt"]]
-    pair_prompts = [p for p, is_pair in zip(prompts, pair) if is_pair]
-    point_prompts = [p for p, is_pair in zip(prompts, pair) if not is_pair]
-    responses = ([str(r) for r in rows["chosen"][pair]] + [str(r) for r in rows["rejected"][pair]]
-                 + [str(r) for r in rows["chosen"][~pair]])
-    encoded = encode_texts(_cached_tokenizer(tokenizer_path), pair_prompts * 2 + point_prompts, responses,
+    texts = ([(str(p), str(r)) for p, r in zip(rows["prompt"][pair], rows["chosen"][pair])]
+             + [(str(p), str(r)) for p, r in zip(rows["prompt"][pair], rows["rejected"][pair])]
+             + [(str(p), str(r)) for p, r in zip(rows["prompt"][~pair], rows["chosen"][~pair])])
+    distinct = list(dict.fromkeys(texts))
+    position = {text: i for i, text in enumerate(distinct)}
+    index = torch.as_tensor([position[text] for text in texts], dtype=torch.long)
+    encoded = encode_texts(_cached_tokenizer(tokenizer_path), [p for p, _ in distinct], [r for _, r in distinct],
                            max_length)
+    n = int(pair.sum())
 
     def column(name, mask):
         return torch.as_tensor(np.asarray(rows[name][mask], dtype=np.float32))
 
     batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+             "chosen_index": index[:n], "rejected_index": index[n:2 * n], "point_index": index[2 * n:],
              "pair_margins": column("margin", pair), "pair_weights": column("weight", pair),
              "point_targets": column("target", ~pair), "point_weights": column("weight", ~pair)}
     return {name: tensor.to(device) for name, tensor in batch.items()}
@@ -132,9 +137,8 @@ def collate_reward_rows(rows: dict[str, np.ndarray], device: torch.device, token
 
 def reward_batch_loss(model, batch: dict[str, torch.Tensor], margin_scale: float,
                       pointwise_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """One forward over every text of the batch, then :func:`reward_loss_sums`."""
+    """One forward over the batch's distinct texts, then :func:`reward_loss_sums`."""
     rewards = reward_logits(model, batch["input_ids"], batch["attention_mask"])
-    n = len(batch["pair_weights"])
-    return reward_loss_sums(rewards[:n], rewards[n:2 * n], batch["pair_margins"], batch["pair_weights"],
-                            rewards[2 * n:], batch["point_targets"], batch["point_weights"],
-                            margin_scale=margin_scale, pointwise_weight=pointwise_weight)
+    return reward_loss_sums(rewards[batch["chosen_index"]], rewards[batch["rejected_index"]], batch["pair_margins"],
+                            batch["pair_weights"], rewards[batch["point_index"]], batch["point_targets"],
+                            batch["point_weights"], margin_scale=margin_scale, pointwise_weight=pointwise_weight)
