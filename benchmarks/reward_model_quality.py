@@ -7,8 +7,9 @@ run's feedback, each scored against the held-out annotators (6-10 on the embedde
 ``--run`` is a workdir whose SFT and feedback phases are complete (``python -m
 alignray.workflows.reward_model`` makes one); ``--sft-model`` and ``--feedback-dir`` name them
 instead. Each variant is the reward-model phase itself (``train_normalize_evaluate`` of
-workflows/reward_model.py: Ray Train, DeepSpeed, normalisation, evaluation) with the
-default config plus the variant's overrides, one variant at a time on one Ray instance.
+workflows/reward_model.py: Ray Train, DeepSpeed, normalisation, evaluation) with the old
+default's settings (``BASELINE``) plus the variant's overrides, one variant at a time on one
+Ray instance; the current default is the variant ``by_prompt_batch_128_lr_1e-3_150``.
 ``train_s`` is the phase's training time (Ray Train start included); the 1-minute load
 average before and after is recorded because the machine may be shared.
 
@@ -90,6 +91,9 @@ VARIANTS = {
     "by_prompt_batch_128_lr_1e-3_150": ("merged, whole prompts, 150 steps of 128 rows, lr 1e-3",
                                         [*BY_PROMPT, "reward_model.batch_size=128", "reward_model.lr=1e-3",
                                          "reward_model.max_steps=150"]),
+    "by_prompt_batch_128_lr_1e-3_150_pointwise_2": ("the new default with pointwise weight 2",
+                                                    [*BY_PROMPT, "reward_model.batch_size=128", "reward_model.lr=1e-3",
+                                                     "reward_model.max_steps=150", "reward_model.pointwise_weight=2"]),
     "by_prompt_batch_64_600": ("merged, whole prompts, 600 steps of 64 rows",
                                [*BY_PROMPT, "reward_model.batch_size=64", "reward_model.max_steps=600"]),
     "by_prompt_batch_128_sum": ("merged, whole prompts, 300 steps of 128 rows, sum pooling",
