@@ -65,7 +65,7 @@ VARIANTS = {
     "pairwise_only": ("no pointwise loss", ["reward_model.pointwise_weight=0"]),
     "pointwise_1": ("pointwise weight 1", ["reward_model.pointwise_weight=1"]),
     "margin_1": ("Bradley-Terry margin 1 x strength", ["reward_model.margin=1"]),
-    "majority_pairs": ("one pair per item, the majority's, instead of one per annotator vote",
+    "majority_pairs": ("one pair per item, the majority's, instead of one per annotator vote (pointwise merged)",
                        ["reward_model.votes=majority"]),
     "merged": ("identical votes merged into one row (the same loss, ~7x fewer rows)", MERGED),
     "merged_eval_end": ("merged, held-out loss at the end only", [*MERGED, "reward_model.eval_every=0"]),

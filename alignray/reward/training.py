@@ -55,8 +55,8 @@ def merge_votes(examples: pa.Table, majority: bool = False, keep_margins: bool =
     differ only in weight (and, pointwise, target) sum into one: identical pairs into one
     pair of their total weight; a text's pointwise rows into one of their total weight and
     weighted-mean target. The loss of the merged table equals the loss of the votes, and a
-    step of 32 rows carries many more votes (the embedded default has 10 pair votes and 10
-    pointwise targets per item). Margins stay apart (``keep_margins``) unless the loss
+    step's rows carry many more votes (the embedded default has about ten pair votes per pair
+    of texts and ten pointwise targets per text). Margins stay apart (``keep_margins``) unless the loss
     ignores them. ``majority``: one pair per unordered pair of texts instead, the side with
     more weight as chosen, weight 1 (the vote share and any margin dropped; even splits
     left out)."""
