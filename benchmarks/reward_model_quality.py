@@ -9,7 +9,7 @@ alignray.workflows.reward_model`` makes one); ``--sft-model`` and ``--feedback-d
 instead. Each variant is the reward-model phase itself (``train_normalize_evaluate`` of
 workflows/reward_model.py: Ray Train, DeepSpeed, normalisation, evaluation) with the old
 default's settings (``BASELINE``) plus the variant's overrides, one variant at a time on one
-Ray instance; the current default is the variant ``by_prompt_batch_128_lr_1e-3_150``.
+Ray instance; the current default is the variant ``by_prompt_batch_128_lr_1e-3_150_pointwise_2``.
 ``train_s`` is the phase's training time (Ray Train start included); the 1-minute load
 average before and after is recorded because the machine may be shared.
 

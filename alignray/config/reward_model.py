@@ -17,10 +17,12 @@ class RewardModelConfig:
     sft_model_path: str = ""
     feedback_dir: str = ""
     # benchmarks/reward_model_quality.py on the embedded default (held-out accuracy against
-    # annotators 6-10, train seconds under the same load): the old default (single votes,
-    # 300 steps of 32, lr 3e-4) 0.656 in 857 s; these settings (merged votes, whole prompts,
-    # 150 steps of 128 = 2.5 epochs, lr 1e-3) 0.668 in 316 s; 300 steps at lr 3e-4 0.697 in
-    # 780 s; one epoch 0.556. Held-out *loss* is no guide: it is lowest after one epoch.
+    # annotators 6-10; train seconds on a shared machine, loads 8-24): the old default (single
+    # votes, 300 steps of 32, lr 3e-4, pointwise weight 0.5) 0.656 in 857 s; these settings
+    # (merged votes, whole prompts, 150 steps of 128 = 2.5 epochs, lr 1e-3, pointwise weight
+    # 2) 0.699 in 451 s (pointwise weight 0.5: 0.668 in 316 s, the same work); 300 steps at
+    # lr 3e-4 0.697 in 780 s; one epoch 0.556. Held-out *loss* is no guide: it is lowest
+    # after one epoch.
     lr: float = 1e-3
     warmup_steps: int = 10
     epochs: int = 3
@@ -30,7 +32,7 @@ class RewardModelConfig:
     # gap, in [0, 1]); 0 is plain Bradley-Terry.
     margin: float = 0.0
     # loss = bradley_terry + pointwise_weight * pointwise (thumbs, quality scores, Elo).
-    pointwise_weight: float = 0.5
+    pointwise_weight: float = 2.0
     # Training rows: "each", one per vote; "merged", a pair's identical votes as one row of
     # their total weight and a text's pointwise targets as one row of their weighted mean
     # (the same loss in fewer rows: alignray.reward.training.merge_votes); "majority", one
