@@ -7,8 +7,9 @@ run's feedback, each scored against the held-out annotators (6-10 on the embedde
 ``--run`` is a workdir whose SFT and feedback phases are complete (``python -m
 alignray.workflows.reward_model`` makes one); ``--sft-model`` and ``--feedback-dir`` name them
 instead. Each variant is the reward-model phase itself (``train_normalize_evaluate`` of
-workflows/reward_model.py: Ray Train, DeepSpeed, normalisation, evaluation) with the
-default config plus the variant's overrides, one variant at a time on one Ray instance.
+workflows/reward_model.py: Ray Train, DeepSpeed, normalisation, evaluation) with the old
+default's settings (``BASELINE``) plus the variant's overrides, one variant at a time on one
+Ray instance; the current default is the variant ``by_prompt_batch_128_lr_1e-3_150_pointwise_2``.
 ``train_s`` is the phase's training time (Ray Train start included); the 1-minute load
 average before and after is recorded because the machine may be shared.
 
@@ -39,8 +40,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script: the repository's packages (actors, workflows) first
 PANEL = "heldout_annotators"
 
-# name -> (what it changes, Hydra overrides of the default reward_model config)
-BASELINE = ["reward_model.pooling=last", "reward_model.max_steps=300", "reward_model.lr=3e-4"]
+# name -> (what it changes, Hydra overrides of the old default reward_model config). Every
+# key a variant or the current default changes is pinned here, so variants stay comparable
+# whatever the default is.
+BASELINE = ["reward_model.pooling=last", "reward_model.max_steps=300", "reward_model.lr=3e-4",
+            "reward_model.votes=each", "reward_model.batch_size=32", "reward_model.eval_every=100",
+            "reward_model.epochs=1", "reward_model.pointwise_weight=0.5", "reward_model.warmup_steps=10",
+            "reward_model.batch_by_prompt=false"]
+MERGED = ["reward_model.votes=merged"]
+# merged votes, a batch's rows from whole prompts: each text once per epoch, about
+BY_PROMPT = [*MERGED, "reward_model.batch_by_prompt=true", "reward_model.epochs=100"]
 VARIANTS = {
     "baseline": ("the default before this benchmark: last-token head, 300 steps of 32, lr 3e-4", []),
     "sum_pooling": ("head on every token, summed", ["reward_model.pooling=sum"]),
@@ -56,7 +65,39 @@ VARIANTS = {
     "pairwise_only": ("no pointwise loss", ["reward_model.pointwise_weight=0"]),
     "pointwise_1": ("pointwise weight 1", ["reward_model.pointwise_weight=1"]),
     "margin_1": ("Bradley-Terry margin 1 x strength", ["reward_model.margin=1"]),
-    "majority_pairs": ("one pair per item, the majority's, instead of one per annotator vote", []),
+    "majority_pairs": ("one pair per item, the majority's, instead of one per annotator vote (pointwise merged)",
+                       ["reward_model.votes=majority"]),
+    "merged": ("identical votes merged into one row (the same loss, ~7x fewer rows)", MERGED),
+    "merged_eval_end": ("merged, held-out loss at the end only", [*MERGED, "reward_model.eval_every=0"]),
+    "merged_lr_1e-3": ("merged, lr 1e-3", [*MERGED, "reward_model.lr=1e-3"]),
+    "merged_steps_600": ("merged, 600 steps", [*MERGED, "reward_model.max_steps=600"]),
+    "merged_pairwise_only": ("merged, no pointwise loss", [*MERGED, "reward_model.pointwise_weight=0"]),
+    "merged_pointwise_2": ("merged, pointwise weight 2", [*MERGED, "reward_model.pointwise_weight=2"]),
+    "merged_sum_pooling": ("merged, sum pooling", [*MERGED, "reward_model.pooling=sum"]),
+    "by_prompt": ("merged, batches of whole prompts (texts computed once), 300 steps of 32 rows", BY_PROMPT),
+    "by_prompt_batch_128": ("merged, whole prompts, 300 steps of 128 rows",
+                            [*BY_PROMPT, "reward_model.batch_size=128"]),
+    "by_prompt_batch_128_lr_1e-3": ("merged, whole prompts, 300 steps of 128 rows, lr 1e-3",
+                                    [*BY_PROMPT, "reward_model.batch_size=128", "reward_model.lr=1e-3"]),
+    "by_prompt_batch_128_600": ("merged, whole prompts, 600 steps of 128 rows",
+                                [*BY_PROMPT, "reward_model.batch_size=128", "reward_model.max_steps=600"]),
+    "by_prompt_batch_128_epoch_1": ("merged, whole prompts, one epoch of 128 rows (61 steps)",
+                                    [*BY_PROMPT, "reward_model.batch_size=128", "reward_model.epochs=1"]),
+    "by_prompt_batch_128_epochs_2": ("merged, whole prompts, two epochs of 128 rows",
+                                     [*BY_PROMPT, "reward_model.batch_size=128", "reward_model.epochs=2"]),
+    "minilm_by_prompt_epoch_1": ("MiniLM fine-tuned, lr 5e-5, merged, whole prompts, one epoch of 128 rows",
+                                 [*BY_PROMPT, "reward_model.batch_size=128", "reward_model.epochs=1",
+                                  "reward_model.backbone=minilm", "reward_model.lr=5e-5"]),
+    "by_prompt_batch_128_lr_1e-3_150": ("merged, whole prompts, 150 steps of 128 rows, lr 1e-3",
+                                        [*BY_PROMPT, "reward_model.batch_size=128", "reward_model.lr=1e-3",
+                                         "reward_model.max_steps=150"]),
+    "by_prompt_batch_128_lr_1e-3_150_pointwise_2": ("the new default with pointwise weight 2",
+                                                    [*BY_PROMPT, "reward_model.batch_size=128", "reward_model.lr=1e-3",
+                                                     "reward_model.max_steps=150", "reward_model.pointwise_weight=2"]),
+    "by_prompt_batch_64_600": ("merged, whole prompts, 600 steps of 64 rows",
+                               [*BY_PROMPT, "reward_model.batch_size=64", "reward_model.max_steps=600"]),
+    "by_prompt_batch_128_sum": ("merged, whole prompts, 300 steps of 128 rows, sum pooling",
+                                [*BY_PROMPT, "reward_model.batch_size=128", "reward_model.pooling=sum"]),
     # Longer is no variant: prompt + response is at most 44 SFT tokens on the default run, and
     # batches are padded to their longest text, so 128 computes exactly what 64 does.
     "max_length_32": ("32 tokens (cuts the prompt's start of 15% of texts)", ["reward_model.max_length=32"]),
@@ -104,25 +145,6 @@ def phase_inputs(args) -> tuple[str, Path]:
     return str(sft.resolve()), (Path(args.feedback_dir) if args.feedback_dir else complete("feedback-*")).resolve()
 
 
-def majority_pairs(pairs):
-    """One pair per item (prompt and unordered responses): the side with more vote weight
-    as chosen, weight 1, margin 0; items with an even split are left out."""
-    import pyarrow as pa
-    totals: dict[tuple, float] = {}
-    rows = {}
-    for row in pairs.to_pylist():
-        a, b = sorted((row["chosen"], row["rejected"]))
-        key = (row["prompt"], a, b)
-        totals[key] = totals.get(key, 0.0) + (row["weight"] if row["chosen"] == a else -row["weight"])
-        rows.setdefault(key, row)
-    kept = []
-    for (prompt, a, b), lead in totals.items():
-        if abs(lead) > 1e-9:
-            chosen, rejected = (a, b) if lead > 0 else (b, a)
-            kept.append(rows[(prompt, a, b)] | {"chosen": chosen, "rejected": rejected, "weight": 1.0, "margin": 0.0})
-    return pa.Table.from_pylist(kept, schema=pairs.schema)
-
-
 def annotator_reference(heldout) -> dict:
     """Accuracy of the training annotators' own mean lexicon score (no model)."""
     from alignray.feedback.simulated import TRAINING_RATERS, judge_scores
@@ -149,6 +171,7 @@ def variant_row(description: str, overrides: list[str], result: dict, load: list
     """A variant's figures from a result of ``train_normalize_evaluate`` (eval.json's "model")."""
     figures = result["heldout"][PANEL]
     return {"description": description, "overrides": overrides, "pairs": result["pairs"],
+            "examples": result.get("examples"),
             "heldout_accuracy": figures["accuracy"], "ci95": interval(figures["accuracy"], figures["items"]),
             "items": figures["items"], "training_accuracy": result["heldout"]["training_annotators"]["accuracy"],
             "calibration_error": figures["calibration_error"], "train_s": result["train_s"],
@@ -164,8 +187,6 @@ def run_variant(name: str, sft_model: str, feedback_dir: Path, heldout, scratch:
     merged = dict(item.split("=", 1) for item in [*BASELINE, *overrides])
     cfg = app_config([f"workdir={scratch}", *(f"{key}={value}" for key, value in merged.items())])
     pairs, pointwise = read_training_tables(feedback_dir)
-    if name == "majority_pairs":
-        pairs = majority_pairs(pairs)
     load_before = os.getloadavg()[0]
     result = train_normalize_evaluate(pairs, pointwise, heldout, resolve_backbone(cfg.reward_model.backbone,
                                                                                   sft_model), cfg, scratch / name)

@@ -2,13 +2,16 @@
 import math
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
+from alignray.feedback import PAIRS_SCHEMA, POINTWISE_SCHEMA
 from alignray.feedback.schema import feedback_table, pairwise_feedback
 from alignray.reward.evaluation import (accuracy_against_votes, calibration_bins, evaluate_against_panels,
                                         expected_calibration_error, panel_votes)
 from alignray.reward.losses import bradley_terry_per_pair, pointwise_per_example, reward_loss_sums
+from alignray.reward.training import training_examples
 
 
 def test_bradley_terry_is_negative_log_sigmoid_of_the_difference():
@@ -92,3 +95,48 @@ def test_evaluation_against_panels_scores_each_text_once():
     assert calls == [2]
     assert results["train"]["accuracy"] == 1.0 and results["judge"]["accuracy"] == 0.0
     assert "none" not in results and set(tables) == {"train", "judge"}
+
+
+def _table_loss(examples, reward_of, pointwise_weight=0.5):
+    """The loss sum and units of a whole example table, with a fixed reward per text."""
+    rows = examples.to_pylist()
+    pairs = [r for r in rows if r["is_pair"]]
+    points = [r for r in rows if not r["is_pair"]]
+
+    def tensor(values):
+        return torch.tensor(values, dtype=torch.float64)
+
+    loss_sum, sums = reward_loss_sums(
+        tensor([reward_of[r["chosen"]] for r in pairs]), tensor([reward_of[r["rejected"]] for r in pairs]),
+        tensor([r["margin"] for r in pairs]), tensor([r["weight"] for r in pairs]),
+        tensor([reward_of[r["chosen"]] for r in points]), tensor([r["target"] for r in points]),
+        tensor([r["weight"] for r in points]), pointwise_weight=pointwise_weight)
+    return loss_sum.item(), sums["units"]
+
+
+def test_merged_votes_give_the_loss_of_every_vote_in_fewer_rows_and_majority_keeps_one_pair_per_item():
+    pairs = pa.Table.from_pylist(
+        [{"prompt": "p", "chosen": c, "rejected": r, "weight": w, "margin": m, "kind": "pairwise",
+          "source": "human", "annotator_id": a}
+         for c, r, w, m, a in [("x", "y", 1.0, 0.0, "r1"), ("x", "y", 1.0, 0.0, "r2"), ("y", "x", 0.5, 0.0, "r3"),
+                               ("x", "y", 0.5, 1.0, "r3"), ("y", "z", 1.0, 0.0, "r1"), ("z", "y", 1.0, 0.0, "r2")]],
+        schema=PAIRS_SCHEMA)
+    pointwise = pa.Table.from_pylist(
+        [{"prompt": "p", "response": t, "target": v, "weight": w, "kind": "rating", "source": "human",
+          "annotator_id": "r1"} for t, v, w in [("x", 1.0, 1.0), ("x", 0.25, 3.0), ("y", 0.0, 2.0)]],
+        schema=POINTWISE_SCHEMA)
+    reward_of = {"x": 0.7, "y": -0.4, "z": 1.9}
+    each = training_examples(pairs, pointwise)
+    merged = training_examples(pairs, pointwise, votes="merged", keep_margins=False)
+    assert (each.num_rows, merged.num_rows) == (9, 4 + 2)
+    assert _table_loss(merged, reward_of) == pytest.approx(_table_loss(each, reward_of))
+    # margins kept apart: the x > y vote of margin 1 stays its own row
+    assert training_examples(pairs, pointwise, votes="merged").num_rows == 7
+    majority = training_examples(pairs, pointwise, votes="majority").to_pylist()
+    # x > y wins 2.5 to 0.5; y vs z is an even split and is left out
+    assert [(r["chosen"], r["rejected"], r["weight"]) for r in majority if r["is_pair"]] == [("x", "y", 1.0)]
+    # a text's pointwise targets: one row, their weighted mean, their total weight
+    assert [(r["chosen"], r["target"], r["weight"]) for r in majority if not r["is_pair"]] == [
+        ("x", pytest.approx((1.0 * 1.0 + 3.0 * 0.25) / 4), 4.0), ("y", 0.0, 2.0)]
+    with pytest.raises(ValueError, match="reward_model.votes"):
+        training_examples(pairs, pointwise, votes="mean")

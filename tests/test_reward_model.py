@@ -81,6 +81,41 @@ def test_a_constant_head_cannot_be_normalised(tiny_base_model, tmp_path):
         save_reward_model(model, tokenizer, tmp_path / "rm", mean=0.0, std=0.0)
 
 
+def test_a_batch_computes_each_distinct_text_once_and_prompts_can_travel_whole(tiny_base_model):
+    from alignray.reward.losses import reward_loss_sums
+    from alignray.reward.training import collate_reward_rows, reward_batch_loss
+    from alignray.workflows.reward_model import training_order
+
+    # three pairs and two pointwise rows of one prompt over three responses
+    chosen, rejected = ["a great day", "so bad and sad", "a great day"], ["so bad and sad", "it is ok", "it is ok"]
+    rows = {"is_pair": np.array([True] * 3 + [False] * 2), "prompt": np.array(["today was"] * 5, dtype=object),
+            "chosen": np.array(chosen + ["it is ok", "a great day"], dtype=object),
+            "rejected": np.array(rejected + ["", ""], dtype=object), "weight": np.array([1.0, 2.0, 0.5, 1.0, 3.0]),
+            "margin": np.zeros(5), "target": np.array([0.0, 0.0, 0.0, 0.25, 1.0])}
+    batch = collate_reward_rows(rows, torch.device("cpu"), str(tiny_base_model), 32)
+    assert batch["input_ids"].shape[0] == 3
+    torch.manual_seed(0)
+    model, tokenizer = init_reward_model(tiny_base_model, max_length=32)
+    loss, _ = reward_batch_loss(model, batch, margin_scale=0.0, pointwise_weight=0.5)
+    scorer = RewardModel([model], tokenizer)
+    with torch.no_grad():
+        reward = {r: scorer.score(["today was"], [r], normalize=False)[0] for r in set(chosen + rejected)}
+    expected, _ = reward_loss_sums(torch.stack([reward[c] for c in chosen]), torch.stack([reward[r] for r in rejected]),
+                                   torch.zeros(3), torch.tensor([1.0, 2.0, 0.5]),
+                                   torch.stack([reward["it is ok"], reward["a great day"]]), torch.tensor([0.25, 1.0]),
+                                   torch.tensor([1.0, 3.0]))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+    prompts = [f"p{i % 7}" for i in range(40)]
+    order = training_order(prompts, seed=3, by_prompt=True)
+    assert sorted(order.tolist()) == list(range(40))
+    runs = [prompts[i] for i in order]
+    assert sum(a != b for a, b in zip(runs, runs[1:])) == 6  # each prompt's rows in one run
+    assert not np.array_equal(order, training_order(prompts, seed=4, by_prompt=True))
+    shuffled = [prompts[i] for i in training_order(prompts, seed=3, by_prompt=False)]
+    assert sum(a != b for a, b in zip(shuffled, shuffled[1:])) > 6
+
+
 WORDS = {"positive": ["good", "great", "love", "happy", "nice", "best", "thanks"],
          "negative": ["bad", "hate", "sad", "worst", "sorry", "awful", "angry"],
          "neutral": ["the", "flight", "today", "phone", "just", "it", "was"]}

@@ -93,13 +93,27 @@ def reference_texts(examples: pa.Table, size: int, seed: int) -> tuple[list[str]
     return [texts[i][0] for i in picked], [texts[i][1] for i in picked]
 
 
-def split_examples(examples: pa.Table, heldout_fraction: float, seed: int) -> dict[str, pa.Table]:
-    """Train / held-out by prompt (content hash, stable across runs), the train rows
-    shuffled with the seed; each row numbered by ``example_id`` in training order, as the
+def training_order(prompts: list[str], seed: int, by_prompt: bool) -> np.ndarray:
+    """The rows' training order: shuffled; with ``by_prompt``, the prompts shuffled and each
+    prompt's rows together (shuffled among themselves), so a batch holds a few prompts whole
+    and computes each of their responses once for all its pairs and targets."""
+    rng = np.random.default_rng(seed)
+    if not by_prompt:
+        return rng.permutation(len(prompts))
+    _, prompt_of_row = np.unique(np.asarray(prompts, dtype=object), return_inverse=True)
+    prompt_rank = rng.permutation(int(prompt_of_row.max()) + 1 if len(prompts) else 0)[prompt_of_row]
+    return np.lexsort((rng.random(len(prompts)), prompt_rank))
+
+
+def split_examples(examples: pa.Table, heldout_fraction: float, seed: int,
+                   by_prompt: bool = False) -> dict[str, pa.Table]:
+    """Train / held-out by prompt (content hash, stable across runs), the train rows in
+    :func:`training_order`; each row numbered by ``example_id`` in training order, as the
     loop requires."""
     heldout = np.array([is_heldout(p, heldout_fraction) for p in examples.column("prompt").to_pylist()], dtype=bool)
     tables = {"train": examples.filter(pa.array(~heldout)), "heldout": examples.filter(pa.array(heldout))}
-    tables["train"] = tables["train"].take(pa.array(np.random.default_rng(seed).permutation(tables["train"].num_rows)))
+    order = training_order(tables["train"].column("prompt").to_pylist(), seed, by_prompt)
+    tables["train"] = tables["train"].take(pa.array(order))
     for split, table in tables.items():
         if table.num_rows == 0:
             raise ValueError(f"no {split} rows: {examples.num_rows} examples, heldout_fraction {heldout_fraction}")
@@ -123,7 +137,7 @@ def train_reward_model(examples: pa.Table, backbone: str, cfg: DictConfig, out_d
     workers, DeepSpeed); returns ``<out_dir>/model``, not yet normalised. An interrupted
     run in ``out_dir`` resumes from its last checkpoint."""
     reward = cfg.reward_model
-    tables = split_examples(examples, float(reward.heldout_fraction), seed)
+    tables = split_examples(examples, float(reward.heldout_fraction), seed, bool(reward.batch_by_prompt))
     loop = TrainLoopConfig(
         model_path=backbone, deepspeed=OmegaConf.to_object(reward.deepspeed), lr=float(reward.lr),
         warmup_steps=int(reward.warmup_steps), global_batch_size=int(reward.batch_size),
@@ -251,17 +265,17 @@ def train_normalize_evaluate(pairs: pa.Table, pointwise: pa.Table, heldout: pa.T
                              cfg: DictConfig, out_dir: Path) -> dict:
     """One reward model: train, normalise, evaluate; figures go to ``out_dir``."""
     started = time.monotonic()
-    examples = training_examples(pairs, pointwise)
+    reward = cfg.reward_model
+    examples = training_examples(pairs, pointwise, str(reward.votes), keep_margins=float(reward.margin) != 0)
     model_dir = train_members(examples, backbone, cfg, out_dir)
     train_s = time.monotonic() - started
-    result = {"pairs": pairs.num_rows, "pointwise": pointwise.num_rows, "train_s": round(train_s, 1),
-              "ensemble_size": int(cfg.reward_model.ensemble_size),
-              "normalization": normalize_saved_model(model_dir, examples, int(cfg.reward_model.reference_size),
-                                                     int(cfg.seed))}
-    result |= final_losses(member_folders(out_dir, int(cfg.reward_model.ensemble_size)))
+    result = {"pairs": pairs.num_rows, "pointwise": pointwise.num_rows, "examples": examples.num_rows,
+              "train_s": round(train_s, 1), "ensemble_size": int(reward.ensemble_size),
+              "normalization": normalize_saved_model(model_dir, examples, int(reward.reference_size), int(cfg.seed))}
+    result |= final_losses(member_folders(out_dir, int(reward.ensemble_size)))
     if heldout is not None:
         figures, calibration, ensemble = evaluate_reward_model(model_dir, heldout, annotators_of(pairs, pointwise),
-                                                               int(cfg.reward_model.calibration_bins))
+                                                               int(reward.calibration_bins))
         plot_calibration(calibration, out_dir / CALIBRATION_FIGURE)
         result["heldout"] = figures
         result |= ensemble
@@ -274,7 +288,8 @@ def reward_card(backbone: str, cfg: DictConfig, result: dict) -> ModelCard:
     """The model card of a trained reward model: its data, settings and held-out figures."""
     reward = cfg.reward_model
     settings = {key: reward[key] for key in ("lr", "epochs", "max_steps", "batch_size", "margin", "pointwise_weight",
-                                             "max_length", "pooling", "reference_size", "ensemble_size", "ensemble_data")}
+                                             "votes", "batch_by_prompt", "max_length", "pooling", "reference_size",
+                                             "ensemble_size", "ensemble_data")}
     metrics = {"final_train_loss": result["final_train_loss"], "final_heldout_loss": result["final_heldout_loss"]}
     metrics |= {f"{panel}_pair_accuracy": figures["accuracy"] for panel, figures in result.get("heldout", {}).items()}
     data = (f"{result['pairs']} preference pairs and {result['pointwise']} pointwise targets (the feedback "
