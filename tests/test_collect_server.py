@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -174,7 +175,12 @@ def test_a_cross_site_form_post_is_refused(server):
 def test_the_rate_limit_answers_429_with_retry_after(server):
     url, cfg = server
     ann = new_annotator(url, "hasty", tasks_body(1, "hasty"))
-    replies = [requests.get(url + "/api/task", headers=bearer(ann["token"]), timeout=30) for _ in range(cfg.burst + 10)]
+    # Many requests at once, so that even a slow machine sends them faster than the bucket
+    # refills (burst + rate x elapsed stays well below their number).
+    count = cfg.burst + 130
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda _: requests.get(url + "/api/task", headers=bearer(ann["token"]), timeout=60),
+                                range(count)))
     limited = [reply for reply in replies if reply.status_code == 429]
     assert limited and int(limited[0].headers["retry-after"]) >= 1
     assert {reply.status_code for reply in replies} == {200, 429}
