@@ -159,9 +159,6 @@ class WeightSync:
         self.bytes_per_worker = ray.get(policy.actors[0].weight_bytes.remote())
         self.latest_weights: ray.ObjectRef | None = None  # object-store mode keeps the last state
         self.group_formed_at_restarts: int | None = None  # pool restarts when the group formed
-        # (version, metrics) of the last delivery: a monitor check delivers the weights the
-        # next step would, and the step reuses them rather than sending them twice.
-        self.delivered: tuple[int, dict[str, float]] | None = None
         workers = [placements[f"rollout{i}"] for i in range(len(pool))]
         self.methods = sync_methods(ppo.weight_sync, placements["policy0"], workers)
         log.info("weight sync (ppo.weight_sync=%s), policy on %s: %s", ppo.weight_sync, placements["policy0"]["device"],
@@ -172,11 +169,7 @@ class WeightSync:
 
     def sync(self, version: int) -> dict[str, float]:
         """Deliver the policy's weights to every worker and check them on the probe; returns
-        the sync's metrics (bytes per worker, transfer seconds and GB/s over all workers).
-        Weights of a version the pool already holds are not sent again: the metrics are
-        those of their delivery, with no seconds spent this time."""
-        if self.delivered is not None and self.delivered[0] == version:
-            return self.delivered[1] | {"time/sync": 0.0, "time/sync_probe": 0.0}
+        the sync's metrics (bytes per worker, transfer seconds and GB/s over all workers)."""
         started = time.monotonic()
         self.latest_weights = None
         done = []
@@ -198,11 +191,9 @@ class WeightSync:
         transfer = time.monotonic() - started
         started = time.monotonic()
         probe_error = self.check_probe()
-        metrics = {"probe_max_abs_diff": probe_error, "sync/bytes_per_worker": self.bytes_per_worker,
-                   "sync/gb_per_s": self.bytes_per_worker * len(self.pool) / transfer / 1e9,
-                   "time/sync": round(transfer, 4), "time/sync_probe": round(time.monotonic() - started, 4)}
-        self.delivered = (version, metrics)
-        return metrics
+        return {"probe_max_abs_diff": probe_error, "sync/bytes_per_worker": self.bytes_per_worker,
+                "sync/gb_per_s": self.bytes_per_worker * len(self.pool) / transfer / 1e9,
+                "time/sync": round(transfer, 4), "time/sync_probe": round(time.monotonic() - started, 4)}
 
     def restore(self, worker) -> None:
         """Give a worker that Ray restarted (it holds the weights it was created with) the

@@ -101,10 +101,6 @@ def test_an_over_optimising_run_is_caught_rolled_back_and_its_best_policy_kept(
     assert best.judge_win_rate > history[-1].judge_ci_high
     records = read_metrics(out / "metrics.jsonl")
     assert len(records) == summary["steps_run"] and all("time/monitor" in r for r in records)
-    # a check delivers the weights the next step samples with: that step sends none again
-    after_check = [r["time/sync"] == 0.0 for r in records]
-    assert after_check == [step % monitor.every == 0 for step in range(len(records))], after_check
-    assert all(r["sync/bytes_per_worker"] > 0 for r in records)
     assert (out / OVEROPTIMISATION_FIGURE).stat().st_size > 10_000
     # The handed-over policy is the judge's choice: its own answers to the probe beat the last
     # checked policy's by the same judge.

@@ -326,7 +326,6 @@ class PPOCoordinator:
             self.normalizer.load_state_dict(state["normalizer"])
         self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
         torch.set_rng_state(state["torch_rng"])
-        self.weights.delivered = None  # the policy's weights changed: the pool's are stale
         return state["step"]
 
     def export_policy(self) -> Path:
