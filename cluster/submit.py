@@ -146,6 +146,23 @@ def warn_if_outputs_are_temporary(overrides: list[str]) -> None:
                     "repository; pass workdir=/an/absolute/path (storage every node sees) to keep them")
 
 
+# A head just started answers 500 with this until its job agent is up.
+AGENT_NOT_READY = "No available agent to submit job"
+
+
+def submit_when_ready(client, wait_s: float = 120.0, poll_s: float = 2.0, **job) -> str:
+    """``client.submit_job(**job)``, retried while the cluster's job agent is still starting."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as error:
+            if AGENT_NOT_READY not in str(error) or time.monotonic() > deadline:
+                raise
+            log.info("the cluster's job agent is not up yet; submitting again in %.0f s", poll_s)
+            time.sleep(poll_s)
+
+
 def submit(args: argparse.Namespace) -> int:
     workflow = workflow_name(args.workflow)
     warn_if_outputs_are_temporary(args.overrides)
@@ -153,8 +170,8 @@ def submit(args: argparse.Namespace) -> int:
     runtime_env = build_runtime_env(args.runtime_env, dict(args.env), args.install_deps)
     client = make_client(args.address)
     submission_id = args.submission_id or f"alignray-{workflow}-{datetime.now():%Y%m%d-%H%M%S}"
-    job_id = client.submit_job(
-        entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id,
+    job_id = submit_when_ready(
+        client, entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id,
         metadata={"alignray_workflow": workflow, "hydra_overrides": shlex.join(args.overrides)})
     log.info("submitted %s: %s", job_id, entrypoint)
     if args.no_wait:

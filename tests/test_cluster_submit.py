@@ -200,3 +200,27 @@ def test_cluster_launcher_has_a_cpu_head_and_gpu_workers():
     assert all(t["min_workers"] == t["max_workers"] and t["resources"].get("GPU") == 1 for t in workers)
     setup = "\n".join(launcher["setup_commands"])
     assert "pip install" in setup and "alignray" in setup
+
+
+class HeadStartingUp:
+    """A job client whose head answers as Ray's does until its job agent is up."""
+
+    def __init__(self, refusals: int, message: str = submit.AGENT_NOT_READY):
+        self.refusals, self.message, self.calls = refusals, message, 0
+
+    def submit_job(self, **job):
+        self.calls += 1
+        if self.calls <= self.refusals:
+            raise RuntimeError(f"Request failed with status code 500: {self.message}, please try again later..")
+        return job["submission_id"]
+
+
+def test_a_submission_waits_for_the_job_agent_and_other_refusals_raise_at_once():
+    client = HeadStartingUp(refusals=2)
+    assert submit.submit_when_ready(client, poll_s=0.01, submission_id="job-1") == "job-1" and client.calls == 3
+    with pytest.raises(RuntimeError, match=submit.AGENT_NOT_READY):
+        submit.submit_when_ready(HeadStartingUp(refusals=100), wait_s=0.05, poll_s=0.01, submission_id="job-2")
+    other = HeadStartingUp(refusals=1, message="Job with submission_id job-3 already exists")
+    with pytest.raises(RuntimeError, match="already exists"):
+        submit.submit_when_ready(other, poll_s=0.01, submission_id="job-3")
+    assert other.calls == 1
