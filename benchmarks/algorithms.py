@@ -54,13 +54,10 @@ def phase_inputs(run: Path) -> dict[str, str]:
 
 
 def method_config(method: str, workdir: Path, steps: int, seed: int):
-    from hydra import compose, initialize_config_dir
-
-    from alignray import CONF_DIR
+    from alignray.workflows.common import compose_app_config
     preset, _ = METHODS[method]
-    overrides = [f"experiment={preset}", f"workdir={workdir}", f"seed={seed}", f"ppo.steps={steps}", "logger=none"]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose_app_config([f"experiment={preset}", f"workdir={workdir}", f"seed={seed}", f"ppo.steps={steps}",
+                              "logger=none"])
     ppo = cfg.ppo
     if METHODS[method][1] == "online" and ppo.prompts_per_step * ppo.samples_per_prompt != RESPONSES_PER_STEP:
         raise SystemExit(f"{method}: {ppo.prompts_per_step} x {ppo.samples_per_prompt} responses a step, "

@@ -55,22 +55,14 @@ def convert(source: Path, out: Path) -> dict:
     return json.loads((out / "convert_summary.json").read_text())
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from alignray import CONF_DIR
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return hydra_compose(config_name="config", overrides=overrides)
-
-
 def backbone_path(kind: str, cfg) -> str:
     """The folder the reward-model phase starts from (minilm: resolved by the phase itself)."""
     from alignray.base_model import resolve_base_model
+    from alignray.workflows.common import compose_app_config
     if kind == "base":
         return str(resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed))
     if kind == "smollm2":
-        smollm2 = compose(["model=smollm2"]).model
+        smollm2 = compose_app_config(["model=smollm2"]).model
         return str(resolve_base_model(smollm2, cfg.cache_dir, cfg.seed))
     return str(resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed))  # minilm replaces it
 
@@ -93,10 +85,11 @@ def heldout_accuracy(model_dir: Path, heldout_path: Path) -> dict:
 
 def run_variant(name: str, data: Path, workdir: Path, extra: list[str]) -> dict:
     from alignray.artifacts import MODEL_DIR
+    from alignray.workflows.common import compose_app_config
     from alignray.workflows.feedback import run_feedback
     from alignray.workflows.reward_model import run_reward_model
     what, kind, overrides = VARIANTS[name]
-    cfg = compose([f"workdir={workdir}", "logger=none", "data=files", "feedback=files",
+    cfg = compose_app_config([f"workdir={workdir}", "logger=none", "data=files", "feedback=files",
                    f"data.prompts_path={data / 'prompts_train.parquet'}", "data.max_text_chars=20000",
                    f"feedback.path={data / 'feedback_train.parquet'}", "reward_model.max_length=256",
                    *([] if kind != "minilm" else ["reward_model.backbone=minilm"]), *overrides, *extra])

@@ -158,15 +158,6 @@ def annotator_reference(heldout) -> dict:
             "training_accuracy": figures["training_annotators"]["accuracy"]}
 
 
-def app_config(overrides: list[str]):
-    """The apps' config (conf/config.yaml) with ``overrides``, as Hydra composes it."""
-    from hydra import compose, initialize_config_dir
-
-    from alignray.workflows.common import CONFIG_PATH
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
-        return compose(config_name="config", overrides=overrides)
-
-
 def variant_row(description: str, overrides: list[str], result: dict, load: list[float]) -> dict:
     """A variant's figures from a result of ``train_normalize_evaluate`` (eval.json's "model")."""
     figures = result["heldout"][PANEL]
@@ -181,11 +172,12 @@ def variant_row(description: str, overrides: list[str], result: dict, load: list
 
 
 def run_variant(name: str, sft_model: str, feedback_dir: Path, heldout, scratch: Path) -> dict:
+    from alignray.workflows.common import compose_app_config
     from alignray.workflows.reward_model import read_training_tables, resolve_backbone, train_normalize_evaluate
     description, overrides = VARIANTS[name]
     # Variants change the old default, whatever the current one is.
     merged = dict(item.split("=", 1) for item in [*BASELINE, *overrides])
-    cfg = app_config([f"workdir={scratch}", *(f"{key}={value}" for key, value in merged.items())])
+    cfg = compose_app_config([f"workdir={scratch}", *(f"{key}={value}" for key, value in merged.items())])
     pairs, pointwise = read_training_tables(feedback_dir)
     load_before = os.getloadavg()[0]
     result = train_normalize_evaluate(pairs, pointwise, heldout, resolve_backbone(cfg.reward_model.backbone,
@@ -222,6 +214,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from alignray.actors import runtime
+    from alignray.workflows.common import compose_app_config
     from alignray.artifacts import HELDOUT_FEEDBACK_FILE
     from alignray.feedback import read_feedback
     sft_model, feedback_dir = phase_inputs(args)
@@ -243,7 +236,7 @@ def main() -> None:
                                "command": args.baseline_source}
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rm-quality-") as scratch, \
-            runtime.ray_session(app_config([]).cluster):
+            runtime.ray_session(compose_app_config([]).cluster):
         for name in args.variants:
             if name in results and not args.rerun:
                 print(f"{name}: measured already (--rerun to measure again)")

@@ -26,6 +26,14 @@ log = logging.getLogger("alignray")
 CONFIG_PATH = str(CONF_DIR)
 
 
+def compose_app_config(overrides: list[str]) -> DictConfig:
+    """The apps' config (conf/config.yaml) with ``overrides``, as Hydra composes it, for code
+    that runs phases without a command line (the benchmarks)."""
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
+        return compose(config_name="config", overrides=overrides)
+
+
 def start_app(cfg: DictConfig, app: str) -> None:
     """Log the resolved config and save it beside the app's Hydra outputs."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
