@@ -153,8 +153,8 @@ def build_policy(model_path: str) -> torch.nn.Module:
 def collate_pair_rows(rows: dict[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
     """`pair_tensors` plus the reference log-probs and the pair weights."""
     batch = pair_tensors(rows, device)
-    for name in ("ref_chosen_logp", "ref_rejected_logp", "weight"):
-        batch[name] = torch.as_tensor(np.asarray(rows[name], dtype=np.float32), device=device)
+    for name in ("ref_chosen_logp", "ref_rejected_logp", "weight"):  # copied: Ray Data's arrays are read-only
+        batch[name] = torch.tensor(np.asarray(rows[name], dtype=np.float32), device=device)
     return batch
 
 

@@ -16,7 +16,10 @@ with its 95% interval, KL(policy || SFT) per response, and the guards' verdict.
 Each phase runs in-process on one Ray instance, into ``--workdir`` (phases complete for the
 same settings are reused, so a second call only adds what is missing). ``wall_s`` is the
 method's training phase; the 1-minute load average is recorded because the machine may be
-shared. Prints a table; writes JSON (``--out``) and a PNG beside it.
+shared. Prints a table; writes JSON (``--out``) and a PNG beside it. When ``--out`` already
+holds rows measured from the same inputs, steps and seed, the methods not run this time keep
+their rows (so ``--methods dpo`` adds DPO's row to an earlier table). ``--reward-model``
+pins the reward model when ``--run`` holds several (the newest complete one otherwise).
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ METHODS = {"ppo": ("cpu_default", "online"), "grpo": ("grpo", "online"), "rloo":
 RESPONSES_PER_STEP = 64
 
 
-def phase_inputs(run: Path) -> dict[str, str]:
+def phase_inputs(run: Path, reward_model: Path | None = None) -> dict[str, str]:
     """The SFT model, feedback folder and reward model of a complete default run."""
     from alignray.artifacts import MODEL_DIR
     from alignray.workflows.common import is_complete
@@ -50,7 +53,7 @@ def phase_inputs(run: Path) -> dict[str, str]:
         return done[-1]
 
     return {"sft_model": str(newest("sft") / MODEL_DIR), "feedback_dir": str(newest("feedback")),
-            "reward_model": str(newest("reward") / MODEL_DIR)}
+            "reward_model": str(reward_model.resolve() if reward_model else newest("reward") / MODEL_DIR)}
 
 
 def method_config(method: str, workdir: Path, steps: int, seed: int):
@@ -92,6 +95,18 @@ def run_method(method: str, inputs: dict[str, str], workdir: Path, steps: int, s
             "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
+def earlier_rows(path: Path, inputs: dict[str, str], steps: int, seed: int) -> list[dict]:
+    """The rows of an earlier result file measured from the same inputs, steps and seed."""
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    same_inputs = {k: str(Path(v).resolve()) for k, v in earlier.get("inputs", {}).items()} == inputs
+    if not same_inputs or (earlier.get("steps"), earlier.get("seed")) != (steps, seed):
+        print(f"{path}: measured from other inputs, steps or seed; its rows are replaced", flush=True)
+        return []
+    return earlier["methods"]
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -119,15 +134,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "algorithms")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "algorithms.json")
+    parser.add_argument("--reward-model", type=Path, help="a reward model folder of --run (default: the newest)")
     args = parser.parse_args()
     from alignray.actors import runtime
     from alignray.machine import describe_machine, machine_info
-    inputs = phase_inputs(args.run.resolve())
-    rows = []
+    inputs = phase_inputs(args.run.resolve(), args.reward_model)
+    rows = {row["method"]: row for row in earlier_rows(args.out, inputs, args.steps, args.seed)}
     with runtime.ray_session(method_config("ppo", args.workdir, args.steps, args.seed).cluster):
         for method in args.methods:
-            rows.append(run_method(method, inputs, args.workdir.resolve(), args.steps, args.seed))
-            print(json.dumps(rows[-1]), flush=True)
+            rows[method] = run_method(method, inputs, args.workdir.resolve(), args.steps, args.seed)
+            print(json.dumps(rows[method]), flush=True)
+    rows = [rows[method] for method in METHODS if method in rows]
     machine = machine_info()
     print(f"machine: {describe_machine(machine)}; inputs: {inputs}")
     print(f"{'method':<13} {'budget':<24} {'win-rate [95% CI]':<22} {'KL/resp':>8} {'words':>6} {'wall s':>7}  verdict")

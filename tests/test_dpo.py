@@ -104,6 +104,14 @@ def test_sequence_logprob_is_the_sft_loss_of_the_response(tiny_base_model):
     torch.testing.assert_close(torch.cat(alone), torch.stack([chosen[0], rejected[0]]), atol=1e-4, rtol=1e-5)
 
 
+def test_reference_pass_covers_only_the_rows_the_step_budget_reaches():
+    from alignray.workflows.ray_train import rows_within_budget
+
+    assert rows_within_budget(66_000, 32, 300) == 9_600  # training ends inside epoch 1: its first 300 batches
+    assert rows_within_budget(9_000, 32, 300) == 9_000  # the budget goes past one epoch: every row
+    assert rows_within_budget(66_000, 32, 0) == 66_000  # no step cap: every epoch
+
+
 # ----------------------------------------------------------------------------- a real run
 POSITIVE = ["good", "great", "love", "happy", "nice", "best"]
 NEGATIVE = ["bad", "hate", "sad", "worst", "awful", "angry"]
@@ -141,6 +149,7 @@ def test_dpo_app_raises_implicit_reward_accuracy_on_its_pairs(ray_cluster, tiny_
     data = summary["data"]
     assert data["pairs_read"] == 40 and data["pairs_weight_zero"] == 1
     assert data["train"]["pairs"] + data["heldout"]["pairs"] == data["pairs_kept"] == 39
+    assert data["train_pairs_beyond_max_steps"] == 0  # 2 epochs of the pairs fit in the steps
     records = read_metrics(out / "metrics.jsonl")
     train = [r for r in records if "reward_accuracy" in r and "loss" in r]
     assert len(train) == STEPS

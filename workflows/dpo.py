@@ -10,7 +10,9 @@ The pairs are the feedback folder's ``pairs.parquet``, the table the reward mode
 on (ties as two half-weight pairs, rankings expanded), each pair weighted by its
 annotator-quality weight; pairs of weight 0 (excluded annotators) are dropped and counted.
 Ray Data tokenises them (`map_batches`) and computes the frozen reference's log-probs of
-every response once, before training (an actor pool of one `ReferenceLogprobs`); Ray Train
+every response once, before training (an actor pool of one `ReferenceLogprobs`), for the
+training pairs ``dpo.max_steps`` reaches (a budget under one epoch trains only the first
+``max_steps * batch_size`` pairs of the fixed order; the rest are counted, not scored); Ray Train
 workers then drive the DeepSpeed strategy through the shared loop (workflows/ray_train.py).
 The losses are in alignray/dpo.py.
 
@@ -43,7 +45,8 @@ from alignray.model_card import ModelCard, write_model_card
 from alignray.modeling import check_position_limit
 from alignray.sft import sequence_length
 from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
-from alignray.workflows.ray_train import TrainLoopConfig, TrainTask, copy_final_model, fit, run_folder, steps_per_epoch
+from alignray.workflows.ray_train import (TrainLoopConfig, TrainTask, copy_final_model, fit, rows_within_budget,
+                                          run_folder, steps_per_epoch)
 from alignray.workflows.reward_model import read_training_tables, split_examples, upstream_inputs
 from alignray.workflows.sft import trained_history
 
@@ -122,6 +125,9 @@ def run_dpo(cfg: DictConfig, sft_model: str, feedback_dir: str | Path) -> Path:
                          "data.max_prompt_tokens + data.max_response_tokens + 1")
     pairs, counts = weighted_pairs(feedback_dir)
     tables = split_examples(pairs, float(dpo.heldout_fraction), int(cfg.seed))
+    reached = rows_within_budget(tables["train"].num_rows, int(dpo.batch_size), int(dpo.max_steps))
+    counts["train_pairs_beyond_max_steps"] = tables["train"].num_rows - reached
+    tables["train"] = tables["train"].slice(0, reached)
     datasets = {split: pair_dataset(table, sft_model, cfg) for split, table in tables.items()}
     counts |= {split: truncated_responses(dataset) for split, dataset in datasets.items()}
     loop = TrainLoopConfig(
@@ -168,7 +174,8 @@ def dpo_card(cfg: DictConfig, loop: TrainLoopConfig, summary: dict) -> ModelCard
         description=f"A causal language model trained with {method} (`dpo.loss_type={dpo.loss_type}`, beta {dpo.beta}, "
                     f"label smoothing {dpo.label_smoothing}) from the SFT model, which is also the frozen reference.",
         data=f"{data['train']['pairs']} preference pairs of the feedback phase's `pairs.parquet` (weighted by "
-             f"annotator quality; {data['pairs_weight_zero']} of weight 0 dropped); {data['heldout']['pairs']} "
+             f"annotator quality; {data['pairs_weight_zero']} of weight 0 dropped, "
+             f"{data['train_pairs_beyond_max_steps']} beyond the step budget); {data['heldout']['pairs']} "
              "pairs of held-out prompts give the held-out figures.",
         config={"loss_type": dpo.loss_type, "beta": dpo.beta, "label_smoothing": dpo.label_smoothing, "lr": loop.lr,
                 "global_batch_size": loop.global_batch_size, "steps": loop.total_steps, "epochs": loop.epochs,

@@ -370,6 +370,15 @@ class _Throughput:
         return record
 
 
+def rows_within_budget(train_rows: int, global_batch_size: int, max_steps: int) -> int:
+    """How many training rows the loop can reach: all of them, unless ``max_steps`` ends
+    training inside the first epoch, which trains rows ``[0, max_steps * B)`` only (the
+    order is fixed). A phase that precomputes something per row needs it for those alone."""
+    if max_steps and max_steps * global_batch_size < train_rows:
+        return max_steps * global_batch_size
+    return train_rows
+
+
 def steps_per_epoch(train_rows: int, global_batch_size: int) -> int:
     steps = train_rows // global_batch_size
     if steps == 0:
