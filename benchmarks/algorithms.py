@@ -20,6 +20,8 @@ shared. Prints a table; writes JSON (``--out``) and a PNG beside it. When ``--ou
 holds rows measured from the same inputs, steps and seed, the methods not run this time keep
 their rows (so ``--methods dpo`` adds DPO's row to an earlier table). ``--reward-model``
 pins the reward model when ``--run`` holds several (the newest complete one otherwise).
+``--overrides`` with ``--name`` adds a variant of one method as a row of its own, e.g. GRPO
+at a KL matched to PPO's: ``--methods grpo --overrides ppo.kl.coef=0.2 --name grpo_kl0.2``.
 """
 from __future__ import annotations
 
@@ -56,11 +58,11 @@ def phase_inputs(run: Path, reward_model: Path | None = None) -> dict[str, str]:
             "reward_model": str(reward_model.resolve() if reward_model else newest("reward") / MODEL_DIR)}
 
 
-def method_config(method: str, workdir: Path, steps: int, seed: int):
+def method_config(method: str, workdir: Path, steps: int, seed: int, overrides: tuple[str, ...] = ()):
     from alignray.workflows.common import compose_app_config
     preset, _ = METHODS[method]
     cfg = compose_app_config([f"experiment={preset}", f"workdir={workdir}", f"seed={seed}", f"ppo.steps={steps}",
-                              "logger=none"])
+                              "logger=none", *overrides])
     ppo = cfg.ppo
     if METHODS[method][1] == "online" and ppo.prompts_per_step * ppo.samples_per_prompt != RESPONSES_PER_STEP:
         raise SystemExit(f"{method}: {ppo.prompts_per_step} x {ppo.samples_per_prompt} responses a step, "
@@ -68,13 +70,14 @@ def method_config(method: str, workdir: Path, steps: int, seed: int):
     return cfg
 
 
-def run_method(method: str, inputs: dict[str, str], workdir: Path, steps: int, seed: int) -> dict:
+def run_method(method: str, inputs: dict[str, str], workdir: Path, steps: int, seed: int,
+               overrides: tuple[str, ...] = (), name: str | None = None) -> dict:
     from alignray.artifacts import EVAL_FILE, MODEL_DIR, POLICY_DIR, SUMMARY_FILE
     from alignray.workflows.dpo import run_dpo
     from alignray.workflows.evaluate import run_evaluation
     from alignray.workflows.ppo import run_ppo
 
-    cfg = method_config(method, workdir, steps, seed)
+    cfg = method_config(method, workdir, steps, seed, overrides)
     started, load = time.monotonic(), os.getloadavg()[0]
     if METHODS[method][1] == "online":
         out = run_ppo(cfg, inputs["sft_model"], inputs["reward_model"])
@@ -87,7 +90,8 @@ def run_method(method: str, inputs: dict[str, str], workdir: Path, steps: int, s
     evaluation = json.loads((run_evaluation(cfg, inputs["sft_model"], str(policy)) / EVAL_FILE).read_text())
     budget = (f"{steps} steps x {RESPONSES_PER_STEP} responses" if METHODS[method][1] == "online"
               else f"{cfg.dpo.max_steps} steps x {cfg.dpo.batch_size} pairs")
-    return {"method": method, "preset": METHODS[method][0], "budget": budget, "phase_dir": str(out),
+    return {"method": name or method, "preset": METHODS[method][0], "overrides": list(overrides),
+            "budget": budget, "phase_dir": str(out),
             "win_rate": evaluation["win_rate"], "ci_low": evaluation["ci_low"], "ci_high": evaluation["ci_high"],
             "kl_per_response": evaluation["mean_kl"], "verdict": evaluation["verdict"],
             "preferred_with_guards": evaluation["preferred_with_guards"],
@@ -135,16 +139,23 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "algorithms")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "algorithms.json")
     parser.add_argument("--reward-model", type=Path, help="a reward model folder of --run (default: the newest)")
+    parser.add_argument("--overrides", nargs="+", default=[], help="config overrides on top of the presets")
+    parser.add_argument("--name", help="the row's name with --overrides (one method), e.g. grpo_kl0.2")
     args = parser.parse_args()
+    if args.overrides and (len(args.methods) != 1 or not args.name):
+        parser.error("--overrides makes a variant of one method: give one --methods and a --name for its row")
     from alignray.actors import runtime
     from alignray.machine import describe_machine, machine_info
     inputs = phase_inputs(args.run.resolve(), args.reward_model)
     rows = {row["method"]: row for row in earlier_rows(args.out, inputs, args.steps, args.seed)}
     with runtime.ray_session(method_config("ppo", args.workdir, args.steps, args.seed).cluster):
         for method in args.methods:
-            rows[method] = run_method(method, inputs, args.workdir.resolve(), args.steps, args.seed)
-            print(json.dumps(rows[method]), flush=True)
-    rows = [rows[method] for method in METHODS if method in rows]
+            row = run_method(method, inputs, args.workdir.resolve(), args.steps, args.seed, tuple(args.overrides),
+                             args.name)
+            rows[row["method"]] = row
+            print(json.dumps(row), flush=True)
+    presets = [preset for preset, _ in METHODS.values()]
+    rows = sorted(rows.values(), key=lambda row: presets.index(row["preset"]))  # a variant after its method
     machine = machine_info()
     print(f"machine: {describe_machine(machine)}; inputs: {inputs}")
     print(f"{'method':<13} {'budget':<24} {'win-rate [95% CI]':<22} {'KL/resp':>8} {'words':>6} {'wall s':>7}  verdict")
