@@ -89,7 +89,7 @@ def run_method(method: str, inputs: dict[str, str], workdir: Path, steps: int, s
     wall_s = summary.get("wall_s", summary.get("wall_time_s", time.monotonic() - started))
     evaluation = json.loads((run_evaluation(cfg, inputs["sft_model"], str(policy)) / EVAL_FILE).read_text())
     budget = (f"{steps} steps x {RESPONSES_PER_STEP} responses" if METHODS[method][1] == "online"
-              else f"{cfg.dpo.max_steps} steps x {cfg.dpo.batch_size} pairs")
+              else f"{summary['steps']} steps x {summary['global_batch_size']} pairs")
     return {"method": name or method, "preset": METHODS[method][0], "overrides": list(overrides),
             "budget": budget, "phase_dir": str(out),
             "win_rate": evaluation["win_rate"], "ci_low": evaluation["ci_low"], "ci_high": evaluation["ci_high"],
