@@ -44,3 +44,18 @@ def test_cpu_info_reads_the_model_family_and_speed_flags():
                     "cpu_speed_flags": ["avx2"]}
     assert describe_machine(info | {"cpu_cores": 2, "gpu": "NVIDIA H200"}) == (
         "AMD EPYC 7B13 (AuthenticAMD cpu family 25 model 1), 2 cores, GPU NVIDIA H200")
+
+
+def test_methods_table_keeps_earlier_rows_only_when_measured_from_the_same_inputs(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    monkeypatch.chdir(tmp_path)
+    import algorithms
+
+    inputs = {"sft_model": "run/sft/model", "feedback_dir": "run/feedback", "reward_model": "run/reward/model"}
+    resolved = {key: str((tmp_path / path).resolve()) for key, path in inputs.items()}
+    out = tmp_path / "algorithms.json"
+    assert algorithms.earlier_rows(out, resolved, 80, 0) == []  # no earlier file
+    out.write_text(json.dumps({"inputs": inputs, "steps": 80, "seed": 0, "methods": [{"method": "ppo"}]}))
+    assert algorithms.earlier_rows(out, resolved, 80, 0) == [{"method": "ppo"}]  # relative paths, same folders
+    assert algorithms.earlier_rows(out, resolved, 30, 0) == []
+    assert algorithms.earlier_rows(out, resolved | {"reward_model": str(tmp_path / "other")}, 80, 0) == []
