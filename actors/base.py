@@ -19,9 +19,9 @@ import ray
 import torch
 from torch import Tensor
 
-from alignray.experience import Experience
-from alignray.generation import response_logits, token_logprobs
-from alignray.modeling import pick_device
+from alignray.ppo.experience import Experience
+from alignray.models.generation import response_logits, token_logprobs
+from alignray.models.modeling import pick_device
 from alignray.ppo import length_sorted_parts, micro_batch_count
 
 
@@ -63,13 +63,13 @@ class TrainableActor(ModelActor):
 
     def rendezvous(self) -> tuple[str, int]:
         """Rank 0 names the address every rank of the world connects to."""
-        from alignray import deepspeed_strategy as ds
+        from alignray.models import deepspeed_strategy as ds
         address = ray.util.get_node_ip_address()
         return address, ds.free_port(address)
 
     def setup(self, master_addr: str, master_port: int) -> None:
         """Join the role's world (rank 0 named the address) and build the DeepSpeed engine."""
-        from alignray import deepspeed_strategy as ds
+        from alignray.models import deepspeed_strategy as ds
         ds.init_distributed(self.rank, self.world_size, master_addr, master_port)
         per_rank = math.ceil(self.ppo.prompts_per_step * self.ppo.samples_per_prompt / self.world_size)
         self.engine = ds.build_engine(self.model, self.ppo.deepspeed, lr=self.lr, total_steps=0, warmup_steps=0,
@@ -134,7 +134,7 @@ class TrainableActor(ModelActor):
     def throughput(self) -> tuple[float, float | None]:
         """Tokens (padded, as computed) per second of training since the last call and, where
         the device's peak is known (GPUs), the model-FLOPs utilisation (6 x params x tokens)."""
-        from alignray.metrics import model_flops_utilization
+        from alignray.core.metrics import model_flops_utilization
         rate = self.trained_tokens / self.training_seconds if self.training_seconds else 0.0
         self.trained_tokens, self.training_seconds = 0, 0.0
         params = sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())
@@ -142,11 +142,11 @@ class TrainableActor(ModelActor):
         return rate, None if math.isnan(mfu) else mfu
 
     def save_checkpoint(self, ckpt_dir: str, client_state: dict | None = None) -> str:
-        from alignray import deepspeed_strategy as ds
+        from alignray.models import deepspeed_strategy as ds
         return str(ds.save_checkpoint(self.engine, ckpt_dir, client_state))
 
     def load_checkpoint(self, ckpt_dir: str) -> dict | None:
-        from alignray import deepspeed_strategy as ds
+        from alignray.models import deepspeed_strategy as ds
         return ds.load_checkpoint(self.engine, ckpt_dir)
 
 

@@ -10,11 +10,11 @@ from transformers import AutoModel
 
 from alignray.actors.base import TrainableActor
 from alignray.config.ppo import PPOConfig
-from alignray.experience import CriticTrainStats, Experience, mean
-from alignray.generation import disable_dropout, sequence_inputs
-from alignray.modeling import fused_activation, training_dtype
+from alignray.ppo.experience import CriticTrainStats, Experience, mean
+from alignray.models.generation import disable_dropout, sequence_inputs
+from alignray.models.modeling import fused_activation, training_dtype
 from alignray.ppo import clipped_value_loss, minibatch_indices
-from alignray.seeds import derived_seed
+from alignray.core.seeds import derived_seed
 
 
 class ValueModel(torch.nn.Module):

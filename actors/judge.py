@@ -4,8 +4,8 @@
 
 ``items`` are dicts with ``item`` (an id to put the answers back in order), ``prompt``,
 ``response_a`` and ``response_b``. Each actor loads the model once (one GPU each when
-``use_gpu``; on a CPU machine the device comes from torch, see alignray.modeling) and adds
-``preference_a``, ``position_bias`` and ``clipped_texts`` to every batch (alignray.rlaif).
+``use_gpu``; on a CPU machine the device comes from torch, see alignray.models.modeling) and adds
+``preference_a``, ``position_bias`` and ``clipped_texts`` to every batch (alignray.feedback.rlaif).
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import ray.data
 from ray.data import ActorPoolStrategy
 
 from alignray.actors.runtime import wait_for_capacity
-from alignray.generation import disable_dropout
-from alignray.modeling import load_causal_lm, load_tokenizer
-from alignray.rlaif import judge_pairs
+from alignray.models.generation import disable_dropout
+from alignray.models.modeling import load_causal_lm, load_tokenizer
+from alignray.feedback.rlaif import judge_pairs
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The over-optimisation monitor's Ray side (the rules are in alignray/monitor.py): between PPO
+"""The over-optimisation monitor's Ray side (the rules are in alignray/ppo/monitor.py): between PPO
 steps, the rollout pool answers a fixed probe set of held-out prompts with the policy's
 current weights, the reference actor gives the answers' KL and the reward actor their proxy
 score, and a held-out judge compares them with the SFT model's answers, recorded before the
@@ -15,14 +15,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from alignray.actors.base import wait_named
-from alignray.artifacts import MONITOR_FILE, PROMPTS_COPY_DIR
+from alignray.core.artifacts import MONITOR_FILE, PROMPTS_COPY_DIR
 from alignray.config.ppo import MonitorConfig, PPOConfig
-from alignray.data import prepare_embedded_data, read_prompts
-from alignray.evaluation import bootstrap_ci, degenerate_share, mean_length_ratio
-from alignray.experience import PromptBatch
-from alignray.generation import decode_responses
-from alignray.judges import make_scorer
-from alignray.monitor import (Alarm, MonitorCheck, alarms, best_check, checkpoints_to_keep, read_history,
+from alignray.data.prompts import prepare_embedded_data, read_prompts
+from alignray.evaluation.compare import bootstrap_ci, degenerate_share, mean_length_ratio
+from alignray.ppo.experience import PromptBatch
+from alignray.models.generation import decode_responses
+from alignray.evaluation.judges import make_scorer
+from alignray.ppo.monitor import (Alarm, MonitorCheck, alarms, best_check, checkpoints_to_keep, read_history,
                               write_history)
 from alignray.ppo import masked_sum
 
@@ -124,7 +124,7 @@ def monitor_probe_prompts(ppo: PPOConfig, data_cfg, out: Path) -> list[str] | No
 
 
 def make_judge(monitor: MonitorConfig) -> Judge:
-    """The monitor's judge, one of the evaluation's (alignray.judges.make_scorer): scores per
+    """The monitor's judge, one of the evaluation's (alignray.evaluation.judges.make_scorer): scores per
     (prompt, answer), higher is preferred."""
     needs = {"http": "judge_url", "gold_rm": "gold_reward_model_path"}.get(monitor.judge)
     if needs and not getattr(monitor, needs):

@@ -1,4 +1,4 @@
-"""Where the PPO actors run, and launching them: the plan of ``alignray.layout`` (one GPU
+"""Where the PPO actors run, and launching them: the plan of ``alignray.ppo.layout`` (one GPU
 bundle per model role, a bundle per rollout worker, or every actor colocated on one GPU) as
 Ray placement groups. Each group must be ready within ``cluster.placement_timeout_s``,
 otherwise the launch stops with an error that names the missing resources.
@@ -24,7 +24,7 @@ from alignray.actors.reward import RewardActor
 from alignray.actors.rollout import RolloutPool, RolloutWorker
 from alignray.actors.runtime import placement_timeout
 from alignray.config.ppo import PPOConfig
-from alignray.layout import LayoutPlan, Slot, plan_layout, sync_methods
+from alignray.ppo.layout import LayoutPlan, Slot, plan_layout, sync_methods
 from alignray.ppo import needs_critic
 from alignray.reward.client import TOKEN_ENV
 from alignray.reward.model import reward_member_dirs

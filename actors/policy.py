@@ -15,12 +15,12 @@ import torch
 from alignray.actors.base import TrainableActor
 from alignray.actors.weight_sync import WeightSender
 from alignray.config.ppo import PPOConfig
-from alignray.experience import Experience, PolicyTrainStats, mean
-from alignray.generation import disable_dropout, gather_tokens, response_logits, vocab_logprobs
-from alignray.modeling import load_causal_lm, load_tokenizer, training_dtype
+from alignray.ppo.experience import Experience, PolicyTrainStats, mean
+from alignray.models.generation import disable_dropout, gather_tokens, response_logits, vocab_logprobs
+from alignray.models.modeling import load_causal_lm, load_tokenizer, training_dtype
 from alignray.ppo import (EarlyStopOnKL, aggregate, entropy_from_logprobs, get_policy_loss, kl_loss,
                           minibatch_indices)
-from alignray.seeds import derived_seed
+from alignray.core.seeds import derived_seed
 
 
 class PolicyActor(TrainableActor, WeightSender):
@@ -95,5 +95,5 @@ class PolicyActor(TrainableActor, WeightSender):
         return loss, stats
 
     def export_hf(self, out_dir: str) -> str:
-        from alignray import deepspeed_strategy as ds
+        from alignray.models import deepspeed_strategy as ds
         return str(ds.export_hf(self.engine, self.tokenizer, out_dir))

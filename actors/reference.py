@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from alignray.actors.base import ModelActor
-from alignray.generation import disable_dropout
-from alignray.modeling import load_causal_lm, training_dtype
+from alignray.models.generation import disable_dropout
+from alignray.models.modeling import load_causal_lm, training_dtype
 
 
 class ReferenceActor(ModelActor):

@@ -24,7 +24,7 @@ import torch
 
 from alignray.actors.base import ModelActor
 from alignray.config.ppo import PPORewardConfig
-from alignray.evaluation import words
+from alignray.evaluation.compare import words
 
 REWARD_KINDS = ("model", "http", "annotators", "target_word")
 

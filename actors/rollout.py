@@ -20,11 +20,11 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from alignray.actors.base import ActorGroup, ModelActor
 from alignray.actors.weight_sync import WeightReceiver
 from alignray.config.ppo import PPOConfig
-from alignray.experience import PromptBatch, Rollout
-from alignray.generation import disable_dropout, sample_responses
-from alignray.modeling import load_causal_lm, load_tokenizer, training_dtype
-from alignray.seeds import derived_seed
-from alignray.static_decoder import make_decoder
+from alignray.ppo.experience import PromptBatch, Rollout
+from alignray.models.generation import disable_dropout, sample_responses
+from alignray.models.modeling import load_causal_lm, load_tokenizer, training_dtype
+from alignray.core.seeds import derived_seed
+from alignray.models.static_decoder import make_decoder
 
 log = logging.getLogger(__name__)
 WORKER_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)

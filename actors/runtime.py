@@ -24,7 +24,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402
 
 import alignray.cluster  # noqa: E402
-from alignray.layout import Resources, capacity_error, unplaceable  # noqa: E402
+from alignray.ppo.layout import Resources, capacity_error, unplaceable  # noqa: E402
 
 log = logging.getLogger(__name__)
 # Where `import alignray` is found (a checkout's root, or site-packages): workers import from there.

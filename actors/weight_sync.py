@@ -1,7 +1,7 @@
 """New policy weights to the rollout pool: both ends and the driver, in one place.
 
 After each update the workers must sample from the policy that was just trained. Three ways,
-chosen per worker from where it and policy rank 0 run (``alignray.layout.sync_methods``):
+chosen per worker from where it and policy rank 0 run (``alignray.ppo.layout.sync_methods``):
 
 - ``object_store``: rank 0 of the policy puts its state dict once, the workers read it;
 - ``broadcast``: a torch.distributed group of policy rank 0 and the workers (NCCL between
@@ -31,7 +31,7 @@ from torch import Tensor
 
 from alignray.actors.base import ActorGroup, wait_named
 from alignray.config.ppo import PPOConfig
-from alignray.layout import sync_methods
+from alignray.ppo.layout import sync_methods
 
 if TYPE_CHECKING:
     from alignray.actors.rollout import RolloutPool
@@ -85,7 +85,7 @@ class WeightSender:
 
     def export_weights(self) -> dict[str, Tensor] | None:
         """The full weights on CPU from rank 0 (None from the others); collective."""
-        from alignray import deepspeed_strategy as ds
+        from alignray.models import deepspeed_strategy as ds
         return ds.gathered_state_dict(self.engine)
 
     def weight_bytes(self) -> int:

@@ -48,9 +48,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from alignray.artifacts import FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE  # noqa: E402
+from alignray.core.artifacts import FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE  # noqa: E402
 from alignray.collect.selection import pair_uncertainty, select_pairs  # noqa: E402
-from alignray.embedded.vader import tokenize  # noqa: E402
+from alignray.data.vader import tokenize  # noqa: E402
 from alignray.feedback.aggregate import preference_pairs  # noqa: E402
 from alignray.feedback.groups import rows_of_annotators  # noqa: E402
 from alignray.feedback.simulated import (BY_LENIENCY, HELD_OUT_JUDGE_RATERS, TRAINING_RATERS,  # noqa: E402
@@ -266,8 +266,8 @@ def sample_candidates(policy: str | None, pool_prompts: int, heldout_prompts: in
 
     from hydra import compose, initialize_config_dir
 
-    from alignray.base_model import resolve_base_model
-    from alignray.data import prepare_embedded_data
+    from alignray.pretrain.base_model import resolve_base_model
+    from alignray.data.prompts import prepare_embedded_data
     from alignray.feedback.sampling import load_policy, sample_policy_responses, take_prompts
     from alignray.workflows.common import CONFIG_PATH
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):

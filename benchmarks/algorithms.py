@@ -45,7 +45,7 @@ RESPONSES_PER_STEP = 64
 
 def phase_inputs(run: Path, reward_model: Path | None = None) -> dict[str, str]:
     """The SFT model, feedback folder and reward model of a complete default run."""
-    from alignray.artifacts import MODEL_DIR
+    from alignray.core.artifacts import MODEL_DIR
     from alignray.workflows.common import is_complete
 
     def newest(prefix: str) -> Path:
@@ -72,7 +72,7 @@ def method_config(method: str, workdir: Path, steps: int, seed: int, overrides: 
 
 def run_method(method: str, inputs: dict[str, str], workdir: Path, steps: int, seed: int,
                overrides: tuple[str, ...] = (), name: str | None = None) -> dict:
-    from alignray.artifacts import EVAL_FILE, MODEL_DIR, POLICY_DIR, SUMMARY_FILE
+    from alignray.core.artifacts import EVAL_FILE, MODEL_DIR, POLICY_DIR, SUMMARY_FILE
     from alignray.workflows.dpo import run_dpo
     from alignray.workflows.evaluate import run_evaluation
     from alignray.workflows.ppo import run_ppo
@@ -145,7 +145,7 @@ def main() -> None:
     if args.overrides and (len(args.methods) != 1 or not args.name):
         parser.error("--overrides makes a variant of one method: give one --methods and a --name for its row")
     from alignray.actors import runtime
-    from alignray.machine import describe_machine, machine_info
+    from alignray.core.machine import describe_machine, machine_info
     inputs = phase_inputs(args.run.resolve(), args.reward_model)
     rows = {row["method"]: row for row in earlier_rows(args.out, inputs, args.steps, args.seed)}
     with runtime.ray_session(method_config("ppo", args.workdir, args.steps, args.seed).cluster):

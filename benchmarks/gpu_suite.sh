@@ -60,7 +60,7 @@ step imports 60 "$PY" - "$SMOKE" <<'EOF'
 import importlib, sys
 need = ["torch", "transformers", "tokenizers", "safetensors", "pyarrow", "numpy", "yaml", "ray", "ray.train",
         "hydra", "omegaconf", "deepspeed", "pytest",
-        "alignray.static_decoder", "alignray.machine", "alignray.actors.placement", "alignray.workflows.ppo"]
+        "alignray.models.static_decoder", "alignray.core.machine", "alignray.actors.placement", "alignray.workflows.ppo"]
 missing = []
 for name in need:
     try:
@@ -91,7 +91,7 @@ import json, sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from alignray.machine import machine_info
+from alignray.core.machine import machine_info
 
 steps_file, junit, out = map(Path, sys.argv[1:4])
 steps = [dict(zip(("step", "exit", "seconds"), line.split("\t"))) for line in steps_file.read_text().splitlines()]

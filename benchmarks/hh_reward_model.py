@@ -57,7 +57,7 @@ def convert(source: Path, out: Path) -> dict:
 
 def backbone_path(kind: str, cfg) -> str:
     """The folder the reward-model phase starts from (minilm: resolved by the phase itself)."""
-    from alignray.base_model import resolve_base_model
+    from alignray.pretrain.base_model import resolve_base_model
     from alignray.workflows.common import compose_app_config
     if kind == "base":
         return str(resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed))
@@ -84,7 +84,7 @@ def heldout_accuracy(model_dir: Path, heldout_path: Path) -> dict:
 
 
 def run_variant(name: str, data: Path, workdir: Path, extra: list[str]) -> dict:
-    from alignray.artifacts import MODEL_DIR
+    from alignray.core.artifacts import MODEL_DIR
     from alignray.workflows.common import compose_app_config
     from alignray.workflows.feedback import run_feedback
     from alignray.workflows.reward_model import run_reward_model
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "hh_reward_model")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "hh_reward_model.json")
     args = parser.parse_args()
-    from alignray.machine import describe_machine, machine_info
+    from alignray.core.machine import describe_machine, machine_info
     workdir = args.workdir.resolve()
     data = workdir / "hh_data"
     summary = convert(args.input.resolve(), data)

@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 def measure(model: str, steps: int, workdir: Path) -> dict:
     from omegaconf import OmegaConf
 
-    from alignray.artifacts import METRICS_FILE, MONITOR_FILE, SUMMARY_FILE
+    from alignray.core.artifacts import METRICS_FILE, MONITOR_FILE, SUMMARY_FILE
     from alignray.config import AlignrayConfig
-    from alignray.metrics import read_metrics
+    from alignray.core.metrics import read_metrics
     from alignray.workflows.ppo import run_ppo
 
     cfg = OmegaConf.structured(AlignrayConfig)
@@ -50,8 +50,8 @@ def main() -> None:
     parser.add_argument("--extrapolate-steps", type=int, default=80, help="the default run's PPO steps")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "monitor_cost.json")
     args = parser.parse_args()
-    from alignray.embedded.pretrain import TINY_TEST_RECIPE, build_base_model
-    from alignray.machine import describe_machine, machine_info
+    from alignray.pretrain.embedded import TINY_TEST_RECIPE, build_base_model
+    from alignray.core.machine import describe_machine, machine_info
     model = args.model or str(build_base_model(TINY_TEST_RECIPE, cache_dir=REPO / ".alignray-cache" / "tests", seed=0))
     with tempfile.TemporaryDirectory() as folder:
         result = measure(model, args.steps, Path(folder))

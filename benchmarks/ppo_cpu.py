@@ -48,8 +48,8 @@ def make_models(work: Path, seed: int) -> Path:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from alignray.embedded.pretrain import train_tokenizer
-    from alignray.embedded.tweets import load_tweets
+    from alignray.pretrain.embedded import train_tokenizer
+    from alignray.data.tweets import load_tweets
     from alignray.reward.model import init_reward_model, save_reward_model
 
     models = work / "models"
@@ -69,9 +69,9 @@ def make_models(work: Path, seed: int) -> Path:
 def make_prompts(work: Path, models: Path, count: int) -> tuple[Path, Path]:
     """The same prompts for both: a parquet of texts for alignray, and for TRL the token ids
     alignray's coordinator makes of them (its prompt format, cut to the last 32 tokens)."""
-    from alignray.data import format_prompt
-    from alignray.embedded.tweets import load_tweets
-    from alignray.modeling import load_tokenizer
+    from alignray.data.prompts import format_prompt
+    from alignray.data.tweets import load_tweets
+    from alignray.models.modeling import load_tokenizer
 
     texts = [" ".join(t.text.split()[:8]) for t in load_tweets()[:count]]
     parquet = work / "prompts.parquet"
@@ -150,7 +150,7 @@ def main() -> None:
         print(f"{name:<10} {median:>16.3f} {rate:>11.2f} {wall:>15.1f}")
     ratio = summary["alignray"]["rollouts_per_s"] / summary["trl"]["rollouts_per_s"]
     print(f"alignray / TRL update throughput: {ratio:.2f}x (goal >= 1.5x)")
-    from alignray.machine import machine_info
+    from alignray.core.machine import machine_info
     result = {"ratio_alignray_over_trl": ratio, "goal": 1.5, "settings": SETTINGS, "updates": args.updates,
               "median_of": "updates 2..N", "machine": machine_info(),
               "trl_versions": trl.get("versions"), "trl_notes": trl.get("notes"), **summary}

@@ -13,7 +13,7 @@ The model is the SmolLM2-135M shape with random weights (speed does not depend o
 values) and a small byte-level BPE tokenizer trained here on generated text (ids it does
 not know decode to nothing; the reward model does not care). Three parts, in one process:
 
-1. generation: tokens/s of the rollout worker's path (alignray.static_decoder, CUDA
+1. generation: tokens/s of the rollout worker's path (alignray.models.static_decoder, CUDA
    graphs) against plain ``model.generate`` (dynamic cache) and the static path without
    graphs, at batch 64 and 256, 64-token prompts, exactly 128 new tokens, bf16. Goal:
    >= 10x plain generate at batch 256.
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from alignray.machine import describe_machine, machine_info
+from alignray.core.machine import describe_machine, machine_info
 
 REPO = Path(__file__).resolve().parent.parent
 SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -60,8 +60,8 @@ def build_model(out: Path, shape: dict) -> Path:
     """A Llama of ``shape`` with random weights and a tokenizer, saved as an HF folder."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from alignray.embedded.pretrain import train_tokenizer
-    from alignray.modeling import save_pretrained
+    from alignray.pretrain.embedded import train_tokenizer
+    from alignray.models.modeling import save_pretrained
     torch.manual_seed(0)
     tokenizer = train_tokenizer(synthetic_texts(2000), vocab_size=4096)
     config = LlamaConfig(**shape, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -85,8 +85,8 @@ def timed(fn, repeats: int) -> float:
 
 
 def bench_generation(model, batches: list[int], prompt_len: int, new_tokens: int, repeats: int) -> list[dict]:
-    from alignray.generation import sample_responses
-    from alignray.static_decoder import StaticDecoder
+    from alignray.models.generation import sample_responses
+    from alignray.models.static_decoder import StaticDecoder
     device, rows = next(model.parameters()).device, []
     graphs = StaticDecoder(model, prompt_len + new_tokens)  # CUDA graphs where CUDA is
     eager = StaticDecoder(model, prompt_len + new_tokens, use_cuda_graph=False)
@@ -115,10 +115,10 @@ def bench_generation(model, batches: list[int], prompt_len: int, new_tokens: int
 def bench_training(model_path: Path, batch: int, prompt_len: int, new_tokens: int, zero_stage: int) -> dict:
     """The policy actor's update, in this process (a DeepSpeed world of one)."""
     from alignray.actors.policy import PolicyActor
-    from alignray import deepspeed_strategy as ds
+    from alignray.models import deepspeed_strategy as ds
     from alignray.config.ppo import PPOConfig
     from alignray.config.training import DeepSpeedConfig
-    from alignray.experience import Experience
+    from alignray.ppo.experience import Experience
     ppo = PPOConfig(prompts_per_step=batch, epochs=2, minibatches=1, max_new_tokens=new_tokens,
                     deepspeed=DeepSpeedConfig(zero_stage=zero_stage))
     policy = PolicyActor(str(model_path), ppo)
@@ -144,7 +144,7 @@ def bench_ppo(work: Path, model_path: Path, cpu_smoke: bool, steps: int) -> dict
     import pyarrow.parquet as pq
     from hydra import compose, initialize_config_dir
 
-    from alignray.metrics import read_metrics
+    from alignray.core.metrics import read_metrics
     from alignray.reward.model import init_reward_model, save_reward_model
     from alignray.workflows.common import CONFIG_PATH
     from alignray.workflows.ppo import run_ppo

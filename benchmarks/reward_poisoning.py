@@ -37,13 +37,13 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from alignray.artifacts import EVAL_FILE, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, PAIRS_FILE, POINTWISE_FILE  # noqa: E402
-from alignray.embedded.tweets import is_heldout, load_tweets, split_opening  # noqa: E402
-from alignray.embedded.vader import vader_raters  # noqa: E402
+from alignray.core.artifacts import EVAL_FILE, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, PAIRS_FILE, POINTWISE_FILE  # noqa: E402
+from alignray.data.tweets import is_heldout, load_tweets, split_opening  # noqa: E402
+from alignray.data.vader import vader_raters  # noqa: E402
 from alignray.feedback import annotator_quality, annotator_weights, build_training_tables, write_feedback  # noqa: E402
 from alignray.feedback.simulated import (HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, make_annotator_pool,  # noqa: E402
                                          simulate_feedback)
-from alignray.machine import machine_info  # noqa: E402
+from alignray.core.machine import machine_info  # noqa: E402
 
 PROMPT_WORDS = 4
 COPIES_PER_RATER = 4  # 20 honest annotators: a 20% share of bad faith is then exactly 5 of 25
@@ -96,7 +96,7 @@ def app_config(args, workdir: Path):
 def default_backbone() -> str:
     from hydra import compose, initialize_config_dir
 
-    from alignray.base_model import resolve_base_model
+    from alignray.pretrain.base_model import resolve_base_model
     from alignray.workflows.common import CONFIG_PATH
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
         cfg = compose(config_name="config")

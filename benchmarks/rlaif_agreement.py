@@ -9,7 +9,7 @@ Pairs come from the embedded default's held-out tweets (never trained on): the o
 tweet i is the prompt; its real continuation and the continuation of another held-out
 tweet are the two replies. The held-out annotators (VADER raters 6-10, mean score) decide
 which reply is better; pairs they score equally are left out. The judge runs as in the
-feedback app (Ray Data actor pool, both orders, alignray/rlaif.py). For scale, the same
+feedback app (Ray Data actor pool, both orders, alignray/feedback/rlaif.py). For scale, the same
 table shows the training annotators (raters 1-5) against the held-out ones, and reports
 agreement on clear pairs (held-out scores at least one rating unit apart). Prints a table
 and writes JSON.
@@ -36,7 +36,7 @@ def tweet_pairs(count: int, seed: int) -> list[dict]:
     import pyarrow.parquet as pq
 
     from alignray.config.data import DataConfig
-    from alignray.data import prepare_embedded_data
+    from alignray.data.prompts import prepare_embedded_data
     with tempfile.TemporaryDirectory() as folder:
         rows = pq.read_table(prepare_embedded_data(DataConfig(), folder)["demonstrations_heldout"]).to_pylist()
     rng = np.random.default_rng(seed)
@@ -74,7 +74,7 @@ def main() -> None:
     from alignray.config.cluster import ClusterConfig
     from alignray.config.model import ModelConfig
     from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, judge_scores
-    from alignray.base_model import resolve_base_model
+    from alignray.pretrain.base_model import resolve_base_model
 
     judge = args.judge or resolve_base_model(ModelConfig(), Path("~/.cache/alignray").expanduser())
     pairs = tweet_pairs(args.pairs, args.seed)
@@ -105,7 +105,7 @@ def main() -> None:
         "training annotators 1-5": {"all": agreement(train_preference, difference),
                                     "clear": agreement(train_preference[clear], difference[clear])},
     }
-    from alignray.machine import machine_info
+    from alignray.core.machine import machine_info
     result = {"judge_model": str(judge), "pairs_sampled": len(pairs), "pairs_judged": len(rows),
               "pairs_left_out_heldout_tie": int((~decided).sum()), "clear_pairs": int(clear.sum()),
               "clear_gap": CLEAR_GAP, "agreement_with_heldout_annotators": table,

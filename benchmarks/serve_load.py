@@ -43,8 +43,8 @@ def benchmark_reward_model(out_dir: Path, backbone: str) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from alignray.embedded.pretrain import TINY_TEST_RECIPE, build_base_model
-    from alignray.modeling import load_tokenizer, save_pretrained
+    from alignray.pretrain.embedded import TINY_TEST_RECIPE, build_base_model
+    from alignray.models.modeling import load_tokenizer, save_pretrained
     from alignray.reward.model import init_reward_model, save_reward_model
     torch.manual_seed(0)
     base = build_base_model(TINY_TEST_RECIPE, cache_dir=Path(".alignray-cache") / "tests", seed=0)
@@ -147,7 +147,7 @@ def main() -> None:
                 ray.shutdown()
 
     # The host's load decides these numbers as much as the server does: record it.
-    from alignray.machine import machine_info
+    from alignray.core.machine import machine_info
     machine = machine_info() | {"load_average_1m": round(os.getloadavg()[0], 1)}
     print(f"one item per request, {args.requests_per_client} requests per client, {model_label}, {machine}")
     print(f"{'mode':<12} {'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} "

@@ -49,7 +49,7 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def tiny_base_model(tmp_path_factory) -> Path:
     """A tiny base model pretrained on the tweets (a few seconds), in Hugging Face format."""
-    from alignray.embedded.pretrain import TINY_TEST_RECIPE, build_base_model
+    from alignray.pretrain.embedded import TINY_TEST_RECIPE, build_base_model
     cache = Path(os.environ.get("ALIGNRAY_TEST_CACHE", REPO / ".alignray-cache" / "tests"))
     return build_base_model(TINY_TEST_RECIPE, cache_dir=cache, seed=0)
 
@@ -62,8 +62,8 @@ OPENINGS = ["I love the new", "Flying with this airline", "Self-driving cars are
 @pytest.fixture(scope="session")
 def prompts_path(tmp_path_factory) -> Path:
     """A small prompts file with the declared schema (tweet openings)."""
-    from alignray.data import PROMPT_SCHEMA
-    from alignray.validation import write_parquet
+    from alignray.data.prompts import PROMPT_SCHEMA
+    from alignray.data.validation import write_parquet
     path = tmp_path_factory.mktemp("prompts") / "prompts.parquet"
     write_parquet([{"prompt_id": str(i), "prompt": p, "system": None, "source": "test"}
                    for i, p in enumerate(OPENINGS * 3)], path, PROMPT_SCHEMA)

@@ -69,7 +69,7 @@ def collection_api(store_path, admin_token: str):
     from alignray.collect.api import build_collect_api
     from alignray.collect.store import LabelStore
     from alignray.config.collect import CollectConfig
-    from alignray.serve_api import token_digest
+    from alignray.serving.api import token_digest
     cfg = CollectConfig(store_path=str(store_path), rate_per_minute=1_000_000, burst=100_000)
     app = build_collect_api(LabelStore(cfg.store_path), cfg, token_digest(admin_token))
     with socket.socket() as probe:  # a free loopback port

@@ -36,7 +36,7 @@ def test_gpu_suite_cpu_smoke_runs_every_step_and_the_benchmark_every_part():
 
 
 def test_cpu_info_reads_the_model_family_and_speed_flags():
-    from alignray.machine import cpu_info, describe_machine
+    from alignray.core.machine import cpu_info, describe_machine
     cpuinfo = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n"
                "model name\t: AMD EPYC 7B13\nflags\t\t: fpu avx2 fma\n\nprocessor\t: 1\nmodel name\t: other\n")
     info = cpu_info(cpuinfo)

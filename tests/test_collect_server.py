@@ -21,7 +21,7 @@ import requests
 
 from alignray.collect.store import LabelStore
 from alignray.config.collect import CollectConfig, CollectQualityConfig
-from alignray.serve_api import AuthConfigError
+from alignray.serving.api import AuthConfigError
 
 ADMIN_TOKEN = "collect-admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

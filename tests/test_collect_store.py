@@ -13,7 +13,7 @@ from alignray.collect.ratelimit import RateLimiter
 from alignray.collect.store import LabelStore, StoreError
 from alignray.collect.tasks import gold_count, mixed_queue, read_tasks
 from alignray.config.collect import CollectConfig, CollectQualityConfig
-from alignray.data import render_conversation
+from alignray.data.prompts import render_conversation
 from alignray.feedback.schema import read_feedback, write_feedback
 
 FORMS = ["pairwise", "ranking", "thumbs", "rating"]

@@ -11,14 +11,14 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from alignray.config import DataConfig
-from alignray.data import PROMPT_SCHEMA, parse_rendering, render_conversation
+from alignray.data.prompts import PROMPT_SCHEMA, parse_rendering, render_conversation
 from alignray.feedback.sampling import load_policy, sample_policy_responses
-from alignray.modeling import load_tokenizer
+from alignray.models.modeling import load_tokenizer
 from alignray.reward.model import encode_texts
-from alignray.sft import tokenize_batch
-from alignray.validation import write_parquet
+from alignray.sft.training import tokenize_batch
+from alignray.data.validation import write_parquet
 from alignray.workflows.evaluate import answer
-from alignray.data import load_prompt_texts
+from alignray.data.prompts import load_prompt_texts
 from alignray.workflows.ppo import PPOCoordinator
 
 TURNS = [{"role": "user", "content": "where is the cat ?"}, {"role": "assistant", "content": "the cat is here ."},

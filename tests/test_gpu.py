@@ -13,8 +13,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from alignray.generation import response_logits, sample_responses, token_logprobs
-from alignray.static_decoder import StaticDecoder
+from alignray.models.generation import response_logits, sample_responses, token_logprobs
+from alignray.models.static_decoder import StaticDecoder
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 REPO = Path(__file__).resolve().parent.parent
@@ -88,7 +88,7 @@ def test_colocated_ppo_at_the_smollm2_shape_passes_the_probe_on_one_gpu(tmp_path
     import pyarrow.parquet as pq
     from hydra import compose, initialize_config_dir
 
-    from alignray.metrics import read_metrics
+    from alignray.core.metrics import read_metrics
     from alignray.workflows.common import CONFIG_PATH
     from alignray.workflows.ppo import run_ppo
     bench = load_ppo_gpu_benchmark()

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from alignray.data import read_demonstrations, read_prompts, render_conversation
+from alignray.data.prompts import read_demonstrations, read_prompts, render_conversation
 from alignray.feedback.schema import read_feedback, read_feedback_files
 from alignray.importers import ImportOptions, import_file
 from alignray.workflows import convert
@@ -193,7 +193,7 @@ def test_convert_command_writes_valid_split_files(tmp_path):
 
 
 def test_conversation_must_match_its_prompt(tmp_path):
-    from alignray.data import PROMPT_SCHEMA
+    from alignray.data.prompts import PROMPT_SCHEMA
     turns = [{"role": "user", "content": "A"}, {"role": "assistant", "content": "B"}, {"role": "user", "content": "C"}]
     rows = [{"prompt_id": "0", "prompt": render_conversation(turns), "conversation": turns},
             {"prompt_id": "1", "prompt": "C", "conversation": turns},

@@ -1,4 +1,4 @@
-"""The evaluation's judges (alignray/judges.py, ppo.eval.judge): each kind on the tiny model,
+"""The evaluation's judges (alignray/evaluation/judges.py, ppo.eval.judge): each kind on the tiny model,
 through the real evaluation (alignray.workflows.evaluate), and the errors of a wrong choice."""
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from omegaconf import OmegaConf
 
 from alignray.config.ppo import PPOEvalConfig
 from alignray.config.root import AlignrayConfig
-from alignray.evaluation import IMPLICIT_REWARD_ACCURACY
+from alignray.evaluation.compare import IMPLICIT_REWARD_ACCURACY
 from alignray.feedback.schema import pairwise_feedback, ranking_feedback, write_feedback
-from alignray.judges import (PreferencePairs, implicit_reward_accuracy, make_scorer, read_preference_pairs,
+from alignray.evaluation.judges import (PreferencePairs, implicit_reward_accuracy, make_scorer, read_preference_pairs,
                              resolve_judge)
-from alignray.modeling import load_causal_lm, load_tokenizer
+from alignray.models.modeling import load_causal_lm, load_tokenizer
 from alignray.workflows.evaluate import evaluate_policies
 from alignray.workflows.report import evaluation_section, headline
 from tests.conftest import OPENINGS, score_endpoint

@@ -1,4 +1,4 @@
-"""Where the PPO actors and Ray Train workers go (alignray/layout.py), and whether the
+"""Where the PPO actors and Ray Train workers go (alignray/ppo/layout.py), and whether the
 machines each preset is for can hold them: every preset of conf/experiment x conf/cluster
 is planned against the nodes of every shipped manifest (cluster/ray-cluster.yaml,
 cluster/rayjob.yaml) or the local machine it describes, without starting Ray."""
@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from alignray.config import ClusterConfig
-from alignray.layout import capacity_error, choose_sync_method, plan_layout, sync_methods, unplaceable
+from alignray.ppo.layout import capacity_error, choose_sync_method, plan_layout, sync_methods, unplaceable
 from alignray.cluster.manifests import MANIFESTS, load_manifest
 from alignray.workflows.common import CONFIG_PATH
 

@@ -1,9 +1,9 @@
-"""Model cards (alignray/model_card.py): the README.md of a saved model folder parses as a
+"""Model cards (alignray/core/model_card.py): the README.md of a saved model folder parses as a
 Hugging Face card. The cards of the trained folders are checked where the suite trains them
 (test_pretrain, test_sft, test_reward_model, test_ppo_run, test_deepspeed_strategy)."""
 import pytest
 
-from alignray.model_card import ModelCard, hub_id, read_model_card, render, write_model_card
+from alignray.core.model_card import ModelCard, hub_id, read_model_card, render, write_model_card
 
 
 def test_a_card_round_trips_with_its_front_matter_and_sections(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from transformers import GPT2Config, LlamaConfig
 
-from alignray.modeling import check_position_limit, position_limit
+from alignray.models.modeling import check_position_limit, position_limit
 
 
 def test_position_limit_reads_either_config_key_from_a_model_a_config_or_a_folder(tmp_path):

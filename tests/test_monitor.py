@@ -12,15 +12,15 @@ import pytest
 import torch
 
 from alignray.actors.reward import target_word_share
-from alignray.artifacts import MONITOR_FILE, OVEROPTIMISATION_FIGURE, SUMMARY_FILE
+from alignray.core.artifacts import MONITOR_FILE, OVEROPTIMISATION_FIGURE, SUMMARY_FILE
 from alignray.config.ppo import MonitorConfig
-from alignray.data import format_prompt, read_prompts
-from alignray.evaluation import bootstrap_ci
+from alignray.data.prompts import format_prompt, read_prompts
+from alignray.evaluation.compare import bootstrap_ci
 from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, judge_scores
-from alignray.generation import decode_responses, sample_responses
-from alignray.metrics import read_metrics
-from alignray.modeling import load_causal_lm, load_tokenizer
-from alignray.monitor import MonitorCheck, alarms, best_check, checkpoints_to_keep, plot_overoptimisation, read_history
+from alignray.models.generation import decode_responses, sample_responses
+from alignray.core.metrics import read_metrics
+from alignray.models.modeling import load_causal_lm, load_tokenizer
+from alignray.ppo.monitor import MonitorCheck, alarms, best_check, checkpoints_to_keep, plot_overoptimisation, read_history
 from alignray.workflows.ppo import run_ppo
 from tests.conftest import score_endpoint
 from tests.test_ppo_run import run_config

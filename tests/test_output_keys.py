@@ -1,12 +1,12 @@
 """Every phase's output folder is keyed by what changes its result and by nothing else
-(alignray.artifacts declares it per phase; alignray.workflows.common computes it), checked on
+(alignray.core.artifacts declares it per phase; alignray.workflows.common computes it), checked on
 configs composed by Hydra exactly as the apps compose them."""
 import dataclasses
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-from alignray.artifacts import (
+from alignray.core.artifacts import (
     DATA,
     EVALUATION,
     FEEDBACK,
@@ -15,7 +15,7 @@ from alignray.artifacts import (
     REWARD,
     SFT,
 )
-from alignray.base_model import resolve_base_model
+from alignray.pretrain.base_model import resolve_base_model
 from alignray.workflows.common import CONFIG_PATH, output_key, phase_settings
 from alignray.workflows.sft import sft_output_dir
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from alignray import artifacts
-from alignray.report import PAGE_CONTENT_PX, png_size
+from alignray.core import artifacts
+from alignray.core.report import PAGE_CONTENT_PX, png_size
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -99,7 +99,7 @@ def test_a_run_report_has_readable_figures_and_tables(tiny_run):
 
 
 def test_each_phase_folder_holds_only_what_its_declaration_lists(tiny_run):
-    """alignray.artifacts.PHASE_OUTPUTS names what each phase writes: a run's folders hold
+    """alignray.core.artifacts.PHASE_OUTPUTS names what each phase writes: a run's folders hold
     nothing else, and every phase of the pipeline left its folder."""
     folders = [p for p in (tiny_run[0] / "runs").iterdir() if p.name != "report"]
     # the per-split names (PROMPTS_FILE, ...) stand for one file per split

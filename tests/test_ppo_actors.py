@@ -15,9 +15,9 @@ from alignray.actors.base import ModelActorDied
 from alignray.actors.reward import RewardActor, target_word_share
 from alignray.actors.weight_sync import WeightSyncError, named_weights
 from alignray.config import AlignrayConfig
-from alignray.experience import Experience
-from alignray.layout import choose_sync_method
-from alignray.modeling import load_causal_lm
+from alignray.ppo.experience import Experience
+from alignray.ppo.layout import choose_sync_method
+from alignray.models.modeling import load_causal_lm
 from alignray.workflows.ppo import PPOCoordinator
 
 

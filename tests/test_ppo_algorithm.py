@@ -380,7 +380,7 @@ def test_length_sorted_parts_group_similar_lengths_and_cover_each_row_once():
 
 
 def test_a_batch_splits_into_shards_of_whole_groups():
-    from alignray.experience import PromptBatch
+    from alignray.ppo.experience import PromptBatch
     batch = PromptBatch(torch.arange(5).repeat_interleave(3), torch.zeros(15, 2), torch.ones(15, 2))
     shards = batch.split(2, group_size=3)  # 5 groups: 2 and 3 of them (linspace 0, 2.5, 5 rounds to even)
     assert [s.prompt_index.tolist() for s in shards] == [[0] * 3 + [1] * 3, [2] * 3 + [3] * 3 + [4] * 3]

@@ -20,7 +20,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from alignray.metrics import read_metrics
+from alignray.core.metrics import read_metrics
 from alignray.workflows.common import CONFIG_PATH
 from alignray.workflows.ppo import run_ppo
 

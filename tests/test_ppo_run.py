@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from alignray.config.ppo import RewardFunctionConfig
-from alignray.metrics import read_metrics
-from alignray.model_card import read_model_card
+from alignray.core.metrics import read_metrics
+from alignray.core.model_card import read_model_card
 from tests.test_ppo_actors import small_config
 from alignray.workflows.common import CONFIG_PATH
 from alignray.workflows.evaluate import evaluate_policies

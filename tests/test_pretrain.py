@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from alignray.embedded.pretrain import TINY_TEST_RECIPE, recipe_hash
-from alignray.model_card import read_model_card
+from alignray.pretrain.embedded import TINY_TEST_RECIPE, recipe_hash
+from alignray.core.model_card import read_model_card
 
 
 def test_pretraining_lowers_heldout_loss(tiny_base_model):

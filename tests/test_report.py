@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from alignray.feedback.report import _agreement_figure
-from alignray.metrics import plot_curves, plot_stage_times, stage_stack
-from alignray.report import PAGE_CONTENT_PX, Section, png_size, write_report
+from alignray.core.metrics import plot_curves, plot_stage_times, stage_stack
+from alignray.core.report import PAGE_CONTENT_PX, Section, png_size, write_report
 from alignray.workflows.ppo import SEQUENTIAL_STAGES
 from alignray.workflows.report import feedback_section
 
@@ -119,7 +119,7 @@ def test_feedback_counts_are_tables_not_python_literals(tmp_path):
 def test_a_figure_wider_than_the_page_is_logged(tmp_path, caplog):
     figure = tmp_path / "wide.png"
     Image.new("RGB", (PAGE_CONTENT_PX + 1, 50), "white").save(figure)
-    with caplog.at_level(logging.WARNING, logger="alignray.report"):
+    with caplog.at_level(logging.WARNING, logger="alignray.core.report"):
         write_report(tmp_path / "report", "t", [Section("s", figures=[figure])])
     assert f"{PAGE_CONTENT_PX + 1} px wide" in caplog.text
 

@@ -15,8 +15,8 @@ from alignray.feedback import annotator_quality, annotator_weights, build_traini
 from alignray.feedback.simulated import BY_LENIENCY, HELD_OUT_JUDGE_RATERS, make_annotator_pool, simulate_feedback
 from alignray.reward.model import (ENSEMBLE_FILE, MEAN_KEY, STD_KEY, RewardModel, encode_texts, init_reward_model,
                                    load_reward_model, reference_statistics, save_reward_model)
-from alignray.metrics import read_metrics
-from alignray.model_card import read_model_card
+from alignray.core.metrics import read_metrics
+from alignray.core.model_card import read_model_card
 from alignray.workflows.common import CONFIG_PATH
 
 PROMPTS = ["i think", "today was", "my flight", "this phone"]

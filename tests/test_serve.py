@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from alignray.config import ServeConfig
-from alignray.serve_api import (AuthConfigError, BatchStats, LimitExceeded, ModelInfo,
+from alignray.serving.api import (AuthConfigError, BatchStats, LimitExceeded, ModelInfo,
                                 Normalization, RequestLimits, ScoredItems, StatsResponse,
                                 build_reward_api, check_bind_is_safe, check_limits, is_loopback,
                                 load_token, token_digest, token_matches)

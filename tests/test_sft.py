@@ -12,12 +12,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from alignray.config import DataConfig
-from alignray.data import DEMONSTRATION_SCHEMA, prepare_embedded_data
-from alignray.metrics import read_metrics
-from alignray.model_card import read_model_card
-from alignray.modeling import load_tokenizer
-from alignray.sft import tokenize_demonstrations
-from alignray.validation import DataValidationError
+from alignray.data.prompts import DEMONSTRATION_SCHEMA, prepare_embedded_data
+from alignray.core.metrics import read_metrics
+from alignray.core.model_card import read_model_card
+from alignray.models.modeling import load_tokenizer
+from alignray.sft.training import tokenize_demonstrations
+from alignray.data.validation import DataValidationError
 from alignray.workflows.common import CONFIG_PATH
 from alignray.workflows.ray_train import TrainingInterrupted
 from alignray.workflows.sft import load_demonstrations, run_sft, trained_history

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from alignray.embedded.vader import NUM_RATERS, VADER_LEXICON_SCHEMA, load_vader_lexicon, tokenize, vader_raters
+from alignray.data.vader import NUM_RATERS, VADER_LEXICON_SCHEMA, load_vader_lexicon, tokenize, vader_raters
 from alignray.feedback.aggregate import build_training_tables
 from alignray.feedback.quality import annotator_quality, annotator_weights
 from alignray.feedback.schema import validate_feedback

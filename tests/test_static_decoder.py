@@ -1,4 +1,4 @@
-"""The fast generation path (alignray/static_decoder.py) against the reference path.
+"""The fast generation path (alignray/models/static_decoder.py) against the reference path.
 
 Both paths sample with the same draws, so for one seed they pick the same tokens; the
 log-probs the fast path records must match a full forward of the reference model over the
@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from alignray.generation import HFDecoder, response_logits, sample_responses, token_logprobs
-from alignray.static_decoder import StaticDecoder, make_decoder
+from alignray.models.generation import HFDecoder, response_logits, sample_responses, token_logprobs
+from alignray.models.static_decoder import StaticDecoder, make_decoder
 
 LOGPROB_TOLERANCE = 1e-4
 VOCAB, EOS, PAD = 96, 3, 0

@@ -16,9 +16,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from alignray.config import DataConfig
-from alignray.data import prepare_embedded_data
-from alignray.metrics import MetricsLogger, following, read_metrics
-from alignray.tracking import TrackingSettings, log_summary, open_tracker, tracking_settings
+from alignray.data.prompts import prepare_embedded_data
+from alignray.core.metrics import MetricsLogger, following, read_metrics
+from alignray.core.tracking import TrackingSettings, log_summary, open_tracker, tracking_settings
 from alignray.workflows.common import CONFIG_PATH
 
 PARAMS = {"sft.lr": 0.001, "seed": 3, "name": "tiny"}

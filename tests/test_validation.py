@@ -2,7 +2,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from alignray.validation import (
+from alignray.data.validation import (
     DataValidationError,
     RowError,
     ValidationReport,

@@ -36,7 +36,7 @@ from alignray.collect.tasks import mixed_queue, read_tasks
 from alignray.config.collect import ACTIONS, CollectConfig
 from alignray.feedback.quality import POLICIES
 from alignray.feedback.schema import DEFAULT_FLAWS, KINDS, write_feedback
-from alignray.serve_api import AuthConfigError, check_bind_is_safe, load_token, token_digest
+from alignray.serving.api import AuthConfigError, check_bind_is_safe, load_token, token_digest
 from alignray.workflows.common import CONFIG_PATH, start_app
 from alignray.workflows.serve import http_options, serve_until_stopped
 

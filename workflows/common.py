@@ -1,5 +1,5 @@
 """What every Hydra app does first: register the schemas, log and save its resolved
-config, and find (or reuse) the folder of a phase's output (keyed as alignray.artifacts
+config, and find (or reuse) the folder of a phase's output (keyed as alignray.core.artifacts
 declares)."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from alignray import CONF_DIR
-from alignray.artifacts import DATA, PhaseOutput, is_complete, mark_complete  # noqa: F401  (the apps take them from here)
+from alignray.core.artifacts import DATA, PhaseOutput, is_complete, mark_complete  # noqa: F401  (the apps take them from here)
 from alignray.config import register_configs
-from alignray.data import prepare_embedded_data
+from alignray.data.prompts import prepare_embedded_data
 
 register_configs()
 # Workers and actors inherit these: no telemetry.
@@ -100,7 +100,7 @@ def phase_dir(cfg: DictConfig, phase: PhaseOutput, **inputs) -> Path:
 
 
 def embedded_data_dir(cfg: DictConfig) -> Path:
-    """The embedded default's prompts and demonstrations (alignray.artifacts names the
+    """The embedded default's prompts and demonstrations (alignray.core.artifacts names the
     files), prepared once per data config and reused."""
     data_dir = phase_dir(cfg, DATA)
     if not is_complete(data_dir):

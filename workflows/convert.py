@@ -19,12 +19,12 @@ import json
 import sys
 from pathlib import Path
 
-from alignray.artifacts import DEMONSTRATIONS_FILE, PROMPTS_FILE
-from alignray.data import DEMONSTRATION_SCHEMA, PROMPT_SCHEMA
-from alignray.embedded.tweets import is_heldout
+from alignray.core.artifacts import DEMONSTRATIONS_FILE, PROMPTS_FILE
+from alignray.data.prompts import DEMONSTRATION_SCHEMA, PROMPT_SCHEMA
+from alignray.data.tweets import is_heldout
 from alignray.feedback.schema import write_feedback
 from alignray.importers import CONVERTERS, ImportOptions, Imported, import_file
-from alignray.validation import write_parquet
+from alignray.data.validation import write_parquet
 
 FEEDBACK_SPLIT_FILE = "feedback_{split}.parquet"
 SUMMARY_FILE = "convert_summary.json"

@@ -14,7 +14,7 @@ every response once, before training (an actor pool of one `ReferenceLogprobs`),
 training pairs ``dpo.max_steps`` reaches (a budget under one epoch trains only the first
 ``max_steps * batch_size`` pairs of the fixed order; the rest are counted, not scored); Ray Train
 workers then drive the DeepSpeed strategy through the shared loop (workflows/ray_train.py).
-The losses are in alignray/dpo.py.
+The losses are in alignray/dpo/training.py.
 
 Output ``<workdir>/dpo-<hash>/``: ``model/`` (the policy, Hugging Face format, with its
 model card), ``metrics.jsonl`` (train and held-out loss, implicit-reward accuracy and
@@ -37,26 +37,26 @@ import ray.data
 from omegaconf import DictConfig, OmegaConf
 
 from alignray.actors import runtime
-from alignray.artifacts import DPO, LOSS_FIGURE, METRICS_FILE, SUMMARY_FILE
-from alignray.dpo import (ReferenceLogprobs, build_policy, check_loss_settings, collate_pair_rows, dpo_batch_loss,
+from alignray.core.artifacts import DPO, LOSS_FIGURE, METRICS_FILE, SUMMARY_FILE
+from alignray.dpo.training import (ReferenceLogprobs, build_policy, check_loss_settings, collate_pair_rows, dpo_batch_loss,
                           tokenize_pairs_batch)
-from alignray.metrics import plot_curves, read_metrics
-from alignray.model_card import ModelCard, write_model_card
-from alignray.modeling import check_position_limit
-from alignray.sft import sequence_length
+from alignray.core.metrics import plot_curves, read_metrics
+from alignray.core.model_card import ModelCard, write_model_card
+from alignray.models.modeling import check_position_limit
+from alignray.sft.training import sequence_length
 from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
 from alignray.workflows.ray_train import (TrainLoopConfig, TrainTask, copy_final_model, fit, rows_within_budget,
                                           run_folder, steps_per_epoch)
 from alignray.workflows.reward_model import read_training_tables, split_examples, upstream_inputs
 from alignray.workflows.sft import trained_history
 
-log = logging.getLogger("alignray.dpo")
+log = logging.getLogger("alignray.dpo.training")
 
 BATCH_ROWS = 256  # pairs per Ray Data batch (tokenising, reference log-probs)
 
 
 def dpo_output_dir(cfg: DictConfig, sft_model: str, feedback_dir: Path) -> Path:
-    """Named by what alignray.artifacts.DPO declares decides the policy."""
+    """Named by what alignray.core.artifacts.DPO declares decides the policy."""
     return phase_dir(cfg, DPO, sft_model=str(Path(sft_model).resolve()), feedback=str(feedback_dir.resolve()))
 
 

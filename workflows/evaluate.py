@@ -5,18 +5,18 @@ win honest?
     python -m alignray.workflows.evaluate ... data=files ... ppo.eval.judge=pairs \
         ppo.eval.pairs_path=<held-out feedback parquet>
 
-Output, ``<workdir>/eval-<hash>/`` (keyed as alignray.artifacts.EVALUATION declares: the
+Output, ``<workdir>/eval-<hash>/`` (keyed as alignray.core.artifacts.EVALUATION declares: the
 seed, the evaluation's own settings and sizes, its judge and the judge's settings, PPO's
 sampling settings, the models judged): ``eval.json``, ``samples.jsonl``, ``summary.json``;
 reused when complete.
 
 Both policies answer the same held-out prompts (same sampling settings as PPO, same seed).
-The judge (``ppo.eval.judge``, alignray.judges) gives the figure: the win-rate of PPO's
+The judge (``ppo.eval.judge``, alignray.evaluation.judges) gives the figure: the win-rate of PPO's
 answers over SFT's by the held-out annotators 6-10 (embedded default), a reward endpoint or a
 gold reward model, or, for ``pairs``, the implicit-reward accuracy on held-out preference
 pairs (an accuracy, not a win-rate). Reported next to it with its bootstrap interval: KL to
 the SFT (reference) model per response, constraint-violation rates before and after, and
-the guards of ``alignray.evaluation``: degenerate share, mean length against SFT's, fluency
+the guards of ``alignray.evaluation.compare``: degenerate share, mean length against SFT's, fluency
 (mean log-likelihood per token under the SFT model). A win-rate above 0.9 is a warning, not
 success.
 """
@@ -31,18 +31,18 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from alignray.artifacts import EVAL_FILE, EVALUATION, PROMPTS_COPY_DIR, SAMPLES_FILE
-from alignray.base_model import resolve_base_model
-from alignray.data import format_prompt, prepare_embedded_data, read_prompts
-from alignray.evaluation import WIN_RATE, GuardReport, bootstrap_ci, words
+from alignray.core.artifacts import EVAL_FILE, EVALUATION, PROMPTS_COPY_DIR, SAMPLES_FILE
+from alignray.pretrain.base_model import resolve_base_model
+from alignray.data.prompts import format_prompt, prepare_embedded_data, read_prompts
+from alignray.evaluation.compare import WIN_RATE, GuardReport, bootstrap_ci, words
 from alignray.feedback.simulated import TRAINING_RATERS, judge_scores
-from alignray.generation import (decode_responses, disable_dropout, encode_prompts, response_logits,
+from alignray.models.generation import (decode_responses, disable_dropout, encode_prompts, response_logits,
                                  sample_responses, token_logprobs)
-from alignray.judges import (describe, implicit_reward_accuracy, make_scorer, metric_of, read_preference_pairs,
+from alignray.evaluation.judges import (describe, implicit_reward_accuracy, make_scorer, metric_of, read_preference_pairs,
                              resolve_judge)
-from alignray.modeling import load_causal_lm, load_tokenizer
+from alignray.models.modeling import load_causal_lm, load_tokenizer
 from alignray.ppo import ConstraintPenalty, masked_sum
-from alignray.tracking import log_summary, tracking_settings
+from alignray.core.tracking import log_summary, tracking_settings
 from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
 
 log = logging.getLogger("alignray.evaluate")
@@ -79,7 +79,7 @@ def logprobs_under(model, chunks, temperature: float) -> list[torch.Tensor]:
 def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path: str | None,
                       out_dir: str | Path, base_path: str | None = None) -> dict:
     """Judge PPO against SFT on held-out prompts with the judge ``ppo.eval.judge`` names
-    (alignray.judges); writes ``eval.json`` and ``samples.jsonl`` (responses side by side) in
+    (alignray.evaluation.judges); writes ``eval.json`` and ``samples.jsonl`` (responses side by side) in
     ``out_dir`` and returns what eval.json holds. ``reference_prompts_path`` None means the
     embedded default's held-out prompts. With ``base_path``, the pretrained model's answers
     join the side-by-side samples."""

@@ -10,7 +10,7 @@ validated, aggregated into reward-model training tables and reported, as a Hydra
 responses sampled from the policy model; annotators reading through VADER raters
 1..``train_annotators`` (plus an injected bad-faith share) give every form of feedback. With
 ``ai_share > 0`` that share of the pairwise items is judged by the AI judge instead
-(source ``ai``, annotator ``ai-judge``; actors/judge.py, alignray/rlaif.py,
+(source ``ai``, annotator ``ai-judge``; actors/judge.py, alignray/feedback/rlaif.py,
 alignray/feedback/ai_share.py). Pairs of
 responses to held-out prompts are judged by the training raters and by the held-out raters
 6-10; the AI judge, when it runs, judges them too, and its agreement with the held-out
@@ -41,9 +41,9 @@ from omegaconf import DictConfig
 
 from alignray.actors import runtime
 from alignray.actors.judge import judge_with_actor_pool
-from alignray.artifacts import (FEEDBACK, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, HELDOUT_PAIRS_FILE, PAIRS_FILE, POINTWISE_FILE,
+from alignray.core.artifacts import (FEEDBACK, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, HELDOUT_PAIRS_FILE, PAIRS_FILE, POINTWISE_FILE,
                                 PROMPTS_FILE)
-from alignray.base_model import resolve_base_model
+from alignray.pretrain.base_model import resolve_base_model
 from alignray.feedback import (annotator_quality, annotator_weights, build_training_tables, validate_feedback,
                                write_feedback, write_feedback_report)
 from alignray.feedback.aggregate import PAIRS_SCHEMA, POINTWISE_SCHEMA
@@ -54,8 +54,8 @@ from alignray.feedback.sampling import load_policy, prompt_conversations, sample
 from alignray.feedback.schema import read_feedback_files
 from alignray.feedback.simulated import (HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, annotator_id, heldout_feedback,
                                          training_feedback)
-from alignray.tracking import log_summary, tracking_settings
-from alignray.validation import ValidationReport, write_parquet
+from alignray.core.tracking import log_summary, tracking_settings
+from alignray.data.validation import ValidationReport, write_parquet
 from alignray.workflows.common import CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, start_app
 
 log = logging.getLogger("alignray.feedback")

@@ -4,7 +4,7 @@
     python -m alignray.workflows.pipeline ppo.steps=80 name=longer
     python -m alignray.workflows.pipeline -m ppo.kl.coef=0.1,0.2 # a sweep: one run folder per setting
 
-Each phase writes its output to `<workdir>/<phase>-<output key>/` (alignray.artifacts declares
+Each phase writes its output to `<workdir>/<phase>-<output key>/` (alignray.core.artifacts declares
 what each key hashes) and the next phase reads it from there; a phase whose output is
 complete for the same settings is reused, so a re-run after a failure picks up where the
 failed one stopped, and the jobs of a sweep share what their settings share. The report goes
@@ -22,9 +22,9 @@ import hydra
 from omegaconf import DictConfig
 
 from alignray.actors import runtime
-from alignray.artifacts import MODEL_DIR, POLICY_DIR
-from alignray.base_model import resolve_base_model
-from alignray.tracking import tracking_settings
+from alignray.core.artifacts import MODEL_DIR, POLICY_DIR
+from alignray.pretrain.base_model import resolve_base_model
+from alignray.core.tracking import tracking_settings
 from alignray.workflows.common import CONFIG_PATH, start_app
 from alignray.workflows.evaluate import run_evaluation
 from alignray.workflows.feedback import run_feedback

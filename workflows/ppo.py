@@ -37,19 +37,19 @@ from alignray.actors.rollout import PendingRollout
 from alignray.actors.runtime import ray_session
 from alignray.actors.weight_sync import WeightSync
 from alignray.config.ppo import PPOConfig
-from alignray.data import format_prompt, load_prompt_texts, response_text
-from alignray.experience import (CriticTrainStats, Experience, PolicyTrainStats, PromptBatch, PromptStream,
+from alignray.data.prompts import format_prompt, load_prompt_texts, response_text
+from alignray.ppo.experience import (CriticTrainStats, Experience, PolicyTrainStats, PromptBatch, PromptStream,
                                  Rollout, build_experience, encode_prompt_batch, sequence_scores, step_metrics)
-from alignray.generation import decode_responses
-from alignray.artifacts import (CURVES_FIGURE, METRICS_FILE, OVEROPTIMISATION_FIGURE, POLICY_DIR, PPO,
+from alignray.models.generation import decode_responses
+from alignray.core.artifacts import (CURVES_FIGURE, METRICS_FILE, OVEROPTIMISATION_FIGURE, POLICY_DIR, PPO,
                                 STAGE_TIMES_FIGURE)
-from alignray.base_model import resolve_base_model
-from alignray.metrics import (MetricsLogger, StageTimes, keep_metrics_until, plot_curves, plot_stage_times,
+from alignray.pretrain.base_model import resolve_base_model
+from alignray.core.metrics import (MetricsLogger, StageTimes, keep_metrics_until, plot_curves, plot_stage_times,
                               read_metrics)
-from alignray.monitor import best_check, plot_overoptimisation
-from alignray.model_card import ppo_policy_card, write_model_card
-from alignray.modeling import check_position_limit, load_tokenizer
-from alignray.tracking import TrackingSettings, open_tracker, tracking_settings
+from alignray.ppo.monitor import best_check, plot_overoptimisation
+from alignray.core.model_card import ppo_policy_card, write_model_card
+from alignray.models.modeling import check_position_limit, load_tokenizer
+from alignray.core.tracking import TrackingSettings, open_tracker, tracking_settings
 from alignray.ppo import (
     AGGREGATIONS,
     KL_ESTIMATORS,

@@ -12,9 +12,9 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from alignray.base_model import resolve_base_model
-from alignray.modeling import load_causal_lm, load_tokenizer
-from alignray.tracking import tracking_settings
+from alignray.pretrain.base_model import resolve_base_model
+from alignray.models.modeling import load_causal_lm, load_tokenizer
+from alignray.core.tracking import tracking_settings
 from alignray.workflows.common import CONFIG_PATH, start_app
 
 log = logging.getLogger("alignray.pretrain")

@@ -55,12 +55,12 @@ from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, 
 from ray.train.torch import TorchTrainer
 
 from alignray.actors.runtime import wait_for_capacity
-from alignray import deepspeed_strategy as strategy
-from alignray.artifacts import MODEL_DIR, RAY_TRAIN_DIR
+from alignray.models import deepspeed_strategy as strategy
+from alignray.core.artifacts import MODEL_DIR, RAY_TRAIN_DIR
 from alignray.config.training import DeepSpeedConfig
-from alignray.metrics import MetricsLogger, following
-from alignray.modeling import load_tokenizer
-from alignray.tracking import TrackingSettings, open_tracker
+from alignray.core.metrics import MetricsLogger, following
+from alignray.models.modeling import load_tokenizer
+from alignray.core.tracking import TrackingSettings, open_tracker
 
 RUN_NAME = RAY_TRAIN_DIR  # the Ray Train run folder inside a phase's output folder
 # What a progress line shows of a worker's record (each record holds some of them)

@@ -11,13 +11,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from alignray.artifacts import (AGREEMENT_FIGURE, CALIBRATION_FIGURE, CURVES_FIGURE, ELO_FIGURE, EVAL_FILE,
+from alignray.core.artifacts import (AGREEMENT_FIGURE, CALIBRATION_FIGURE, CURVES_FIGURE, ELO_FIGURE, EVAL_FILE,
                                 LOSS_FIGURE, METRICS_FILE, RATINGS_FIGURE, REPORT_FILE, SAMPLES_FILE,
                                 MONITOR_FILE, OVEROPTIMISATION_FIGURE, STAGE_TIMES_FIGURE, SUMMARY_FILE)
-from alignray.evaluation import IMPLICIT_REWARD_ACCURACY, METRIC_LABELS, WIN_RATE
-from alignray.metrics import read_metrics
-from alignray.monitor import read_history
-from alignray.report import Section, write_report
+from alignray.evaluation.compare import IMPLICIT_REWARD_ACCURACY, METRIC_LABELS, WIN_RATE
+from alignray.core.metrics import read_metrics
+from alignray.ppo.monitor import read_history
+from alignray.core.report import Section, write_report
 
 SAMPLES_IN_REPORT = 8
 

@@ -49,22 +49,22 @@ import ray.data
 from omegaconf import DictConfig, OmegaConf
 
 from alignray.actors import runtime
-from alignray.artifacts import (CALIBRATION_FIGURE, EVAL_FILE, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, LOSS_FIGURE,
+from alignray.core.artifacts import (CALIBRATION_FIGURE, EVAL_FILE, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, LOSS_FIGURE,
                                 METRICS_FILE, MODEL_DIR, PAIRS_FILE, POINTWISE_FILE, REWARD, SUMMARY_FILE)
-from alignray.base_model import resolve_base_model
-from alignray.embedded.tweets import is_heldout
+from alignray.pretrain.base_model import resolve_base_model
+from alignray.data.tweets import is_heldout
 from alignray.feedback import PAIRS_SCHEMA, POINTWISE_SCHEMA, build_training_tables, read_feedback
 from alignray.feedback.groups import (GROUP_PANEL, TRAINED_ON, cross_group_accuracy, group_training_tables,
                                       heldout_prompt_rows)
-from alignray.metrics import plot_curves, read_metrics
-from alignray.model_card import ModelCard, write_model_card
+from alignray.core.metrics import plot_curves, read_metrics
+from alignray.core.model_card import ModelCard, write_model_card
 from alignray.reward.evaluation import annotator_groups, evaluate_against_panels, plot_calibration
 from alignray.reward.model import (assemble_reward_ensemble, load_reward_model, minilm_backbone_path,
                                    reference_statistics, reward_model_card, reward_texts, save_normalization)
 from alignray.reward.training import (build_reward_model, collate_reward_rows, reward_batch_loss,
                                       training_examples)
-from alignray.tracking import tracking_settings
-from alignray.validation import validate_table
+from alignray.core.tracking import tracking_settings
+from alignray.data.validation import validate_table
 from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
 from alignray.workflows.feedback import run_feedback
 from alignray.workflows.ray_train import TrainLoopConfig, TrainTask, copy_final_model, fit, steps_per_epoch

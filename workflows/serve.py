@@ -6,7 +6,7 @@
     serve run cluster/serve/serve_config.yaml                   # production: a Serve config
     serve run alignray.workflows.serve:app_builder model_path=PATH       # Serve's CLI, same checks
 
-The HTTP API (routes, limits, authentication) is `alignray.serve_api`; this module adds
+The HTTP API (routes, limits, authentication) is `alignray.serving.api`; this module adds
 what needs Ray: the replica that holds the model, `@serve.batch`, and the deployment
 options. Serve restarts a replica whose actor dies or whose health check fails.
 """
@@ -30,9 +30,9 @@ from ray.serve import Application
 
 from alignray.actors import runtime
 from alignray.config import ServeConfig
-from alignray.modeling import pick_device, training_dtype
+from alignray.models.modeling import pick_device, training_dtype
 from alignray.reward.model import ENSEMBLE_FILE, load_reward_model, reward_member_dirs, reward_texts
-from alignray.serve_api import (BatchStats, ModelInfo, Normalization, RequestLimits, ScoredItems,
+from alignray.serving.api import (BatchStats, ModelInfo, Normalization, RequestLimits, ScoredItems,
                                 StatsResponse, build_reward_api, check_bind_is_safe, is_loopback,
                                 load_token, token_digest)
 from alignray.workflows.common import CONFIG_PATH, start_app

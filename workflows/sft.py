@@ -35,20 +35,20 @@ import ray.data
 from omegaconf import DictConfig, OmegaConf
 
 from alignray.actors import runtime
-from alignray.artifacts import DEMONSTRATIONS_FILE, LOSS_FIGURE, METRICS_FILE, SFT
-from alignray.base_model import resolve_base_model
+from alignray.core.artifacts import DEMONSTRATIONS_FILE, LOSS_FIGURE, METRICS_FILE, SFT
+from alignray.pretrain.base_model import resolve_base_model
 from alignray.config.training import DeepSpeedConfig
-from alignray.data import read_demonstrations
-from alignray.embedded.tweets import is_heldout
-from alignray.metrics import plot_curves, read_metrics
-from alignray.model_card import ModelCard, write_model_card
-from alignray.modeling import check_position_limit, load_causal_lm
-from alignray.sft import collate_token_rows, response_token_loss, sequence_length, tokenize_batch
-from alignray.tracking import tracking_settings
+from alignray.data.prompts import read_demonstrations
+from alignray.data.tweets import is_heldout
+from alignray.core.metrics import plot_curves, read_metrics
+from alignray.core.model_card import ModelCard, write_model_card
+from alignray.models.modeling import check_position_limit, load_causal_lm
+from alignray.sft.training import collate_token_rows, response_token_loss, sequence_length, tokenize_batch
+from alignray.core.tracking import tracking_settings
 from alignray.workflows.common import CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, start_app
 from alignray.workflows.ray_train import TrainLoopConfig, TrainTask, copy_final_model, fit, run_folder, steps_per_epoch
 
-log = logging.getLogger("alignray.sft")
+log = logging.getLogger("alignray.sft.training")
 
 SFT_TASK = TrainTask(name="sft", build_model=load_causal_lm, collate=collate_token_rows,
                      loss=response_token_loss)
@@ -56,7 +56,7 @@ TOKENIZE_BATCH_ROWS = 512
 
 
 def sft_output_dir(cfg: DictConfig, base_model_path: str) -> Path:
-    """The folder is named by everything that decides the SFT model (alignray.artifacts.SFT:
+    """The folder is named by everything that decides the SFT model (alignray.core.artifacts.SFT:
     the seed, data and SFT settings, the base model), run control left out (so
     ``resume=false`` or a drill does not move it)."""
     return phase_dir(cfg, SFT, base_model=base_model_path)

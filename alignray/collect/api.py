@@ -33,7 +33,7 @@ from alignray.collect.quality import live_quality
 from alignray.collect.ratelimit import RateLimiter
 from alignray.collect.store import ADMIN, ANNOTATOR, Credential, LabelStore, StoreError
 from alignray.config.collect import CollectConfig
-from alignray.serve_api import BodySizeLimit, describe_validation_errors, is_loopback, token_matches
+from alignray.serving.api import BodySizeLimit, describe_validation_errors, is_loopback, token_matches
 
 SESSION_COOKIE = "alignray_session"
 ADMIN_COOKIE = "alignray_admin"

@@ -16,7 +16,7 @@ from typing import Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from alignray.data import conversation_problems, render_conversation
+from alignray.data.prompts import conversation_problems, render_conversation
 from alignray.feedback.schema import (DEFAULT_FLAWS, FEEDBACK_SCHEMA, KINDS, feedback_row_checks, pairwise_feedback,
                                       ranking_feedback, rating_feedback, thumbs_feedback)
 

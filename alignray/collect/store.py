@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from alignray.collect.labels import SKIP, FormSettings, Task, feedback_row, gold_correct
 from alignray.feedback.schema import FEEDBACK_SCHEMA, validate_feedback
-from alignray.serve_api import token_digest
+from alignray.serving.api import token_digest
 
 ADMIN = "admin"
 ANNOTATOR = "annotator"

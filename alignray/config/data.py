@@ -8,7 +8,7 @@ from typing import Optional
 @dataclass
 class DataConfig:
     source: str = "embedded"  # "embedded" or "files"
-    # With source=files: parquet files with the declared schemas (alignray/data.py), e.g.
+    # With source=files: parquet files with the declared schemas (alignray/data/prompts.py), e.g.
     # written by `python -m alignray.workflows.convert`.
     prompts_path: Optional[str] = None
     demonstrations_path: Optional[str] = None

@@ -14,7 +14,7 @@ class DPOConfig:
     sft_model_path: str = ""
     feedback_dir: str = ""
     # sigmoid: DPO (with label_smoothing > 0: cDPO, for labels flipped with that
-    # probability); ipo: IPO, whose target margin is 1 / (2 beta). See alignray/dpo.py.
+    # probability); ipo: IPO, whose target margin is 1 / (2 beta). See alignray/dpo/training.py.
     loss_type: str = "sigmoid"
     beta: float = 0.1
     label_smoothing: float = 0.0  # in [0, 0.5); sigmoid only

@@ -57,7 +57,7 @@ class PPOEvalConfig:
     policy_path: Optional[str] = None
     prompts_path: Optional[str] = None
     num_prompts: int = 400  # held-out prompts both policies answer
-    # Who judges (alignray/judges.py): "annotators" (the held-out panel 6-10, embedded default
+    # Who judges (alignray/evaluation/judges.py): "annotators" (the held-out panel 6-10, embedded default
     # only), "http" (a reward endpoint at `judge_url`: alignray's /v1/score, or OpenRLHF's /get_reward), "gold_rm" (a
     # reward model trained on held-out feedback PPO never saw, at `gold_reward_model_path`),
     # "pairs" (implicit-reward accuracy on the held-out preference pairs at `pairs_path`: an
@@ -73,7 +73,7 @@ class PPOEvalConfig:
 
 @dataclass
 class MonitorConfig:
-    """The over-optimisation monitor (alignray/monitor.py, actors/monitor.py): every `every`
+    """The over-optimisation monitor (alignray/ppo/monitor.py, actors/monitor.py): every `every`
     policy updates (and before the first, and after the last) the policy answers a fixed probe
     set of held-out prompts, disjoint from the evaluation's, and a held-out judge compares the
     answers with the SFT model's."""
@@ -115,7 +115,7 @@ class PPOConfig:
     max_new_tokens: int = 24
     temperature: float = 1.0
     top_p: float = 1.0
-    # The rollout workers' generation path (alignray.static_decoder.make_decoder): "auto" (the
+    # The rollout workers' generation path (alignray.models.static_decoder.make_decoder): "auto" (the
     # static KV cache for GPT-2/Llama, CUDA graphs on a GPU), "static", "static_eager" (no
     # graphs), or "hf" (the reference path).
     generation_engine: str = "auto"

@@ -2,7 +2,7 @@
 
 A share of the distinct pairwise items, drawn with a seed, is taken from the annotators:
 their rows on those items are dropped and the AI judge's one row per item goes in
-(alignray.rlaif.ai_feedback_rows). On held-out pairs the judge is measured against the
+(alignray.feedback.rlaif.ai_feedback_rows). On held-out pairs the judge is measured against the
 held-out raters' majority, next to the training raters' own agreement with it.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from alignray.feedback.heldout import pair_items
 from alignray.feedback.schema import feedback_table
 from alignray.reward.evaluation import accuracy_against_votes
-from alignray.rlaif import ai_feedback_rows
+from alignray.feedback.rlaif import ai_feedback_rows
 
 Item = tuple[str, str, str]  # (prompt, response_a, response_b)
 

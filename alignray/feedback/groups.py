@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alignray.embedded.tweets import is_heldout
+from alignray.data.tweets import is_heldout
 from alignray.reward.evaluation import annotator_groups
 
 GROUP_PANEL = "group:"  # prefix of a group's panel in the reward model's evaluation

@@ -14,13 +14,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from matplotlib.figure import Figure
 
-from alignray.artifacts import AGREEMENT_FIGURE, ELO_FIGURE, RATINGS_FIGURE
+from alignray.core.artifacts import AGREEMENT_FIGURE, ELO_FIGURE, RATINGS_FIGURE
 from alignray.feedback.aggregate import TrainingTables, per_prompt_matchups
 from alignray.feedback.elo import bradley_terry_fit, bradley_terry_to_elo_scale, elo_ratings
 from alignray.feedback.quality import FAMILIES, AnnotatorQuality
 from alignray.feedback.schema import AI_JUDGE_ID
-from alignray.report import PAGE_CONTENT_PX
-from alignray.validation import ValidationReport
+from alignray.core.report import PAGE_CONTENT_PX
+from alignray.data.validation import ValidationReport
 
 FEEDBACK_DPI = 110
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignray.data import DEFAULT_MAX_CHARS, format_prompt, read_prompts
-from alignray.generation import decode_responses, disable_dropout, encode_prompts, sample_responses
-from alignray.modeling import check_position_limit, load_causal_lm, load_tokenizer
+from alignray.data.prompts import DEFAULT_MAX_CHARS, format_prompt, read_prompts
+from alignray.models.generation import decode_responses, disable_dropout, encode_prompts, sample_responses
+from alignray.models.modeling import check_position_limit, load_causal_lm, load_tokenizer
 
 
 def take_prompts(path: Path, count: int, seed: int, max_chars: int = DEFAULT_MAX_CHARS) -> list[str]:

@@ -18,7 +18,7 @@ Responses live in one list column, ``responses``, because a ranking has any numb
 them; a pairwise row names them "a" and "b" by position. Every row carries
 ``annotator_id``, an optional ``annotator_group``, ``source`` (human | ai | simulated) and a
 UTC ``timestamp``. A multi-turn prompt also carries its turns in ``conversation`` (as in
-the prompts schema, ``alignray.data``; ``prompt`` is then their rendering).
+the prompts schema, ``alignray.data.prompts``; ``prompt`` is then their rendering).
 """
 from __future__ import annotations
 
@@ -30,12 +30,12 @@ from typing import Iterable, Sequence
 
 import pyarrow as pa
 
-from alignray.data import MESSAGES_TYPE, conversation_check
-from alignray.validation import RowCheck, ValidationReport, read_parquet_validated, validate_table, write_parquet
+from alignray.data.prompts import MESSAGES_TYPE, conversation_check
+from alignray.data.validation import RowCheck, ValidationReport, read_parquet_validated, validate_table, write_parquet
 
 KINDS = ("pairwise", "ranking", "thumbs", "rating")
 SOURCES = ("human", "ai", "simulated")
-AI_JUDGE_ID = "ai-judge"  # the annotator id of the AI judge's rows (alignray.rlaif)
+AI_JUDGE_ID = "ai-judge"  # the annotator id of the AI judge's rows (alignray.feedback.rlaif)
 WINNERS = ("a", "b", "tie")
 THUMBS = ("up", "down")
 DEFAULT_FLAWS = ("harmful", "inaccurate", "unhelpful", "off_topic")

@@ -1,6 +1,6 @@
 """Simulated annotators for the embedded default, built on the ten VADER raters.
 
-Each annotator reads a text through one of the ten raters of ``alignray.embedded.vader``
+Each annotator reads a text through one of the ten raters of ``alignray.data.vader``
 (numbered 1..10) and gives every form of feedback from that score:
 
 * pairwise: response a wins with probability ``sigmoid((s_a - s_b) / temperature)``; equal
@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 from scipy.special import expit
 
-from alignray.embedded.vader import NUM_RATERS, vader_raters
+from alignray.data.vader import NUM_RATERS, vader_raters
 from alignray.feedback.schema import (KINDS, feedback_table, pairwise_feedback, ranking_feedback,
                                       rating_feedback, thumbs_feedback)
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
-from alignray.data import ROLES, conversation_problems, render_conversation
+from alignray.data.prompts import ROLES, conversation_problems, render_conversation
 from alignray.feedback.schema import pairwise_feedback
-from alignray.validation import RowError, ValidationReport
+from alignray.data.validation import RowError, ValidationReport
 
 
 class RowRejected(Exception):

@@ -29,7 +29,7 @@ import yaml
 from torch import Tensor
 
 from alignray import CONF_DIR
-from alignray.evaluation import MAX_TOP_WORD_SHARE, MIN_DISTINCT_WORDS, is_degenerate, words
+from alignray.evaluation.compare import MAX_TOP_WORD_SHARE, MIN_DISTINCT_WORDS, is_degenerate, words
 
 RULE_SETS_DIR = CONF_DIR / "constraints"  # inside the package in a wheel
 NO_RULES = "none"
@@ -68,7 +68,7 @@ def banned_phrase_rule(phrase: str, cost: float, name: str | None = None) -> Reg
 
 @dataclass(frozen=True)
 class DegenerateTextRule:
-    """Violated by degenerate text as defined by ``alignray.evaluation.is_degenerate``, the
+    """Violated by degenerate text as defined by ``alignray.evaluation.compare.is_degenerate``, the
     same test the evaluation guard applies."""
 
     cost: float

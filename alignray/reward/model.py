@@ -3,7 +3,7 @@ normalisation that turns its raw output into a reward signal.
 
 A reward model is a Hugging Face ``AutoModelForSequenceClassification`` with one label (a
 scalar head on any backbone: the SFT causal LM, an encoder such as all-MiniLM, ...) saved
-with its tokenizer. It reads TEXT: the prompt formatted by ``alignray.data.format_prompt``
+with its tokenizer. It reads TEXT: the prompt formatted by ``alignray.data.prompts.format_prompt``
 followed by ``response_text``, both with the reward model's own tokenizer, so a policy with
 another tokenizer can be scored by decoding its responses first.
 
@@ -38,9 +38,9 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Bat
                           PreTrainedModel, PreTrainedTokenizerBase)
 from transformers.utils import logging as hf_logging
 
-from alignray.data import format_prompt, response_text
-from alignray.model_card import ModelCard, reward_model_usage, write_model_card
-from alignray.modeling import fused_activation, pick_device, position_limit
+from alignray.data.prompts import format_prompt, response_text
+from alignray.core.model_card import ModelCard, reward_model_usage, write_model_card
+from alignray.models.modeling import fused_activation, pick_device, position_limit
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ evaluation or the run report), each named once, and the mark of a finished phase
 | ``DONE_FILE``, ``SUMMARY_FILE`` | every phase, last | reuse of a finished phase; the run report |
 | ``MODEL_DIR`` | pretraining, SFT, reward model, DPO (and each Ray Train checkpoint) | the next phases |
 | ``POLICY_DIR`` | PPO | the evaluation |
-| ``METRICS_FILE`` | every training loop (``alignray.metrics``) | the phase's plots; the run report |
+| ``METRICS_FILE`` | every training loop (``alignray.core.metrics``) | the phase's plots; the run report |
 | ``EVAL_FILE``, ``SAMPLES_FILE`` | reward model (eval only), evaluation | the run report |
 | ``PROMPTS_FILE``, ``DEMONSTRATIONS_FILE`` | the embedded data | SFT, feedback, PPO, evaluation |
 | the feedback files | feedback | reward model, DPO (``PAIRS_FILE``) |
@@ -77,9 +77,9 @@ class PhaseOutput:
 
 
 FINISHED = (SUMMARY_FILE, DONE_FILE)
-# What the `logger` group adds to any phase folder it tracks (alignray/tracking.py), as patterns.
+# What the `logger` group adds to any phase folder it tracks (alignray/core/tracking.py), as patterns.
 TRACKING_PATTERNS = ("events.out.tfevents.*", "wandb")
-# What cuts the embedded tweets into prompts and demonstrations (alignray.data.prepare_embedded_data).
+# What cuts the embedded tweets into prompts and demonstrations (alignray.data.prompts.prepare_embedded_data).
 DATA = PhaseOutput("data", settings=("data.prompt_words", "data.min_response_words", "data.min_confidence",
                                      "data.heldout_fraction"),
                    writes=(PROMPTS_FILE, DEMONSTRATIONS_FILE, *FINISHED))

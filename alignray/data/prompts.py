@@ -8,7 +8,7 @@ model's text, grouping by prompt) still sees the whole context. A single-turn pr
 no ``conversation``.
 
 Files are data: every reader validates against the schema below, names the file, row and
-field of each bad row, and reports counts in = accepted + rejected (alignray/validation.py).
+field of each bad row, and reports counts in = accepted + rejected (alignray/data/validation.py).
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from alignray.artifacts import DEMONSTRATIONS_FILE, PROMPTS_COPY_DIR, PROMPTS_FILE
+from alignray.core.artifacts import DEMONSTRATIONS_FILE, PROMPTS_COPY_DIR, PROMPTS_FILE
 from alignray.config.data import DataConfig
-from alignray.embedded.tweets import is_heldout, load_tweets, split_opening
-from alignray.validation import (DataValidationError, ValidationReport, read_parquet_validated,
+from alignray.data.tweets import is_heldout, load_tweets, split_opening
+from alignray.data.validation import (DataValidationError, ValidationReport, read_parquet_validated,
                                  write_parquet)
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class PromptText:
 
 
 def load_prompt_texts(data_cfg, tokenizer, out: Path, max_prompts: int) -> list[PromptText]:
-    """The training prompts, validated (alignray.data.read_prompts)."""
+    """The training prompts, validated (alignray.data.prompts.read_prompts)."""
     if data_cfg.source == "embedded":
         path = prepare_embedded_data(data_cfg, out / PROMPTS_COPY_DIR)["prompts_train"]
     else:

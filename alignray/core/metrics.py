@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from alignray.artifacts import METRICS_FILE
-from alignray.report import PAGE_CONTENT_PX
-from alignray.tracking import Tracker, scalars
+from alignray.core.artifacts import METRICS_FILE
+from alignray.core.report import PAGE_CONTENT_PX
+from alignray.core.tracking import Tracker, scalars
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("alignray.progress")

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from alignray.data import prompt_token_ids
+from alignray.data.prompts import prompt_token_ids
 
 
 @dataclass
@@ -37,7 +37,7 @@ class SampledResponses:
 
 def encode_prompts(tokenizer, formatted: Sequence[str], max_prompt_tokens: int) -> tuple[Tensor, Tensor]:
     """``(prompt_ids, prompt_mask)`` ``[B, P]``, left-padded, of prompts formatted by
-    ``alignray.data.format_prompt``, tokenised by ``alignray.data.prompt_token_ids`` (the
+    ``alignray.data.prompts.format_prompt``, tokenised by ``alignray.data.prompts.prompt_token_ids`` (the
     ids SFT trained on), each cut to its last ``max_prompt_tokens``."""
     rows, _ = prompt_token_ids(tokenizer, formatted, max_prompt_tokens)
     width = max(map(len, rows))

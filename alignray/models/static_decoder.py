@@ -11,9 +11,9 @@ the reference path there (tests/test_static_decoder.py).
 What is owned here is attention with the cache; every other piece (embeddings, norms,
 projections, MLPs, rotary tables) is the Hugging Face module itself, so weights loaded into
 the model in place (a rollout worker's weight sync) are what the next step reads. Families:
-GPT-2 and Llama (SmolLM2); others use the reference path (``alignray.generation.HFDecoder``).
+GPT-2 and Llama (SmolLM2); others use the reference path (``alignray.models.generation.HFDecoder``).
 
-Layout as in ``alignray.generation``: prompts left-padded in slots ``0..P-1``, generated
+Layout as in ``alignray.models.generation``: prompts left-padded in slots ``0..P-1``, generated
 tokens in slots ``P, P+1, ...``; a query attends to the slots marked valid in ``key_valid``
 up to its own (padding is never valid; a padding query attends to itself alone, so no row
 of the softmax is empty).
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from alignray.generation import HFDecoder, position_ids_from_mask
+from alignray.models.generation import HFDecoder, position_ids_from_mask
 
 
 class GPT2Layers:
@@ -125,7 +125,7 @@ class StaticBatch:
 
 
 class StaticDecoder:
-    """Prefill then decode one token at a time, with ``alignray.generation.sample_responses``.
+    """Prefill then decode one token at a time, with ``alignray.models.generation.sample_responses``.
 
     ``max_len`` bounds prompt + response tokens. Batches are padded up to a bucket (a power of
     two, at least 8) so a few graphs serve every batch size.

@@ -5,7 +5,7 @@ responses and their behaviour log-probs) -> ``Experience`` (plus reference log-p
 values, sequence scores, per-token rewards, advantages and returns), built once by
 :func:`build_experience`; then what the step reports: the ranks' typed update statistics and
 :func:`step_metrics`. All tensors are batch-first; the layout of prompts and responses
-is the one of ``alignray.generation``.
+is the one of ``alignray.models.generation``.
 
 ``PromptStream`` is the deterministic order in which prompts are taken, with a position
 that goes into the checkpoint so a resumed run takes the prompts the interrupted one would have.
@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-from alignray.generation import SampledResponses, encode_prompts
+from alignray.models.generation import SampledResponses, encode_prompts
 from alignray.ppo import (RunningRewardNormalizer, clip_rewards, explained_variance, get_advantage_estimator,
                           kl_estimate, masked_mean, masked_sum, masked_whiten, token_level_rewards,
                           truncation_penalty, valid_only)
-from alignray.seeds import derived_seed
+from alignray.core.seeds import derived_seed
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -272,6 +272,6 @@ def critic_metrics(exp: Experience, critic: list[CriticTrainStats]) -> dict[str,
 
 
 def encode_prompt_batch(tokenizer, formatted: list[str], rows: torch.Tensor, max_prompt_tokens: int) -> PromptBatch:
-    """Formatted prompts, left-padded, the longest cut from the left (alignray.generation.encode_prompts)."""
+    """Formatted prompts, left-padded, the longest cut from the left (alignray.models.generation.encode_prompts)."""
     ids, mask = encode_prompts(tokenizer, formatted, max_prompt_tokens)
     return PromptBatch(prompt_index=rows, prompt_ids=ids, prompt_mask=mask)

@@ -1,7 +1,7 @@
 """Experiment tracking: one interface for every phase's metrics, with TensorBoard,
 Weights & Biases, MLflow or nothing behind it (the `logger` config group).
 
-A phase opens one tracker for its output folder; `alignray.metrics.MetricsLogger` hands it
+A phase opens one tracker for its output folder; `alignray.core.metrics.MetricsLogger` hands it
 every record it appends to metrics.jsonl (numbers only), after the run's resolved config;
 a phase without steps logs its summary once (`log_summary`).
 wandb and mlflow are optional (`pip install 'alignray[test]'`) and imported only when chosen.

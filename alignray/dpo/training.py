@@ -17,7 +17,7 @@ when its chosen response's implicit reward is strictly the higher (so before tra
 the policy is the reference and every pair a tie, the accuracy is 0). Weights (the annotator-quality
 weights of the feedback phase's pairs table) scale each pair's loss and metrics.
 
-Rows follow alignray/sft.py's layout (`tokenize_demonstrations`: prompt + response + end
+Rows follow alignray/sft/training.py's layout (`tokenize_demonstrations`: prompt + response + end
 token, right-padded, ``loss_mask`` on the response): a pair is two such rows.
 """
 from __future__ import annotations
@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from alignray.generation import disable_dropout, token_logprobs
-from alignray.modeling import load_causal_lm
-from alignray.sft import tokenize_batch
+from alignray.models.generation import disable_dropout, token_logprobs
+from alignray.models.modeling import load_causal_lm
+from alignray.sft.training import tokenize_batch
 
 LOSS_TYPES = ("sigmoid", "ipo")
 SIDES = ("chosen", "rejected")

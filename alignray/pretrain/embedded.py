@@ -23,13 +23,13 @@ from omegaconf import OmegaConf
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from alignray.artifacts import LOSS_FIGURE, MODEL_DIR, SUMMARY_FILE, is_complete, mark_complete
+from alignray.core.artifacts import LOSS_FIGURE, MODEL_DIR, SUMMARY_FILE, is_complete, mark_complete
 from alignray.config.model import EmbeddedRecipe
-from alignray.embedded.tweets import is_heldout, load_tweets
-from alignray.metrics import MetricsLogger, plot_curves, read_metrics
-from alignray.model_card import CARD_FILE, ModelCard, write_model_card
-from alignray.modeling import save_pretrained
-from alignray.tracking import Tracker, TrackingSettings, open_tracker
+from alignray.data.tweets import is_heldout, load_tweets
+from alignray.core.metrics import MetricsLogger, plot_curves, read_metrics
+from alignray.core.model_card import CARD_FILE, ModelCard, write_model_card
+from alignray.models.modeling import save_pretrained
+from alignray.core.tracking import Tracker, TrackingSettings, open_tracker
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ def convert_smollm2(cache_dir: str | Path) -> Path:
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from alignray.model_card import ModelCard
-    from alignray.modeling import save_pretrained
+    from alignray.core.model_card import ModelCard
+    from alignray.models.modeling import save_pretrained
 
     gguf = find_gguf()
     log.info("converting %s into a Hugging Face folder (once)", gguf)

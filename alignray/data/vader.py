@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from alignray.validation import validate_table
+from alignray.data.validation import validate_table
 
 NUM_RATERS = 10
 RATING_RANGE = (-4, 4)

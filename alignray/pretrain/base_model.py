@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 
-from alignray.embedded.pretrain import build_base_model
-from alignray.embedded.smollm2 import convert_smollm2
-from alignray.tracking import TrackingSettings
+from alignray.pretrain.embedded import build_base_model
+from alignray.pretrain.smollm2 import convert_smollm2
+from alignray.core.tracking import TrackingSettings
 
 
 def resolve_base_model(model_cfg, cache_dir: str | os.PathLike, seed: int = 0,

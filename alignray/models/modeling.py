@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from alignray.model_card import ModelCard, default_card, write_model_card
+from alignray.core.model_card import ModelCard, default_card, write_model_card
 
 
 def pick_device() -> torch.device:

@@ -4,7 +4,7 @@ The judge reads a question that shows the prompt and two replies, labelled A and
 ends with "The better reply is"; its preference is read from the next-token
 log-probabilities of the two answer tokens, " A" and " B" (no sampling, no parsing of
 free text). With a chat template the question is a user turn and the answer prefix opens
-the assistant's turn (`alignray.data.format_prompt`).
+the assistant's turn (`alignray.data.prompts.format_prompt`).
 
 LMs prefer one position whatever the content. Each pair is therefore judged in both
 orders. Writing ``m_ab = log P(A) - log P(B)`` with the replies as given and ``m_ba`` with
@@ -23,10 +23,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from alignray.data import format_prompt
+from alignray.data.prompts import format_prompt
 from alignray.feedback.schema import AI_JUDGE_ID, pairwise_feedback
-from alignray.generation import position_ids_from_mask, token_logprobs
-from alignray.modeling import position_limit
+from alignray.models.generation import position_ids_from_mask, token_logprobs
+from alignray.models.modeling import position_limit
 
 ANSWER_LABELS = ("A", "B")
 ANSWER_PREFIX = "The better reply is"

@@ -6,7 +6,7 @@ The report only lays out what it is given; every number in it comes from the run
 artifacts (workflows/report.py reads them).
 
 The page is at most ``PAGE_CONTENT_PX`` wide; a figure wider than that is shown shrunk, its
-text with it, so the figures are drawn to fit (alignray.metrics) and a wider one is logged.
+text with it, so the figures are drawn to fit (alignray.core.metrics) and a wider one is logged.
 """
 from __future__ import annotations
 

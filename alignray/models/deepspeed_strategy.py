@@ -37,8 +37,8 @@ import deepspeed.ops  # noqa: E402
 from deepspeed.accelerator import get_accelerator  # noqa: E402
 
 from alignray.config.training import DeepSpeedConfig  # noqa: E402
-from alignray.model_card import default_card, write_model_card  # noqa: E402
-from alignray.modeling import training_dtype  # noqa: E402
+from alignray.core.model_card import default_card, write_model_card  # noqa: E402
+from alignray.models.modeling import training_dtype  # noqa: E402
 
 # Name under which DeepSpeed's op registry knows its shared-memory collective op.
 SHARED_MEMORY_COMM_OP = "deepspeed_shm_comm"

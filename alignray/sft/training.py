@@ -2,9 +2,9 @@
 mask covers the response only, and the loss is summed over those tokens.
 
 A row is ``prompt tokens + response tokens + end token``. The prompt is formatted the way
-the model will later see it at generation time (`alignray.data.format_prompt`: the chat
+the model will later see it at generation time (`alignray.data.prompts.format_prompt`: the chat
 template when the tokenizer has one, else the plain format; a conversation's turns
-included) and tokenised on its own by `alignray.data.prompt_token_ids`, the tokenisation
+included) and tokenised on its own by `alignray.data.prompts.prompt_token_ids`, the tokenisation
 PPO, feedback sampling and evaluation use too, so training conditions on exactly the tokens
 generation will start from (a BOS-adding tokenizer's BOS included).
 
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alignray.data import format_prompt, prompt_token_ids, response_text
-from alignray.modeling import load_tokenizer
+from alignray.data.prompts import format_prompt, prompt_token_ids, response_text
+from alignray.models.modeling import load_tokenizer
 
 IGNORE = 0  # loss-mask value of prompt and padding positions
 

@@ -27,13 +27,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from alignray.evaluation import IMPLICIT_REWARD_ACCURACY, WIN_RATE, bootstrap_ci
+from alignray.evaluation.compare import IMPLICIT_REWARD_ACCURACY, WIN_RATE, bootstrap_ci
 from alignray.feedback.aggregate import preference_pairs
 from alignray.feedback.schema import read_feedback
 from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, judge_scores
-from alignray.generation import token_logprobs
+from alignray.models.generation import token_logprobs
 from alignray.ppo import masked_sum
-from alignray.sft import collate_token_rows, tokenize_demonstrations
+from alignray.sft.training import collate_token_rows, tokenize_demonstrations
 
 JUDGES = ("auto", "annotators", "http", "gold_rm", "pairs")
 # The setting each judge needs, under ppo.eval.
@@ -135,7 +135,7 @@ def read_preference_pairs(path: str) -> PreferencePairs:
 def response_logprobs(model, tokenizer, prompts: Sequence[str], conversations, responses: Sequence[str],
                       max_prompt_tokens: int, max_response_tokens: int) -> torch.Tensor:
     """log pi(response | prompt) per pair, summed over the response tokens and the end
-    token, tokenised the way SFT trained (alignray.sft.tokenize_demonstrations)."""
+    token, tokenised the way SFT trained (alignray.sft.training.tokenize_demonstrations)."""
     totals = []
     for start in range(0, len(prompts), BATCH):
         end = start + BATCH
