@@ -52,8 +52,8 @@ class ModelActor:
 
 
 class TrainableActor(ModelActor):
-    """One rank of a role's DeepSpeed world; subclasses set ``self.ppo``, ``self.model`` and
-    ``self.lr``, and ``setup`` wraps the model in the engine."""
+    """One rank of a role's DeepSpeed world; subclasses set ``self.update`` (the PPO-wide
+    settings of an update), ``self.model`` and ``self.lr``, and ``setup`` wraps the model in the engine."""
 
     def __init__(self, rank: int, world_size: int, seed: int = 0):
         super().__init__(seed)
@@ -71,9 +71,9 @@ class TrainableActor(ModelActor):
         """Join the role's world (rank 0 named the address) and build the DeepSpeed engine."""
         from alignray.models import deepspeed_strategy as ds
         ds.init_distributed(self.rank, self.world_size, master_addr, master_port)
-        per_rank = math.ceil(self.ppo.prompts_per_step * self.ppo.samples_per_prompt / self.world_size)
-        self.engine = ds.build_engine(self.model, self.ppo.deepspeed, lr=self.lr, total_steps=0, warmup_steps=0,
-                                      micro_batch_size=math.ceil(per_rank / self.ppo.minibatches))
+        per_rank = math.ceil(self.update.rows_per_step / self.world_size)
+        self.engine = ds.build_engine(self.model, self.update.deepspeed, lr=self.lr, total_steps=0, warmup_steps=0,
+                                      micro_batch_size=math.ceil(per_rank / self.update.minibatches))
 
     def _world_mean(self, value: float) -> float:
         """The mean of ``value`` over the ranks, so every rank takes the same decision."""

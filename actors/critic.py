@@ -9,7 +9,7 @@ from torch import Tensor
 from transformers import AutoModel
 
 from alignray.actors.base import TrainableActor
-from alignray.config.ppo import PPOConfig
+from alignray.config.ppo import CriticConfig, UpdateSettings
 from alignray.ppo.experience import CriticTrainStats, Experience, mean
 from alignray.models.generation import disable_dropout, sequence_inputs
 from alignray.models.modeling import fused_activation, training_dtype
@@ -39,10 +39,11 @@ class ValueModel(torch.nn.Module):
 class CriticActor(TrainableActor):
     role = "critic"
 
-    def __init__(self, backbone_path: str, ppo: PPOConfig, rank: int = 0, world_size: int = 1, seed: int = 0):
+    def __init__(self, backbone_path: str, critic: CriticConfig, update: UpdateSettings, rank: int = 0,
+                 world_size: int = 1, seed: int = 0):
         super().__init__(rank, world_size, seed)
-        self.ppo, self.lr = ppo, ppo.critic_lr
-        dtype = training_dtype(ppo.deepspeed.precision, self.device)
+        self.critic, self.update, self.lr = critic, update, critic.lr
+        dtype = training_dtype(update.deepspeed.precision, self.device)
         self.model = disable_dropout(ValueModel(backbone_path)).to(self.device, dtype)
 
     @torch.no_grad()
@@ -52,15 +53,15 @@ class CriticActor(TrainableActor):
 
     def train(self, exp: Experience, step: int) -> CriticTrainStats:
         """Epochs x minibatches of the clipped value loss on this rank's shard."""
-        ppo = self.ppo
+        update = self.update
         self.engine.train()
         exp = exp.to(self.device)
         # +1: not the policy's minibatch order
         generator = torch.Generator().manual_seed(derived_seed(self.seed, step, self.rank) + 1)
         losses, clip_fractions, skipped = [], [], 0
-        minibatch_size = math.ceil(len(exp) / ppo.minibatches)
-        for _, rows in minibatch_indices(len(exp), minibatch_size, ppo.epochs, generator):
-            result = self._accumulated_step(exp.select(rows.to(self.device)), self._loss, ppo.micro_batch_tokens)
+        minibatch_size = math.ceil(len(exp) / update.minibatches)
+        for _, rows in minibatch_indices(len(exp), minibatch_size, update.epochs, generator):
+            result = self._accumulated_step(exp.select(rows.to(self.device)), self._loss, update.micro_batch_tokens)
             if result is None:
                 skipped += 1
                 continue
@@ -72,4 +73,5 @@ class CriticActor(TrainableActor):
 
     def _loss(self, batch: Experience) -> tuple[Tensor, dict[str, float]]:
         values = self.engine(batch.prompt_ids, batch.prompt_mask, batch.response_ids)
-        return clipped_value_loss(values, batch.values, batch.returns, batch.response_mask, self.ppo.value_clip_eps)
+        return clipped_value_loss(values, batch.values, batch.returns, batch.response_mask,
+                                  self.critic.value_clip_eps)

@@ -16,7 +16,7 @@ import numpy as np
 
 from alignray.actors.base import wait_named
 from alignray.core.artifacts import MONITOR_FILE, PROMPTS_COPY_DIR
-from alignray.config.ppo import MonitorConfig, PPOConfig
+from alignray.config.ppo import MonitorConfig
 from alignray.data.prompts import prepare_embedded_data, read_prompts
 from alignray.evaluation.compare import bootstrap_ci, degenerate_share, mean_length_ratio
 from alignray.ppo.experience import PromptBatch
@@ -96,12 +96,11 @@ class OverOptimisationMonitor:
         return sum(c.seconds for c in self.history)
 
 
-def monitor_probe_prompts(ppo: PPOConfig, data_cfg, out: Path) -> list[str] | None:
+def monitor_probe_prompts(monitor: MonitorConfig, eval_prompts: int, data_cfg, out: Path) -> list[str] | None:
     """The monitor's probe prompts (raw), or None when it does not run. On the embedded
-    default they are the last held-out prompts; the evaluation takes the first, and the two
-    must not meet: choosing a checkpoint on the prompts that then report its win-rate would
-    inflate the figure."""
-    monitor = ppo.monitor
+    default they are the last held-out prompts; the evaluation takes the first
+    ``eval_prompts`` (eval.num_prompts), and the two must not meet: choosing a checkpoint on
+    the prompts that then report its win-rate would inflate the figure."""
     if not monitor.every:
         return None
     if monitor.judge not in MONITOR_JUDGES:
@@ -117,9 +116,9 @@ def monitor_probe_prompts(ppo: PPOConfig, data_cfg, out: Path) -> list[str] | No
                     "ppo.monitor.judge=annotators and ppo.monitor.prompts_path to watch this run")
         return None
     table, _ = read_prompts(prepare_embedded_data(data_cfg, out / PROMPTS_COPY_DIR)["prompts_heldout"])
-    if table.num_rows < ppo.eval.num_prompts + monitor.probe_prompts:
-        raise ValueError(f"{table.num_rows} held-out prompts cannot give ppo.eval.num_prompts="
-                         f"{ppo.eval.num_prompts} and ppo.monitor.probe_prompts={monitor.probe_prompts} apart")
+    if table.num_rows < eval_prompts + monitor.probe_prompts:
+        raise ValueError(f"{table.num_rows} held-out prompts cannot give eval.num_prompts="
+                         f"{eval_prompts} and ppo.monitor.probe_prompts={monitor.probe_prompts} apart")
     return table.column("prompt").to_pylist()[-monitor.probe_prompts:]
 
 

@@ -88,32 +88,34 @@ def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: st
     """Place and start every PPO actor (a critic only for an estimator that reads one), form
     the policy's and the critic's DeepSpeed worlds, and wait until all are ready."""
     # a critic-free estimator: no critic is placed (no bundle asked for), loaded or trained
-    n_policy, n_critic = ppo.policy_actors, ppo.critic_actors if needs_critic(ppo.advantage_estimator) else 0
+    n_policy, n_critic = ppo.policy.actors, ppo.critic.actors if needs_critic(ppo.advantage_estimator) else 0
     critic_backbone = sft_model_path
-    if n_critic and ppo.critic_init == "reward_model":
+    if n_critic and ppo.critic.init == "reward_model":
         if not reward_model_path:
-            raise ValueError("ppo.critic_init=reward_model needs a reward model path")
+            raise ValueError("ppo.critic.init=reward_model needs a reward model path")
         critic_backbone = str(reward_member_dirs(reward_model_path)[0])  # an ensemble's first member
-    plan = plan_layout(cluster_cfg, n_policy + n_critic + 2, ppo.rollout_workers, ppo.rollout_gpus,
+    plan = plan_layout(cluster_cfg, n_policy + n_critic + 2, ppo.rollout.workers, ppo.rollout.gpus,
                        cluster_has_gpus=ray.cluster_resources().get("GPU", 0) > 0)
     groups = reserve(plan, float(cluster_cfg.placement_timeout_s))
     options = iter(actor_options(slot, groups) for slot in plan.model_actors)
+    update = ppo.update_settings()
 
     policy = ActorGroup("policy", [
         ray.remote(PolicyActor).options(max_restarts=0, **next(options)).remote(
-            sft_model_path, ppo, rank, n_policy, seed) for rank in range(n_policy)])
+            sft_model_path, ppo.policy, update, ppo.policy_objective(), rank, n_policy, seed)
+        for rank in range(n_policy)])
     critic = ActorGroup("critic", [
         ray.remote(CriticActor).options(max_restarts=0, **next(options)).remote(
-            critic_backbone, ppo, rank, n_critic, seed) for rank in range(n_critic)])
+            critic_backbone, ppo.critic, update, rank, n_critic, seed) for rank in range(n_critic)])
     reference = ray.remote(ReferenceActor).options(max_restarts=0, **next(options)).remote(
-        sft_model_path, ppo.temperature, ppo.deepspeed.precision, seed)
+        sft_model_path, ppo.rollout.temperature, ppo.deepspeed.precision, seed)
     # the endpoint's bearer token travels as an environment variable, never in the config
     token_env = {"env_vars": {TOKEN_ENV: os.environ[TOKEN_ENV]}} if os.environ.get(TOKEN_ENV) else None
     reward = ray.remote(RewardActor).options(max_restarts=0, runtime_env=token_env, **next(options)).remote(
         ppo.reward, reward_model_path, seed)
-    workers = [ray.remote(RolloutWorker).options(max_restarts=ppo.rollout_max_restarts, max_task_retries=0,
+    workers = [ray.remote(RolloutWorker).options(max_restarts=ppo.rollout.max_restarts, max_task_retries=0,
                                                  **actor_options(slot, groups)).remote(
-        sft_model_path, ppo, max_prompt_tokens, seed)
+        sft_model_path, ppo.rollout, ppo.deepspeed.precision, max_prompt_tokens, seed)
         for slot in plan.rollout_workers]
     model_group = plan.model_actors[0].group
     actors = PPOActors(policy, critic, reference, reward, RolloutPool(workers, seed),
@@ -122,7 +124,7 @@ def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: st
         named = actors.model_actors() | {f"rollout{i}": w for i, w in enumerate(workers)}
         actors.placements = dict(zip(named, ray.get([a.placement.remote() for a in named.values()])))
         # refuse a weight sync that cannot work before the worlds form (the sync logs its choice)
-        sync_methods(ppo.weight_sync, actors.placements["policy0"],
+        sync_methods(ppo.sync.method, actors.placements["policy0"],
                      [actors.placements[f"rollout{i}"] for i in range(len(workers))])
         policy.form_world()
         if n_critic:

@@ -19,7 +19,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from alignray.actors.base import ActorGroup, ModelActor
 from alignray.actors.weight_sync import WeightReceiver
-from alignray.config.ppo import PPOConfig
+from alignray.config.ppo import RolloutConfig
 from alignray.ppo.experience import PromptBatch, Rollout
 from alignray.models.generation import disable_dropout, sample_responses
 from alignray.models.modeling import load_causal_lm, load_tokenizer, training_dtype
@@ -38,16 +38,18 @@ class StaleWeightsError(RuntimeError):
 class RolloutWorker(ModelActor, WeightReceiver):
     role = "rollout"
 
-    def __init__(self, model_path: str, ppo: PPOConfig, max_prompt_tokens: int, seed: int = 0):
+    def __init__(self, model_path: str, rollout: RolloutConfig, precision: str, max_prompt_tokens: int,
+                 seed: int = 0):
         super().__init__(seed)
-        self.max_new_tokens, self.temperature, self.top_p = ppo.max_new_tokens, ppo.temperature, ppo.top_p
-        dtype = training_dtype(ppo.deepspeed.precision, self.device)
+        self.max_new_tokens, self.temperature, self.top_p = rollout.max_new_tokens, rollout.temperature, rollout.top_p
+        dtype = training_dtype(precision, self.device)
         self.model = disable_dropout(load_causal_lm(model_path, self.device, dtype)).eval()
         self.model.requires_grad_(False)
-        self.decoder = make_decoder(self.model, ppo.generation_engine, max_len=max_prompt_tokens + ppo.max_new_tokens)
+        self.decoder = make_decoder(self.model, rollout.generation_engine,
+                                    max_len=max_prompt_tokens + rollout.max_new_tokens)
         tokenizer = load_tokenizer(model_path)
         # stop_at_eos=False: every response is max_new_tokens long (fixed-length benchmarks)
-        self.eos_token_id = tokenizer.eos_token_id if ppo.stop_at_eos else None
+        self.eos_token_id = tokenizer.eos_token_id if rollout.stop_at_eos else None
         self.pad_token_id = tokenizer.pad_token_id
         self.weights_version = 0  # 0: the weights it was created with
         self.sync_group = None

@@ -9,10 +9,10 @@ chosen per worker from where it and policy rank 0 run (``alignray.ppo.layout.syn
 - ``cuda_ipc``: a worker on the policy's own GPU opens CUDA IPC handles to the policy's
   weights and copies them, GPU memory to GPU memory (the way colocated systems do it).
 
-``ppo.weight_sync=auto`` picks ``cuda_ipc`` on the same GPU, ``broadcast`` between GPUs and
+``ppo.sync.method=auto`` picks ``cuda_ipc`` on the same GPU, ``broadcast`` between GPUs and
 ``object_store`` wherever one end is on a CPU; the choice is logged. Each sync reports its
 bytes, seconds and GB/s, then the pool must reproduce the policy's log-probs on a fixed probe
-within ``ppo.sync_tolerance``: a worker with stale or corrupted weights stops the run.
+within ``ppo.sync.tolerance``: a worker with stale or corrupted weights stops the run.
 
 - ``WeightSender``: the policy's end (mixed into ``PolicyActor``).
 - ``WeightReceiver``: a rollout worker's end (mixed into ``RolloutWorker``).
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from alignray.actors.base import ActorGroup, wait_named
-from alignray.config.ppo import PPOConfig
+from alignray.config.ppo import SyncConfig
 from alignray.ppo.layout import sync_methods
 
 if TYPE_CHECKING:
@@ -151,17 +151,17 @@ class WeightReceiver:
 
 # ----------------------------------------------------------------------------- driver
 class WeightSync:
-    def __init__(self, policy: ActorGroup, pool: RolloutPool, probe: Probe, ppo: PPOConfig,
+    def __init__(self, policy: ActorGroup, pool: RolloutPool, probe: Probe, settings: SyncConfig,
                  placements: dict[str, dict]):
         """``placements``: each actor's ``placement()`` by name (``policy0``, ``rollout0``...),
         as the launch recorded them; a restarted worker lands where it was."""
-        self.policy, self.pool, self.probe, self.ppo = policy, pool, probe, ppo
+        self.policy, self.pool, self.probe, self.settings = policy, pool, probe, settings
         self.bytes_per_worker = ray.get(policy.actors[0].weight_bytes.remote())
         self.latest_weights: ray.ObjectRef | None = None  # object-store mode keeps the last state
         self.group_formed_at_restarts: int | None = None  # pool restarts when the group formed
         workers = [placements[f"rollout{i}"] for i in range(len(pool))]
-        self.methods = sync_methods(ppo.weight_sync, placements["policy0"], workers)
-        log.info("weight sync (ppo.weight_sync=%s), policy on %s: %s", ppo.weight_sync, placements["policy0"]["device"],
+        self.methods = sync_methods(settings.method, placements["policy0"], workers)
+        log.info("weight sync (ppo.sync.method=%s), policy on %s: %s", settings.method, placements["policy0"]["device"],
                  ", ".join(f"worker {i} {m} ({w['device']})" for i, (m, w) in enumerate(zip(self.methods, workers))))
 
     def workers(self, method: str) -> list:
@@ -227,8 +227,8 @@ class WeightSync:
         worst = 0.0
         for i, got in enumerate(ray.get(self.pool.call("logprobs", prompt_ids, prompt_mask, response_ids))):
             diff = (got - expected)[mask].abs().max().item()
-            if not diff <= self.ppo.sync_tolerance:
+            if not diff <= self.settings.tolerance:
                 raise WeightSyncError(f"rollout worker {i} log-probs differ from the policy's by {diff:.2e} "
-                                      f"(> ppo.sync_tolerance {self.ppo.sync_tolerance:.1e}) after a weight sync")
+                                      f"(> ppo.sync.tolerance {self.settings.tolerance:.1e}) after a weight sync")
             worst = max(worst, diff)
         return worst

@@ -165,6 +165,12 @@ def submit_when_ready(client, wait_s: float = 120.0, poll_s: float = 2.0, **job)
 
 def submit(args: argparse.Namespace) -> int:
     workflow = workflow_name(args.workflow)
+    from alignray import CONF_DIR
+    from alignray.config import MovedKeyError, check_overrides
+    try:  # here, rather than on the cluster once the job starts
+        check_overrides(args.overrides, CONF_DIR)
+    except MovedKeyError as error:
+        raise SystemExit(f"alignray submit: {error}") from None
     warn_if_outputs_are_temporary(args.overrides)
     entrypoint = workflow_entrypoint(workflow, args.overrides)
     runtime_env = build_runtime_env(args.runtime_env, dict(args.env), args.install_deps)

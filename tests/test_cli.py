@@ -42,6 +42,15 @@ def test_run_passes_hydra_overrides_and_flags_through():
     assert config["name"] == "tiny" and config["ppo"]["steps"] == 3
 
 
+def test_a_moved_key_is_refused_with_its_new_name_before_hydra_composes():
+    done = alignray("ppo", "ppo.lr=1e-5", "ppo.eval.num_prompts=8")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "ppo.lr moved to ppo.policy.lr; ppo.eval.num_prompts moved to eval.num_prompts" in done.stderr
+    module = subprocess.run([sys.executable, "-m", "alignray.workflows.ppo", "ppo.critic_lr=1e-4"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert module.returncode == 1 and "ppo.critic_lr moved to ppo.critic.lr" in module.stderr
+
+
 def test_a_phase_help_is_hydras_and_an_unknown_command_is_refused():
     done = alignray("reward-model", "--help")
     assert done.returncode == 0 and "reward_model is powered by Hydra" in done.stdout

@@ -11,7 +11,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from alignray.dpo.training import dpo_loss, pair_logprobs, pair_tensors, sequence_logprobs, tokenize_pairs_batch
 from alignray.feedback import PAIRS_SCHEMA
@@ -19,7 +18,7 @@ from alignray.core.metrics import read_metrics
 from alignray.core.model_card import read_model_card
 from alignray.models.modeling import load_causal_lm
 from alignray.sft.training import response_token_loss
-from alignray.workflows.common import CONFIG_PATH
+from alignray.workflows.common import compose_app_config
 
 # Two pairs. Pair 1: the policy moved +1 nat on chosen, -1 on rejected (h = 2); pair 2: it
 # moved +1 on rejected only (h = -1).
@@ -136,13 +135,12 @@ def preference_folder(tmp_path, num_prompts: int = 40, seed: int = 0):
 def test_dpo_app_raises_implicit_reward_accuracy_on_its_pairs(ray_cluster, tiny_base_model, tmp_path):
     from alignray.workflows.dpo import run_dpo
 
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
-        cfg = compose(config_name="config", overrides=[
-            f"workdir={tmp_path / 'runs'}", "cluster.num_workers=1", "cluster.cpus_per_worker=1",
-            "data.max_prompt_tokens=8", "data.max_response_tokens=8", "dpo.heldout_fraction=0.2",
-            "dpo.batch_size=8", "dpo.epochs=2", f"dpo.max_steps={STEPS}", "dpo.lr=1e-3", "dpo.warmup_steps=0",
-            "dpo.beta=0.5", "dpo.log_every=1", "dpo.eval_every=0", "dpo.checkpoint_every=0",
-            "dpo.deepspeed.zero_stage=0"])
+    cfg = compose_app_config([
+        f"workdir={tmp_path / 'runs'}", "cluster.num_workers=1", "cluster.cpus_per_worker=1",
+        "data.max_prompt_tokens=8", "data.max_response_tokens=8", "dpo.heldout_fraction=0.2",
+        "dpo.batch_size=8", "dpo.epochs=2", f"dpo.max_steps={STEPS}", "dpo.lr=1e-3", "dpo.warmup_steps=0",
+        "dpo.beta=0.5", "dpo.log_every=1", "dpo.eval_every=0", "dpo.checkpoint_every=0",
+        "dpo.deepspeed.zero_stage=0"])
     out = run_dpo(cfg, str(tiny_base_model), preference_folder(tmp_path))
 
     summary = json.loads((out / "summary.json").read_text())

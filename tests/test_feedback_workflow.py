@@ -9,18 +9,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hydra import compose, initialize_config_dir
 
 from alignray.feedback import FEEDBACK_SCHEMA, PAIRS_SCHEMA, POINTWISE_SCHEMA
 from alignray.feedback.heldout import HELDOUT_PAIRS_SCHEMA
 from alignray.feedback.simulated import annotator_id, leniency_group, make_annotator_pool, simulate_feedback
-from alignray.workflows.common import CONFIG_PATH
+from alignray.workflows.common import compose_app_config
 from alignray.workflows.feedback import run_feedback
 
 
 def _config(tmp_path, overrides):
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
-        return compose(config_name="config", overrides=[f"workdir={tmp_path}"] + overrides)
+    return compose_app_config([f"workdir={tmp_path}"] + overrides)
 
 
 @pytest.fixture(scope="module")

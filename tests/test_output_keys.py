@@ -4,10 +4,10 @@ configs composed by Hydra exactly as the apps compose them."""
 import dataclasses
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from alignray.core.artifacts import (
     DATA,
+    DPO,
     EVALUATION,
     FEEDBACK,
     PHASE_OUTPUTS,
@@ -16,15 +16,14 @@ from alignray.core.artifacts import (
     SFT,
 )
 from alignray.pretrain.base_model import resolve_base_model
-from alignray.workflows.common import CONFIG_PATH, output_key, phase_settings
+from alignray.workflows.common import compose_app_config, output_key, phase_settings
 from alignray.workflows.sft import sft_output_dir
 
 INPUTS = {name: f"/models/{name}" for phase in PHASE_OUTPUTS for name in phase.inputs}
 
 
 def composed(*overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
-        return compose(config_name="config", overrides=["workdir=/tmp/alignray-keys", *overrides])
+    return compose_app_config(["workdir=/tmp/alignray-keys", *overrides])
 
 
 def key(phase, *overrides: str) -> str:
@@ -49,7 +48,7 @@ def test_every_seeded_phase_has_the_seed_in_its_key(phase):
 
 
 def test_the_evaluation_size_reuses_ppo_and_reruns_only_the_evaluation():
-    small, large = ("experiment=tiny", "ppo.eval.num_prompts=8"), ("experiment=tiny", "ppo.eval.num_prompts=16")
+    small, large = ("experiment=tiny", "eval.num_prompts=8"), ("experiment=tiny", "eval.num_prompts=16")
     for phase in (SFT, FEEDBACK, REWARD, PPO):
         assert key(phase, *small) == key(phase, *large), phase.prefix
     assert key(EVALUATION, *small) != key(EVALUATION, *large)
@@ -58,12 +57,15 @@ def test_the_evaluation_size_reuses_ppo_and_reruns_only_the_evaluation():
 @pytest.mark.parametrize("phase, override", [
     (SFT, "sft.resume=false"), (SFT, "sft.log_every=1"), (SFT, "sft.interrupt_after_steps=5"),
     (PPO, "ppo.resume=false"), (REWARD, "reward_model.log_every=1"),
-    (PPO, "ppo.eval.samples_to_write=3"), (PPO, "ppo.eval.kl_budget=2.0"),
+    # every trained phase's run control (the training loop's settings, one class)
+    (REWARD, "reward_model.resume=false"), (REWARD, "reward_model.interrupt_after_steps=3"),
+    (DPO, "dpo.resume=false"), (DPO, "dpo.interrupt_after_steps=3"),
+    (PPO, "eval.samples_to_write=3"), (PPO, "eval.kl_budget=2.0"),
     # config keys that only name an input: the input itself is in the key
     (FEEDBACK, "feedback.sft_model_path=/elsewhere"), (REWARD, "reward_model.feedback_dir=/elsewhere"),
-    (PPO, "ppo.sft_model_path=/elsewhere"), (EVALUATION, "ppo.eval.policy_path=/elsewhere"),
+    (PPO, "ppo.sft_model_path=/elsewhere"), (EVALUATION, "eval.policy_path=/elsewhere"),
     # settings other phases read
-    (SFT, "ppo.lr=0.5"), (FEEDBACK, "reward_model.lr=0.5"), (REWARD, "ppo.steps=7"), (DATA, "seed=4"),
+    (SFT, "ppo.policy.lr=0.5"), (FEEDBACK, "reward_model.lr=0.5"), (REWARD, "ppo.steps=7"), (DATA, "seed=4"),
 ])
 def test_what_does_not_change_a_phase_leaves_its_key(phase, override):
     assert key(phase) == key(phase, override)
@@ -73,9 +75,9 @@ def test_what_does_not_change_a_phase_leaves_its_key(phase, override):
     (SFT, "sft.lr=0.5"), (SFT, "sft.deepspeed.zero_stage=3"), (SFT, "data.max_response_tokens=20"),
     (FEEDBACK, "feedback.num_prompts=9"), (FEEDBACK, "data.prompt_words=5"),
     (REWARD, "reward_model.margin=0.5"), (PPO, "ppo.kl.coef=0.05"), (PPO, "data.max_prompt_tokens=20"),
-    (EVALUATION, "ppo.temperature=0.7"), (EVALUATION, "ppo.eval.prompts_path=/data/prompts.parquet"),
-    (EVALUATION, "ppo.eval.judge=http"), (EVALUATION, "ppo.eval.pairs_path=/data/heldout.parquet"),
-    (EVALUATION, "ppo.eval.gold_reward_model_path=/models/gold"), (EVALUATION, "ppo.eval.judge_url=http://h:1"),
+    (EVALUATION, "ppo.rollout.temperature=0.7"), (EVALUATION, "eval.prompts_path=/data/prompts.parquet"),
+    (EVALUATION, "eval.judge=http"), (EVALUATION, "eval.pairs_path=/data/heldout.parquet"),
+    (EVALUATION, "eval.gold_reward_model_path=/models/gold"), (EVALUATION, "eval.judge_url=http://h:1"),
     (DATA, "data.heldout_fraction=0.1"),
 ])
 def test_what_changes_a_phase_changes_its_key(phase, override):

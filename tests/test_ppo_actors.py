@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from alignray.actors.base import ModelActorDied
 from alignray.actors.reward import RewardActor, target_word_share
 from alignray.actors.weight_sync import WeightSyncError, named_weights
-from alignray.config import AlignrayConfig
+from alignray.config import AlignrayConfig, typed_config
 from alignray.ppo.experience import Experience
 from alignray.ppo.layout import choose_sync_method
 from alignray.models.modeling import load_causal_lm
@@ -25,14 +25,15 @@ def small_config(model_path, prompts_path, placement: str = "separate"):
     cfg = OmegaConf.structured(AlignrayConfig)
     cfg.data.source, cfg.data.prompts_path = "files", str(prompts_path)
     cfg.cluster.placement = placement
-    cfg.ppo.prompts_per_step, cfg.ppo.max_new_tokens = 8, 8
-    cfg.ppo.epochs, cfg.ppo.minibatches, cfg.ppo.lr = 1, 2, 1e-3
+    cfg.ppo.prompts_per_step, cfg.ppo.rollout.max_new_tokens = 8, 8
+    cfg.ppo.epochs, cfg.ppo.minibatches, cfg.ppo.policy.lr = 1, 2, 1e-3
     cfg.ppo.reward.kind, cfg.ppo.reward.target_word = "target_word", "the"
     return cfg
 
 
 def make_coordinator(cfg, model_path, out) -> PPOCoordinator:
-    return PPOCoordinator(OmegaConf.to_object(cfg.ppo), cfg.cluster, cfg.data, 0, str(model_path), None, out)
+    cfg = typed_config(cfg)
+    return PPOCoordinator(cfg.ppo, cfg.cluster, cfg.data, 0, str(model_path), None, out, cfg.eval.num_prompts)
 
 
 def generate(coordinator, rows: torch.Tensor, step: int, group_size: int = 1):
@@ -86,7 +87,7 @@ def test_colocated_data_parallel_roles_share_one_gpu_and_train(ray_cluster, tiny
     """Two policy and two critic ranks (each role one DeepSpeed world) with micro-batches under
     a token budget, every actor on one GPU: the ranks stay identical after an update."""
     cfg = small_config(tiny_base_model, prompts_path, "colocated")
-    cfg.ppo.policy_actors = cfg.ppo.critic_actors = 2
+    cfg.ppo.policy.actors = cfg.ppo.critic.actors = 2
     cfg.ppo.micro_batch_tokens = 1  # a row per micro-batch: minibatches of 2 rows per rank in 2 parts
     coordinator = make_coordinator(cfg, tiny_base_model, tmp_path)
     try:
@@ -173,7 +174,7 @@ def probe_logprobs(coordinator):
 
 @pytest.mark.parametrize("weight_sync", ["object_store", "broadcast", "auto"])
 def test_pool_reproduces_the_trained_policy_after_sync(coordinator, weight_sync, tiny_base_model):
-    coordinator.ppo.weight_sync = weight_sync
+    coordinator.ppo.sync.method = weight_sync
     step = coordinator.actors.pool.version
     metrics = coordinator.step(step)  # the weights of `step` updates reach the pool first
     coordinator.weights.sync(step + 1)  # as they would before the next step's batch
@@ -196,7 +197,7 @@ def test_a_worker_with_stale_weights_fails_the_sync_check(coordinator, tiny_base
     ray.get(coordinator.actors.pool.actors[1].load_weights.remote(sft_state, version))
     with pytest.raises(WeightSyncError, match="rollout worker 1"):
         coordinator.weights.check_probe()
-    coordinator.ppo.weight_sync = "object_store"
+    coordinator.ppo.sync.method = "object_store"
     coordinator.weights.sync(version)  # put things right for the next tests
     assert coordinator.weights.check_probe() <= 1e-5
 
@@ -211,7 +212,7 @@ def test_a_rollout_worker_killed_mid_step_loses_and_duplicates_nothing(coordinat
     assert torch.equal(got.response_ids, expected.response_ids)
     assert torch.allclose(got.logprobs, expected.logprobs, atol=1e-5)  # current weights, not SFT's
     assert ray.get(pool.actors[0].version.remote()) == pool.version
-    coordinator.ppo.weight_sync = "broadcast"  # the restarted worker joins a new group
+    coordinator.ppo.sync.method = "broadcast"  # the restarted worker joins a new group
     coordinator.weights.sync(pool.version)
 
 
@@ -233,7 +234,7 @@ def test_a_prompts_responses_stay_on_one_worker_and_survive_its_loss_whole(coord
     assert len({tuple(r.tolist()) for r in group}) > 1  # a group's responses are separate samples
     with pytest.raises(ValueError, match="whole groups of 4"):
         pool.submit(coordinator.prompt_batch(torch.arange(6)), 400, group_size=4)
-    coordinator.ppo.weight_sync = "broadcast"  # the restarted worker joins a new group
+    coordinator.ppo.sync.method = "broadcast"  # the restarted worker joins a new group
     coordinator.weights.sync(pool.version)
 
 
@@ -268,11 +269,11 @@ def test_micro_batches_under_a_token_budget_give_the_whole_minibatch_update(coor
     rollout.response_mask &= torch.arange(rollout.response_mask.shape[1]) < 1 + torch.arange(16).unsqueeze(1) % 8
     exp = with_advantages(rollout, torch.randn(rollout.logprobs.shape, generator=torch.Generator().manual_seed(0)))
     ppo = dataclasses.replace(coordinator.ppo, prompts_per_step=16, epochs=2, minibatches=2,
-                              loss_aggregation=aggregation)
+                              policy=dataclasses.replace(coordinator.ppo.policy, loss_aggregation=aggregation))
     budget = int(exp.sequence_lengths().max()) * 3  # micro-batches of about three rows
-    policies = [ray.remote(PolicyActor).options(num_cpus=1).remote(str(tiny_base_model),
-                                                                   dataclasses.replace(ppo, micro_batch_tokens=b))
-                for b in (0, budget)]
+    policies = [ray.remote(PolicyActor).options(num_cpus=1).remote(
+        str(tiny_base_model), ppo.policy, dataclasses.replace(ppo, micro_batch_tokens=b).update_settings(),
+        ppo.policy_objective()) for b in (0, budget)]
     try:
         for policy in policies:
             ray.get(policy.setup.remote(*ray.get(policy.rendezvous.remote())))

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from alignray.core.metrics import read_metrics
-from alignray.workflows.common import CONFIG_PATH
+from alignray.workflows.common import compose_app_config
 from alignray.workflows.ppo import run_ppo
 
 GOLDEN = Path(__file__).parent / "golden" / "ppo_tiny.json"
@@ -44,10 +43,9 @@ def golden_run(ray_cluster, tiny_base_model, tmp_path_factory) -> list[dict]:
     torch.manual_seed(0)
     model, tokenizer = init_reward_model(tiny_base_model)
     save_reward_model(model, tokenizer, workdir / "rm", mean=0.5, std=2.0)
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
-        cfg = compose(config_name="config", overrides=[
-            "experiment=tiny", f"workdir={workdir}", f"cache_dir={workdir / 'cache'}", "cluster=cpu_test",
-            "ppo.reward.kind=model", "ppo.prompts_per_step=8", "ppo.max_new_tokens=10"])
+    cfg = compose_app_config([
+        "experiment=tiny", f"workdir={workdir}", f"cache_dir={workdir / 'cache'}", "cluster=cpu_test",
+        "ppo.reward.kind=model", "ppo.prompts_per_step=8", "ppo.rollout.max_new_tokens=10"])
     out = run_ppo(cfg, str(tiny_base_model), str(workdir / "rm"))
     return [deterministic(r) for r in read_metrics(out / "metrics.jsonl")]
 

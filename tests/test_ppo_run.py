@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from alignray.config import typed_config
 from alignray.config.ppo import RewardFunctionConfig
 from alignray.core.metrics import read_metrics
 from alignray.core.model_card import read_model_card
@@ -32,8 +33,8 @@ def run_config(model_path, prompts_path, workdir):
     cfg.ppo.steps, cfg.ppo.checkpoint_every = STEPS, 2
     # reward: the share of "the" among a response's words, whose optimum is all "the";
     # a KL coefficient and learning rate that let a tiny model move within a few steps
-    cfg.ppo.prompts_per_step, cfg.ppo.max_new_tokens = 32, 12
-    cfg.ppo.epochs, cfg.ppo.minibatches, cfg.ppo.lr, cfg.ppo.critic_lr = 2, 2, 2e-3, 1e-3
+    cfg.ppo.prompts_per_step, cfg.ppo.rollout.max_new_tokens = 32, 12
+    cfg.ppo.epochs, cfg.ppo.minibatches, cfg.ppo.policy.lr, cfg.ppo.critic.lr = 2, 2, 2e-3, 1e-3
     cfg.ppo.kl.coef = 0.02
     return cfg
 
@@ -59,7 +60,7 @@ def assert_same_record(got: dict, expected: dict) -> None:
 @pytest.fixture(scope="module")
 def uninterrupted(ray_cluster, tiny_base_model, prompts_path, tmp_path_factory):
     cfg = run_config(tiny_base_model, prompts_path, tmp_path_factory.mktemp("whole"))
-    return run_ppo(cfg, str(tiny_base_model), None)
+    return run_ppo(typed_config(cfg), str(tiny_base_model), None)
 
 
 def test_reward_rises_towards_the_known_optimum(uninterrupted):
@@ -94,9 +95,9 @@ def test_an_interrupted_run_resumes_exactly(ray_cluster, tiny_base_model, prompt
 
     monkeypatch.setattr(PPOCoordinator, "step", crash_at)
     with pytest.raises(SimulatedCrash):
-        run_ppo(cfg, str(tiny_base_model), None)
+        run_ppo(typed_config(cfg), str(tiny_base_model), None)
     monkeypatch.setattr(PPOCoordinator, "step", original_step)
-    resumed = run_ppo(cfg, str(tiny_base_model), None)
+    resumed = run_ppo(typed_config(cfg), str(tiny_base_model), None)
 
     assert resumed.name == uninterrupted.name  # same settings, same phase folder name
     got = [without_times(r) for r in read_metrics(resumed / "metrics.jsonl")]
@@ -113,7 +114,7 @@ def test_one_step_of_policy_lag_overlaps_generation_and_still_climbs(ray_cluster
                                                                       tmp_path, uninterrupted):
     cfg = run_config(tiny_base_model, prompts_path, tmp_path)
     cfg.ppo.policy_lag = 1
-    records = read_metrics(run_ppo(cfg, str(tiny_base_model), None) / "metrics.jsonl")
+    records = read_metrics(run_ppo(typed_config(cfg), str(tiny_base_model), None) / "metrics.jsonl")
     assert [r["policy_lag"] for r in records] == [0] + [1] * (STEPS - 1)  # batch t sampled by update t-1
     assert records[0]["rollout_logprob_gap_max"] < 1e-4 < records[-1]["rollout_logprob_gap_max"]  # one update apart
     assert records[-1]["prompts_taken"] == STEPS * cfg.ppo.prompts_per_step  # none drawn for a step 9
@@ -134,7 +135,7 @@ def test_each_critic_free_preset_climbs_towards_the_known_optimum(ray_cluster, t
     cfg = run_config(tiny_base_model, prompts_path, tmp_path)
     cfg.ppo = OmegaConf.merge(cfg.ppo, OmegaConf.load(CONF / "experiment" / f"{method}.yaml").ppo)
     cfg.ppo.prompts_per_step = 32 // cfg.ppo.samples_per_prompt
-    out = run_ppo(cfg, str(tiny_base_model), None)
+    out = run_ppo(typed_config(cfg), str(tiny_base_model), None)
     records = read_metrics(out / "metrics.jsonl")
     mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
     assert mean(records[-2:], "reward_raw") > mean(records[:2], "reward_raw") + 0.05
@@ -150,7 +151,7 @@ def test_a_users_reward_function_is_added_to_the_scorer_and_its_part_logged(ray_
     cfg = run_config(tiny_base_model, prompts_path, tmp_path)
     cfg.ppo.steps, cfg.ppo.checkpoint_every = 2, 0
     cfg.ppo.reward.functions = [RewardFunctionConfig("tests.test_ppo_algorithm:word_count", -0.1, name="length")]
-    records = read_metrics(run_ppo(cfg, str(tiny_base_model), None) / "metrics.jsonl")
+    records = read_metrics(run_ppo(typed_config(cfg), str(tiny_base_model), None) / "metrics.jsonl")
     for record in records:
         assert record["reward_raw"] == pytest.approx(record["reward_parts/target_word"] + record["reward_parts/length"])
         assert record["reward_parts/length"] < 0  # every response has words: -0.1 x their count
@@ -159,8 +160,9 @@ def test_a_users_reward_function_is_added_to_the_scorer_and_its_part_logged(ray_
 def test_evaluating_a_policy_against_itself_is_a_tie_with_zero_kl(tiny_base_model, prompts_path, tmp_path):
     cfg = run_config(tiny_base_model, prompts_path, tmp_path)
     cfg.data.source = "embedded"  # the held-out annotators judge the embedded default's tweet openings only
-    cfg.ppo.eval.num_prompts, cfg.ppo.eval.samples_to_write = 24, 5
-    result = evaluate_policies(cfg, str(tiny_base_model), str(tiny_base_model), str(prompts_path), tmp_path / "eval")
+    cfg.eval.num_prompts, cfg.eval.samples_to_write = 24, 5
+    result = evaluate_policies(typed_config(cfg), str(tiny_base_model), str(tiny_base_model), str(prompts_path),
+                               tmp_path / "eval")
     assert result["num_prompts"] == 24
     assert (result["win_rate"], result["ci_low"], result["ci_high"]) == (0.5, 0.5, 0.5)
     assert abs(result["mean_kl"]) < 1e-4 and result["length_ratio"] == 1.0

@@ -9,7 +9,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from alignray.feedback import annotator_quality, annotator_weights, build_training_tables, write_feedback
 from alignray.feedback.simulated import BY_LENIENCY, HELD_OUT_JUDGE_RATERS, make_annotator_pool, simulate_feedback
@@ -17,7 +16,7 @@ from alignray.reward.model import (ENSEMBLE_FILE, MEAN_KEY, STD_KEY, RewardModel
                                    load_reward_model, reference_statistics, save_reward_model)
 from alignray.core.metrics import read_metrics
 from alignray.core.model_card import read_model_card
-from alignray.workflows.common import CONFIG_PATH
+from alignray.workflows.common import compose_app_config
 
 PROMPTS = ["i think", "today was", "my flight", "this phone"]
 RESPONSES = ["a great day", "so bad and sad", "it is ok", "love it so much, happy", "terrible awful service"]
@@ -149,11 +148,10 @@ def synthetic_feedback(tmp_path, num_prompts: int = 100, seed: int = 0, groups=N
 
 
 def app_config(tmp_path, workers: int):
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
-        return compose(config_name="config", overrides=[
-            f"workdir={tmp_path / f'runs-{workers}'}", f"cluster.num_workers={workers}", "cluster.cpus_per_worker=1",
-            "reward_model.epochs=2", "reward_model.batch_size=32", "reward_model.lr=3e-3", "reward_model.log_every=5",
-            "reward_model.max_length=16", "reward_model.deepspeed.zero_stage=0", "reward_model.compare_unfiltered=false"])
+    return compose_app_config([
+        f"workdir={tmp_path / f'runs-{workers}'}", f"cluster.num_workers={workers}", "cluster.cpus_per_worker=1",
+        "reward_model.epochs=2", "reward_model.batch_size=32", "reward_model.lr=3e-3", "reward_model.log_every=5",
+        "reward_model.max_length=16", "reward_model.deepspeed.zero_stage=0", "reward_model.compare_unfiltered=false"])
 
 
 def test_app_trains_normalises_and_evaluates_with_one_and_two_workers(ray_cluster, tiny_base_model, tmp_path):

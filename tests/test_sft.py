@@ -9,7 +9,6 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hydra import compose, initialize_config_dir
 
 from alignray.config import DataConfig
 from alignray.data.prompts import DEMONSTRATION_SCHEMA, prepare_embedded_data
@@ -18,7 +17,7 @@ from alignray.core.model_card import read_model_card
 from alignray.models.modeling import load_tokenizer
 from alignray.sft.training import tokenize_demonstrations
 from alignray.data.validation import DataValidationError
-from alignray.workflows.common import CONFIG_PATH
+from alignray.workflows.common import compose_app_config
 from alignray.workflows.ray_train import TrainingInterrupted
 from alignray.workflows.sft import load_demonstrations, run_sft, trained_history
 
@@ -29,12 +28,11 @@ ONE_VS_TWO_TOLERANCE = 0.02
 
 
 def sft_config(workdir, demonstrations, *overrides):
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
-        return compose(config_name="config", overrides=[
-            f"workdir={workdir}", "data=files", f"data.demonstrations_path={demonstrations}",
-            "data.heldout_fraction=0.2", f"sft.max_steps={STEPS}", f"sft.batch_size={BATCH}",
-            "sft.warmup_steps=2", "sft.lr=1e-3", "sft.eval_every=5", "sft.checkpoint_every=4",
-            "sft.log_every=1", "sft.deepspeed.zero_stage=2", *overrides])
+    return compose_app_config([
+        f"workdir={workdir}", "data=files", f"data.demonstrations_path={demonstrations}",
+        "data.heldout_fraction=0.2", f"sft.max_steps={STEPS}", f"sft.batch_size={BATCH}",
+        "sft.warmup_steps=2", "sft.lr=1e-3", "sft.eval_every=5", "sft.checkpoint_every=4",
+        "sft.log_every=1", "sft.deepspeed.zero_stage=2", *overrides])
 
 
 @pytest.fixture(scope="module")

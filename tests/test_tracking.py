@@ -13,13 +13,12 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from hydra import compose, initialize_config_dir
 
 from alignray.config import DataConfig
 from alignray.data.prompts import prepare_embedded_data
 from alignray.core.metrics import MetricsLogger, following, read_metrics
 from alignray.core.tracking import TrackingSettings, log_summary, open_tracker, tracking_settings
-from alignray.workflows.common import CONFIG_PATH
+from alignray.workflows.common import compose_app_config
 
 PARAMS = {"sft.lr": 0.001, "seed": 3, "name": "tiny"}
 # Three records as a phase logs them: a string and a non-finite value are not tracked.
@@ -28,8 +27,7 @@ RECORDS = [{"loss": 2.5, "lr": 1e-3, "event": "resumed"}, {"loss": 2.25, "heldou
 
 
 def config(*overrides):
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose_app_config(list(overrides))
 
 
 def log_records(out, backend: str, **settings) -> MetricsLogger:

@@ -73,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join([*HYDRA_APPS, *OTHER_COMMANDS])}", file=sys.stderr)
         return 2
     app = importlib.import_module(HYDRA_APPS[command][0])
+    from alignray.workflows.common import run_app
     # Hydra reads its overrides and flags from sys.argv.
     sys.argv = [f"alignray {command}", *rest]
-    app.main()
+    run_app(app.main)
     return 0
 
 

@@ -18,12 +18,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Optional
 
 import hydra
 import pyarrow as pa
 import pyarrow.compute as pc
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from ray import serve
 
 from alignray.actors import runtime
@@ -33,24 +32,19 @@ from alignray.collect.candidates import write_candidate_tasks
 from alignray.collect.quality import live_quality
 from alignray.collect.store import ADMIN, LabelStore
 from alignray.collect.tasks import mixed_queue, read_tasks
+from alignray.config import AlignrayConfig
 from alignray.config.collect import ACTIONS, CollectConfig
 from alignray.feedback.quality import POLICIES
 from alignray.feedback.schema import DEFAULT_FLAWS, KINDS, write_feedback
-from alignray.serving.api import AuthConfigError, check_bind_is_safe, load_token, token_digest
-from alignray.workflows.common import CONFIG_PATH, start_app
-from alignray.workflows.serve import http_options, serve_until_stopped
+from alignray.serving.api import endpoint_digest, http_options
+from alignray.workflows.common import CONFIG_PATH, run_app, start_app
+from alignray.workflows.serve import serve_until_stopped
 
 log = logging.getLogger(__name__)
 
 
-def collect_config(cfg) -> CollectConfig:
-    """A checked CollectConfig from a dataclass or a Hydra node; a bad value names its key."""
-    if isinstance(cfg, CollectConfig):
-        cfg = dataclasses.replace(cfg)
-    else:
-        # Resolved first: the node's ${workdir} points outside it.
-        node = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(CollectConfig), node))
+def collect_config(cfg: CollectConfig) -> CollectConfig:
+    """The settings checked (a bad value names its key), as a copy with the store's path absolute."""
     problems = []
     if cfg.action not in ACTIONS:
         problems.append(f"collect.action={cfg.action!r} is not one of {ACTIONS}")
@@ -69,24 +63,12 @@ def collect_config(cfg) -> CollectConfig:
     if problems:
         raise ValueError("; ".join(problems))
     # Replicas may start in another working directory.
-    cfg.store_path = str(Path(cfg.store_path).expanduser().resolve())
-    return cfg
+    return dataclasses.replace(cfg, store_path=str(Path(cfg.store_path).expanduser().resolve()))
 
 
-def admin_digest(cfg: CollectConfig) -> Optional[str]:
-    """The admin token's digest, after the checks that refuse an unsafe start."""
-    token = load_token(cfg.token_env, cfg.token_file)
-    digest = token_digest(token) if token else None
-    try:
-        check_bind_is_safe(cfg.host, digest, cfg.require_token)
-    except AuthConfigError as error:
-        raise AuthConfigError(f"collect: {error} (here: collect.token_file / collect.token_env)") from None
-    return digest
-
-
-def build_collect_app(cfg) -> serve.Application:
+def build_collect_app(cfg: CollectConfig) -> serve.Application:
     cfg = collect_config(cfg)
-    return collect_deployment(cfg, admin_digest(cfg))
+    return collect_deployment(cfg, endpoint_digest(cfg, "collect"))
 
 
 def base_url(cfg: CollectConfig) -> str:
@@ -158,10 +140,10 @@ def admin_link(store: LabelStore, cfg: CollectConfig) -> str:
     return link
 
 
-def serve_collection(cfg: DictConfig, collect: CollectConfig) -> None:
-    app = collect_deployment(collect, admin_digest(collect))
+def serve_collection(cfg: AlignrayConfig, collect: CollectConfig) -> None:
+    app = collect_deployment(collect, endpoint_digest(collect, "collect"))
     with runtime.ray_session(cfg.cluster):
-        serve.start(http_options=http_options(collect))
+        serve.start(http_options=http_options(collect, "collect"))
         serve.run(app, name=collect.app_name, route_prefix=collect.route_prefix)
         store = LabelStore(collect.store_path, form_settings(collect))
         admin_link(store, collect)
@@ -176,10 +158,10 @@ ACTION_FUNCTIONS = {"annotators": create_annotators, "tasks": load_tasks, "compa
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> None:
-    start_app(cfg, "collect")
-    collect = collect_config(cfg.collect)
+    config = start_app(cfg, "collect")
+    collect = collect_config(config.collect)
     if collect.action == "serve":
-        serve_collection(cfg, collect)
+        serve_collection(config, collect)
         return
     if collect.action == "generate":
         generate_tasks(collect)
@@ -192,4 +174,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

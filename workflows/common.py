@@ -1,19 +1,23 @@
-"""What every Hydra app does first: register the schemas, log and save its resolved
-config, and find (or reuse) the folder of a phase's output (keyed as alignray.core.artifacts
-declares)."""
+"""What every Hydra app does first: refuse moved keys, register the schemas, log and save its
+resolved config and turn it into the dataclasses of alignray.config (the one place an app's
+config is converted), and find (or reuse) the folder of a phase's output (keyed as
+alignray.core.artifacts declares)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import sys
 from pathlib import Path
+from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from alignray import CONF_DIR
 from alignray.core.artifacts import DATA, PhaseOutput, is_complete, mark_complete  # noqa: F401  (the apps take them from here)
-from alignray.config import register_configs
+from alignray.config import AlignrayConfig, MovedKeyError, check_overrides, register_configs, typed_config
 from alignray.data.prompts import prepare_embedded_data
 
 register_configs()
@@ -26,16 +30,28 @@ log = logging.getLogger("alignray")
 CONFIG_PATH = str(CONF_DIR)
 
 
-def compose_app_config(overrides: list[str]) -> DictConfig:
-    """The apps' config (conf/config.yaml) with ``overrides``, as Hydra composes it, for code
-    that runs phases without a command line (the benchmarks)."""
+def compose_app_config(overrides: list[str]) -> AlignrayConfig:
+    """The apps' config (conf/config.yaml) with ``overrides``, as Hydra composes it and as an
+    app hands it on (typed), for code that runs phases without a command line (the benchmarks)."""
     from hydra import compose, initialize_config_dir
+    check_overrides(overrides, CONF_DIR)
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
-        return compose(config_name="config", overrides=overrides)
+        return typed_config(compose(config_name="config", overrides=overrides))
 
 
-def start_app(cfg: DictConfig, app: str) -> None:
-    """Log the resolved config and save it beside the app's Hydra outputs."""
+def run_app(main: Callable[[], object]) -> None:
+    """An app's command line: keys that moved are refused with their new name before Hydra
+    composes (which would only say that the old key does not exist)."""
+    try:
+        check_overrides(sys.argv[1:], CONF_DIR)
+    except MovedKeyError as error:
+        sys.exit(f"error: {error}")
+    main()
+
+
+def start_app(cfg: DictConfig, app: str) -> AlignrayConfig:
+    """Log the resolved config and save it beside the app's Hydra outputs; returns it typed,
+    the only form the app hands on."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if cfg.model.source in LOCAL_MODEL_SOURCES:
         # No hub lookups for a model built from local files; a hub id (model.source=hf) keeps
@@ -46,6 +62,7 @@ def start_app(cfg: DictConfig, app: str) -> None:
     out_dir = _hydra_output_dir()
     if out_dir is not None:
         (out_dir / f"{app}-config.yaml").write_text(resolved)
+    return typed_config(cfg)
 
 
 def _hydra_output_dir() -> Path | None:
@@ -55,24 +72,23 @@ def _hydra_output_dir() -> Path | None:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def phase_settings(cfg: DictConfig, phase: PhaseOutput) -> dict:
+def phase_settings(cfg: AlignrayConfig, phase: PhaseOutput) -> dict:
     """The settings ``phase`` declares as deciding its output, flattened to dotted keys
     (``{"sft.lr": 3e-4, ...}``), with its ignored keys left out. A declared path that the
     config lacks is an error naming it."""
-    flat: dict = {}
+    tree, flat = dataclasses.asdict(cfg), {}
     for path in phase.settings:
-        node = OmegaConf.select(cfg, path, default=_ABSENT)
-        if node is _ABSENT:
-            raise KeyError(f"phase {phase.prefix!r} hashes {path!r}, which the config does not have")
-        _flatten(path, OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node, flat)
+        node = tree
+        for name in path.split("."):
+            if not isinstance(node, dict) or name not in node:
+                raise KeyError(f"phase {phase.prefix!r} hashes {path!r}, which the config does not have")
+            node = node[name]
+        _flatten(path, node, flat)
     for path in phase.ignored:
         if not any(key == path or key.startswith(path + ".") for key in flat):
             raise KeyError(f"phase {phase.prefix!r} ignores {path!r}, which is not among its settings")
     return {key: value for key, value in flat.items()
             if not any(key == path or key.startswith(path + ".") for path in phase.ignored)}
-
-
-_ABSENT = object()
 
 
 def _flatten(prefix: str, value, into: dict) -> None:
@@ -83,7 +99,7 @@ def _flatten(prefix: str, value, into: dict) -> None:
         into[prefix] = value
 
 
-def output_key(cfg: DictConfig, phase: PhaseOutput, **inputs) -> str:
+def output_key(cfg: AlignrayConfig, phase: PhaseOutput, **inputs) -> str:
     """A short, stable hash of what decides ``phase``'s output: its settings and the
     upstream paths it reads (every input it declares, by name)."""
     if set(inputs) != set(phase.inputs):
@@ -93,13 +109,13 @@ def output_key(cfg: DictConfig, phase: PhaseOutput, **inputs) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
-def phase_dir(cfg: DictConfig, phase: PhaseOutput, **inputs) -> Path:
+def phase_dir(cfg: AlignrayConfig, phase: PhaseOutput, **inputs) -> Path:
     """``<workdir>/<prefix>-<output key>``: a phase whose folder is complete for the same
     key is reused."""
     return Path(cfg.workdir).expanduser().resolve() / f"{phase.prefix}-{output_key(cfg, phase, **inputs)}"
 
 
-def embedded_data_dir(cfg: DictConfig) -> Path:
+def embedded_data_dir(cfg: AlignrayConfig) -> Path:
     """The embedded default's prompts and demonstrations (alignray.core.artifacts names the
     files), prepared once per data config and reused."""
     data_dir = phase_dir(cfg, DATA)

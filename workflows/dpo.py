@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -34,9 +33,10 @@ import hydra
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from alignray.actors import runtime
+from alignray.config import AlignrayConfig, DPOConfig
 from alignray.core.artifacts import DPO, LOSS_FIGURE, METRICS_FILE, SUMMARY_FILE
 from alignray.dpo.training import (ReferenceLogprobs, build_policy, check_loss_settings, collate_pair_rows, dpo_batch_loss,
                           tokenize_pairs_batch)
@@ -44,9 +44,9 @@ from alignray.core.metrics import plot_curves, read_metrics
 from alignray.core.model_card import ModelCard, write_model_card
 from alignray.models.modeling import check_position_limit
 from alignray.sft.training import sequence_length
-from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
+from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, run_app, start_app
 from alignray.workflows.ray_train import (TrainLoopConfig, TrainTask, copy_final_model, fit, rows_within_budget,
-                                          run_folder, steps_per_epoch)
+                                          steps_per_epoch)
 from alignray.workflows.reward_model import read_training_tables, split_examples, upstream_inputs
 from alignray.workflows.sft import trained_history
 
@@ -55,7 +55,7 @@ log = logging.getLogger("alignray.dpo.training")
 BATCH_ROWS = 256  # pairs per Ray Data batch (tokenising, reference log-probs)
 
 
-def dpo_output_dir(cfg: DictConfig, sft_model: str, feedback_dir: Path) -> Path:
+def dpo_output_dir(cfg: AlignrayConfig, sft_model: str, feedback_dir: Path) -> Path:
     """Named by what alignray.core.artifacts.DPO declares decides the policy."""
     return phase_dir(cfg, DPO, sft_model=str(Path(sft_model).resolve()), feedback=str(feedback_dir.resolve()))
 
@@ -71,7 +71,7 @@ def weighted_pairs(feedback_dir: Path) -> tuple[pa.Table, dict]:
     return kept.select(["prompt", "chosen", "rejected", "weight"]), counts
 
 
-def pair_dataset(table: pa.Table, sft_model: str, cfg: DictConfig) -> ray.data.Dataset:
+def pair_dataset(table: pa.Table, sft_model: str, cfg: AlignrayConfig) -> ray.data.Dataset:
     """Tokenised pairs with the reference's log-probs, computed once here (Ray Data), in
     ``example_id`` order as the loop requires, kept in the object store for every epoch."""
     dataset = ray.data.from_arrow(table).repartition(max(1, min(16, table.num_rows // BATCH_ROWS)))
@@ -80,11 +80,11 @@ def pair_dataset(table: pa.Table, sft_model: str, cfg: DictConfig) -> ray.data.D
         tokenize_pairs_batch, batch_size=BATCH_ROWS, batch_format="numpy",
         fn_kwargs={"model_path": sft_model, "max_prompt_tokens": cfg.data.max_prompt_tokens,
                    "max_response_tokens": cfg.data.max_response_tokens})
-    use_gpu = bool(cfg.cluster.use_gpu)
+    use_gpu = cfg.cluster.use_gpu
     scored = tokens.map_batches(
         ReferenceLogprobs, fn_constructor_kwargs={"model_path": sft_model, "device": "cuda" if use_gpu else "cpu"},
         batch_size=BATCH_ROWS, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=1),
-        num_gpus=1 if use_gpu else 0, num_cpus=float(cfg.cluster.cpus_per_worker))
+        num_gpus=1 if use_gpu else 0, num_cpus=cfg.cluster.cpus_per_worker)
     scored = scored.materialize()
     scored.context.enable_progress_bars = False  # read once per epoch and evaluation
     return scored
@@ -100,17 +100,17 @@ def truncated_responses(dataset: ray.data.Dataset) -> dict[str, int]:
     return counts
 
 
-def dpo_task(dpo_cfg) -> TrainTask:
+def dpo_task(dpo: DPOConfig) -> TrainTask:
     return TrainTask(name="dpo", build_model=build_policy, collate=collate_pair_rows,
-                     loss=partial(dpo_batch_loss, beta=float(dpo_cfg.beta), loss_type=str(dpo_cfg.loss_type),
-                                  label_smoothing=float(dpo_cfg.label_smoothing)))
+                     loss=partial(dpo_batch_loss, beta=dpo.beta, loss_type=dpo.loss_type,
+                                  label_smoothing=dpo.label_smoothing))
 
 
-def run_dpo(cfg: DictConfig, sft_model: str, feedback_dir: str | Path) -> Path:
+def run_dpo(cfg: AlignrayConfig, sft_model: str, feedback_dir: str | Path) -> Path:
     """Train the policy on the pairs; returns the phase folder (reused when complete), the
     policy in ``<out>/model``. Needs a connected Ray."""
     dpo = cfg.dpo
-    check_loss_settings(float(dpo.beta), str(dpo.loss_type), float(dpo.label_smoothing))
+    check_loss_settings(dpo.beta, dpo.loss_type, dpo.label_smoothing)
     feedback_dir = Path(feedback_dir)
     out = dpo_output_dir(cfg, sft_model, feedback_dir)
     if is_complete(out):
@@ -118,30 +118,23 @@ def run_dpo(cfg: DictConfig, sft_model: str, feedback_dir: str | Path) -> Path:
         return out
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
-    if not dpo.resume:
-        shutil.rmtree(run_folder(out), ignore_errors=True)
-        (out / METRICS_FILE).unlink(missing_ok=True)
     check_position_limit(sft_model, sequence_length(cfg.data.max_prompt_tokens, cfg.data.max_response_tokens),
                          "data.max_prompt_tokens + data.max_response_tokens + 1")
     pairs, counts = weighted_pairs(feedback_dir)
-    tables = split_examples(pairs, float(dpo.heldout_fraction), int(cfg.seed))
-    reached = rows_within_budget(tables["train"].num_rows, int(dpo.batch_size), int(dpo.max_steps))
+    tables = split_examples(pairs, dpo.heldout_fraction, cfg.seed)
+    reached = rows_within_budget(tables["train"].num_rows, dpo.batch_size, dpo.max_steps)
     counts["train_pairs_beyond_max_steps"] = tables["train"].num_rows - reached
     tables["train"] = tables["train"].slice(0, reached)
     datasets = {split: pair_dataset(table, sft_model, cfg) for split, table in tables.items()}
     counts |= {split: truncated_responses(dataset) for split, dataset in datasets.items()}
-    loop = TrainLoopConfig(
-        model_path=sft_model, deepspeed=OmegaConf.to_object(dpo.deepspeed), lr=float(dpo.lr),
-        warmup_steps=int(dpo.warmup_steps), global_batch_size=int(dpo.batch_size),
-        steps_per_epoch=steps_per_epoch(tables["train"].num_rows, int(dpo.batch_size)), epochs=int(dpo.epochs),
-        max_steps=int(dpo.max_steps), eval_every=int(dpo.eval_every), checkpoint_every=int(dpo.checkpoint_every),
-        log_every=int(dpo.log_every), seed=int(cfg.seed), metrics_dir=str(out))
+    loop = TrainLoopConfig.of(dpo, model_path=sft_model, seed=cfg.seed, metrics_dir=str(out),
+                              steps_per_epoch=steps_per_epoch(tables["train"].num_rows, dpo.batch_size))
     log.info("DPO data: %s; %d global batches of %d per epoch", json.dumps(counts), loop.steps_per_epoch,
              loop.global_batch_size)
     model_dir = copy_final_model(fit(dpo_task(dpo), loop, datasets, cfg.cluster, out), out)
 
     summary = summarise(out, loop) | {"sft_model": sft_model, "feedback_dir": str(feedback_dir), "model": str(model_dir),
-                                      "data": counts, "workers": int(cfg.cluster.num_workers),
+                                      "data": counts, "workers": cfg.cluster.num_workers,
                                       "wall_time_s": round(time.monotonic() - started, 1)}
     write_model_card(model_dir, dpo_card(cfg, loop, summary))
     mark_complete(out, summary)
@@ -165,12 +158,12 @@ def summarise(out: Path, loop: TrainLoopConfig) -> dict:
     return summary
 
 
-def dpo_card(cfg: DictConfig, loop: TrainLoopConfig, summary: dict) -> ModelCard:
+def dpo_card(cfg: AlignrayConfig, loop: TrainLoopConfig, summary: dict) -> ModelCard:
     dpo = cfg.dpo
     method = {"ipo": "IPO"}.get(dpo.loss_type, "cDPO" if dpo.label_smoothing else "DPO")
     data = summary["data"]
     return ModelCard(
-        title=f"alignray {method} policy", tags=["dpo", "rlhf", str(dpo.loss_type)], base_model=summary["sft_model"],
+        title=f"alignray {method} policy", tags=["dpo", "rlhf", dpo.loss_type], base_model=summary["sft_model"],
         description=f"A causal language model trained with {method} (`dpo.loss_type={dpo.loss_type}`, beta {dpo.beta}, "
                     f"label smoothing {dpo.label_smoothing}) from the SFT model, which is also the frozen reference.",
         data=f"{data['train']['pairs']} preference pairs of the feedback phase's `pairs.parquet` (weighted by "
@@ -186,12 +179,12 @@ def dpo_card(cfg: DictConfig, loop: TrainLoopConfig, summary: dict) -> ModelCard
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
-    start_app(cfg, "dpo")
-    with runtime.ray_session(cfg.cluster):
-        out = run_dpo(cfg, *upstream_inputs(cfg, "dpo"))
+    config = start_app(cfg, "dpo")
+    with runtime.ray_session(config.cluster):
+        out = run_dpo(config, *upstream_inputs(config, "dpo"))
     print(json.dumps(json.loads((out / SUMMARY_FILE).read_text()), indent=2))
     return str(out)
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

@@ -1,9 +1,9 @@
 """Evaluation: does a held-out judge prefer the PPO policy to the SFT policy, and is the
 win honest?
 
-    python -m alignray.workflows.evaluate ppo.eval.policy_path=<ppo dir>/policy [ppo.sft_model_path=...]
-    python -m alignray.workflows.evaluate ... data=files ... ppo.eval.judge=pairs \
-        ppo.eval.pairs_path=<held-out feedback parquet>
+    python -m alignray.workflows.evaluate eval.policy_path=<ppo dir>/policy [ppo.sft_model_path=...]
+    python -m alignray.workflows.evaluate ... data=files ... eval.judge=pairs \
+        eval.pairs_path=<held-out feedback parquet>
 
 Output, ``<workdir>/eval-<hash>/`` (keyed as alignray.core.artifacts.EVALUATION declares: the
 seed, the evaluation's own settings and sizes, its judge and the judge's settings, PPO's
@@ -11,7 +11,7 @@ sampling settings, the models judged): ``eval.json``, ``samples.jsonl``, ``summa
 reused when complete.
 
 Both policies answer the same held-out prompts (same sampling settings as PPO, same seed).
-The judge (``ppo.eval.judge``, alignray.evaluation.judges) gives the figure: the win-rate of PPO's
+The judge (``eval.judge``, alignray.evaluation.judges) gives the figure: the win-rate of PPO's
 answers over SFT's by the held-out annotators 6-10 (embedded default), a reward endpoint or a
 gold reward model, or, for ``pairs``, the implicit-reward accuracy on held-out preference
 pairs (an accuracy, not a win-rate). Reported next to it with its bootstrap interval: KL to
@@ -31,6 +31,9 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from alignray.config import AlignrayConfig
+from alignray.config.ppo import RolloutConfig
+
 from alignray.core.artifacts import EVAL_FILE, EVALUATION, PROMPTS_COPY_DIR, SAMPLES_FILE
 from alignray.pretrain.base_model import resolve_base_model
 from alignray.data.prompts import format_prompt, prepare_embedded_data, read_prompts
@@ -43,7 +46,7 @@ from alignray.evaluation.judges import (describe, implicit_reward_accuracy, make
 from alignray.models.modeling import load_causal_lm, load_tokenizer
 from alignray.ppo import ConstraintPenalty, masked_sum
 from alignray.core.tracking import log_summary, tracking_settings
-from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
+from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, run_app, start_app
 
 log = logging.getLogger("alignray.evaluate")
 BATCH = 64
@@ -55,17 +58,17 @@ PAIRS_NOTE = ("an accuracy, not a win-rate: the share of held-out preference pai
 
 
 @torch.no_grad()
-def answer(model, tokenizer, formatted: list[str], ppo, max_prompt_tokens: int, seed: int):
-    """Sampled responses of ``model`` to prompts formatted by ``format_prompt``: token
-    tensors, texts and their sampling log-probs."""
+def answer(model, tokenizer, formatted: list[str], sampling: RolloutConfig, max_prompt_tokens: int, seed: int):
+    """Sampled responses of ``model`` to prompts formatted by ``format_prompt``, as PPO's
+    rollout workers sample (``sampling``): token tensors, texts and their sampling log-probs."""
     generator = torch.Generator().manual_seed(seed)
     chunks = []
     for start in range(0, len(formatted), BATCH):
         prompt_ids, prompt_mask = encode_prompts(tokenizer, formatted[start:start + BATCH], max_prompt_tokens)
         sampled = sample_responses(model, prompt_ids, prompt_mask,
-                                   max_new_tokens=ppo.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                                   pad_token_id=tokenizer.pad_token_id, temperature=ppo.temperature,
-                                   top_p=ppo.top_p, generator=generator)
+                                   max_new_tokens=sampling.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                   pad_token_id=tokenizer.pad_token_id, temperature=sampling.temperature,
+                                   top_p=sampling.top_p, generator=generator)
         chunks.append((prompt_ids, prompt_mask, sampled))
     return chunks
 
@@ -76,21 +79,21 @@ def logprobs_under(model, chunks, temperature: float) -> list[torch.Tensor]:
             for ids, mask, s in chunks]
 
 
-def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path: str | None,
+def evaluate_policies(cfg: AlignrayConfig, sft_path: str, ppo_path: str, reference_prompts_path: str | None,
                       out_dir: str | Path, base_path: str | None = None) -> dict:
-    """Judge PPO against SFT on held-out prompts with the judge ``ppo.eval.judge`` names
+    """Judge PPO against SFT on held-out prompts with the judge ``eval.judge`` names
     (alignray.evaluation.judges); writes ``eval.json`` and ``samples.jsonl`` (responses side by side) in
     ``out_dir`` and returns what eval.json holds. ``reference_prompts_path`` None means the
     embedded default's held-out prompts. With ``base_path``, the pretrained model's answers
     join the side-by-side samples."""
-    ppo = cfg.ppo
-    kind = resolve_judge(ppo.eval, cfg.data.source)  # before any model loads: a wrong choice fails at once
+    settings, sampling = cfg.eval, cfg.ppo.rollout
+    kind = resolve_judge(settings, cfg.data.source)  # before any model loads: a wrong choice fails at once
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if reference_prompts_path is None:
         reference_prompts_path = prepare_embedded_data(cfg.data, out / PROMPTS_COPY_DIR)["prompts_heldout"]
     table, _ = read_prompts(reference_prompts_path, cfg.data.max_text_chars)
-    rows = table.to_pylist()[: ppo.eval.num_prompts]
+    rows = table.to_pylist()[: settings.num_prompts]
     prompts = [row["prompt"] for row in rows]
 
     tokenizer = load_tokenizer(sft_path)
@@ -98,26 +101,26 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
     sft_model = disable_dropout(load_causal_lm(sft_path, torch.device("cpu"))).eval()
     ppo_model = disable_dropout(load_causal_lm(ppo_path, torch.device("cpu"))).eval()
     max_prompt_tokens = cfg.data.max_prompt_tokens
-    sft_chunks = answer(sft_model, tokenizer, formatted, ppo, max_prompt_tokens, cfg.seed)
-    ppo_chunks = answer(ppo_model, tokenizer, formatted, ppo, max_prompt_tokens, cfg.seed)
+    sft_chunks = answer(sft_model, tokenizer, formatted, sampling, max_prompt_tokens, cfg.seed)
+    ppo_chunks = answer(ppo_model, tokenizer, formatted, sampling, max_prompt_tokens, cfg.seed)
 
     sft_texts, ppo_texts = response_texts(tokenizer, sft_chunks), response_texts(tokenizer, ppo_chunks)
-    kl_per_response, fluency_ppo, fluency_sft = kl_and_fluency(sft_model, sft_chunks, ppo_chunks, ppo.temperature)
+    kl_per_response, fluency_ppo, fluency_sft = kl_and_fluency(sft_model, sft_chunks, ppo_chunks, sampling.temperature)
     verdict_of = judge(kind, cfg, prompts, sft_texts, ppo_texts, (sft_model, ppo_model, tokenizer))
     report = GuardReport.with_figure(verdict_of.figure, metric_of(kind), ppo_texts, sft_texts,
                                      kl_per_response.mean().item(), fluency_ppo, fluency_sft)
-    verdict = report.verdict(kl_budget=ppo.eval.kl_budget)
-    constraints = ConstraintPenalty.from_rule_set(ppo.reward.constraints)
+    verdict = report.verdict(kl_budget=settings.kl_budget)
+    constraints = ConstraintPenalty.from_rule_set(cfg.ppo.reward.constraints)
     violation_rate = {name: (constraints.penalties(t)[0] > 0).float().mean().item()
                       for name, t in (("sft", sft_texts), ("ppo", ppo_texts))}
     result = {
         "sft_model": str(sft_path), "ppo_policy": str(ppo_path), "prompts": str(reference_prompts_path),
-        "num_prompts": len(prompts), "judge": kind, "judge_description": describe(kind, ppo.eval),
+        "num_prompts": len(prompts), "judge": kind, "judge_description": describe(kind, settings),
         "measure": report.metric, report.metric: report.figure, "ci_low": report.ci_low, "ci_high": report.ci_high,
         **{k: v for k, v in vars(report).items() if k not in ("figure", "metric", "ci_low", "ci_high")},
         **verdict_of.extra,
-        "kl_median": kl_per_response.median().item(), "kl_budget": ppo.eval.kl_budget,
-        "constraint_violation_rate": violation_rate, "constraints": ppo.reward.constraints,
+        "kl_median": kl_per_response.median().item(), "kl_budget": settings.kl_budget,
+        "constraint_violation_rate": violation_rate, "constraints": cfg.ppo.reward.constraints,
         "mean_words": {"sft": _mean_words(sft_texts), "ppo": _mean_words(ppo_texts)},
         "verdict": verdict,
         "suspicious_win_rate": report.metric == WIN_RATE and report.figure > 0.9,
@@ -140,16 +143,16 @@ class Judged:
     extra: dict = field(default_factory=dict)  # what eval.json adds for this judge
 
 
-def judge(kind: str, cfg, prompts: list[str], sft_texts: list[str], ppo_texts: list[str], models) -> Judged:
+def judge(kind: str, cfg: AlignrayConfig, prompts: list[str], sft_texts: list[str], ppo_texts: list[str], models) -> Judged:
     """The judge's figure: PPO's win-rate over SFT by a judge of answers, or for ``pairs``
     the implicit-reward accuracy of PPO (reference: SFT) on the held-out pairs."""
     if kind == "pairs":
         sft_model, ppo_model, tokenizer = models
-        pairs = read_preference_pairs(cfg.ppo.eval.pairs_path)
+        pairs = read_preference_pairs(cfg.eval.pairs_path)
         figure = implicit_reward_accuracy(ppo_model, sft_model, tokenizer, pairs, cfg.data.max_prompt_tokens,
                                           cfg.data.max_response_tokens, seed=cfg.seed)
         return Judged(figure, extra={"num_pairs": len(pairs.prompts), "measure_note": PAIRS_NOTE})
-    scorer = make_scorer(kind, cfg.ppo.eval)
+    scorer = make_scorer(kind, cfg.eval)
     sft_scores, ppo_scores = scorer(prompts, sft_texts), scorer(prompts, ppo_texts)
     extra = {}
     if kind == "annotators":
@@ -160,12 +163,13 @@ def judge(kind: str, cfg, prompts: list[str], sft_texts: list[str], ppo_texts: l
                   [float(x) for x in ppo_scores], extra)
 
 
-def write_samples(path: Path, cfg, prompts: list[str], formatted: list[str], tokenizer, base_path: str | None,
+def write_samples(path: Path, cfg: AlignrayConfig, prompts: list[str], formatted: list[str], tokenizer, base_path: str | None,
                   columns: dict[str, list | None]) -> None:
-    """The first ``ppo.eval.samples_to_write`` prompts with each model's answer (the base
+    """The first ``eval.samples_to_write`` prompts with each model's answer (the base
     model's too, with ``base_path``), the judge's scores where it gives any, and the KL."""
-    shown = min(cfg.ppo.eval.samples_to_write, len(prompts))
-    base_texts = base_answers(base_path, tokenizer, formatted[:shown], cfg.ppo, cfg.data.max_prompt_tokens, cfg.seed)
+    shown = min(cfg.eval.samples_to_write, len(prompts))
+    base_texts = base_answers(base_path, tokenizer, formatted[:shown], cfg.ppo.rollout, cfg.data.max_prompt_tokens,
+                              cfg.seed)
     columns = {"base": base_texts or None, **columns}
     with path.open("w") as f:
         for i in range(shown):
@@ -173,14 +177,14 @@ def write_samples(path: Path, cfg, prompts: list[str], formatted: list[str], tok
             f.write(json.dumps(row) + "\n")
 
 
-def run_evaluation(cfg, sft_path: str, policy_path: str, base_path: str | None = None) -> Path:
-    """Evaluate (or reuse) the policy against the SFT model on ``ppo.eval.prompts_path``
+def run_evaluation(cfg: AlignrayConfig, sft_path: str, policy_path: str, base_path: str | None = None) -> Path:
+    """Evaluate (or reuse) the policy against the SFT model on ``eval.prompts_path``
     (None: the embedded held-out prompts); returns the folder holding eval.json."""
     out = phase_dir(cfg, EVALUATION, sft_model=sft_path, policy=policy_path, base_model=base_path)
     if is_complete(out):
         log.info("evaluation for these settings exists: %s", out)
         return out
-    result = evaluate_policies(cfg, sft_path, policy_path, cfg.ppo.eval.prompts_path, out, base_path=base_path)
+    result = evaluate_policies(cfg, sft_path, policy_path, cfg.eval.prompts_path, out, base_path=base_path)
     mark_complete(out, {key: result[key] for key in ("sft_model", "ppo_policy", "num_prompts", "judge", "measure",
                                                      result["measure"], "ci_low", "ci_high", "verdict")})
     return out
@@ -205,13 +209,13 @@ def kl_and_fluency(sft_model, sft_chunks, ppo_chunks, temperature: float) -> tup
             per_token_mean(logprobs_under(sft_model, sft_chunks, temperature), sft_chunks))
 
 
-def base_answers(base_path: str | None, tokenizer, formatted: list[str], ppo, max_prompt_tokens: int,
-                 seed: int) -> list[str]:
+def base_answers(base_path: str | None, tokenizer, formatted: list[str], sampling: RolloutConfig,
+                 max_prompt_tokens: int, seed: int) -> list[str]:
     """The pretrained model's answers to the same prompts (it shares the SFT tokenizer)."""
     if not base_path:
         return []
     model = disable_dropout(load_causal_lm(base_path, torch.device("cpu"))).eval()
-    return response_texts(tokenizer, answer(model, tokenizer, formatted, ppo, max_prompt_tokens, seed))
+    return response_texts(tokenizer, answer(model, tokenizer, formatted, sampling, max_prompt_tokens, seed))
 
 
 def _mean_words(texts: list[str]) -> float:
@@ -220,15 +224,15 @@ def _mean_words(texts: list[str]) -> float:
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> dict:
-    start_app(cfg, "evaluate")
-    if not cfg.ppo.eval.policy_path:
-        raise ValueError("set ppo.eval.policy_path to the PPO policy folder (<ppo output>/policy)")
-    sft = cfg.ppo.sft_model_path or resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
-    out = run_evaluation(cfg, sft, str(Path(cfg.ppo.eval.policy_path).resolve()))
+    config = start_app(cfg, "evaluate")
+    if not config.eval.policy_path:
+        raise ValueError("set eval.policy_path to the PPO policy folder (<ppo output>/policy)")
+    sft = config.ppo.sft_model_path or resolve_base_model(config.model, config.cache_dir, config.seed)
+    out = run_evaluation(config, sft, str(Path(config.eval.policy_path).resolve()))
     result = json.loads((out / EVAL_FILE).read_text())
     log.info("evaluation:\n%s", json.dumps(result, indent=2))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

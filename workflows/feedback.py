@@ -39,6 +39,7 @@ import pandas as pd
 import pyarrow as pa
 from omegaconf import DictConfig
 
+from alignray.config import AlignrayConfig
 from alignray.actors import runtime
 from alignray.actors.judge import judge_with_actor_pool
 from alignray.core.artifacts import (FEEDBACK, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, HELDOUT_PAIRS_FILE, PAIRS_FILE, POINTWISE_FILE,
@@ -56,14 +57,14 @@ from alignray.feedback.simulated import (HELD_OUT_JUDGE_RATERS, TRAINING_RATERS,
                                          training_feedback)
 from alignray.core.tracking import log_summary, tracking_settings
 from alignray.data.validation import ValidationReport, write_parquet
-from alignray.workflows.common import CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, start_app
+from alignray.workflows.common import CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, run_app, start_app
 
 log = logging.getLogger("alignray.feedback")
 
 MAX_ERRORS_LOGGED = 50
 
 
-def prompt_files(cfg: DictConfig) -> dict[str, Path | None]:
+def prompt_files(cfg: AlignrayConfig) -> dict[str, Path | None]:
     """Training and held-out prompt files; with ``data.source=files`` there is no held-out file."""
     if cfg.data.source == "embedded":
         data_dir = embedded_data_dir(cfg)
@@ -83,7 +84,7 @@ def log_validation(report: ValidationReport) -> None:
 
 
 # ----------------------------------------------------------------------------- simulated and AI feedback
-def simulated_feedback(cfg: DictConfig, sft_model_path: str, out: Path) -> tuple[pa.Table, dict, dict | None]:
+def simulated_feedback(cfg: AlignrayConfig, sft_model_path: str, out: Path) -> tuple[pa.Table, dict, dict | None]:
     """Training feedback (with the AI judge's share) and the held-out files; returns the
     feedback, the counts of its generation and the AI judge's statistics (None: no judge)."""
     fb = cfg.feedback
@@ -121,7 +122,7 @@ def simulated_feedback(cfg: DictConfig, sft_model_path: str, out: Path) -> tuple
     return feedback, summary, None
 
 
-def mix_in_ai_judge(cfg: DictConfig, feedback: pa.Table, judge_path: str,
+def mix_in_ai_judge(cfg: AlignrayConfig, feedback: pa.Table, judge_path: str,
                     pairs: pd.DataFrame | None) -> tuple[pa.Table, dict]:
     """Replace ``ai_share`` of the pairwise items by the AI judge's verdicts; the held-out
     pairs are judged in the same pass, to measure the judge against the held-out raters."""
@@ -149,7 +150,7 @@ def mix_in_ai_judge(cfg: DictConfig, feedback: pa.Table, judge_path: str,
 
 
 # ----------------------------------------------------------------------------- the phase
-def gather_feedback(cfg: DictConfig, sft_model_path: str, out: Path):
+def gather_feedback(cfg: AlignrayConfig, sft_model_path: str, out: Path):
     """The accepted feedback rows, one validation report per input, the generation counts
     (simulated only) and the AI judge's statistics (None: no judge)."""
     if cfg.feedback.source == "simulated":
@@ -168,7 +169,7 @@ def gather_feedback(cfg: DictConfig, sft_model_path: str, out: Path):
     raise ValueError(f"feedback.source must be simulated or files, not {cfg.feedback.source!r}")
 
 
-def run_feedback(cfg: DictConfig, sft_model_path: str) -> Path:
+def run_feedback(cfg: AlignrayConfig, sft_model_path: str) -> Path:
     """Generate or ingest feedback, validate, aggregate and report it; returns the phase
     folder (reused when complete). Needs a connected Ray when the AI judge runs."""
     sft_model_path = str(sft_model_path)
@@ -213,12 +214,12 @@ def run_feedback(cfg: DictConfig, sft_model_path: str) -> Path:
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
-    start_app(cfg, "feedback")
+    config = start_app(cfg, "feedback")
     # Only the AI judge runs on Ray (its actor pool); human and simulated feedback do not need it.
-    with runtime.ray_session(cfg.cluster) if cfg.feedback.ai_share > 0 else nullcontext():
-        policy = cfg.feedback.sft_model_path or resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
-        return str(run_feedback(cfg, policy))
+    with runtime.ray_session(config.cluster) if config.feedback.ai_share > 0 else nullcontext():
+        policy = config.feedback.sft_model_path or resolve_base_model(config.model, config.cache_dir, config.seed)
+        return str(run_feedback(config, policy))
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

@@ -21,11 +21,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from alignray.config import AlignrayConfig
 from alignray.actors import runtime
 from alignray.core.artifacts import MODEL_DIR, POLICY_DIR
 from alignray.pretrain.base_model import resolve_base_model
 from alignray.core.tracking import tracking_settings
-from alignray.workflows.common import CONFIG_PATH, start_app
+from alignray.workflows.common import CONFIG_PATH, run_app, start_app
 from alignray.workflows.evaluate import run_evaluation
 from alignray.workflows.feedback import run_feedback
 from alignray.workflows.ppo import run_ppo
@@ -36,12 +37,12 @@ from alignray.workflows.sft import run_sft
 log = logging.getLogger("alignray.pipeline")
 
 
-def evaluate(cfg: DictConfig, base: str, sft_model: str, ppo_dir: Path) -> Path:
+def evaluate(cfg: AlignrayConfig, base: str, sft_model: str, ppo_dir: Path) -> Path:
     """PPO vs SFT by the held-out judge (reused when complete for the same settings)."""
     return run_evaluation(cfg, sft_model, str(ppo_dir / POLICY_DIR), base)
 
 
-def report_dir(cfg: DictConfig) -> tuple[Path, str]:
+def report_dir(cfg: AlignrayConfig) -> tuple[Path, str]:
     """Where this run's report goes, and in a multirun which job of the sweep it is, with
     the job's overrides ("" outside a multirun)."""
     from hydra.core.hydra_config import HydraConfig
@@ -53,7 +54,7 @@ def report_dir(cfg: DictConfig) -> tuple[Path, str]:
     return Path(cfg.workdir).expanduser().resolve() / "report", ""
 
 
-def run_pipeline(cfg: DictConfig) -> Path:
+def run_pipeline(cfg: AlignrayConfig) -> Path:
     """Run (or reuse) every phase; returns the report folder."""
     seconds: dict[str, float] = {}
 
@@ -84,10 +85,10 @@ def run_pipeline(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
-    start_app(cfg, "pipeline")
-    with runtime.ray_session(cfg.cluster):
-        return str(run_pipeline(cfg))
+    config = start_app(cfg, "pipeline")
+    with runtime.ray_session(config.cluster):
+        return str(run_pipeline(config))
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

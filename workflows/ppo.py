@@ -28,7 +28,7 @@ from pathlib import Path
 import hydra
 import ray
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from alignray.actors.base import wait_named
 from alignray.actors.monitor import OverOptimisationMonitor, make_judge, monitor_probe_prompts, monitor_summary
@@ -36,7 +36,7 @@ from alignray.actors.placement import PPOActors, launch_ppo_actors
 from alignray.actors.rollout import PendingRollout
 from alignray.actors.runtime import ray_session
 from alignray.actors.weight_sync import WeightSync
-from alignray.config.ppo import PPOConfig
+from alignray.config import AlignrayConfig, ClusterConfig, DataConfig, PPOConfig
 from alignray.data.prompts import format_prompt, load_prompt_texts, response_text
 from alignray.ppo.experience import (CriticTrainStats, Experience, PolicyTrainStats, PromptBatch, PromptStream,
                                  Rollout, build_experience, encode_prompt_batch, sequence_scores, step_metrics)
@@ -60,7 +60,7 @@ from alignray.ppo import (
     estimator_spec,
     make_kl_controller,
 )
-from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
+from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, run_app, start_app
 
 log = logging.getLogger("alignray.ppo")
 # keys a run does not log (value_loss without a critic, kl_loss with the KL in the reward) are left out
@@ -72,8 +72,10 @@ SEQUENTIAL_STAGES = ["sync", "sync_probe", "generation", "experience", "training
 
 
 class PPOCoordinator:
-    def __init__(self, ppo: PPOConfig, cluster_cfg, data_cfg, seed: int, sft_model_path: str,
-                 reward_model_path: str | None, out: Path):
+    def __init__(self, ppo: PPOConfig, cluster_cfg: ClusterConfig, data_cfg: DataConfig, seed: int,
+                 sft_model_path: str, reward_model_path: str | None, out: Path, eval_prompts: int):
+        """``eval_prompts``: the held-out prompts the evaluation takes (eval.num_prompts), which
+        the monitor's probe must leave to it."""
         self.ppo, self.seed, self.out = ppo, seed, out
         self.ckpt_dir = out / "checkpoints"
         self.tokenizer = load_tokenizer(sft_model_path)
@@ -91,10 +93,10 @@ class PPOCoordinator:
         self.stream_state_before_pending: dict | None = None
         self.actors: PPOActors = launch_ppo_actors(ppo, cluster_cfg, seed, sft_model_path, reward_model_path,
                                                    data_cfg.max_prompt_tokens)
-        self.weights = WeightSync(self.actors.policy, self.actors.pool, self.make_probe(), ppo,
+        self.weights = WeightSync(self.actors.policy, self.actors.pool, self.make_probe(), ppo.sync,
                                   self.actors.placements)
         self.updates = 0  # policy updates the actors hold (a rollback lowers it)
-        self.monitor = self.make_monitor(data_cfg)
+        self.monitor = self.make_monitor(data_cfg, eval_prompts)
 
     # ------------------------------------------------------------------ one PPO step
     def step(self, step: int) -> dict[str, float]:
@@ -217,8 +219,8 @@ class PPOCoordinator:
             raise FloatingPointError(f"non-finite losses in {self.nonfinite_in_a_row} steps in a row; stopping")
 
     # ------------------------------------------------------------------ over-optimisation monitor
-    def make_monitor(self, data_cfg) -> OverOptimisationMonitor | None:
-        prompts = monitor_probe_prompts(self.ppo, data_cfg, self.out)
+    def make_monitor(self, data_cfg: DataConfig, eval_prompts: int) -> OverOptimisationMonitor | None:
+        prompts = monitor_probe_prompts(self.ppo.monitor, eval_prompts, data_cfg, self.out)
         if prompts is None:
             return None
         probe = encode_prompt_batch(self.tokenizer, [format_prompt(self.tokenizer, p) for p in prompts],
@@ -276,12 +278,12 @@ class PPOCoordinator:
     def make_probe(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Fixed sequences whose log-probs the pool must reproduce after each sync: the first
         prompts, answered with the text of the next ones (any real text will do)."""
-        k = min(self.ppo.probe_prompts, len(self.prompts) // 2)
+        k = min(self.ppo.sync.probe_prompts, len(self.prompts) // 2)
         batch = self.prompt_batch(torch.arange(k))
         answers = [response_text(self.tokenizer, self.prompts[k + i].raw) for i in range(k)]
         self.tokenizer.padding_side = "right"
         encoded = self.tokenizer(answers, return_tensors="pt", padding="max_length", truncation=True,
-                                 max_length=self.ppo.max_new_tokens, add_special_tokens=False)
+                                 max_length=self.ppo.rollout.max_new_tokens, add_special_tokens=False)
         self.tokenizer.padding_side = "left"
         return batch.prompt_ids, batch.prompt_mask, encoded["input_ids"], encoded["attention_mask"].bool()
 
@@ -339,12 +341,13 @@ def check_algorithm(ppo: PPOConfig) -> None:
         raise ValueError(f"ppo.policy_lag must be 0 or 1, not {ppo.policy_lag}")
     if ppo.samples_per_prompt < 1:
         raise ValueError(f"ppo.samples_per_prompt must be at least 1, not {ppo.samples_per_prompt}")
-    if ppo.policy_loss not in POLICY_LOSSES:
-        raise ValueError(f"ppo.policy_loss must be one of {sorted(POLICY_LOSSES)}, not {ppo.policy_loss!r}")
+    if ppo.policy.loss not in POLICY_LOSSES:
+        raise ValueError(f"ppo.policy.loss must be one of {sorted(POLICY_LOSSES)}, not {ppo.policy.loss!r}")
     if ppo.kl.estimator not in KL_ESTIMATORS:
         raise ValueError(f"ppo.kl.estimator must be one of {sorted(KL_ESTIMATORS)}, not {ppo.kl.estimator!r}")
-    if ppo.loss_aggregation not in AGGREGATIONS:
-        raise ValueError(f"ppo.loss_aggregation must be one of {AGGREGATIONS}, not {ppo.loss_aggregation!r}")
+    if ppo.policy.loss_aggregation not in AGGREGATIONS:
+        raise ValueError(f"ppo.policy.loss_aggregation must be one of {AGGREGATIONS}, "
+                         f"not {ppo.policy.loss_aggregation!r}")
     if ppo.kl.placement not in ("reward", "loss"):
         raise ValueError(f"ppo.kl.placement must be reward or loss, not {ppo.kl.placement!r}")
     if estimator_spec(ppo.advantage_estimator).needs_groups and ppo.samples_per_prompt < 2:
@@ -352,7 +355,7 @@ def check_algorithm(ppo: PPOConfig) -> None:
                          f"prompt: set ppo.samples_per_prompt >= 2 (it is {ppo.samples_per_prompt})")
 
 
-def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None) -> Path:
+def run_ppo(cfg: AlignrayConfig, sft_model_path: str, reward_model_path: str | None) -> Path:
     """Train the policy with PPO; returns the output folder (``policy/`` in HF format,
     metrics.jsonl, curves.png, summary.json). A finished run with the same settings is reused;
     an interrupted one resumes from its last checkpoint."""
@@ -361,17 +364,17 @@ def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None)
         log.info("PPO output exists: %s", out)
         return out
     out.mkdir(parents=True, exist_ok=True)
-    ppo: PPOConfig = OmegaConf.to_object(cfg.ppo) if OmegaConf.is_config(cfg.ppo) else cfg.ppo
+    ppo = cfg.ppo
     if ppo.reward.kind == "model" and not reward_model_path:
         raise ValueError("ppo.reward.kind=model needs a reward model (ppo.reward_model_path); "
                          "ppo.reward.kind=annotators is the oracle reward without one")
-    check_position_limit(
-        str(sft_model_path), cfg.data.max_prompt_tokens + ppo.max_new_tokens,
-        f"data.max_prompt_tokens {cfg.data.max_prompt_tokens} + ppo.max_new_tokens {ppo.max_new_tokens}")
+    new_tokens = ppo.rollout.max_new_tokens
+    check_position_limit(str(sft_model_path), cfg.data.max_prompt_tokens + new_tokens,
+                         f"data.max_prompt_tokens {cfg.data.max_prompt_tokens} + ppo.rollout.max_new_tokens {new_tokens}")
     started = time.monotonic()
     with ray_session(cfg.cluster):
-        coordinator = PPOCoordinator(ppo, cfg.cluster, cfg.data, int(cfg.seed), str(sft_model_path),
-                                     str(reward_model_path) if reward_model_path else None, out)
+        coordinator = PPOCoordinator(ppo, cfg.cluster, cfg.data, cfg.seed, str(sft_model_path),
+                                     str(reward_model_path) if reward_model_path else None, out, cfg.eval.num_prompts)
         try:
             step_times = coordinator.run(tracking_settings(cfg))
             policy_step = coordinator.hand_over_best() or coordinator.updates
@@ -395,12 +398,12 @@ def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None)
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
-    start_app(cfg, "ppo")
-    sft = cfg.ppo.sft_model_path or resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
-    out = run_ppo(cfg, sft, cfg.ppo.reward_model_path)
+    config = start_app(cfg, "ppo")
+    sft = config.ppo.sft_model_path or resolve_base_model(config.model, config.cache_dir, config.seed)
+    out = run_ppo(config, sft, config.ppo.reward_model_path)
     log.info("PPO policy: %s", out / POLICY_DIR)
     return str(out)
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

@@ -12,10 +12,11 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from alignray.config import AlignrayConfig
 from alignray.pretrain.base_model import resolve_base_model
 from alignray.models.modeling import load_causal_lm, load_tokenizer
 from alignray.core.tracking import tracking_settings
-from alignray.workflows.common import CONFIG_PATH, start_app
+from alignray.workflows.common import CONFIG_PATH, run_app, start_app
 
 log = logging.getLogger("alignray.pretrain")
 
@@ -34,13 +35,13 @@ def sample(model_path: str, prompts: list[str], max_new_tokens: int = 24, seed: 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
-    start_app(cfg, "pretrain")
-    path = resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed, tracking_settings(cfg))
+    config = start_app(cfg, "pretrain")
+    path = resolve_base_model(config.model, config.cache_dir, config.seed, tracking_settings(config))
     prompts = ["I love the new", "Flying with this airline", "Self-driving cars are"]
-    samples = "".join(f"\n  {p} ->{c}" for p, c in zip(prompts, sample(path, prompts, seed=cfg.seed)))
+    samples = "".join(f"\n  {p} ->{c}" for p, c in zip(prompts, sample(path, prompts, seed=config.seed)))
     log.info("base model: %s; samples:%s", path, samples)
     return path
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

@@ -56,8 +56,8 @@ from ray.train.torch import TorchTrainer
 
 from alignray.actors.runtime import wait_for_capacity
 from alignray.models import deepspeed_strategy as strategy
-from alignray.core.artifacts import MODEL_DIR, RAY_TRAIN_DIR
-from alignray.config.training import DeepSpeedConfig
+from alignray.core.artifacts import METRICS_FILE, MODEL_DIR, RAY_TRAIN_DIR
+from alignray.config.training import DeepSpeedConfig, TrainingConfig
 from alignray.core.metrics import MetricsLogger, following
 from alignray.models.modeling import load_tokenizer
 from alignray.core.tracking import TrackingSettings, open_tracker
@@ -101,6 +101,19 @@ class TrainLoopConfig:
     # checkpoint, no evaluation at that step). 0: off.
     interrupt_after_steps: int = 0
     threads: int = 0  # torch threads on CPU (cluster.train_threads); 0: cores / local workers
+    resume: bool = True  # False: an earlier run's checkpoints and metrics in the folder are removed first
+
+    @classmethod
+    def of(cls, settings: TrainingConfig, *, model_path: str, steps_per_epoch: int, seed: int,
+           metrics_dir: str) -> TrainLoopConfig:
+        """The loop's settings from a phase's training keys (`sft`, `reward_model`, `dpo`)
+        and what the phase measured of its data."""
+        return cls(model_path=model_path, deepspeed=settings.deepspeed, lr=settings.lr,
+                   warmup_steps=settings.warmup_steps, global_batch_size=settings.batch_size,
+                   steps_per_epoch=steps_per_epoch, epochs=settings.epochs, max_steps=settings.max_steps,
+                   eval_every=settings.eval_every, checkpoint_every=settings.checkpoint_every,
+                   log_every=settings.log_every, seed=seed, metrics_dir=metrics_dir,
+                   interrupt_after_steps=settings.interrupt_after_steps, resume=settings.resume)
 
     @property
     def total_steps(self) -> int:
@@ -126,6 +139,9 @@ def fit(task: TrainTask, loop: TrainLoopConfig, datasets: dict, cluster_cfg,
     if loop.global_batch_size % cluster_cfg.num_workers:
         raise ValueError(f"the global batch size {loop.global_batch_size} must divide evenly over "
                          f"{cluster_cfg.num_workers} workers")
+    if not loop.resume:
+        shutil.rmtree(run_folder(storage_dir), ignore_errors=True)
+        (Path(loop.metrics_dir) / METRICS_FILE).unlink(missing_ok=True)
     loop = dataclasses.replace(loop, threads=int(cluster_cfg.train_threads))
     resources = {"CPU": cluster_cfg.cpus_per_worker}
     if cluster_cfg.use_gpu:

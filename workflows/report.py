@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from omegaconf import DictConfig
-
+from alignray.config import AlignrayConfig
 from alignray.core.artifacts import (AGREEMENT_FIGURE, CALIBRATION_FIGURE, CURVES_FIGURE, ELO_FIGURE, EVAL_FILE,
                                 LOSS_FIGURE, METRICS_FILE, RATINGS_FIGURE, REPORT_FILE, SAMPLES_FILE,
                                 MONITOR_FILE, OVEROPTIMISATION_FIGURE, STAGE_TIMES_FIGURE, SUMMARY_FILE)
@@ -208,7 +207,7 @@ def samples_section(eval_dir: Path) -> Section:
                    rows)
 
 
-def write_run_report(cfg: DictConfig, phases: dict[str, Path], seconds: dict[str, float], out_dir: Path,
+def write_run_report(cfg: AlignrayConfig, phases: dict[str, Path], seconds: dict[str, float], out_dir: Path,
                      job: str = "") -> dict:
     """``job``: which job of a sweep this is and its overrides, shown under the title."""
     evaluation = _json(phases["eval"] / EVAL_FILE)

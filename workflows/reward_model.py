@@ -46,9 +46,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray.data
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from alignray.actors import runtime
+from alignray.config import AlignrayConfig, RewardModelConfig
 from alignray.core.artifacts import (CALIBRATION_FIGURE, EVAL_FILE, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, LOSS_FIGURE,
                                 METRICS_FILE, MODEL_DIR, PAIRS_FILE, POINTWISE_FILE, REWARD, SUMMARY_FILE)
 from alignray.pretrain.base_model import resolve_base_model
@@ -65,7 +66,7 @@ from alignray.reward.training import (build_reward_model, collate_reward_rows, r
                                       training_examples)
 from alignray.core.tracking import tracking_settings
 from alignray.data.validation import validate_table
-from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
+from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, run_app, start_app
 from alignray.workflows.feedback import run_feedback
 from alignray.workflows.ray_train import TrainLoopConfig, TrainTask, copy_final_model, fit, steps_per_epoch
 from alignray.workflows.sft import run_sft
@@ -121,29 +122,23 @@ def split_examples(examples: pa.Table, heldout_fraction: float, seed: int,
     return tables
 
 
-def reward_task(backbone: str, reward_cfg) -> TrainTask:
+def reward_task(backbone: str, reward: RewardModelConfig) -> TrainTask:
     return TrainTask(
         name="reward",
-        build_model=partial(build_reward_model, max_length=int(reward_cfg.max_length),
-                            disable_dropout=bool(reward_cfg.disable_dropout),
-                            freeze_backbone=bool(reward_cfg.freeze_backbone), pooling=str(reward_cfg.pooling)),
-        collate=partial(collate_reward_rows, tokenizer_path=backbone, max_length=int(reward_cfg.max_length)),
-        loss=partial(reward_batch_loss, margin_scale=float(reward_cfg.margin),
-                     pointwise_weight=float(reward_cfg.pointwise_weight)))
+        build_model=partial(build_reward_model, max_length=reward.max_length, disable_dropout=reward.disable_dropout,
+                            freeze_backbone=reward.freeze_backbone, pooling=reward.pooling),
+        collate=partial(collate_reward_rows, tokenizer_path=backbone, max_length=reward.max_length),
+        loss=partial(reward_batch_loss, margin_scale=reward.margin, pointwise_weight=reward.pointwise_weight))
 
 
-def train_reward_model(examples: pa.Table, backbone: str, cfg: DictConfig, out_dir: Path, seed: int) -> Path:
+def train_reward_model(examples: pa.Table, backbone: str, cfg: AlignrayConfig, out_dir: Path, seed: int) -> Path:
     """Train on ``examples`` with the shared Ray Train loop (``cluster.num_workers``
     workers, DeepSpeed); returns ``<out_dir>/model``, not yet normalised. An interrupted
     run in ``out_dir`` resumes from its last checkpoint."""
     reward = cfg.reward_model
-    tables = split_examples(examples, float(reward.heldout_fraction), seed, bool(reward.batch_by_prompt))
-    loop = TrainLoopConfig(
-        model_path=backbone, deepspeed=OmegaConf.to_object(reward.deepspeed), lr=float(reward.lr),
-        warmup_steps=int(reward.warmup_steps), global_batch_size=int(reward.batch_size),
-        steps_per_epoch=steps_per_epoch(tables["train"].num_rows, int(reward.batch_size)),
-        epochs=int(reward.epochs), max_steps=int(reward.max_steps), eval_every=int(reward.eval_every),
-        checkpoint_every=0, log_every=int(reward.log_every), seed=seed, metrics_dir=str(out_dir))
+    tables = split_examples(examples, reward.heldout_fraction, seed, reward.batch_by_prompt)
+    loop = TrainLoopConfig.of(reward, model_path=backbone, seed=seed, metrics_dir=str(out_dir),
+                              steps_per_epoch=steps_per_epoch(tables["train"].num_rows, reward.batch_size))
     datasets = {split: ray.data.from_arrow(table) for split, table in tables.items()}
     result = fit(reward_task(backbone, reward), loop, datasets, cfg.cluster, out_dir, tracking_settings(cfg))
     return copy_final_model(result, out_dir)
@@ -169,13 +164,13 @@ def member_folders(out_dir: Path, members: int) -> list[Path]:
     return [out_dir] if members == 1 else [out_dir / f"member-{i}" for i in range(members)]
 
 
-def train_members(examples: pa.Table, backbone: str, cfg: DictConfig, out_dir: Path) -> Path:
+def train_members(examples: pa.Table, backbone: str, cfg: AlignrayConfig, out_dir: Path) -> Path:
     """The ``reward_model.ensemble_size`` members, member ``i`` with seed ``seed + i`` (so
     member 0 is the single model of the same settings); returns the model folder."""
     reward = cfg.reward_model
-    folders = member_folders(out_dir, int(reward.ensemble_size))
+    folders = member_folders(out_dir, reward.ensemble_size)
     models = [train_reward_model(member_examples(examples, i, len(folders), reward.ensemble_data), backbone, cfg,
-                                 folder, int(cfg.seed) + i) for i, folder in enumerate(folders)]
+                                 folder, cfg.seed + i) for i, folder in enumerate(folders)]
     return models[0] if len(models) == 1 else assemble_reward_ensemble(models, out_dir / MODEL_DIR)
 
 
@@ -262,20 +257,20 @@ def final_losses(folders: list[Path]) -> dict:
 
 
 def train_normalize_evaluate(pairs: pa.Table, pointwise: pa.Table, heldout: pa.Table | None, backbone: str,
-                             cfg: DictConfig, out_dir: Path) -> dict:
+                             cfg: AlignrayConfig, out_dir: Path) -> dict:
     """One reward model: train, normalise, evaluate; figures go to ``out_dir``."""
     started = time.monotonic()
     reward = cfg.reward_model
-    examples = training_examples(pairs, pointwise, str(reward.votes), keep_margins=float(reward.margin) != 0)
+    examples = training_examples(pairs, pointwise, reward.votes, keep_margins=reward.margin != 0)
     model_dir = train_members(examples, backbone, cfg, out_dir)
     train_s = time.monotonic() - started
     result = {"pairs": pairs.num_rows, "pointwise": pointwise.num_rows, "examples": examples.num_rows,
-              "train_s": round(train_s, 1), "ensemble_size": int(reward.ensemble_size),
-              "normalization": normalize_saved_model(model_dir, examples, int(reward.reference_size), int(cfg.seed))}
-    result |= final_losses(member_folders(out_dir, int(reward.ensemble_size)))
+              "train_s": round(train_s, 1), "ensemble_size": reward.ensemble_size,
+              "normalization": normalize_saved_model(model_dir, examples, reward.reference_size, cfg.seed)}
+    result |= final_losses(member_folders(out_dir, reward.ensemble_size))
     if heldout is not None:
         figures, calibration, ensemble = evaluate_reward_model(model_dir, heldout, annotators_of(pairs, pointwise),
-                                                               int(reward.calibration_bins))
+                                                               reward.calibration_bins)
         plot_calibration(calibration, out_dir / CALIBRATION_FIGURE)
         result["heldout"] = figures
         result |= ensemble
@@ -284,10 +279,10 @@ def train_normalize_evaluate(pairs: pa.Table, pointwise: pa.Table, heldout: pa.T
     return result
 
 
-def reward_card(backbone: str, cfg: DictConfig, result: dict) -> ModelCard:
+def reward_card(backbone: str, cfg: AlignrayConfig, result: dict) -> ModelCard:
     """The model card of a trained reward model: its data, settings and held-out figures."""
     reward = cfg.reward_model
-    settings = {key: reward[key] for key in ("lr", "epochs", "max_steps", "batch_size", "margin", "pointwise_weight",
+    settings = {key: getattr(reward, key) for key in ("lr", "epochs", "max_steps", "batch_size", "margin", "pointwise_weight",
                                              "votes", "batch_by_prompt", "max_length", "pooling", "reference_size",
                                              "ensemble_size", "ensemble_data")}
     metrics = {"final_train_loss": result["final_train_loss"], "final_heldout_loss": result["final_heldout_loss"]}
@@ -296,8 +291,8 @@ def reward_card(backbone: str, cfg: DictConfig, result: dict) -> ModelCard:
             "phase's training tables: Bradley-Terry loss on pairs, regression on pointwise targets). "
             "Accuracies are on held-out pairwise feedback, per annotator panel.")
     return reward_model_card(result["normalization"]["mean"], result["normalization"]["std"],
-                             int(reward.ensemble_size), str(reward.pooling), base_model=backbone,
-                             data=data, config=settings | {"seed": int(cfg.seed)}, metrics=metrics)
+                             reward.ensemble_size, reward.pooling, base_model=backbone,
+                             data=data, config=settings | {"seed": cfg.seed}, metrics=metrics)
 
 
 def unfiltered_tables(feedback: pa.Table, pairs: pa.Table, pointwise: pa.Table) -> tuple[pa.Table, pa.Table] | None:
@@ -313,7 +308,7 @@ def unfiltered_tables(feedback: pa.Table, pairs: pa.Table, pointwise: pa.Table) 
     return everyone.pairs, everyone.pointwise
 
 
-def run_reward_model(cfg: DictConfig, backbone_path: str, feedback_dir: str | Path) -> Path:
+def run_reward_model(cfg: AlignrayConfig, backbone_path: str, feedback_dir: str | Path) -> Path:
     """Train, normalise and evaluate the reward model; returns the phase folder (reused
     when complete). The model is ``<out>/model``."""
     feedback_dir = Path(feedback_dir)
@@ -325,7 +320,7 @@ def run_reward_model(cfg: DictConfig, backbone_path: str, feedback_dir: str | Pa
     pairs, pointwise = read_training_tables(feedback_dir)
     feedback = read_feedback(feedback_dir / FEEDBACK_FILE, strict=False)[0] if (feedback_dir / FEEDBACK_FILE).exists() \
         else None
-    heldout = heldout_feedback_of(feedback_dir, feedback, float(cfg.reward_model.heldout_fraction))
+    heldout = heldout_feedback_of(feedback_dir, feedback, cfg.reward_model.heldout_fraction)
     backbone = resolve_backbone(cfg.reward_model.backbone, backbone_path)
     with runtime.ray_session(cfg.cluster):
         evaluation = {"model": train_normalize_evaluate(pairs, pointwise, heldout, backbone, cfg, out)}
@@ -340,7 +335,7 @@ def run_reward_model(cfg: DictConfig, backbone_path: str, feedback_dir: str | Pa
     headline = _headline(evaluation)
     log.info("reward model %s; %s", ", ".join(f"{k} {v:.3f}" for k, v in headline.items()), out / MODEL_DIR)
     mark_complete(out, {"model": str(out / MODEL_DIR), "backbone": backbone, "feedback_dir": str(feedback_dir),
-                        "workers": int(cfg.cluster.num_workers), **headline})
+                        "workers": cfg.cluster.num_workers, **headline})
     return out
 
 
@@ -356,7 +351,7 @@ def heldout_feedback_of(feedback_dir: Path, feedback: pa.Table | None, heldout_f
     return rows if rows.num_rows else None
 
 
-def comparison_models(cfg: DictConfig, feedback: pa.Table | None, pairs: pa.Table, pointwise: pa.Table,
+def comparison_models(cfg: AlignrayConfig, feedback: pa.Table | None, pairs: pa.Table, pointwise: pa.Table,
                       heldout: pa.Table | None, backbone: str, out: Path) -> dict:
     """The opt-in comparisons, each a reward model of the same settings: with the flagged
     annotators kept (``compare_unfiltered``) and on each annotator group's feedback alone
@@ -385,24 +380,24 @@ def _headline(evaluation: dict) -> dict:
             for panel, figures in result["heldout"].items()}
 
 
-def upstream_inputs(cfg: DictConfig, phase: str = "reward_model") -> tuple[str, str]:
+def upstream_inputs(cfg: AlignrayConfig, phase: str = "reward_model") -> tuple[str, str]:
     """The SFT model and the feedback folder: given in the ``phase`` config group
     (``sft_model_path``, ``feedback_dir``), or the upstream phases' outputs (run, or reused
     when complete)."""
-    sft_model = cfg[phase].sft_model_path or str(run_sft(cfg, resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed))
+    sft_model = getattr(cfg, phase).sft_model_path or str(run_sft(cfg, resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed))
                                                  / MODEL_DIR)
-    feedback_dir = cfg[phase].feedback_dir or str(run_feedback(cfg, sft_model))
+    feedback_dir = getattr(cfg, phase).feedback_dir or str(run_feedback(cfg, sft_model))
     return sft_model, feedback_dir
 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
-    start_app(cfg, "reward_model")
-    with runtime.ray_session(cfg.cluster):
-        out = run_reward_model(cfg, *upstream_inputs(cfg))
+    config = start_app(cfg, "reward_model")
+    with runtime.ray_session(config.cluster):
+        out = run_reward_model(config, *upstream_inputs(config))
     log.info("reward model summary:\n%s", json.dumps(json.loads((out / SUMMARY_FILE).read_text()), indent=2))
     return str(out)
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

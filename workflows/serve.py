@@ -13,6 +13,7 @@ options. Serve restarts a replica whose actor dies or whose health check fails.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import signal
@@ -24,18 +25,17 @@ from typing import Optional
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from ray import serve
 from ray.serve import Application
 
 from alignray.actors import runtime
-from alignray.config import ServeConfig
+from alignray.config import ServeConfig, structured
 from alignray.models.modeling import pick_device, training_dtype
 from alignray.reward.model import ENSEMBLE_FILE, load_reward_model, reward_member_dirs, reward_texts
 from alignray.serving.api import (BatchStats, ModelInfo, Normalization, RequestLimits, ScoredItems,
-                                StatsResponse, build_reward_api, check_bind_is_safe, is_loopback,
-                                load_token, token_digest)
-from alignray.workflows.common import CONFIG_PATH, start_app
+                                StatsResponse, build_reward_api, endpoint_digest, http_options)
+from alignray.workflows.common import CONFIG_PATH, run_app, start_app
 
 log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -130,10 +130,9 @@ class RewardModelServer:
         return [(rewards[start:end], disagreement[start:end]) for start, end in zip(bounds[:-1], bounds[1:])]
 
 
-def serve_config(cfg) -> ServeConfig:
-    """A ServeConfig from a dataclass, a Hydra node or `serve run` arguments (strings);
-    an unknown key is an error that names it."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ServeConfig), cfg))
+def serve_config(args: dict) -> ServeConfig:
+    """A ServeConfig from `serve run` arguments (strings); an unknown key is an error that names it."""
+    return structured(ServeConfig, args)
 
 
 def deployment_options(cfg: ServeConfig) -> dict:
@@ -147,23 +146,9 @@ def deployment_options(cfg: ServeConfig) -> dict:
     return options
 
 
-def http_options(cfg: ServeConfig) -> dict:
-    """Serve's HTTP proxy settings (`serve.start`; `http_options` in a config file)."""
-    options = {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s}
-    if cfg.ssl_certfile or cfg.ssl_keyfile:
-        options.update(ssl_certfile=cfg.ssl_certfile, ssl_keyfile=cfg.ssl_keyfile)
-    elif not is_loopback(cfg.host):
-        log.warning("serving %s over plain HTTP: the bearer token travels in clear text; set "
-                    "serve.ssl_certfile and serve.ssl_keyfile or terminate TLS in front", cfg.host)
-    return options
-
-
-def build_reward_app(cfg) -> Application:
+def build_reward_app(cfg: ServeConfig) -> Application:
     """The Serve application for `cfg`, after the checks that may refuse to start it."""
-    cfg = serve_config(cfg)
-    token = load_token(cfg.token_env, cfg.token_file)
-    digest = token_digest(token) if token else None
-    check_bind_is_safe(cfg.host, digest, cfg.require_token)
+    digest = endpoint_digest(cfg, "serve")
     if not cfg.model_path:
         raise ValueError("serve.model_path is required: a folder saved by save_reward_model")
     # Checked here, where a mistake stops the start, not in replicas Serve would restart.
@@ -177,7 +162,7 @@ def build_reward_app(cfg) -> Application:
     except (FileNotFoundError, ValueError) as error:
         raise FileNotFoundError(f"serve.model_path: {error}") from error
     # Replicas may start in another working directory.
-    cfg.model_path = str(model_path.resolve())
+    cfg = dataclasses.replace(cfg, model_path=str(model_path.resolve()))
     deployment = serve.deployment(RewardModelServer).options(**deployment_options(cfg))
     return deployment.bind(cfg, digest)
 
@@ -186,20 +171,21 @@ def app_builder(args: dict) -> Application:
     """Entry for Serve's CLI and config files (`import_path: alignray.workflows.serve:app_builder`).
     `args.host` must repeat the config file's `http_options.host`: it decides whether a
     token is required. Replicas without a token answer loopback clients only either way."""
-    return build_reward_app(args)
+    return build_reward_app(serve_config(args))
 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> None:
-    start_app(cfg, "serve")
-    app = build_reward_app(cfg.serve)
-    with runtime.ray_session(cfg.cluster):
-        serve.start(http_options=http_options(serve_config(cfg.serve)))
-        serve.run(app, name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
-        scheme = "https" if cfg.serve.ssl_certfile else "http"
-        log.info("serving %s at %s://%s:%s%s/v1/score (OpenAPI: /docs); Ctrl-C stops", cfg.serve.model_path,
-                 scheme, cfg.serve.host, cfg.serve.port, cfg.serve.route_prefix.rstrip("/"))
-        serve_until_stopped(cfg.serve.app_name)
+    config = start_app(cfg, "serve")
+    endpoint = config.serve
+    app = build_reward_app(endpoint)
+    with runtime.ray_session(config.cluster):
+        serve.start(http_options=http_options(endpoint, "serve"))
+        serve.run(app, name=endpoint.app_name, route_prefix=endpoint.route_prefix)
+        scheme = "https" if endpoint.ssl_certfile else "http"
+        log.info("serving %s at %s://%s:%s%s/v1/score (OpenAPI: /docs); Ctrl-C stops", endpoint.model_path,
+                 scheme, endpoint.host, endpoint.port, endpoint.route_prefix.rstrip("/"))
+        serve_until_stopped(endpoint.app_name)
 
 
 def serve_until_stopped(app_name: str) -> None:
@@ -217,4 +203,4 @@ def serve_until_stopped(app_name: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

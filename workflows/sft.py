@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -32,12 +31,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 import ray.data
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from alignray.actors import runtime
 from alignray.core.artifacts import DEMONSTRATIONS_FILE, LOSS_FIGURE, METRICS_FILE, SFT
 from alignray.pretrain.base_model import resolve_base_model
-from alignray.config.training import DeepSpeedConfig
+from alignray.config import AlignrayConfig
 from alignray.data.prompts import read_demonstrations
 from alignray.data.tweets import is_heldout
 from alignray.core.metrics import plot_curves, read_metrics
@@ -45,8 +44,9 @@ from alignray.core.model_card import ModelCard, write_model_card
 from alignray.models.modeling import check_position_limit, load_causal_lm
 from alignray.sft.training import collate_token_rows, response_token_loss, sequence_length, tokenize_batch
 from alignray.core.tracking import tracking_settings
-from alignray.workflows.common import CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, start_app
-from alignray.workflows.ray_train import TrainLoopConfig, TrainTask, copy_final_model, fit, run_folder, steps_per_epoch
+from alignray.workflows.common import (CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, run_app,
+                                       start_app)
+from alignray.workflows.ray_train import TrainLoopConfig, TrainTask, copy_final_model, fit, steps_per_epoch
 
 log = logging.getLogger("alignray.sft.training")
 
@@ -55,7 +55,7 @@ SFT_TASK = TrainTask(name="sft", build_model=load_causal_lm, collate=collate_tok
 TOKENIZE_BATCH_ROWS = 512
 
 
-def sft_output_dir(cfg: DictConfig, base_model_path: str) -> Path:
+def sft_output_dir(cfg: AlignrayConfig, base_model_path: str) -> Path:
     """The folder is named by everything that decides the SFT model (alignray.core.artifacts.SFT:
     the seed, data and SFT settings, the base model), run control left out (so
     ``resume=false`` or a drill does not move it)."""
@@ -63,7 +63,7 @@ def sft_output_dir(cfg: DictConfig, base_model_path: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- data
-def read_demonstration_splits(cfg: DictConfig) -> tuple[dict[str, pa.Table], list[dict]]:
+def read_demonstration_splits(cfg: AlignrayConfig) -> tuple[dict[str, pa.Table], list[dict]]:
     """Validated ``train`` and ``heldout`` tables and one validation report per file read.
 
     The embedded default comes as two files; ``data.source=files`` is one file whose
@@ -89,7 +89,7 @@ def _read(path: Path, max_chars: int) -> tuple[pa.Table, dict]:
     return table, report.counts()
 
 
-def load_demonstrations(cfg: DictConfig) -> tuple[dict[str, pa.Table], list[dict]]:
+def load_demonstrations(cfg: AlignrayConfig) -> tuple[dict[str, pa.Table], list[dict]]:
     """The validated splits, train shuffled with the seed and capped at
     ``sft.max_examples``, each row numbered by ``example_id`` in training order; and the
     validation reports."""
@@ -134,7 +134,7 @@ def truncation_counts(dataset: ray.data.Dataset) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------- the phase
-def run_sft(cfg: DictConfig, base_model_path: str | Path) -> Path:
+def run_sft(cfg: AlignrayConfig, base_model_path: str | Path) -> Path:
     """Fine-tune ``base_model_path`` on the demonstrations; returns the output folder
     (final model in ``<out>/model``). Needs a connected Ray."""
     base_model_path = str(base_model_path)
@@ -144,9 +144,6 @@ def run_sft(cfg: DictConfig, base_model_path: str | Path) -> Path:
         return out
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
-    if not cfg.sft.resume:
-        shutil.rmtree(run_folder(out), ignore_errors=True)
-        (out / METRICS_FILE).unlink(missing_ok=True)
     check_position_limit(base_model_path, sequence_length(cfg.data.max_prompt_tokens, cfg.data.max_response_tokens),
                          "data.max_prompt_tokens + data.max_response_tokens + 1")
 
@@ -158,13 +155,8 @@ def run_sft(cfg: DictConfig, base_model_path: str | Path) -> Path:
     log.info("SFT data: %s; %d global batches of %d per epoch, the last %d rows of each epoch make no full batch",
              json.dumps(tokens), steps, cfg.sft.batch_size, untrained_tail)
 
-    loop = TrainLoopConfig(
-        model_path=base_model_path, deepspeed=DeepSpeedConfig(**OmegaConf.to_container(cfg.sft.deepspeed)),
-        lr=cfg.sft.lr, warmup_steps=cfg.sft.warmup_steps, global_batch_size=cfg.sft.batch_size,
-        steps_per_epoch=steps, epochs=cfg.sft.epochs, max_steps=cfg.sft.max_steps,
-        eval_every=cfg.sft.eval_every, checkpoint_every=cfg.sft.checkpoint_every,
-        log_every=cfg.sft.log_every, seed=cfg.seed, metrics_dir=str(out),
-        interrupt_after_steps=cfg.sft.interrupt_after_steps)
+    loop = TrainLoopConfig.of(cfg.sft, model_path=base_model_path, steps_per_epoch=steps, seed=cfg.seed,
+                              metrics_dir=str(out))
     result = fit(SFT_TASK, loop, datasets, cfg.cluster, out, tracking_settings(cfg))
 
     model_dir = copy_final_model(result, out)
@@ -178,7 +170,7 @@ def run_sft(cfg: DictConfig, base_model_path: str | Path) -> Path:
     return out
 
 
-def sft_card(cfg: DictConfig, loop: TrainLoopConfig, summary: dict) -> ModelCard:
+def sft_card(cfg: AlignrayConfig, loop: TrainLoopConfig, summary: dict) -> ModelCard:
     return ModelCard(
         title="alignray SFT model", tags=["sft", "rlhf"], base_model=summary["base_model"],
         description="A causal language model fine-tuned on demonstrations (supervised fine-tuning, the "
@@ -218,11 +210,11 @@ def trained_history(records: list[dict]) -> list[dict]:
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
-    start_app(cfg, "sft")
-    with runtime.ray_session(cfg.cluster):
-        base_model_path = resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
-        return str(run_sft(cfg, base_model_path))
+    config = start_app(cfg, "sft")
+    with runtime.ray_session(config.cluster):
+        base_model_path = resolve_base_model(config.model, config.cache_dir, config.seed)
+        return str(run_sft(config, base_model_path))
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from alignray.config.endpoint import EndpointConfig
+
 ACTIONS = ("serve", "annotators", "generate", "tasks", "compact", "admin-link")
 
 
@@ -38,7 +40,15 @@ class CandidatesConfig:
 
 
 @dataclass
-class CollectConfig:
+class CollectConfig(EndpointConfig):
+    # The endpoint's keys (host, port, TLS, token, ...): EndpointConfig. Without an admin
+    # token only loopback clients reach the admin API, and a non-loopback host refuses to start.
+    app_name: str = "alignray-collect"
+    port: int = 8010
+    request_timeout_s: float = 30.0
+    cpus_per_replica: float = 0.5
+    max_body_bytes: int = 256 * 1024
+    token_env: Optional[str] = "ALIGNRAY_COLLECT_TOKEN"
     # serve: the pages and the API; annotators: create `annotators` (one-time links);
     # generate: write `tasks_file` from checkpoints (`candidates`); tasks: load
     # `tasks_file` into the queues; compact: write `out`; admin-link: a
@@ -57,22 +67,6 @@ class CollectConfig:
     seed: int = 0
     # Links print with this origin; None: http(s)://host:port.
     base_url: Optional[str] = None
-    app_name: str = "alignray-collect"
-    route_prefix: str = "/"
-    # Loopback unless told otherwise; any other address requires the admin token.
-    host: str = "127.0.0.1"
-    port: int = 8010
-    ssl_certfile: Optional[str] = None
-    ssl_keyfile: Optional[str] = None
-    request_timeout_s: float = 30.0
-    max_ongoing_requests: int = 64
-    cpus_per_replica: float = 0.5
-    max_body_bytes: int = 256 * 1024
-    # The admin bearer token: from token_file, else $token_env; without one only loopback
-    # clients reach the admin API, and a non-loopback host refuses to start.
-    token_env: Optional[str] = "ALIGNRAY_COLLECT_TOKEN"
-    token_file: Optional[str] = None
-    require_token: bool = False
     # The forms a task enables (those that fit its number of responses), the rating scale
     # and the flaw checkboxes (all of alignray.feedback.schema's KINDS and DEFAULT_FLAWS).
     forms: list[str] = field(default_factory=lambda: ["pairwise", "ranking", "thumbs", "rating"])

@@ -51,27 +51,6 @@ class PPORewardConfig:
 
 
 @dataclass
-class PPOEvalConfig:
-    # The standalone evaluation app's inputs: the PPO policy folder (required there) and
-    # the held-out prompts (None: the embedded default's held-out split).
-    policy_path: Optional[str] = None
-    prompts_path: Optional[str] = None
-    num_prompts: int = 400  # held-out prompts both policies answer
-    # Who judges (alignray/evaluation/judges.py): "annotators" (the held-out panel 6-10, embedded default
-    # only), "http" (a reward endpoint at `judge_url`: alignray's /v1/score, or OpenRLHF's /get_reward), "gold_rm" (a
-    # reward model trained on held-out feedback PPO never saw, at `gold_reward_model_path`),
-    # "pairs" (implicit-reward accuracy on the held-out preference pairs at `pairs_path`: an
-    # accuracy, not a win-rate). "auto": annotators on the embedded default; other data must
-    # choose.
-    judge: str = "auto"
-    judge_url: Optional[str] = None
-    gold_reward_model_path: Optional[str] = None
-    pairs_path: Optional[str] = None  # a feedback parquet (FEEDBACK_SCHEMA) or a pairs one (PAIRS_SCHEMA)
-    kl_budget: float = 8.0  # nats per response; the guard flags more
-    samples_to_write: int = 50
-
-
-@dataclass
 class MonitorConfig:
     """The over-optimisation monitor (alignray/ppo/monitor.py, actors/monitor.py): every `every`
     policy updates (and before the first, and after the last) the policy answers a fixed probe
@@ -98,6 +77,60 @@ class MonitorConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """The rollout workers (actors/rollout.py): how responses are sampled, and the pool."""
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # The generation path (alignray.models.static_decoder.make_decoder): "auto" (the static KV
+    # cache for GPT-2/Llama, CUDA graphs on a GPU), "static", "static_eager" (no graphs), or
+    # "hf" (the reference path).
+    generation_engine: str = "auto"
+    stop_at_eos: bool = True  # False: every response is max_new_tokens long (benchmarks)
+    workers: int = 2
+    gpus: float = 0.0  # GPUs per worker in the separate layout
+    max_restarts: int = 3  # Ray restarts a dead worker; its prompts are generated again
+
+
+@dataclass
+class PolicyConfig:
+    """The policy's update (actors/policy.py)."""
+    lr: float = 1e-5
+    # alignray/ppo/losses.py: "clipped_surrogate" (PPO's, per token) or "gspo" (the ratio of whole
+    # responses, clipped per response; GSPO clips at ~3e-4, so set clip_eps with it).
+    loss: str = "clipped_surrogate"
+    # How a minibatch's token losses become one: "token_mean", "seq_mean" (each response's token
+    # mean, then the mean over responses), "constant" (sum / (responses x max_new_tokens): Dr. GRPO).
+    loss_aggregation: str = "token_mean"
+    clip_eps: float = 0.2
+    entropy_coef: float = 0.0
+    # Data-parallel ranks; the group is one DeepSpeed world.
+    actors: int = 1
+
+
+@dataclass
+class CriticConfig:
+    """The critic (actors/critic.py); only the "gae" estimator places one."""
+    lr: float = 5e-5
+    value_clip_eps: float = 0.2
+    # "sft": the critic starts from the SFT model's backbone; "reward_model": from the RM's.
+    init: str = "sft"
+    actors: int = 1  # data-parallel ranks, one DeepSpeed world
+
+
+@dataclass
+class SyncConfig:
+    """How new policy weights reach the rollout pool (actors/weight_sync.py), and their check."""
+    # "object_store" (ray.put once, every worker reads it), "broadcast" (a torch.distributed
+    # group: gloo on CPU, NCCL between GPUs), "cuda_ipc" (workers on the policy's GPU copy from
+    # its memory), or "auto": per worker, cuda_ipc on the policy's GPU, broadcast between GPUs,
+    # the object store where either end is on a CPU.
+    method: str = "auto"
+    probe_prompts: int = 4  # after each sync the pool must reproduce the policy's log-probs on these
+    tolerance: float = 1e-3  # max |log-prob difference| allowed on the probe
+
+
+@dataclass
 class PPOConfig:
     # The standalone app's inputs (the pipeline passes its own): None means the base model
     # from `model` as the SFT policy, and no reward model (ppo.reward.kind must not be "model").
@@ -112,63 +145,63 @@ class PPOConfig:
     # A prompt's responses form a group, sampled on one rollout worker and compared by the
     # group estimators (grpo, rloo, ...).
     samples_per_prompt: int = 1
-    max_new_tokens: int = 24
-    temperature: float = 1.0
-    top_p: float = 1.0
-    # The rollout workers' generation path (alignray.models.static_decoder.make_decoder): "auto" (the
-    # static KV cache for GPT-2/Llama, CUDA graphs on a GPU), "static", "static_eager" (no
-    # graphs), or "hf" (the reference path).
-    generation_engine: str = "auto"
-    stop_at_eos: bool = True  # False: every response is max_new_tokens long (benchmarks)
+    max_prompts: int = 0  # 0: every training prompt
     # 1: the next batch is generated while this one trains (one update of policy lag; the
     # ratio uses the rollout log-probs). 0: generation and training take turns.
     policy_lag: int = 0
+    # The update of every trained role (policy, critic): epochs x minibatches of the step's batch.
     epochs: int = 4
     minibatches: int = 4
-    lr: float = 1e-5
-    critic_lr: float = 5e-5
-    # alignray/ppo/losses.py: "clipped_surrogate" (PPO's, per token) or "gspo" (the ratio of whole
-    # responses, clipped per response; GSPO clips at ~3e-4, so set clip_eps with it).
-    policy_loss: str = "clipped_surrogate"
-    # How a minibatch's token losses become one: "token_mean", "seq_mean" (each response's token
-    # mean, then the mean over responses), "constant" (sum / (responses x max_new_tokens): Dr. GRPO).
-    loss_aggregation: str = "token_mean"
-    clip_eps: float = 0.2
-    value_clip_eps: float = 0.2
+    # Gradient accumulation: a minibatch is cut into micro-batches of at most this many padded
+    # tokens (rows sorted by length, each trimmed of padding); 0: the whole minibatch at once.
+    micro_batch_tokens: int = 0
+    target_kl: Optional[float] = None  # stop a step's remaining policy epochs above 1.5 x this approx KL
     gamma: float = 1.0
     lam: float = 0.95
     # alignray/ppo/advantages.py: "gae" (reads the critic), or a critic-free one, "grpo", "dr_grpo",
     # "rloo", "reinforce_pp_baseline" (these compare a prompt's responses: samples_per_prompt >= 2),
-    # "reinforce_pp". Without a critic none is placed, loaded or trained (the critic_* keys are unused).
+    # "reinforce_pp". Without a critic none is placed, loaded or trained (ppo.critic is unused).
     advantage_estimator: str = "gae"
     whiten_advantages: bool = True  # whiten the estimator's advantages over the batch's valid tokens
-    entropy_coef: float = 0.0
-    # Gradient accumulation: a minibatch is cut into micro-batches of at most this many padded
-    # tokens (rows sorted by length, each trimmed of padding); 0: the whole minibatch at once.
-    micro_batch_tokens: int = 0
-    target_kl: Optional[float] = None  # stop a step's remaining epochs above 1.5 x this approx KL
-    kl: KLConfig = field(default_factory=KLConfig)
-    reward: PPORewardConfig = field(default_factory=PPORewardConfig)
-    # "sft": the critic starts from the SFT model's backbone; "reward_model": from the RM's.
-    critic_init: str = "sft"
-    # Data-parallel actors per trainable role; each group is one DeepSpeed world.
-    policy_actors: int = 1
-    critic_actors: int = 1
-    rollout_workers: int = 2
-    rollout_gpus: float = 0.0  # GPUs per rollout worker in the separate layout
-    rollout_max_restarts: int = 3  # Ray restarts a dead worker; its prompts are generated again
-    # How new policy weights reach the pool (actors/weight_sync.py): "object_store" (ray.put
-    # once, every worker reads it), "broadcast" (a torch.distributed group: gloo on CPU, NCCL
-    # between GPUs), "cuda_ipc" (workers on the policy's GPU copy from its memory), or "auto":
-    # per worker, cuda_ipc on the policy's GPU, broadcast between GPUs, the object store where
-    # either end is on a CPU.
-    weight_sync: str = "auto"
-    probe_prompts: int = 4  # after each sync the pool must reproduce the policy's log-probs on these
-    sync_tolerance: float = 1e-3  # max |log-prob difference| allowed on the probe
-    max_prompts: int = 0  # 0: every training prompt
     checkpoint_every: int = 10  # steps; 0 only at the end
     resume: bool = True
     max_nonfinite_in_a_row: int = 3
-    eval: PPOEvalConfig = field(default_factory=PPOEvalConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
+    reward: PPORewardConfig = field(default_factory=PPORewardConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=lambda: DeepSpeedConfig(zero_stage=0))
+
+    def update_settings(self) -> UpdateSettings:
+        """What the trained roles read of the PPO-wide settings."""
+        return UpdateSettings(rows_per_step=self.prompts_per_step * self.samples_per_prompt, epochs=self.epochs,
+                              minibatches=self.minibatches, micro_batch_tokens=self.micro_batch_tokens,
+                              deepspeed=self.deepspeed)
+
+    def policy_objective(self) -> PolicyObjective:
+        """What the policy's loss reads besides ppo.policy."""
+        return PolicyObjective(temperature=self.rollout.temperature, max_new_tokens=self.rollout.max_new_tokens,
+                               kl_loss_estimator=self.kl.estimator if self.kl.placement == "loss" else None,
+                               target_kl=self.target_kl)
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """The PPO-wide settings a trained role (policy, critic) needs, handed to it explicitly."""
+    rows_per_step: int  # prompts_per_step x samples_per_prompt, over every rank
+    epochs: int
+    minibatches: int
+    micro_batch_tokens: int
+    deepspeed: DeepSpeedConfig
+
+
+@dataclass(frozen=True)
+class PolicyObjective:
+    """The PPO-wide settings the policy's loss reads besides its own block."""
+    temperature: float  # the pool's: log-probs of the tokens as they were sampled
+    max_new_tokens: int  # the "constant" aggregation's normaliser
+    kl_loss_estimator: Optional[str]  # ppo.kl.estimator where the KL is a loss term; None: it is in the reward
+    target_kl: Optional[float]

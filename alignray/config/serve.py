@@ -4,23 +4,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from alignray.config.endpoint import EndpointConfig
+
 
 @dataclass
-class ServeConfig:
+class ServeConfig(EndpointConfig):
+    # The endpoint's keys (host, port, TLS, token, ...): EndpointConfig.
+    app_name: str = "alignray-reward"
+    token_env: Optional[str] = "ALIGNRAY_SERVE_TOKEN"
     # Any folder saved by alignray.reward.model.save_reward_model.
     model_path: Optional[str] = None
     # Reported by /v1/model and every score; defaults to the model folder's name.
     model_name: Optional[str] = None
-    app_name: str = "alignray-reward"
-    route_prefix: str = "/"
-    # Loopback unless told otherwise; any other address requires a token (refused without).
-    host: str = "127.0.0.1"
-    port: int = 8000
-    # TLS for the HTTP proxy: off the loopback the bearer token otherwise travels in clear.
-    ssl_certfile: Optional[str] = None
-    ssl_keyfile: Optional[str] = None
-    # A request still unanswered after this long gets 408 (Serve's HTTP proxy).
-    request_timeout_s: float = 60.0
     # Replicas: a fixed count, or autoscaling between min and max replicas.
     num_replicas: int = 1
     autoscaling: bool = False
@@ -31,8 +26,6 @@ class ServeConfig:
     # fp32 scores exactly as training and the PPO reward actor do; "auto" is bf16 on a GPU
     # that supports it (faster, rewards differ in the third decimal or so).
     precision: str = "fp32"
-    cpus_per_replica: float = 1.0
-    max_ongoing_requests: int = 64
     # Requests waiting for a replica beyond this get 503 (which clients retry), so a
     # flood of requests cannot grow the queue without bound.
     max_queued_requests: int = 1024
@@ -45,9 +38,3 @@ class ServeConfig:
     # Request limits: beyond them a request gets 413 before any scoring.
     max_items_per_request: int = 256
     max_chars_per_item: int = 8192
-    max_body_bytes: int = 1024 * 1024
-    # Bearer-token authentication: on when a token is found in token_file or the
-    # environment variable token_env; require_token refuses to start without one.
-    token_env: Optional[str] = "ALIGNRAY_SERVE_TOKEN"
-    token_file: Optional[str] = None
-    require_token: bool = False

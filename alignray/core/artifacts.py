@@ -83,8 +83,16 @@ TRACKING_PATTERNS = ("events.out.tfevents.*", "wandb")
 DATA = PhaseOutput("data", settings=("data.prompt_words", "data.min_response_words", "data.min_confidence",
                                      "data.heldout_fraction"),
                    writes=(PROMPTS_FILE, DEMONSTRATIONS_FILE, *FINISHED))
+
+
+def run_control(group: str) -> tuple[str, ...]:
+    """The keys of the training loop's settings (alignray.config.training.TrainingConfig) under
+    ``group`` that control a run without changing what it produces."""
+    return tuple(f"{group}.{key}" for key in ("resume", "interrupt_after_steps", "log_every"))
+
+
 SFT = PhaseOutput("sft", settings=("seed", "data", "sft"),
-                  ignored=("sft.resume", "sft.interrupt_after_steps", "sft.log_every", "data.prompts_path"),
+                  ignored=(*run_control("sft"), "data.prompts_path"),
                   inputs=("base_model",),
                   writes=(MODEL_DIR, METRICS_FILE, LOSS_FIGURE, RAY_TRAIN_DIR, *FINISHED))
 FEEDBACK = PhaseOutput("feedback", settings=("seed", "data", "feedback"),
@@ -93,25 +101,25 @@ FEEDBACK = PhaseOutput("feedback", settings=("seed", "data", "feedback"),
                        writes=(FEEDBACK_FILE, PAIRS_FILE, POINTWISE_FILE, HELDOUT_FEEDBACK_FILE, HELDOUT_PAIRS_FILE,
                                REPORT_FILE, AGREEMENT_FIGURE, RATINGS_FIGURE, ELO_FIGURE, *FINISHED))
 REWARD = PhaseOutput("reward", settings=("seed", "reward_model"),
-                     ignored=("reward_model.sft_model_path", "reward_model.feedback_dir", "reward_model.log_every"),
+                     ignored=(*run_control("reward_model"), "reward_model.sft_model_path", "reward_model.feedback_dir"),
                      inputs=("backbone", "feedback"),
                      writes=(MODEL_DIR, METRICS_FILE, LOSS_FIGURE, CALIBRATION_FIGURE, EVAL_FILE, RAY_TRAIN_DIR,
                              UNFILTERED_DIR, *FINISHED))
 PPO = PhaseOutput("ppo", settings=("seed", "data", "ppo"),
-                  ignored=("ppo.eval", "ppo.resume", "ppo.sft_model_path", "ppo.reward_model_path",
+                  ignored=("ppo.resume", "ppo.sft_model_path", "ppo.reward_model_path",
                            "data.demonstrations_path", "data.max_response_tokens"),
                   inputs=("sft_model", "reward_model"),
                   writes=(POLICY_DIR, CHECKPOINTS_DIR, METRICS_FILE, CURVES_FIGURE, STAGE_TIMES_FIGURE, PROMPTS_COPY_DIR,
                           MONITOR_FILE, OVEROPTIMISATION_FIGURE, *FINISHED))
-# The evaluation samples with PPO's sampling settings; its sizes and its judge (ppo.eval.judge and
-# the judge's judge_url, gold_reward_model_path or pairs_path, all under ppo.eval) are its own, not PPO's.
-EVALUATION = PhaseOutput("eval", settings=("seed", "data", "ppo.eval", "ppo.max_new_tokens", "ppo.temperature",
-                                           "ppo.top_p"),
-                         ignored=("ppo.eval.policy_path", "data.demonstrations_path", "data.max_response_tokens"),
+# The evaluation samples with PPO's sampling settings; its sizes and its judge (eval.judge and the
+# judge's judge_url, gold_reward_model_path or pairs_path, all under eval) are its own, not PPO's.
+EVALUATION = PhaseOutput("eval", settings=("seed", "data", "eval", "ppo.rollout.max_new_tokens",
+                                           "ppo.rollout.temperature", "ppo.rollout.top_p"),
+                         ignored=("eval.policy_path", "data.demonstrations_path", "data.max_response_tokens"),
                          inputs=("sft_model", "policy", "base_model"),
                          writes=(EVAL_FILE, SAMPLES_FILE, PROMPTS_COPY_DIR, *FINISHED))
 DPO = PhaseOutput("dpo", settings=("seed", "dpo", "data.max_prompt_tokens", "data.max_response_tokens"),
-                  ignored=("dpo.resume", "dpo.log_every", "dpo.sft_model_path", "dpo.feedback_dir"),
+                  ignored=(*run_control("dpo"), "dpo.sft_model_path", "dpo.feedback_dir"),
                   inputs=("sft_model", "feedback"),
                   writes=(MODEL_DIR, METRICS_FILE, LOSS_FIGURE, RAY_TRAIN_DIR, *FINISHED))
 PHASE_OUTPUTS = (DATA, SFT, FEEDBACK, REWARD, PPO, DPO, EVALUATION)

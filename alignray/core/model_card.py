@@ -138,12 +138,13 @@ def ppo_policy_card(ppo: PPOConfig, sft_model_path: str, reward_model_path: str 
         title="alignray PPO policy", tags=["ppo", "rlhf"], base_model=sft_model_path,
         description=f"A causal language model trained with PPO ({ppo.advantage_estimator} advantages) against a "
                     "reward, held near its SFT model by a KL penalty and rule-based constraint penalties.",
-        data=f"{ppo.steps} steps of {ppo.prompts_per_step} prompts{answered}, up to {ppo.max_new_tokens} new tokens "
+        data=f"{ppo.steps} steps of {ppo.prompts_per_step} prompts{answered}, up to {ppo.rollout.max_new_tokens} new tokens "
              f"per response; rewarded by {scorer}"
              + (", normalised with running statistics." if ppo.reward.normalize else "."),
-        config={"lr": ppo.lr, "kl_coef": ppo.kl.coef, "kl_controller": ppo.kl.controller, "clip_eps": ppo.clip_eps,
+        config={"lr": ppo.policy.lr, "kl_coef": ppo.kl.coef, "kl_controller": ppo.kl.controller,
+                "clip_eps": ppo.policy.clip_eps,
                 "epochs": ppo.epochs, "minibatches": ppo.minibatches, "advantage_estimator": ppo.advantage_estimator,
                 "samples_per_prompt": ppo.samples_per_prompt, "kl_placement": ppo.kl.placement,
-                "policy_loss": ppo.policy_loss, "loss_aggregation": ppo.loss_aggregation},
+                "policy_loss": ppo.policy.loss, "loss_aggregation": ppo.policy.loss_aggregation},
         metrics={"reward_raw_first_step": first["reward_raw"], "reward_raw_last_step": last["reward_raw"],
                  "kl_last_step": last["kl"], "response_length_last_step": last["response_length"]})

@@ -8,6 +8,7 @@ wandb and mlflow are optional (`pip install 'alignray[test]'`) and imported only
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import math
@@ -40,12 +41,11 @@ class TrackingSettings:
 def tracking_settings(cfg) -> TrackingSettings:
     """The settings of the root config's `logger` group, with the whole resolved config as
     the params every tracker records."""
-    from omegaconf import OmegaConf
     logger = cfg.logger
     if logger.backend not in BACKENDS:
         raise ValueError(f"logger.backend={logger.backend!r} is not one of {', '.join(BACKENDS)}")
     uri = logger.mlflow_tracking_uri or (Path(cfg.workdir).expanduser().resolve() / MLFLOW_DIR).as_uri()
-    params = flatten(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else {})
+    params = flatten(dataclasses.asdict(cfg))
     return TrackingSettings(backend=logger.backend, project=logger.project, group=str(cfg.name),
                             wandb_mode=logger.wandb_mode, mlflow_tracking_uri=uri, params=params)
 

@@ -1,4 +1,4 @@
-"""The evaluation's judges, chosen by ``ppo.eval.judge`` (pure: no Ray, no Hydra).
+"""The evaluation's judges, chosen by ``eval.judge`` (pure: no Ray, no Hydra).
 
 Three judges score answers, higher is preferred, and the evaluation reports the policy's
 win-rate over the SFT model's answers to the same held-out prompts:
@@ -36,7 +36,7 @@ from alignray.ppo import masked_sum
 from alignray.sft.training import collate_token_rows, tokenize_demonstrations
 
 JUDGES = ("auto", "annotators", "http", "gold_rm", "pairs")
-# The setting each judge needs, under ppo.eval.
+# The setting each judge needs, under eval.
 REQUIRED_SETTING = {"http": "judge_url", "gold_rm": "gold_reward_model_path", "pairs": "pairs_path"}
 BATCH = 32
 
@@ -44,26 +44,26 @@ Scorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 
 
 def resolve_judge(eval_cfg, data_source: str) -> str:
-    """The judge ``ppo.eval.judge`` names, checked: ``auto`` is the panel on the embedded
+    """The judge ``eval.judge`` names, checked: ``auto`` is the panel on the embedded
     default, and on other data a choice is required; the panel judges the embedded default
     only; each other judge needs its setting."""
     kind = eval_cfg.judge
     if kind not in JUDGES:
-        raise ValueError(f"ppo.eval.judge must be one of {JUDGES}, not {kind!r}")
+        raise ValueError(f"eval.judge must be one of {JUDGES}, not {kind!r}")
     embedded = data_source == "embedded"
-    choose = ("set ppo.eval.judge to http (with ppo.eval.judge_url), gold_rm (with "
-              "ppo.eval.gold_reward_model_path) or pairs (with ppo.eval.pairs_path)")
+    choose = ("set eval.judge to http (with eval.judge_url), gold_rm (with "
+              "eval.gold_reward_model_path) or pairs (with eval.pairs_path)")
     if kind == "auto":
         if not embedded:
-            raise ValueError(f"ppo.eval.judge=auto is the held-out annotators, who judge only the embedded "
+            raise ValueError(f"eval.judge=auto is the held-out annotators, who judge only the embedded "
                              f"default's tweets; on your own data (data.source={data_source}) {choose}")
         return "annotators"
     if kind == "annotators" and not embedded:
-        raise ValueError(f"ppo.eval.judge=annotators: the held-out annotators judge only the embedded default's "
+        raise ValueError(f"eval.judge=annotators: the held-out annotators judge only the embedded default's "
                          f"tweets, not data.source={data_source}; {choose}")
     setting = REQUIRED_SETTING.get(kind)
     if setting and not getattr(eval_cfg, setting):
-        raise ValueError(f"ppo.eval.judge={kind} needs ppo.eval.{setting}")
+        raise ValueError(f"eval.judge={kind} needs eval.{setting}")
     return kind
 
 

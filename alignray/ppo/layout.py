@@ -8,7 +8,7 @@ the bundle it runs in. ``actors/placement.py`` turns a plan into Ray placement g
 Layouts (``cluster.placement``), when the cluster has GPUs:
 - ``separate``: a bundle of ``{GPU: gpus_per_role, CPU: cpus_per_role}`` per model actor
   (policy ranks, critic ranks, reference, reward), so no two share a GPU; a second group
-  with a ``{GPU: ppo.rollout_gpus, CPU: cpus_per_role}`` bundle per rollout worker.
+  with a ``{GPU: ppo.rollout.gpus, CPU: cpus_per_role}`` bundle per rollout worker.
 - ``colocated``: one ``{GPU: 1}`` bundle that every actor, rollout workers included, shares
   through equal fractional requests: for one-GPU machines.
 Without a GPU in the cluster every actor asks for ``cpus_per_role`` CPUs and no GPU.
@@ -165,20 +165,20 @@ def choose_sync_method(requested: str, policy: dict, worker: dict) -> str:
     one device), an NCCL broadcast between GPUs, and the object store where either end is on a
     CPU (gloo and NCCL cannot meet). A forced method that cannot work is refused, naming the fix."""
     if requested not in SYNC_METHODS:
-        raise ValueError(f"ppo.weight_sync must be one of {SYNC_METHODS}, not {requested!r}")
+        raise ValueError(f"ppo.sync.method must be one of {SYNC_METHODS}, not {requested!r}")
     on_gpu = policy["device"].startswith("cuda"), worker["device"].startswith("cuda")
     shared = all(on_gpu) and same_gpu(policy, worker)
     if requested == "auto":
         return ("cuda_ipc" if shared else "broadcast") if all(on_gpu) else "object_store"
     if requested == "broadcast" and shared:
-        raise ValueError("ppo.weight_sync=broadcast: the policy and a rollout worker share one GPU, which NCCL "
+        raise ValueError("ppo.sync.method=broadcast: the policy and a rollout worker share one GPU, which NCCL "
                          "refuses; use auto (CUDA IPC) or object_store")
     if requested == "broadcast" and any(on_gpu) != all(on_gpu):
-        raise ValueError(f"ppo.weight_sync=broadcast: the policy is on {policy['device']} and a rollout worker on "
+        raise ValueError(f"ppo.sync.method=broadcast: the policy is on {policy['device']} and a rollout worker on "
                          f"{worker['device']}, so a gloo group would meet an NCCL one (NCCL vs gloo). Give the "
-                         "rollout workers GPUs (ppo.rollout_gpus=1, or cluster=one_gpu to share one) or use auto")
+                         "rollout workers GPUs (ppo.rollout.gpus=1, or cluster=one_gpu to share one) or use auto")
     if requested == "cuda_ipc" and not shared:
-        raise ValueError("ppo.weight_sync=cuda_ipc needs every rollout worker on the policy's GPU; use auto")
+        raise ValueError("ppo.sync.method=cuda_ipc needs every rollout worker on the policy's GPU; use auto")
     return requested
 
 

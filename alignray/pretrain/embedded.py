@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -44,7 +43,7 @@ TINY_TEST_RECIPE = EmbeddedRecipe(vocab_size=512, n_layer=2, n_head=2, n_embd=64
 
 
 def recipe_hash(recipe, seed: int) -> str:
-    fields = OmegaConf.to_container(recipe) if OmegaConf.is_config(recipe) else dataclasses.asdict(recipe)
+    fields = dataclasses.asdict(recipe)
     # The wall-clock cap decides how far training gets but not what a step does; it is
     # part of the recipe all the same, because a different cap gives a different model.
     # format 2: fp32 on every CPU (format 1 trained under bf16 autocast)
@@ -143,7 +142,7 @@ def _pretrain(recipe, seed: int, out: Path, tracker: Tracker) -> None:
 
     plot_curves(read_metrics(metrics.path), ["train_loss", "heldout_loss"], out / LOSS_FIGURE,
                 title="pretraining on tweets")
-    summary = {"recipe": dataclasses.asdict(recipe) if dataclasses.is_dataclass(recipe) else OmegaConf.to_container(recipe),
+    summary = {"recipe": dataclasses.asdict(recipe),
                "seed": seed, "parameters": model.num_parameters(), "steps": step,
                "heldout_loss_untrained": untrained_loss, "heldout_loss": final_loss,
                "train_tweets": len(train_texts), "heldout_tweets": len(heldout_texts),
