@@ -54,7 +54,7 @@ def test_the_trained_phases_share_one_training_loop_class_and_keep_their_default
 
 def test_serve_and_collect_share_one_endpoint_class():
     from alignray.config import CollectConfig, EndpointConfig, ServeConfig
-    from alignray.serving.api import http_options
+    from alignray.serving.endpoint import http_options
     assert issubclass(ServeConfig, EndpointConfig) and issubclass(CollectConfig, EndpointConfig)
     assert http_options(CollectConfig(), "collect") == {"host": "127.0.0.1", "port": 8010, "request_timeout_s": 30.0}
     assert http_options(ServeConfig(), "serve")["port"] == 8000

@@ -32,51 +32,27 @@ import torch
 from omegaconf import DictConfig
 
 from alignray.config import AlignrayConfig
-from alignray.config.ppo import RolloutConfig
 
 from alignray.core.artifacts import EVAL_FILE, EVALUATION, PROMPTS_COPY_DIR, SAMPLES_FILE
-from alignray.pretrain.base_model import resolve_base_model
 from alignray.data.prompts import format_prompt, prepare_embedded_data, read_prompts
-from alignray.evaluation.compare import WIN_RATE, GuardReport, bootstrap_ci, words
+from alignray.evaluation.compare import WIN_RATE, GuardReport, bootstrap_ci
 from alignray.feedback.simulated import TRAINING_RATERS, judge_scores
-from alignray.models.generation import (decode_responses, disable_dropout, encode_prompts, response_logits,
-                                 sample_responses, token_logprobs)
+from alignray.models.generation import disable_dropout
 from alignray.evaluation.judges import (describe, implicit_reward_accuracy, make_scorer, metric_of, read_preference_pairs,
                              resolve_judge)
 from alignray.models.modeling import load_causal_lm, load_tokenizer
-from alignray.ppo import ConstraintPenalty, masked_sum
+from alignray.ppo import ConstraintPenalty
 from alignray.core.tracking import log_summary, tracking_settings
+from alignray.workflows.phases import run_phase
 from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, run_app, start_app
+from alignray.evaluation.answers import answer, response_texts, kl_and_fluency, base_answers, mean_words
 
 log = logging.getLogger("alignray.evaluate")
-BATCH = 64
 # "Done" for the embedded default (issue 6): the judge's preference must be clear, and the
 # guards must pass.
 MIN_CI_LOW = 0.55
 PAIRS_NOTE = ("an accuracy, not a win-rate: the share of held-out preference pairs where log pi(chosen) - "
               "log pi_sft(chosen) > log pi(rejected) - log pi_sft(rejected), ties counting one half")
-
-
-@torch.no_grad()
-def answer(model, tokenizer, formatted: list[str], sampling: RolloutConfig, max_prompt_tokens: int, seed: int):
-    """Sampled responses of ``model`` to prompts formatted by ``format_prompt``, as PPO's
-    rollout workers sample (``sampling``): token tensors, texts and their sampling log-probs."""
-    generator = torch.Generator().manual_seed(seed)
-    chunks = []
-    for start in range(0, len(formatted), BATCH):
-        prompt_ids, prompt_mask = encode_prompts(tokenizer, formatted[start:start + BATCH], max_prompt_tokens)
-        sampled = sample_responses(model, prompt_ids, prompt_mask,
-                                   max_new_tokens=sampling.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                                   pad_token_id=tokenizer.pad_token_id, temperature=sampling.temperature,
-                                   top_p=sampling.top_p, generator=generator)
-        chunks.append((prompt_ids, prompt_mask, sampled))
-    return chunks
-
-
-@torch.no_grad()
-def logprobs_under(model, chunks, temperature: float) -> list[torch.Tensor]:
-    return [token_logprobs(response_logits(model, ids, mask, s.response_ids), s.response_ids, temperature)
-            for ids, mask, s in chunks]
 
 
 def evaluate_policies(cfg: AlignrayConfig, sft_path: str, ppo_path: str, reference_prompts_path: str | None,
@@ -121,7 +97,7 @@ def evaluate_policies(cfg: AlignrayConfig, sft_path: str, ppo_path: str, referen
         **verdict_of.extra,
         "kl_median": kl_per_response.median().item(), "kl_budget": settings.kl_budget,
         "constraint_violation_rate": violation_rate, "constraints": cfg.ppo.reward.constraints,
-        "mean_words": {"sft": _mean_words(sft_texts), "ppo": _mean_words(ppo_texts)},
+        "mean_words": {"sft": mean_words(sft_texts), "ppo": mean_words(ppo_texts)},
         "verdict": verdict,
         "suspicious_win_rate": report.metric == WIN_RATE and report.figure > 0.9,
         "preferred_with_guards": (report.ci_low > MIN_CI_LOW and verdict.startswith("PASS")),
@@ -190,45 +166,10 @@ def run_evaluation(cfg: AlignrayConfig, sft_path: str, policy_path: str, base_pa
     return out
 
 
-def response_texts(tokenizer, chunks) -> list[str]:
-    return [t for _, _, s in chunks for t in decode_responses(tokenizer, s.response_ids, s.response_mask)]
-
-
-def kl_and_fluency(sft_model, sft_chunks, ppo_chunks, temperature: float) -> tuple[torch.Tensor, float, float]:
-    """KL(PPO || SFT) per response: PPO's own sampling log-probs minus the SFT model's (k1,
-    summed); and the fluency of PPO's and SFT's responses: their mean log-likelihood per
-    token under the SFT model."""
-    def per_token_mean(logprob_chunks, chunks):
-        total = sum(masked_sum(lp, s.response_mask).item() for lp, (_, _, s) in zip(logprob_chunks, chunks))
-        return total / sum(s.response_mask.sum().item() for _, _, s in chunks)
-
-    sft_on_ppo = logprobs_under(sft_model, ppo_chunks, temperature)
-    kl_per_response = torch.cat([masked_sum(s.logprobs - ref, s.response_mask, dim=1)
-                                 for ref, (_, _, s) in zip(sft_on_ppo, ppo_chunks)])
-    return (kl_per_response, per_token_mean(sft_on_ppo, ppo_chunks),
-            per_token_mean(logprobs_under(sft_model, sft_chunks, temperature), sft_chunks))
-
-
-def base_answers(base_path: str | None, tokenizer, formatted: list[str], sampling: RolloutConfig,
-                 max_prompt_tokens: int, seed: int) -> list[str]:
-    """The pretrained model's answers to the same prompts (it shares the SFT tokenizer)."""
-    if not base_path:
-        return []
-    model = disable_dropout(load_causal_lm(base_path, torch.device("cpu"))).eval()
-    return response_texts(tokenizer, answer(model, tokenizer, formatted, sampling, max_prompt_tokens, seed))
-
-
-def _mean_words(texts: list[str]) -> float:
-    return sum(len(words(t)) for t in texts) / len(texts)
-
-
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> dict:
     config = start_app(cfg, "evaluate")
-    if not config.eval.policy_path:
-        raise ValueError("set eval.policy_path to the PPO policy folder (<ppo output>/policy)")
-    sft = config.ppo.sft_model_path or resolve_base_model(config.model, config.cache_dir, config.seed)
-    out = run_evaluation(config, sft, str(Path(config.eval.policy_path).resolve()))
+    out = run_phase(config, "eval")
     result = json.loads((out / EVAL_FILE).read_text())
     log.info("evaluation:\n%s", json.dumps(result, indent=2))
     return result

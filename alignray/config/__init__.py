@@ -35,7 +35,7 @@ __all__ = [
     "AlignrayConfig", "ClusterConfig", "CandidatesConfig", "CollectConfig", "CollectQualityConfig", "DataConfig",
     "DeepSpeedConfig", "DPOConfig", "EmbeddedRecipe", "EndpointConfig", "EvaluationConfig", "FeedbackConfig",
     "LoggerConfig", "ModelConfig", "MovedKeyError", "PPOConfig", "RewardModelConfig", "SFTConfig", "ServeConfig",
-    "TrainingConfig", "check_overrides", "register_configs", "structured", "typed_config",
+    "TrainingConfig", "check_overrides", "register_configs", "select", "structured", "typed_config",
 ]
 T = TypeVar("T")
 
@@ -51,6 +51,13 @@ def typed_config(cfg: DictConfig) -> AlignrayConfig:
     if not isinstance(typed, AlignrayConfig):
         raise TypeError(f"not a composed alignray config: {type(typed).__name__}")
     return typed
+
+
+def select(cfg: Any, path: str) -> Any:
+    """The value at the dotted ``path`` of a config's dataclasses (``"ppo.reward.kind"``)."""
+    for name in path.split("."):
+        cfg = getattr(cfg, name)
+    return cfg
 
 
 def structured(schema: type[T], values: Any) -> T:

@@ -20,7 +20,7 @@ class DeepSpeedConfig:
 
 @dataclass
 class TrainingConfig:
-    """The Ray Train loop's settings (workflows/ray_train.py), the same keys under `sft`,
+    """The Ray Train loop's settings (actors/trainer.py), the same keys under `sft`,
     `reward_model` and `dpo`; each phase's class overrides the defaults it differs in."""
     lr: float = 3e-4
     warmup_steps: int = 20

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,9 +37,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StrictStr,
                       StringConstraints, Tag, model_validator)
 
-from alignray.config.endpoint import EndpointConfig
-
-log = logging.getLogger(__name__)
 # A shorter token is guessable; `secrets.token_urlsafe(32)` makes a good one.
 MIN_TOKEN_CHARS = 16
 MAX_ERRORS_REPORTED = 5
@@ -180,25 +176,6 @@ def check_bind_is_safe(host: str, digest: Optional[str], require_token: bool = F
                               f"({section}.token_file or the variable named by {section}.token_env) or bind 127.0.0.1")
 
 
-def endpoint_digest(endpoint: EndpointConfig, section: str) -> Optional[str]:
-    """The digest of the endpoint's bearer token (None without one), after the checks that
-    refuse an unsafe start."""
-    token = load_token(endpoint.token_env, endpoint.token_file)
-    digest = token_digest(token) if token else None
-    check_bind_is_safe(endpoint.host, digest, endpoint.require_token, section)
-    return digest
-
-
-def http_options(endpoint: EndpointConfig, section: str) -> dict:
-    """Serve's HTTP proxy settings for the endpoint configured under ``section`` (`serve.start`;
-    `http_options` in a config file)."""
-    options = {"host": endpoint.host, "port": endpoint.port, "request_timeout_s": endpoint.request_timeout_s}
-    if endpoint.ssl_certfile or endpoint.ssl_keyfile:
-        options.update(ssl_certfile=endpoint.ssl_certfile, ssl_keyfile=endpoint.ssl_keyfile)
-    elif not is_loopback(endpoint.host):
-        log.warning("serving %s over plain HTTP: the bearer token travels in clear text; set "
-                    "%s.ssl_certfile and %s.ssl_keyfile or terminate TLS in front", endpoint.host, section, section)
-    return options
 
 
 # ---------------------------------------------------------------- request and response shapes

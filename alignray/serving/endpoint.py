@@ -1,0 +1,66 @@
+"""What the reward endpoint's deployment is made of, without Ray: the served model's version (a
+content hash), the replicas' deployment options, and what any endpoint (also the collection
+server's) is started with: the HTTP proxy's settings and the token check."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Optional
+
+from alignray.config import EndpointConfig, ServeConfig
+from alignray.reward.model import ENSEMBLE_FILE, reward_member_dirs
+from alignray.serving.api import check_bind_is_safe, is_loopback, load_token, token_digest
+
+log = logging.getLogger(__name__)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def model_version(path: str | Path) -> str:
+    """A short content hash of the weights and config of every member (and an ensemble's
+    manifest): two servers report the same version exactly when they serve the same model."""
+    digest = hashlib.sha256()
+    folder = Path(path)
+    files = [folder / ENSEMBLE_FILE] if (folder / ENSEMBLE_FILE).is_file() else []
+    files += [file for member in reward_member_dirs(folder) for file in sorted(member.iterdir())
+              if file.suffix in WEIGHT_SUFFIXES or file.name == "config.json"]
+    for file in files:
+        digest.update(file.relative_to(folder).as_posix().encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def deployment_options(cfg: ServeConfig) -> dict:
+    options = dict(ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+                   max_ongoing_requests=cfg.max_ongoing_requests, max_queued_requests=cfg.max_queued_requests)
+    if cfg.autoscaling:
+        options["autoscaling_config"] = {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
+                                         "target_ongoing_requests": cfg.target_ongoing_requests}
+    else:
+        options["num_replicas"] = cfg.num_replicas
+    return options
+
+
+def http_options(endpoint: EndpointConfig, section: str) -> dict:
+    """Serve's HTTP proxy settings for the endpoint configured under ``section`` (`serve` or
+    `collect`): `serve.start`, or `http_options` in a config file."""
+    options = {"host": endpoint.host, "port": endpoint.port, "request_timeout_s": endpoint.request_timeout_s}
+    if endpoint.ssl_certfile or endpoint.ssl_keyfile:
+        options.update(ssl_certfile=endpoint.ssl_certfile, ssl_keyfile=endpoint.ssl_keyfile)
+    elif not is_loopback(endpoint.host):
+        log.warning("serving %s over plain HTTP: the bearer token travels in clear text; set "
+                    "%s.ssl_certfile and %s.ssl_keyfile or terminate TLS in front", endpoint.host, section, section)
+    return options
+
+
+def endpoint_digest(endpoint: EndpointConfig, section: str) -> Optional[str]:
+    """The digest of the endpoint's bearer token (None without one), after the checks that
+    refuse an unsafe start."""
+    token = load_token(endpoint.token_env, endpoint.token_file)
+    digest = token_digest(token) if token else None
+    check_bind_is_safe(endpoint.host, digest, endpoint.require_token, section)
+    return digest
