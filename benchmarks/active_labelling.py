@@ -264,14 +264,11 @@ def sample_candidates(policy: str | None, pool_prompts: int, heldout_prompts: in
     ``policy`` (None: the embedded base model, pretrained on first use and cached)."""
     import tempfile
 
-    from hydra import compose, initialize_config_dir
-
     from alignray.pretrain.base_model import resolve_base_model
     from alignray.data.prompts import prepare_embedded_data
     from alignray.feedback.sampling import load_policy, sample_policy_responses, take_prompts
-    from alignray.workflows.common import CONFIG_PATH
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
-        cfg = compose(config_name="config")
+    from alignray.workflows.common import compose_app_config
+    cfg = compose_app_config([])
     policy = policy or resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
     model, tokenizer = load_policy(policy)
     with tempfile.TemporaryDirectory() as folder:

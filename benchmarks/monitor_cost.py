@@ -25,11 +25,11 @@ def measure(model: str, steps: int, workdir: Path) -> dict:
     from omegaconf import OmegaConf
 
     from alignray.core.artifacts import METRICS_FILE, MONITOR_FILE, SUMMARY_FILE
-    from alignray.config import AlignrayConfig
+    from alignray.config import AlignrayConfig, typed_config
     from alignray.core.metrics import read_metrics
     from alignray.workflows.ppo import run_ppo
 
-    cfg = OmegaConf.structured(AlignrayConfig)
+    cfg = typed_config(OmegaConf.structured(AlignrayConfig))
     cfg.workdir, cfg.ppo.steps, cfg.ppo.checkpoint_every = str(workdir), steps, 0
     cfg.ppo.reward.kind = "annotators"
     out = run_ppo(cfg, model, None)

@@ -116,12 +116,12 @@ def bench_training(model_path: Path, batch: int, prompt_len: int, new_tokens: in
     """The policy actor's update, in this process (a DeepSpeed world of one)."""
     from alignray.actors.policy import PolicyActor
     from alignray.models import deepspeed_strategy as ds
-    from alignray.config.ppo import PPOConfig
+    from alignray.config.ppo import PPOConfig, RolloutConfig
     from alignray.config.training import DeepSpeedConfig
     from alignray.ppo.experience import Experience
-    ppo = PPOConfig(prompts_per_step=batch, epochs=2, minibatches=1, max_new_tokens=new_tokens,
+    ppo = PPOConfig(prompts_per_step=batch, epochs=2, minibatches=1, rollout=RolloutConfig(max_new_tokens=new_tokens),
                     deepspeed=DeepSpeedConfig(zero_stage=zero_stage))
-    policy = PolicyActor(str(model_path), ppo)
+    policy = PolicyActor(str(model_path), ppo.policy, ppo.update_settings(), ppo.policy_objective())
     policy.setup("127.0.0.1", ds.free_port("127.0.0.1"))
     vocab = policy.model.config.vocab_size
     rows, zeros = torch.arange(batch), torch.zeros(batch, new_tokens)
@@ -142,11 +142,9 @@ def bench_training(model_path: Path, batch: int, prompt_len: int, new_tokens: in
 def bench_ppo(work: Path, model_path: Path, cpu_smoke: bool, steps: int) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from hydra import compose, initialize_config_dir
-
     from alignray.core.metrics import read_metrics
     from alignray.reward.model import init_reward_model, save_reward_model
-    from alignray.workflows.common import CONFIG_PATH
+    from alignray.workflows.common import compose_app_config
     from alignray.workflows.ppo import run_ppo
     prompts = work / "prompts.parquet"
     texts = synthetic_texts(1024, seed=1)
@@ -156,11 +154,11 @@ def bench_ppo(work: Path, model_path: Path, cpu_smoke: bool, steps: int) -> dict
     batch, new_tokens = (16, 16) if cpu_smoke else (128, 128)
     overrides = [f"workdir={work}/runs", "cluster=local" if cpu_smoke else "cluster=one_gpu", "data.source=files",
                  f"data.prompts_path={prompts}", "data.max_prompt_tokens=64", f"ppo.steps={steps}",
-                 f"ppo.prompts_per_step={batch}", f"ppo.max_new_tokens={new_tokens}", "ppo.stop_at_eos=false",
+                 f"ppo.prompts_per_step={batch}", f"ppo.rollout.max_new_tokens={new_tokens}",
+                 "ppo.rollout.stop_at_eos=false",
                  "ppo.minibatches=2", "ppo.epochs=1", "ppo.checkpoint_every=0", "ppo.resume=false",
-                 "ppo.weight_sync=broadcast", "ppo.reward.constraints=none"]
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
-        cfg = compose(config_name="config", overrides=overrides)
+                 "ppo.sync.method=broadcast", "ppo.reward.constraints=none"]
+    cfg = compose_app_config(overrides)
     out = run_ppo(cfg, str(model_path), str(work / "reward"))
     records = read_metrics(out / "metrics.jsonl")[1:]  # the first step pays for start-up
     mean = lambda key: statistics.fmean(r[key] for r in records)  # noqa: E731

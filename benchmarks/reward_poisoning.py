@@ -83,23 +83,17 @@ def write_feedback_dir(folder: Path, train_feedback, heldout_feedback, policy: s
 
 
 def app_config(args, workdir: Path):
-    from hydra import compose, initialize_config_dir
-
-    from alignray.workflows.common import CONFIG_PATH
+    from alignray.workflows.common import compose_app_config
     overrides = [f"workdir={workdir}", f"cluster.num_workers={args.workers}", f"reward_model.lr={args.lr}",
                  f"reward_model.epochs={args.epochs}", f"reward_model.batch_size={args.batch_size}", f"seed={args.seed}",
                  "reward_model.compare_unfiltered=true"]
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
-        return compose(config_name="config", overrides=overrides)
+    return compose_app_config(overrides)
 
 
 def default_backbone() -> str:
-    from hydra import compose, initialize_config_dir
-
     from alignray.pretrain.base_model import resolve_base_model
-    from alignray.workflows.common import CONFIG_PATH
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
-        cfg = compose(config_name="config")
+    from alignray.workflows.common import compose_app_config
+    cfg = compose_app_config([])
     return resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
 
 

@@ -13,15 +13,14 @@ from alignray.config.collect import CollectConfig, CollectQualityConfig
 from alignray.feedback.aggregate import build_training_tables
 from alignray.feedback.schema import read_feedback_files
 from alignray.workflows.collect import collect_config, compact, create_annotators, load_tasks
-from alignray.workflows.common import CONFIG_PATH
+from alignray.workflows.common import CONFIG_PATH, compose_app_config
 
 
 def test_the_hydra_config_resolves_and_checks_its_keys(tmp_path):
+    collect = collect_config(compose_app_config([f"workdir={tmp_path}", "collect.action=compact"]).collect)
+    assert collect.action == "compact" and collect.store_path == str(tmp_path / "collect" / "labels.sqlite")
+    assert collect.out == str(tmp_path / "collect" / "feedback.parquet") and collect.host == "127.0.0.1"
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
-        cfg = compose(config_name="config", overrides=[f"workdir={tmp_path}", "collect.action=compact"])
-        collect = collect_config(cfg.collect)
-        assert collect.action == "compact" and collect.store_path == str(tmp_path / "collect" / "labels.sqlite")
-        assert collect.out == str(tmp_path / "collect" / "feedback.parquet") and collect.host == "127.0.0.1"
         with pytest.raises(Exception, match="gold_fractoin"):
             compose(config_name="config", overrides=["collect.gold_fractoin=0.2"])
     with pytest.raises(ValueError, match=r"collect.forms=\['essay'\].*collect.quality.policy='drop'"):

@@ -136,10 +136,13 @@ def test_only_a_local_model_forces_the_hub_offline_and_workers_inherit_it(monkey
     from omegaconf import OmegaConf
 
     from alignray.actors.runtime import worker_env
+    from alignray.config import AlignrayConfig
     from alignray.workflows.common import start_app
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    start_app(OmegaConf.create({"model": {"source": source}}), "test")
+    cfg = OmegaConf.structured(AlignrayConfig)
+    cfg.model.source = source
+    start_app(cfg, "test")
     assert worker_env().get("HF_HUB_OFFLINE") == offline
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the user's own setting wins
-    start_app(OmegaConf.create({"model": {"source": source}}), "test")
+    start_app(cfg, "test")
     assert worker_env()["HF_HUB_OFFLINE"] == "0"

@@ -86,10 +86,8 @@ def test_bf16_rollout_logprobs_stay_close_to_the_trainers_and_stale_weights_stan
 def test_colocated_ppo_at_the_smollm2_shape_passes_the_probe_on_one_gpu(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from hydra import compose, initialize_config_dir
-
     from alignray.core.metrics import read_metrics
-    from alignray.workflows.common import CONFIG_PATH
+    from alignray.workflows.common import compose_app_config
     from alignray.workflows.ppo import run_ppo
     bench = load_ppo_gpu_benchmark()
     model_path = bench.build_model(tmp_path, bench.SMOLLM2_SHAPE)
@@ -98,14 +96,13 @@ def test_colocated_ppo_at_the_smollm2_shape_passes_the_probe_on_one_gpu(tmp_path
                    tmp_path / "prompts.parquet")
     overrides = [f"workdir={tmp_path}/runs", "cluster=one_gpu", "data.source=files",
                  f"data.prompts_path={tmp_path}/prompts.parquet", "data.max_prompt_tokens=64", "ppo.steps=4",
-                 "ppo.prompts_per_step=64", "ppo.max_new_tokens=32", "ppo.epochs=1", "ppo.minibatches=2",
+                 "ppo.prompts_per_step=64", "ppo.rollout.max_new_tokens=32", "ppo.epochs=1", "ppo.minibatches=2",
                  "ppo.checkpoint_every=0", "ppo.resume=false", "ppo.reward.kind=target_word",
                  "ppo.reward.constraints=none"]
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose_app_config(overrides)
     records = read_metrics(run_ppo(cfg, str(model_path), None) / "metrics.jsonl")
     assert len(records) == 4
     for record in records:  # every sync (CUDA IPC: one GPU) was checked on the probe
-        assert record["probe_max_abs_diff"] <= cfg.ppo.sync_tolerance
+        assert record["probe_max_abs_diff"] <= cfg.ppo.sync.tolerance
         assert record["policy_updates"] > 0
         assert record["rollout_logprob_gap_mean"] < BF16_MEAN_GAP  # the pool samples with the policy's weights

@@ -1,4 +1,4 @@
-"""The evaluation's judges (alignray/evaluation/judges.py, ppo.eval.judge): each kind on the tiny model,
+"""The evaluation's judges (alignray/evaluation/judges.py, eval.judge): each kind on the tiny model,
 through the real evaluation (alignray.workflows.evaluate), and the errors of a wrong choice."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from alignray.config.ppo import PPOEvalConfig
-from alignray.config.root import AlignrayConfig
+from alignray.config.evaluation import EvaluationConfig
+from alignray.config import AlignrayConfig, typed_config
 from alignray.evaluation.compare import IMPLICIT_REWARD_ACCURACY
 from alignray.feedback.schema import pairwise_feedback, ranking_feedback, write_feedback
 from alignray.evaluation.judges import (PreferencePairs, implicit_reward_accuracy, make_scorer, read_preference_pairs,
@@ -26,11 +26,11 @@ NUM_PROMPTS = 12
 def eval_config(tmp_path, source: str = "files", **judge):
     cfg = OmegaConf.structured(AlignrayConfig)
     cfg.workdir, cfg.data.source = str(tmp_path), source
-    cfg.ppo.max_new_tokens = 8
-    cfg.ppo.eval.num_prompts, cfg.ppo.eval.samples_to_write = NUM_PROMPTS, 3
+    cfg.ppo.rollout.max_new_tokens = 8
+    cfg.eval.num_prompts, cfg.eval.samples_to_write = NUM_PROMPTS, 3
     for name, value in judge.items():
-        cfg.ppo.eval[name] = value
-    return cfg
+        cfg.eval[name] = value
+    return typed_config(cfg)
 
 
 def self_evaluation(cfg, model, prompts_path, out) -> dict:
@@ -41,26 +41,26 @@ def self_evaluation(cfg, model, prompts_path, out) -> dict:
 # -- which judge, and the errors of a wrong choice
 
 @pytest.mark.parametrize("source, settings, message", [
-    ("files", {}, "ppo.eval.judge=auto is the held-out annotators, who judge only the embedded default"),
-    ("files", {"judge": "annotators"}, "ppo.eval.judge=annotators: the held-out annotators judge only the embedded"),
-    ("embedded", {"judge": "http"}, "ppo.eval.judge=http needs ppo.eval.judge_url"),
-    ("embedded", {"judge": "gold_rm"}, "ppo.eval.judge=gold_rm needs ppo.eval.gold_reward_model_path"),
-    ("files", {"judge": "pairs"}, "ppo.eval.judge=pairs needs ppo.eval.pairs_path"),
-    ("embedded", {"judge": "panel"}, "ppo.eval.judge must be one of"),
+    ("files", {}, "eval.judge=auto is the held-out annotators, who judge only the embedded default"),
+    ("files", {"judge": "annotators"}, "eval.judge=annotators: the held-out annotators judge only the embedded"),
+    ("embedded", {"judge": "http"}, "eval.judge=http needs eval.judge_url"),
+    ("embedded", {"judge": "gold_rm"}, "eval.judge=gold_rm needs eval.gold_reward_model_path"),
+    ("files", {"judge": "pairs"}, "eval.judge=pairs needs eval.pairs_path"),
+    ("embedded", {"judge": "panel"}, "eval.judge must be one of"),
 ])
 def test_a_judge_that_cannot_judge_this_run_is_an_error_naming_the_key(source, settings, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
-        resolve_judge(PPOEvalConfig(**settings), source)
+        resolve_judge(EvaluationConfig(**settings), source)
 
 
 def test_auto_is_the_annotators_on_the_embedded_default_and_a_set_judge_is_kept():
-    assert resolve_judge(PPOEvalConfig(), "embedded") == "annotators"
-    assert resolve_judge(PPOEvalConfig(judge="pairs", pairs_path="/p.parquet"), "files") == "pairs"
+    assert resolve_judge(EvaluationConfig(), "embedded") == "annotators"
+    assert resolve_judge(EvaluationConfig(judge="pairs", pairs_path="/p.parquet"), "files") == "pairs"
 
 
 def test_the_evaluation_refuses_the_annotators_on_your_data_before_loading_a_model(tmp_path, prompts_path):
     cfg = eval_config(tmp_path, "files", judge="annotators")
-    with pytest.raises(ValueError, match="ppo.eval.judge=annotators"):
+    with pytest.raises(ValueError, match="eval.judge=annotators"):
         evaluate_policies(cfg, str(tmp_path / "no-model"), str(tmp_path / "no-model"), str(prompts_path),
                           tmp_path / "eval")
 
@@ -116,7 +116,7 @@ def test_the_gold_reward_model_judge_scores_with_the_models_normalisation(tmp_pa
     from alignray.reward.model import load_reward_model
     prompts, answers = ["I love the new", "My phone just"], ["phone is great", "died again today"]
     raw = load_reward_model(gold_reward_model, device="cpu").score(prompts, answers, normalize=False)
-    assert make_scorer("gold_rm", cfg.ppo.eval)(prompts, answers) == pytest.approx(((raw - 0.5) / 2.0).tolist())
+    assert make_scorer("gold_rm", cfg.eval)(prompts, answers) == pytest.approx(((raw - 0.5) / 2.0).tolist())
     result = self_evaluation(cfg, tiny_base_model, prompts_path, tmp_path / "eval")
     assert result["judge"] == "gold_rm" and str(gold_reward_model) in result["judge_description"]
     assert (result["win_rate"], result["ci_low"], result["ci_high"]) == (0.5, 0.5, 0.5)

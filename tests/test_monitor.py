@@ -13,6 +13,7 @@ import torch
 
 from alignray.actors.reward import target_word_share
 from alignray.core.artifacts import MONITOR_FILE, OVEROPTIMISATION_FIGURE, SUMMARY_FILE
+from alignray.config import typed_config
 from alignray.config.ppo import MonitorConfig
 from alignray.data.prompts import format_prompt, read_prompts
 from alignray.evaluation.compare import bootstrap_ci
@@ -89,7 +90,7 @@ def test_an_over_optimising_run_is_caught_rolled_back_and_its_best_policy_kept(
     monitor = cfg.ppo.monitor
     monitor.every, monitor.judge, monitor.judge_url = 2, "http", judge_url
     monitor.prompts_path, monitor.probe_prompts, monitor.on_alarm = str(prompts_path), 32, "rollback"
-    out = run_ppo(cfg, str(tiny_base_model), None)
+    out = run_ppo(typed_config(cfg), str(tiny_base_model), None)
 
     summary = json.loads((out / SUMMARY_FILE).read_text())
     history, fired, sft_answers, sft_scores = read_history(out / MONITOR_FILE)
@@ -111,7 +112,7 @@ def test_an_over_optimising_run_is_caught_rolled_back_and_its_best_policy_kept(
     encoded = tokenizer(probe[:len(sft_answers)], return_tensors="pt", padding=True)
     with torch.no_grad():
         sampled = sample_responses(kept, encoded["input_ids"], encoded["attention_mask"],
-                                   max_new_tokens=cfg.ppo.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                   max_new_tokens=cfg.ppo.rollout.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                                    pad_token_id=tokenizer.pad_token_id, temperature=1.0, top_p=1.0,
                                    generator=torch.Generator().manual_seed(0))
     texts = decode_responses(tokenizer, sampled.response_ids, sampled.response_mask)

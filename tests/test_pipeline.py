@@ -62,7 +62,7 @@ def test_multirun_of_the_pipeline_gives_each_job_its_own_report(tiny_run):
     root, overrides = tiny_run
     trained = trained_folders(root / "runs")
     assert len(trained) == 4
-    command = [sys.executable, "-m", "alignray.workflows.pipeline", "-m", *overrides, "ppo.eval.num_prompts=8,12",
+    command = [sys.executable, "-m", "alignray.workflows.pipeline", "-m", *overrides, "eval.num_prompts=8,12",
                f"hydra.sweep.dir={root}/multirun"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -74,7 +74,7 @@ def test_multirun_of_the_pipeline_gives_each_job_its_own_report(tiny_run):
         assert (root / "multirun" / job / "pipeline-config.yaml").exists()
         markdown = report.joinpath("report.md").read_text()
         assert f"This run is multirun job {job}: experiment=tiny " in markdown
-        assert f" ppo.eval.num_prompts={num_prompts}." in markdown
+        assert f" eval.num_prompts={num_prompts}." in markdown
         assert f"on {num_prompts} held-out prompts" in markdown
         assert "<img" in report.joinpath("report.html").read_text()
         phases = json.loads(report.joinpath("phases.json").read_text())

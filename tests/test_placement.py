@@ -6,7 +6,6 @@ import time
 
 import pytest
 import ray
-from omegaconf import OmegaConf
 
 from alignray.actors.placement import launch_ppo_actors
 from alignray.actors.runtime import PlacementTimeout, wait_for_capacity
@@ -14,10 +13,10 @@ from alignray.config import AlignrayConfig
 
 
 def test_ppo_placement_times_out_naming_the_missing_gpus_and_frees_what_it_held(ray_cluster, tiny_base_model):
-    cfg = OmegaConf.structured(AlignrayConfig)
+    cfg = AlignrayConfig()
     cfg.cluster.placement_timeout_s = 3
-    ppo = OmegaConf.to_object(cfg.ppo)
-    ppo.rollout_gpus = 1  # four model roles take the four GPUs: the two workers find none
+    ppo = cfg.ppo
+    ppo.rollout.gpus = 1  # four model roles take the four GPUs: the two workers find none
     started = time.monotonic()
     with pytest.raises(PlacementTimeout) as error:
         launch_ppo_actors(ppo, cfg.cluster, 0, str(tiny_base_model), None, 16)

@@ -216,7 +216,7 @@ def test_serve_config_rejects_unknown_keys_and_unsafe_binds(monkeypatch):
     scaled = deployment_options(serve_config({"autoscaling": True, "max_replicas": 3, "gpus_per_replica": 1}))
     assert scaled["autoscaling_config"]["max_replicas"] == 3 and "num_replicas" not in scaled
     assert scaled["ray_actor_options"]["num_gpus"] == 1
-    tls = http_options(serve_config({"host": "0.0.0.0", "ssl_certfile": "c.pem", "ssl_keyfile": "k.pem"}))
+    tls = http_options(serve_config({"host": "0.0.0.0", "ssl_certfile": "c.pem", "ssl_keyfile": "k.pem"}), "serve")
     assert tls["ssl_certfile"] == "c.pem" and tls["host"] == "0.0.0.0"
     monkeypatch.delenv("ALIGNRAY_SERVE_TOKEN", raising=False)
     with pytest.raises(AuthConfigError, match="reachable"):
@@ -281,7 +281,7 @@ def server(ray_cluster, reward_model_dir, tmp_path_factory):
     cfg = ServeConfig(model_path=str(reward_model_dir), port=port, token_env=None, token_file=str(token_file),
                       max_batch_size=16, batch_wait_timeout_s=0.25, max_items_per_request=8,
                       max_chars_per_item=500, max_body_bytes=16 * 1024, cpus_per_replica=0)
-    serve.start(http_options=http_options(cfg))
+    serve.start(http_options=http_options(cfg, "serve"))
     serve.run(build_reward_app(cfg), name=APP_NAME, route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.delete(APP_NAME)

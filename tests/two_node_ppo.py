@@ -19,23 +19,19 @@ sys.path.insert(0, str(REPO))
 
 
 def compose_tiny(prompts: str):
-    from hydra import compose, initialize_config_dir
-
-    from alignray.workflows.common import CONFIG_PATH
+    from alignray.workflows.common import compose_app_config
     overrides = ["experiment=tiny", "data.source=files", f"data.prompts_path={prompts}",
                  "ppo.reward.kind=target_word", "ppo.reward.target_word=the",
                  "+cluster.model_resources.model_node=1", "+cluster.rollout_resources.rollout_node=1"]
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base=None):
-        return compose(config_name="config", overrides=overrides)
+    return compose_app_config(overrides)
 
 
 def run(model: str, prompts: str, out: Path) -> dict:
     import ray
-    from omegaconf import OmegaConf
 
     from alignray.workflows.ppo import PPOCoordinator
     cfg = compose_tiny(prompts)
-    coordinator = PPOCoordinator(OmegaConf.to_object(cfg.ppo), cfg.cluster, cfg.data, 0, model, None, out)
+    coordinator = PPOCoordinator(cfg.ppo, cfg.cluster, cfg.data, 0, model, None, out, cfg.eval.num_prompts)
     try:
         actors = coordinator.actors
         named = actors.model_actors() | {f"rollout{i}": w for i, w in enumerate(actors.pool.actors)}
@@ -43,7 +39,7 @@ def run(model: str, prompts: str, out: Path) -> dict:
         coordinator.weights.sync(version=0)
         metrics = []
         for step, mode in enumerate(("object_store", "broadcast", "auto")):
-            coordinator.ppo.weight_sync = mode
+            coordinator.ppo.sync.method = mode
             metrics.append(coordinator.step(step) | {"weight_sync": mode})
         return {"placements": placements, "metrics": metrics,
                 "nodes": {node["NodeID"]: node["Resources"] for node in ray.nodes() if node["Alive"]}}

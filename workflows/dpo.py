@@ -43,7 +43,8 @@ from alignray.core.metrics import plot_curves, read_metrics
 from alignray.core.model_card import ModelCard, write_model_card
 from alignray.models.modeling import check_position_limit
 from alignray.sft.training import sequence_length
-from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, run_app, start_app
+from alignray.workflows.common import (CONFIG_PATH, is_complete, mark_complete, phase_dir, run_app,
+                                       start_app)
 from alignray.actors.trainer import copy_final_model, fit
 from alignray.core.train_loop import TrainLoopConfig, TrainTask, rows_within_budget, steps_per_epoch
 from alignray.core.metrics import trained_history

@@ -44,7 +44,8 @@ from alignray.models.modeling import load_causal_lm, load_tokenizer
 from alignray.ppo import ConstraintPenalty
 from alignray.core.tracking import log_summary, tracking_settings
 from alignray.workflows.phases import run_phase
-from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, run_app, start_app
+from alignray.workflows.common import (CONFIG_PATH, is_complete, mark_complete, phase_dir, run_app,
+                                       start_app)
 from alignray.evaluation.answers import answer, response_texts, kl_and_fluency, base_answers, mean_words
 
 log = logging.getLogger("alignray.evaluate")

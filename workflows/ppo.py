@@ -60,7 +60,8 @@ from alignray.ppo import (
     make_kl_controller,
 )
 from alignray.workflows.phases import run_phase
-from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, run_app, start_app
+from alignray.workflows.common import (CONFIG_PATH, is_complete, mark_complete, phase_dir, run_app,
+                                       start_app)
 
 log = logging.getLogger("alignray.ppo")
 # keys a run does not log (value_loss without a critic, kl_loss with the KL in the reward) are left out

@@ -56,7 +56,8 @@ from alignray.reward.model import (assemble_reward_ensemble, reward_model_card)
 from alignray.reward.training import (build_reward_model, collate_reward_rows, reward_batch_loss,
                                       training_examples)
 from alignray.core.tracking import tracking_settings
-from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, run_app, start_app
+from alignray.workflows.common import (CONFIG_PATH, is_complete, mark_complete, phase_dir, run_app,
+                                       start_app)
 from alignray.actors.trainer import copy_final_model, fit
 from alignray.core.train_loop import TrainLoopConfig, TrainTask, steps_per_epoch
 from alignray.workflows.phases import run_phase

@@ -43,7 +43,8 @@ from alignray.models.modeling import check_position_limit, load_causal_lm
 from alignray.sft.training import collate_token_rows, response_token_loss, sequence_length, tokenize_batch
 from alignray.core.tracking import tracking_settings
 from alignray.workflows.phases import run_phase
-from alignray.workflows.common import CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, run_app, start_app
+from alignray.workflows.common import (CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, run_app,
+                                       start_app)
 from alignray.actors.trainer import copy_final_model, fit
 from alignray.core.train_loop import TrainLoopConfig, TrainTask, steps_per_epoch
 from alignray.core.metrics import trained_history

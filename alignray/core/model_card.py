@@ -138,8 +138,8 @@ def ppo_policy_card(ppo: PPOConfig, sft_model_path: str, reward_model_path: str 
         title="alignray PPO policy", tags=["ppo", "rlhf"], base_model=sft_model_path,
         description=f"A causal language model trained with PPO ({ppo.advantage_estimator} advantages) against a "
                     "reward, held near its SFT model by a KL penalty and rule-based constraint penalties.",
-        data=f"{ppo.steps} steps of {ppo.prompts_per_step} prompts{answered}, up to {ppo.rollout.max_new_tokens} new tokens "
-             f"per response; rewarded by {scorer}"
+        data=f"{ppo.steps} steps of {ppo.prompts_per_step} prompts{answered}, up to {ppo.rollout.max_new_tokens} "
+             f"new tokens per response; rewarded by {scorer}"
              + (", normalised with running statistics." if ppo.reward.normalize else "."),
         config={"lr": ppo.policy.lr, "kl_coef": ppo.kl.coef, "kl_controller": ppo.kl.controller,
                 "clip_eps": ppo.policy.clip_eps,
