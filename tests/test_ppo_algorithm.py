@@ -442,5 +442,5 @@ def test_a_reward_function_must_give_one_finite_score_per_response_and_parts_nee
     with pytest.raises(ValueError, match="'one_score_short' must return one finite float per response"):
         short.combine(t([0.0, 1.0]), ["p", "q"], ["a", "b"])
     with pytest.raises(ValueError, match="its own name"):
-        WeightedReward.from_config(PPORewardConfig(kind="annotators", functions=[
+        WeightedReward.from_config(PPORewardConfig(kind="training_annotators", functions=[
             RewardFunctionConfig("tests.test_ppo_algorithm:word_count", name="annotators")]))

@@ -40,7 +40,7 @@ import pyarrow as pa
 from omegaconf import DictConfig
 
 from alignray.actors import runtime
-from alignray.actors.judge import judge_with_actor_pool
+from alignray.actors.ai_labeller import label_with_actor_pool
 from alignray.core.artifacts import (FEEDBACK, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, HELDOUT_PAIRS_FILE, PAIRS_FILE, POINTWISE_FILE,
                                 PROMPTS_FILE)
 from alignray.pretrain.base_model import resolve_base_model
@@ -130,7 +130,7 @@ def mix_in_ai_judge(cfg: DictConfig, feedback: pa.Table, judge_path: str,
     replaced = items_for_ai(items, fb.ai_share, cfg.seed + 2)
     judged_items = list(dict.fromkeys(replaced + ([] if pairs is None else pair_items(pairs))))
     started = time.monotonic()
-    verdicts = judge_with_actor_pool(
+    verdicts = label_with_actor_pool(
         [{"item": i, "prompt": p, "response_a": a, "response_b": b} for i, (p, a, b) in enumerate(judged_items)],
         judge_path, actors=fb.judge_actors, batch_size=fb.judge_batch_size,
         max_reply_tokens=fb.judge_max_reply_tokens, use_gpu=bool(cfg.cluster.use_gpu),

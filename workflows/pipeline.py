@@ -36,9 +36,9 @@ from alignray.workflows.sft import run_sft
 log = logging.getLogger("alignray.pipeline")
 
 
-def evaluate(cfg: DictConfig, base: str, sft_model: str, ppo_dir: Path) -> Path:
+def evaluate(cfg: DictConfig, base: str, sft_model: str, ppo_dir: Path, reward_model: str | None = None) -> Path:
     """PPO vs SFT by the held-out judge (reused when complete for the same settings)."""
-    return run_evaluation(cfg, sft_model, str(ppo_dir / POLICY_DIR), base)
+    return run_evaluation(cfg, sft_model, str(ppo_dir / POLICY_DIR), base, reward_model)
 
 
 def report_dir(cfg: DictConfig) -> tuple[Path, str]:
@@ -71,7 +71,7 @@ def run_pipeline(cfg: DictConfig) -> Path:
     feedback_dir = timed("3a feedback", run_feedback, cfg, sft_model)
     reward_dir = timed("3b reward model", run_reward_model, cfg, sft_model, feedback_dir)
     ppo_dir = timed("4 PPO", run_ppo, cfg, sft_model, str(reward_dir / MODEL_DIR))
-    eval_dir = timed("evaluation", evaluate, cfg, base, sft_model, ppo_dir)
+    eval_dir = timed("evaluation", evaluate, cfg, base, sft_model, ppo_dir, str(reward_dir / MODEL_DIR))
     phases = {"base": Path(base), "sft": sft_dir, "feedback": feedback_dir, "reward": reward_dir,
               "ppo": ppo_dir, "eval": eval_dir}
     out, job = report_dir(cfg)
