@@ -10,7 +10,7 @@ validated, aggregated into reward-model training tables and reported, as a Hydra
 responses sampled from the policy model; annotators reading through VADER raters
 1..``train_annotators`` (plus an injected bad-faith share) give every form of feedback. With
 ``ai_share > 0`` that share of the pairwise items is judged by the AI judge instead
-(source ``ai``, annotator ``ai-judge``; actors/judge.py, alignray/feedback/rlaif.py,
+(source ``ai``, annotator ``ai-judge``; actors/ai_labeller.py, alignray/feedback/rlaif.py,
 alignray/feedback/ai_share.py). Pairs of
 responses to held-out prompts are judged by the training raters and by the held-out raters
 6-10; the AI judge, when it runs, judges them too, and its agreement with the held-out
