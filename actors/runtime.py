@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 import socket
 import time
 from contextlib import contextmanager
@@ -148,3 +150,18 @@ def wait_for_capacity(what: str, bundles: list[Resources], timeout_s: float, pol
         if time.monotonic() >= deadline:
             raise placement_timeout(what, bundles, timeout_s)
         time.sleep(poll_s)
+
+
+def serve_until_stopped(app_name: str) -> None:
+    """Block until Ctrl-C or SIGTERM, then delete the application."""
+    from ray import serve  # only the serving apps need it
+    # `kill` or a container stop cleans up like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        # Serve applications outlive their driver on a shared cluster: remove ours.
+        serve.delete(app_name)

@@ -149,7 +149,7 @@ def annotator_reference(heldout) -> dict:
     """Accuracy of the training annotators' own mean lexicon score (no model)."""
     from alignray.feedback.simulated import TRAINING_RATERS, judge_scores
     from alignray.reward.evaluation import evaluate_against_panels
-    from alignray.workflows.reward_model import evaluation_panels
+    from alignray.reward.heldout import evaluation_panels
     panels = evaluation_panels(heldout, {f"rater{r}" for r in TRAINING_RATERS})
     panels = {name: panels[name] for name in (PANEL, "training_annotators")}
     figures, _ = evaluate_against_panels(lambda prompts, responses: judge_scores(responses, TRAINING_RATERS),
@@ -173,7 +173,9 @@ def variant_row(description: str, overrides: list[str], result: dict, load: list
 
 def run_variant(name: str, sft_model: str, feedback_dir: Path, heldout, scratch: Path) -> dict:
     from alignray.workflows.common import compose_app_config
-    from alignray.workflows.reward_model import read_training_tables, resolve_backbone, train_normalize_evaluate
+    from alignray.reward.dataset import read_training_tables
+    from alignray.reward.model import resolve_backbone
+    from alignray.workflows.reward_model import train_normalize_evaluate
     description, overrides = VARIANTS[name]
     # Variants change the old default, whatever the current one is.
     merged = dict(item.split("=", 1) for item in [*BASELINE, *overrides])

@@ -118,7 +118,7 @@ def main() -> None:
 
     from alignray.actors.runtime import connect
     from alignray.config import ClusterConfig, ServeConfig
-    from alignray.workflows.serve import build_reward_app
+    from alignray.actors.reward_server import build_reward_app
 
     with tempfile.TemporaryDirectory() as scratch:
         model_path = args.model_path or str(benchmark_reward_model(Path(scratch), args.backbone))

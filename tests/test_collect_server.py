@@ -47,7 +47,7 @@ def start_collect_app(cfg: CollectConfig, name: str) -> str:
     from ray import serve
 
     from alignray.workflows.collect import build_collect_app
-    from alignray.workflows.serve import http_options
+    from alignray.serving.endpoint import http_options
     serve.start(http_options=http_options(cfg))
     serve.run(build_collect_app(cfg), name=name, route_prefix="/")
     return f"http://127.0.0.1:{cfg.port}"

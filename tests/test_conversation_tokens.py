@@ -17,7 +17,7 @@ from alignray.models.modeling import load_tokenizer
 from alignray.reward.model import encode_texts
 from alignray.sft.training import tokenize_batch
 from alignray.data.validation import write_parquet
-from alignray.workflows.evaluate import answer
+from alignray.evaluation.answers import answer
 from alignray.data.prompts import load_prompt_texts
 from alignray.workflows.ppo import PPOCoordinator
 

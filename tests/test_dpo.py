@@ -105,7 +105,7 @@ def test_sequence_logprob_is_the_sft_loss_of_the_response(tiny_base_model):
 
 
 def test_reference_pass_covers_only_the_rows_the_step_budget_reaches():
-    from alignray.workflows.ray_train import rows_within_budget
+    from alignray.core.train_loop import rows_within_budget
 
     assert rows_within_budget(66_000, 32, 300) == 9_600  # training ends inside epoch 1: its first 300 batches
     assert rows_within_budget(9_000, 32, 300) == 9_000  # the budget goes past one epoch: every row

@@ -9,7 +9,7 @@ from alignray.data.tweets import is_heldout
 from alignray.feedback import build_training_tables, feedback_table, pairwise_feedback, thumbs_feedback
 from alignray.feedback.groups import (cross_group_accuracy, group_training_tables, heldout_prompt_rows,
                                       rows_of_annotators)
-from alignray.workflows.reward_model import evaluation_panels
+from alignray.reward.heldout import evaluation_panels
 
 
 def grouped_feedback(groups=(("ann1", "kind"), ("ann2", "kind"), ("ann3", "harsh"))) -> pa.Table:

@@ -48,6 +48,21 @@ def test_hh_excerpt_keeps_multi_turn_prompts_and_rejects_the_bad_rows():
     assert all(row["source"] == "human" for row in imported.feedback)
 
 
+def test_hh_transcripts_without_the_leading_blank_line_import_alike(tmp_path):
+    """Copies of HH-RLHF often drop the blank line before the first "Human:": the same rows,
+    so the same pairs; text before the first turn is still refused."""
+    rows = [json.loads(line) for line in HH_LINES[:5]]
+    stripped = [{key: row[key].removeprefix("\n\n") for key in ("chosen", "rejected")} for row in rows]
+    assert all(row["chosen"].startswith("Human:") for row in stripped)
+    as_shared = import_file(write_jsonl(tmp_path / "a.jsonl", rows), "hh-rlhf")
+    without = import_file(write_jsonl(tmp_path / "b.jsonl", stripped), "hh-rlhf")
+    assert without.report.accepted == as_shared.report.accepted == 5
+    assert [r["conversation"] for r in without.feedback] == [r["conversation"] for r in as_shared.feedback]
+    preamble = [{key: "Hello. " + value for key, value in stripped[0].items()}]
+    refused = import_file(write_jsonl(tmp_path / "c.jsonl", preamble), "hh-rlhf")
+    assert refused.report.reasons == {"bad conversation": 1}
+
+
 def test_gzip_and_truncated_gzip(tmp_path):
     whole = tmp_path / "hh.jsonl.gz"
     whole.write_bytes(gzip.compress(HH_EXCERPT.read_bytes()))

@@ -19,7 +19,7 @@ from alignray.pretrain.base_model import resolve_base_model
 from alignray.workflows.common import CONFIG_PATH, output_key, phase_settings
 from alignray.workflows.sft import sft_output_dir
 
-INPUTS = {name: f"/models/{name}" for phase in PHASE_OUTPUTS for name in phase.inputs}
+INPUTS = {name: f"/models/{name}" for phase in PHASE_OUTPUTS for name in phase.input_names}
 
 
 def composed(*overrides: str):
@@ -28,7 +28,7 @@ def composed(*overrides: str):
 
 
 def key(phase, *overrides: str) -> str:
-    return output_key(composed(*overrides), phase, **{name: INPUTS[name] for name in phase.inputs})
+    return output_key(composed(*overrides), phase, **{name: INPUTS[name] for name in phase.input_names})
 
 
 def test_a_new_seed_with_a_hub_model_retrains_sft():

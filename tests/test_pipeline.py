@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_multirun_of_two_ppo_settings_gives_two_runs_with_their_own_metrics(tmp_path, tiny_base_model):
     cache = tiny_base_model.parent.parent  # experiment=tiny uses the same recipe: no rebuild
     command = [sys.executable, "-m", "alignray.workflows.ppo", "-m", "experiment=tiny", "ppo.reward.kind=training_annotators",
-               "ppo.steps=2", "ppo.kl.coef=0.1,0.3", f"cache_dir={cache}", f"workdir={tmp_path}/runs",
+               f"ppo.sft_model_path={tiny_base_model}", "ppo.steps=2", "ppo.kl.coef=0.1,0.3", f"cache_dir={cache}", f"workdir={tmp_path}/runs",
                f"hydra.sweep.dir={tmp_path}/multirun"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -110,3 +110,22 @@ def test_each_phase_folder_holds_only_what_its_declaration_lists(tiny_run):
         written = {p.name for p in folder.iterdir()
                    if not any(fnmatch.fnmatch(p.name, pattern) for pattern in artifacts.TRACKING_PATTERNS)}
         assert written <= declared[folder.name.split("-")[0]], folder.name
+
+
+def test_each_phase_command_run_alone_reuses_the_pipelines_folders(tiny_run):
+    """After a whole run, the README's one-by-one commands find every upstream output through
+    the one resolver (alignray.workflows.phases): each reuses the pipeline's folders, its own
+    included, and trains nothing (no Ray starts: nothing is built)."""
+    root, overrides = tiny_run
+    before = {p.name for p in (root / "runs").iterdir()}
+    folder = {phase: next((root / "runs").glob(f"{phase}-*")) for phase in ("sft", "feedback", "reward", "ppo", "eval")}
+    for command, phase in (("sft", "sft"), ("feedback", "feedback"), ("reward-model", "reward"), ("ppo", "ppo"),
+                           ("evaluate", "eval")):
+        done = subprocess.run([sys.executable, "-m", "alignray.workflows.cli", command, *overrides,
+                               f"hydra.run.dir={root}/hydra-{command}"], cwd=REPO, capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert f"phase {phase}: reusing {folder[phase]}" in done.stderr + done.stdout, (command, done.stderr[-3000:])
+        assert "starting a local Ray instance" not in done.stderr + done.stdout, command
+    assert {p.name for p in (root / "runs").iterdir()} == before
+

@@ -46,3 +46,49 @@ def test_the_recipe_gives_the_same_model_on_any_cpu(tiny_base_model):
     assert summary["heldout_loss"] == pytest.approx(4.4534, abs=0.01)
     assert not any("bf16" in field.name or "precision" in field.name
                    for field in dataclasses.fields(TINY_TEST_RECIPE))
+
+
+def test_the_shipped_base_model_is_the_default_recipes():
+    """The files in alignray/pretrain/shipped/ declare the default recipe and seed with the key
+    that recipe hashes to now, and their config, tokenizer and weights are that recipe's: a
+    changed recipe without new weights fails here instead of seeding a mismatched model."""
+    from safetensors import safe_open
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from alignray.config.model import EmbeddedRecipe
+    from alignray.pretrain.shipped import SHIPPED_DIR, WEIGHTS_FILE, shipped_recipe
+    shipped = shipped_recipe()
+    recipe = EmbeddedRecipe()
+    assert shipped["recipe"] == dataclasses.asdict(recipe) and shipped["seed"] == 0
+    assert shipped["key"] == recipe_hash(recipe, 0)
+    config = GPT2Config.from_pretrained(SHIPPED_DIR)
+    assert (config.n_layer, config.n_head, config.n_embd, config.n_positions) == (
+        recipe.n_layer, recipe.n_head, recipe.n_embd, recipe.n_positions)
+    tokenizer = AutoTokenizer.from_pretrained(SHIPPED_DIR)
+    assert len(tokenizer) == config.vocab_size and recipe.vocab_size <= config.vocab_size
+    expected = {name: tuple(t.shape) for name, t in GPT2LMHeadModel(config).state_dict().items()}
+    with safe_open(str(SHIPPED_DIR / WEIGHTS_FILE), "pt") as weights:
+        stored = {name: weights.get_slice(name) for name in weights.keys()}
+        assert all(piece.get_dtype() == "BF16" for piece in stored.values())
+        assert {name: tuple(piece.get_shape()) for name, piece in stored.items()} == {
+            name: shape for name, shape in expected.items() if name in stored}
+    assert set(expected) - set(stored) <= {"lm_head.weight"}  # tied to the embedding
+
+
+def test_a_cache_of_the_default_recipe_is_seeded_from_the_shipped_files(tmp_path):
+    """No pretraining: the cache gets the shipped weights widened to fp32, marked as shipped;
+    another recipe (the tests' tiny one) is pretrained as before."""
+    from safetensors.torch import load_file
+
+    from alignray.config.model import EmbeddedRecipe
+    from alignray.pretrain.embedded import build_base_model
+    from alignray.pretrain.shipped import SHIPPED_DIR, WEIGHTS_FILE
+    model_dir = build_base_model(EmbeddedRecipe(), tmp_path, seed=0)
+    assert json.loads((model_dir.parent / "summary.json").read_text())["source"] == "shipped"
+    seeded, shipped = load_file(str(model_dir / WEIGHTS_FILE)), load_file(str(SHIPPED_DIR / WEIGHTS_FILE))
+    assert all(seeded[name].dtype == torch.float32 and torch.equal(seeded[name], shipped[name].float())
+               for name in shipped)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert model.dtype == torch.float32
+    other = build_base_model(TINY_TEST_RECIPE, tmp_path, seed=0)
+    assert json.loads((other.parent / "summary.json").read_text())["source"] == "pretrained"

@@ -21,7 +21,7 @@ from alignray.workflows.common import CONFIG_PATH
 
 PROMPTS = ["i think", "today was", "my flight", "this phone"]
 RESPONSES = ["a great day", "so bad and sad", "it is ok", "love it so much, happy", "terrible awful service"]
-# Both runs train on the same global batches (workflows/ray_train.py) with the loss divided
+# Both runs train on the same global batches (actors/trainer.py) with the loss divided
 # by the global batch's weight, so two workers differ from one only by the order of float
 # sums. Early steps agree to float precision; over ~110 steps at this learning rate Adam
 # amplifies the rounding differences, so the end result agrees within a looser tolerance.
@@ -84,7 +84,7 @@ def test_a_constant_head_cannot_be_normalised(tiny_base_model, tmp_path):
 def test_a_batch_computes_each_distinct_text_once_and_prompts_can_travel_whole(tiny_base_model):
     from alignray.reward.losses import reward_loss_sums
     from alignray.reward.training import collate_reward_rows, reward_batch_loss
-    from alignray.workflows.reward_model import training_order
+    from alignray.data.splits import training_order
 
     # three pairs and two pointwise rows of one prompt over three responses
     chosen, rejected = ["a great day", "so bad and sad", "a great day"], ["so bad and sad", "it is ok", "it is ok"]
@@ -214,7 +214,7 @@ def test_app_trains_an_ensemble_scored_as_one_with_sum_pooling(ray_cluster, tiny
 
 def test_unfiltered_tables_bring_back_excluded_annotators_and_are_none_when_nobody_was(tmp_path):
     from alignray.feedback import read_feedback
-    from alignray.workflows.reward_model import unfiltered_tables
+    from alignray.reward.dataset import unfiltered_tables
 
     folder = synthetic_feedback(tmp_path, num_prompts=40)
     feedback = read_feedback(folder / "feedback.parquet")[0]
@@ -323,7 +323,7 @@ def test_client_raises_at_once_on_a_refusal_and_after_retries_when_unreachable()
 
 def test_evaluation_panels_separate_training_heldout_annotators_and_groups():
     from alignray.feedback import feedback_table, pairwise_feedback
-    from alignray.workflows.reward_model import evaluation_panels
+    from alignray.reward.heldout import evaluation_panels
 
     heldout = feedback_table([pairwise_feedback("p", "x", "y", "a", annotator, annotator_group=group)
                               for annotator, group in [("rater1", "north"), ("rater2", "south"), ("rater6", "north")]])

@@ -208,7 +208,8 @@ def test_without_auth_only_loopback_clients_are_answered():
 
 
 def test_serve_config_rejects_unknown_keys_and_unsafe_binds(monkeypatch):
-    from alignray.workflows.serve import build_reward_app, deployment_options, http_options, serve_config
+    from alignray.actors.reward_server import build_reward_app, serve_config
+    from alignray.serving.endpoint import deployment_options, http_options
     with pytest.raises(Exception, match="max_batch"):
         serve_config({"max_batch": 4})
     assert serve_config({"max_batch_size": "4"}).max_batch_size == 4
@@ -230,7 +231,7 @@ def test_serve_config_file_and_hydra_groups_are_valid():
     from ray.serve.schema import ServeDeploySchema
 
     from alignray.workflows.common import CONFIG_PATH
-    from alignray.workflows.serve import serve_config
+    from alignray.actors.reward_server import serve_config
     config_file = Path(__file__).resolve().parent.parent / "cluster" / "serve" / "serve_config.yaml"
     document = yaml.safe_load(config_file.read_text())
     application = ServeDeploySchema(**document).applications[0]
@@ -271,7 +272,8 @@ def reward_model_dir(tiny_base_model, tmp_path_factory):
 def server(ray_cluster, reward_model_dir, tmp_path_factory):
     from ray import serve
 
-    from alignray.workflows.serve import build_reward_app, http_options
+    from alignray.actors.reward_server import build_reward_app
+    from alignray.serving.endpoint import http_options
     token_file = tmp_path_factory.mktemp("auth") / "token"
     token_file.write_text(TOKEN)
     port = free_port()
@@ -408,7 +410,7 @@ def test_an_ensemble_scores_with_mean_and_disagreement_through_the_actor_and_the
     from alignray.config.ppo import PPORewardConfig
     from alignray.reward.client import RewardClient
     from alignray.reward.model import load_reward_model, reward_texts
-    from alignray.workflows.serve import build_reward_app
+    from alignray.actors.reward_server import build_reward_app
 
     ensemble = load_reward_model(ensemble_model_dir, device="cpu")
     members = ensemble.member_scores(reward_texts(ensemble.tokenizer, PROMPTS, RESPONSES))

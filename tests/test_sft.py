@@ -19,8 +19,9 @@ from alignray.models.modeling import load_tokenizer
 from alignray.sft.training import tokenize_demonstrations
 from alignray.data.validation import DataValidationError
 from alignray.workflows.common import CONFIG_PATH
-from alignray.workflows.ray_train import TrainingInterrupted
-from alignray.workflows.sft import load_demonstrations, run_sft, trained_history
+from alignray.actors.trainer import TrainingInterrupted
+from alignray.core.metrics import trained_history
+from alignray.workflows.sft import load_demonstrations, run_sft
 
 # Ten global batches of 8 from ~500 demonstrations; the tolerance for 1 vs 2 workers
 # covers the different dropout draws of two ranks (measured differences: ~1e-3 nats).

@@ -28,6 +28,7 @@ from ray import serve
 
 from alignray.actors import runtime
 from alignray.actors.collector import collect_deployment
+from alignray.actors.runtime import serve_until_stopped
 from alignray.collect.api import form_settings
 from alignray.collect.candidates import write_candidate_tasks
 from alignray.collect.quality import live_quality
@@ -36,9 +37,9 @@ from alignray.collect.tasks import mixed_queue, read_tasks
 from alignray.config.collect import ACTIONS, CollectConfig
 from alignray.feedback.quality import POLICIES
 from alignray.feedback.schema import DEFAULT_FLAWS, KINDS, write_feedback
+from alignray.serving.endpoint import http_options
 from alignray.serving.api import AuthConfigError, check_bind_is_safe, load_token, token_digest
 from alignray.workflows.common import CONFIG_PATH, start_app
-from alignray.workflows.serve import http_options, serve_until_stopped
 
 log = logging.getLogger(__name__)
 

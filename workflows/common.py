@@ -86,8 +86,8 @@ def _flatten(prefix: str, value, into: dict) -> None:
 def output_key(cfg: DictConfig, phase: PhaseOutput, **inputs) -> str:
     """A short, stable hash of what decides ``phase``'s output: its settings and the
     upstream paths it reads (every input it declares, by name)."""
-    if set(inputs) != set(phase.inputs):
-        raise TypeError(f"phase {phase.prefix!r} is keyed by the inputs {list(phase.inputs)}, given {list(inputs)}")
+    if set(inputs) != set(phase.input_names):
+        raise TypeError(f"phase {phase.prefix!r} is keyed by the inputs {list(phase.input_names)}, given {list(inputs)}")
     text = json.dumps({"settings": phase_settings(cfg, phase), "inputs": {k: str(v) for k, v in inputs.items()}},
                       sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]

@@ -13,7 +13,7 @@ Ray Data tokenises them (`map_batches`) and computes the frozen reference's log-
 every response once, before training (an actor pool of one `ReferenceLogprobs`), for the
 training pairs ``dpo.max_steps`` reaches (a budget under one epoch trains only the first
 ``max_steps * batch_size`` pairs of the fixed order; the rest are counted, not scored); Ray Train
-workers then drive the DeepSpeed strategy through the shared loop (workflows/ray_train.py).
+workers then drive the DeepSpeed strategy through the shared loop (actors/trainer.py).
 The losses are in alignray/dpo/training.py.
 
 Output ``<workdir>/dpo-<hash>/``: ``model/`` (the policy, Hugging Face format, with its
@@ -36,7 +36,6 @@ import pyarrow.compute as pc
 import ray.data
 from omegaconf import DictConfig, OmegaConf
 
-from alignray.actors import runtime
 from alignray.core.artifacts import DPO, LOSS_FIGURE, METRICS_FILE, SUMMARY_FILE
 from alignray.dpo.training import (ReferenceLogprobs, build_policy, check_loss_settings, collate_pair_rows, dpo_batch_loss,
                           tokenize_pairs_batch)
@@ -45,10 +44,12 @@ from alignray.core.model_card import ModelCard, write_model_card
 from alignray.models.modeling import check_position_limit
 from alignray.sft.training import sequence_length
 from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
-from alignray.workflows.ray_train import (TrainLoopConfig, TrainTask, copy_final_model, fit, rows_within_budget,
-                                          run_folder, steps_per_epoch)
-from alignray.workflows.reward_model import read_training_tables, split_examples, upstream_inputs
-from alignray.workflows.sft import trained_history
+from alignray.actors.trainer import copy_final_model, fit, run_folder
+from alignray.core.train_loop import TrainLoopConfig, TrainTask, rows_within_budget, steps_per_epoch
+from alignray.core.metrics import trained_history
+from alignray.data.splits import split_examples
+from alignray.reward.dataset import read_training_tables
+from alignray.workflows.phases import run_phase
 
 log = logging.getLogger("alignray.dpo.training")
 
@@ -187,8 +188,7 @@ def dpo_card(cfg: DictConfig, loop: TrainLoopConfig, summary: dict) -> ModelCard
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
     start_app(cfg, "dpo")
-    with runtime.ray_session(cfg.cluster):
-        out = run_dpo(cfg, *upstream_inputs(cfg, "dpo"))
+    out = run_phase(cfg, "dpo")
     print(json.dumps(json.loads((out / SUMMARY_FILE).read_text()), indent=2))
     return str(out)
 

@@ -31,23 +31,22 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from alignray.core.artifacts import EVAL_FILE, EVALUATION, PROMPTS_COPY_DIR, SAMPLES_FILE
-from alignray.pretrain.base_model import resolve_base_model
+from alignray.core.artifacts import EVAL_FILE, EVALUATION, POLICY_DIR, PROMPTS_COPY_DIR, SAMPLES_FILE, SUMMARY_FILE
 from alignray.data.prompts import format_prompt, prepare_embedded_data, read_prompts
-from alignray.evaluation.compare import WIN_RATE, GuardReport, bootstrap_ci, words
+from alignray.evaluation.compare import WIN_RATE, GuardReport, bootstrap_ci
 from alignray.feedback.simulated import TRAINING_RATERS, judge_scores
-from alignray.models.generation import (decode_responses, disable_dropout, encode_prompts, response_logits,
-                                 sample_responses, token_logprobs)
+from alignray.models.generation import disable_dropout
 from alignray.evaluation.eval_judge import PAIRS, describe, metric_of, resolve_judge
 from alignray.evaluation.implicit_reward import implicit_reward_accuracy, read_preference_pairs
 from alignray.models.modeling import load_causal_lm, load_tokenizer
-from alignray.ppo import ConstraintPenalty, masked_sum
+from alignray.ppo import ConstraintPenalty
 from alignray.core.tracking import log_summary, tracking_settings
 from alignray.scoring import build_scorer, reward_scorer
+from alignray.workflows.phases import run_phase
 from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
+from alignray.evaluation.answers import answer, response_texts, kl_and_fluency, base_answers, mean_words
 
 log = logging.getLogger("alignray.evaluate")
-BATCH = 64
 # "Done" for the embedded default (issue 6): the judge's preference must be clear, and the
 # guards must pass.
 MIN_CI_LOW = 0.55
@@ -55,38 +54,16 @@ PAIRS_NOTE = ("an accuracy, not a win-rate: the share of held-out preference pai
               "log pi_sft(chosen) > log pi(rejected) - log pi_sft(rejected), ties counting one half")
 
 
-@torch.no_grad()
-def answer(model, tokenizer, formatted: list[str], ppo, max_prompt_tokens: int, seed: int):
-    """Sampled responses of ``model`` to prompts formatted by ``format_prompt``: token
-    tensors, texts and their sampling log-probs."""
-    generator = torch.Generator().manual_seed(seed)
-    chunks = []
-    for start in range(0, len(formatted), BATCH):
-        prompt_ids, prompt_mask = encode_prompts(tokenizer, formatted[start:start + BATCH], max_prompt_tokens)
-        sampled = sample_responses(model, prompt_ids, prompt_mask,
-                                   max_new_tokens=ppo.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                                   pad_token_id=tokenizer.pad_token_id, temperature=ppo.temperature,
-                                   top_p=ppo.top_p, generator=generator)
-        chunks.append((prompt_ids, prompt_mask, sampled))
-    return chunks
-
-
-@torch.no_grad()
-def logprobs_under(model, chunks, temperature: float) -> list[torch.Tensor]:
-    return [token_logprobs(response_logits(model, ids, mask, s.response_ids), s.response_ids, temperature)
-            for ids, mask, s in chunks]
-
-
 def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path: str | None,
-                      out_dir: str | Path, base_path: str | None = None, reward_model_path: str | None = None) -> dict:
+                      out_dir: str | Path, base_path: str | None = None) -> dict:
     """Judge PPO against SFT on held-out prompts with the judge ``ppo.eval.judge`` names
     (alignray.evaluation.eval_judge); writes ``eval.json`` and ``samples.jsonl`` (responses side by side) in
     ``out_dir`` and returns what eval.json holds. ``reference_prompts_path`` None means the
     embedded default's held-out prompts. With ``base_path``, the pretrained model's answers
-    join the side-by-side samples. PPO's reward (``ppo.reward``, with ``reward_model_path``,
-    else ``ppo.reward_model_path``) is refused as the judge."""
+    join the side-by-side samples. PPO's reward (``ppo.reward`` with the policy's reward model)
+    is refused as the judge."""
     ppo = cfg.ppo
-    reward = reward_scorer(ppo.reward, reward_model_path or ppo.reward_model_path)
+    reward = reward_scorer(ppo.reward, trained_on_reward_model(cfg, ppo_path))
     kind = resolve_judge(ppo.eval, cfg.data.source, reward)  # before any model loads: a wrong choice fails at once
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -121,7 +98,7 @@ def evaluate_policies(cfg, sft_path: str, ppo_path: str, reference_prompts_path:
         **verdict_of.extra,
         "kl_median": kl_per_response.median().item(), "kl_budget": ppo.eval.kl_budget,
         "constraint_violation_rate": violation_rate, "constraints": ppo.reward.constraints,
-        "mean_words": {"sft": _mean_words(sft_texts), "ppo": _mean_words(ppo_texts)},
+        "mean_words": {"sft": mean_words(sft_texts), "ppo": mean_words(ppo_texts)},
         "verdict": verdict,
         "suspicious_win_rate": report.metric == WIN_RATE and report.figure > 0.9,
         "preferred_with_guards": (report.ci_low > MIN_CI_LOW and verdict.startswith("PASS")),
@@ -176,61 +153,34 @@ def write_samples(path: Path, cfg, prompts: list[str], formatted: list[str], tok
             f.write(json.dumps(row) + "\n")
 
 
-def run_evaluation(cfg, sft_path: str, policy_path: str, base_path: str | None = None,
-                   reward_model_path: str | None = None) -> Path:
+def trained_on_reward_model(cfg, policy_path: str) -> str | None:
+    """The reward model the policy was trained against: ``ppo.reward_model_path``, else the one
+    its PPO run recorded (``<ppo folder>/summary.json``, beside ``policy/``), else None."""
+    if cfg.ppo.reward_model_path:
+        return str(cfg.ppo.reward_model_path)
+    summary = Path(policy_path).parent / SUMMARY_FILE
+    if Path(policy_path).name != POLICY_DIR or not summary.exists():
+        return None
+    return json.loads(summary.read_text()).get("reward_model")
+
+
+def run_evaluation(cfg, sft_path: str, policy_path: str, base_path: str | None = None) -> Path:
     """Evaluate (or reuse) the policy against the SFT model on ``ppo.eval.prompts_path``
-    (None: the embedded held-out prompts); returns the folder holding eval.json.
-    ``reward_model_path``: the policy's reward model, refused as its judge."""
+    (None: the embedded held-out prompts); returns the folder holding eval.json."""
     out = phase_dir(cfg, EVALUATION, sft_model=sft_path, policy=policy_path, base_model=base_path)
     if is_complete(out):
         log.info("evaluation for these settings exists: %s", out)
         return out
-    result = evaluate_policies(cfg, sft_path, policy_path, cfg.ppo.eval.prompts_path, out, base_path=base_path,
-                               reward_model_path=reward_model_path)
+    result = evaluate_policies(cfg, sft_path, policy_path, cfg.ppo.eval.prompts_path, out, base_path=base_path)
     mark_complete(out, {key: result[key] for key in ("sft_model", "ppo_policy", "num_prompts", "judge", "measure",
                                                      result["measure"], "ci_low", "ci_high", "verdict")})
     return out
 
 
-def response_texts(tokenizer, chunks) -> list[str]:
-    return [t for _, _, s in chunks for t in decode_responses(tokenizer, s.response_ids, s.response_mask)]
-
-
-def kl_and_fluency(sft_model, sft_chunks, ppo_chunks, temperature: float) -> tuple[torch.Tensor, float, float]:
-    """KL(PPO || SFT) per response: PPO's own sampling log-probs minus the SFT model's (k1,
-    summed); and the fluency of PPO's and SFT's responses: their mean log-likelihood per
-    token under the SFT model."""
-    def per_token_mean(logprob_chunks, chunks):
-        total = sum(masked_sum(lp, s.response_mask).item() for lp, (_, _, s) in zip(logprob_chunks, chunks))
-        return total / sum(s.response_mask.sum().item() for _, _, s in chunks)
-
-    sft_on_ppo = logprobs_under(sft_model, ppo_chunks, temperature)
-    kl_per_response = torch.cat([masked_sum(s.logprobs - ref, s.response_mask, dim=1)
-                                 for ref, (_, _, s) in zip(sft_on_ppo, ppo_chunks)])
-    return (kl_per_response, per_token_mean(sft_on_ppo, ppo_chunks),
-            per_token_mean(logprobs_under(sft_model, sft_chunks, temperature), sft_chunks))
-
-
-def base_answers(base_path: str | None, tokenizer, formatted: list[str], ppo, max_prompt_tokens: int,
-                 seed: int) -> list[str]:
-    """The pretrained model's answers to the same prompts (it shares the SFT tokenizer)."""
-    if not base_path:
-        return []
-    model = disable_dropout(load_causal_lm(base_path, torch.device("cpu"))).eval()
-    return response_texts(tokenizer, answer(model, tokenizer, formatted, ppo, max_prompt_tokens, seed))
-
-
-def _mean_words(texts: list[str]) -> float:
-    return sum(len(words(t)) for t in texts) / len(texts)
-
-
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> dict:
     start_app(cfg, "evaluate")
-    if not cfg.ppo.eval.policy_path:
-        raise ValueError("set ppo.eval.policy_path to the PPO policy folder (<ppo output>/policy)")
-    sft = cfg.ppo.sft_model_path or resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
-    out = run_evaluation(cfg, sft, str(Path(cfg.ppo.eval.policy_path).resolve()))
+    out = run_phase(cfg, "eval")
     result = json.loads((out / EVAL_FILE).read_text())
     log.info("evaluation:\n%s", json.dumps(result, indent=2))
     return result

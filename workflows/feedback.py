@@ -43,7 +43,6 @@ from alignray.actors import runtime
 from alignray.actors.ai_labeller import label_with_actor_pool
 from alignray.core.artifacts import (FEEDBACK, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, HELDOUT_PAIRS_FILE, PAIRS_FILE, POINTWISE_FILE,
                                 PROMPTS_FILE)
-from alignray.pretrain.base_model import resolve_base_model
 from alignray.feedback import (annotator_quality, annotator_weights, build_training_tables, validate_feedback,
                                write_feedback, write_feedback_report)
 from alignray.feedback.aggregate import PAIRS_SCHEMA, POINTWISE_SCHEMA
@@ -56,6 +55,7 @@ from alignray.feedback.simulated import (HELD_OUT_JUDGE_RATERS, TRAINING_RATERS,
                                          training_feedback)
 from alignray.core.tracking import log_summary, tracking_settings
 from alignray.data.validation import ValidationReport, write_parquet
+from alignray.workflows.phases import run_phase
 from alignray.workflows.common import CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, start_app
 
 log = logging.getLogger("alignray.feedback")
@@ -170,7 +170,7 @@ def gather_feedback(cfg: DictConfig, sft_model_path: str, out: Path):
 
 def run_feedback(cfg: DictConfig, sft_model_path: str) -> Path:
     """Generate or ingest feedback, validate, aggregate and report it; returns the phase
-    folder (reused when complete). Needs a connected Ray when the AI judge runs."""
+    folder (reused when complete)."""
     sft_model_path = str(sft_model_path)
     out = phase_dir(cfg, FEEDBACK, policy=sft_model_path)
     if is_complete(out):
@@ -178,7 +178,9 @@ def run_feedback(cfg: DictConfig, sft_model_path: str) -> Path:
         return out
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
-    feedback, reports, generation, rlaif = gather_feedback(cfg, sft_model_path, out)
+    # Only the AI judge runs on Ray (its actor pool); human and simulated feedback do not need it.
+    with runtime.ray_session(cfg.cluster) if cfg.feedback.ai_share > 0 else nullcontext():
+        feedback, reports, generation, rlaif = gather_feedback(cfg, sft_model_path, out)
     if feedback.num_rows == 0:
         raise ValueError(f"no feedback rows accepted: {[r.summary() for r in reports]}")
 
@@ -214,10 +216,7 @@ def run_feedback(cfg: DictConfig, sft_model_path: str) -> Path:
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
     start_app(cfg, "feedback")
-    # Only the AI judge runs on Ray (its actor pool); human and simulated feedback do not need it.
-    with runtime.ray_session(cfg.cluster) if cfg.feedback.ai_share > 0 else nullcontext():
-        policy = cfg.feedback.sft_model_path or resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
-        return str(run_feedback(cfg, policy))
+    return str(run_phase(cfg, "feedback"))
 
 
 if __name__ == "__main__":

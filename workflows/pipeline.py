@@ -5,7 +5,8 @@
     python -m alignray.workflows.pipeline -m ppo.kl.coef=0.1,0.2 # a sweep: one run folder per setting
 
 Each phase writes its output to `<workdir>/<phase>-<output key>/` (alignray.core.artifacts declares
-what each key hashes) and the next phase reads it from there; a phase whose output is
+what each key hashes and which phase's output each reads; alignray.workflows.phases resolves it,
+as for a phase run alone) and the next phase reads it from there; a phase whose output is
 complete for the same settings is reused, so a re-run after a failure picks up where the
 failed one stopped, and the jobs of a sweep share what their settings share. The report goes
 to `<workdir>/report/`; in a multirun, to each job's own folder (`<sweep dir>/<job>/report/`,
@@ -22,23 +23,11 @@ import hydra
 from omegaconf import DictConfig
 
 from alignray.actors import runtime
-from alignray.core.artifacts import MODEL_DIR, POLICY_DIR
-from alignray.pretrain.base_model import resolve_base_model
-from alignray.core.tracking import tracking_settings
 from alignray.workflows.common import CONFIG_PATH, start_app
-from alignray.workflows.evaluate import run_evaluation
-from alignray.workflows.feedback import run_feedback
-from alignray.workflows.ppo import run_ppo
+from alignray.workflows.phases import base_model, run_phase
 from alignray.workflows.report import write_run_report
-from alignray.workflows.reward_model import run_reward_model
-from alignray.workflows.sft import run_sft
 
 log = logging.getLogger("alignray.pipeline")
-
-
-def evaluate(cfg: DictConfig, base: str, sft_model: str, ppo_dir: Path, reward_model: str | None = None) -> Path:
-    """PPO vs SFT by the held-out judge (reused when complete for the same settings)."""
-    return run_evaluation(cfg, sft_model, str(ppo_dir / POLICY_DIR), base, reward_model)
 
 
 def report_dir(cfg: DictConfig) -> tuple[Path, str]:
@@ -65,13 +54,12 @@ def run_pipeline(cfg: DictConfig) -> Path:
         log.info("=== %s done in %.0f s: %s", phase, seconds[phase], result)
         return result
 
-    base = timed("1 pretrained model", resolve_base_model, cfg.model, cfg.cache_dir, cfg.seed, tracking_settings(cfg))
-    sft_dir = timed("2 supervised fine-tuning", run_sft, cfg, base)
-    sft_model = str(sft_dir / MODEL_DIR)
-    feedback_dir = timed("3a feedback", run_feedback, cfg, sft_model)
-    reward_dir = timed("3b reward model", run_reward_model, cfg, sft_model, feedback_dir)
-    ppo_dir = timed("4 PPO", run_ppo, cfg, sft_model, str(reward_dir / MODEL_DIR))
-    eval_dir = timed("evaluation", evaluate, cfg, base, sft_model, ppo_dir, str(reward_dir / MODEL_DIR))
+    base = timed("1 pretrained model", base_model, cfg)
+    sft_dir = timed("2 supervised fine-tuning", run_phase, cfg, "sft")
+    feedback_dir = timed("3a feedback", run_phase, cfg, "feedback")
+    reward_dir = timed("3b reward model", run_phase, cfg, "reward")
+    ppo_dir = timed("4 PPO", run_phase, cfg, "ppo")
+    eval_dir = timed("evaluation", run_phase, cfg, "eval")
     phases = {"base": Path(base), "sft": sft_dir, "feedback": feedback_dir, "reward": reward_dir,
               "ppo": ppo_dir, "eval": eval_dir}
     out, job = report_dir(cfg)

@@ -43,7 +43,6 @@ from alignray.ppo.experience import (CriticTrainStats, Experience, PolicyTrainSt
 from alignray.models.generation import decode_responses
 from alignray.core.artifacts import (CURVES_FIGURE, METRICS_FILE, OVEROPTIMISATION_FIGURE, POLICY_DIR, PPO,
                                 STAGE_TIMES_FIGURE)
-from alignray.pretrain.base_model import resolve_base_model
 from alignray.core.metrics import (MetricsLogger, StageTimes, keep_metrics_until, plot_curves, plot_stage_times,
                               read_metrics)
 from alignray.ppo.monitor import best_check, plot_overoptimisation
@@ -60,6 +59,7 @@ from alignray.ppo import (
     estimator_spec,
     make_kl_controller,
 )
+from alignray.workflows.phases import run_phase
 from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, start_app
 from alignray.scoring import PPO_REWARD, resolve_scorer, reward_scorer
 
@@ -396,8 +396,7 @@ def run_ppo(cfg: DictConfig, sft_model_path: str, reward_model_path: str | None)
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
     start_app(cfg, "ppo")
-    sft = cfg.ppo.sft_model_path or resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
-    out = run_ppo(cfg, sft, cfg.ppo.reward_model_path)
+    out = run_phase(cfg, "ppo")
     log.info("PPO policy: %s", out / POLICY_DIR)
     return str(out)
 

@@ -9,7 +9,7 @@ Demonstrations (parquet: ``prompt``, ``response``, optional ``system``, ``source
 validated against `DEMONSTRATION_SCHEMA`: a malformed file stops the run with the file,
 row and field of each error; empty or over-long rows are counted and reported. Ray Data
 tokenises them (`map_batches`) and feeds the Ray Train workers, each of
-which drives the DeepSpeed strategy (workflows/ray_train.py). The loss covers response
+which drives the DeepSpeed strategy (actors/trainer.py). The loss covers response
 tokens only.
 
 Output, in ``<workdir>/sft-<hash>/``: ``model/`` (Hugging Face format), ``metrics.jsonl``
@@ -34,9 +34,7 @@ import ray
 import ray.data
 from omegaconf import DictConfig, OmegaConf
 
-from alignray.actors import runtime
 from alignray.core.artifacts import DEMONSTRATIONS_FILE, LOSS_FIGURE, METRICS_FILE, SFT
-from alignray.pretrain.base_model import resolve_base_model
 from alignray.config.training import DeepSpeedConfig
 from alignray.data.prompts import read_demonstrations
 from alignray.data.tweets import is_heldout
@@ -45,8 +43,11 @@ from alignray.core.model_card import ModelCard, write_model_card
 from alignray.models.modeling import check_position_limit, load_causal_lm
 from alignray.sft.training import collate_token_rows, response_token_loss, sequence_length, tokenize_batch
 from alignray.core.tracking import tracking_settings
+from alignray.workflows.phases import run_phase
 from alignray.workflows.common import CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, start_app
-from alignray.workflows.ray_train import TrainLoopConfig, TrainTask, copy_final_model, fit, run_folder, steps_per_epoch
+from alignray.actors.trainer import copy_final_model, fit, run_folder
+from alignray.core.train_loop import TrainLoopConfig, TrainTask, steps_per_epoch
+from alignray.core.metrics import trained_history
 
 log = logging.getLogger("alignray.sft.training")
 
@@ -205,23 +206,10 @@ def summarise(out: Path, loop: TrainLoopConfig, validation: list[dict], tokens: 
             "validation": validation, "tokenized": tokens, "untrained_rows_per_epoch": untrained_tail}
 
 
-def trained_history(records: list[dict]) -> list[dict]:
-    """The records of the steps the final model went through: a resume from step ``c``
-    drops the earlier run's records after ``c`` (that work was lost with the interruption)."""
-    kept: list[dict] = []
-    for record in records:
-        if record.get("event") == "resumed":
-            kept = [r for r in kept if r["step"] <= record["step"]]
-        kept.append(record)
-    return kept
-
-
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
     start_app(cfg, "sft")
-    with runtime.ray_session(cfg.cluster):
-        base_model_path = resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed)
-        return str(run_sft(cfg, base_model_path))
+    return str(run_phase(cfg, "sft"))
 
 
 if __name__ == "__main__":

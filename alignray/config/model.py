@@ -38,3 +38,6 @@ class ModelConfig:
     path: Optional[str] = None
     name: str = "embedded-tiny"
     embedded: EmbeddedRecipe = field(default_factory=EmbeddedRecipe)
+    # The default recipe's model ships with the project (alignray/pretrain/shipped.py); true:
+    # pretrain the embedded model from its recipe anyway, replacing the cached one.
+    rebuild: bool = False

@@ -60,20 +60,38 @@ PROMPTS_COPY_DIR = "data"  # the embedded prompts as PPO and the evaluation read
 
 
 @dataclass(frozen=True)
+class Upstream:
+    """One path a phase reads: given by hand at the config path ``key``, or else the output of
+    the phase ``source`` ("base": the pretrained model), ``path`` inside its folder ("": the
+    folder). ``needed_when``, a (config path, value) pair: only then is it read (None
+    otherwise)."""
+    name: str
+    source: str
+    path: str = ""
+    key: str = ""
+    needed_when: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class PhaseOutput:
     """What names one phase's output folder, ``<workdir>/<prefix>-<key>``, and what it holds.
 
     ``settings``: config paths whose values decide the output (a group such as ``"sft"``
     stands for every key under it); ``ignored``: paths under them that do not change the
     result (run control, logging, evaluation sizes of a later phase, and config keys that
-    only name an input the caller passes in ``inputs``); ``inputs``: the upstream paths the
-    phase reads, named; ``writes``: the files and folders it leaves there.
+    only name an input); ``inputs``: the upstream paths the phase reads, where each comes
+    from (the phase graph: ``alignray.workflows.phases`` resolves it); ``writes``: the files
+    and folders it leaves there.
     """
     prefix: str
     settings: tuple[str, ...]
     ignored: tuple[str, ...] = ()
-    inputs: tuple[str, ...] = ()
+    inputs: tuple[Upstream, ...] = ()
     writes: tuple[str, ...] = ()
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(upstream.name for upstream in self.inputs)
 
 
 FINISHED = (SUMMARY_FILE, DONE_FILE)
@@ -85,22 +103,25 @@ DATA = PhaseOutput("data", settings=("data.prompt_words", "data.min_response_wor
                    writes=(PROMPTS_FILE, DEMONSTRATIONS_FILE, *FINISHED))
 SFT = PhaseOutput("sft", settings=("seed", "data", "sft"),
                   ignored=("sft.resume", "sft.interrupt_after_steps", "sft.log_every", "data.prompts_path"),
-                  inputs=("base_model",),
+                  inputs=(Upstream("base_model", "base"),),
                   writes=(MODEL_DIR, METRICS_FILE, LOSS_FIGURE, RAY_TRAIN_DIR, *FINISHED))
 FEEDBACK = PhaseOutput("feedback", settings=("seed", "data", "feedback"),
                        ignored=("feedback.sft_model_path", "data.demonstrations_path"),
-                       inputs=("policy",),
+                       inputs=(Upstream("policy", "sft", MODEL_DIR, key="feedback.sft_model_path"),),
                        writes=(FEEDBACK_FILE, PAIRS_FILE, POINTWISE_FILE, HELDOUT_FEEDBACK_FILE, HELDOUT_PAIRS_FILE,
                                REPORT_FILE, AGREEMENT_FIGURE, RATINGS_FIGURE, ELO_FIGURE, *FINISHED))
 REWARD = PhaseOutput("reward", settings=("seed", "reward_model"),
                      ignored=("reward_model.sft_model_path", "reward_model.feedback_dir", "reward_model.log_every"),
-                     inputs=("backbone", "feedback"),
+                     inputs=(Upstream("backbone", "sft", MODEL_DIR, key="reward_model.sft_model_path"),
+                             Upstream("feedback", "feedback", key="reward_model.feedback_dir")),
                      writes=(MODEL_DIR, METRICS_FILE, LOSS_FIGURE, CALIBRATION_FIGURE, EVAL_FILE, RAY_TRAIN_DIR,
                              UNFILTERED_DIR, *FINISHED))
 PPO = PhaseOutput("ppo", settings=("seed", "data", "ppo"),
                   ignored=("ppo.eval", "ppo.resume", "ppo.sft_model_path", "ppo.reward_model_path",
                            "data.demonstrations_path", "data.max_response_tokens"),
-                  inputs=("sft_model", "reward_model"),
+                  inputs=(Upstream("sft_model", "sft", MODEL_DIR, key="ppo.sft_model_path"),
+                          Upstream("reward_model", "reward", MODEL_DIR, key="ppo.reward_model_path",
+                                   needed_when=("ppo.reward.kind", "reward_model"))),
                   writes=(POLICY_DIR, CHECKPOINTS_DIR, METRICS_FILE, CURVES_FIGURE, STAGE_TIMES_FIGURE, PROMPTS_COPY_DIR,
                           MONITOR_FILE, OVEROPTIMISATION_FIGURE, *FINISHED))
 # The evaluation samples with PPO's sampling settings; its sizes and its judge (the block ppo.eval.judge,
@@ -108,11 +129,14 @@ PPO = PhaseOutput("ppo", settings=("seed", "data", "ppo"),
 EVALUATION = PhaseOutput("eval", settings=("seed", "data", "ppo.eval", "ppo.max_new_tokens", "ppo.temperature",
                                            "ppo.top_p"),
                          ignored=("ppo.eval.policy_path", "data.demonstrations_path", "data.max_response_tokens"),
-                         inputs=("sft_model", "policy", "base_model"),
+                         inputs=(Upstream("sft_model", "sft", MODEL_DIR, key="ppo.sft_model_path"),
+                                 Upstream("policy", "ppo", POLICY_DIR, key="ppo.eval.policy_path"),
+                                 Upstream("base_model", "base")),
                          writes=(EVAL_FILE, SAMPLES_FILE, PROMPTS_COPY_DIR, *FINISHED))
 DPO = PhaseOutput("dpo", settings=("seed", "dpo", "data.max_prompt_tokens", "data.max_response_tokens"),
                   ignored=("dpo.resume", "dpo.log_every", "dpo.sft_model_path", "dpo.feedback_dir"),
-                  inputs=("sft_model", "feedback"),
+                  inputs=(Upstream("sft_model", "sft", MODEL_DIR, key="dpo.sft_model_path"),
+                          Upstream("feedback", "feedback", key="dpo.feedback_dir")),
                   writes=(MODEL_DIR, METRICS_FILE, LOSS_FIGURE, RAY_TRAIN_DIR, *FINISHED))
 PHASE_OUTPUTS = (DATA, SFT, FEEDBACK, REWARD, PPO, DPO, EVALUATION)
 

@@ -256,3 +256,14 @@ def keep_metrics_until(path: Path, step: int) -> None:
     if path.exists():
         kept = [r for r in read_metrics(path) if r["step"] <= step]
         path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def trained_history(records: list[dict]) -> list[dict]:
+    """The records of the steps the final model went through: a resume from step ``c``
+    drops the earlier run's records after ``c`` (that work was lost with the interruption)."""
+    kept: list[dict] = []
+    for record in records:
+        if record.get("event") == "resumed":
+            kept = [r for r in kept if r["step"] <= record["step"]]
+        kept.append(record)
+    return kept

@@ -1,5 +1,5 @@
 """Direct Preference Optimisation, the pure part: the losses, a response's sequence
-log-prob, and what the Ray Train loop (workflows/ray_train.py) needs to train a policy on
+log-prob, and what the Ray Train loop (actors/trainer.py) needs to train a policy on
 preference pairs (no Ray).
 
 With ``pi`` the policy, ``ref`` the frozen reference (the SFT model) and
@@ -80,7 +80,7 @@ def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_cho
 def weighted_sums(losses: Tensor, chosen_rewards: Tensor, rejected_rewards: Tensor,
                   weights: Tensor) -> tuple[Tensor, dict[str, float]]:
     """``sum w * loss`` and the metrics' weighted sums, with ``units = sum w``: the loop's
-    contract (workflows/ray_train.py), whose means over units are weighted means."""
+    contract (actors/trainer.py), whose means over units are weighted means."""
     if bool((weights < 0).any()):
         raise ValueError("pair weights must not be negative")
     sums = {"units": float(weights.sum()),

@@ -1,5 +1,6 @@
 """Anthropic HH-RLHF rows: ``chosen`` and ``rejected`` are whole transcripts
-``"\\n\\nHuman: ...\\n\\nAssistant: ...\\n\\nHuman: ...\\n\\nAssistant: <answer>"`` that
+``"\\n\\nHuman: ...\\n\\nAssistant: ...\\n\\nHuman: ...\\n\\nAssistant: <answer>"`` (the
+first turn with or without its leading blank line) that
 share everything up to the last ``\\n\\nAssistant:`` (the prompt, one or more turns) and
 differ in the answer after it. A row whose transcripts do not share their prompt is
 rejected, never guessed at."""
@@ -11,7 +12,7 @@ from alignray.importers.core import (Converted, ImportOptions, RowRejected, pref
                                      text_field)
 
 ASSISTANT = "\n\nAssistant:"
-_TURN = re.compile(r"\n\n(Human|Assistant):")
+_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")  # a transcript may begin "Human:" with no blank line
 _ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
@@ -30,7 +31,7 @@ def split_transcript(transcript: str, field: str) -> tuple[list[dict], str]:
 
 def convert_hh_row(row: dict, options: ImportOptions) -> Converted:
     for name in ("chosen", "rejected"):
-        text_field(row, name)  # present, text, not blank; split below as written (it begins with "\n\n")
+        text_field(row, name)  # present, text, not blank; split below as written
     chosen_turns, chosen = split_transcript(row["chosen"], "chosen")
     rejected_turns, rejected = split_transcript(row["rejected"], "rejected")
     if chosen_turns != rejected_turns:

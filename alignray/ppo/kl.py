@@ -7,6 +7,10 @@ policy, with ``log r = ref_logprob - logprob``:
 - ``k1 = -log r``          unbiased, high variance, can be negative per token;
 - ``k2 = 0.5 (log r)^2``   biased, low variance, never negative;
 - ``k3 = (r - 1) - log r`` unbiased, low variance, never negative.
+
+``log r`` is clamped to ``[-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP]`` first (as OpenRLHF and verl
+clamp theirs), so one token the two models disagree on wildly cannot overflow ``exp`` and
+turn a step into inf or NaN.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+LOG_RATIO_CLAMP = 20.0  # nats: exp(20) ~ 5e8, far past any ratio a sound update produces
 # name -> per-token estimate as a function of log r = ref_logprob - logprob
 KL_ESTIMATORS: dict[str, Callable[[Tensor], Tensor]] = {
     "k1": lambda log_ratio: -log_ratio,
@@ -31,7 +36,7 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k1") -> Ten
     """
     if kind not in KL_ESTIMATORS:
         raise ValueError(f"unknown KL estimator {kind!r}; known: {sorted(KL_ESTIMATORS)}")
-    return KL_ESTIMATORS[kind](ref_logprobs - logprobs)
+    return KL_ESTIMATORS[kind]((ref_logprobs - logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
 
 
 class KLController:

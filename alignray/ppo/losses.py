@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from alignray.ppo.kl import kl_estimate
+from alignray.ppo.kl import LOG_RATIO_CLAMP, kl_estimate
 from alignray.ppo.masked import masked_mean, masked_sum, masked_var, valid_only
 
 PolicyLoss = Callable[..., tuple[Tensor, dict[str, float]]]
@@ -43,8 +43,9 @@ def aggregate(per_token: Tensor, mask: Tensor, aggregation: str = "token_mean",
 def _clipped_objective(log_ratio: Tensor, old_logprobs: Tensor, logprobs: Tensor, advantages: Tensor, mask: Tensor,
                        clip_eps: float, aggregation: str, normalizer: float | None) -> tuple[Tensor, dict[str, float]]:
     """``max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))`` per token, aggregated; the
-    stats of :func:`clipped_surrogate_loss`."""
-    ratio = torch.exp(log_ratio)
+    stats of :func:`clipped_surrogate_loss`. The log-ratio is masked (padding may hold
+    -inf or nan: multiplying them by a zero gradient would give nan) and clamped before exp."""
+    ratio = torch.exp(valid_only(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP), mask))
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
     loss = aggregate(torch.maximum(unclipped, clipped), mask, aggregation, normalizer)
@@ -112,6 +113,9 @@ def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask
     ``V - R``, as in the usual squared-error convention. All tensors ``[batch, T]``.
     stats: ``value_clip_fraction`` (share of tokens where the clipped error was the larger).
     """
+    # Padding may hold anything: selected away before the squares, whose gradient would
+    # multiply it by zero (inf x 0 = nan).
+    values, old_values, returns = (valid_only(t, mask) for t in (values, old_values, returns))
     clipped_values = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
     unclipped_error = (values - returns).square()
     clipped_error = (clipped_values - returns).square()

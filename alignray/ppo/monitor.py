@@ -131,10 +131,13 @@ def plot_overoptimisation(history: Sequence[MonitorCheck], chosen_step: int, fir
     proxy_axis.set_xlabel("KL(policy || reference) per response, nats")
     proxy_axis.set_ylabel("proxy reward (raw)", color="tab:blue")
     judge_axis = proxy_axis.twinx()
-    judge_axis.plot(kl, [c.judge_win_rate for c in history], "s-", color="tab:orange",
-                    label="judge win-rate vs SFT (right)")
-    judge_axis.fill_between(kl, [c.judge_ci_low for c in history], [c.judge_ci_high for c in history],
-                            color="tab:orange", alpha=0.15)
+    # The KL of successive checks may go back and forth: a band filled along it would fold
+    # over itself and hide the points, so each check carries its own 95% interval.
+    win = [c.judge_win_rate for c in history]
+    judge_axis.errorbar(kl, win, yerr=[[w - c.judge_ci_low for w, c in zip(win, history)],
+                                       [c.judge_ci_high - w for w, c in zip(win, history)]],
+                        fmt="s-", color="tab:orange", capsize=3, elinewidth=1,
+                        label="judge win-rate vs SFT, 95% interval (right)")
     judge_axis.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
     judge_axis.set_ylabel("judge win-rate vs SFT", color="tab:orange")
     chosen = next(c for c in history if c.step == chosen_step)

@@ -15,7 +15,7 @@ def resolve_base_model(model_cfg, cache_dir: str | os.PathLike, seed: int = 0,
     """The base model's path or hub id for `model.source` (embedded / hf / smollm2_gguf);
     pretraining the embedded one reports to the tracker of `tracking`."""
     if model_cfg.source == "embedded":
-        return str(build_base_model(model_cfg.embedded, cache_dir, seed, tracking))
+        return str(build_base_model(model_cfg.embedded, cache_dir, seed, tracking, rebuild=model_cfg.rebuild))
     if model_cfg.source == "smollm2_gguf":
         return str(convert_smollm2(cache_dir))
     if model_cfg.source == "hf":

@@ -3,7 +3,9 @@ from scratch on the tweets, deterministic from a seed, saved in Hugging Face for
 
 The result is cached under `<cache_dir>/base-<recipe hash>/model` and loaded downstream
 like any hub model (`AutoModelForCausalLM.from_pretrained`). Changing the recipe changes
-the hash, so a stale model is never reused.
+the hash, so a stale model is never reused. The default recipe's model ships with the
+project (alignray/pretrain/shipped.py): its cache folder is seeded from the shipped files,
+not pretrained, unless a rebuild is asked for.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from alignray.data.tweets import is_heldout, load_tweets
 from alignray.core.metrics import MetricsLogger, plot_curves, read_metrics
 from alignray.core.model_card import CARD_FILE, ModelCard, write_model_card
 from alignray.models.modeling import save_pretrained
+from alignray.pretrain.shipped import seed_from_shipped, shipped_recipe
 from alignray.core.tracking import Tracker, TrackingSettings, open_tracker
 
 log = logging.getLogger(__name__)
@@ -47,15 +50,22 @@ def recipe_hash(recipe, seed: int) -> str:
     fields = OmegaConf.to_container(recipe) if OmegaConf.is_config(recipe) else dataclasses.asdict(recipe)
     # The wall-clock cap decides how far training gets but not what a step does; it is
     # part of the recipe all the same, because a different cap gives a different model.
-    # format 2: fp32 on every CPU (format 1 trained under bf16 autocast)
-    text = json.dumps({"recipe": fields, "seed": seed, "format": 2}, sort_keys=True)
+    # format 3: the default recipe's model may be the shipped one, stored in bf16 (2: fp32 on
+    # every CPU, always pretrained here; 1: trained under bf16 autocast)
+    text = json.dumps({"recipe": fields, "seed": seed, "format": 3}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
-def build_base_model(recipe, cache_dir: str | Path, seed: int = 0, tracking: TrackingSettings | None = None) -> Path:
-    """Return the folder of the base model for this recipe, pretraining it if needed (its
-    metrics also to the tracker of `tracking`)."""
-    root = Path(cache_dir).expanduser() / f"base-{recipe_hash(recipe, seed)}"
+def build_base_model(recipe, cache_dir: str | Path, seed: int = 0, tracking: TrackingSettings | None = None,
+                     rebuild: bool = False) -> Path:
+    """Return the folder of the base model for this recipe: the cached one, else the shipped
+    one when it is this recipe's, else pretrained here (its metrics also to the tracker of
+    `tracking`). ``rebuild`` pretrains from the recipe whatever is cached or shipped."""
+    key = recipe_hash(recipe, seed)
+    root = Path(cache_dir).expanduser() / f"base-{key}"
+    if rebuild and root.exists():
+        log.info("model.rebuild: pretraining again from the recipe (replacing %s)", root)
+        shutil.rmtree(root)
     if is_complete(root):
         log.info("reusing the base model in %s", root)
         if not (root / MODEL_DIR / CARD_FILE).exists():  # cached before models had cards
@@ -66,7 +76,14 @@ def build_base_model(recipe, cache_dir: str | Path, seed: int = 0, tracking: Tra
     # recipe at once never see each other's half-written files.
     work = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
     try:
-        _pretrain(recipe, seed, work, open_tracker(tracking, work, root.name))
+        shipped = shipped_recipe()
+        if not rebuild and shipped is not None and shipped["key"] == key:
+            log.info("seeding %s from the shipped base model (alignray/pretrain/shipped; model.rebuild=true "
+                     "pretrains it from the recipe instead)", root)
+            seed_from_shipped(work / MODEL_DIR)
+            mark_complete(work, shipped["summary"] | {"source": "shipped"})
+        else:
+            _pretrain(recipe, seed, work, open_tracker(tracking, work, root.name))
         try:
             os.rename(work, root)
         except OSError:  # another process finished first; its model is the same recipe
@@ -147,7 +164,7 @@ def _pretrain(recipe, seed: int, out: Path, tracker: Tracker) -> None:
                "seed": seed, "parameters": model.num_parameters(), "steps": step,
                "heldout_loss_untrained": untrained_loss, "heldout_loss": final_loss,
                "train_tweets": len(train_texts), "heldout_tweets": len(heldout_texts),
-               "seconds": round(time.monotonic() - started, 1)}
+               "seconds": round(time.monotonic() - started, 1), "source": "pretrained"}
     save_pretrained(model, tokenizer, out / MODEL_DIR, base_model_card(summary))
     mark_complete(out, summary)
     log.info("pretraining done: held-out loss %.3f -> %.3f nats/token in %d steps, %.0f s",

@@ -42,7 +42,7 @@ def reward_loss_sums(pair_chosen: torch.Tensor, pair_rejected: torch.Tensor, pai
     ``loss_sum = sum_pairs w * bradley_terry + pointwise_weight * sum_points w * pointwise``
     and ``units = sum of all example weights``, so ``loss_sum / units`` over a whole global
     batch is a weighted mean in which a pointwise example counts ``pointwise_weight`` times
-    a pair of the same weight (the contract of workflows/ray_train.py, which divides by the
+    a pair of the same weight (the contract of actors/trainer.py, which divides by the
     global batch's units). The table's margins lie in [0, 1] (stated strength, rank gap);
     ``margin_scale`` turns them into reward units (0: plain Bradley-Terry).
 

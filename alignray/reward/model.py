@@ -41,6 +41,8 @@ from transformers.utils import logging as hf_logging
 from alignray.data.prompts import format_prompt, response_text
 from alignray.core.model_card import ModelCard, reward_model_usage, write_model_card
 from alignray.models.modeling import fused_activation, pick_device, position_limit
+from alignray.reward.dataset import reference_texts
+import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -355,3 +357,20 @@ def load_reward_model(path: str | os.PathLike, device: torch.device | str | None
         log.warning("%s stores no reward normalisation: scores are raw head outputs", path)
     return RewardModel(members, reward_tokenizer(member_dirs[0]), str(path),
                        0.0 if mean is None else float(mean), 1.0 if std is None else float(std))
+
+
+def normalize_saved_model(model_dir: Path, examples: pa.Table, reference_size: int, seed: int) -> dict:
+    """Measure the raw reward on the reference set and store its mean and std with the model."""
+    reward_model = load_reward_model(model_dir)
+    prompts, responses = reference_texts(examples, reference_size, seed)
+    mean, std = reference_statistics(reward_model, prompts, responses)
+    save_normalization(reward_model, mean, std)
+    return {"mean": mean, "std": std, "reference_texts": len(prompts)}
+
+
+def resolve_backbone(backbone: str, sft_model_path: str) -> str:
+    if backbone == "sft":
+        return sft_model_path
+    if backbone == "minilm":
+        return minilm_backbone_path()
+    return backbone

@@ -1,4 +1,4 @@
-"""What the Ray Train loop (workflows/ray_train.py) needs to train a reward model: the
+"""What the Ray Train loop (actors/trainer.py) needs to train a reward model: the
 training rows, the model builder, the collate function and the loss (pure: no Ray).
 
 Pairs (chosen, rejected) and pointwise targets (thumbs, quality scores, Elo) travel as one

@@ -42,9 +42,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 import ray.train
@@ -57,8 +55,8 @@ from ray.train.torch import TorchTrainer
 from alignray.actors.runtime import wait_for_capacity
 from alignray.models import deepspeed_strategy as strategy
 from alignray.core.artifacts import MODEL_DIR, RAY_TRAIN_DIR
-from alignray.config.training import DeepSpeedConfig
 from alignray.core.metrics import MetricsLogger, following
+from alignray.core.train_loop import DataPosition, TrainLoopConfig, TrainTask
 from alignray.models.modeling import load_tokenizer
 from alignray.core.tracking import TrackingSettings, open_tracker
 
@@ -70,49 +68,6 @@ DEEPSPEED_DIR = "deepspeed"  # DeepSpeed state inside each checkpoint
 
 class TrainingInterrupted(RuntimeError):
     """Training ended before its last step; its checkpoints stay for a resume."""
-
-
-@dataclass(frozen=True)
-class TrainTask:
-    """What a phase trains and how. Every callable must be picklable (a module-level
-    function or a `functools.partial` of one): it travels to the workers."""
-    name: str
-    build_model: Callable[[str], torch.nn.Module]  # model folder -> model to train
-    collate: Callable[[dict[str, np.ndarray], torch.device], dict[str, torch.Tensor]]
-    loss: Callable[[Any, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
-
-
-@dataclass(frozen=True)
-class TrainLoopConfig:
-    model_path: str
-    deepspeed: DeepSpeedConfig
-    lr: float
-    warmup_steps: int
-    global_batch_size: int  # rows per optimizer step, split evenly over the workers
-    steps_per_epoch: int  # full global batches in the training set
-    epochs: int
-    max_steps: int  # 0: all epochs
-    eval_every: int  # steps; 0: only at the end of each epoch
-    checkpoint_every: int  # steps; 0: only at the end of each epoch
-    log_every: int
-    seed: int
-    metrics_dir: str  # rank 0 writes metrics.jsonl here (a shared folder on a cluster)
-    # A drill for resume: stop right after this step, as if the job were killed (no
-    # checkpoint, no evaluation at that step). 0: off.
-    interrupt_after_steps: int = 0
-    threads: int = 0  # torch threads on CPU (cluster.train_threads); 0: cores / local workers
-
-    @property
-    def total_steps(self) -> int:
-        all_epochs = self.steps_per_epoch * self.epochs
-        return min(all_epochs, self.max_steps) if self.max_steps else all_epochs
-
-
-@dataclass(frozen=True)
-class DataPosition:
-    """Where training stands in the data: ``batches_done`` global batches of ``epoch``."""
-    epoch: int = 0
-    batches_done: int = 0
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -368,20 +323,3 @@ class _Throughput:
         if self.grad_norm is not None:
             record["grad_norm"] = self.grad_norm
         return record
-
-
-def rows_within_budget(train_rows: int, global_batch_size: int, max_steps: int) -> int:
-    """How many training rows the loop can reach: all of them, unless ``max_steps`` ends
-    training inside the first epoch, which trains rows ``[0, max_steps * B)`` only (the
-    order is fixed). A phase that precomputes something per row needs it for those alone."""
-    if max_steps and max_steps * global_batch_size < train_rows:
-        return max_steps * global_batch_size
-    return train_rows
-
-
-def steps_per_epoch(train_rows: int, global_batch_size: int) -> int:
-    steps = train_rows // global_batch_size
-    if steps == 0:
-        raise ValueError(f"{train_rows} training rows make no full global batch of {global_batch_size}")
-    return steps
-
