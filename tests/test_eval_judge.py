@@ -212,3 +212,12 @@ def test_the_pairs_judge_of_a_policy_against_itself_is_all_ties(tmp_path, tiny_b
     assert f"implicit-reward accuracy on the held-out preference pairs in {feedback_path} (95% CI): 0.50" in section
     assert "an accuracy, not a win-rate" in section
     assert "an accuracy, not a win-rate" in headline(result, {}, {}).paragraphs[0]
+
+
+def test_the_reward_the_policys_ppo_run_recorded_is_refused_as_its_judge(tmp_path, prompts_path):
+    ppo_dir = tmp_path / "ppo-abc"
+    (ppo_dir / "policy").mkdir(parents=True)
+    (ppo_dir / "summary.json").write_text(json.dumps({"reward_model": str(tmp_path / "reward-x" / "model")}))
+    cfg = eval_config(tmp_path, kind="reward_model", model_path=str(tmp_path / "reward-x" / "model"))
+    with pytest.raises(ValueError, match="is PPO's reward"):  # before any model loads
+        evaluate_policies(cfg, str(tmp_path / "no-model"), str(ppo_dir / "policy"), str(prompts_path), tmp_path / "e")
