@@ -74,8 +74,8 @@ def test_what_does_not_change_a_phase_leaves_its_key(phase, override):
     (FEEDBACK, "feedback.num_prompts=9"), (FEEDBACK, "data.prompt_words=5"),
     (REWARD, "reward_model.margin=0.5"), (PPO, "ppo.kl.coef=0.05"), (PPO, "data.max_prompt_tokens=20"),
     (EVALUATION, "ppo.temperature=0.7"), (EVALUATION, "ppo.eval.prompts_path=/data/prompts.parquet"),
-    (EVALUATION, "ppo.eval.judge=http"), (EVALUATION, "ppo.eval.pairs_path=/data/heldout.parquet"),
-    (EVALUATION, "ppo.eval.gold_reward_model_path=/models/gold"), (EVALUATION, "ppo.eval.judge_url=http://h:1"),
+    (EVALUATION, "ppo.eval.judge.kind=http"), (EVALUATION, "ppo.eval.pairs_path=/data/heldout.parquet"),
+    (EVALUATION, "ppo.eval.judge.model_path=/models/gold"), (EVALUATION, "ppo.eval.judge.url=http://h:1"),
     (DATA, "data.heldout_fraction=0.1"),
 ])
 def test_what_changes_a_phase_changes_its_key(phase, override):
