@@ -21,16 +21,15 @@ from alignray.data.prompts import prepare_embedded_data, read_prompts
 from alignray.evaluation.compare import bootstrap_ci, degenerate_share, mean_length_ratio
 from alignray.ppo.experience import PromptBatch
 from alignray.models.generation import decode_responses
-from alignray.evaluation.judges import make_scorer
 from alignray.ppo.monitor import (Alarm, MonitorCheck, alarms, best_check, checkpoints_to_keep, read_history,
                               write_history)
 from alignray.ppo import masked_sum
+from alignray.scoring import MONITOR_JUDGE, DataAtHand, build_scorer, resolve_scorer
 
 log = logging.getLogger("alignray.ppo.monitor")
 # Probe batches draw their sampling seeds from steps no training batch uses, so a check leaves
 # the training rollouts exactly as they would be without it.
 PROBE_SEED_STEP = 500_000
-MONITOR_JUDGES = ("auto", "annotators", "http", "gold_rm")
 Judge = Callable[[Sequence[str], Sequence[str]], np.ndarray]  # (prompts, answers) -> scores
 
 
@@ -96,6 +95,14 @@ class OverOptimisationMonitor:
         return sum(c.seconds for c in self.history)
 
 
+def monitor_judge_kind(monitor: MonitorConfig, data_source: str) -> str | None:
+    """The monitor's judge, checked through the scorer registry; None when ``auto`` finds no
+    judge for this data. Probe prompts the user names (``ppo.monitor.prompts_path``) are taken
+    as fit for the judge chosen with them, the panel included."""
+    data = DataAtHand(data_source, tweets=data_source == "embedded" or bool(monitor.prompts_path))
+    return resolve_scorer(monitor.judge, MONITOR_JUDGE, data)
+
+
 def monitor_probe_prompts(monitor: MonitorConfig, eval_prompts: int, data_cfg, out: Path) -> list[str] | None:
     """The monitor's probe prompts (raw), or None when it does not run. On the embedded
     default they are the last held-out prompts; the evaluation takes the first
@@ -103,18 +110,16 @@ def monitor_probe_prompts(monitor: MonitorConfig, eval_prompts: int, data_cfg, o
     the prompts that then report its win-rate would inflate the figure."""
     if not monitor.every:
         return None
-    if monitor.judge not in MONITOR_JUDGES:
-        raise ValueError(f"ppo.monitor.judge must be one of {MONITOR_JUDGES}, not {monitor.judge!r}")
+    if monitor_judge_kind(monitor, data_cfg.source) is None:  # the monitor is optional: off, and said so
+        log.warning("ppo.monitor is off: the held-out annotators judge only the embedded default; set "
+                    f"{MONITOR_JUDGE.key}.kind=heldout_annotators and ppo.monitor.prompts_path to watch this run")
+        return None
     if monitor.prompts_path:
         table, _ = read_prompts(monitor.prompts_path)
         return table.column("prompt").to_pylist()[: monitor.probe_prompts]
     if data_cfg.source != "embedded":
-        if monitor.judge != "auto":
-            raise ValueError(f"ppo.monitor.judge={monitor.judge} on your own data needs ppo.monitor.prompts_path "
-                             "(held-out prompts, not the evaluation's)")
-        log.warning("ppo.monitor is off: the held-out annotators judge only the embedded default; set "
-                    "ppo.monitor.judge=annotators and ppo.monitor.prompts_path to watch this run")
-        return None
+        raise ValueError(f"{MONITOR_JUDGE.key}.kind={monitor.judge.kind} on your own data needs "
+                         "ppo.monitor.prompts_path (held-out prompts, not the evaluation's)")
     table, _ = read_prompts(prepare_embedded_data(data_cfg, out / PROMPTS_COPY_DIR)["prompts_heldout"])
     if table.num_rows < eval_prompts + monitor.probe_prompts:
         raise ValueError(f"{table.num_rows} held-out prompts cannot give eval.num_prompts="
@@ -122,13 +127,10 @@ def monitor_probe_prompts(monitor: MonitorConfig, eval_prompts: int, data_cfg, o
     return table.column("prompt").to_pylist()[-monitor.probe_prompts:]
 
 
-def make_judge(monitor: MonitorConfig) -> Judge:
-    """The monitor's judge, one of the evaluation's (alignray.evaluation.judges.make_scorer): scores per
+def make_judge(monitor: MonitorConfig, data_source: str) -> Judge:
+    """The monitor's judge, built by the scorer registry as the evaluation's is: scores per
     (prompt, answer), higher is preferred."""
-    needs = {"http": "judge_url", "gold_rm": "gold_reward_model_path"}.get(monitor.judge)
-    if needs and not getattr(monitor, needs):
-        raise ValueError(f"ppo.monitor.judge={monitor.judge} needs ppo.monitor.{needs}")
-    return make_scorer("annotators" if monitor.judge == "auto" else monitor.judge, monitor)
+    return build_scorer(monitor.judge, monitor_judge_kind(monitor, data_source))
 
 
 def monitor_summary(monitor: OverOptimisationMonitor | None) -> dict | None:

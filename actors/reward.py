@@ -1,10 +1,11 @@
 """The reward: one score per (prompt, response), from a frozen scorer chosen in config
-(``ppo.reward.kind``):
+(``ppo.reward.kind``), built by the scorer registry (alignray/scoring):
 
-- ``model``: the trained reward model, single or ensemble, through ``alignray.reward.model.load_reward_model``;
+- ``reward_model``: the trained reward model (``ppo.reward_model_path``), single or ensemble;
 - ``http``: the Ray Serve reward endpoint at ``ppo.reward.url``, through ``alignray.reward.client``;
-- ``annotators``: the oracle reward, the mean score of the simulated training annotators
-  1-5 (never the held-out judge 6-10); for ablations and for runs before a reward model exists;
+- ``training_annotators``: the oracle reward, the mean score of the simulated training
+  annotators 1-5 (never the held-out judge 6-10); for ablations and for runs before a reward
+  model exists;
 - ``target_word``: the share of a response's words equal to ``ppo.reward.target_word``, a
   rule with a known optimum, for checking that PPO climbs.
 
@@ -18,25 +19,11 @@ scorers are one scorer each: their disagreement is 0.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 
 from alignray.actors.base import ModelActor
 from alignray.config.ppo import PPORewardConfig
-from alignray.evaluation.compare import words
-
-REWARD_KINDS = ("model", "http", "annotators", "target_word")
-
-
-def target_word_share(responses: Sequence[str], target: str) -> torch.Tensor:
-    """Per response, the share of its words equal to ``target`` (0 for a response without words)."""
-    target = target.lower()
-    shares = []
-    for text in responses:
-        tokens = words(text)
-        shares.append(sum(token == target for token in tokens) / len(tokens) if tokens else 0.0)
-    return torch.tensor(shares, dtype=torch.float32)
+from alignray.scoring import PPO_REWARD, build_scorer, resolve_scorer, reward_scorer
 
 
 class RewardActor(ModelActor):
@@ -44,41 +31,16 @@ class RewardActor(ModelActor):
 
     def __init__(self, reward: PPORewardConfig, reward_model_path: str | None = None, seed: int = 0):
         super().__init__(seed)
-        if reward.kind not in REWARD_KINDS:
-            raise ValueError(f"ppo.reward.kind must be one of {REWARD_KINDS}, not {reward.kind!r}")
-        self.reward = reward
-        if reward.kind == "model":
-            if not reward_model_path:
-                raise ValueError("ppo.reward.kind=model needs a reward model path")
-            from alignray.reward.model import load_reward_model
-            self.scorer = load_reward_model(reward_model_path, device=self.device)
-        elif reward.kind == "http":
-            if not reward.url:
-                raise ValueError("ppo.reward.kind=http needs ppo.reward.url")
-            from alignray.reward.client import RewardClient
-            self.scorer = RewardClient(reward.url)
+        choice = reward_scorer(reward, reward_model_path)
+        self.scorer = build_scorer(choice, resolve_scorer(choice, PPO_REWARD), device=self.device, raw=True)
 
     @torch.no_grad()
     def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         """Raw scores ``[len(responses)]`` (float32, CPU)."""
-        kind = self.reward.kind
-        if kind == "annotators":
-            from alignray.feedback.simulated import TRAINING_RATERS, judge_scores
-            return torch.as_tensor(judge_scores(responses, TRAINING_RATERS), dtype=torch.float32)
-        if kind == "target_word":
-            return target_word_share(responses, self.reward.target_word)
-        if kind == "model":
-            return self.scorer.score(prompts, responses, normalize=False).float().cpu()
         return torch.as_tensor(self.scorer.score(prompts, responses), dtype=torch.float32)
 
     @torch.no_grad()
     def score_with_disagreement(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw scores and the members' disagreement, each ``[len(responses)]`` (float32, CPU)."""
-        if self.reward.kind == "model":
-            scores = self.scorer.score_with_disagreement(prompts, responses, normalize=False)
-            return scores.reward.float().cpu(), scores.disagreement.float().cpu()
-        if self.reward.kind == "http":
-            rewards, disagreement = self.scorer.score_with_disagreement(prompts, responses)
-            return torch.as_tensor(rewards, dtype=torch.float32), torch.as_tensor(disagreement, dtype=torch.float32)
-        scores = self.score(prompts, responses)
-        return scores, torch.zeros_like(scores)
+        scores, disagreement = self.scorer.score_with_disagreement(prompts, responses)
+        return torch.as_tensor(scores, dtype=torch.float32), torch.as_tensor(disagreement, dtype=torch.float32)

@@ -31,7 +31,7 @@ def measure(model: str, steps: int, workdir: Path) -> dict:
 
     cfg = typed_config(OmegaConf.structured(AlignrayConfig))
     cfg.workdir, cfg.ppo.steps, cfg.ppo.checkpoint_every = str(workdir), steps, 0
-    cfg.ppo.reward.kind = "annotators"
+    cfg.ppo.reward.kind = "training_annotators"
     out = run_ppo(cfg, model, None)
     summary = json.loads((out / SUMMARY_FILE).read_text())
     records = read_metrics(out / METRICS_FILE)

@@ -91,7 +91,7 @@ def run_alignray(work: Path, models: Path, prompts: Path, updates: int) -> list[
         f"workdir={out}", "data.source=files", f"data.prompts_path={prompts}",
         f"data.max_prompt_tokens={PROMPT_TOKENS}",
         f"ppo.sft_model_path={models / 'policy'}", f"ppo.reward_model_path={models / 'reward'}",
-        "ppo.reward.kind=model", "ppo.critic.init=reward_model", "ppo.reward.normalize=false",
+        "ppo.reward.kind=reward_model", "ppo.critic.init=reward_model", "ppo.reward.normalize=false",
         "ppo.reward.constraints=none", f"ppo.steps={updates}", f"ppo.prompts_per_step={ROLLOUTS}",
         f"ppo.rollout.max_new_tokens={NEW_TOKENS}", "ppo.rollout.stop_at_eos=false", "ppo.epochs=4",
         "ppo.minibatches=2", "ppo.policy.lr=3e-6", "ppo.critic.lr=3e-6", "ppo.kl.controller=fixed",

@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from alignray.actors import runtime
-    from alignray.actors.judge import judge_with_actor_pool
+    from alignray.actors.ai_labeller import label_with_actor_pool
     from alignray.config.cluster import ClusterConfig
     from alignray.config.model import ModelConfig
     from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, judge_scores
@@ -88,7 +88,7 @@ def main() -> None:
                                                                         "TOKENIZERS_PARALLELISM": "false"}})
     try:
         started = time.monotonic()
-        rows = judge_with_actor_pool(items, str(judge), actors=args.actors, batch_size=args.batch_size,
+        rows = label_with_actor_pool(items, str(judge), actors=args.actors, batch_size=args.batch_size,
                                      max_reply_tokens=args.max_reply_tokens, use_gpu=args.gpu)
         seconds = time.monotonic() - started
     finally:

@@ -63,7 +63,9 @@ def test_serve_and_collect_share_one_endpoint_class():
 @pytest.mark.parametrize("old, new", [("ppo.lr=1e-5", "ppo.lr moved to ppo.policy.lr"),
                                       ("+ppo.critic_lr=1", "ppo.critic_lr moved to ppo.critic.lr"),
                                       ("ppo.eval.num_prompts=8", "ppo.eval.num_prompts moved to eval.num_prompts"),
-                                      ("ppo.weight_sync=broadcast", "ppo.weight_sync moved to ppo.sync.method")])
+                                      ("ppo.weight_sync=broadcast", "ppo.weight_sync moved to ppo.sync.method"),
+                                      ("ppo.eval.judge=http", "ppo.eval.judge moved to eval.judge.kind"),
+                                      ("ppo.monitor.judge_url=x", "ppo.monitor.judge_url moved to ppo.monitor.judge.url")])
 def test_a_moved_key_is_refused_with_its_new_path(old, new):
     from alignray.config import MovedKeyError
     from alignray.workflows.common import compose_app_config

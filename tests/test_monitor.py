@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from alignray.actors.reward import target_word_share
 from alignray.core.artifacts import MONITOR_FILE, OVEROPTIMISATION_FIGURE, SUMMARY_FILE
 from alignray.config import typed_config
 from alignray.config.ppo import MonitorConfig
@@ -21,6 +20,7 @@ from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, judge_scores
 from alignray.models.generation import decode_responses, sample_responses
 from alignray.core.metrics import read_metrics
 from alignray.models.modeling import load_causal_lm, load_tokenizer
+from alignray.scoring import target_word_share
 from alignray.ppo.monitor import MonitorCheck, alarms, best_check, checkpoints_to_keep, plot_overoptimisation, read_history
 from alignray.workflows.ppo import run_ppo
 from tests.conftest import score_endpoint
@@ -88,7 +88,7 @@ def test_an_over_optimising_run_is_caught_rolled_back_and_its_best_policy_kept(
     cfg = run_config(tiny_base_model, prompts_path, tmp_path)
     cfg.ppo.steps, cfg.ppo.checkpoint_every = 12, 0
     monitor = cfg.ppo.monitor
-    monitor.every, monitor.judge, monitor.judge_url = 2, "http", judge_url
+    monitor.every, monitor.judge.kind, monitor.judge.url = 2, "http", judge_url
     monitor.prompts_path, monitor.probe_prompts, monitor.on_alarm = str(prompts_path), 32, "rollback"
     out = run_ppo(typed_config(cfg), str(tiny_base_model), None)
 

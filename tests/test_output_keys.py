@@ -76,8 +76,8 @@ def test_what_does_not_change_a_phase_leaves_its_key(phase, override):
     (FEEDBACK, "feedback.num_prompts=9"), (FEEDBACK, "data.prompt_words=5"),
     (REWARD, "reward_model.margin=0.5"), (PPO, "ppo.kl.coef=0.05"), (PPO, "data.max_prompt_tokens=20"),
     (EVALUATION, "ppo.rollout.temperature=0.7"), (EVALUATION, "eval.prompts_path=/data/prompts.parquet"),
-    (EVALUATION, "eval.judge=http"), (EVALUATION, "eval.pairs_path=/data/heldout.parquet"),
-    (EVALUATION, "eval.gold_reward_model_path=/models/gold"), (EVALUATION, "eval.judge_url=http://h:1"),
+    (EVALUATION, "eval.judge.kind=http"), (EVALUATION, "eval.pairs_path=/data/heldout.parquet"),
+    (EVALUATION, "eval.judge.model_path=/models/gold"), (EVALUATION, "eval.judge.url=http://h:1"),
     (DATA, "data.heldout_fraction=0.1"),
 ])
 def test_what_changes_a_phase_changes_its_key(phase, override):

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_multirun_of_two_ppo_settings_gives_two_runs_with_their_own_metrics(tmp_path, tiny_base_model):
     cache = tiny_base_model.parent.parent  # experiment=tiny uses the same recipe: no rebuild
-    command = [sys.executable, "-m", "alignray.workflows.ppo", "-m", "experiment=tiny", "ppo.reward.kind=annotators",
+    command = [sys.executable, "-m", "alignray.workflows.ppo", "-m", "experiment=tiny", "ppo.reward.kind=training_annotators",
                f"ppo.sft_model_path={tiny_base_model}", "ppo.steps=2", "ppo.kl.coef=0.1,0.3", f"cache_dir={cache}", f"workdir={tmp_path}/runs",
                f"hydra.sweep.dir={tmp_path}/multirun"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -12,7 +12,8 @@ from ray.util.placement_group import placement_group_table
 from omegaconf import OmegaConf
 
 from alignray.actors.base import ModelActorDied
-from alignray.actors.reward import RewardActor, target_word_share
+from alignray.actors.reward import RewardActor
+from alignray.scoring import target_word_share
 from alignray.actors.weight_sync import WeightSyncError, named_weights
 from alignray.config import AlignrayConfig, typed_config
 from alignray.ppo.experience import Experience
@@ -71,9 +72,9 @@ def test_reward_actor_scores_with_each_kind_and_the_critic_loads_an_rm_backbone(
     save_reward_model(model, tokenizer, tmp_path / "rm", mean=1.0, std=2.0)
     prompts, responses = ["I love the new", "Flying with"], ["phone, it is great", "delays again, awful"]
     raw = load_reward_model(tmp_path / "rm").score(prompts, responses, normalize=False)
-    scored = RewardActor(PPORewardConfig(kind="model"), str(tmp_path / "rm")).score(prompts, responses)
+    scored = RewardActor(PPORewardConfig(kind="reward_model"), str(tmp_path / "rm")).score(prompts, responses)
     assert torch.allclose(scored, raw, atol=1e-6)  # raw: the coordinator normalises once
-    oracle = RewardActor(PPORewardConfig(kind="annotators")).score(prompts, responses)
+    oracle = RewardActor(PPORewardConfig(kind="training_annotators")).score(prompts, responses)
     assert oracle.tolist() == pytest.approx(judge_scores(responses, TRAINING_RATERS).tolist())
     assert oracle[0] > 0 > oracle[1]
     with pytest.raises(ValueError, match="kind"):

@@ -410,13 +410,13 @@ def test_reward_functions_are_added_with_their_weights_and_each_part_is_reported
     from alignray.config.ppo import PPORewardConfig, RewardFunctionConfig
     from alignray.ppo import WeightedReward
     module = "tests.test_ppo_algorithm"
-    reward = WeightedReward.from_config(PPORewardConfig(kind="model", weight=2.0, functions=[
+    reward = WeightedReward.from_config(PPORewardConfig(kind="reward_model", weight=2.0, functions=[
         RewardFunctionConfig(f"{module}:exclamations", 0.5),
         RewardFunctionConfig(f"{module}:word_count", -0.1, name="length")]))
     total, parts = reward.combine(t([1.0, -1.0]), ["p", "q"], ["wow! great!", "meh"])
     # 2 x 1 + 0.5 x 2 - 0.1 x 2 = 2.8 and 2 x -1 + 0 - 0.1 x 1 = -2.1
     close(total, [2.8, -2.1])
-    assert parts == pytest.approx({"reward_parts/model": 0.0, "reward_parts/exclamations": 0.5,
+    assert parts == pytest.approx({"reward_parts/reward_model": 0.0, "reward_parts/exclamations": 0.5,
                                    "reward_parts/length": -0.15})
     scores = t([0.25, 3.0])
     alone, none = WeightedReward.from_config(PPORewardConfig()).combine(scores, ["p", "q"], ["a", "b"])
@@ -442,5 +442,5 @@ def test_a_reward_function_must_give_one_finite_score_per_response_and_parts_nee
     with pytest.raises(ValueError, match="'one_score_short' must return one finite float per response"):
         short.combine(t([0.0, 1.0]), ["p", "q"], ["a", "b"])
     with pytest.raises(ValueError, match="its own name"):
-        WeightedReward.from_config(PPORewardConfig(kind="annotators", functions=[
-            RewardFunctionConfig("tests.test_ppo_algorithm:word_count", name="annotators")]))
+        WeightedReward.from_config(PPORewardConfig(kind="training_annotators", functions=[
+            RewardFunctionConfig("tests.test_ppo_algorithm:word_count", name="training_annotators")]))

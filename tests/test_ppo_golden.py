@@ -45,7 +45,7 @@ def golden_run(ray_cluster, tiny_base_model, tmp_path_factory) -> list[dict]:
     save_reward_model(model, tokenizer, workdir / "rm", mean=0.5, std=2.0)
     cfg = compose_app_config([
         "experiment=tiny", f"workdir={workdir}", f"cache_dir={workdir / 'cache'}", "cluster=cpu_test",
-        "ppo.reward.kind=model", "ppo.prompts_per_step=8", "ppo.rollout.max_new_tokens=10"])
+        "ppo.reward.kind=reward_model", "ppo.prompts_per_step=8", "ppo.rollout.max_new_tokens=10"])
     out = run_ppo(cfg, str(tiny_base_model), str(workdir / "rm"))
     return [deterministic(r) for r in read_metrics(out / "metrics.jsonl")]
 

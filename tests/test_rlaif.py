@@ -87,14 +87,14 @@ def test_ai_rows_are_valid_feedback_with_source_ai():
 
 
 def test_actor_pool_judges_through_ray_data_in_order(ray_cluster, tiny_base_model, judge):
-    from alignray.actors.judge import judge_with_actor_pool
+    from alignray.actors.ai_labeller import label_with_actor_pool
     model, tokenizer = judge
     prompts = ["i love", "why is", "the best", "so sad", "good night"] * 2
     replies_a = [f"reply number {i} is great" for i in range(10)]
     replies_b = [f"terrible answer {i}" for i in range(10)]
     items = [{"item": i, "prompt": p, "response_a": a, "response_b": b}
              for i, (p, a, b) in enumerate(zip(prompts, replies_a, replies_b))]
-    rows = judge_with_actor_pool(items, str(tiny_base_model), actors=2, batch_size=3)
+    rows = label_with_actor_pool(items, str(tiny_base_model), actors=2, batch_size=3)
     assert [row["item"] for row in rows] == list(range(10))
     local = judge_pairs(model, tokenizer, prompts, replies_a, replies_b)
     assert [float(r["preference_a"]) for r in rows] == pytest.approx(local["preference_a"].tolist(), abs=1e-4)

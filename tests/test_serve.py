@@ -419,7 +419,7 @@ def test_an_ensemble_scores_with_mean_and_disagreement_through_the_actor_and_the
     assert raw_std.min() > 0
 
     # The PPO reward actor, as a Ray actor: raw mean and disagreement.
-    actor = ray.remote(RewardActor).remote(PPORewardConfig(kind="model"), str(ensemble_model_dir))
+    actor = ray.remote(RewardActor).remote(PPORewardConfig(kind="reward_model"), str(ensemble_model_dir))
     reward, disagreement = ray.get(actor.score_with_disagreement.remote(PROMPTS, RESPONSES))
     torch.testing.assert_close(reward, raw_mean, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(disagreement, raw_std, atol=1e-5, rtol=1e-5)

@@ -2,7 +2,7 @@
 win honest?
 
     python -m alignray.workflows.evaluate eval.policy_path=<ppo dir>/policy [ppo.sft_model_path=...]
-    python -m alignray.workflows.evaluate ... data=files ... eval.judge=pairs \
+    python -m alignray.workflows.evaluate ... data=files ... eval.judge.kind=pairs \
         eval.pairs_path=<held-out feedback parquet>
 
 Output, ``<workdir>/eval-<hash>/`` (keyed as alignray.core.artifacts.EVALUATION declares: the
@@ -11,7 +11,7 @@ sampling settings, the models judged): ``eval.json``, ``samples.jsonl``, ``summa
 reused when complete.
 
 Both policies answer the same held-out prompts (same sampling settings as PPO, same seed).
-The judge (``eval.judge``, alignray.evaluation.judges) gives the figure: the win-rate of PPO's
+The judge (``eval.judge``, alignray.evaluation.eval_judge) gives the figure: the win-rate of PPO's
 answers over SFT's by the held-out annotators 6-10 (embedded default), a reward endpoint or a
 gold reward model, or, for ``pairs``, the implicit-reward accuracy on held-out preference
 pairs (an accuracy, not a win-rate). Reported next to it with its bootstrap interval: KL to
@@ -32,17 +32,17 @@ import torch
 from omegaconf import DictConfig
 
 from alignray.config import AlignrayConfig
-
-from alignray.core.artifacts import EVAL_FILE, EVALUATION, PROMPTS_COPY_DIR, SAMPLES_FILE
+from alignray.core.artifacts import EVAL_FILE, EVALUATION, POLICY_DIR, PROMPTS_COPY_DIR, SAMPLES_FILE, SUMMARY_FILE
 from alignray.data.prompts import format_prompt, prepare_embedded_data, read_prompts
 from alignray.evaluation.compare import WIN_RATE, GuardReport, bootstrap_ci
 from alignray.feedback.simulated import TRAINING_RATERS, judge_scores
 from alignray.models.generation import disable_dropout
-from alignray.evaluation.judges import (describe, implicit_reward_accuracy, make_scorer, metric_of, read_preference_pairs,
-                             resolve_judge)
+from alignray.evaluation.eval_judge import PAIRS, describe, metric_of, resolve_judge
+from alignray.evaluation.implicit_reward import implicit_reward_accuracy, read_preference_pairs
 from alignray.models.modeling import load_causal_lm, load_tokenizer
 from alignray.ppo import ConstraintPenalty
 from alignray.core.tracking import log_summary, tracking_settings
+from alignray.scoring import build_scorer, reward_scorer
 from alignray.workflows.phases import run_phase
 from alignray.workflows.common import (CONFIG_PATH, is_complete, mark_complete, phase_dir, run_app,
                                        start_app)
@@ -59,12 +59,14 @@ PAIRS_NOTE = ("an accuracy, not a win-rate: the share of held-out preference pai
 def evaluate_policies(cfg: AlignrayConfig, sft_path: str, ppo_path: str, reference_prompts_path: str | None,
                       out_dir: str | Path, base_path: str | None = None) -> dict:
     """Judge PPO against SFT on held-out prompts with the judge ``eval.judge`` names
-    (alignray.evaluation.judges); writes ``eval.json`` and ``samples.jsonl`` (responses side by side) in
+    (alignray.evaluation.eval_judge); writes ``eval.json`` and ``samples.jsonl`` (responses side by side) in
     ``out_dir`` and returns what eval.json holds. ``reference_prompts_path`` None means the
     embedded default's held-out prompts. With ``base_path``, the pretrained model's answers
-    join the side-by-side samples."""
+    join the side-by-side samples. PPO's reward (``ppo.reward`` with the policy's reward model)
+    is refused as the judge."""
     settings, sampling = cfg.eval, cfg.ppo.rollout
-    kind = resolve_judge(settings, cfg.data.source)  # before any model loads: a wrong choice fails at once
+    reward = reward_scorer(cfg.ppo.reward, trained_on_reward_model(cfg, ppo_path))
+    kind = resolve_judge(settings, cfg.data.source, reward)  # before any model loads: a wrong choice fails at once
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if reference_prompts_path is None:
@@ -123,16 +125,16 @@ class Judged:
 def judge(kind: str, cfg: AlignrayConfig, prompts: list[str], sft_texts: list[str], ppo_texts: list[str], models) -> Judged:
     """The judge's figure: PPO's win-rate over SFT by a judge of answers, or for ``pairs``
     the implicit-reward accuracy of PPO (reference: SFT) on the held-out pairs."""
-    if kind == "pairs":
+    if kind == PAIRS:
         sft_model, ppo_model, tokenizer = models
         pairs = read_preference_pairs(cfg.eval.pairs_path)
         figure = implicit_reward_accuracy(ppo_model, sft_model, tokenizer, pairs, cfg.data.max_prompt_tokens,
                                           cfg.data.max_response_tokens, seed=cfg.seed)
         return Judged(figure, extra={"num_pairs": len(pairs.prompts), "measure_note": PAIRS_NOTE})
-    scorer = make_scorer(kind, cfg.eval)
+    scorer = build_scorer(cfg.eval.judge, kind)
     sft_scores, ppo_scores = scorer(prompts, sft_texts), scorer(prompts, ppo_texts)
     extra = {}
-    if kind == "annotators":
+    if kind == "heldout_annotators":
         train_rate = bootstrap_ci(judge_scores(ppo_texts, TRAINING_RATERS), judge_scores(sft_texts, TRAINING_RATERS),
                                   seed=cfg.seed)
         extra["win_rate_training_annotators"] = dict(zip(("win_rate", "ci_low", "ci_high"), train_rate))
@@ -152,6 +154,17 @@ def write_samples(path: Path, cfg: AlignrayConfig, prompts: list[str], formatted
         for i in range(shown):
             row = {"prompt": prompts[i], **{name: values[i] for name, values in columns.items() if values}}
             f.write(json.dumps(row) + "\n")
+
+
+def trained_on_reward_model(cfg: AlignrayConfig, policy_path: str) -> str | None:
+    """The reward model the policy was trained against: ``ppo.reward_model_path``, else the one
+    its PPO run recorded (``<ppo folder>/summary.json``, beside ``policy/``), else None."""
+    if cfg.ppo.reward_model_path:
+        return str(cfg.ppo.reward_model_path)
+    summary = Path(policy_path).parent / SUMMARY_FILE
+    if Path(policy_path).name != POLICY_DIR or not summary.exists():
+        return None
+    return json.loads(summary.read_text()).get("reward_model")
 
 
 def run_evaluation(cfg: AlignrayConfig, sft_path: str, policy_path: str, base_path: str | None = None) -> Path:

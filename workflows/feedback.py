@@ -10,7 +10,7 @@ validated, aggregated into reward-model training tables and reported, as a Hydra
 responses sampled from the policy model; annotators reading through VADER raters
 1..``train_annotators`` (plus an injected bad-faith share) give every form of feedback. With
 ``ai_share > 0`` that share of the pairwise items is judged by the AI judge instead
-(source ``ai``, annotator ``ai-judge``; actors/judge.py, alignray/feedback/rlaif.py,
+(source ``ai``, annotator ``ai-judge``; actors/ai_labeller.py, alignray/feedback/rlaif.py,
 alignray/feedback/ai_share.py). Pairs of
 responses to held-out prompts are judged by the training raters and by the held-out raters
 6-10; the AI judge, when it runs, judges them too, and its agreement with the held-out
@@ -41,7 +41,7 @@ from omegaconf import DictConfig
 
 from alignray.config import AlignrayConfig
 from alignray.actors import runtime
-from alignray.actors.judge import judge_with_actor_pool
+from alignray.actors.ai_labeller import label_with_actor_pool
 from alignray.core.artifacts import (FEEDBACK, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, HELDOUT_PAIRS_FILE, PAIRS_FILE, POINTWISE_FILE,
                                 PROMPTS_FILE)
 from alignray.feedback import (annotator_quality, annotator_weights, build_training_tables, validate_feedback,
@@ -132,7 +132,7 @@ def mix_in_ai_judge(cfg: AlignrayConfig, feedback: pa.Table, judge_path: str,
     replaced = items_for_ai(items, fb.ai_share, cfg.seed + 2)
     judged_items = list(dict.fromkeys(replaced + ([] if pairs is None else pair_items(pairs))))
     started = time.monotonic()
-    verdicts = judge_with_actor_pool(
+    verdicts = label_with_actor_pool(
         [{"item": i, "prompt": p, "response_a": a, "response_b": b} for i, (p, a, b) in enumerate(judged_items)],
         judge_path, actors=fb.judge_actors, batch_size=fb.judge_batch_size,
         max_reply_tokens=fb.judge_max_reply_tokens, use_gpu=bool(cfg.cluster.use_gpu),

@@ -1,7 +1,7 @@
 """Phase 4: PPO against the reward model; this process is the coordinator (single controller).
 
     python -m alignray.workflows.ppo                                  # base model, oracle needs kind:
-    python -m alignray.workflows.ppo ppo.reward.kind=annotators ppo.steps=40
+    python -m alignray.workflows.ppo ppo.reward.kind=training_annotators ppo.steps=40
     python -m alignray.workflows.ppo ppo.sft_model_path=... ppo.reward_model_path=...
 
 One PPO step, as ``PPOCoordinator.step`` reads top to bottom: the policy's weights to the
@@ -62,6 +62,7 @@ from alignray.ppo import (
 from alignray.workflows.phases import run_phase
 from alignray.workflows.common import (CONFIG_PATH, is_complete, mark_complete, phase_dir, run_app,
                                        start_app)
+from alignray.scoring import PPO_REWARD, resolve_scorer, reward_scorer
 
 log = logging.getLogger("alignray.ppo")
 # keys a run does not log (value_loss without a critic, kl_loss with the KL in the reward) are left out
@@ -227,7 +228,8 @@ class PPOCoordinator:
         probe = encode_prompt_batch(self.tokenizer, [format_prompt(self.tokenizer, p) for p in prompts],
                                      torch.arange(len(prompts)), self.max_prompt_tokens)
         return OverOptimisationMonitor(self.ppo.monitor, self.actors, self.weights, probe, prompts, self.tokenizer,
-                                       judge=make_judge(self.ppo.monitor), out=self.out, seed=self.seed)
+                                       judge=make_judge(self.ppo.monitor, data_cfg.source), out=self.out,
+                                       seed=self.seed)
 
     def watch(self, step: int) -> bool:
         """One monitor check after ``step`` updates: keeps a checkpoint of the judge's best
@@ -366,9 +368,7 @@ def run_ppo(cfg: AlignrayConfig, sft_model_path: str, reward_model_path: str | N
         return out
     out.mkdir(parents=True, exist_ok=True)
     ppo = cfg.ppo
-    if ppo.reward.kind == "model" and not reward_model_path:
-        raise ValueError("ppo.reward.kind=model needs a reward model (ppo.reward_model_path); "
-                         "ppo.reward.kind=annotators is the oracle reward without one")
+    resolve_scorer(reward_scorer(ppo.reward, reward_model_path), PPO_REWARD)  # a wrong choice fails before Ray starts
     new_tokens = ppo.rollout.max_new_tokens
     check_position_limit(str(sft_model_path), cfg.data.max_prompt_tokens + new_tokens,
                          f"data.max_prompt_tokens {cfg.data.max_prompt_tokens} + ppo.rollout.max_new_tokens {new_tokens}")

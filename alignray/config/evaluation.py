@@ -2,8 +2,10 @@
 held-out prompts, with PPO's sampling settings (ppo.rollout)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
+
+from alignray.config.scorer import ScorerConfig
 
 
 @dataclass
@@ -13,15 +15,14 @@ class EvaluationConfig:
     policy_path: Optional[str] = None
     prompts_path: Optional[str] = None
     num_prompts: int = 400  # held-out prompts both policies answer
-    # Who judges (alignray/evaluation/judges.py): "annotators" (the held-out panel 6-10, embedded default
-    # only), "http" (a reward endpoint at `judge_url`: alignray's /v1/score, or OpenRLHF's /get_reward), "gold_rm" (a
-    # reward model trained on held-out feedback PPO never saw, at `gold_reward_model_path`),
-    # "pairs" (implicit-reward accuracy on the held-out preference pairs at `pairs_path`: an
-    # accuracy, not a win-rate). "auto": annotators on the embedded default; other data must
-    # choose.
-    judge: str = "auto"
-    judge_url: Optional[str] = None
-    gold_reward_model_path: Optional[str] = None
+    # Who judges (alignray/evaluation/eval_judge.py): a scorer of the registry (alignray/scoring):
+    # "heldout_annotators" (the held-out panel 6-10, embedded default only), "http" (a reward
+    # endpoint at `judge.url`: alignray's /v1/score, or OpenRLHF's /get_reward), "reward_model"
+    # (a gold reward model trained on held-out feedback PPO never saw, at `judge.model_path`);
+    # or "pairs" (implicit-reward accuracy on the held-out preference pairs at `pairs_path`: an
+    # accuracy, not a win-rate). "auto": the held-out annotators on the embedded default; other
+    # data must choose. PPO's own reward is refused.
+    judge: ScorerConfig = field(default_factory=ScorerConfig)
     pairs_path: Optional[str] = None  # a feedback parquet (FEEDBACK_SCHEMA) or a pairs one (PAIRS_SCHEMA)
     kl_budget: float = 8.0  # nats per response; the guard flags more
     samples_to_write: int = 50

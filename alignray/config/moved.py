@@ -13,7 +13,9 @@ from typing import Iterable, Optional
 
 import yaml
 
-# old dotted path -> new one; a group's entry covers every key under it
+from alignray.config.scorer import MOVED_SCORER_KEYS
+
+# old dotted path -> new one, each key exactly
 MOVED_KEYS = {
     "ppo.max_new_tokens": "ppo.rollout.max_new_tokens",
     "ppo.temperature": "ppo.rollout.temperature",
@@ -36,8 +38,10 @@ MOVED_KEYS = {
     "ppo.weight_sync": "ppo.sync.method",
     "ppo.probe_prompts": "ppo.sync.probe_prompts",
     "ppo.sync_tolerance": "ppo.sync.tolerance",
-    "ppo.eval": "eval",
+    **MOVED_SCORER_KEYS,
 }
+# old group -> new one: every key under it moved with it
+MOVED_GROUPS = {"ppo.eval": "eval"}
 GLOBAL_PACKAGE = re.compile(r"^#\s*@package\s+_global_\s*$", re.MULTILINE)
 
 
@@ -47,7 +51,9 @@ class MovedKeyError(ValueError):
 
 def moved_to(key: str) -> Optional[str]:
     """The new path of ``key`` when it (or the group it is under) moved; None otherwise."""
-    for old, new in MOVED_KEYS.items():
+    if key in MOVED_KEYS:
+        return MOVED_KEYS[key]
+    for old, new in MOVED_GROUPS.items():
         if key == old or key.startswith(old + "."):
             return new + key[len(old):]
     return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from alignray.config.scorer import ScorerConfig
 from alignray.config.training import DeepSpeedConfig
 
 
@@ -30,11 +31,12 @@ class RewardFunctionConfig:
 @dataclass
 class PPORewardConfig:
     """What scores a response during PPO (the RewardActor)."""
-    # "model": the trained reward model (load_reward_model); "http": the reward endpoint at
-    # `url`; "annotators": the oracle reward, the mean score of the simulated training
-    # annotators 1-5 (for ablations, and before a reward model exists); "target_word": the
-    # share of words equal to `target_word`, a rule with a known optimum (tests).
-    kind: str = "model"
+    # The scorer (alignray/scoring, ScorerConfig's settings): "reward_model" (the trained reward
+    # model, ppo.reward_model_path); "http": the reward endpoint at `url`; "training_annotators":
+    # the oracle reward, the mean score of the simulated training annotators 1-5 (for
+    # ablations, and before a reward model exists); "target_word": the share of words equal to
+    # `target_word`, a rule with a known optimum (tests).
+    kind: str = "reward_model"
     url: Optional[str] = None
     target_word: str = "good"
     normalize: bool = True  # running mean/std normalisation, so the KL coef means the same for any RM
@@ -57,13 +59,12 @@ class MonitorConfig:
     set of held-out prompts, disjoint from the evaluation's, and a held-out judge compares the
     answers with the SFT model's."""
     every: int = 10  # updates between checks; 0: no monitor
-    # "auto": the held-out annotators on the embedded default, no monitor on other data (a
-    # warning says so); "annotators": the held-out annotators 6-10 on any prompts; "http": a
-    # reward endpoint (alignray's /v1/score or OpenRLHF's /get_reward) at `judge_url`; "gold_rm": a reward model folder
-    # trained on feedback PPO never saw (`gold_reward_model_path`), as the evaluation's judge.
-    judge: str = "auto"
-    judge_url: Optional[str] = None
-    gold_reward_model_path: Optional[str] = None
+    # A judge of the registry (alignray/scoring), as the evaluation's: "auto" is the held-out
+    # annotators on the embedded default, and no monitor on other data (a warning says so);
+    # "heldout_annotators" (6-10) on the embedded default or on `prompts_path`; "http" (a reward
+    # endpoint at `judge.url`); "reward_model" (a folder at `judge.model_path` trained on
+    # feedback PPO never saw).
+    judge: ScorerConfig = field(default_factory=ScorerConfig)
     probe_prompts: int = 64
     # None: the last `probe_prompts` of the embedded held-out prompts (the evaluation takes the first)
     prompts_path: Optional[str] = None
@@ -133,7 +134,7 @@ class SyncConfig:
 @dataclass
 class PPOConfig:
     # The standalone app's inputs (the pipeline passes its own): None means the base model
-    # from `model` as the SFT policy, and no reward model (ppo.reward.kind must not be "model").
+    # from `model` as the SFT policy, and no reward model (ppo.reward.kind must not be "reward_model").
     sft_model_path: Optional[str] = None
     reward_model_path: Optional[str] = None
     # 80 steps of 64 prompts: on the embedded default (oracle reward, CPU) 40 steps left

@@ -129,11 +129,11 @@ PPO = PhaseOutput("ppo", settings=("seed", "data", "ppo"),
                            "data.demonstrations_path", "data.max_response_tokens"),
                   inputs=(Upstream("sft_model", "sft", MODEL_DIR, key="ppo.sft_model_path"),
                           Upstream("reward_model", "reward", MODEL_DIR, key="ppo.reward_model_path",
-                                   needed_when=("ppo.reward.kind", "model"))),
+                                   needed_when=("ppo.reward.kind", "reward_model"))),
                   writes=(POLICY_DIR, CHECKPOINTS_DIR, METRICS_FILE, CURVES_FIGURE, STAGE_TIMES_FIGURE, PROMPTS_COPY_DIR,
                           MONITOR_FILE, OVEROPTIMISATION_FIGURE, *FINISHED))
-# The evaluation samples with PPO's sampling settings; its sizes and its judge (eval.judge and the
-# judge's judge_url, gold_reward_model_path or pairs_path, all under eval) are its own, not PPO's.
+# The evaluation samples with PPO's sampling settings; its sizes and its judge (the block eval.judge,
+# and pairs_path, all under eval) are its own, not PPO's.
 EVALUATION = PhaseOutput("eval", settings=("seed", "data", "eval", "ppo.rollout.max_new_tokens",
                                            "ppo.rollout.temperature", "ppo.rollout.top_p"),
                          ignored=("eval.policy_path", "data.demonstrations_path", "data.max_response_tokens"),

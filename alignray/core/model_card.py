@@ -130,7 +130,7 @@ def default_card(model) -> ModelCard:
 
 def ppo_policy_card(ppo: PPOConfig, sft_model_path: str, reward_model_path: str | None, records: list[dict]) -> ModelCard:
     """The PPO (or GRPO, RLOO...) policy's card: its start, its reward, key settings, first and last step."""
-    scorer = (f"the reward model `{reward_model_path}`" if ppo.reward.kind == "model"
+    scorer = (f"the reward model `{reward_model_path}`" if ppo.reward.kind == "reward_model"
               else f"`ppo.reward.kind={ppo.reward.kind}`")
     first, last = records[0], records[-1]
     answered = f" x {ppo.samples_per_prompt} responses" if ppo.samples_per_prompt > 1 else ""

@@ -1,4 +1,4 @@
-"""The AI judge's share of the feedback (pure: the judging itself runs in actors/judge.py).
+"""The AI judge's share of the feedback (pure: the labelling itself runs in actors/ai_labeller.py).
 
 A share of the distinct pairwise items, drawn with a seed, is taken from the annotators:
 their rows on those items are dropped and the AI judge's one row per item goes in

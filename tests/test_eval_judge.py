@@ -1,4 +1,5 @@
-"""The evaluation's judges (alignray/evaluation/judges.py, eval.judge): each kind on the tiny model,
+"""The evaluation's judge (alignray/evaluation/eval_judge.py, eval.judge; its scorers from
+alignray/scoring, the pairs measure from alignray/evaluation/implicit_reward.py): each kind on the tiny model,
 through the real evaluation (alignray.workflows.evaluate), and the errors of a wrong choice."""
 from __future__ import annotations
 
@@ -10,27 +11,34 @@ import torch
 from omegaconf import OmegaConf
 
 from alignray.config.evaluation import EvaluationConfig
+from alignray.config.scorer import ScorerConfig
 from alignray.config import AlignrayConfig, typed_config
 from alignray.evaluation.compare import IMPLICIT_REWARD_ACCURACY
 from alignray.feedback.schema import pairwise_feedback, ranking_feedback, write_feedback
-from alignray.evaluation.judges import (PreferencePairs, implicit_reward_accuracy, make_scorer, read_preference_pairs,
-                             resolve_judge)
+from alignray.evaluation.eval_judge import resolve_judge
+from alignray.evaluation.implicit_reward import PreferencePairs, implicit_reward_accuracy, read_preference_pairs
 from alignray.models.modeling import load_causal_lm, load_tokenizer
 from alignray.workflows.evaluate import evaluate_policies
 from alignray.workflows.report import evaluation_section, headline
+from alignray.scoring import build_scorer
 from tests.conftest import OPENINGS, score_endpoint
 
 NUM_PROMPTS = 12
 
 
-def eval_config(tmp_path, source: str = "files", **judge):
+def eval_config(tmp_path, source: str = "files", pairs_path: str | None = None, **judge):
     cfg = OmegaConf.structured(AlignrayConfig)
     cfg.workdir, cfg.data.source = str(tmp_path), source
     cfg.ppo.rollout.max_new_tokens = 8
     cfg.eval.num_prompts, cfg.eval.samples_to_write = NUM_PROMPTS, 3
+    cfg.eval.pairs_path = pairs_path
     for name, value in judge.items():
-        cfg.eval[name] = value
+        cfg.eval.judge[name] = value
     return typed_config(cfg)
+
+
+def eval_settings(pairs_path: str | None = None, **judge) -> EvaluationConfig:
+    return EvaluationConfig(judge=ScorerConfig(**judge), pairs_path=pairs_path)
 
 
 def self_evaluation(cfg, model, prompts_path, out) -> dict:
@@ -41,26 +49,27 @@ def self_evaluation(cfg, model, prompts_path, out) -> dict:
 # -- which judge, and the errors of a wrong choice
 
 @pytest.mark.parametrize("source, settings, message", [
-    ("files", {}, "eval.judge=auto is the held-out annotators, who judge only the embedded default"),
-    ("files", {"judge": "annotators"}, "eval.judge=annotators: the held-out annotators judge only the embedded"),
-    ("embedded", {"judge": "http"}, "eval.judge=http needs eval.judge_url"),
-    ("embedded", {"judge": "gold_rm"}, "eval.judge=gold_rm needs eval.gold_reward_model_path"),
-    ("files", {"judge": "pairs"}, "eval.judge=pairs needs eval.pairs_path"),
-    ("embedded", {"judge": "panel"}, "eval.judge must be one of"),
+    ("files", {}, "eval.judge.kind=auto is the held-out annotators, who judge only the embedded default"),
+    ("files", {"kind": "heldout_annotators"},
+     "eval.judge.kind=heldout_annotators: the held-out annotators judge only the embedded"),
+    ("embedded", {"kind": "http"}, "eval.judge.kind=http needs eval.judge.url"),
+    ("embedded", {"kind": "reward_model"}, "eval.judge.kind=reward_model needs eval.judge.model_path"),
+    ("files", {"kind": "pairs"}, "eval.judge.kind=pairs needs eval.pairs_path"),
+    ("embedded", {"kind": "panel"}, "eval.judge.kind must be one of"),
 ])
 def test_a_judge_that_cannot_judge_this_run_is_an_error_naming_the_key(source, settings, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
-        resolve_judge(EvaluationConfig(**settings), source)
+        resolve_judge(eval_settings(**settings), source)
 
 
 def test_auto_is_the_annotators_on_the_embedded_default_and_a_set_judge_is_kept():
-    assert resolve_judge(EvaluationConfig(), "embedded") == "annotators"
-    assert resolve_judge(EvaluationConfig(judge="pairs", pairs_path="/p.parquet"), "files") == "pairs"
+    assert resolve_judge(eval_settings(), "embedded") == "heldout_annotators"
+    assert resolve_judge(eval_settings(kind="pairs", pairs_path="/p.parquet"), "files") == "pairs"
 
 
 def test_the_evaluation_refuses_the_annotators_on_your_data_before_loading_a_model(tmp_path, prompts_path):
-    cfg = eval_config(tmp_path, "files", judge="annotators")
-    with pytest.raises(ValueError, match="eval.judge=annotators"):
+    cfg = eval_config(tmp_path, "files", kind="heldout_annotators")
+    with pytest.raises(ValueError, match="eval.judge.kind=heldout_annotators"):
         evaluate_policies(cfg, str(tmp_path / "no-model"), str(tmp_path / "no-model"), str(prompts_path),
                           tmp_path / "eval")
 
@@ -77,7 +86,7 @@ def word_count_endpoint():
 def test_the_http_judge_scores_both_policies_answers_at_the_endpoint(tmp_path, tiny_base_model, prompts_path,
                                                                     word_count_endpoint):
     judge_url, received = word_count_endpoint
-    cfg = eval_config(tmp_path, judge="http", judge_url=judge_url)
+    cfg = eval_config(tmp_path, kind="http", url=judge_url)
     result = self_evaluation(cfg, tiny_base_model, prompts_path, tmp_path / "eval")
     assert result["judge"] == "http" and result["judge_description"] == f"reward endpoint {judge_url}"
     assert result["measure"] == "win_rate"
@@ -94,13 +103,13 @@ def test_the_http_judge_scores_both_policies_answers_at_the_endpoint(tmp_path, t
 
 def test_the_http_judge_also_speaks_openrlhfs_get_reward(word_count_endpoint):
     url, received = word_count_endpoint
-    score = make_scorer("http", SimpleNamespace(judge_url=url + "/get_reward"))
+    score = build_scorer(SimpleNamespace(url=url + "/get_reward"), "http")
     # the query is the prompt and the response joined by a space, read as it is
     assert score(["the cat", "a"], ["sat down", "b"]).tolist() == [4.0, 2.0]
     assert received == ["the cat", "a"]
 
 
-# -- gold_rm: a reward model trained on held-out feedback
+# -- reward_model: a gold reward model trained on held-out feedback
 
 @pytest.fixture(scope="module")
 def gold_reward_model(tiny_base_model, tmp_path_factory):
@@ -112,13 +121,14 @@ def gold_reward_model(tiny_base_model, tmp_path_factory):
 
 def test_the_gold_reward_model_judge_scores_with_the_models_normalisation(tmp_path, tiny_base_model, prompts_path,
                                                                           gold_reward_model):
-    cfg = eval_config(tmp_path, judge="gold_rm", gold_reward_model_path=str(gold_reward_model))
+    cfg = eval_config(tmp_path, kind="reward_model", model_path=str(gold_reward_model))
     from alignray.reward.model import load_reward_model
     prompts, answers = ["I love the new", "My phone just"], ["phone is great", "died again today"]
     raw = load_reward_model(gold_reward_model, device="cpu").score(prompts, answers, normalize=False)
-    assert make_scorer("gold_rm", cfg.eval)(prompts, answers) == pytest.approx(((raw - 0.5) / 2.0).tolist())
+    assert build_scorer(cfg.eval.judge, "reward_model")(prompts, answers) == pytest.approx(
+        ((raw - 0.5) / 2.0).tolist())
     result = self_evaluation(cfg, tiny_base_model, prompts_path, tmp_path / "eval")
-    assert result["judge"] == "gold_rm" and str(gold_reward_model) in result["judge_description"]
+    assert result["judge"] == "reward_model" and str(gold_reward_model) in result["judge_description"]
     assert (result["win_rate"], result["ci_low"], result["ci_high"]) == (0.5, 0.5, 0.5)
     assert result["verdict"].startswith("PASS: win-rate 0.50 [0.50, 0.50]")
 
@@ -188,7 +198,7 @@ def test_implicit_reward_accuracy_is_dpos_definition_on_a_policy_that_moved(tiny
 
 def test_the_pairs_judge_of_a_policy_against_itself_is_all_ties(tmp_path, tiny_base_model, prompts_path,
                                                                   feedback_path):
-    cfg = eval_config(tmp_path, judge="pairs", pairs_path=str(feedback_path))
+    cfg = eval_config(tmp_path, kind="pairs", pairs_path=str(feedback_path))
     result = self_evaluation(cfg, tiny_base_model, prompts_path, tmp_path / "eval")
     saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert saved["judge"] == "pairs" and saved["measure"] == IMPLICIT_REWARD_ACCURACY
@@ -202,3 +212,12 @@ def test_the_pairs_judge_of_a_policy_against_itself_is_all_ties(tmp_path, tiny_b
     assert f"implicit-reward accuracy on the held-out preference pairs in {feedback_path} (95% CI): 0.50" in section
     assert "an accuracy, not a win-rate" in section
     assert "an accuracy, not a win-rate" in headline(result, {}, {}).paragraphs[0]
+
+
+def test_the_reward_the_policys_ppo_run_recorded_is_refused_as_its_judge(tmp_path, prompts_path):
+    ppo_dir = tmp_path / "ppo-abc"
+    (ppo_dir / "policy").mkdir(parents=True)
+    (ppo_dir / "summary.json").write_text(json.dumps({"reward_model": str(tmp_path / "reward-x" / "model")}))
+    cfg = eval_config(tmp_path, kind="reward_model", model_path=str(tmp_path / "reward-x" / "model"))
+    with pytest.raises(ValueError, match="is PPO's reward"):  # before any model loads
+        evaluate_policies(cfg, str(tmp_path / "no-model"), str(ppo_dir / "policy"), str(prompts_path), tmp_path / "e")

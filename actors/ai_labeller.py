@@ -1,6 +1,7 @@
-"""The AI judge as Ray Data batch inference: an actor pool, each actor holding one judge model.
+"""The RLAIF labeller (an AI annotator giving feedback labels, not the evaluation's judge) as
+Ray Data batch inference: an actor pool, each actor holding one labelling model.
 
-    verdicts = judge_with_actor_pool(items, model_path, actors=2, batch_size=16, use_gpu=False)
+    verdicts = label_with_actor_pool(items, model_path, actors=2, batch_size=16, use_gpu=False)
 
 ``items`` are dicts with ``item`` (an id to put the answers back in order), ``prompt``,
 ``response_a`` and ``response_b``. Each actor loads the model once (one GPU each when
@@ -24,7 +25,7 @@ from alignray.feedback.rlaif import judge_pairs
 log = logging.getLogger(__name__)
 
 
-class PairwiseJudge:
+class AILabeller:
     """A `map_batches` callable class: constructed once per actor of the pool."""
 
     def __init__(self, model_path: str, batch_size: int = 16, max_reply_tokens: int = 64):
@@ -38,24 +39,24 @@ class PairwiseJudge:
         return dict(batch) | verdicts
 
 
-def judge_with_actor_pool(items: list[dict], model_path: str, *, actors: int = 1, batch_size: int = 16,
+def label_with_actor_pool(items: list[dict], model_path: str, *, actors: int = 1, batch_size: int = 16,
                           max_reply_tokens: int = 64, use_gpu: bool = False,
                           placement_timeout_s: float = 120.0) -> list[dict]:
-    """Judge every item on a pool of ``actors`` judges; the items come back in their order,
+    """Label every item on a pool of ``actors`` labellers; the items come back in their order,
     each with its verdict. Needs a connected Ray."""
     if not items:
         return []
     if use_gpu:  # Ray Data waits for its actors without end; stop instead with what is missing
-        wait_for_capacity(f"{actors} AI judge actors", [{"GPU": 1.0}] * actors, placement_timeout_s)
+        wait_for_capacity(f"{actors} AI labeller actors", [{"GPU": 1.0}] * actors, placement_timeout_s)
     # from_items makes few blocks: split them so every actor of the pool gets work.
     blocks = max(actors, min(64, -(-len(items) // batch_size)))
     verdicts = ray.data.from_items(items).repartition(blocks).map_batches(
-        PairwiseJudge, fn_constructor_kwargs={"model_path": str(model_path), "batch_size": batch_size,
+        AILabeller, fn_constructor_kwargs={"model_path": str(model_path), "batch_size": batch_size,
                                               "max_reply_tokens": max_reply_tokens},
         batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=actors),
         num_gpus=1 if use_gpu else 0)
     rows = sorted(verdicts.take_all(), key=lambda row: row["item"])
     if len(rows) != len(items):
-        raise RuntimeError(f"the judge returned {len(rows)} verdicts for {len(items)} items")
-    log.info("AI judge (%s, %d actors) judged %d pairs", model_path, actors, len(rows))
+        raise RuntimeError(f"the AI labeller returned {len(rows)} verdicts for {len(items)} items")
+    log.info("AI labeller (%s, %d actors) labelled %d pairs", model_path, actors, len(rows))
     return rows
