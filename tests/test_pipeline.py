@@ -118,7 +118,7 @@ def test_each_phase_command_run_alone_reuses_the_pipelines_folders(tiny_run):
     included, and trains nothing (no Ray starts: nothing is built)."""
     root, overrides = tiny_run
     before = {p.name for p in (root / "runs").iterdir()}
-    folder = {phase: next((root / "runs").glob(f"{phase}-*")) for phase in ("sft", "feedback", "reward", "ppo", "eval")}
+    folder = json.loads((root / "runs" / "report" / "phases.json").read_text())  # the pipeline's own folders
     for command, phase in (("sft", "sft"), ("feedback", "feedback"), ("reward-model", "reward"), ("ppo", "ppo"),
                            ("evaluate", "eval")):
         done = subprocess.run([sys.executable, "-m", "alignray.workflows.cli", command, *overrides,
