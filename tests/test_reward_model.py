@@ -3,6 +3,7 @@ on batching, and the Hydra app trains on feedback with Ray Train (one and two wo
 agree within a stated tolerance) and beats chance against the held-out annotators."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -187,8 +188,8 @@ def test_app_trains_an_ensemble_scored_as_one_with_sum_pooling(ray_cluster, tiny
 
     feedback_dir = synthetic_feedback(tmp_path)
     cfg = app_config(tmp_path, 1)
-    cfg.reward_model.update({"ensemble_size": 2, "ensemble_data": "split", "pooling": "sum", "epochs": 1,
-                             "max_steps": 12, "eval_every": 0})
+    cfg.reward_model = dataclasses.replace(cfg.reward_model, ensemble_size=2, ensemble_data="split", pooling="sum",
+                                           epochs=1, max_steps=12, eval_every=0)
     out = run_reward_model(cfg, str(tiny_base_model), feedback_dir)
     manifest = json.loads((out / "model" / ENSEMBLE_FILE).read_text())
     assert manifest["members"] == ["member-0", "member-1"]
@@ -230,7 +231,7 @@ def test_cross_group_models_are_scored_against_every_groups_majority(ray_cluster
 
     feedback_dir = synthetic_feedback(tmp_path, num_prompts=60, groups=BY_LENIENCY)
     cfg = app_config(tmp_path, 1)
-    cfg.reward_model.update({"cross_group": True, "epochs": 1, "max_steps": 6, "eval_every": 0})
+    cfg.reward_model = dataclasses.replace(cfg.reward_model, cross_group=True, epochs=1, max_steps=6, eval_every=0)
     out = run_reward_model(cfg, str(tiny_base_model), feedback_dir)
     evaluation = json.loads((out / "eval.json").read_text())
     assert {"model", "trained_on:lenient", "trained_on:strict"} <= set(evaluation)
