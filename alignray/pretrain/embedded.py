@@ -62,10 +62,7 @@ def build_base_model(recipe, cache_dir: str | Path, seed: int = 0, tracking: Tra
     `tracking`). ``rebuild`` pretrains from the recipe whatever is cached or shipped."""
     key = recipe_hash(recipe, seed)
     root = Path(cache_dir).expanduser() / f"base-{key}"
-    if rebuild and root.exists():
-        log.info("model.rebuild: pretraining again from the recipe (replacing %s)", root)
-        shutil.rmtree(root)
-    if is_complete(root):
+    if is_complete(root) and not rebuild:
         log.info("reusing the base model in %s", root)
         if not (root / MODEL_DIR / CARD_FILE).exists():  # cached before models had cards
             write_model_card(root / MODEL_DIR, base_model_card(json.loads((root / SUMMARY_FILE).read_text())))
@@ -83,6 +80,9 @@ def build_base_model(recipe, cache_dir: str | Path, seed: int = 0, tracking: Tra
             mark_complete(work, shipped["summary"] | {"source": "shipped"})
         else:
             _pretrain(recipe, seed, work, open_tracker(tracking, work, root.name))
+        if rebuild:  # the cached model goes only once its replacement is whole
+            log.info("model.rebuild: replacing %s with the model pretrained from the recipe", root)
+            shutil.rmtree(root, ignore_errors=True)
         try:
             os.rename(work, root)
         except OSError:  # another process finished first; its model is the same recipe
