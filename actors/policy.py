@@ -83,8 +83,9 @@ class PolicyActor(TrainableActor, WeightSender):
         vocab = vocab_logprobs(logits, objective.temperature)
         logprobs = gather_tokens(vocab, batch.response_ids)
         how = {"aggregation": policy.loss_aggregation, "normalizer": objective.max_new_tokens}
-        loss, stats = get_policy_loss(policy.loss)(logprobs, batch.logprobs, batch.advantages,
-                                                   batch.response_mask, policy.clip_eps, **how)
+        loss, stats = get_policy_loss(policy.loss)(logprobs, batch.old_logprobs, batch.advantages,
+                                                   batch.response_mask, policy.clip_eps,
+                                                   weights=batch.correction_weights, **how)
         if objective.kl_loss_estimator is not None:
             kl = kl_loss(logprobs, batch.ref_logprobs, batch.response_mask, objective.kl_loss_estimator, **how)
             loss = loss + kl_coef * kl

@@ -97,3 +97,13 @@ def test_a_group_estimator_without_groups_is_refused_before_anything_starts():
     check_algorithm(PPOConfig(advantage_estimator="reinforce_pp"))
     with pytest.raises(ValueError, match="advantage_estimator=rloo .*samples_per_prompt >= 2 \\(it is 1\\)"):
         check_algorithm(PPOConfig(advantage_estimator="rloo"))
+
+
+def test_only_gaes_advantages_are_whitened_again_unless_the_config_says_otherwise():
+    """A config built by hand (no preset) with a critic-free estimator keeps that estimator's
+    own scaling: GRPO's group std is not undone by a second whitening meant for GAE."""
+    from alignray.config.ppo import PPOConfig
+    from alignray.ppo import whitens
+    assert PPOConfig().whiten_advantages is None
+    assert [name for name in sorted(ADVANTAGE_ESTIMATORS) if whitens(name, None)] == ["gae"]
+    assert whitens("grpo", True) and not whitens("gae", False)

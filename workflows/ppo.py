@@ -128,7 +128,8 @@ class PPOCoordinator:
             values=parts.get("critic_values", torch.zeros_like(rollout.logprobs)),  # none without a critic
             kl_coef=self.kl.coef if ppo.kl.placement == "reward" else 0.0, kl_estimator=ppo.kl.estimator,
             estimator=ppo.advantage_estimator,
-            gamma=ppo.gamma, lam=ppo.lam, whiten=ppo.whiten_advantages)
+            gamma=ppo.gamma, lam=ppo.lam, whiten=ppo.whiten_advantages, policy_logprobs=parts["policy_logprobs"],
+            correction=(ppo.rollout_correction.mode, ppo.rollout_correction.cap))
 
         # 6. in parallel: the policy's and (where there is one) the critic's updates, each rank on its shard
         with times("training"):

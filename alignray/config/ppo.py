@@ -132,6 +132,15 @@ class SyncConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    """Truncated importance sampling between the rollout workers' and the trainer's log-probs
+    (alignray/ppo/rollout_correction.py). With a mode on, PPO's ratio is taken against the
+    trainer's log-probs and each token's loss is weighted by the truncated ratio."""
+    mode: str = "none"  # none | token_tis | token_mask | sequence_tis | sequence_mask
+    cap: float = 2.0  # C: TIS weights are min(ratio, C); the mask modes keep ratios in [1/C, C]
+
+
+@dataclass
 class PPOConfig:
     # The standalone app's inputs (the pipeline passes its own): None means the base model
     # from `model` as the SFT policy, and no reward model (ppo.reward.kind must not be "reward_model").
@@ -163,7 +172,9 @@ class PPOConfig:
     # "rloo", "reinforce_pp_baseline" (these compare a prompt's responses: samples_per_prompt >= 2),
     # "reinforce_pp". Without a critic none is placed, loaded or trained (ppo.critic is unused).
     advantage_estimator: str = "gae"
-    whiten_advantages: bool = True  # whiten the estimator's advantages over the batch's valid tokens
+    # Whiten the estimator's advantages over the batch's valid tokens; None: the estimator's
+    # default (alignray/ppo/advantages.py: only gae's; the critic-free ones scale their own).
+    whiten_advantages: Optional[bool] = None
     checkpoint_every: int = 10  # steps; 0 only at the end
     resume: bool = True
     max_nonfinite_in_a_row: int = 3
@@ -174,6 +185,7 @@ class PPOConfig:
     kl: KLConfig = field(default_factory=KLConfig)
     reward: PPORewardConfig = field(default_factory=PPORewardConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=lambda: DeepSpeedConfig(zero_stage=0))
 
     def update_settings(self) -> UpdateSettings:

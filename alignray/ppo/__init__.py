@@ -22,6 +22,7 @@ from alignray.ppo.advantages import (
     reinforce_pp_advantages,
     reinforce_pp_baseline_advantages,
     rloo_advantages,
+    whitens,
 )
 from alignray.ppo.constraints import (
     TWEET_CONSTRAINTS_EXAMPLE,

@@ -137,10 +137,14 @@ class Estimator:
     compute: AdvantageEstimator
     needs_critic: bool = False  # reads the critic's values: only then is a critic placed and trained
     needs_groups: bool = False  # compares responses to one prompt: ppo.samples_per_prompt >= 2
+    # Whether the batch whitening of ppo.whiten_advantages applies when it is left unset: only
+    # GAE's advantages come unscaled. GRPO's group std already scales them, Dr. GRPO leaves
+    # them unscaled on purpose, RLOO's baseline centres them, REINFORCE++ whitens its own.
+    whiten_by_default: bool = False
 
 
 ADVANTAGE_ESTIMATORS: dict[str, Estimator] = {
-    "gae": Estimator(gae_advantages, needs_critic=True),
+    "gae": Estimator(gae_advantages, needs_critic=True, whiten_by_default=True),
     "grpo": Estimator(grpo_advantages, needs_groups=True),
     "dr_grpo": Estimator(functools.partial(grpo_advantages, scale_by_std=False), needs_groups=True),
     "rloo": Estimator(rloo_advantages, needs_groups=True),
@@ -160,6 +164,12 @@ def estimator_spec(name: str) -> Estimator:
 
 def get_advantage_estimator(name: str) -> AdvantageEstimator:
     return estimator_spec(name).compute
+
+
+def whitens(name: str, setting: bool | None) -> bool:
+    """Whether the batch's advantages are whitened after the estimator ``name``: as
+    ``ppo.whiten_advantages`` says, or, where it is unset (None), as the estimator's default."""
+    return estimator_spec(name).whiten_by_default if setting is None else setting
 
 
 def needs_critic(name: str) -> bool:

@@ -23,7 +23,8 @@ from torch import Tensor
 from alignray.models.generation import SampledResponses, encode_prompts
 from alignray.ppo import (RunningRewardNormalizer, clip_rewards, explained_variance, get_advantage_estimator,
                           kl_estimate, masked_mean, masked_sum, masked_whiten, token_level_rewards,
-                          truncation_penalty, valid_only)
+                          truncation_penalty, valid_only, whitens)
+from alignray.ppo.rollout_correction import correction_weights
 from alignray.core.seeds import derived_seed
 
 if TYPE_CHECKING:
@@ -104,6 +105,10 @@ class Rollout(PromptBatch):
 class Experience(Rollout):
     """A rollout with everything PPO trains on; built once, by :func:`build_experience`."""
     ref_logprobs: Tensor  # [B, T] under the frozen reference
+    # [B, T] what PPO's ratio is taken against: the sampler's log-probs (``logprobs``), or with
+    # a rollout correction the trainer's own before the update
+    old_logprobs: Tensor
+    correction_weights: Tensor  # [B, T] each token's loss weight (alignray/ppo/rollout_correction.py); 0: left out
     values: Tensor  # [B, T] the critic's values before the update (0 without a critic)
     scores: Tensor  # [B] final sequence scores (normalised, penalised)
     rewards: Tensor  # [B, T] per-token rewards
@@ -131,16 +136,28 @@ def sequence_scores(raw: Tensor, normalizer: RunningRewardNormalizer | None, *, 
 
 def build_experience(rollout: Rollout, *, ref_logprobs: Tensor, values: Tensor, scores: Tensor,
                      kl_coef: float, kl_estimator: str = "k1", estimator: str = "gae", gamma: float = 1.0,
-                     lam: float = 0.95, whiten: bool = True) -> tuple[Experience, dict[str, float]]:
+                     lam: float = 0.95, whiten: bool | None = None, policy_logprobs: Tensor | None = None,
+                     correction: tuple[str, float] = ("none", 2.0)) -> tuple[Experience, dict[str, float]]:
     """The rollout completed with per-token rewards (the KL penalty folded in), advantages and
-    returns. Returns the experience and its statistics:
+    returns. ``whiten`` None whitens as the estimator does by default. With a ``correction``
+    (mode, cap) other than "none", the policy's own ``policy_logprobs`` of the sampled tokens
+    become the old log-probs (of the ratio and the KL) and the sampler's are only the
+    importance weights' denominator. Returns the experience and its statistics:
 
     - ``kl``: mean per-response KL(policy || reference) in nats (sum over tokens);
     - ``kl_penalty_share``: share of the reward's magnitude that is KL penalty;
-    - ``advantage_mean``/``return_mean`` before whitening.
+    - ``advantage_mean``/``return_mean`` before whitening;
+    - with a correction, ``rollout_correction/*`` (:func:`correction_weights`).
     """
     mask = rollout.response_mask
-    kl = valid_only(kl_estimate(rollout.logprobs, ref_logprobs, kl_estimator), mask)
+    old_logprobs, (mode, cap) = rollout.logprobs, correction
+    weights, correction_stats = correction_weights(
+        rollout.logprobs if policy_logprobs is None else policy_logprobs, rollout.logprobs, mask, mode, cap)
+    if mode != "none":
+        if policy_logprobs is None:
+            raise ValueError(f"rollout correction {mode!r} needs the policy's log-probs of the sampled tokens")
+        old_logprobs = policy_logprobs
+    kl = valid_only(kl_estimate(old_logprobs, ref_logprobs, kl_estimator), mask)
     rewards = token_level_rewards(scores, kl, mask, kl_coef)
     advantages, returns = get_advantage_estimator(estimator)(
         rewards, values, mask, gamma=gamma, lam=lam, group_ids=rollout.prompt_index)
@@ -150,10 +167,11 @@ def build_experience(rollout: Rollout, *, ref_logprobs: Tensor, values: Tensor, 
         "kl_penalty_share": (kl_penalty / (kl_penalty + scores.abs().sum()).clamp_min(1e-12)).item(),
         "advantage_mean": masked_mean(advantages, mask).item(),
         "return_mean": masked_mean(returns, mask).item(),
-    }
-    if whiten:
+    } | (correction_stats if mode != "none" else {})
+    if whitens(estimator, whiten):
         advantages = masked_whiten(advantages, mask)
-    experience = Experience(**rollout.tensors(), ref_logprobs=ref_logprobs, values=values, scores=scores,
+    experience = Experience(**rollout.tensors(), ref_logprobs=ref_logprobs, old_logprobs=old_logprobs,
+                            correction_weights=weights, values=values, scores=scores,
                             rewards=rewards, advantages=advantages, returns=returns)
     return experience, stats
 

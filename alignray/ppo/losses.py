@@ -2,9 +2,11 @@
 diagnostics logged with them.
 
 Policy losses are registered by name and share one call,
-``loss_fn(logprobs, old_logprobs, advantages, mask, clip_eps, aggregation, normalizer) -> (loss, stats)``,
-all tensors ``[batch, T]``; ``loss`` is a scalar to minimise (the valid tokens' losses
-aggregated as :func:`aggregate` says) and ``stats`` a dict of floats for logging.
+``loss_fn(logprobs, old_logprobs, advantages, mask, clip_eps, aggregation, normalizer, weights) -> (loss, stats)``,
+all tensors ``[batch, T]``; ``loss`` is a scalar to minimise (the valid tokens' losses,
+each times its ``weights`` entry, aggregated as :func:`aggregate` says; a token of weight 0
+is left out, as padding is) and ``stats`` a dict of floats for logging. The weights are the
+rollout correction's (alignray/ppo/rollout_correction.py); None weighs every token 1.
 """
 from __future__ import annotations
 
@@ -41,26 +43,31 @@ def aggregate(per_token: Tensor, mask: Tensor, aggregation: str = "token_mean",
 
 
 def _clipped_objective(log_ratio: Tensor, old_logprobs: Tensor, logprobs: Tensor, advantages: Tensor, mask: Tensor,
-                       clip_eps: float, aggregation: str, normalizer: float | None) -> tuple[Tensor, dict[str, float]]:
-    """``max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))`` per token, aggregated; the
-    stats of :func:`clipped_surrogate_loss`. The log-ratio is masked (padding may hold
-    -inf or nan: multiplying them by a zero gradient would give nan) and clamped before exp."""
+                       clip_eps: float, aggregation: str, normalizer: float | None,
+                       weights: Tensor | None) -> tuple[Tensor, dict[str, float]]:
+    """``max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))`` per token, weighted and
+    aggregated; the stats of :func:`clipped_surrogate_loss`. The log-ratio is masked (padding
+    may hold -inf or nan: multiplying them by a zero gradient would give nan) and clamped before exp."""
     ratio = torch.exp(valid_only(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP), mask))
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
-    loss = aggregate(torch.maximum(unclipped, clipped), mask, aggregation, normalizer)
+    per_token = torch.maximum(unclipped, clipped)
+    if weights is not None:
+        mask = mask.bool() & (weights > 0)
+        per_token = per_token * weights
+    loss = aggregate(per_token, mask, aggregation, normalizer)
     with torch.no_grad():
         stats = {
             "clip_fraction": masked_mean((clipped > unclipped).to(ratio.dtype), mask).item(),
             "approx_kl": masked_mean(kl_estimate(old_logprobs, logprobs, "k3"), mask).item(),
-            "ratio_max": ratio[mask.bool()].max().item(),
+            "ratio_max": valid_only(ratio, mask).max().item(),
         }
     return loss, stats
 
 
 def clipped_surrogate_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
-                           clip_eps: float, aggregation: str = "token_mean",
-                           normalizer: float | None = None) -> tuple[Tensor, dict[str, float]]:
+                           clip_eps: float, aggregation: str = "token_mean", normalizer: float | None = None,
+                           weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """PPO's clipped surrogate (Schulman et al. 2017), negated so that it is minimised.
 
     Per token, with ``ratio = exp(logprobs - old_logprobs)``:
@@ -76,11 +83,12 @@ def clipped_surrogate_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: T
       log-probs do not match the trainer's.
     """
     return _clipped_objective(logprobs - old_logprobs, old_logprobs, logprobs, advantages, mask, clip_eps,
-                              aggregation, normalizer)
+                              aggregation, normalizer, weights)
 
 
 def gspo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float,
-              aggregation: str = "seq_mean", normalizer: float | None = None) -> tuple[Tensor, dict[str, float]]:
+              aggregation: str = "seq_mean", normalizer: float | None = None,
+              weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """GSPO (Zheng et al. 2025): the clipped surrogate on the ratio of whole responses,
     ``s = exp(mean of the response's token log-ratios)``, clipped per response.
 
@@ -90,9 +98,11 @@ def gspo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: 
     ``ratio_max`` is the largest response ratio; GSPO clips far tighter than PPO (its paper:
     3e-4 to 4e-4), since ``s`` is a geometric mean.
     """
-    response_log_ratio = masked_mean(logprobs - old_logprobs, mask, dim=1)
+    kept = mask if weights is None else mask.bool() & (weights > 0)  # a dropped token is not in the ratio either
+    response_log_ratio = masked_mean(logprobs - old_logprobs, kept, dim=1)
     log_ratio = logprobs - logprobs.detach() + response_log_ratio.detach().unsqueeze(1)
-    return _clipped_objective(log_ratio, old_logprobs, logprobs, advantages, mask, clip_eps, aggregation, normalizer)
+    return _clipped_objective(log_ratio, old_logprobs, logprobs, advantages, mask, clip_eps, aggregation, normalizer,
+                              weights)
 
 
 def kl_loss(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, estimator: str, aggregation: str = "token_mean",
