@@ -130,7 +130,8 @@ def bench_training(model_path: Path, batch: int, prompt_len: int, new_tokens: in
                      response_ids=torch.randint(10, vocab, (batch, new_tokens)),
                      response_mask=torch.ones(batch, new_tokens, dtype=torch.bool),
                      logprobs=torch.full((batch, new_tokens), -5.0), ended_with_eos=torch.ones(batch, dtype=torch.bool),
-                     ref_logprobs=zeros, values=zeros, scores=torch.zeros(batch), rewards=zeros,
+                     ref_logprobs=zeros, old_logprobs=torch.full((batch, new_tokens), -5.0),
+                     correction_weights=torch.ones(batch, new_tokens), values=zeros, scores=torch.zeros(batch), rewards=zeros,
                      advantages=torch.randn(batch, new_tokens), returns=zeros)  # the update reads the advantages
     policy.train(exp, 0)  # warm-up
     stats = policy.train(exp, 1)

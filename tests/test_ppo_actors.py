@@ -45,7 +45,8 @@ def generate(coordinator, rows: torch.Tensor, step: int, group_size: int = 1):
 def with_advantages(rollout, advantages: torch.Tensor) -> Experience:
     """An Experience for the policy's update alone, which reads no other scored field."""
     zeros = torch.zeros_like(rollout.logprobs)
-    return Experience(**rollout.tensors(), ref_logprobs=zeros, values=zeros, scores=torch.zeros(len(rollout)),
+    return Experience(**rollout.tensors(), ref_logprobs=zeros, old_logprobs=rollout.logprobs,
+                      correction_weights=rollout.response_mask.float(), values=zeros, scores=torch.zeros(len(rollout)),
                       rewards=zeros, advantages=advantages, returns=zeros)
 
 
