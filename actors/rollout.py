@@ -21,7 +21,7 @@ from alignray.actors.base import ActorGroup, ModelActor
 from alignray.actors.weight_sync import WeightReceiver
 from alignray.config.ppo import RolloutConfig
 from alignray.ppo.experience import PromptBatch, Rollout
-from alignray.models.generation import disable_dropout, sample_responses
+from alignray.models.generation import disable_dropout, end_token_ids, sample_responses
 from alignray.models.modeling import load_causal_lm, load_tokenizer, training_dtype
 from alignray.core.seeds import derived_seed
 from alignray.models.static_decoder import make_decoder
@@ -49,7 +49,7 @@ class RolloutWorker(ModelActor, WeightReceiver):
                                     max_len=max_prompt_tokens + rollout.max_new_tokens)
         tokenizer = load_tokenizer(model_path)
         # stop_at_eos=False: every response is max_new_tokens long (fixed-length benchmarks)
-        self.eos_token_id = tokenizer.eos_token_id if rollout.stop_at_eos else None
+        self.end_token_ids = end_token_ids(self.model, tokenizer) if rollout.stop_at_eos else None
         self.pad_token_id = tokenizer.pad_token_id
         self.weights_version = 0  # 0: the weights it was created with
         self.sync_group = None
@@ -61,7 +61,7 @@ class RolloutWorker(ModelActor, WeightReceiver):
         generator = torch.Generator(device=self.device).manual_seed(seed)
         ids, mask = self._to_device(prompts.prompt_ids, prompts.prompt_mask)
         sampled = sample_responses(self.decoder, ids, mask, max_new_tokens=self.max_new_tokens,
-                                   eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
+                                   end_token_ids=self.end_token_ids, pad_token_id=self.pad_token_id,
                                    temperature=self.temperature, top_p=self.top_p, generator=generator)
         return Rollout.of(prompts, sampled).to("cpu")
 

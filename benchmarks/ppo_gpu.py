@@ -99,7 +99,7 @@ def bench_generation(model, batches: list[int], prompt_len: int, new_tokens: int
                            min_new_tokens=new_tokens, pad_token_id=0)
 
         def ours(decoder):
-            return lambda: sample_responses(decoder, ids, mask, max_new_tokens=new_tokens, eos_token_id=None,
+            return lambda: sample_responses(decoder, ids, mask, max_new_tokens=new_tokens, end_token_ids=None,
                                             pad_token_id=0)
 
         paths = {"plain generate": plain, "alignray static, eager": ours(eager)}

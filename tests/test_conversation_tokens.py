@@ -11,8 +11,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from alignray.config import DataConfig
-from alignray.data.prompts import PROMPT_SCHEMA, parse_rendering, render_conversation
+from alignray.data.prompts import PROMPT_SCHEMA, fit_prompt, parse_rendering, render_conversation
 from alignray.feedback.sampling import load_policy, sample_policy_responses
+from alignray.models.generation import end_token_ids, turn_end_token
 from alignray.models.modeling import load_tokenizer
 from alignray.reward.model import encode_texts
 from alignray.sft.training import tokenize_batch
@@ -30,18 +31,27 @@ CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }} : {{ m['
 MAX_PROMPT_TOKENS = 40
 
 
-def bos_model(folder, chat_template=None) -> str:
-    """A word-level tokenizer whose post-processor prepends BOS, and a tiny GPT-2 over it."""
+# A chat template that closes every turn with its own end token, as SmolLM2's <|im_end|> does
+TURN_END_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} <|end|> "
+                     "{% endfor %}{% if add_generation_prompt %}assistant :{% endif %}")
+
+
+def bos_model(folder, chat_template=None, generation_ends: list[str] | None = None) -> str:
+    """A word-level tokenizer whose post-processor prepends BOS, and a tiny GPT-2 over it;
+    ``generation_ends`` lists the end tokens its generation config gives."""
     words = {w for text in (PROMPT, RESPONSE, CHAT_TEMPLATE, "user assistant :")
              for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text)}
-    vocab = {token: i for i, token in enumerate(["<pad>", "<s>", "</s>", "<unk>", *sorted(words)])}
+    vocab = {token: i for i, token in enumerate(["<pad>", "<s>", "</s>", "<unk>", "<|end|>", *sorted(words)])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                                         unk_token="<unk>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|end|>"]})
     tokenizer.chat_template = chat_template
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_positions=128, n_layer=1, n_head=2, n_embd=16))
+    if generation_ends:
+        model.generation_config.eos_token_id = [vocab[token] for token in generation_ends]
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
@@ -146,3 +156,35 @@ def test_only_a_local_model_forces_the_hub_offline_and_workers_inherit_it(monkey
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the user's own setting wins
     start_app(cfg, "test")
     assert worker_env()["HF_HUB_OFFLINE"] == "0"
+
+
+def test_a_chat_models_turn_end_token_ends_its_sft_rows_and_every_listed_end_stops_generation(tmp_path):
+    model_path = bos_model(tmp_path / "model", TURN_END_TEMPLATE, generation_ends=["<|end|>", "</s>"])
+    tokenizer = load_tokenizer(model_path)
+    end, eos = tokenizer.convert_tokens_to_ids(["<|end|>", "</s>"])
+    assert end_token_ids(model_path, tokenizer) == [end, eos] and turn_end_token(tokenizer, [eos, end]) == end
+    batch = {"prompt": np.array([PROMPT], dtype=object), "response": np.array([RESPONSE], dtype=object)}
+    row = tokenize_batch(batch, model_path, MAX_PROMPT_TOKENS, 16)
+    assert row["input_ids"][0][row["attention_mask"][0].astype(bool)][-1] == end
+    # a model with no generation config of its own: the tokenizer's EOS alone
+    plain = bos_model(tmp_path / "plain")
+    assert end_token_ids(plain, load_tokenizer(plain)) == [eos]
+
+
+def test_a_chat_prompt_over_budget_loses_its_oldest_content_never_the_template(tmp_path):
+    tokenizer = load_tokenizer(bos_model(tmp_path / "model", CHAT_TEMPLATE))
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    whole, cut = fit_prompt(tokenizer, PROMPT, max_tokens=100)
+    assert not cut and whole == tokenizer.apply_chat_template(TURNS, tokenize=False, add_generation_prompt=True)
+    # bos user : and the dog ? assistant : = 9 tokens: the older turns go, whole
+    last_turn, cut = fit_prompt(tokenizer, PROMPT, max_tokens=9)
+    assert cut and last_turn == tokenizer.apply_chat_template(TURNS[-1:], tokenize=False, add_generation_prompt=True)
+    # 7: the start of the user's text goes; the template's tokens stay
+    shorter, cut = fit_prompt(tokenizer, PROMPT, max_tokens=7)
+    assert cut and tokenizer.convert_ids_to_tokens(ids(shorter)) == ["<s>", "user", ":", "dog", "?", "assistant", ":"]
+    with pytest.raises(ValueError, match="max_prompt_tokens = 5 cannot hold the chat template.*take 5"):
+        fit_prompt(tokenizer, PROMPT, max_tokens=5)
+    # SFT counts the cut, and its row holds the fitted prompt
+    batch = {"prompt": np.array([PROMPT], dtype=object), "response": np.array([RESPONSE], dtype=object)}
+    row = tokenize_batch(batch, str(tmp_path / "model"), 7, 16)
+    assert row["prompt_truncated"].tolist() == [1] and row["input_ids"][0][:7].tolist() == ids(shorter)

@@ -43,7 +43,7 @@ def tiny(tiny_base_model):
 def sample(tiny, seed=0, max_new_tokens=16, eos=None):
     model, tokenizer, ids, mask = tiny
     return sample_responses(model, ids, mask, max_new_tokens=max_new_tokens,
-                            eos_token_id=tokenizer.eos_token_id if eos is None else eos,
+                            end_token_ids=[tokenizer.eos_token_id] if eos is None else eos,
                             pad_token_id=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(seed))
 
 
@@ -70,22 +70,22 @@ def test_recorded_logprobs_match_a_full_forward_and_an_unpadded_row(tiny):
     assert (alone[0] - full[shortest])[valid[shortest]].abs().max() < 1e-4
 
 
-def test_a_response_ends_at_its_first_end_token_which_it_keeps(tiny):
+def test_a_response_ends_at_its_first_end_token_any_of_them_which_it_keeps(tiny):
     _, tokenizer, _, _ = tiny
-    # pick as "end token" one the model samples early, so rows end at different places
+    # pick as "end tokens" two the model samples early, so rows end at different places
     probe = sample(tiny, seed=3)
-    end = int(probe.response_ids[0, 1])
-    sampled = sample(tiny, seed=3, eos=end)
+    ends = [int(probe.response_ids[0, 1]), int(probe.response_ids[1, 2])]
+    sampled = sample(tiny, seed=3, eos=ends)
     for ids, valid, ended in zip(sampled.response_ids, sampled.response_mask, sampled.ended_with_eos):
         n = int(valid.sum())
         assert valid[:n].all() and not valid[n:].any()  # a prefix of valid tokens
-        positions = (ids[:n] == end).nonzero().flatten().tolist()
+        positions = torch.isin(ids[:n], torch.tensor(ends)).nonzero().flatten().tolist()
         if ended:
             assert positions == [n - 1]  # the end token is the last valid one, and the first
         else:
             assert positions == [] and n == 16
         assert (ids[n:] == tokenizer.pad_token_id).all()
-    assert sampled.ended_with_eos[0]
+    assert sampled.ended_with_eos[0] and sampled.ended_with_eos[1]
     texts = decode_responses(tokenizer, sampled.response_ids, sampled.response_mask)
     assert len(texts) == len(PROMPTS)
 
@@ -151,7 +151,7 @@ def test_prompt_stream_covers_each_prompt_once_per_epoch_and_resumes_exactly():
 
 def test_trimming_padding_columns_keeps_every_logprob(tiny):
     model, _, ids, mask = tiny
-    sampled = sample(tiny, seed=4, eos=int(sample(tiny, seed=4).response_ids[0, 2]))  # rows end early
+    sampled = sample(tiny, seed=4, eos=[int(sample(tiny, seed=4).response_ids[0, 2])])  # rows end early
     exp = Rollout(prompt_index=torch.arange(3), prompt_ids=ids, prompt_mask=mask,
                   response_ids=sampled.response_ids, response_mask=sampled.response_mask,
                   logprobs=sampled.logprobs, ended_with_eos=sampled.ended_with_eos)

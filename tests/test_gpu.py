@@ -45,7 +45,7 @@ def sample_and_score(model, decoder, batch: int, prompt_len: int, new_tokens: in
     ids = torch.randint(4, model.config.vocab_size, (batch, prompt_len), device="cuda", generator=generator)
     mask = torch.ones_like(ids)
     mask[: batch // 2, : prompt_len // 3] = 0  # left padding on half the rows
-    sampled = sample_responses(decoder, ids, mask, max_new_tokens=new_tokens, eos_token_id=None, pad_token_id=0,
+    sampled = sample_responses(decoder, ids, mask, max_new_tokens=new_tokens, end_token_ids=None, pad_token_id=0,
                                generator=generator)
     with torch.no_grad():
         full = token_logprobs(response_logits(model, ids, mask, sampled.response_ids), sampled.response_ids)

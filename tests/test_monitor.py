@@ -112,7 +112,7 @@ def test_an_over_optimising_run_is_caught_rolled_back_and_its_best_policy_kept(
     encoded = tokenizer(probe[:len(sft_answers)], return_tensors="pt", padding=True)
     with torch.no_grad():
         sampled = sample_responses(kept, encoded["input_ids"], encoded["attention_mask"],
-                                   max_new_tokens=cfg.ppo.rollout.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                   max_new_tokens=cfg.ppo.rollout.max_new_tokens, end_token_ids=[tokenizer.eos_token_id],
                                    pad_token_id=tokenizer.pad_token_id, temperature=1.0, top_p=1.0,
                                    generator=torch.Generator().manual_seed(0))
     texts = decode_responses(tokenizer, sampled.response_ids, sampled.response_mask)

@@ -110,13 +110,17 @@ def test_an_interrupted_run_resumes_exactly(ray_cluster, tiny_base_model, prompt
         assert torch.allclose(weights[name], tensor, atol=1e-6), name
 
 
-def test_one_step_of_policy_lag_overlaps_generation_and_still_climbs(ray_cluster, tiny_base_model, prompts_path,
-                                                                      tmp_path, uninterrupted):
+def test_policy_lag_overlaps_generation_and_still_climbs_under_the_rollout_correction(
+        ray_cluster, tiny_base_model, prompts_path, tmp_path, uninterrupted):
     cfg = run_config(tiny_base_model, prompts_path, tmp_path)
     cfg.ppo.policy_lag = 1
+    # the sampler one update behind is the mismatch the rollout correction weighs
+    cfg.ppo.rollout_correction.mode = "token_tis"
     records = read_metrics(run_ppo(typed_config(cfg), str(tiny_base_model), None) / "metrics.jsonl")
     assert [r["policy_lag"] for r in records] == [0] + [1] * (STEPS - 1)  # batch t sampled by update t-1
     assert records[0]["rollout_logprob_gap_max"] < 1e-4 < records[-1]["rollout_logprob_gap_max"]  # one update apart
+    assert records[0]["rollout_correction/weight_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert records[-1]["rollout_correction/weight_mean"] != pytest.approx(1.0, abs=1e-4)
     assert records[-1]["prompts_taken"] == STEPS * cfg.ppo.prompts_per_step  # none drawn for a step 9
     assert all(r["probe_max_abs_diff"] <= 1e-5 for r in records)
     mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731

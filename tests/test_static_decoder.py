@@ -40,7 +40,7 @@ def left_padded_prompts(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.
 
 
 def sample(decoder, ids, mask, seed=0, max_new_tokens=12, eos=EOS, temperature=1.0):
-    return sample_responses(decoder, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
+    return sample_responses(decoder, ids, mask, max_new_tokens=max_new_tokens, end_token_ids=None if eos is None else [eos],
                             pad_token_id=PAD, temperature=temperature, generator=torch.Generator().manual_seed(seed))
 
 

@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 
 from alignray.config import AlignrayConfig
 from alignray.core.artifacts import EVAL_FILE, EVALUATION, POLICY_DIR, PROMPTS_COPY_DIR, SAMPLES_FILE, SUMMARY_FILE
-from alignray.data.prompts import format_prompt, prepare_embedded_data, read_prompts
+from alignray.data.prompts import fit_prompt, prepare_embedded_data, read_prompts
 from alignray.evaluation.compare import WIN_RATE, GuardReport, bootstrap_ci
 from alignray.feedback.simulated import TRAINING_RATERS, judge_scores
 from alignray.models.generation import disable_dropout
@@ -76,7 +76,8 @@ def evaluate_policies(cfg: AlignrayConfig, sft_path: str, ppo_path: str, referen
     prompts = [row["prompt"] for row in rows]
 
     tokenizer = load_tokenizer(sft_path)
-    formatted = [format_prompt(tokenizer, r["prompt"], r.get("system"), r.get("conversation")) for r in rows]
+    formatted = [fit_prompt(tokenizer, r["prompt"], r.get("system"), r.get("conversation"), cfg.data.max_prompt_tokens)[0]
+                 for r in rows]
     sft_model = disable_dropout(load_causal_lm(sft_path, torch.device("cpu"))).eval()
     ppo_model = disable_dropout(load_causal_lm(ppo_path, torch.device("cpu"))).eval()
     max_prompt_tokens = cfg.data.max_prompt_tokens

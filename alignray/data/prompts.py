@@ -121,6 +121,42 @@ def format_prompt(tokenizer, prompt: str, system: str | None = None, conversatio
     return prompt if not system else f"{system}\n{prompt}"
 
 
+def fit_prompt(tokenizer, prompt: str, system: str | None = None, conversation: list[dict] | None = None,
+               max_tokens: int | None = None) -> tuple[str, bool]:
+    """:func:`format_prompt`'s text within ``max_tokens``, and whether its content was cut.
+
+    With a chat template only the content is cut, never the template's own tokens (its
+    markers, its default system prompt): the oldest turns go first, whole, then the start of
+    the last user turn's text. A budget that cannot hold the template around one token of
+    text is refused. Without a template the text is returned whole: ``prompt_token_ids``
+    keeps its last tokens, the plain format having no structure to break."""
+    text = format_prompt(tokenizer, prompt, system, conversation)
+    if max_tokens is None or not getattr(tokenizer, "chat_template", None):
+        return text, False
+    count = lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+    if count(text) <= max_tokens:
+        return text, False
+    turns = [dict(m) for m in (conversation or parse_rendering(prompt) or [{"role": "user", "content": prompt}])]
+    while len(turns) > 1 and count(format_prompt(tokenizer, "", system, turns)) > max_tokens:
+        turns = turns[1:]
+        while turns[0]["role"] != "user":  # a conversation opens with the user; the last turn is theirs
+            turns = turns[1:]
+    text = format_prompt(tokenizer, "", system, turns)
+    if count(text) <= max_tokens:
+        return text, True
+    own = count(format_prompt(tokenizer, "", system, turns[:-1] + [{"role": "user", "content": ""}]))
+    if own >= max_tokens:
+        raise ValueError(f"data.max_prompt_tokens = {max_tokens} cannot hold the chat template of this "
+                         f"model: its own tokens around one user turn take {own}; raise it above {own}")
+    content = tokenizer(turns[-1]["content"], add_special_tokens=False)["input_ids"]
+    for keep in range(min(max_tokens - own, len(content)), 0, -1):  # the first try fits but for merges
+        text = format_prompt(tokenizer, "", system, turns[:-1] + [
+            {"role": "user", "content": tokenizer.decode(content[-keep:]).strip() or "..."}])
+        if count(text) <= max_tokens:
+            break
+    return text, True
+
+
 def prompt_token_ids(tokenizer, formatted: Sequence[str],
                      max_tokens: int | None = None) -> tuple[list[list[int]], list[bool]]:
     """Token ids of prompts formatted by :func:`format_prompt`, and which were cut: the one
@@ -236,5 +272,6 @@ def load_prompt_texts(data_cfg, tokenizer, out: Path, max_prompts: int) -> list[
         path = data_cfg.prompts_path
     table, _ = read_prompts(path, data_cfg.max_text_chars)
     rows = table.to_pylist()[: max_prompts or None]
-    return [PromptText(r["prompt"], format_prompt(tokenizer, r["prompt"], r.get("system"), r.get("conversation")))
+    return [PromptText(r["prompt"], fit_prompt(tokenizer, r["prompt"], r.get("system"), r.get("conversation"),
+                                               data_cfg.max_prompt_tokens)[0])
             for r in rows]

@@ -6,7 +6,7 @@ import torch
 
 from alignray.config.ppo import RolloutConfig
 from alignray.evaluation.compare import words
-from alignray.models.generation import (decode_responses, disable_dropout, encode_prompts, response_logits,
+from alignray.models.generation import (decode_responses, disable_dropout, encode_prompts, end_token_ids, response_logits,
                                         sample_responses, token_logprobs)
 from alignray.models.modeling import load_causal_lm
 from alignray.ppo import masked_sum
@@ -23,7 +23,7 @@ def answer(model, tokenizer, formatted: list[str], sampling: RolloutConfig, max_
     for start in range(0, len(formatted), BATCH):
         prompt_ids, prompt_mask = encode_prompts(tokenizer, formatted[start:start + BATCH], max_prompt_tokens)
         sampled = sample_responses(model, prompt_ids, prompt_mask,
-                                   max_new_tokens=sampling.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                   max_new_tokens=sampling.max_new_tokens, end_token_ids=end_token_ids(model, tokenizer),
                                    pad_token_id=tokenizer.pad_token_id, temperature=sampling.temperature,
                                    top_p=sampling.top_p, generator=generator)
         chunks.append((prompt_ids, prompt_mask, sampled))

@@ -18,7 +18,7 @@ import torch
 from alignray.evaluation.compare import bootstrap_ci
 from alignray.feedback.aggregate import preference_pairs
 from alignray.feedback.schema import read_feedback
-from alignray.models.generation import token_logprobs
+from alignray.models.generation import end_token_ids, token_logprobs, turn_end_token
 from alignray.ppo import masked_sum
 from alignray.sft.training import collate_token_rows, tokenize_demonstrations
 
@@ -63,12 +63,12 @@ def response_logprobs(model, tokenizer, prompts: Sequence[str], conversations, r
                       max_prompt_tokens: int, max_response_tokens: int) -> torch.Tensor:
     """log pi(response | prompt) per pair, summed over the response tokens and the end
     token, tokenised the way SFT trained (alignray.sft.training.tokenize_demonstrations)."""
-    totals = []
+    totals, end_token = [], turn_end_token(tokenizer, end_token_ids(model, tokenizer))
     for start in range(0, len(prompts), BATCH):
         end = start + BATCH
         rows = tokenize_demonstrations(tokenizer, prompts[start:end], responses[start:end],
                                        [None] * len(prompts[start:end]), max_prompt_tokens, max_response_tokens,
-                                       list(conversations[start:end]))
+                                       list(conversations[start:end]), end_token=end_token)
         batch = collate_token_rows(rows, torch.device("cpu"))
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         logprobs = token_logprobs(logits, batch["input_ids"][:, 1:])  # position t predicts token t + 1

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignray.data.prompts import DEFAULT_MAX_CHARS, format_prompt, read_prompts
-from alignray.models.generation import decode_responses, disable_dropout, encode_prompts, sample_responses
+from alignray.data.prompts import DEFAULT_MAX_CHARS, fit_prompt, read_prompts
+from alignray.models.generation import (decode_responses, disable_dropout, encode_prompts, end_token_ids,
+                                        sample_responses)
 from alignray.models.modeling import check_position_limit, load_causal_lm, load_tokenizer
 
 
@@ -44,7 +45,7 @@ def sample_policy_responses(model, tokenizer, prompts: list[str], per_prompt: in
     check_position_limit(model, max_prompt_tokens + max_new_tokens,
                          f"data.max_prompt_tokens {max_prompt_tokens} + {max_new_tokens} response tokens")
     conversations = conversations or {}
-    texts = [format_prompt(tokenizer, prompt, conversation=conversations.get(prompt))
+    texts = [fit_prompt(tokenizer, prompt, conversation=conversations.get(prompt), max_tokens=max_prompt_tokens)[0]
              for prompt in prompts for _ in range(per_prompt)]
     generator = torch.Generator(device=model.device).manual_seed(seed)
     responses, started = [], time.monotonic()
@@ -52,7 +53,7 @@ def sample_policy_responses(model, tokenizer, prompts: list[str], per_prompt: in
         prompt_ids, prompt_mask = encode_prompts(tokenizer, texts[start:start + batch_size], max_prompt_tokens)
         sampled = sample_responses(model, prompt_ids.to(model.device), prompt_mask.to(model.device),
                                    max_new_tokens=max_new_tokens,
-                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                   end_token_ids=end_token_ids(model, tokenizer), pad_token_id=tokenizer.pad_token_id,
                                    temperature=temperature, generator=generator)
         responses += decode_responses(tokenizer, sampled.response_ids, sampled.response_mask)
         print(f"sampling {label} responses: {len(responses)}/{len(texts)} ({time.monotonic() - started:.0f} s)",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -47,6 +48,42 @@ def encode_prompts(tokenizer, formatted: Sequence[str], max_prompt_tokens: int) 
         ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
         mask[i, width - len(row):] = 1
     return ids, mask
+
+
+def end_token_ids(model, tokenizer) -> list[int]:
+    """Every token that ends a response: the model's generation config's ``eos_token_id``
+    (one id or a list; a chat model ends its turn with its template's own token, e.g.
+    SmolLM2's ``<|im_end|>``, which need not be the tokenizer's EOS), then the tokenizer's
+    EOS. ``model`` is a loaded model or its folder. Sampling stops on any of them, and PPO's
+    truncation penalty and the evaluation read that same stop."""
+    config = getattr(model, "generation_config", None)
+    if config is None and isinstance(model, (str, os.PathLike)):
+        from transformers import GenerationConfig
+        try:
+            config = GenerationConfig.from_pretrained(str(model))
+        except OSError:  # a folder without generation_config.json
+            config = None
+    listed = getattr(config, "eos_token_id", None)
+    ids = ([listed] if isinstance(listed, int) else list(listed or [])) + [tokenizer.eos_token_id]
+    # ids outside the tokenizer (a config default never updated, e.g. GPT-2's 50256 over a
+    # small vocabulary) cannot be sampled: they are no end token
+    return list(dict.fromkeys(i for i in ids if i is not None and 0 <= i < len(tokenizer)))
+
+
+def turn_end_token(tokenizer, ends: Sequence[int]) -> int:
+    """The end token SFT closes a demonstration with: the one of ``ends`` the chat template
+    writes after an assistant's turn (Llama 3 lists both ``<|end_of_text|>`` and
+    ``<|eot_id|>``; a turn ends with the second); without a template, the tokenizer's EOS."""
+    if getattr(tokenizer, "chat_template", None):
+        turn = [{"role": "user", "content": "a"}]
+        cue = tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+        whole = tokenizer.apply_chat_template(turn + [{"role": "assistant", "content": "b"}], tokenize=False)
+        if whole.startswith(cue):
+            after = tokenizer(whole[len(cue):], add_special_tokens=False)["input_ids"]
+            found = [i for i in after if i in ends]
+            if found:
+                return found[0]
+    return tokenizer.eos_token_id if tokenizer.eos_token_id in ends or not ends else ends[0]
 
 
 def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
@@ -147,13 +184,13 @@ class HFDecoder:
 
 @torch.no_grad()
 def sample_responses(decoder, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
-                     eos_token_id: int | None, pad_token_id: int, temperature: float = 1.0,
+                     end_token_ids: Sequence[int] | None, pad_token_id: int, temperature: float = 1.0,
                      top_p: float = 1.0, generator: torch.Generator | None = None) -> SampledResponses:
     """Sample up to ``max_new_tokens`` tokens per prompt with a KV cache.
 
     ``decoder`` is an ``HFDecoder``/``StaticDecoder`` (a plain HF model gets an ``HFDecoder``).
-    A row stops at its first end token (which is part of the response: it carries the
-    score; ``eos_token_id=None`` never stops, every response is ``max_new_tokens`` long);
+    A row stops at its first end token, any of ``end_token_ids`` (it is part of the
+    response: it carries the score; None never stops, every response is ``max_new_tokens`` long);
     responses are padded to exactly ``max_new_tokens``. With the same ``generator`` seed the
     same tokens come out, so a lost shard can be generated again. Sampling runs on the
     model's device, outside any CUDA graph, with the same draws on either path.
@@ -163,6 +200,7 @@ def sample_responses(decoder, prompt_ids: Tensor, prompt_mask: Tensor, *, max_ne
     batch, device = prompt_ids.shape[0], prompt_ids.device
     logits = decoder.prefill(prompt_ids, prompt_mask)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    ends = None if end_token_ids is None else torch.tensor(list(end_token_ids), dtype=torch.long, device=device)
     tokens, logprobs, valid = [], [], []
     for step in range(max_new_tokens):
         logits = logits / temperature
@@ -173,9 +211,9 @@ def sample_responses(decoder, prompt_ids: Tensor, prompt_mask: Tensor, *, max_ne
         valid.append(~finished)
         tokens.append(token)
         logprobs.append(torch.where(finished, 0.0, logprob))
-        if eos_token_id is not None:
-            finished = finished | (token == eos_token_id)
-        if step == max_new_tokens - 1 or (eos_token_id is not None and finished.all()):
+        if ends is not None:
+            finished = finished | torch.isin(token, ends)
+        if step == max_new_tokens - 1 or (ends is not None and finished.all()):
             break
         logits = decoder.decode(token)
     missing = max_new_tokens - len(tokens)

@@ -8,8 +8,9 @@ included) and tokenised on its own by `alignray.data.prompts.prompt_token_ids`, 
 PPO, feedback sampling and evaluation use too, so training conditions on exactly the tokens
 generation will start from (a BOS-adding tokenizer's BOS included).
 
-Lengths are capped, never silently: a prompt longer than ``max_prompt_tokens`` keeps its
-leading special tokens and last tokens (the ones next to the response), a response longer than
+Lengths are capped, never silently: a prompt longer than ``max_prompt_tokens`` loses its oldest
+content and keeps its chat template whole (`alignray.data.prompts.fit_prompt`), or, in the plain
+format, keeps its leading special tokens and last tokens (the ones next to the response); a response longer than
 ``max_response_tokens`` keeps its first tokens and loses its end token; each row carries
 flags saying so, and the phase counts and reports them.
 """
@@ -21,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alignray.data.prompts import format_prompt, prompt_token_ids, response_text
+from alignray.data.prompts import fit_prompt, prompt_token_ids, response_text
+from alignray.models.generation import end_token_ids, turn_end_token
 from alignray.models.modeling import load_tokenizer
 
 IGNORE = 0  # loss-mask value of prompt and padding positions
@@ -33,8 +35,11 @@ def sequence_length(max_prompt_tokens: int, max_response_tokens: int) -> int:
 
 
 def tokenize_demonstrations(tokenizer, prompts, responses, systems, max_prompt_tokens: int,
-                            max_response_tokens: int, conversations=None) -> dict[str, np.ndarray]:
-    """Token rows, right-padded to :func:`sequence_length`:
+                            max_response_tokens: int, conversations=None, *,
+                            end_token: int | None = None) -> dict[str, np.ndarray]:
+    """Token rows, right-padded to :func:`sequence_length`, each response closed by
+    ``end_token`` (the model's turn end, :func:`alignray.models.generation.turn_end_token`;
+    None: the tokenizer's EOS):
 
     - ``input_ids`` (int32), ``attention_mask`` (int8): the row and where it is real;
     - ``loss_mask`` (int8): 1 on the response tokens and the end token, which the model
@@ -43,12 +48,13 @@ def tokenize_demonstrations(tokenizer, prompts, responses, systems, max_prompt_t
     """
     width = sequence_length(max_prompt_tokens, max_response_tokens)
     conversations = [None] * len(prompts) if conversations is None else conversations
-    prompt_texts = [format_prompt(tokenizer, p, s or None, c) for p, s, c in zip(prompts, systems, conversations)]
+    fitted = [fit_prompt(tokenizer, p, s or None, c, max_prompt_tokens) for p, s, c in zip(prompts, systems, conversations)]
     response_texts = [response_text(tokenizer, r) for r in responses]
-    prompt_ids, prompt_cut = prompt_token_ids(tokenizer, prompt_texts, max_prompt_tokens)
+    prompt_ids, token_cut = prompt_token_ids(tokenizer, [text for text, _ in fitted], max_prompt_tokens)
+    prompt_cut = [cut or content_cut for cut, (_, content_cut) in zip(token_cut, fitted)]
     response_ids = tokenizer(response_texts, add_special_tokens=False)["input_ids"]
 
-    rows = len(prompt_texts)
+    rows = len(fitted)
     out = {
         "input_ids": np.full((rows, width), tokenizer.pad_token_id, dtype=np.int32),
         "attention_mask": np.zeros((rows, width), dtype=np.int8),
@@ -62,7 +68,7 @@ def tokenize_demonstrations(tokenizer, prompts, responses, systems, max_prompt_t
             response = response[:max_response_tokens]  # cut mid-text: no end token
             out["response_truncated"][i] = 1
         else:
-            response = response + [tokenizer.eos_token_id]
+            response = response + [tokenizer.eos_token_id if end_token is None else end_token]
         ids = prompt + response
         out["input_ids"][i, :len(ids)] = ids
         out["attention_mask"][i, :len(ids)] = 1
@@ -80,7 +86,8 @@ def tokenize_batch(batch: dict[str, np.ndarray], model_path: str, max_prompt_tok
     # Ray Data hands a list-of-struct column over as arrays of dicts (None: single-turn)
     conversations = [None if c is None else list(c) for c in batch.get("conversation", [None] * rows)]
     tokens = tokenize_demonstrations(_tokenizer(model_path), batch["prompt"], batch["response"], systems,
-                                     max_prompt_tokens, max_response_tokens, conversations)
+                                     max_prompt_tokens, max_response_tokens, conversations,
+                                     end_token=_end_token(model_path))
     passed_on = {k: v for k, v in batch.items() if k not in ("prompt", "response", "system", "source", "conversation")}
     return passed_on | tokens
 
@@ -88,6 +95,12 @@ def tokenize_batch(batch: dict[str, np.ndarray], model_path: str, max_prompt_tok
 @functools.lru_cache(maxsize=4)
 def _tokenizer(model_path: str):
     return load_tokenizer(model_path, padding_side="right")
+
+
+@functools.lru_cache(maxsize=4)
+def _end_token(model_path: str) -> int:
+    tokenizer = _tokenizer(model_path)
+    return turn_end_token(tokenizer, end_token_ids(model_path, tokenizer))
 
 
 def collate_token_rows(rows: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
