@@ -24,7 +24,7 @@ from alignray.ppo.experience import PromptBatch, Rollout
 from alignray.models.generation import disable_dropout, end_token_ids, sample_responses
 from alignray.models.modeling import load_causal_lm, load_tokenizer, training_dtype
 from alignray.core.seeds import derived_seed
-from alignray.models.static_decoder import make_decoder
+from alignray.models.static_decoder import generation_path, make_decoder
 
 log = logging.getLogger(__name__)
 WORKER_LOST = (ActorDiedError, ActorUnavailableError, RayActorError)
@@ -47,6 +47,8 @@ class RolloutWorker(ModelActor, WeightReceiver):
         self.model.requires_grad_(False)
         self.decoder = make_decoder(self.model, rollout.generation_engine,
                                     max_len=max_prompt_tokens + rollout.max_new_tokens)
+        log.info("rollout worker: %s generates on the %s path", self.model.config.model_type,
+                 generation_path(self.decoder))
         tokenizer = load_tokenizer(model_path)
         # stop_at_eos=False: every response is max_new_tokens long (fixed-length benchmarks)
         self.end_token_ids = end_token_ids(self.model, tokenizer) if rollout.stop_at_eos else None

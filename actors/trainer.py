@@ -38,6 +38,7 @@ Every checkpoint's `ray.train.report` carries the latest training and held-out m
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import tempfile
@@ -62,6 +63,7 @@ from alignray.core.tracking import TrackingSettings, open_tracker
 
 RUN_NAME = RAY_TRAIN_DIR  # the Ray Train run folder inside a phase's output folder
 # What a progress line shows of a worker's record (each record holds some of them)
+log = logging.getLogger(__name__)
 PROGRESS_KEYS = ("event", "loss", "heldout_loss", "tokens_per_s", "lr", "epoch", "batches_done")
 DEEPSPEED_DIR = "deepspeed"  # DeepSpeed state inside each checkpoint
 
@@ -85,6 +87,9 @@ def fit(task: TrainTask, loop: TrainLoopConfig, datasets: dict, cluster_cfg,
         shutil.rmtree(run_folder(storage_dir), ignore_errors=True)
         (Path(loop.metrics_dir) / METRICS_FILE).unlink(missing_ok=True)
     loop = dataclasses.replace(loop, threads=int(cluster_cfg.train_threads))
+    if loop.eval_rows:
+        log.info("%s: each held-out evaluation reads at most the first %d rows", task.name, loop.eval_rows)
+        datasets = datasets | {"heldout": datasets["heldout"].limit(loop.eval_rows)}
     resources = {"CPU": cluster_cfg.cpus_per_worker}
     if cluster_cfg.use_gpu:
         resources["GPU"] = 1

@@ -36,14 +36,17 @@ def sft_config(workdir, demonstrations, *overrides):
         "sft.log_every=1", "sft.deepspeed.zero_stage=2", *overrides])
 
 
-@pytest.fixture(scope="module")
-def demonstrations(tmp_path_factory):
-    """500 embedded demonstrations in one file (the app splits off the held-out rows)."""
-    folder = tmp_path_factory.mktemp("demonstrations")
+def demonstrations_file(folder, rows: int):
+    """The first ``rows`` embedded demonstrations in one file (the app splits off the held-out rows)."""
     train = pq.read_table(prepare_embedded_data(DataConfig(), folder)["demonstrations_train"])
     path = folder / "demonstrations.parquet"
-    pq.write_table(train.slice(0, 500), path)
+    pq.write_table(train.slice(0, rows), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def demonstrations(tmp_path_factory):
+    return demonstrations_file(tmp_path_factory.mktemp("demonstrations"), 500)
 
 
 def test_loss_mask_covers_the_response_and_its_end_only(tiny_base_model):

@@ -130,7 +130,8 @@ def run_dpo(cfg: AlignrayConfig, sft_model: str, feedback_dir: str | Path) -> Pa
     datasets = {split: pair_dataset(table, sft_model, cfg) for split, table in tables.items()}
     counts |= {split: truncated_responses(dataset) for split, dataset in datasets.items()}
     loop = TrainLoopConfig.of(dpo, model_path=sft_model, seed=cfg.seed, metrics_dir=str(out),
-                              steps_per_epoch=steps_per_epoch(tables["train"].num_rows, dpo.batch_size))
+                              steps_per_epoch=steps_per_epoch(tables["train"].num_rows, dpo.batch_size),
+                              tokens_per_row=2 * sequence_length(cfg.data.max_prompt_tokens, cfg.data.max_response_tokens))
     log.info("DPO data: %s; %d global batches of %d per epoch", json.dumps(counts), loop.steps_per_epoch,
              loop.global_batch_size)
     model_dir = copy_final_model(fit(dpo_task(dpo), loop, datasets, cfg.cluster, out), out)

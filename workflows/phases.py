@@ -23,6 +23,7 @@ from alignray.actors import runtime
 from alignray.config import AlignrayConfig, select
 from alignray.core.artifacts import PHASE_OUTPUTS, PhaseOutput, Upstream, is_complete
 from alignray.core.tracking import tracking_settings
+from alignray.models.modeling import check_model_supported
 from alignray.pretrain.base_model import resolve_base_model
 from alignray.workflows.common import phase_dir
 
@@ -77,4 +78,6 @@ def resolve_input(cfg: AlignrayConfig, phase: PhaseOutput, upstream: Upstream) -
 
 def base_model(cfg: AlignrayConfig) -> str:
     """The pretrained model's folder (built once and cached) or hub id."""
-    return str(resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed, tracking_settings(cfg)))
+    path = str(resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed, tracking_settings(cfg)))
+    check_model_supported(path)
+    return path

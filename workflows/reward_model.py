@@ -87,7 +87,8 @@ def train_reward_model(examples: pa.Table, backbone: str, cfg: AlignrayConfig, o
     reward = cfg.reward_model
     tables = split_examples(examples, reward.heldout_fraction, seed, reward.batch_by_prompt)
     loop = TrainLoopConfig.of(reward, model_path=backbone, seed=seed, metrics_dir=str(out_dir),
-                              steps_per_epoch=steps_per_epoch(tables["train"].num_rows, reward.batch_size))
+                              steps_per_epoch=steps_per_epoch(tables["train"].num_rows, reward.batch_size),
+                              tokens_per_row=2 * reward.max_length)
     datasets = {split: ray.data.from_arrow(table) for split, table in tables.items()}
     result = fit(reward_task(backbone, reward), loop, datasets, cfg.cluster, out_dir, tracking_settings(cfg))
     return copy_final_model(result, out_dir)

@@ -157,7 +157,8 @@ def run_sft(cfg: AlignrayConfig, base_model_path: str | Path) -> Path:
              json.dumps(tokens), steps, cfg.sft.batch_size, untrained_tail)
 
     loop = TrainLoopConfig.of(cfg.sft, model_path=base_model_path, steps_per_epoch=steps, seed=cfg.seed,
-                              metrics_dir=str(out))
+                              metrics_dir=str(out),
+                              tokens_per_row=sequence_length(cfg.data.max_prompt_tokens, cfg.data.max_response_tokens))
     result = fit(SFT_TASK, loop, datasets, cfg.cluster, out, tracking_settings(cfg))
 
     model_dir = copy_final_model(result, out)

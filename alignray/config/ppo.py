@@ -83,9 +83,10 @@ class RolloutConfig:
     max_new_tokens: int = 24
     temperature: float = 1.0
     top_p: float = 1.0
-    # The generation path (alignray.models.static_decoder.make_decoder): "auto" (the static KV
-    # cache for GPT-2/Llama, CUDA graphs on a GPU), "static", "static_eager" (no graphs), or
-    # "hf" (the reference path).
+    # The generation path (alignray.models.static_decoder.make_decoder): "auto" (the project's
+    # static KV cache for GPT-2 and the Llama-built families, CUDA graphs on a GPU; transformers'
+    # static cache for the others), "static", "static_eager" (no graphs), "hf_static_cache", or
+    # "hf" (the reference path). Each worker logs the path it takes.
     generation_engine: str = "auto"
     stop_at_eos: bool = True  # False: every response is max_new_tokens long (benchmarks)
     workers: int = 2

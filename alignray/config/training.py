@@ -3,6 +3,7 @@ of the phases that train on a dataset (SFT, the reward model, DPO)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 
 @dataclass
@@ -30,6 +31,9 @@ class TrainingConfig:
     batch_size: int = 32
     max_steps: int = 300  # 0 means: run all epochs
     eval_every: int = 100  # steps; the held-out loss is also measured before training and after each epoch
+    # Held-out rows each evaluation reads (the first ones, in a fixed order); None: sized to the
+    # model (alignray/core/train_loop.py eval_row_cap: all 1,505 for the embedded model); 0: all.
+    eval_rows: Optional[int] = None
     checkpoint_every: int = 100  # steps; 0: only at the end of each epoch and of training
     log_every: int = 10  # steps between progress lines
     # Run control, not part of what the phase produces (left out of its output hash, as are

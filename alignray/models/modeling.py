@@ -81,6 +81,30 @@ def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     return out
 
 
+def check_model_supported(path: str | os.PathLike) -> None:
+    """Refuse, before any work starts, a model the phases cannot train correctly, naming its
+    type and what is missing: every phase loads it as a causal LM (the critic's backbone and
+    the reward model's classifier come from the same family), and every forward is given
+    position ids counted from each row's first token, which left-padded prompts need."""
+    import inspect
+
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config = from_pretrained(AutoConfig, path)
+    kind = getattr(config, "model_type", type(config).__name__)
+    missing = []
+    causal = AutoModelForCausalLM._model_mapping[type(config)] if type(config) in AutoModelForCausalLM._model_mapping \
+        else None
+    if causal is None:
+        missing.append("a causal LM class in transformers (alignray trains decoder-only models)")
+    elif "position_ids" not in inspect.signature(causal.forward).parameters:
+        missing.append(f"position_ids in {causal.__name__}.forward (left-padded prompts need them)")
+    if type(config) not in AutoModelForSequenceClassification._model_mapping:
+        missing.append("a sequence-classification class in transformers (the reward model's score head)")
+    if missing:
+        raise ValueError(f"model {str(path)!r} of type {kind!r} is not supported: it lacks " + "; ".join(missing))
+
+
 def position_limit(model) -> int | None:
     """How many positions ``model`` reads, from its config: a loaded model, its config, or
     a model folder or hub id. None when the config states no limit."""
