@@ -12,11 +12,9 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from alignray.config import AlignrayConfig
-from alignray.pretrain.base_model import resolve_base_model
 from alignray.models.modeling import load_causal_lm, load_tokenizer
-from alignray.core.tracking import tracking_settings
 from alignray.workflows.common import CONFIG_PATH, run_app, start_app
+from alignray.workflows.phases import base_model
 
 log = logging.getLogger("alignray.pretrain")
 
@@ -36,7 +34,7 @@ def sample(model_path: str, prompts: list[str], max_new_tokens: int = 24, seed: 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> str:
     config = start_app(cfg, "pretrain")
-    path = resolve_base_model(config.model, config.cache_dir, config.seed, tracking_settings(config))
+    path = base_model(config)  # built or reused, and checked: a model the phases cannot train stops here
     prompts = ["I love the new", "Flying with this airline", "Self-driving cars are"]
     samples = "".join(f"\n  {p} ->{c}" for p, c in zip(prompts, sample(path, prompts, seed=config.seed)))
     log.info("base model: %s; samples:%s", path, samples)

@@ -74,5 +74,5 @@ __all__ = [
     "last_valid_index", "length_sorted_parts", "load_reward_function", "make_kl_controller", "masked_mean",
     "masked_sum", "masked_var", "masked_whiten", "micro_batch_count", "minibatch_indices", "needs_critic",
     "reinforce_pp_advantages", "reinforce_pp_baseline_advantages", "rloo_advantages", "token_level_rewards",
-    "truncation_penalty", "valid_only"
+    "truncation_penalty", "valid_only", "whitens"
 ]
