@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from alignray.data.prompts import format_prompt, prompt_token_ids, response_text
-from alignray.models.modeling import load_tokenizer
+from alignray.config.lora import LoRAConfig
+from alignray.models.lora import with_lora
+from alignray.models.modeling import load_causal_lm, load_tokenizer
 
 IGNORE = 0  # loss-mask value of prompt and padding positions
 
@@ -88,6 +90,11 @@ def tokenize_batch(batch: dict[str, np.ndarray], model_path: str, max_prompt_tok
 @functools.lru_cache(maxsize=4)
 def _tokenizer(model_path: str):
     return load_tokenizer(model_path, padding_side="right")
+
+
+def build_sft_model(model_path: str, lora: LoRAConfig) -> torch.nn.Module:
+    """The causal LM to fine-tune, with LoRA adapters when ``sft.lora.rank`` > 0."""
+    return with_lora(load_causal_lm(model_path), lora)
 
 
 def collate_token_rows(rows: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
