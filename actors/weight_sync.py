@@ -102,6 +102,16 @@ class WeightSender:
             return lora.adapter_bytes(module), True
         return sum(getattr(t, "ds_numel", t.numel()) * t.element_size() for _, t in named_weights(module)), False
 
+    def probe_logprobs(self, prompt_ids, prompt_mask, response_ids) -> Tensor:
+        """The log-probs the pool must reproduce: the policy's own, or a LoRA policy's as the
+        workers' merged weights compute them (bf16 rounds a merge differently from the
+        adapter's separate path, which is not a stale worker). Needs ``self.logprobs``."""
+        module = self.engine.module
+        if not lora.is_lora(module):
+            return self.logprobs(prompt_ids, prompt_mask, response_ids)
+        with lora.as_merged(module):
+            return self.logprobs(prompt_ids, prompt_mask, response_ids)
+
     def open_sync_group(self, master_addr: str, master_port: int, world_size: int) -> None:
         """Rank 0 of the policy is rank 0 of the weight-broadcast group."""
         self.sync_group = open_sync_group(master_addr, master_port, 0, world_size)
@@ -238,7 +248,7 @@ class WeightSync:
     def check_probe(self) -> float:
         """The largest log-prob difference between any worker and the policy on the probe."""
         prompt_ids, prompt_mask, response_ids, mask = self.probe
-        expected = wait_named({"policy0": self.policy.actors[0].logprobs.remote(
+        expected = wait_named({"policy0": self.policy.actors[0].probe_logprobs.remote(
             prompt_ids, prompt_mask, response_ids)})[0]["policy0"]
         worst = 0.0
         for i, got in enumerate(ray.get(self.pool.call("logprobs", prompt_ids, prompt_mask, response_ids))):

@@ -20,7 +20,8 @@ from alignray.config.training import DeepSpeedConfig
 from alignray.dpo.training import ReferenceLogprobs, pair_tensors, tokenize_pairs_batch
 from alignray.models import deepspeed_strategy as ds
 from alignray.models.generation import response_logits, token_logprobs
-from alignray.models.lora import AdapterMerger, adapter_state, merged_model, trainable_parameters, with_lora
+from alignray.models.lora import (AdapterMerger, adapter_state, as_merged, merged_model, trainable_parameters,
+                                  with_lora)
 from alignray.models.modeling import load_causal_lm, load_tokenizer
 from alignray.reward.model import reward_logits
 from alignray.sft.training import tokenize_batch
@@ -53,7 +54,8 @@ def tiny_llama() -> LlamaForCausalLM:
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_a_rollout_workers_merge_equals_peft_merge_from_the_base_weights(family, tiny_base_model):
     """GPT-2's Conv1D (stored transposed) and Llama's Linear; two syncs in a row: the second
-    starts from the base weights again, not from the first merge."""
+    starts from the base weights again, not from the first merge. The policy's probe-side view
+    (``as_merged``) computes exactly what the worker does, and leaves the policy as it was."""
     build = (lambda: load_causal_lm(tiny_base_model, CPU)) if family == "gpt2" else tiny_llama
     policy, worker = with_lora(build(), LORA), build()
     merger = AdapterMerger(worker, LORA)
@@ -65,6 +67,11 @@ def test_a_rollout_workers_merge_equals_peft_merge_from_the_base_weights(family,
             expected = merged_model(policy)(ids).logits
             assert torch.allclose(worker(ids).logits, expected, atol=1e-5)
             assert torch.allclose(policy(ids).logits, expected, atol=1e-5)  # peft's unmerged forward
+            before = {name: p.clone() for name, p in policy.named_parameters()}
+            with as_merged(policy):
+                assert torch.equal(policy(ids).logits, worker(ids).logits)
+            assert all(torch.equal(p, before[name]) for name, p in policy.named_parameters())
+            assert torch.allclose(policy(ids).logits, expected, atol=1e-5)  # the adapter is on again
 
 
 @pytest.fixture(scope="module")

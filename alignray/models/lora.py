@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -85,10 +86,17 @@ def adapter_factors(adapter: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tenso
     return {path: (pair["A"], pair["B"]) for path, pair in factors.items()}
 
 
+def merged_weight(base: Tensor, a: Tensor, b: Tensor, scale: float, transposed: bool) -> Tensor:
+    """``base + scale x B @ A`` in fp32, rounded once to the base's dtype; ``transposed``: the
+    layer stores its weight as (in, out), as GPT-2's Conv1D does."""
+    delta = (b.to(base.device, torch.float32) @ a.to(base.device, torch.float32)) * scale
+    return (base.float() + (delta.T if transposed else delta)).to(base.dtype)
+
+
 class AdapterMerger:
     """A rollout worker's end of a LoRA weight sync: each adapter is folded into the worker's
-    plain model as ``W = W_base + alpha / rank x B @ A``, always from the base weights the
-    worker started with (kept aside for the adapted layers), so no rounding piles up over syncs."""
+    plain model (:func:`merged_weight`), always from the base weights the worker started with
+    (kept aside for the adapted layers), so no rounding piles up over syncs."""
 
     def __init__(self, model: torch.nn.Module, settings: LoRAConfig):
         self.model, self.scale = model, settings.alpha / settings.rank
@@ -98,12 +106,28 @@ class AdapterMerger:
     def merge(self, adapter: dict[str, Tensor]) -> None:
         for path, (a, b) in adapter_factors(adapter).items():
             layer = self.model.get_submodule(path)
-            weight = layer.weight
-            base = self.base.setdefault(path, weight.detach().clone())
-            delta = (b.to(weight.device, torch.float32) @ a.to(weight.device, torch.float32)) * self.scale
-            if isinstance(layer, Conv1D):  # GPT-2 stores its projections as (in, out)
-                delta = delta.T
-            weight.copy_(base.float() + delta)
+            base = self.base.setdefault(path, layer.weight.detach().clone())
+            layer.weight.copy_(merged_weight(base, a, b, self.scale, isinstance(layer, Conv1D)))
+
+
+@contextmanager
+def as_merged(model: PeftModel):
+    """Inside the block ``model`` computes as a rollout worker's merged copy does: adapter
+    disabled, each adapted layer's weight swapped for :func:`merged_weight` (rounded alike), so
+    the sync's probe check compares like with like also in bf16; the weights are put back after."""
+    config = model.peft_config[model.active_adapter]
+    layers = {path: model.base_model.model.get_submodule(path).base_layer
+              for path in adapter_factors(get_peft_model_state_dict(model))}
+    originals = {path: layer.weight.data for path, layer in layers.items()}
+    with torch.no_grad(), model.disable_adapter():
+        try:
+            for path, (a, b) in adapter_factors(get_peft_model_state_dict(model)).items():
+                layers[path].weight.data = merged_weight(originals[path], a, b, config.lora_alpha / config.r,
+                                                         isinstance(layers[path], Conv1D))
+            yield model
+        finally:
+            for path, layer in layers.items():
+                layer.weight.data = originals[path]
 
 
 def merged_model(model: PeftModel) -> torch.nn.Module:
