@@ -12,6 +12,8 @@ from alignray.actors.base import TrainableActor
 from alignray.config.ppo import CriticConfig, UpdateSettings
 from alignray.ppo.experience import CriticTrainStats, Experience, mean
 from alignray.models.generation import disable_dropout, sequence_inputs
+from alignray.config.lora import LoRAConfig
+from alignray.models.lora import with_lora
 from alignray.models.modeling import fused_activation, training_dtype
 from alignray.ppo import clipped_value_loss, minibatch_indices
 from alignray.core.seeds import derived_seed
@@ -21,9 +23,11 @@ class ValueModel(torch.nn.Module):
     """``V(prompt, response[:t])`` for every response token t: the head reads the hidden
     state at the position that predicts token t, the same position its log-prob comes from."""
 
-    def __init__(self, backbone_path: str):
+    def __init__(self, backbone_path: str, lora: LoRAConfig = LoRAConfig()):
         super().__init__()
-        self.backbone = AutoModel.from_pretrained(backbone_path, **fused_activation(backbone_path))
+        # with LoRA only the backbone's adapters train, and the head beside them
+        self.backbone = with_lora(AutoModel.from_pretrained(backbone_path, **fused_activation(backbone_path)), lora,
+                                  task_type=None)
         # zero-initialised: values start at 0 rather than at a random offset
         self.value_head = torch.nn.Linear(self.backbone.config.hidden_size, 1)
         torch.nn.init.zeros_(self.value_head.weight)
@@ -44,7 +48,7 @@ class CriticActor(TrainableActor):
         super().__init__(rank, world_size, seed)
         self.critic, self.update, self.lr = critic, update, critic.lr
         dtype = training_dtype(update.deepspeed.precision, self.device)
-        self.model = disable_dropout(ValueModel(backbone_path)).to(self.device, dtype)
+        self.model = disable_dropout(ValueModel(backbone_path, critic.lora)).to(self.device, dtype)
 
     @torch.no_grad()
     def values(self, prompt_ids, prompt_mask, response_ids) -> Tensor:

@@ -1,6 +1,6 @@
 """The over-optimisation monitor's Ray side (the rules are in alignray/ppo/monitor.py): between PPO
 steps, the rollout pool answers a fixed probe set of held-out prompts with the policy's
-current weights, the reference actor gives the answers' KL and the reward actor their proxy
+current weights, the reference (actor, or LoRA policy) gives the answers' KL and the reward actor their proxy
 score, and a held-out judge compares them with the SFT model's answers, recorded before the
 first update. Driver-side, like WeightSync: it holds handles, no model.
 """
@@ -56,8 +56,8 @@ class OverOptimisationMonitor:
         rollout = pool.collect(pool.submit(self.probe, PROBE_SEED_STEP + step), self.weights.restore)
         texts = decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask)
         parts, _ = wait_named({
-            "reference": self.actors.reference.logprobs.remote(rollout.prompt_ids, rollout.prompt_mask,
-                                                               rollout.response_ids),
+            "reference": self.actors.reference_logprobs(rollout.prompt_ids, rollout.prompt_mask,
+                                                        rollout.response_ids),
             "proxy": self.actors.reward.score_with_disagreement.remote(self.probe_prompts, texts)})
         proxy, disagreement = parts["proxy"]
         kl = masked_sum(rollout.logprobs - parts["reference"], rollout.response_mask, dim=1).mean().item()

@@ -24,7 +24,7 @@ from alignray.actors.reward import RewardActor
 from alignray.actors.rollout import RolloutPool, RolloutWorker
 from alignray.actors.runtime import placement_timeout
 from alignray.config.ppo import PPOConfig
-from alignray.ppo.layout import LayoutPlan, Slot, plan_layout, sync_methods
+from alignray.ppo.layout import LayoutPlan, Slot, model_actor_count, plan_layout, sync_methods
 from alignray.ppo import needs_critic
 from alignray.reward.client import TOKEN_ENV
 from alignray.reward.model import reward_member_dirs
@@ -59,7 +59,7 @@ def actor_options(slot: Slot, groups: list) -> dict[str, Any]:
 class PPOActors:
     policy: ActorGroup
     critic: ActorGroup  # empty when the advantage estimator needs no critic
-    reference: Any
+    reference: Any  # None for a LoRA policy: the policy serves the reference log-probs
     reward: Any
     pool: RolloutPool
     placement_group: Any  # the model actors' (None when they need none)
@@ -70,7 +70,19 @@ class PPOActors:
         """Every model actor by a name that says which it is (``policy0``, ``reference``...)."""
         named = {f"policy{i}": a for i, a in enumerate(self.policy.actors)}
         named |= {f"critic{i}": a for i, a in enumerate(self.critic.actors)}
-        return named | {"reference": self.reference, "reward": self.reward}
+        return named | ({"reference": self.reference} if self.reference else {}) | {"reward": self.reward}
+
+    def reference_description(self) -> str:
+        """Where the reference log-probs come from, in words (the PPO summary and report)."""
+        if self.reference is None:
+            return "the LoRA policy with its adapter disabled (no reference actor)"
+        return "the reference actor (a frozen copy of the SFT model)"
+
+    def reference_logprobs(self, prompt_ids, prompt_mask, response_ids) -> ray.ObjectRef:
+        """The reference's log-probs: the reference actor's, or a LoRA policy's with its adapter disabled."""
+        if self.reference is None:
+            return self.policy.actors[0].ref_logprobs.remote(prompt_ids, prompt_mask, response_ids)
+        return self.reference.logprobs.remote(prompt_ids, prompt_mask, response_ids)
 
     def trainable(self) -> dict[str, ActorGroup]:
         """The groups that train, by role: the policy, and the critic where there is one."""
@@ -94,7 +106,9 @@ def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: st
         if not reward_model_path:
             raise ValueError("ppo.critic.init=reward_model needs a reward model path")
         critic_backbone = str(reward_member_dirs(reward_model_path)[0])  # an ensemble's first member
-    plan = plan_layout(cluster_cfg, n_policy + n_critic + 2, ppo.rollout.workers, ppo.rollout.gpus,
+    lora_policy = ppo.policy.lora.enabled
+    plan = plan_layout(cluster_cfg, model_actor_count(n_policy, n_critic, lora_policy), ppo.rollout.workers,
+                       ppo.rollout.gpus,
                        cluster_has_gpus=ray.cluster_resources().get("GPU", 0) > 0)
     groups = reserve(plan, float(cluster_cfg.placement_timeout_s))
     options = iter(actor_options(slot, groups) for slot in plan.model_actors)
@@ -107,7 +121,8 @@ def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: st
     critic = ActorGroup("critic", [
         ray.remote(CriticActor).options(max_restarts=0, **next(options)).remote(
             critic_backbone, ppo.critic, update, rank, n_critic, seed) for rank in range(n_critic)])
-    reference = ray.remote(ReferenceActor).options(max_restarts=0, **next(options)).remote(
+    # a LoRA policy is its own reference (its adapter disabled): no second copy is loaded or placed
+    reference = None if lora_policy else ray.remote(ReferenceActor).options(max_restarts=0, **next(options)).remote(
         sft_model_path, ppo.rollout.temperature, ppo.deepspeed.precision, seed)
     # the endpoint's bearer token travels as an environment variable, never in the config
     token_env = {"env_vars": {TOKEN_ENV: os.environ[TOKEN_ENV]}} if os.environ.get(TOKEN_ENV) else None
@@ -115,7 +130,7 @@ def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: st
         ppo.reward, reward_model_path, seed)
     workers = [ray.remote(RolloutWorker).options(max_restarts=ppo.rollout.max_restarts, max_task_retries=0,
                                                  **actor_options(slot, groups)).remote(
-        sft_model_path, ppo.rollout, ppo.deepspeed.precision, max_prompt_tokens, seed)
+        sft_model_path, ppo.rollout, ppo.deepspeed.precision, max_prompt_tokens, seed, ppo.policy.lora)
         for slot in plan.rollout_workers]
     model_group = plan.model_actors[0].group
     actors = PPOActors(policy, critic, reference, reward, RolloutPool(workers, seed),
@@ -125,7 +140,7 @@ def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: st
         actors.placements = dict(zip(named, ray.get([a.placement.remote() for a in named.values()])))
         # refuse a weight sync that cannot work before the worlds form (the sync logs its choice)
         sync_methods(ppo.sync.method, actors.placements["policy0"],
-                     [actors.placements[f"rollout{i}"] for i in range(len(workers))])
+                     [actors.placements[f"rollout{i}"] for i in range(len(workers))], lora_policy)
         policy.form_world()
         if n_critic:
             critic.form_world()

@@ -1,5 +1,6 @@
 """The policy: the SFT model, trained with a policy loss (PPO's clipped surrogate by default,
-or GSPO's) in a DeepSpeed engine.
+or GSPO's) in a DeepSpeed engine. With LoRA (``ppo.policy.lora``) it is also the reference:
+the same model with its adapter disabled.
 
 Each rank trains on its shard of the batch; DeepSpeed averages the gradients over the
 role's world and clips them (``deepspeed.gradient_clipping``).
@@ -17,6 +18,7 @@ from alignray.actors.weight_sync import WeightSender
 from alignray.config.ppo import PolicyConfig, PolicyObjective, UpdateSettings
 from alignray.ppo.experience import Experience, PolicyTrainStats, mean
 from alignray.models.generation import disable_dropout, gather_tokens, response_logits, vocab_logprobs
+from alignray.models.lora import with_lora
 from alignray.models.modeling import load_causal_lm, load_tokenizer, training_dtype
 from alignray.ppo import (EarlyStopOnKL, aggregate, entropy_from_logprobs, get_policy_loss, kl_loss,
                           minibatch_indices)
@@ -31,13 +33,19 @@ class PolicyActor(TrainableActor, WeightSender):
         super().__init__(rank, world_size, seed)
         self.policy, self.update, self.objective, self.lr = policy, update, objective, policy.lr
         dtype = training_dtype(update.deepspeed.precision, self.device)
-        self.model = disable_dropout(load_causal_lm(model_path, self.device, dtype))
+        self.model = disable_dropout(with_lora(load_causal_lm(model_path, self.device, dtype), policy.lora))
         self.tokenizer = load_tokenizer(model_path)
         self.sync_group = None
 
     def logprobs(self, prompt_ids, prompt_mask, response_ids) -> torch.Tensor:
         self.engine.eval()
         return self._logprobs(self.engine, prompt_ids, prompt_mask, response_ids, self.objective.temperature)
+
+    def ref_logprobs(self, prompt_ids, prompt_mask, response_ids) -> torch.Tensor:
+        """The reference's log-probs, from a LoRA policy with its adapter disabled: the SFT model."""
+        self.engine.eval()
+        with self.engine.module.disable_adapter():
+            return self._logprobs(self.engine, prompt_ids, prompt_mask, response_ids, self.objective.temperature)
 
     def train(self, exp: Experience, step: int, kl_coef: float = 0.0) -> PolicyTrainStats:
         """Epochs x minibatches of the policy loss on this rank's shard (plus ``kl_coef`` x the

@@ -19,7 +19,9 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from alignray.actors.base import ActorGroup, ModelActor
 from alignray.actors.weight_sync import WeightReceiver
+from alignray.config.lora import LoRAConfig
 from alignray.config.ppo import RolloutConfig
+from alignray.models.lora import AdapterMerger
 from alignray.ppo.experience import PromptBatch, Rollout
 from alignray.models.generation import disable_dropout, end_token_ids, sample_responses
 from alignray.models.modeling import load_causal_lm, load_tokenizer, training_dtype
@@ -39,12 +41,14 @@ class RolloutWorker(ModelActor, WeightReceiver):
     role = "rollout"
 
     def __init__(self, model_path: str, rollout: RolloutConfig, precision: str, max_prompt_tokens: int,
-                 seed: int = 0):
+                 seed: int = 0, policy_lora: LoRAConfig = LoRAConfig()):
         super().__init__(seed)
         self.max_new_tokens, self.temperature, self.top_p = rollout.max_new_tokens, rollout.temperature, rollout.top_p
         dtype = training_dtype(precision, self.device)
         self.model = disable_dropout(load_causal_lm(model_path, self.device, dtype)).eval()
         self.model.requires_grad_(False)
+        # a LoRA policy sends adapters: folded into this plain model, which the static decoder reads
+        self.adapter = AdapterMerger(self.model, policy_lora) if policy_lora.enabled else None
         self.decoder = make_decoder(self.model, rollout.generation_engine,
                                     max_len=max_prompt_tokens + rollout.max_new_tokens)
         log.info("rollout worker: %s generates on the %s path", self.model.config.model_type,

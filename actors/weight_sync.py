@@ -10,7 +10,9 @@ chosen per worker from where it and policy rank 0 run (``alignray.ppo.layout.syn
   weights and copies them, GPU memory to GPU memory (the way colocated systems do it).
 
 ``ppo.sync.method=auto`` picks ``cuda_ipc`` on the same GPU, ``broadcast`` between GPUs and
-``object_store`` wherever one end is on a CPU; the choice is logged. Each sync reports its
+``object_store`` wherever one end is on a CPU; the choice is logged. A LoRA policy
+(``ppo.policy.lora``) sends its adapter alone, through the object store, and each worker folds
+it into its own copy of the base weights (``alignray.models.lora.AdapterMerger``). Each sync reports its
 bytes, seconds and GB/s, then the pool must reproduce the policy's log-probs on a fixed probe
 within ``ppo.sync.tolerance``: a worker with stale or corrupted weights stops the run.
 
@@ -31,6 +33,7 @@ from torch import Tensor
 
 from alignray.actors.base import ActorGroup, wait_named
 from alignray.config.ppo import SyncConfig
+from alignray.models import lora
 from alignray.ppo.layout import sync_methods
 
 if TYPE_CHECKING:
@@ -84,13 +87,30 @@ class WeightSender:
     """The policy's end; needs ``self.engine`` (DeepSpeed) and ``self.rank``."""
 
     def export_weights(self) -> dict[str, Tensor] | None:
-        """The full weights on CPU from rank 0 (None from the others); collective."""
+        """The full weights on CPU from rank 0, or a LoRA policy's adapter (None from the
+        other ranks); collective."""
         from alignray.models import deepspeed_strategy as ds
+        if lora.is_lora(self.engine.module):
+            return lora.adapter_state(self.engine.module) if self.rank == 0 else None
         return ds.gathered_state_dict(self.engine)
 
-    def weight_bytes(self) -> int:
-        """Bytes of one full copy of the weights (what each sync delivers to each worker)."""
-        return sum(getattr(t, "ds_numel", t.numel()) * t.element_size() for _, t in named_weights(self.engine.module))
+    def sync_payload(self) -> tuple[int, bool]:
+        """What each sync delivers to each worker: its bytes (one full copy of the weights, or
+        the LoRA adapter), and whether it is the adapter alone."""
+        module = self.engine.module
+        if lora.is_lora(module):
+            return lora.adapter_bytes(module), True
+        return sum(getattr(t, "ds_numel", t.numel()) * t.element_size() for _, t in named_weights(module)), False
+
+    def probe_logprobs(self, prompt_ids, prompt_mask, response_ids) -> Tensor:
+        """The log-probs the pool must reproduce: the policy's own, or a LoRA policy's as the
+        workers' merged weights compute them (bf16 rounds a merge differently from the
+        adapter's separate path, which is not a stale worker). Needs ``self.logprobs``."""
+        module = self.engine.module
+        if not lora.is_lora(module):
+            return self.logprobs(prompt_ids, prompt_mask, response_ids)
+        with lora.as_merged(module):
+            return self.logprobs(prompt_ids, prompt_mask, response_ids)
 
     def open_sync_group(self, master_addr: str, master_port: int, world_size: int) -> None:
         """Rank 0 of the policy is rank 0 of the weight-broadcast group."""
@@ -112,11 +132,15 @@ class WeightSender:
 
 
 class WeightReceiver:
-    """A rollout worker's end; needs ``self.model`` and ``self.weights_version`` (the policy
-    updates its weights hold; 0: the weights it was created with)."""
+    """A rollout worker's end; needs ``self.model``, ``self.weights_version`` (the policy
+    updates its weights hold; 0: the weights it was created with) and ``self.adapter`` (a
+    ``lora.AdapterMerger`` for a LoRA policy, else None)."""
 
     def load_weights(self, state: dict[str, Tensor], version: int) -> int:
-        load_named_weights(self.model, state)
+        if self.adapter is not None:
+            self.adapter.merge(state)
+        else:
+            load_named_weights(self.model, state)
         self.weights_version = version
         return version
 
@@ -156,12 +180,14 @@ class WeightSync:
         """``placements``: each actor's ``placement()`` by name (``policy0``, ``rollout0``...),
         as the launch recorded them; a restarted worker lands where it was."""
         self.policy, self.pool, self.probe, self.settings = policy, pool, probe, settings
-        self.bytes_per_worker = ray.get(policy.actors[0].weight_bytes.remote())
+        self.bytes_per_worker, adapter_only = ray.get(policy.actors[0].sync_payload.remote())
         self.latest_weights: ray.ObjectRef | None = None  # object-store mode keeps the last state
         self.group_formed_at_restarts: int | None = None  # pool restarts when the group formed
         workers = [placements[f"rollout{i}"] for i in range(len(pool))]
-        self.methods = sync_methods(settings.method, placements["policy0"], workers)
-        log.info("weight sync (ppo.sync.method=%s), policy on %s: %s", settings.method, placements["policy0"]["device"],
+        self.methods = sync_methods(settings.method, placements["policy0"], workers, adapter_only)
+        log.info("weight sync (ppo.sync.method=%s) of %s, %d bytes per worker, policy on %s: %s", settings.method,
+                 "the LoRA adapter" if adapter_only else "the full weights", self.bytes_per_worker,
+                 placements["policy0"]["device"],
                  ", ".join(f"worker {i} {m} ({w['device']})" for i, (m, w) in enumerate(zip(self.methods, workers))))
 
     def workers(self, method: str) -> list:
@@ -222,7 +248,7 @@ class WeightSync:
     def check_probe(self) -> float:
         """The largest log-prob difference between any worker and the policy on the probe."""
         prompt_ids, prompt_mask, response_ids, mask = self.probe
-        expected = wait_named({"policy0": self.policy.actors[0].logprobs.remote(
+        expected = wait_named({"policy0": self.policy.actors[0].probe_logprobs.remote(
             prompt_ids, prompt_mask, response_ids)})[0]["policy0"]
         worst = 0.0
         for i, got in enumerate(ray.get(self.pool.call("logprobs", prompt_ids, prompt_mask, response_ids))):

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one run of at most 8 minutes on one H100/H200:
+# Everything that needs a GPU, in one run of at most 9 minutes on one H100/H200:
 #   1. a cheap import check of every package and module the rest needs (and the GPU);
 #   2. `pytest -m gpu tests/test_gpu.py`: CUDA-graph decode vs a full forward per bucket, the
 #      bf16 rollout/trainer log-prob gap, colocated PPO (cluster=one_gpu) for 4 steps at the
 #      SmolLM2-135M shape with the probe check;
-#   3. benchmarks/ppo_gpu.py (generation, policy update, PPO step; writes ppo_gpu.json).
+#   3. benchmarks/ppo_gpu.py (generation, policy update, PPO step; writes ppo_gpu.json);
+#   4. benchmarks/lora_cpu.py --device cuda: a training step at the SmolLM2-135M shape with and
+#      without LoRA (peft, from the kit): trainable parameters, peak GPU memory, step time,
+#      sync bytes (writes lora_gpu.json).
 # Writes benchmarks/results/gpu_suite.json (machine and GPU, each step's status and time, every
 # GPU test's outcome). Exit status: the number of steps that failed.
 #
@@ -32,10 +35,12 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS
 OUT="$ROOT/benchmarks/results"
 NAME=gpu_suite
 BENCH_ARGS=()
+LORA_ARGS=(--device cuda --shapes smollm2 --batch 64 --tokens 192 --out "$OUT/lora_gpu.json")  # ppo_gpu.py's batch
 if [[ $SMOKE == 1 ]]; then  # a smoke run's numbers say nothing about a GPU: to the ignored runs/
     OUT="$ROOT/runs"
     NAME=gpu_suite_cpu_smoke
     BENCH_ARGS=(--cpu-smoke --ppo-steps 3)
+    LORA_ARGS=(--shapes tiny --steps 1 --out "$OUT/lora_cpu_smoke.json")
 fi
 mkdir -p "$OUT"
 WORK="$(mktemp -d /tmp/gpu-suite-XXXXXX)"
@@ -55,11 +60,11 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run it, record its status and second
     echo "gpu_suite: == $name: exit $rc in $((SECONDS - started)) s"
 }
 
-# The time limits add up to 8 minutes.
+# The time limits add up to 9 minutes.
 step imports 60 "$PY" - "$SMOKE" <<'EOF'
 import importlib, sys
 need = ["torch", "transformers", "tokenizers", "safetensors", "pyarrow", "numpy", "yaml", "ray", "ray.train",
-        "hydra", "omegaconf", "deepspeed", "pytest",
+        "hydra", "omegaconf", "deepspeed", "pytest", "peft",
         "alignray.models.static_decoder", "alignray.core.machine", "alignray.actors.placement", "alignray.workflows.ppo"]
 missing = []
 for name in need:
@@ -82,6 +87,7 @@ EOF
 if grep -q "^imports	0	" "$STEPS"; then
     step gpu_tests 150 "$PY" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider --junitxml="$WORK/gpu_tests.xml"
     step ppo_gpu 270 "$PY" benchmarks/ppo_gpu.py "${BENCH_ARGS[@]}"
+    step lora_step 60 "$PY" benchmarks/lora_cpu.py "${LORA_ARGS[@]}"
 else
     echo "gpu_suite: the import check failed: nothing else runs (fix the environment or the kit first)"
 fi

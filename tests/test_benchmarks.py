@@ -1,7 +1,8 @@
 """The GPU suite must stay runnable between the rare sessions that have a GPU: its
 ``--cpu-smoke`` path runs every step of benchmarks/gpu_suite.sh on CPU (the import check,
-the GPU tests, which skip without CUDA, and benchmarks/ppo_gpu.py at a tiny shape: generation
-paths, the policy actor's update, a short PPO run through Ray) and writes both JSONs. Numbers
+the GPU tests, which skip without CUDA, benchmarks/ppo_gpu.py at a tiny shape: generation
+paths, the policy actor's update, a short PPO run through Ray; and the LoRA step at a tiny
+shape) and writes its JSONs. Numbers
 are not checked here: performance is measured in benchmarks/, not asserted by tests."""
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ def test_gpu_suite_cpu_smoke_runs_every_step_and_the_benchmark_every_part():
     result_file, suite_file = REPO / "runs" / "ppo_gpu_cpu_smoke.json", REPO / "runs" / "gpu_suite_cpu_smoke.json"
     result_file.unlink(missing_ok=True)
     suite_file.unlink(missing_ok=True)
+    (REPO / "runs" / "lora_cpu_smoke.json").unlink(missing_ok=True)
     run = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "--cpu-smoke"], cwd=REPO, capture_output=True, text=True,
                          timeout=900, env=os.environ | {"PYTHON": sys.executable})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     suite = json.loads(suite_file.read_text())
-    assert [s["step"] for s in suite["steps"]] == ["imports", "gpu_tests", "ppo_gpu"] and suite["failed_steps"] == []
+    assert [s["step"] for s in suite["steps"]] == ["imports", "gpu_tests", "ppo_gpu", "lora_step"]
+    assert suite["failed_steps"] == []
     assert suite["gpu_tests"] and {t["outcome"] for t in suite["gpu_tests"]} == {"skipped"}  # no CUDA here
     assert suite["machine"]["cpu_model"] and suite["machine"]["cpu_cores"] == os.cpu_count()
     result = json.loads(result_file.read_text())
@@ -33,6 +36,9 @@ def test_gpu_suite_cpu_smoke_runs_every_step_and_the_benchmark_every_part():
     assert {"generation", "training", "sync"} <= set(result["ppo"]["stage_seconds"])
     assert result["machine"] == suite["machine"]  # the benchmark names its machine too
     assert "PPO step" in run.stdout
+    lora = json.loads((REPO / "runs" / "lora_cpu_smoke.json").read_text())
+    assert [c["lora"] for c in lora["cases"]] == [False, True]
+    assert lora["cases"][1]["trainable_params"] < lora["cases"][0]["trainable_params"]
 
 
 def test_cpu_info_reads_the_model_family_and_speed_flags():

@@ -11,7 +11,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from alignray.config import ClusterConfig
-from alignray.ppo.layout import capacity_error, choose_sync_method, plan_layout, sync_methods, unplaceable
+from alignray.ppo.layout import (capacity_error, choose_sync_method, model_actor_count, plan_layout, sync_methods,
+                                 unplaceable)
 from alignray.cluster.manifests import MANIFESTS, load_manifest
 from alignray.workflows.common import CONFIG_PATH, compose_app_config
 
@@ -70,13 +71,13 @@ def layout_problems(cfg, nodes: list[dict], real_gpus: bool) -> list[str]:
     """What keeps the config's PPO layout and Ray Train workers off these nodes."""
     ppo, problems = cfg.ppo, []
     has_gpus = any(node.get("GPU", 0) for node in nodes)
-    plan = plan_layout(cfg.cluster, ppo.policy.actors + ppo.critic.actors + 2, ppo.rollout.workers,
-                       ppo.rollout.gpus, cluster_has_gpus=has_gpus)
+    plan = plan_layout(cfg.cluster, model_actor_count(ppo.policy.actors, ppo.critic.actors, ppo.policy.lora.enabled),
+                       ppo.rollout.workers, ppo.rollout.gpus, cluster_has_gpus=has_gpus)
     if unplaceable(plan.bundles(), nodes):
         problems.append(capacity_error("the PPO actors", plan.bundles(), nodes))
     try:
         sync_methods(ppo.sync.method, planned_placement(plan.model_actors[0], real_gpus),
-                     [planned_placement(s, real_gpus) for s in plan.rollout_workers])
+                     [planned_placement(s, real_gpus) for s in plan.rollout_workers], ppo.policy.lora.enabled)
     except ValueError as error:
         problems.append(str(error))
     trainers = [{"CPU": cfg.cluster.cpus_per_worker} | ({"GPU": 1.0} if cfg.cluster.use_gpu else {})]
@@ -184,3 +185,18 @@ def test_weight_sync_is_chosen_per_worker_and_refused_where_it_cannot_work():
     assert choose_sync_method("object_store", gpu0, cpu) == "object_store"
     other_node = gpu0 | {"node_id": "n1"}
     assert choose_sync_method("auto", gpu0, other_node) == "broadcast"  # GPU 0 of another node
+
+def test_a_lora_policy_is_its_own_reference_and_sends_its_adapter_through_the_object_store():
+    """experiment=lora plans no reference actor: one model bundle fewer on one GPU each; every
+    worker, even one on the policy's GPU, takes the adapter from the object store."""
+    cfg = compose_preset(["experiment=lora", "cluster=multi_gpu"])
+    ppo = cfg.ppo
+    with_reference = model_actor_count(ppo.policy.actors, ppo.critic.actors, lora_policy=False)
+    assert model_actor_count(ppo.policy.actors, ppo.critic.actors, ppo.policy.lora.enabled) == with_reference - 1
+    plan = plan_layout(cfg.cluster, with_reference - 1, 2, 1.0, cluster_has_gpus=True)
+    assert len(plan.groups[0]) == ppo.policy.actors + ppo.critic.actors + 1  # policy, critic, reward
+    gpu0 = {"device": "cuda:0", "node_id": "n", "accelerator_ids": {"GPU": ["0"]}}
+    assert sync_methods("auto", gpu0, [gpu0, gpu0 | {"accelerator_ids": {"GPU": ["1"]}}], adapter_only=True) == [
+        "object_store", "object_store"]
+    with pytest.raises(ValueError, match="LoRA policy"):
+        choose_sync_method("cuda_ipc", gpu0, gpu0, adapter_only=True)

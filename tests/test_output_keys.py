@@ -78,7 +78,8 @@ def test_what_does_not_change_a_phase_leaves_its_key(phase, override):
     (EVALUATION, "ppo.rollout.temperature=0.7"), (EVALUATION, "eval.prompts_path=/data/prompts.parquet"),
     (EVALUATION, "eval.judge.kind=http"), (EVALUATION, "eval.pairs_path=/data/heldout.parquet"),
     (EVALUATION, "eval.judge.model_path=/models/gold"), (EVALUATION, "eval.judge.url=http://h:1"),
-    (DATA, "data.heldout_fraction=0.1"),
+    (DATA, "data.heldout_fraction=0.1"), (SFT, "sft.lora.rank=8"), (REWARD, "reward_model.lora.rank=8"),
+    (PPO, "ppo.policy.lora.rank=8"), (PPO, "ppo.critic.lora.target_modules=c_attn"),
 ])
 def test_what_changes_a_phase_changes_its_key(phase, override):
     assert key(phase) != key(phase, override)

@@ -103,7 +103,7 @@ def truncated_responses(dataset: ray.data.Dataset) -> dict[str, int]:
 
 
 def dpo_task(dpo: DPOConfig) -> TrainTask:
-    return TrainTask(name="dpo", build_model=build_policy, collate=collate_pair_rows,
+    return TrainTask(name="dpo", build_model=partial(build_policy, lora=dpo.lora), collate=collate_pair_rows,
                      loss=partial(dpo_batch_loss, beta=dpo.beta, loss_type=dpo.loss_type,
                                   label_smoothing=dpo.label_smoothing))
 

@@ -148,7 +148,7 @@ class PPOCoordinator:
         the policy's own log-probs of the sampled tokens (their gap to the sampler's finds
         stale weights) and, where there is a critic, its values."""
         actors, sequences = self.actors, (rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids)
-        refs = {"reference": actors.reference.logprobs.remote(*sequences),
+        refs = {"reference": actors.reference_logprobs(*sequences),
                 "policy_logprobs": actors.policy.actors[0].logprobs.remote(*sequences),
                 "scoring": actors.reward.score.remote(raw_prompts, responses)}
         if len(actors.critic):
@@ -381,7 +381,7 @@ def run_ppo(cfg: AlignrayConfig, sft_model_path: str, reward_model_path: str | N
             step_times = coordinator.run(tracking_settings(cfg))
             policy_step = coordinator.hand_over_best() or coordinator.updates
             policy_dir = coordinator.export_policy()
-            monitor = coordinator.monitor
+            monitor, reference = coordinator.monitor, coordinator.actors.reference_description()
         finally:
             coordinator.actors.shutdown()
     records = read_metrics(out / METRICS_FILE)
@@ -393,7 +393,7 @@ def run_ppo(cfg: AlignrayConfig, sft_model_path: str, reward_model_path: str | N
     mark_complete(out, {"sft_model": str(sft_model_path), "reward_model": reward_model_path,
                         "policy": str(policy_dir), "policy_step": policy_step, "steps": ppo.steps,
                         "steps_run": len(records), "wall_s": round(time.monotonic() - started, 1),
-                        "monitor": monitor_summary(monitor),
+                        "monitor": monitor_summary(monitor), "reference": reference,
                         "stage_times_per_step": step_times, "final_metrics": records[-1]})
     return out
 

@@ -140,7 +140,10 @@ def ppo_section(ppo: Path) -> tuple[Section, Section]:
     for key in stages:
         values = [r[key] for r in records if isinstance(r.get(key), (int, float))]
         timing.append([key[5:], sum(values) / max(len(values), 1), f"{100 * sum(values) / total:.0f}%"])
-    ppo_sec = Section("4. PPO", ["Last step's metrics; curves over all steps below."], rows,
+    said = ["Last step's metrics; curves over all steps below."]
+    if s.get("reference"):
+        said.append(f"Reference log-probs: {s['reference']}.")
+    ppo_sec = Section("4. PPO", said, rows,
                       _figures(ppo, [CURVES_FIGURE]))
     timing_sec = Section("Stage timing of a PPO step",
                          ["The chart stacks, for each step, the stages that run one after another (weight sync, "

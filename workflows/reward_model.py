@@ -75,7 +75,7 @@ def reward_task(backbone: str, reward: RewardModelConfig) -> TrainTask:
     return TrainTask(
         name="reward",
         build_model=partial(build_reward_model, max_length=reward.max_length, disable_dropout=reward.disable_dropout,
-                            freeze_backbone=reward.freeze_backbone, pooling=reward.pooling),
+                            freeze_backbone=reward.freeze_backbone, pooling=reward.pooling, lora=reward.lora),
         collate=partial(collate_reward_rows, tokenizer_path=backbone, max_length=reward.max_length),
         loss=partial(reward_batch_loss, margin_scale=reward.margin, pointwise_weight=reward.pointwise_weight))
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -34,13 +35,13 @@ import ray.data
 from omegaconf import DictConfig
 
 from alignray.core.artifacts import DEMONSTRATIONS_FILE, LOSS_FIGURE, METRICS_FILE, SFT
-from alignray.config import AlignrayConfig
+from alignray.config import AlignrayConfig, SFTConfig
 from alignray.data.prompts import read_demonstrations
 from alignray.data.tweets import is_heldout
 from alignray.core.metrics import plot_curves, read_metrics
 from alignray.core.model_card import ModelCard, write_model_card
-from alignray.models.modeling import check_position_limit, load_causal_lm
-from alignray.sft.training import collate_token_rows, response_token_loss, sequence_length, tokenize_batch
+from alignray.models.modeling import check_position_limit
+from alignray.sft.training import build_sft_model, collate_token_rows, response_token_loss, sequence_length, tokenize_batch
 from alignray.core.tracking import tracking_settings
 from alignray.workflows.phases import run_phase
 from alignray.workflows.common import (CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, run_app,
@@ -50,10 +51,12 @@ from alignray.core.train_loop import TrainLoopConfig, TrainTask, steps_per_epoch
 from alignray.core.metrics import trained_history
 
 log = logging.getLogger("alignray.sft.training")
-
-SFT_TASK = TrainTask(name="sft", build_model=load_causal_lm, collate=collate_token_rows,
-                     loss=response_token_loss)
 TOKENIZE_BATCH_ROWS = 512
+
+
+def sft_task(sft: SFTConfig) -> TrainTask:
+    return TrainTask(name="sft", build_model=partial(build_sft_model, lora=sft.lora), collate=collate_token_rows,
+                     loss=response_token_loss)
 
 
 def sft_output_dir(cfg: AlignrayConfig, base_model_path: str) -> Path:
@@ -159,7 +162,7 @@ def run_sft(cfg: AlignrayConfig, base_model_path: str | Path) -> Path:
     loop = TrainLoopConfig.of(cfg.sft, model_path=base_model_path, steps_per_epoch=steps, seed=cfg.seed,
                               metrics_dir=str(out),
                               tokens_per_row=sequence_length(cfg.data.max_prompt_tokens, cfg.data.max_response_tokens))
-    result = fit(SFT_TASK, loop, datasets, cfg.cluster, out, tracking_settings(cfg))
+    result = fit(sft_task(cfg.sft), loop, datasets, cfg.cluster, out, tracking_settings(cfg))
 
     model_dir = copy_final_model(result, out)
     summary = summarise(out, loop, validation, tokens, untrained_tail, time.monotonic() - started)

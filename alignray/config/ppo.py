@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from alignray.config.lora import LoRAConfig
 from alignray.config.scorer import ScorerConfig
 from alignray.config.training import DeepSpeedConfig
 
@@ -108,6 +109,9 @@ class PolicyConfig:
     entropy_coef: float = 0.0
     # Data-parallel ranks; the group is one DeepSpeed world.
     actors: int = 1
+    # With LoRA the reference is this policy with its adapter disabled (no reference actor),
+    # and a weight sync sends the adapter alone.
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 @dataclass
@@ -118,6 +122,7 @@ class CriticConfig:
     # "sft": the critic starts from the SFT model's backbone; "reward_model": from the RM's.
     init: str = "sft"
     actors: int = 1  # data-parallel ranks, one DeepSpeed world
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # the value head trains whole either way
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from alignray.config.lora import LoRAConfig
+
 
 @dataclass
 class DeepSpeedConfig:
@@ -44,4 +46,5 @@ class TrainingConfig:
     # A drill: stop after this step as if the job were killed (0: off); see `resume`.
     interrupt_after_steps: int = 0
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # off by default
 

@@ -27,6 +27,7 @@ DONE_FILE = "DONE"  # written last: a folder without it is an interrupted run
 SUMMARY_FILE = "summary.json"  # a phase's headline figures and the paths it produced
 MODEL_DIR = "model"  # a Hugging Face model folder
 POLICY_DIR = "policy"  # PPO's final policy, a Hugging Face model folder
+ADAPTER_DIR = "adapter"  # inside a model folder trained with LoRA: the peft adapter alone
 METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step
 EVAL_FILE = "eval.json"
 SAMPLES_FILE = "samples.jsonl"  # the evaluation's responses side by side

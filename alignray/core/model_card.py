@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from alignray.core.artifacts import ADAPTER_DIR
+
 if TYPE_CHECKING:
     from alignray.config.ppo import PPOConfig
 
@@ -78,9 +80,30 @@ def _table(values: dict) -> str:
 
 
 def write_model_card(model_dir: str | Path, card: ModelCard) -> Path:
+    """``card`` as the folder's README.md; a folder trained with LoRA (an ``adapter/`` inside)
+    also gets a section on its two forms, whichever phase writes the card."""
     path = Path(model_dir) / CARD_FILE
-    path.write_text(render(card))
+    adapter_config = Path(model_dir) / ADAPTER_DIR / "adapter_config.json"
+    text = render(card)
+    if adapter_config.exists():
+        text += "\n" + lora_section(json.loads(adapter_config.read_text()))
+    path.write_text(text)
     return path
+
+
+def lora_section(adapter_config: dict) -> str:
+    """Which file is which in a folder trained with LoRA, and how to load each."""
+    loader = "AutoModelForSequenceClassification" if adapter_config.get("task_type") == "SEQ_CLS" \
+        else "AutoModelForCausalLM"
+    return (f"## LoRA: merged model and adapter\n\n"
+            f"Trained with LoRA (rank {adapter_config.get('r')}, alpha {adapter_config.get('lora_alpha')}, "
+            f"on `{adapter_config.get('target_modules')}`). This folder's weights are the **merged** model "
+            f"(the adapter folded into the base weights): load it as above, no peft needed. "
+            f"`{ADAPTER_DIR}/` holds the **adapter** alone (peft's format, a few MB; a new score head is in it "
+            f"too), to apply to the model it was trained from, `{adapter_config.get('base_model_name_or_path')}`:\n\n"
+            f"```python\nfrom peft import PeftModel\nfrom transformers import {loader}\n\n"
+            f"base = {loader}.from_pretrained(\"<the base model>\")\n"
+            f"model = PeftModel.from_pretrained(base, \"<this folder>/{ADAPTER_DIR}\")\n```\n")
 
 
 def read_model_card(model_dir: str | Path) -> tuple[dict, str]:
@@ -145,6 +168,7 @@ def ppo_policy_card(ppo: PPOConfig, sft_model_path: str, reward_model_path: str 
                 "clip_eps": ppo.policy.clip_eps,
                 "epochs": ppo.epochs, "minibatches": ppo.minibatches, "advantage_estimator": ppo.advantage_estimator,
                 "samples_per_prompt": ppo.samples_per_prompt, "kl_placement": ppo.kl.placement,
-                "policy_loss": ppo.policy.loss, "loss_aggregation": ppo.policy.loss_aggregation},
+                "policy_loss": ppo.policy.loss, "loss_aggregation": ppo.policy.loss_aggregation,
+                "lora_rank": ppo.policy.lora.rank},
         metrics={"reward_raw_first_step": first["reward_raw"], "reward_raw_last_step": last["reward_raw"],
                  "kl_last_step": last["kl"], "response_length_last_step": last["response_length"]})

@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alignray.config.lora import LoRAConfig
 from alignray.models.generation import disable_dropout, token_logprobs
+from alignray.models.lora import with_lora
 from alignray.models.modeling import load_causal_lm
 from alignray.sft.training import tokenize_batch
 
@@ -144,10 +146,11 @@ class ReferenceLogprobs:
 
 
 # ----------------------------------------------------------------------------- the loop's task
-def build_policy(model_path: str) -> torch.nn.Module:
-    """The policy starts as the reference. Dropout off: the loss compares the policy's
-    log-probs with the reference's, computed without dropout."""
-    return disable_dropout(load_causal_lm(model_path))
+def build_policy(model_path: str, lora: LoRAConfig) -> torch.nn.Module:
+    """The policy starts as the reference (with LoRA adapters when ``dpo.lora.rank`` > 0).
+    Dropout off: the loss compares the policy's log-probs with the reference's, computed
+    without dropout."""
+    return with_lora(disable_dropout(load_causal_lm(model_path)), lora)
 
 
 def collate_pair_rows(rows: dict[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:

@@ -38,6 +38,7 @@ from deepspeed.accelerator import get_accelerator  # noqa: E402
 
 from alignray.config.training import DeepSpeedConfig  # noqa: E402
 from alignray.core.model_card import default_card, write_model_card  # noqa: E402
+from alignray.models import lora  # noqa: E402
 from alignray.models.modeling import training_dtype  # noqa: E402
 
 # Name under which DeepSpeed's op registry knows its shared-memory collective op.
@@ -170,6 +171,9 @@ def build_engine(model: torch.nn.Module, ds_cfg: DeepSpeedConfig, *, lr: float,
     """
     if ds_cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
+    if ds_cfg.zero_stage == 3 and any(lora.is_lora(m) for m in model.modules()):
+        # the adapter is small: sharding it gains nothing, and the exports read whole weights
+        raise ValueError("LoRA trains with deepspeed.zero_stage 0-2, not 3")
     init_distributed_if_needed()
     device = torch.device(get_accelerator().device_name())
     config = deepspeed_config_dict(ds_cfg, micro_batch_size, grad_accum, device)
@@ -280,9 +284,16 @@ def gathered_state_dict(engine: deepspeed.DeepSpeedEngine) -> dict[str, torch.Te
 
 def export_hf(engine: deepspeed.DeepSpeedEngine, tokenizer, out_dir: str | os.PathLike) -> Path:
     """Write the engine's model as a Hugging Face folder (safetensors, config, tokenizer, a
-    model card naming where it started) that ``from_pretrained`` loads. Rank 0 writes; every
-    rank must call it."""
+    model card naming where it started) that ``from_pretrained`` loads; a LoRA model also
+    writes its adapter (``alignray.models.lora.save_adapter_and_merged``). Rank 0 writes;
+    every rank must call it."""
     out = Path(out_dir)
+    if lora.is_lora(engine.module):  # the merged model and the adapter (ZeRO 0-2: whole weights on every rank)
+        if world_rank() == 0:
+            lora.save_adapter_and_merged(engine.module, tokenizer, out)
+        if world_size() > 1:
+            torch.distributed.barrier()
+        return out
     state = gathered_state_dict(engine)
     if state is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -159,13 +159,19 @@ def same_gpu(a: dict, b: dict) -> bool:
     return a["node_id"] == b["node_id"] and bool(gpus_a & gpus_b)
 
 
-def choose_sync_method(requested: str, policy: dict, worker: dict) -> str:
+def choose_sync_method(requested: str, policy: dict, worker: dict, adapter_only: bool = False) -> str:
     """How weights go from policy rank 0 to one rollout worker, given both placements (device,
     node, Ray GPU ids): ``auto`` is CUDA IPC on the policy's own GPU (NCCL refuses two ranks on
     one device), an NCCL broadcast between GPUs, and the object store where either end is on a
-    CPU (gloo and NCCL cannot meet). A forced method that cannot work is refused, naming the fix."""
+    CPU (gloo and NCCL cannot meet). A LoRA policy (``adapter_only``) sends its adapter alone,
+    a few MB, through the object store. A forced method that cannot work is refused, naming the fix."""
     if requested not in SYNC_METHODS:
         raise ValueError(f"ppo.sync.method must be one of {SYNC_METHODS}, not {requested!r}")
+    if adapter_only:
+        if requested not in ("auto", "object_store"):
+            raise ValueError(f"ppo.sync.method={requested}: a LoRA policy (ppo.policy.lora) sends its adapter "
+                             "through the object store; use auto or object_store")
+        return "object_store"
     on_gpu = policy["device"].startswith("cuda"), worker["device"].startswith("cuda")
     shared = all(on_gpu) and same_gpu(policy, worker)
     if requested == "auto":
@@ -182,6 +188,13 @@ def choose_sync_method(requested: str, policy: dict, worker: dict) -> str:
     return requested
 
 
-def sync_methods(requested: str, policy: dict, workers: list[dict]) -> list[str]:
+def sync_methods(requested: str, policy: dict, workers: list[dict], adapter_only: bool = False) -> list[str]:
     """The weight-sync method of each rollout worker (``choose_sync_method``)."""
-    return [choose_sync_method(requested, policy, worker) for worker in workers]
+    return [choose_sync_method(requested, policy, worker, adapter_only) for worker in workers]
+
+
+def model_actor_count(policy_ranks: int, critic_ranks: int, lora_policy: bool) -> int:
+    """The PPO model actors a plan places: the policy's and critic's ranks, the reward actor
+    and a reference actor, except for a LoRA policy, which is its own reference (its adapter
+    disabled)."""
+    return policy_ranks + critic_ranks + 1 + (0 if lora_policy else 1)

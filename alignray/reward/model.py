@@ -132,6 +132,7 @@ def reward_logits(model: PreTrainedModel, input_ids: torch.Tensor, attention_mas
     applied to every token's final hidden state, summed over the text, so evidence spread
     over the text (a sentiment lexicon's words) adds up instead of having to reach one token."""
     module = getattr(model, "module", model)  # under DeepSpeed, the engine wraps the model
+    module = module.get_base_model() if hasattr(module, "get_base_model") else module  # peft's LoRA: adapters inside
     if getattr(module.config, POOLING_KEY, "last") == "last":
         return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
     hidden = module.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -13,8 +13,11 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 import torch
+from peft import TaskType
 from transformers import PreTrainedModel
 
+from alignray.config.lora import LoRAConfig
+from alignray.models.lora import with_lora
 from alignray.reward.losses import reward_loss_sums
 from alignray.reward.model import encode_texts, init_reward_model, reward_logits, reward_tokenizer
 
@@ -88,11 +91,15 @@ def merge_votes(examples: pa.Table, majority: bool = False, keep_margins: bool =
 
 
 def build_reward_model(backbone_path: str, max_length: int, disable_dropout: bool = True,
-                       freeze_backbone: bool = False, pooling: str = "last") -> PreTrainedModel:
+                       freeze_backbone: bool = False, pooling: str = "last",
+                       lora: LoRAConfig = LoRAConfig()) -> PreTrainedModel:
     """A backbone with a fresh scalar head. Dropout off by default: with it, the two
     rewards of a pair are computed by two different random sub-networks, which adds noise
     to their difference, the only thing the Bradley-Terry loss sees. ``freeze_backbone``
-    leaves only the head trainable (the optimizer takes trainable parameters only)."""
+    leaves only the head trainable (the optimizer takes trainable parameters only); LoRA
+    (``reward_model.lora``) trains adapters and the whole head."""
+    if freeze_backbone and lora.enabled:
+        raise ValueError("reward_model.freeze_backbone and reward_model.lora exclude each other: pick one")
     model, _ = init_reward_model(backbone_path, max_length, pooling=pooling)
     if disable_dropout:
         for module in model.modules():
@@ -100,7 +107,7 @@ def build_reward_model(backbone_path: str, max_length: int, disable_dropout: boo
                 module.p = 0.0
     if freeze_backbone:
         model.base_model.requires_grad_(False)
-    return model
+    return with_lora(model, lora, TaskType.SEQ_CLS)
 
 
 @lru_cache(maxsize=4)

@@ -22,9 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from alignray.config.lora import LoRAConfig
 from alignray.data.prompts import fit_prompt, prompt_token_ids, response_text
 from alignray.models.generation import end_token_ids, turn_end_token
-from alignray.models.modeling import load_tokenizer
+from alignray.models.lora import with_lora
+from alignray.models.modeling import load_causal_lm, load_tokenizer
 
 IGNORE = 0  # loss-mask value of prompt and padding positions
 
@@ -101,6 +103,11 @@ def _tokenizer(model_path: str):
 def _end_token(model_path: str) -> int:
     tokenizer = _tokenizer(model_path)
     return turn_end_token(tokenizer, end_token_ids(model_path, tokenizer))
+
+
+def build_sft_model(model_path: str, lora: LoRAConfig) -> torch.nn.Module:
+    """The causal LM to fine-tune, with LoRA adapters when ``sft.lora.rank`` > 0."""
+    return with_lora(load_causal_lm(model_path), lora)
 
 
 def collate_token_rows(rows: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
