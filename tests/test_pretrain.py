@@ -75,9 +75,9 @@ def test_the_shipped_base_model_is_the_default_recipes():
     assert set(expected) - set(stored) <= {"lm_head.weight"}  # tied to the embedding
 
 
-def test_a_cache_of_the_default_recipe_is_seeded_from_the_shipped_files(tmp_path):
+def test_a_cache_of_the_default_recipe_is_seeded_from_the_shipped_files(tmp_path, tiny_base_model):
     """No pretraining: the cache gets the shipped weights widened to fp32, marked as shipped;
-    another recipe (the tests' tiny one) is pretrained as before."""
+    another recipe (the tests' tiny one, the session's base model) is pretrained as before."""
     from safetensors.torch import load_file
 
     from alignray.config.model import EmbeddedRecipe
@@ -90,5 +90,4 @@ def test_a_cache_of_the_default_recipe_is_seeded_from_the_shipped_files(tmp_path
                for name in shipped)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     assert model.dtype == torch.float32
-    other = build_base_model(TINY_TEST_RECIPE, tmp_path, seed=0)
-    assert json.loads((other.parent / "summary.json").read_text())["source"] == "pretrained"
+    assert json.loads((tiny_base_model.parent / "summary.json").read_text())["source"] == "pretrained"
