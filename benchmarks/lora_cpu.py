@@ -14,7 +14,7 @@ layer (``all-linear``), as ``experiment=lora`` sets it.
 A step is what the SFT and PPO policy updates do: a causal-LM loss on ``--batch`` rows of
 ``--tokens`` tokens, backward, and AdamW over the trainable parameters (fp32 on CPU, as the
 training strategy runs there; bf16 weights on a GPU). The time is the median of ``--steps``
-steps after one warm-up. Each case runs in a fresh child process, so its peak memory is its
+steps after one warm-up, on ``--threads`` torch threads (1 by default). Each case runs in a fresh child process, so its peak memory is its
 own: the process's peak resident memory (``ru_maxrss``), also less what it held after its
 imports, before the model was built; on a GPU also torch's peak allocated GPU memory. Sync
 bytes: one full copy of the weights (tied ones once), as ``WeightSender.sync_payload`` counts
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -54,9 +55,11 @@ def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_case(shape: str, lora: bool, device: str, batch: int, tokens: int, steps: int) -> dict:
+def run_case(shape: str, lora: bool, device: str, batch: int, tokens: int, steps: int, threads: int) -> dict:
     """One case, in this (fresh) process."""
     import torch
+    if threads:
+        torch.set_num_threads(threads)
 
     from alignray.actors.weight_sync import named_weights
     from alignray.config.lora import LoRAConfig
@@ -112,26 +115,33 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
+    # one thread by default: on a shared 2-core machine two threads against other work spin and
+    # make a step several times slower, at random; 0: torch's default
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "lora_cpu.json")
     parser.add_argument("--case", nargs=2, metavar=("SHAPE", "LORA"), help=argparse.SUPPRESS)  # a child's case
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(args.case[0], args.case[1] == "lora", args.device, args.batch, args.tokens,
-                                  args.steps)))
+                                  args.steps, args.threads)))
         return
 
     from alignray.core.machine import describe_machine, machine_info
-    cases = []
+    load_before, cases = os.getloadavg(), []
     for shape in args.shapes:
         for mode in ("full", "lora"):
             child = subprocess.run([sys.executable, __file__, "--case", shape, mode, "--device", args.device,
                                     "--batch", str(args.batch), "--tokens", str(args.tokens),
-                                    "--steps", str(args.steps)], capture_output=True, text=True, check=True)
+                                    "--steps", str(args.steps), "--threads", str(args.threads)],
+                                   capture_output=True, text=True, check=True)
             cases.append(json.loads(child.stdout.strip().splitlines()[-1]))
             print(f"{shape} {mode}: {cases[-1]['step_s']:.3f} s a step", flush=True)
     result = {"machine": machine_info(), "lora": LORA, "shapes": {s: SHAPES[s] for s in args.shapes},
               "settings": {"batch": args.batch, "tokens": args.tokens, "steps": args.steps, "device": args.device,
+                           "threads": args.threads,
                            "step": "causal-LM loss, backward, AdamW over the trainable parameters"},
+              # other work on a shared machine slows the steps: the 1-minute load before and after
+              "load_average": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
               "cases": cases}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
