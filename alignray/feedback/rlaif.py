@@ -4,7 +4,8 @@ The judge reads its rubric's question (alignray/judges/rubric.py; the default as
 is more positive) showing the prompt and two replies, labelled A and B, and
 then the rubric's answer prefix ("The better reply is"); its preference is read from the
 next-token log-probabilities of the two answer tokens, " A" and " B" (no sampling, no parsing of
-free text). A rating is read the same way, over the scale's digits. With a chat template the question is a user turn and the answer prefix opens
+free text). A rating is read the same way, over the scale's digits.
+With a chat template the question is a user turn and the answer prefix opens
 the assistant's turn (`alignray.data.prompts.format_prompt`).
 
 LMs prefer one position whatever the content. Each pair is therefore judged in both

@@ -51,6 +51,10 @@ def counts_of(verdicts: Sequence[dict], cache_hits: int) -> dict:
             "failed_by_reason": dict(failed), "answers_from_cache": cache_hits}
 
 
+def failed_answers(answers: Sequence[Answer]) -> dict:
+    return dict(Counter(a.reason for a in answers if a.status == FAILED))
+
+
 def cost_of(answers: Sequence[Answer], labels: int, prices: tuple[float | None, float | None] = (None, None),
             wall_s: float | None = None) -> dict:
     """Seconds, tokens and (with prices per million tokens) money, in all and per label."""
@@ -76,7 +80,9 @@ def judge_pairs(ask: Ask, identity: dict, rubric: Rubric, items: Sequence[tuple[
     keys = [verdict_key(judge=identity, rubric=rubric.digest, form="pairwise", question=list(q)) for q in questions]
     answers, hits = ask_cached(ask, questions, keys, cache)
     verdicts = [pair_verdict(answers[2 * i], answers[2 * i + 1]) for i in range(len(items))]
-    return Judging(verdicts, counts_of(verdicts, hits)), answers
+    # a pair fails with its first order that failed; the reasons of every order are counted too
+    counts = counts_of(verdicts, hits) | {"answers_failed_by_reason": failed_answers(answers)}
+    return Judging(verdicts, counts), answers
 
 
 def rating_verdict(answer: Answer, rubric: Rubric) -> dict:
