@@ -262,3 +262,41 @@ def test_a_mixed_run_weights_people_and_judge_by_agreement(served_judge, shared_
     assert rlaif["cost"]["tokens_per_label"] > 0 and "money_per_label" in rlaif["cost"]
     report = (out / "report.md").read_text()
     assert "Pairs in = judged + unparsed + failed" in report and "weighted zero" in report
+
+
+# ----------------------------------------------------------------------------- the scorer registry
+def test_the_ai_judge_scores_for_the_evaluation_and_the_monitor_never_for_ppo(tiny_base_model, tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from actors.monitor import make_judge
+    from alignray.config.judge import JudgeConfig
+    from alignray.config.ppo import MonitorConfig
+    from alignray.config.scorer import ScorerConfig
+    from alignray.evaluation.eval_judge import describe, resolve_judge
+    from alignray.scoring import PPO_REWARD, build_scorer, resolve_scorer
+    judge = ScorerConfig(kind="ai_judge", ai_judge=JudgeConfig(model_path=str(tiny_base_model),
+                                                               cache_path=str(tmp_path / "v.sqlite")))
+    eval_cfg = SimpleNamespace(judge=judge, pairs_path=None)
+    assert resolve_judge(eval_cfg, "files", ScorerConfig(kind="reward_model", model_path="/rm")) == "ai_judge"
+    assert "AI judge" in describe("ai_judge", eval_cfg)
+    scorer = build_scorer(judge, "ai_judge")
+    scores = scorer(["so happy", "my phone"], ["love it", "broke again"])
+    assert np.isfinite(scores).all() and ((1 <= scores) & (scores <= 7)).all()
+    assert scorer.counts["judged"] == 2 and build_scorer(judge, "ai_judge")(["so happy"], ["love it"]) == \
+        pytest.approx(scores[:1])  # the second scorer reads the first's verdicts from the cache
+    monitor = make_judge(MonitorConfig(judge=judge, prompts_path="probes.parquet"), "files")
+    assert type(monitor).__name__ == "AIJudgeScorer"
+    with pytest.raises(ValueError, match="cannot be a reward"):
+        resolve_scorer(judge, PPO_REWARD)
+    with pytest.raises(ValueError, match=r"eval\.judge\.ai_judge\.kind=openai needs eval\.judge\.ai_judge\.openai"):
+        resolve_judge(SimpleNamespace(judge=ScorerConfig(kind="ai_judge", ai_judge=JudgeConfig(kind="openai")),
+                                      pairs_path=None), "files")
+
+
+def test_a_win_rate_leaves_out_answers_the_judge_could_not_rate():
+    from alignray.evaluation.compare import win_rate
+    assert win_rate([3.0, float("nan"), 1.0], [2.0, 5.0, 4.0]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="rated no pair"):
+        win_rate([float("nan")], [1.0])
