@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -64,7 +65,8 @@ def transformers_serve(model: Path, ready_timeout_s: float = 180.0):
     Stopped by its handle at the end."""
     port = free_port()
     cli = Path(sys.executable).with_name("transformers")
-    log = open(model.parent / f"serve-{port}.log", "w")
+    log_path = Path(tempfile.gettempdir()) / f"alignray-serve-{port}.log"
+    log = open(log_path, "w")
     process = subprocess.Popen([str(cli), "serve", str(model), "--host", "127.0.0.1", "--port", str(port),
                                 "--device", "cpu", "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT,
                                env=os.environ | {"HF_HUB_OFFLINE": "1"})
@@ -73,7 +75,7 @@ def transformers_serve(model: Path, ready_timeout_s: float = 180.0):
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"transformers serve exited: {(model.parent / f'serve-{port}.log').read_text()}")
+                raise RuntimeError(f"transformers serve exited: {log_path.read_text()[-2000:]}")
             try:
                 if httpx.get(base + "/models", timeout=2).status_code == 200:
                     break

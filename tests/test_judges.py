@@ -216,6 +216,10 @@ def _files_feedback(tmp_path):
     responses = [[f"{glad[i % 3]}", f"{glum[i % 3]}"] for i in range(24)]
     feedback = simulate_feedback(make_annotator_pool(), prompts, responses, forms=("pairwise",))
     pq.write_table(feedback, tmp_path / "feedback.parquet")
+    # as the collection server's compact writes it (workflows/collect.py)
+    (tmp_path / "feedback.parquet.cost.json").write_text(json.dumps(
+        {"labels": 120, "hours": 1.0, "cost": 30.0, "currency": "USD", "seconds_per_label": 30.0,
+         "cost_per_label": 0.25}))
     return tmp_path / "feedback.parquet"
 
 
@@ -249,7 +253,8 @@ def test_a_mixed_run_weights_people_and_judge_by_agreement(served_judge, shared_
     from alignray.workflows.feedback import run_feedback
     model, proxy = served_judge
     out = run_feedback(_feedback_config(tmp_path, model, proxy, shared_cache, "feedback.annotator_policy=agreement",
-                                        "feedback.ai_judge.calibration.on_fail=zero_weight"), "unused-policy")
+                                        "feedback.ai_judge.calibration.on_fail=zero_weight",
+                                        "feedback.ai_judge.forms=[pairwise,rating,thumbs]"), "unused-policy")
     summary = json.loads((out / "summary.json").read_text())
     rlaif, weights = summary["rlaif"], summary["annotator_weights"]
     counts = rlaif["counts"]
@@ -262,6 +267,9 @@ def test_a_mixed_run_weights_people_and_judge_by_agreement(served_judge, shared_
     assert rlaif["cost"]["tokens_per_label"] > 0 and "money_per_label" in rlaif["cost"]
     report = (out / "report.md").read_text()
     assert "Pairs in = judged + unparsed + failed" in report and "weighted zero" in report
+    assert "people on the collection server: 30.0 s and 0.2500 USD per label" in report
+    # the files hold no ratings or thumbs: nothing for those forms to replace
+    assert rlaif["forms"]["rating"] == {"items_for_ai": 0, "items_replaced": 0}
 
 
 # ----------------------------------------------------------------------------- the scorer registry
@@ -300,3 +308,23 @@ def test_a_win_rate_leaves_out_answers_the_judge_could_not_rate():
     assert win_rate([3.0, float("nan"), 1.0], [2.0, 5.0, 4.0]) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="rated no pair"):
         win_rate([float("nan")], [1.0])
+
+
+def test_a_local_judge_rates_its_share_as_rating_and_thumbs_rows_people_would_give(tiny_base_model):
+    from alignray.config.judge import JudgeConfig
+    from alignray.feedback import validate_feedback
+    from alignray.feedback.ai_judge import AIJudgeRun, judged_single_forms
+    from alignray.feedback.simulated import make_annotator_pool, simulate_feedback
+    from alignray.judges.build import local_rating_asker
+    rubric = load_rubric("sentiment")
+    feedback = simulate_feedback(make_annotator_pool(), ["so happy", "my phone", "today is", "mondays"],
+                                 [["love it"], ["broke again"], ["lovely"], ["ugh"]], forms=("rating", "thumbs"))
+    ask = local_rating_asker(JudgeConfig(model_path=str(tiny_base_model)), rubric)
+    mixed, stats = judged_single_forms(feedback, ["rating", "thumbs"],
+                                       AIJudgeRun(None, {"kind": "local"}, rubric, None, "tiny", ask), 0.5, 0)
+    assert stats["rating"] == {"items_for_ai": 2, "items_replaced": 2} and stats["counts"]["judged"] >= 2
+    ai = [row for row in mixed.to_pylist() if row["source"] == "ai"]
+    assert {row["kind"] for row in ai} <= {"rating", "thumbs"} and len([r for r in ai if r["kind"] == "rating"]) == 2
+    assert all(row["scale_min"] == 1 and row["scale_max"] == 7 for row in ai if row["kind"] == "rating")
+    _, report = validate_feedback(mixed, "mixed", strict=False)
+    assert report.rejected == 0

@@ -30,6 +30,8 @@ quality, aggregate, report); this app wires it.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from contextlib import nullcontext
@@ -50,12 +52,14 @@ from alignray.feedback import (annotator_quality, annotator_weights, build_train
 from alignray.feedback.aggregate import PAIRS_SCHEMA, POINTWISE_SCHEMA
 from alignray.feedback.ai_judge import AIJudgeRun, judged_share
 from alignray.feedback.heldout import HELDOUT_PAIRS_SCHEMA, heldout_pairs
+from alignray.feedback.report import human_cost
 from alignray.feedback.sampling import load_policy, prompt_conversations, sample_policy_responses, take_prompts
 from alignray.feedback.schema import AI_JUDGE_ID, read_feedback_files
 from alignray.feedback.simulated import (HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, annotator_id, heldout_feedback,
                                          training_feedback)
 from alignray.core.tracking import log_summary, tracking_settings
-from alignray.judges.build import check_judge, describe_judge, endpoint_judge, local_identity, open_cache
+from alignray.judges.build import (check_judge, describe_judge, endpoint_judge, local_identity, local_rating_asker,
+                                   open_cache)
 from alignray.judges.forms import endpoint_asker
 from alignray.judges.rubric import load_rubric
 from alignray.data.validation import ValidationReport, write_parquet
@@ -138,13 +142,9 @@ def mix_in_ai_judge(cfg: AlignrayConfig, feedback: pa.Table, policy_model: str,
     try:
         if endpoint is not None:
             judge = AIJudgeRun(endpoint_asker(endpoint, rubric, "pairwise"), endpoint.identity(), rubric, cache,
-                               describe_judge(judge_cfg))
+                               describe_judge(judge_cfg), endpoint_asker(endpoint, rubric, "rating"))
         else:
-            model = judge_cfg.model_path or policy_model
-            ask = local_pair_asker(model, actors=judge_cfg.actors, batch_size=judge_cfg.batch_size,
-                                   max_reply_tokens=judge_cfg.max_reply_tokens, use_gpu=bool(cfg.cluster.use_gpu),
-                                   rubric=judge_cfg.rubric, placement_timeout_s=float(cfg.cluster.placement_timeout_s))
-            judge = AIJudgeRun(ask, local_identity(judge_cfg, model), rubric, cache, model)
+            judge = local_judge(cfg, policy_model, rubric, cache)
         prices = (judge_cfg.openai.price_per_million_input_tokens, judge_cfg.openai.price_per_million_output_tokens)
         feedback, stats = judged_share(feedback, judge_cfg, judge, fb.ai_share, cfg.seed, pairs,
                                        prices if endpoint is not None else (None, None))
@@ -161,6 +161,18 @@ def mix_in_ai_judge(cfg: AlignrayConfig, feedback: pa.Table, policy_model: str,
                  stats["agreement_with_heldout_raters"], stats["items"],
                  stats["training_raters_agreement_with_heldout_raters"])
     return feedback, stats
+
+
+def local_judge(cfg: AlignrayConfig, policy_model: str, rubric, cache) -> AIJudgeRun:
+    """A local judge: pairs on the actor pool; ratings, when its forms ask for them, in this process."""
+    judge_cfg = cfg.feedback.ai_judge
+    model = judge_cfg.model_path or policy_model
+    ask = local_pair_asker(model, actors=judge_cfg.actors, batch_size=judge_cfg.batch_size,
+                           max_reply_tokens=judge_cfg.max_reply_tokens, use_gpu=bool(cfg.cluster.use_gpu),
+                           rubric=judge_cfg.rubric, placement_timeout_s=float(cfg.cluster.placement_timeout_s))
+    rates = {"rating", "thumbs"} & set(judge_cfg.forms)
+    ask_rating = local_rating_asker(dataclasses.replace(judge_cfg, model_path=model), rubric) if rates else None
+    return AIJudgeRun(ask, local_identity(judge_cfg, model), rubric, cache, model, ask_rating)
 
 
 def training_weights(cfg: AlignrayConfig, quality, rlaif: dict | None) -> dict[str, float]:
@@ -190,6 +202,8 @@ def gather_feedback(cfg: AlignrayConfig, sft_model_path: str, out: Path):
         rlaif = None
         if cfg.feedback.ai_share > 0:
             feedback, rlaif = mix_in_ai_judge(cfg, feedback, sft_model_path, None)
+            if human_cost(cfg.feedback.path).is_file():  # written by the collection server's compact
+                rlaif["human_cost"] = json.loads(human_cost(cfg.feedback.path).read_text())
         return feedback, reports, None, rlaif
     raise ValueError(f"feedback.source must be simulated or files, not {cfg.feedback.source!r}")
 

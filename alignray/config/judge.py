@@ -55,6 +55,10 @@ class JudgeConfig:
     # A SQLite file of verdicts already paid for; empty: <workdir>/judge-verdicts.sqlite
     cache_path: str = ""
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    # The feedback forms the judge gives for its share of the items of each: pairwise (both
+    # orders), rating (on the rubric's scale, with its flaws), thumbs (from the rating: above
+    # the scale's middle is up, below down). Pairwise always; a local judge rates in the driver.
+    forms: list[str] = field(default_factory=lambda: ["pairwise"])
 
 
 # The flat feedback keys the block replaced (old -> new), refused before Hydra composes.

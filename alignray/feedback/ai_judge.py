@@ -15,14 +15,16 @@ from dataclasses import dataclass
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from alignray.config.judge import JudgeConfig
 from alignray.feedback.ai_share import items_for_ai, judge_agreement, pairwise_items, replace_share_by_ai
 from alignray.feedback.heldout import pair_items
+from alignray.feedback.schema import AI_JUDGE_ID, feedback_table, rating_feedback, thumbs_feedback
 from alignray.judges.cache import VerdictCache
 from alignray.judges.calibration import (agreement_weight, calibrate, calibration_message, gold_items,
                                          group_agreement, length_bias, position_bias)
-from alignray.judges.forms import Ask, cost_of, judge_pairs
+from alignray.judges.forms import Ask, cost_of, judge_pairs, judge_ratings
 from alignray.judges.rubric import Rubric
 from alignray.judges.verdicts import JUDGED
 
@@ -40,6 +42,7 @@ class AIJudgeRun:
     rubric: Rubric
     cache: VerdictCache | None
     name: str  # the judge in words
+    ask_rating: Ask | None = None  # for the rating and thumbs forms
 
 
 def calibration_of(cfg: JudgeConfig, gold: dict, verdicts: dict, name: str) -> dict:
@@ -92,4 +95,37 @@ def judged_share(feedback: pa.Table, cfg: JudgeConfig, judge: AIJudgeRun, ai_sha
             stats |= judge_agreement(judged_heldout, {item: v["preference_a"] for item, v in verdicts.items()
                                                       if v["status"] == JUDGED})
     preference = {item: verdicts[item]["preference_a"] for item in kept}
-    return replace_share_by_ai(feedback, preference, kept), stats
+    feedback = replace_share_by_ai(feedback, preference, kept)
+    single_forms = [form for form in cfg.forms if form in ("rating", "thumbs")]
+    if single_forms and judge.ask_rating is not None:
+        feedback, stats["forms"] = judged_single_forms(feedback, single_forms, judge, ai_share, seed)
+    return feedback, stats
+
+
+def single_items(feedback: pa.Table, kind: str) -> list[tuple[str, str]]:
+    """Distinct (prompt, response) of the rows of ``kind`` (rating or thumbs), first-seen order."""
+    rows = feedback.filter(pc.equal(feedback.column("kind"), kind)).select(["prompt", "responses"])
+    return list(dict.fromkeys((r["prompt"], r["responses"][0]) for r in rows.to_pylist()))
+
+
+def judged_single_forms(feedback: pa.Table, forms: list[str], judge: AIJudgeRun, ai_share: float,
+                        seed: int) -> tuple[pa.Table, dict]:
+    """``ai_share`` of the rating and thumbs items rated by the judge instead of people: one
+    rating asked per (prompt, response) serves both forms; items it could not rate keep their rows."""
+    chosen = {form: items_for_ai(single_items(feedback, form), ai_share, seed + 4 + i)
+              for i, form in enumerate(forms)}
+    asked = list(dict.fromkeys(item for items in chosen.values() for item in items))
+    judging, _ = judge_ratings(judge.ask_rating, judge.identity, judge.rubric, asked, judge.cache)
+    verdicts = dict(zip(asked, judging.verdicts))
+    replaced = {form: {item for item in items if verdicts[item]["status"] == JUDGED
+                       and (form == "rating" or verdicts[item]["thumb"] is not None)}
+                for form, items in chosen.items()}
+    keep = [not (row["kind"] in replaced and (row["prompt"], row["responses"][0]) in replaced[row["kind"]])
+            for row in feedback.select(["kind", "prompt", "responses"]).to_pylist()]
+    rows = [rating_feedback(p, r, verdicts[(p, r)]["score"], AI_JUDGE_ID, scale=judge.rubric.scale,
+                            flaws=verdicts[(p, r)]["flaws"], source="ai") for p, r in replaced.get("rating", ())]
+    rows += [thumbs_feedback(p, r, verdicts[(p, r)]["thumb"], AI_JUDGE_ID, source="ai")
+             for p, r in replaced.get("thumbs", ())]
+    stats = {form: {"items_for_ai": len(chosen[form]), "items_replaced": len(replaced[form])} for form in forms}
+    return pa.concat_tables([feedback.filter(pa.array(keep)), feedback_table(rows)]), {
+        **stats, "counts": judging.counts}

@@ -173,6 +173,11 @@ def write_feedback_report(
     return path
 
 
+def human_cost(feedback_file: str | Path) -> Path:
+    """Where the collection server writes what people's labels in ``feedback_file`` cost."""
+    return Path(str(feedback_file) + ".cost.json")
+
+
 def _share(value) -> str:
     return "n/a" if value is None or value != value else f"{value:.3f}"
 
@@ -181,6 +186,10 @@ def _judge_lines(stats: dict) -> list[str]:
     counts, cost, bias = stats["counts"], stats["cost"], stats["position_bias"]
     failed = ", ".join(f"{reason} {n}" for reason, n in counts["failed_by_reason"].items()) or "none"
     money = (f", {cost['money_per_label']:.6f} per label ({cost['money']:.4f} in all)" if "money" in cost else "")
+    people = stats.get("human_cost")
+    if people and people.get("seconds_per_label") is not None:
+        money += (f"; people on the collection server: {people['seconds_per_label']:.1f} s and "
+                  f"{people['cost_per_label']:.4f} {people['currency']} per label")
     lines = [f"Judge `{stats['judge_model']}` ({stats['kind']}, rubric `{stats['rubric']}` {stats['rubric_digest']}): "
              f"{stats['items_replaced']} of {stats['pairwise_items']} pairwise items judged by the AI (share "
              f"{stats['ai_share']}; {stats['items_for_ai']} drawn, the rest kept their people's labels).", "",
@@ -191,6 +200,10 @@ def _judge_lines(stats: dict) -> list[str]:
              f"Position bias: the first-shown reply chosen in {_share(bias['first_reply_chosen_share'])} of the "
              f"orders judged (mean {_share(bias['mean_position_bias_log_odds'])} log-odds toward it; cancelled by "
              "judging both orders)."]
+    for form, given in stats.get("forms", {}).items():
+        if form != "counts":
+            lines += ["", f"{form}: {given['items_replaced']} of the {given['items_for_ai']} items drawn for the AI "
+                          "rated by it (the rest kept their people's labels)."]
     length = stats["length_bias"]
     heldout = length.get("heldout_annotators", {}).get("longer_preferred_share")
     lines += ["", f"Length bias: the longer reply preferred in {_share(length['judge']['longer_preferred_share'])} of "

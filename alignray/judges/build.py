@@ -13,6 +13,7 @@ from alignray.judges.rubric import Rubric
 from alignray.judges.verdicts import JUDGED, Answer
 
 KINDS = ("local", "openai")
+FORMS = ("pairwise", "rating", "thumbs")
 CACHE_FILE = "judge-verdicts.sqlite"
 
 
@@ -24,6 +25,9 @@ def check_judge(cfg: JudgeConfig, key: str, default_model: str = "") -> None:
         raise ValueError(f"{key}.kind=local needs {key}.model_path")
     if cfg.kind == "openai" and not (cfg.openai.base_url and cfg.openai.model):
         raise ValueError(f"{key}.kind=openai needs {key}.openai.base_url and {key}.openai.model")
+    unknown = sorted(set(cfg.forms) - set(FORMS))
+    if unknown or "pairwise" not in cfg.forms:
+        raise ValueError(f"{key}.forms must hold pairwise and may add rating and thumbs, not {list(cfg.forms)}")
     if cfg.calibration.on_fail not in ("refuse", "zero_weight"):
         raise ValueError(f"{key}.calibration.on_fail must be refuse or zero_weight, not {cfg.calibration.on_fail!r}")
 
