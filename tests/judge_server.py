@@ -60,7 +60,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def transformers_serve(model: Path, ready_timeout_s: float = 180.0):
+def transformers_serve(model: Path, ready_timeout_s: float = 600.0):
     """``transformers serve`` on 127.0.0.1 with ``model`` loaded; yields the base URL (…/v1).
     Stopped by its handle at the end."""
     port = free_port()
@@ -96,7 +96,8 @@ def transformers_serve(model: Path, ready_timeout_s: float = 180.0):
 
 class FaultProxy:
     """Forwards ``POST /v1/chat/completions`` to ``upstream``, applying the next fault queued
-    (``push``) or the standing one (``always``): ``("status", code, headers)``, ``("sleep", s)``,
+    (``push``) or the standing one (``always``): ``("status", code, headers)``, ``("sleep", s)`` (no
+    answer for ``s`` seconds),
     ``("garbage",)``, ``("empty_choice",)``; ``None`` passes the request through. Counts requests."""
 
     def __init__(self, upstream: str):
@@ -124,9 +125,10 @@ class FaultProxy:
 
     def answer(self, handler, body: bytes, fault) -> None:
         status, headers, payload = 200, {}, b""
-        if fault is None or fault[0] == "sleep":
-            if fault is not None:
-                time.sleep(fault[1])
+        if fault is not None and fault[0] == "sleep":  # longer than the client waits: it has gone
+            time.sleep(fault[1])
+            status, payload = 504, b"{}"
+        elif fault is None:
             upstream = httpx.post(self.upstream + "/chat/completions", content=body,
                                   headers={"Content-Type": "application/json"}, timeout=60)
             status, payload = upstream.status_code, upstream.content

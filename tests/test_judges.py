@@ -160,11 +160,12 @@ def test_endpoint_verdicts_are_cached_and_a_rerun_pays_nothing(served_judge, tin
 def test_every_fault_is_survived_counted_and_no_verdict_is_lost(served_judge, tiny_rubric, tmp_path):
     model, proxy = served_judge
     cache = VerdictCache(tmp_path / "verdicts.sqlite")
-    cfg = endpoint_config(model, proxy, concurrency=1, timeout_s=1.0, max_retries=1)
+    # the timeout is short, but not so short that a busy machine's real answers run past it
+    cfg = endpoint_config(model, proxy, concurrency=1, timeout_s=4.0, max_retries=1)
     # in request order (one at a time): 429 then fine; 503 then fine; 401; a timeout twice
     # (retried once); garbage; an empty choice; the rest pass
     proxy.push(("status", 429, {"Retry-After": "1"}), None, ("status", 503, {}), None, ("status", 401, {}),
-               ("sleep", 2.5), ("sleep", 2.5), ("garbage",), ("empty_choice",))
+               ("sleep", 5.0), ("sleep", 5.0), ("garbage",), ("empty_choice",))
     started = time.monotonic()
     pairs = PAIRS + [("i just", "won", "lost"), ("mondays", "ugh", "yay")]
     judging, _ = ask_pairs(cfg, tiny_rubric, cache, pairs)
