@@ -84,6 +84,7 @@ def parse_args():
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-reply-tokens", type=int, default=64)
     parser.add_argument("--gpu", action="store_true", help="one GPU per judge actor")
+    parser.add_argument("--cache", default="", help="a verdict cache (SQLite): an interrupted run resumes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "rlaif_agreement.json"))
     return parser.parse_args()
@@ -102,9 +103,14 @@ def local_judging(args, judge: str, rubric, items):
         ask = local_pair_asker(judge, actors=args.actors, batch_size=args.batch_size,
                                max_reply_tokens=args.max_reply_tokens, use_gpu=args.gpu, rubric=args.rubric)
         identity = local_identity(JudgeConfig(max_reply_tokens=args.max_reply_tokens), judge)
-        return judge_pairs(ask, identity, rubric, items)
+        return judge_pairs(ask, identity, rubric, items, open_cache(args))
     finally:
         runtime.shutdown_if_owned(owned)
+
+
+def open_cache(args):
+    from alignray.judges.cache import VerdictCache
+    return VerdictCache(args.cache) if args.cache else None
 
 
 def endpoint_judging(args, judge: str, rubric, items):
@@ -119,7 +125,8 @@ def endpoint_judging(args, judge: str, rubric, items):
                                                      api_key_env=args.api_key_env, concurrency=args.concurrency,
                                                      max_tokens=args.max_tokens, max_retries=2))
         try:
-            return judge_pairs(endpoint_asker(endpoint, rubric, "pairwise"), endpoint.identity(), rubric, items)
+            return judge_pairs(endpoint_asker(endpoint, rubric, "pairwise"), endpoint.identity(), rubric, items,
+                               open_cache(args))
         finally:
             endpoint.close()
 
@@ -176,6 +183,8 @@ def main() -> None:
               **measure(judging, items, heldout[decided], training[decided]),
               "judge_wall_time_s": round(seconds, 1),
               "seconds_per_label": round(seconds / max(1, judging.counts["judged"]), 3),
+              # each request's own seconds (kept in the cache with its verdict), over the judged pairs
+              "request_seconds_per_label": round(sum(x.seconds for x in answers) / max(1, judging.counts["judged"]), 3),
               "tokens_per_label": round(sum(x.tokens_in + x.tokens_out for x in answers)
                                         / max(1, judging.counts["judged"]), 1),
               "actors": args.actors, "seed": args.seed, "machine": machine_info()}
