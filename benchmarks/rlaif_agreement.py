@@ -143,7 +143,8 @@ def measure(judging, items, heldout: np.ndarray, training: np.ndarray) -> dict:
     lengths = length_bias(triples, verdicts, None)["judge"]
     return {
         "agreement_with_heldout_annotators": {
-            "AI judge": {"all": agreement(preference, difference), "clear": agreement(preference[clear], difference[clear])},
+            "AI judge": {"all": agreement(preference, difference),
+                         "clear": agreement(preference[clear], difference[clear])},
             "training annotators 1-5": {"all": agreement(train_preference, heldout),
                                         "clear": agreement(train_preference[np.abs(heldout) >= CLEAR_GAP],
                                                            heldout[np.abs(heldout) >= CLEAR_GAP])}},

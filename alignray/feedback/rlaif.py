@@ -157,7 +157,8 @@ def swap_averaged(margin_ab: np.ndarray, margin_ba: np.ndarray) -> SwapAveraged:
 
 
 def judge_pairs(model, tokenizer, prompts: Sequence[str], replies_a: Sequence[str], replies_b: Sequence[str],
-                batch_size: int = 16, max_reply_tokens: int = 64, rubric: Rubric = DEFAULT_RUBRIC) -> dict[str, np.ndarray]:
+                batch_size: int = 16, max_reply_tokens: int = 64,
+                rubric: Rubric = DEFAULT_RUBRIC) -> dict[str, np.ndarray]:
     """P(a better), position bias, the margins of both orders and the count of clipped texts per
     pair, both orders judged."""
     limit = position_limit(model)
@@ -167,7 +168,8 @@ def judge_pairs(model, tokenizer, prompts: Sequence[str], replies_a: Sequence[st
     margins = answer_margins(model, tokenizer, [t for ab, ba, _ in fitted for t in (ab, ba)], answer_ids, batch_size)
     verdicts = swap_averaged(margins[0::2], margins[1::2])
     return {"preference_a": verdicts.preference_a, "position_bias": verdicts.position_bias,
-            "margin_ab": margins[0::2], "margin_ba": margins[1::2], "clipped_texts": np.array([clipped for _, _, clipped in fitted], dtype=np.int64)}
+            "margin_ab": margins[0::2], "margin_ba": margins[1::2],
+            "clipped_texts": np.array([clipped for _, _, clipped in fitted], dtype=np.int64)}
 
 
 def ai_feedback_rows(prompts: Sequence[str], replies_a: Sequence[str], replies_b: Sequence[str],

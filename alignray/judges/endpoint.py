@@ -1,9 +1,9 @@
 """An OpenAI-compatible chat-completions endpoint as a judge (httpx): the questions go out on
 ``concurrency`` threads, each request retried on 429, 5xx, timeouts and refused connections
-with exponential backoff that honours ``Retry-After``. 401/403 and other 4xx are not retried. Nothing here raises for one bad
-request: each becomes a ``failed`` answer with its reason. When the first ``give_up_after``
-requests all fail, the rest are not sent and ``ask`` raises ``EndpointDown`` naming the URL and
-the last answer, as it does when every request failed. Each answer is handed to ``on_answer``
+with exponential backoff that honours ``Retry-After``. 401/403 and other 4xx are not retried.
+Nothing here raises for one bad request: each becomes a ``failed`` answer with its reason.
+When the first ``give_up_after`` requests all fail, the rest are not sent and ``ask`` raises
+``EndpointDown`` naming the URL and the last answer, as it does when every request failed. Each answer is handed to ``on_answer``
 as it arrives (alignray.judges.forms stores it in the verdict cache there).
 
 The API key is read from the environment variable the config names, never from a file.
@@ -131,7 +131,8 @@ class EndpointJudge:
             return Answer(FAILED, reason="garbage_or_empty_choice")
         answer = read_choice(text, choice.get("logprobs"), labels, flaws)
         usage = payload.get("usage") or {}
-        answer.tokens_in, answer.tokens_out = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        answer.tokens_in = int(usage.get("prompt_tokens") or 0)
+        answer.tokens_out = int(usage.get("completion_tokens") or 0)
         return answer
 
     def ask(self, questions: Sequence[str], labels: Sequence[str], flaws: Sequence[str] = (),
