@@ -6,7 +6,9 @@ Ray Data batch inference: an actor pool, each actor holding one labelling model.
 ``items`` are dicts with ``item`` (an id to put the answers back in order), ``prompt``,
 ``response_a`` and ``response_b``. Each actor loads the model once (one GPU each when
 ``use_gpu``; on a CPU machine the device comes from torch, see alignray.models.modeling) and adds
-``preference_a``, ``position_bias`` and ``clipped_texts`` to every batch (alignray.feedback.rlaif).
+``preference_a``, ``position_bias``, the margins of both orders (``margin_ab``, ``margin_ba``) and
+``clipped_texts`` to every batch (alignray.feedback.rlaif), asking the question of ``rubric`` (a
+shipped rubric's name or a rubric file, alignray/judges/rubric.py).
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from alignray.actors.runtime import wait_for_capacity
 from alignray.models.generation import disable_dropout
 from alignray.models.modeling import load_causal_lm, load_tokenizer
 from alignray.feedback.rlaif import judge_pairs
+from alignray.judges.rubric import load_rubric
+from alignray.judges.verdicts import margin_answer
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +32,19 @@ log = logging.getLogger(__name__)
 class AILabeller:
     """A `map_batches` callable class: constructed once per actor of the pool."""
 
-    def __init__(self, model_path: str, batch_size: int = 16, max_reply_tokens: int = 64):
+    def __init__(self, model_path: str, batch_size: int = 16, max_reply_tokens: int = 64, rubric: str = "sentiment"):
         self.model = disable_dropout(load_causal_lm(model_path)).eval()
         self.tokenizer = load_tokenizer(model_path)
-        self.batch_size, self.max_reply_tokens = batch_size, max_reply_tokens
+        self.batch_size, self.max_reply_tokens, self.rubric = batch_size, max_reply_tokens, load_rubric(rubric)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         verdicts = judge_pairs(self.model, self.tokenizer, batch["prompt"].tolist(), batch["response_a"].tolist(),
-                               batch["response_b"].tolist(), self.batch_size, self.max_reply_tokens)
+                               batch["response_b"].tolist(), self.batch_size, self.max_reply_tokens, self.rubric)
         return dict(batch) | verdicts
 
 
 def label_with_actor_pool(items: list[dict], model_path: str, *, actors: int = 1, batch_size: int = 16,
-                          max_reply_tokens: int = 64, use_gpu: bool = False,
+                          max_reply_tokens: int = 64, use_gpu: bool = False, rubric: str = "sentiment",
                           placement_timeout_s: float = 120.0) -> list[dict]:
     """Label every item on a pool of ``actors`` labellers; the items come back in their order,
     each with its verdict. Needs a connected Ray."""
@@ -52,7 +56,7 @@ def label_with_actor_pool(items: list[dict], model_path: str, *, actors: int = 1
     blocks = max(actors, min(64, -(-len(items) // batch_size)))
     verdicts = ray.data.from_items(items).repartition(blocks).map_batches(
         AILabeller, fn_constructor_kwargs={"model_path": str(model_path), "batch_size": batch_size,
-                                              "max_reply_tokens": max_reply_tokens},
+                                              "max_reply_tokens": max_reply_tokens, "rubric": rubric},
         batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=actors),
         num_gpus=1 if use_gpu else 0)
     rows = sorted(verdicts.take_all(), key=lambda row: row["item"])
@@ -60,3 +64,23 @@ def label_with_actor_pool(items: list[dict], model_path: str, *, actors: int = 1
         raise RuntimeError(f"the AI labeller returned {len(rows)} verdicts for {len(items)} items")
     log.info("AI labeller (%s, %d actors) labelled %d pairs", model_path, actors, len(rows))
     return rows
+
+
+def local_pair_asker(model_path: str, **pool_settings):
+    """A local judge as alignray.judges.forms asks one: ordered questions ``(prompt, first,
+    second)`` judged on the actor pool, each pair once for both of its orders."""
+    def ask(questions, on_answer):
+        index: dict[tuple[str, str, str], int] = {}
+        for prompt, first, second in questions:
+            if (prompt, second, first) not in index:
+                index.setdefault((prompt, first, second), len(index))
+        rows = label_with_actor_pool([{"item": i, "prompt": p, "response_a": a, "response_b": b}
+                                      for (p, a, b), i in index.items()], model_path, **pool_settings)
+        answers = []
+        for j, (prompt, first, second) in enumerate(questions):
+            forward = (prompt, first, second) in index
+            row = rows[index[(prompt, first, second)] if forward else index[(prompt, second, first)]]
+            answers.append(margin_answer(row["margin_ab" if forward else "margin_ba"]))
+            on_answer(j, answers[-1])
+        return answers
+    return ask

@@ -54,6 +54,8 @@ def test_admin_actions_create_load_and_compact(tmp_path, capsys):
     assert reports[0].rejected == 0 and set(feedback.column("annotator_id").to_pylist()) == {"ann"}
     assert set(feedback.column("source").to_pylist()) == {"human"}
     assert build_training_tables(feedback).pairs.num_rows == 20
+    cost = json.loads((tmp_path / "feedback.parquet.cost.json").read_text())  # an AI judge's cost goes beside it
+    assert cost["labels"] == 40 and cost["seconds_per_label"] == pytest.approx(2.0)
     store.close()
 
 

@@ -65,7 +65,15 @@ def test_serve_and_collect_share_one_endpoint_class():
                                       ("ppo.eval.num_prompts=8", "ppo.eval.num_prompts moved to eval.num_prompts"),
                                       ("ppo.weight_sync=broadcast", "ppo.weight_sync moved to ppo.sync.method"),
                                       ("ppo.eval.judge=http", "ppo.eval.judge moved to eval.judge.kind"),
-                                      ("ppo.monitor.judge_url=x", "ppo.monitor.judge_url moved to ppo.monitor.judge.url")])
+                                      ("ppo.monitor.judge_url=x", "ppo.monitor.judge_url moved to ppo.monitor.judge.url"),
+                                      ("feedback.ai_judge_path=/m",
+                                       "feedback.ai_judge_path moved to feedback.ai_judge.model_path"),
+                                      ("feedback.judge_actors=2",
+                                       "feedback.judge_actors moved to feedback.ai_judge.actors"),
+                                      ("feedback.judge_batch_size=8",
+                                       "feedback.judge_batch_size moved to feedback.ai_judge.batch_size"),
+                                      ("feedback.judge_max_reply_tokens=8",
+                                       "feedback.judge_max_reply_tokens moved to feedback.ai_judge.max_reply_tokens")])
 def test_a_moved_key_is_refused_with_its_new_path(old, new):
     from alignray.config import MovedKeyError
     from alignray.workflows.common import compose_app_config

@@ -6,8 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from alignray.feedback import FEEDBACK_SCHEMA
-from alignray.feedback.ai_share import (items_for_ai, judge_agreement, pairwise_items, replace_share_by_ai,
-                                        verdict_statistics)
+from alignray.feedback.ai_share import (items_for_ai, judge_agreement, pairwise_items, replace_share_by_ai)
 from alignray.feedback.heldout import heldout_pairs, pair_items
 from alignray.feedback.schema import (AI_JUDGE_ID, feedback_table, pairwise_feedback, rating_feedback,
                                       read_feedback_files)
@@ -43,15 +42,6 @@ def test_replacing_drops_every_annotators_rows_on_an_item_and_adds_one_ai_row():
     assert len(ai) == 1 and ai[0]["annotator_id"] == AI_JUDGE_ID and ai[0]["winner"] == "b"
     assert {(row["prompt"], row["kind"]) for row in mixed if row["source"] != "ai"} == {("q", "pairwise"),
                                                                                        ("p", "rating")}
-
-
-def test_verdict_statistics_key_the_preferences_by_item():
-    items = [("p", "x", "y"), ("q", "u", "v")]
-    verdicts = [{"preference_a": 0.75, "position_bias": 1.0, "clipped_texts": 2},
-                {"preference_a": 0.25, "position_bias": 0.0, "clipped_texts": 0}]
-    judged, stats = verdict_statistics(items, verdicts)
-    assert judged == {("p", "x", "y"): 0.75, ("q", "u", "v"): 0.25}
-    assert stats == {"pairs_judged": 2, "mean_position_bias_log_odds": 0.5, "texts_clipped": 2}
 
 
 def test_heldout_pairs_give_each_panels_vote_share_for_the_first_response_in_sorted_order():

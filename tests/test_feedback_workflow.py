@@ -25,7 +25,8 @@ def _config(tmp_path, overrides):
 def simulated_run(ray_cluster, tiny_base_model, tmp_path_factory):
     cfg = _config(tmp_path_factory.mktemp("feedback"), [
         "feedback=rlaif", "feedback.num_prompts=30", "feedback.responses_per_prompt=3",
-        "feedback.heldout_prompts=10", "feedback.bad_faith_share=0.2", "feedback.judge_actors=2",
+        "feedback.heldout_prompts=10", "feedback.bad_faith_share=0.2", "feedback.ai_judge.actors=2",
+        "feedback.ai_judge.calibration.on_fail=zero_weight",
         "data.max_response_tokens=16"])
     return cfg, tiny_base_model, run_feedback(cfg, str(tiny_base_model))
 
@@ -150,7 +151,8 @@ def test_quality_control_flags_an_ai_judge_at_chance(ray_cluster, tiny_base_mode
     feedback = simulate_feedback(make_annotator_pool(), prompts, responses, forms=("pairwise", "ranking"))
     pq.write_table(feedback, tmp_path / "feedback.parquet")
     cfg = _config(tmp_path, ["feedback=files", f"feedback.path={tmp_path / 'feedback.parquet'}",
-                             "feedback.ai_share=0.5", "feedback.judge_actors=2"])
+                             "feedback.ai_share=0.5", "feedback.ai_judge.actors=2",
+                             "feedback.ai_judge.calibration.on_fail=zero_weight"])
     out = run_feedback(cfg, str(tiny_base_model))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rlaif"]["items_replaced"] == 60

@@ -107,7 +107,7 @@ def test_a_choice_without_its_settings_is_refused_naming_the_key(cfg, use, messa
     ("vibes", PPO_REWARD, r"ppo.reward.kind must be one of \('reward_model', 'http', 'training_annotators', "
                           r"'target_word'\), not 'vibes'"),
     ("vibes", EVAL_JUDGE, r"eval.judge.kind must be one of \('auto', 'reward_model', 'http', "
-                          r"'heldout_annotators', 'pairs'\)"),
+                          r"'heldout_annotators', 'ai_judge', 'pairs'\)"),
 ])
 def test_a_scorer_serves_only_where_it_may(kind, use, message):
     with pytest.raises(ValueError, match=message):
@@ -140,7 +140,8 @@ def test_the_panels_read_only_the_embedded_defaults_tweets():
     with pytest.raises(ValueError, match="eval.judge.kind=heldout_annotators: the held-out annotators judge only "
                                          "the embedded default's tweets, not data.source=files; set eval.judge.kind "
                                          r"to reward_model \(with eval.judge.model_path\), http \(with "
-                                         r"eval.judge.url\) or pairs \(with eval.pairs_path\)"):
+                                         r"eval.judge.url\), ai_judge \(with eval.judge.ai_judge\) or pairs \(with "
+                                         r"eval.pairs_path\)"):
         resolve_scorer(choice("heldout_annotators"), EVAL_JUDGE, FILES)
     # any data for the scorers that read any text; the reward's data is not known where it is built
     assert resolve_scorer(choice("http", url="http://h:1"), MONITOR_JUDGE, FILES) == "http"

@@ -16,6 +16,7 @@ directly, so it works whether or not the server runs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from alignray.actors.runtime import serve_until_stopped
 from alignray.collect.api import form_settings
 from alignray.collect.candidates import write_candidate_tasks
 from alignray.collect.quality import live_quality
+from alignray.feedback.report import human_cost
 from alignray.collect.store import ADMIN, LabelStore
 from alignray.collect.tasks import mixed_queue, read_tasks
 from alignray.config import AlignrayConfig
@@ -130,6 +132,12 @@ def compact(store: LabelStore, cfg: CollectConfig) -> Path:
         feedback = feedback.filter(keep)
         print(f"left out (collect.quality.policy=exclude): {', '.join(excluded)}")
     table = write_feedback(feedback, out, cfg.flaws)
+    # What the labels cost people, beside the file: the feedback report sets an AI judge's beside it.
+    totals = report["totals"]
+    human_cost(out).write_text(json.dumps({
+        "labels": totals["labels"], "hours": totals["hours"], "cost": totals["cost"], "currency": totals["currency"],
+        "seconds_per_label": 3600.0 * totals["hours"] / totals["labels"] if totals["labels"] else None,
+        "cost_per_label": totals["cost"] / totals["labels"] if totals["labels"] else None}))
     print(f"{table.num_rows} labels -> {out} (alignray feedback feedback.source=files feedback.path={out})")
     return out
 

@@ -10,8 +10,9 @@ validated, aggregated into reward-model training tables and reported, as a Hydra
 responses sampled from the policy model; annotators reading through VADER raters
 1..``train_annotators`` (plus an injected bad-faith share) give every form of feedback. With
 ``ai_share > 0`` that share of the pairwise items is judged by the AI judge instead
-(source ``ai``, annotator ``ai-judge``; actors/ai_labeller.py, alignray/feedback/rlaif.py,
-alignray/feedback/ai_share.py). Pairs of
+(source ``ai``, annotator ``ai-judge``; ``feedback.ai_judge``: a local model on the actor pool
+of actors/ai_labeller.py, or an OpenAI-compatible endpoint, alignray/judges/), after it is
+calibrated on a human gold set (alignray/feedback/ai_judge.py). Pairs of
 responses to held-out prompts are judged by the training raters and by the held-out raters
 6-10; the AI judge, when it runs, judges them too, and its agreement with the held-out
 raters is reported. ``source=files``: every file is validated row by row; bad rows are
@@ -29,6 +30,8 @@ quality, aggregate, report); this app wires it.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from contextlib import nullcontext
@@ -41,20 +44,24 @@ from omegaconf import DictConfig
 
 from alignray.config import AlignrayConfig
 from alignray.actors import runtime
-from alignray.actors.ai_labeller import label_with_actor_pool
+from alignray.actors.ai_labeller import local_pair_asker
 from alignray.core.artifacts import (FEEDBACK, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, HELDOUT_PAIRS_FILE, PAIRS_FILE, POINTWISE_FILE,
                                 PROMPTS_FILE)
 from alignray.feedback import (annotator_quality, annotator_weights, build_training_tables, validate_feedback,
                                write_feedback, write_feedback_report)
 from alignray.feedback.aggregate import PAIRS_SCHEMA, POINTWISE_SCHEMA
-from alignray.feedback.ai_share import (items_for_ai, judge_agreement, pairwise_items, replace_share_by_ai,
-                                        verdict_statistics)
-from alignray.feedback.heldout import HELDOUT_PAIRS_SCHEMA, heldout_pairs, pair_items
+from alignray.feedback.ai_judge import AIJudgeRun, judged_share
+from alignray.feedback.heldout import HELDOUT_PAIRS_SCHEMA, heldout_pairs
+from alignray.feedback.report import human_cost
 from alignray.feedback.sampling import load_policy, prompt_conversations, sample_policy_responses, take_prompts
-from alignray.feedback.schema import read_feedback_files
+from alignray.feedback.schema import AI_JUDGE_ID, read_feedback_files
 from alignray.feedback.simulated import (HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, annotator_id, heldout_feedback,
                                          training_feedback)
 from alignray.core.tracking import log_summary, tracking_settings
+from alignray.judges.build import (check_judge, describe_judge, endpoint_judge, local_identity, local_rating_asker,
+                                   open_cache)
+from alignray.judges.forms import endpoint_asker
+from alignray.judges.rubric import load_rubric
 from alignray.data.validation import ValidationReport, write_parquet
 from alignray.workflows.phases import run_phase
 from alignray.workflows.common import (CONFIG_PATH, embedded_data_dir, is_complete, mark_complete, phase_dir, run_app,
@@ -118,36 +125,65 @@ def simulated_feedback(cfg: AlignrayConfig, sft_model_path: str, out: Path) -> t
                       out / HELDOUT_PAIRS_FILE, HELDOUT_PAIRS_SCHEMA)
         summary["heldout"] = {"prompts": len(heldout_prompts), "pairs": len(pairs), "rows": heldout.num_rows}
     if fb.ai_share > 0:
-        feedback, rlaif = mix_in_ai_judge(cfg, feedback, fb.ai_judge_path or sft_model_path, pairs)
+        feedback, rlaif = mix_in_ai_judge(cfg, feedback, sft_model_path, pairs)
         return feedback, summary, rlaif
     return feedback, summary, None
 
 
-def mix_in_ai_judge(cfg: AlignrayConfig, feedback: pa.Table, judge_path: str,
+def mix_in_ai_judge(cfg: AlignrayConfig, feedback: pa.Table, policy_model: str,
                     pairs: pd.DataFrame | None) -> tuple[pa.Table, dict]:
-    """Replace ``ai_share`` of the pairwise items by the AI judge's verdicts; the held-out
-    pairs are judged in the same pass, to measure the judge against the held-out raters."""
-    fb = cfg.feedback
-    items = pairwise_items(feedback)
-    replaced = items_for_ai(items, fb.ai_share, cfg.seed + 2)
-    judged_items = list(dict.fromkeys(replaced + ([] if pairs is None else pair_items(pairs))))
-    started = time.monotonic()
-    verdicts = label_with_actor_pool(
-        [{"item": i, "prompt": p, "response_a": a, "response_b": b} for i, (p, a, b) in enumerate(judged_items)],
-        judge_path, actors=fb.judge_actors, batch_size=fb.judge_batch_size,
-        max_reply_tokens=fb.judge_max_reply_tokens, use_gpu=bool(cfg.cluster.use_gpu),
-        placement_timeout_s=float(cfg.cluster.placement_timeout_s))
-    judged, stats = verdict_statistics(judged_items, verdicts)
-    stats |= {"judge_model": judge_path, "actors": fb.judge_actors, "wall_time_s": round(time.monotonic() - started, 1),
-              "ai_share": fb.ai_share, "pairwise_items": len(items), "items_replaced": len(replaced)}
-    log.info("AI judge: %s pairs in %s s, mean position bias %s log-odds toward the first reply",
-             stats["pairs_judged"], stats["wall_time_s"], stats["mean_position_bias_log_odds"])
-    if pairs is not None:
-        stats |= judge_agreement(pairs, judged)
+    """Replace ``ai_share`` of the pairwise items by the AI judge's verdicts (the policy model
+    judges when ``feedback.ai_judge`` names no model); the held-out pairs are judged in the same
+    pass, to measure the judge against the held-out raters."""
+    fb, judge_cfg = cfg.feedback, cfg.feedback.ai_judge
+    check_judge(judge_cfg, "feedback.ai_judge", policy_model)
+    rubric, cache = load_rubric(judge_cfg.rubric), open_cache(judge_cfg, cfg.workdir)
+    endpoint = endpoint_judge(judge_cfg) if judge_cfg.kind == "openai" else None
+    try:
+        if endpoint is not None:
+            judge = AIJudgeRun(endpoint_asker(endpoint, rubric, "pairwise"), endpoint.identity(), rubric, cache,
+                               describe_judge(judge_cfg), endpoint_asker(endpoint, rubric, "rating"))
+        else:
+            judge = local_judge(cfg, policy_model, rubric, cache)
+        prices = (judge_cfg.openai.price_per_million_input_tokens, judge_cfg.openai.price_per_million_output_tokens)
+        feedback, stats = judged_share(feedback, judge_cfg, judge, fb.ai_share, cfg.seed, pairs,
+                                       prices if endpoint is not None else (None, None))
+    finally:
+        cache.close()
+        if endpoint is not None:
+            endpoint.close()
+    counts = stats["counts"]
+    log.info("AI judge %s: %d pairs in = %d judged + %d unparsed + %d failed %s; %d from the cache; %s s",
+             judge.name, counts["in"], counts["judged"], counts["unparsed"], counts["failed"],
+             counts["failed_by_reason"], counts["answers_from_cache"], stats["wall_time_s"])
+    if "agreement_with_heldout_raters" in stats:
         log.info("AI judge agrees with the held-out raters on %.3f of %s held-out pairs (training raters: %.3f)",
                  stats["agreement_with_heldout_raters"], stats["items"],
                  stats["training_raters_agreement_with_heldout_raters"])
-    return replace_share_by_ai(feedback, judged, replaced), stats
+    return feedback, stats
+
+
+def local_judge(cfg: AlignrayConfig, policy_model: str, rubric, cache) -> AIJudgeRun:
+    """A local judge: pairs on the actor pool; ratings, when its forms ask for them, in this process."""
+    judge_cfg = cfg.feedback.ai_judge
+    model = judge_cfg.model_path or policy_model
+    ask = local_pair_asker(model, actors=judge_cfg.actors, batch_size=judge_cfg.batch_size,
+                           max_reply_tokens=judge_cfg.max_reply_tokens, use_gpu=bool(cfg.cluster.use_gpu),
+                           rubric=judge_cfg.rubric, placement_timeout_s=float(cfg.cluster.placement_timeout_s))
+    rates = {"rating", "thumbs"} & set(judge_cfg.forms)
+    ask_rating = local_rating_asker(dataclasses.replace(judge_cfg, model_path=model), rubric) if rates else None
+    return AIJudgeRun(ask, local_identity(judge_cfg, model), rubric, cache, model, ask_rating)
+
+
+def training_weights(cfg: AlignrayConfig, quality, rlaif: dict | None) -> dict[str, float]:
+    """Annotator weights (alignray.feedback.quality.annotator_weights); the AI judge's measured
+    agreement is its gold-set one, and a judge calibration weighted zero stays at zero."""
+    calibration = (rlaif or {}).get("calibration") or {}
+    measured = {AI_JUDGE_ID: calibration["agreement"]} if calibration.get("items") else None
+    weights = annotator_weights(quality, cfg.feedback.annotator_policy, measured=measured)
+    if calibration.get("weight") == 0.0 and AI_JUDGE_ID in weights:
+        weights[AI_JUDGE_ID] = 0.0
+    return weights
 
 
 # ----------------------------------------------------------------------------- the phase
@@ -165,7 +201,9 @@ def gather_feedback(cfg: AlignrayConfig, sft_model_path: str, out: Path):
             log_validation(report)
         rlaif = None
         if cfg.feedback.ai_share > 0:
-            feedback, rlaif = mix_in_ai_judge(cfg, feedback, cfg.feedback.ai_judge_path or sft_model_path, None)
+            feedback, rlaif = mix_in_ai_judge(cfg, feedback, sft_model_path, None)
+            if human_cost(cfg.feedback.path).is_file():  # written by the collection server's compact
+                rlaif["human_cost"] = json.loads(human_cost(cfg.feedback.path).read_text())
         return feedback, reports, None, rlaif
     raise ValueError(f"feedback.source must be simulated or files, not {cfg.feedback.source!r}")
 
@@ -180,14 +218,17 @@ def run_feedback(cfg: AlignrayConfig, sft_model_path: str) -> Path:
         return out
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
-    # Only the AI judge runs on Ray (its actor pool); human and simulated feedback do not need it.
-    with runtime.ray_session(cfg.cluster) if cfg.feedback.ai_share > 0 else nullcontext():
+    # Only a local AI judge runs on Ray (its actor pool); people, simulated annotators and an
+    # endpoint judge do not need it.
+    local_judge = cfg.feedback.ai_share > 0 and cfg.feedback.ai_judge.kind == "local"
+    with runtime.ray_session(cfg.cluster) if local_judge else nullcontext():
         feedback, reports, generation, rlaif = gather_feedback(cfg, sft_model_path, out)
     if feedback.num_rows == 0:
         raise ValueError(f"no feedback rows accepted: {[r.summary() for r in reports]}")
 
     quality = annotator_quality(feedback)
-    tables = build_training_tables(feedback, annotator_weights(quality, cfg.feedback.annotator_policy))
+    weights = training_weights(cfg, quality, rlaif)
+    tables = build_training_tables(feedback, weights)
     write_feedback(feedback, out / FEEDBACK_FILE)
     write_parquet(tables.pairs, out / PAIRS_FILE, PAIRS_SCHEMA)
     write_parquet(tables.pointwise, out / POINTWISE_FILE, POINTWISE_SCHEMA)
@@ -203,7 +244,8 @@ def run_feedback(cfg: AlignrayConfig, sft_model_path: str) -> Path:
                            in pd.Series(feedback.column("source").to_pylist()).value_counts().items()},
         "annotators": len(quality.annotators), "flagged_annotators": quality.flagged,
         "verdicts": quality.annotators["verdict"].to_dict(), "alpha": quality.alpha,
-        "annotator_policy": cfg.feedback.annotator_policy, "training_tables": tables.counts, "rlaif": rlaif,
+        "annotator_policy": cfg.feedback.annotator_policy, "annotator_weights": weights,
+        "training_tables": tables.counts, "rlaif": rlaif,
         "wall_time_s": round(time.monotonic() - started, 1),
     }
     mark_complete(out, summary)

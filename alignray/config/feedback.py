@@ -1,8 +1,10 @@
 """Phase 3a: human, simulated and AI feedback."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
+
+from alignray.config.judge import JudgeConfig
 
 
 @dataclass
@@ -25,9 +27,9 @@ class FeedbackConfig:
     bad_faith_share: float = 0.0
     annotators_per_item: Optional[int] = None  # None: every annotator judges every item
     pairs_per_prompt: Optional[int] = None  # None: every pair of a prompt's responses
-    annotator_policy: str = "exclude"  # keep | downweight | exclude flagged annotators
+    # keep | downweight | exclude flagged annotators; or agreement: every annotator, people and the
+    # AI judge alike, weighted max(0, 2a - 1) by its measured pairwise agreement a (the judge's on
+    # the gold set), flagged ones without a measured agreement excluded
+    annotator_policy: str = "exclude"
     ai_share: float = 0.0  # share of the pairwise comparisons judged by the AI judge (RLAIF)
-    ai_judge_path: str = ""  # empty: the policy model judges
-    judge_actors: int = 1  # Ray Data actor pool size (one GPU each with cluster.use_gpu)
-    judge_batch_size: int = 16
-    judge_max_reply_tokens: int = 64  # replies are also clipped to fit the judge's positions
+    ai_judge: JudgeConfig = field(default_factory=JudgeConfig)

@@ -13,6 +13,7 @@ from typing import Iterable, Optional
 
 import yaml
 
+from alignray.config.judge import MOVED_JUDGE_KEYS
 from alignray.config.scorer import MOVED_SCORER_KEYS
 
 # old dotted path -> new one, each key exactly
@@ -39,6 +40,7 @@ MOVED_KEYS = {
     "ppo.probe_prompts": "ppo.sync.probe_prompts",
     "ppo.sync_tolerance": "ppo.sync.tolerance",
     **MOVED_SCORER_KEYS,
+    **MOVED_JUDGE_KEYS,
 }
 # old group -> new one: every key under it moved with it
 MOVED_GROUPS = {"ppo.eval": "eval"}

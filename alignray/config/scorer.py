@@ -4,8 +4,10 @@ evaluation's judge (``eval.judge``) and the over-optimisation monitor's
 ``kind``, ``url`` and ``target_word``; its reward model is PPO's input, ``ppo.reward_model_path``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
+
+from alignray.config.judge import JudgeConfig
 
 
 @dataclass
@@ -16,10 +18,13 @@ class ScorerConfig:
     # reads only the embedded default's tweets), "training_annotators" (raters 1-5) or
     # "target_word" (PPO's reward only). "auto": the held-out annotators where they can judge
     # the data, else none (the evaluation then stops, the monitor switches itself off).
+    # "ai_judge": a language-model judge (`ai_judge`: local or an OpenAI-compatible endpoint)
+    # rating each answer on its rubric's scale (judges only).
     kind: str = "auto"
     url: Optional[str] = None
     model_path: Optional[str] = None
     target_word: str = "good"
+    ai_judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 # Keys that moved into the judge blocks (old -> new), for the table of moved keys that refuses

@@ -53,10 +53,15 @@ def mean_length_ratio(texts: Sequence[str], reference_texts: Sequence[str]) -> f
 
 
 def _outcomes(scores_a: Sequence[float], scores_b: Sequence[float], ties: float) -> np.ndarray:
-    """Per pair: 1 where a wins, ``ties`` where equal, 0 where b wins."""
+    """Per pair: 1 where a wins, ``ties`` where equal, 0 where b wins. A pair with a NaN score
+    (an answer an AI judge could not rate, alignray/judges) decides nothing and is left out."""
     a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or a.size == 0:
         raise ValueError(f"need two equally long non-empty score lists, got {a.shape} and {b.shape}")
+    rated = ~(np.isnan(a) | np.isnan(b))
+    if not rated.any():
+        raise ValueError(f"none of the {a.size} pairs has both scores: the judge rated no pair")
+    a, b = a[rated], b[rated]
     return np.where(a > b, 1.0, np.where(a == b, ties, 0.0))
 
 

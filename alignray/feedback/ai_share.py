@@ -46,16 +46,6 @@ def replace_share_by_ai(feedback: pa.Table, judged: dict[Item, float], items: Se
     return pa.concat_tables([feedback.filter(pa.array(keep)), feedback_table(ai_rows)])
 
 
-def verdict_statistics(items: Sequence[Item], verdicts: Sequence[dict]) -> tuple[dict[Item, float], dict]:
-    """P(a better) per item from the judge's verdicts (``preference_a``, ``position_bias``,
-    ``clipped_texts``, in the items' order), and their statistics."""
-    judged = {item: float(row["preference_a"]) for item, row in zip(items, verdicts, strict=True)}
-    bias = np.array([float(row["position_bias"]) for row in verdicts])
-    return judged, {"pairs_judged": len(items),
-                    "mean_position_bias_log_odds": float(bias.mean()) if len(bias) else None,
-                    "texts_clipped": int(sum(int(row["clipped_texts"]) for row in verdicts))}
-
-
 def judge_agreement(pairs: pd.DataFrame, judged: dict[Item, float]) -> dict:
     """The AI judge against the held-out raters' majority (alignray.feedback.heldout), next
     to the training raters' own agreement with that majority (what a perfect stand-in for

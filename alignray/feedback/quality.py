@@ -42,7 +42,7 @@ from scipy import stats
 from alignray.feedback.aggregate import normalized_ratings, ranking_pairs
 
 FAMILIES = ("preference", "thumbs", "rating")
-POLICIES = ("keep", "downweight", "exclude")
+POLICIES = ("keep", "downweight", "exclude", "agreement")
 _SEP = "\x1f"  # joins prompt and responses into one item key: a control character, absent from text
 
 
@@ -294,11 +294,20 @@ def annotator_quality(
     return AnnotatorQuality(table, _alphas(judgments), groups, warnings)
 
 
-def annotator_weights(quality: AnnotatorQuality, policy: str = "exclude", downweight: float = 0.2) -> dict[str, float]:
+def annotator_weights(quality: AnnotatorQuality, policy: str = "exclude", downweight: float = 0.2,
+                      measured: dict[str, float] | None = None) -> dict[str, float]:
     """Weight per annotator: 1 for all but flagged ones, which get 1 ("keep"),
-    ``downweight`` ("downweight") or 0 ("exclude")."""
+    ``downweight`` ("downweight") or 0 ("exclude"). "agreement": every annotator weighted
+    max(0, 2a - 1) by its pairwise agreement a, ``measured`` elsewhere (the AI judge's, on the
+    gold set) or with the leave-one-out consensus here; one without either is weighted as
+    "exclude" weights it."""
     if policy not in POLICIES:
         raise ValueError(f"policy {policy!r} is not one of {POLICIES}")
-    flagged_weight = {"keep": 1.0, "downweight": downweight, "exclude": 0.0}[policy]
-    return {annotator: flagged_weight if flagged else 1.0
-            for annotator, flagged in quality.annotators["flagged"].items()}
+    flagged_weight = {"keep": 1.0, "downweight": downweight, "exclude": 0.0, "agreement": 0.0}[policy]
+    weights = {annotator: flagged_weight if flagged else 1.0
+               for annotator, flagged in quality.annotators["flagged"].items()}
+    if policy == "agreement":
+        agreement = quality.annotators.get("preference_agreement", pd.Series(dtype=float)).dropna().to_dict()
+        agreement |= measured or {}
+        weights |= {a: max(0.0, 2.0 * float(agreement[a]) - 1.0) for a in weights if a in agreement}
+    return weights

@@ -173,14 +173,59 @@ def write_feedback_report(
     return path
 
 
+def human_cost(feedback_file: str | Path) -> Path:
+    """Where the collection server writes what people's labels in ``feedback_file`` cost."""
+    return Path(str(feedback_file) + ".cost.json")
+
+
+def _share(value) -> str:
+    return "n/a" if value is None or value != value else f"{value:.3f}"
+
+
+def _judge_lines(stats: dict) -> list[str]:
+    counts, cost, bias = stats["counts"], stats["cost"], stats["position_bias"]
+    failed = ", ".join(f"{reason} {n}" for reason, n in counts["failed_by_reason"].items()) or "none"
+    money = (f", {cost['money_per_label']:.6f} per label ({cost['money']:.4f} in all)" if "money" in cost else "")
+    people = stats.get("human_cost")
+    if people and people.get("seconds_per_label") is not None:
+        money += (f"; people on the collection server: {people['seconds_per_label']:.1f} s and "
+                  f"{people['cost_per_label']:.4f} {people['currency']} per label")
+    lines = [f"Judge `{stats['judge_model']}` ({stats['kind']}, rubric `{stats['rubric']}` {stats['rubric_digest']}): "
+             f"{stats['items_replaced']} of {stats['pairwise_items']} pairwise items judged by the AI (share "
+             f"{stats['ai_share']}; {stats['items_for_ai']} drawn, the rest kept their people's labels).", "",
+             f"Pairs in = judged + unparsed + failed: {counts['in']} = {counts['judged']} + {counts['unparsed']} + "
+             f"{counts['failed']} (failed by reason: {failed}); {counts['answers_from_cache']} answers from the "
+             "verdict cache.", "",
+             f"Cost: {cost['seconds_per_label']} s, {cost['tokens_per_label']} tokens per label{money}.", "",
+             f"Position bias: the first-shown reply chosen in {_share(bias['first_reply_chosen_share'])} of the "
+             f"orders judged (mean {_share(bias['mean_position_bias_log_odds'])} log-odds toward it; cancelled by "
+             "judging both orders)."]
+    for form, given in stats.get("forms", {}).items():
+        if form != "counts":
+            lines += ["", f"{form}: {given['items_replaced']} of the {given['items_for_ai']} items drawn for the AI "
+                          "rated by it (the rest kept their people's labels)."]
+    length = stats["length_bias"]
+    heldout = length.get("heldout_annotators", {}).get("longer_preferred_share")
+    lines += ["", f"Length bias: the longer reply preferred in {_share(length['judge']['longer_preferred_share'])} of "
+                  f"{length['judge']['pairs']} pairs of unequal length (held-out annotators: {_share(heldout)})."]
+    if stats["group_agreement"]:
+        lines += ["", "Agreement with each annotator group's majority: " + ", ".join(
+            f"{group} {_share(g['agreement'])} ({g['items']} pairs)" for group, g in stats["group_agreement"].items())
+            + "."]
+    return lines
+
+
 def rlaif_section(stats: dict, verdict: str, policy: str) -> str:
-    """The AI judge's share, cost and position bias, and its agreement with the held-out raters."""
-    lines = ["## RLAIF judge", "",
-             f"Judge model `{stats['judge_model']}`: {stats['items_replaced']} of {stats['pairwise_items']} pairwise "
-             f"items judged by the AI (share {stats['ai_share']}); {stats['pairs_judged']} pairs judged in both orders "
-             f"on {stats['actors']} Ray Data actor(s) in {stats['wall_time_s']} s; mean position bias "
-             f"{stats['mean_position_bias_log_odds']:.3f} log-odds toward the first reply (cancelled by the swap); "
-             f"{stats['texts_clipped']} texts clipped to fit the judge's positions."]
+    """The AI judge's share, counts, cost, calibration, biases, and agreement with the held-out raters."""
+    lines = ["## RLAIF judge", ""] + _judge_lines(stats)
+    calibration = stats["calibration"]
+    if calibration.get("gold_pairs"):
+        lines += ["", f"Calibration on {calibration['gold_pairs']} human gold pairs: agreement "
+                      f"**{_share(calibration['agreement'])}** on {calibration['items']} judged (one-sided binomial "
+                      f"p = {calibration['p_value']:.3g}); weight {calibration['weight']}."
+                  + (f" {calibration['message']}." if "message" in calibration else "")]
+    else:
+        lines += ["", "The judge was not calibrated: no human gold pairs."]
     if "agreement_with_heldout_raters" in stats:
         lines += ["", f"Agreement with the majority of the held-out raters on {stats['items']} held-out pairs: "
                       f"**{stats['agreement_with_heldout_raters']:.3f}** (the training raters' consensus: "

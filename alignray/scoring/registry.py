@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from alignray.config.scorer import ScorerConfig
+from alignray.judges.build import check_judge
 from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, TRAINING_RATERS
-from alignray.scoring.scorers import AnnotatorPanel, EndpointScorer, RewardModelScorer, Scorer, TargetWordScorer
+from alignray.scoring.scorers import (AIJudgeScorer, AnnotatorPanel, EndpointScorer, RewardModelScorer, Scorer,
+                                     TargetWordScorer)
 
 REWARD, JUDGE = "reward", "judge"
 AUTO = "auto"
@@ -33,6 +35,7 @@ class ScorerSpec:
     tweets_only: bool = False  # reads only the embedded default's tweets
     who: str = ""  # who scores, in words, for messages
     disagreement: bool = False  # may report how much an ensemble's members disagree
+    check: Callable[[ScorerConfig, str], None] | None = None  # (config, its key) -> refuses what cannot run
 
 
 def _panel(raters: tuple[int, ...], which: str) -> ScorerSpec:
@@ -48,6 +51,12 @@ def _describe_reward_model(cfg: ScorerConfig, role: str) -> str:
     return f"the reward model {cfg.model_path}"
 
 
+def _describe_ai_judge(cfg: ScorerConfig, role: str) -> str:
+    judge = cfg.ai_judge
+    where = f"{judge.openai.model} at {judge.openai.base_url}" if judge.kind == "openai" else judge.model_path
+    return f"the AI judge {where} (rubric {judge.rubric}), rating each answer"
+
+
 SCORERS: dict[str, ScorerSpec] = {
     "reward_model": ScorerSpec(lambda cfg, device, raw: RewardModelScorer(cfg.model_path, device, raw),
                                _describe_reward_model, needs=("model_path",), disagreement=True),
@@ -55,6 +64,11 @@ SCORERS: dict[str, ScorerSpec] = {
                        lambda cfg, role: f"reward endpoint {cfg.url}", needs=("url",), disagreement=True),
     "training_annotators": _panel(TRAINING_RATERS, "training"),
     "heldout_annotators": _panel(HELD_OUT_JUDGE_RATERS, "held-out"),
+    # A language-model judge rating answers on its rubric (alignray/judges); a judge only: as
+    # PPO's reward it would grade a policy by what trained it.
+    "ai_judge": ScorerSpec(lambda cfg, device, raw: AIJudgeScorer(cfg.ai_judge, device), _describe_ai_judge,
+                           roles=(JUDGE,), needs=("ai_judge",), who="the AI judge",
+                           check=lambda cfg, key: check_judge(cfg.ai_judge, f"{key}.ai_judge")),
     "target_word": ScorerSpec(lambda cfg, device, raw: TargetWordScorer(cfg.target_word),
                               lambda cfg, role: f"the share of the word {cfg.target_word!r}",
                               roles=(REWARD,), needs=("target_word",)),
@@ -140,6 +154,8 @@ def check_needs(cfg: ScorerConfig, kind: str, use: ScorerUse) -> None:
     for setting in SCORERS[kind].needs:
         if not getattr(cfg, setting):
             raise ValueError(f"{use.key}.kind={kind} needs {use.setting_key(setting)}")
+    if SCORERS[kind].check is not None:
+        SCORERS[kind].check(cfg, use.key)
 
 
 def resolve_scorer(cfg: ScorerConfig, use: ScorerUse, data: DataAtHand | None = None) -> str | None:

@@ -77,6 +77,35 @@ class EndpointScorer(Scorer):
         return np.asarray(rewards, dtype=float), np.asarray(disagreement, dtype=float)
 
 
+class AIJudgeScorer(Scorer):
+    """A language-model judge (alignray/judges) rating each answer on its rubric's scale: the
+    expected rating over the scale's digits (a local judge's log-probs, an endpoint's when it
+    returns them, else its parsed digit). An answer it could not rate (unparsed, failed) scores
+    NaN, never a guess; the win-rate leaves such pairs out. Verdicts go through the verdict
+    cache at ``cache_path`` when one is set."""
+
+    def __init__(self, cfg, device="cpu"):
+        from alignray.judges.build import check_judge, endpoint_judge, local_identity, local_rating_asker
+        from alignray.judges.cache import VerdictCache
+        from alignray.judges.forms import endpoint_asker
+        from alignray.judges.rubric import load_rubric
+        check_judge(cfg, "ai_judge")
+        self.rubric = load_rubric(cfg.rubric)
+        self.cache = VerdictCache(cfg.cache_path) if cfg.cache_path else None
+        self.endpoint = endpoint_judge(cfg) if cfg.kind == "openai" else None
+        if self.endpoint is not None:
+            self.ask, self.identity = endpoint_asker(self.endpoint, self.rubric, "rating"), self.endpoint.identity()
+        else:
+            self.ask, self.identity = local_rating_asker(cfg, self.rubric, device), local_identity(cfg, cfg.model_path)
+        self.counts: dict = {}
+
+    def score(self, prompts, responses):
+        from alignray.judges.forms import judge_ratings
+        judging, _ = judge_ratings(self.ask, self.identity, self.rubric, list(zip(prompts, responses)), self.cache)
+        self.counts = judging.counts
+        return np.array([v["score"] if v["status"] == "judged" else np.nan for v in judging.verdicts], dtype=float)
+
+
 class RewardModelScorer(Scorer):
     """A reward-model folder, single or ensemble (alignray.reward.model). ``raw``: the model's
     output as it is, without its training data's mean/std (PPO normalises once itself)."""
