@@ -18,12 +18,12 @@ BATCH = 64
 def answer(model, tokenizer, formatted: list[str], sampling: RolloutConfig, max_prompt_tokens: int, seed: int):
     """Sampled responses of ``model`` to prompts formatted by ``format_prompt``, as PPO's
     rollout workers sample (``sampling``): token tensors, texts and their sampling log-probs."""
-    generator = torch.Generator().manual_seed(seed)
+    generator, ends = torch.Generator().manual_seed(seed), end_token_ids(model, tokenizer)
     chunks = []
     for start in range(0, len(formatted), BATCH):
         prompt_ids, prompt_mask = encode_prompts(tokenizer, formatted[start:start + BATCH], max_prompt_tokens)
         sampled = sample_responses(model, prompt_ids, prompt_mask,
-                                   max_new_tokens=sampling.max_new_tokens, end_token_ids=end_token_ids(model, tokenizer),
+                                   max_new_tokens=sampling.max_new_tokens, end_token_ids=ends,
                                    pad_token_id=tokenizer.pad_token_id, temperature=sampling.temperature,
                                    top_p=sampling.top_p, generator=generator)
         chunks.append((prompt_ids, prompt_mask, sampled))

@@ -48,12 +48,12 @@ def sample_policy_responses(model, tokenizer, prompts: list[str], per_prompt: in
     texts = [fit_prompt(tokenizer, prompt, conversation=conversations.get(prompt), max_tokens=max_prompt_tokens)[0]
              for prompt in prompts for _ in range(per_prompt)]
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    responses, started = [], time.monotonic()
+    responses, started, ends = [], time.monotonic(), end_token_ids(model, tokenizer)
     for start in range(0, len(texts), batch_size):
         prompt_ids, prompt_mask = encode_prompts(tokenizer, texts[start:start + batch_size], max_prompt_tokens)
         sampled = sample_responses(model, prompt_ids.to(model.device), prompt_mask.to(model.device),
                                    max_new_tokens=max_new_tokens,
-                                   end_token_ids=end_token_ids(model, tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                   end_token_ids=ends, pad_token_id=tokenizer.pad_token_id,
                                    temperature=temperature, generator=generator)
         responses += decode_responses(tokenizer, sampled.response_ids, sampled.response_mask)
         print(f"sampling {label} responses: {len(responses)}/{len(texts)} ({time.monotonic() - started:.0f} s)",

@@ -164,21 +164,37 @@ class HFDecoder:
         # transformers renamed ``past_key_values`` to ``cache`` (5.2x); take whichever it has
         self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.cache = self.attention = self.next_position = None
+        self.slot = 0  # the cache slot of the next token
+
+    def new_cache(self):
+        """The cache a prefill starts with; None: the model makes its own dynamic one."""
+        return None
+
+    def cache_inputs(self, count: int) -> dict:
+        """What the forward over the next ``count`` tokens is told of the cache."""
+        return {} if self.cache is None else {self.cache_arg: self.cache}
 
     @torch.no_grad()
     def prefill(self, prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:
+        self.cache, self.slot = self.new_cache(), 0
         self.attention = prompt_mask.long()
         positions = position_ids_from_mask(self.attention)
-        out = self.model(input_ids=prompt_ids, attention_mask=self.attention, position_ids=positions, use_cache=True)
-        self.cache, self.next_position = getattr(out, self.cache_arg), positions[:, -1:] + 1
-        return out.logits[:, -1, :].float()
+        logits = self._forward(prompt_ids, positions)
+        self.next_position = positions[:, -1:] + 1
+        return logits
 
     @torch.no_grad()
     def decode(self, tokens: Tensor) -> Tensor:
         self.attention = torch.cat([self.attention, torch.ones_like(self.attention[:, :1])], dim=1)
-        out = self.model(input_ids=tokens.unsqueeze(1), attention_mask=self.attention,
-                         position_ids=self.next_position, use_cache=True, **{self.cache_arg: self.cache})
-        self.cache, self.next_position = getattr(out, self.cache_arg), self.next_position + 1
+        logits = self._forward(tokens.unsqueeze(1), self.next_position)
+        self.next_position = self.next_position + 1
+        return logits
+
+    def _forward(self, ids: Tensor, positions: Tensor) -> Tensor:
+        """The last position's logits; the cache keeps the keys and values of ``ids``."""
+        out = self.model(input_ids=ids, attention_mask=self.attention, position_ids=positions, use_cache=True,
+                         **self.cache_inputs(ids.shape[1]))
+        self.cache, self.slot = getattr(out, self.cache_arg), self.slot + ids.shape[1]
         return out.logits[:, -1, :].float()
 
 

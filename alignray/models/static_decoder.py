@@ -259,32 +259,22 @@ class HFStaticCacheDecoder(HFDecoder):
 
     def __init__(self, model, max_len: int):
         super().__init__(model)
-        self.max_len, self.slot = max_len, 0
+        self.max_len = max_len
 
-    @torch.no_grad()
-    def prefill(self, prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:
+    def new_cache(self):
         from transformers import StaticCache
+        return StaticCache(config=self.model.config, max_cache_len=self.max_len)
+
+    def prefill(self, prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:
         if prompt_ids.shape[1] >= self.max_len:
             raise ValueError(f"prompts of {prompt_ids.shape[1]} tokens leave no room in max_len {self.max_len}")
-        self.cache = StaticCache(config=self.model.config, max_cache_len=self.max_len)
-        self.attention = prompt_mask.long()
-        positions = position_ids_from_mask(self.attention)
-        self.slot = prompt_ids.shape[1]
-        out = self.model(input_ids=prompt_ids, attention_mask=self.attention, position_ids=positions, use_cache=True,
-                         cache_position=torch.arange(self.slot, device=prompt_ids.device), **{self.cache_arg: self.cache})
-        self.next_position = positions[:, -1:] + 1
-        return out.logits[:, -1, :].float()
+        return super().prefill(prompt_ids, prompt_mask)
 
-    @torch.no_grad()
-    def decode(self, tokens: Tensor) -> Tensor:
-        if self.slot >= self.max_len:
+    def cache_inputs(self, count: int) -> dict:
+        if self.slot + count > self.max_len:
             raise ValueError(f"prompt + response exceed max_len {self.max_len}")
-        self.attention = torch.cat([self.attention, torch.ones_like(self.attention[:, :1])], dim=1)
-        out = self.model(input_ids=tokens.unsqueeze(1), attention_mask=self.attention, position_ids=self.next_position,
-                         use_cache=True, cache_position=torch.tensor([self.slot], device=tokens.device),
-                         **{self.cache_arg: self.cache})
-        self.slot, self.next_position = self.slot + 1, self.next_position + 1
-        return out.logits[:, -1, :].float()
+        return {self.cache_arg: self.cache, "cache_position": torch.arange(self.slot, self.slot + count,
+                                                                            device=self.model.device)}
 
 
 def generation_path(decoder) -> str:
