@@ -29,16 +29,20 @@ class ModelActor:
     role = "model"
 
     def __init__(self, seed: int = 0):
+        self.init_started = time.monotonic()
         torch.manual_seed(seed)
         self.device = pick_device()
 
     def placement(self) -> dict[str, Any]:
-        """Where Ray put this actor: its accelerator ids, placement group and node."""
+        """Where Ray put this actor: its accelerator ids, placement group and node, its torch
+        threads, and ``init_s``: the seconds since its ``__init__`` began (its model loaded),
+        which is the length of ``__init__`` on the first call (the launch's, queued behind it)."""
         context = ray.get_runtime_context()
         pg_id = context.get_placement_group_id()
         return {"role": self.role, "pid": os.getpid(), "node_id": context.get_node_id(),
                 "accelerator_ids": context.get_accelerator_ids(), "placement_group_id": pg_id,
-                "device": str(self.device)}
+                "device": str(self.device), "torch_threads": torch.get_num_threads(),
+                "init_s": round(time.monotonic() - self.init_started, 3)}
 
     def _to_device(self, *tensors: Tensor) -> list[Tensor]:
         return [t.to(self.device) for t in tensors]

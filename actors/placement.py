@@ -23,6 +23,7 @@ from alignray.actors.reference import ReferenceActor
 from alignray.actors.reward import RewardActor
 from alignray.actors.rollout import RolloutPool, RolloutWorker
 from alignray.actors.runtime import placement_timeout
+from alignray.core.metrics import StageTimes
 from alignray.config.ppo import PPOConfig
 from alignray.ppo.layout import LayoutPlan, Slot, model_actor_count, plan_layout, sync_methods
 from alignray.ppo import needs_critic
@@ -65,6 +66,7 @@ class PPOActors:
     placement_group: Any  # the model actors' (None when they need none)
     placement_groups: list  # every group of the launch, removed at shutdown
     placements: dict[str, dict] = field(default_factory=dict)  # by actor name: ModelActor.placement()
+    startup_s: dict[str, float] = field(default_factory=dict)  # launch_ppo_actors' parts
 
     def model_actors(self) -> dict[str, Any]:
         """Every model actor by a name that says which it is (``policy0``, ``reference``...)."""
@@ -98,22 +100,49 @@ class PPOActors:
 def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: str,
                       reward_model_path: str | None, max_prompt_tokens: int) -> PPOActors:
     """Place and start every PPO actor (a critic only for an estimator that reads one), form
-    the policy's and the critic's DeepSpeed worlds, and wait until all are ready."""
+    the policy's and the critic's DeepSpeed worlds, and wait until all are ready. The seconds
+    of each part of the start are kept in ``startup_s``."""
     # a critic-free estimator: no critic is placed (no bundle asked for), loaded or trained
     n_policy, n_critic = ppo.policy.actors, ppo.critic.actors if needs_critic(ppo.advantage_estimator) else 0
+    plan = plan_layout(cluster_cfg, model_actor_count(n_policy, n_critic, ppo.policy.lora.enabled),
+                       ppo.rollout.workers, ppo.rollout.gpus,
+                       cluster_has_gpus=ray.cluster_resources().get("GPU", 0) > 0)
+    startup = StageTimes()
+    with startup("placement_groups"):
+        groups = reserve(plan, float(cluster_cfg.placement_timeout_s))
+    with startup("actors_ready"):  # processes started, modules imported, models loaded
+        actors = start_actors(ppo, plan, groups, n_critic, seed, sft_model_path, reward_model_path,
+                              max_prompt_tokens)
+    try:
+        named = actors.model_actors() | {f"rollout{i}": w for i, w in enumerate(actors.pool.actors)}
+        with startup("actors_ready"):
+            actors.placements = dict(zip(named, ray.get([a.placement.remote() for a in named.values()])))
+        # refuse a weight sync that cannot work before the worlds form (the sync logs its choice)
+        sync_methods(ppo.sync.method, actors.placements["policy0"],
+                     [actors.placements[f"rollout{i}"] for i in range(len(actors.pool.actors))],
+                     ppo.policy.lora.enabled)
+        with startup("deepspeed_worlds"):
+            for group in actors.trainable().values():
+                group.form_world()
+    except Exception:
+        actors.shutdown()
+        raise
+    actors.startup_s = {stage: round(s, 3) for stage, s in startup.seconds.items()} | {
+        "slowest_actor_init": max(p["init_s"] for p in actors.placements.values())}
+    return actors
+
+
+def start_actors(ppo: PPOConfig, plan: LayoutPlan, groups: list, n_critic: int, seed: int, sft_model_path: str,
+                 reward_model_path: str | None, max_prompt_tokens: int) -> PPOActors:
+    """Create every actor of the plan in its slot (Ray starts them in parallel)."""
+    n_policy, lora_policy = ppo.policy.actors, ppo.policy.lora.enabled
     critic_backbone = sft_model_path
     if n_critic and ppo.critic.init == "reward_model":
         if not reward_model_path:
             raise ValueError("ppo.critic.init=reward_model needs a reward model path")
         critic_backbone = str(reward_member_dirs(reward_model_path)[0])  # an ensemble's first member
-    lora_policy = ppo.policy.lora.enabled
-    plan = plan_layout(cluster_cfg, model_actor_count(n_policy, n_critic, lora_policy), ppo.rollout.workers,
-                       ppo.rollout.gpus,
-                       cluster_has_gpus=ray.cluster_resources().get("GPU", 0) > 0)
-    groups = reserve(plan, float(cluster_cfg.placement_timeout_s))
     options = iter(actor_options(slot, groups) for slot in plan.model_actors)
     update = ppo.update_settings()
-
     policy = ActorGroup("policy", [
         ray.remote(PolicyActor).options(max_restarts=0, **next(options)).remote(
             sft_model_path, ppo.policy, update, ppo.policy_objective(), rank, n_policy, seed)
@@ -133,18 +162,5 @@ def launch_ppo_actors(ppo: PPOConfig, cluster_cfg, seed: int, sft_model_path: st
         sft_model_path, ppo.rollout, ppo.deepspeed.precision, max_prompt_tokens, seed, ppo.policy.lora)
         for slot in plan.rollout_workers]
     model_group = plan.model_actors[0].group
-    actors = PPOActors(policy, critic, reference, reward, RolloutPool(workers, seed),
-                       None if model_group is None else groups[model_group], groups)
-    try:
-        named = actors.model_actors() | {f"rollout{i}": w for i, w in enumerate(workers)}
-        actors.placements = dict(zip(named, ray.get([a.placement.remote() for a in named.values()])))
-        # refuse a weight sync that cannot work before the worlds form (the sync logs its choice)
-        sync_methods(ppo.sync.method, actors.placements["policy0"],
-                     [actors.placements[f"rollout{i}"] for i in range(len(workers))], lora_policy)
-        policy.form_world()
-        if n_critic:
-            critic.form_world()
-    except Exception:
-        actors.shutdown()
-        raise
-    return actors
+    return PPOActors(policy, critic, reference, reward, RolloutPool(workers, seed),
+                     None if model_group is None else groups[model_group], groups)

@@ -16,6 +16,13 @@ Known differences, both small next to the compute: alignray's reward model reads
 (decoded responses, tokenised again: its one format for every consumer), TRL's reads
 the token ids; alignray's critic starts with a zeroed value head, TRL's with a random one.
 
+The arithmetic is counted (alignray/ppo/flops.py: 2 FLOP per weight per position forward,
+6 training, the LM head only where logits are read; the same useful work for both systems)
+and set against this machine's fp32 matmul peak, measured in the same run: one 2048 x 2048
+GEMM on every core, the best of ~3 s, before and after the two runs. alignray's stages get
+their own FLOP/s from the ``time/<stage>`` it logs, and its start-up is split into its parts
+(the PPO summary's ``startup_s``).
+
 Writes benchmarks/results/ppo_cpu.json and prints a table.
 """
 from __future__ import annotations
@@ -85,6 +92,51 @@ def make_prompts(work: Path, models: Path, count: int) -> tuple[Path, Path]:
     return parquet, token_file
 
 
+def fp32_matmul_peak(threads: int, size: int = 2048, seconds: float = 3.0) -> float:
+    """FLOP/s of the best fp32 GEMM of ``size`` on ``threads`` threads within ``seconds``."""
+    import torch
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # warm-up
+    best, deadline = 0.0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * size ** 3 / (time.perf_counter() - started))
+    return best
+
+
+def update_flops(models: Path, token_file: Path) -> dict[str, int]:
+    """FLOP of one update's stages at the benchmark's settings; prompts padded to the mean
+    of each batch's longest (both systems pad a batch to its longest prompt)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from alignray.ppo.flops import ModelShape, StepShape, step_flops
+    lengths = [len(ids) for ids in json.loads(token_file.read_text())]
+    batches = [lengths[i:i + ROLLOUTS] for i in range(0, len(lengths), ROLLOUTS)]
+    prompt = round(statistics.mean(max(b) for b in batches))
+    policy = ModelShape.of(AutoModelForCausalLM.from_pretrained(models / "policy"))
+    scalar = ModelShape.of(AutoModelForSequenceClassification.from_pretrained(models / "reward"))
+    return step_flops(StepShape(ROLLOUTS, prompt, NEW_TOKENS, SETTINGS["ppo_epochs"]), policy, scalar, scalar)
+
+
+def alignray_stages(work: Path, flops: dict[str, int], peak: float) -> dict[str, dict]:
+    """Each stage's median seconds over updates 2.., its FLOP and their share of the peak."""
+    metrics = sorted((work / "alignray").glob("ppo-*/metrics.jsonl"), key=lambda p: p.stat().st_mtime)[-1]
+    records = [json.loads(line) for line in metrics.read_text().splitlines()][1:]
+    stages = {}
+    for stage, count in flops.items():
+        seconds = statistics.median(r[f"time/{stage}"] for r in records)
+        stages[stage] = {"seconds": seconds, "gflop": count / 1e9, "gflop_per_s": count / seconds / 1e9,
+                         "share_of_peak": count / seconds / peak}
+    return stages
+
+
+def startup_parts(work: Path) -> dict[str, float]:
+    summary = sorted((work / "alignray").glob("ppo-*/summary.json"), key=lambda p: p.stat().st_mtime)[-1]
+    return json.loads(summary.read_text())["startup_s"]
+
+
 def run_alignray(work: Path, models: Path, prompts: Path, updates: int) -> list[float]:
     out = work / "alignray"
     overrides = [
@@ -134,25 +186,47 @@ def main() -> None:
     models = make_models(args.work, args.seed)
     parquet, token_file = make_prompts(args.work, models, ROLLOUTS * args.updates * 2)
 
+    peak_before = fp32_matmul_peak(args.threads)
     started = time.monotonic()
     ours = run_alignray(args.work, models, parquet, args.updates)
     ours_wall = time.monotonic() - started
     started = time.monotonic()
     trl = run_trl(args.work, models, token_file, args.updates, args.threads)
     trl_wall = time.monotonic() - started
+    peak = max(peak_before, fp32_matmul_peak(args.threads))
+    flops = update_flops(models, token_file)
+    per_update = sum(flops.values())
+    print(f"\nfp32 matmul peak on {args.threads} threads: {peak / 1e9:.1f} GFLOP/s "
+          f"(before {peak_before / 1e9:.1f}); one update is {per_update / 1e9:.1f} GFLOP")
 
     rows = {"alignray": (ours, ours_wall), "trl": (trl["update_seconds"], trl_wall)}
-    print(f"\n{'system':<10} {'median s/update':>16} {'rollouts/s':>11} {'process wall s':>15}")
+    print(f"\n{'system':<10} {'median s/update':>16} {'rollouts/s':>11} {'GFLOP/s':>8} {'of peak':>8} "
+          f"{'process wall s':>15}")
     summary = {}
     for name, (seconds, wall) in rows.items():
         median, rate = throughput(seconds)
         summary[name] = {"update_seconds": seconds, "median_update_s": median, "rollouts_per_s": rate,
+                         "gflop_per_s": per_update / median / 1e9, "share_of_peak": per_update / median / peak,
                          "process_wall_s": wall}
-        print(f"{name:<10} {median:>16.3f} {rate:>11.2f} {wall:>15.1f}")
+        print(f"{name:<10} {median:>16.3f} {rate:>11.2f} {per_update / median / 1e9:>8.1f} "
+              f"{per_update / median / peak:>8.1%} {wall:>15.1f}")
+    stages = alignray_stages(args.work, flops, peak)
+    print(f"\n{'alignray stage':<16} {'median s':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'of peak':>8}")
+    for stage, row in stages.items():
+        print(f"{stage:<16} {row['seconds']:>9.3f} {row['gflop']:>7.2f} {row['gflop_per_s']:>8.1f} "
+              f"{row['share_of_peak']:>8.1%}")
+    startup = startup_parts(args.work)
+    print(f"alignray start-up seconds: {startup}")
     ratio = summary["alignray"]["rollouts_per_s"] / summary["trl"]["rollouts_per_s"]
-    print(f"alignray / TRL update throughput: {ratio:.2f}x (goal >= 1.5x)")
+    wall_ratio = ours_wall / trl_wall
+    print(f"alignray / TRL update throughput: {ratio:.2f}x (goal >= 2.5x); job wall time {wall_ratio:.2f}x TRL's "
+          f"(goal <= 1.2x)")
     from alignray.core.machine import machine_info
-    result = {"ratio_alignray_over_trl": ratio, "goal": 1.5, "settings": SETTINGS, "updates": args.updates,
+    result = {"ratio_alignray_over_trl": ratio, "goal": 2.5, "wall_ratio_alignray_over_trl": wall_ratio,
+              "wall_goal": 1.2, "fp32_matmul_peak_gflop_per_s": peak / 1e9, "gflop_per_update": per_update / 1e9,
+              "flop_count": "alignray/ppo/flops.py (dense matmuls; LM head only where logits are read)",
+              "alignray_stages": stages, "alignray_startup_s": startup,
+              "settings": SETTINGS, "updates": args.updates,
               "median_of": "updates 2..N", "machine": machine_info(),
               "trl_versions": trl.get("versions"), "trl_notes": trl.get("notes"), **summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)

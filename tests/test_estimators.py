@@ -92,7 +92,7 @@ def test_only_gae_needs_a_critic_and_old_names_point_to_the_new_ones():
 
 def test_a_group_estimator_without_groups_is_refused_before_anything_starts():
     from alignray.config.ppo import PPOConfig
-    from alignray.workflows.ppo import check_algorithm
+    from alignray.ppo.checks import check_algorithm
     check_algorithm(PPOConfig(advantage_estimator="grpo", samples_per_prompt=2))
     check_algorithm(PPOConfig(advantage_estimator="reinforce_pp"))
     with pytest.raises(ValueError, match="advantage_estimator=rloo .*samples_per_prompt >= 2 \\(it is 1\\)"):

@@ -76,6 +76,11 @@ def test_reward_rises_towards_the_known_optimum(uninterrupted):
     assert len(summary["stage_times_per_step"]) == STEPS
     assert {"generation", "reference", "critic_values", "scoring", "training", "sync"} <= set(
         summary["stage_times_per_step"][0])
+    # the start timed in parts: the slowest actor's own __init__ lies within the wait for all of them
+    startup = summary["startup_s"]
+    assert set(startup) == {"ray_init", "placement_groups", "actors_ready", "slowest_actor_init",
+                            "deepspeed_worlds", "coordinator_total"}
+    assert 0 < startup["slowest_actor_init"] <= startup["actors_ready"] < startup["coordinator_total"]
     assert (uninterrupted / "curves.png").stat().st_size > 0
     assert (uninterrupted / "policy" / "model.safetensors").exists()
     matter, body = read_model_card(uninterrupted / "policy")

@@ -49,14 +49,11 @@ from alignray.ppo.monitor import best_check, plot_overoptimisation
 from alignray.core.model_card import ppo_policy_card, write_model_card
 from alignray.models.modeling import check_position_limit, load_tokenizer
 from alignray.core.tracking import TrackingSettings, open_tracker, tracking_settings
+from alignray.ppo.checks import check_algorithm
 from alignray.ppo import (
-    AGGREGATIONS,
-    KL_ESTIMATORS,
-    POLICY_LOSSES,
     ConstraintPenalty,
     RunningRewardNormalizer,
     WeightedReward,
-    estimator_spec,
     make_kl_controller,
 )
 from alignray.workflows.phases import run_phase
@@ -339,26 +336,6 @@ class PPOCoordinator:
         return self.out / POLICY_DIR
 
 
-def check_algorithm(ppo: PPOConfig) -> None:
-    """Refuse settings that cannot work together before any actor starts."""
-    if ppo.policy_lag not in (0, 1):
-        raise ValueError(f"ppo.policy_lag must be 0 or 1, not {ppo.policy_lag}")
-    if ppo.samples_per_prompt < 1:
-        raise ValueError(f"ppo.samples_per_prompt must be at least 1, not {ppo.samples_per_prompt}")
-    if ppo.policy.loss not in POLICY_LOSSES:
-        raise ValueError(f"ppo.policy.loss must be one of {sorted(POLICY_LOSSES)}, not {ppo.policy.loss!r}")
-    if ppo.kl.estimator not in KL_ESTIMATORS:
-        raise ValueError(f"ppo.kl.estimator must be one of {sorted(KL_ESTIMATORS)}, not {ppo.kl.estimator!r}")
-    if ppo.policy.loss_aggregation not in AGGREGATIONS:
-        raise ValueError(f"ppo.policy.loss_aggregation must be one of {AGGREGATIONS}, "
-                         f"not {ppo.policy.loss_aggregation!r}")
-    if ppo.kl.placement not in ("reward", "loss"):
-        raise ValueError(f"ppo.kl.placement must be reward or loss, not {ppo.kl.placement!r}")
-    if estimator_spec(ppo.advantage_estimator).needs_groups and ppo.samples_per_prompt < 2:
-        raise ValueError(f"ppo.advantage_estimator={ppo.advantage_estimator} compares the responses to one "
-                         f"prompt: set ppo.samples_per_prompt >= 2 (it is {ppo.samples_per_prompt})")
-
-
 def run_ppo(cfg: AlignrayConfig, sft_model_path: str, reward_model_path: str | None) -> Path:
     """Train the policy with PPO; returns the output folder (``policy/`` in HF format,
     metrics.jsonl, curves.png, summary.json). A finished run with the same settings is reused;
@@ -375,8 +352,12 @@ def run_ppo(cfg: AlignrayConfig, sft_model_path: str, reward_model_path: str | N
                          f"data.max_prompt_tokens {cfg.data.max_prompt_tokens} + ppo.rollout.max_new_tokens {new_tokens}")
     started = time.monotonic()
     with ray_session(cfg.cluster):
+        connected = time.monotonic()
         coordinator = PPOCoordinator(ppo, cfg.cluster, cfg.data, cfg.seed, str(sft_model_path),
                                      str(reward_model_path) if reward_model_path else None, out, cfg.eval.num_prompts)
+        startup = {"ray_init": round(connected - started, 3), **coordinator.actors.startup_s,
+                   "coordinator_total": round(time.monotonic() - connected, 3)}
+        log.info("start-up seconds: %s", startup)
         try:
             step_times = coordinator.run(tracking_settings(cfg))
             policy_step = coordinator.hand_over_best() or coordinator.updates
@@ -393,7 +374,7 @@ def run_ppo(cfg: AlignrayConfig, sft_model_path: str, reward_model_path: str | N
     mark_complete(out, {"sft_model": str(sft_model_path), "reward_model": reward_model_path,
                         "policy": str(policy_dir), "policy_step": policy_step, "steps": ppo.steps,
                         "steps_run": len(records), "wall_s": round(time.monotonic() - started, 1),
-                        "monitor": monitor_summary(monitor), "reference": reference,
+                        "monitor": monitor_summary(monitor), "reference": reference, "startup_s": startup,
                         "stage_times_per_step": step_times, "final_metrics": records[-1]})
     return out
 

@@ -231,7 +231,8 @@ def model_flops_utilization(params: int, tokens_per_s: float, device) -> float:
 
 
 class StageTimes:
-    """Wall seconds of the stages of one step, logged as ``time/<stage>``."""
+    """Wall seconds of the stages of one step, logged as ``time/<stage>``; a stage entered
+    twice adds up."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
@@ -240,7 +241,7 @@ class StageTimes:
     def __call__(self, stage: str):
         started = time.monotonic()
         yield
-        self.seconds[stage] = time.monotonic() - started
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.monotonic() - started
 
     def record(self, results: dict, seconds: dict[str, float]) -> dict:
         """Note the seconds of work that ran in parallel; returns its results."""
