@@ -28,6 +28,9 @@ def small_config(model_path, prompts_path, placement: str = "separate"):
     cfg.cluster.placement = placement
     cfg.ppo.prompts_per_step, cfg.ppo.rollout.max_new_tokens = 8, 8
     cfg.ppo.epochs, cfg.ppo.minibatches, cfg.ppo.policy.lr = 1, 2, 1e-3
+    # generation and training take turns, and the KL weight stays as set: a step's mechanics,
+    # checked exactly (the lag has its own test in test_ppo_run.py)
+    cfg.ppo.policy_lag, cfg.ppo.kl.controller = 0, "fixed"
     cfg.ppo.reward.kind, cfg.ppo.reward.target_word = "target_word", "the"
     return cfg
 

@@ -9,6 +9,8 @@ advantages   GAE and critic-free estimators, registered by name
 losses       policy losses (clipped surrogate, GSPO) and their aggregation, KL as a loss term,
              the value loss, entropy, explained variance
 minibatch    shuffled minibatch epochs with early stop on KL; token-budget micro-batches
+checks       settings that cannot work together, refused before any actor starts
+flops        the arithmetic of a step, counted per stage (benchmarks/ppo_cpu.py)
 """
 from alignray.ppo.advantages import (
     ADVANTAGE_ESTIMATORS,
