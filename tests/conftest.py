@@ -54,6 +54,21 @@ def tiny_base_model(tmp_path_factory) -> Path:
     return build_base_model(TINY_TEST_RECIPE, cache_dir=cache, seed=0)
 
 
+@pytest.fixture(scope="session")
+def cluster_job():
+    """The pipeline submitted to a private `ray start` cluster (tests/cluster_job.py), run once
+    for the tests of the submission and of the HH-RLHF run it is; its files kept until the end."""
+    import shutil
+    import tempfile
+    from tests.cluster_job import run_cluster_job
+    # Short path: Ray puts Unix sockets under its temp dir (107-character limit).
+    root = Path(tempfile.mkdtemp(prefix="ar-", dir="/tmp"))
+    try:
+        yield run_cluster_job(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 OPENINGS = ["I love the new", "Flying with this airline", "Self-driving cars are", "My phone just",
             "The weather today is", "Can't believe the game", "Monday mornings are", "This coffee shop",
             "Just watched the movie", "Our team finally", "The new update is", "Traffic on the way"]

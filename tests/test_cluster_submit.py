@@ -1,14 +1,11 @@
 """Cluster job submission (cluster/): a private `ray start` cluster on 127.0.0.1 with token
 authentication, a short workflow submitted through `python -m alignray.cluster.submit` as a user
-would, its artifacts checked, then the cluster stopped by its own handle, never `ray stop`.
+would, its artifacts checked, then the cluster stopped by its own handle, never `ray stop`
+(the run: tests/cluster_job.py, shared with tests/test_hh_tiny.py).
 Plus quick checks of the wrapper's pieces and of the cluster manifests."""
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -19,40 +16,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alignray.cluster import submit  # noqa: E402
-from alignray.cluster.local_cluster import LocalRayCluster  # noqa: E402
 from alignray.cluster.runtime_env import REPO_ROOT, build_runtime_env, project_dependencies  # noqa: E402
+from tests.cluster_job import STOPPED, WORKFLOW, expected_artifacts, job_failure  # noqa: E402
 
 CLUSTER_DIR = REPO_ROOT / "cluster"
-
-# The run submitted end to end. To submit another workflow, change WORKFLOW,
-# tiny_run_overrides and expected_artifacts.
-WORKFLOW = "pipeline"
-
-
-def tiny_run_overrides(out: Path) -> list[str]:
-    """Hydra overrides that make WORKFLOW finish in a few minutes and write under `out`."""
-    # smaller still than experiment=tiny: the job's phases and their logs are the point, not what they learn
-    return ["experiment=tiny", f"cache_dir={out}/cache", f"workdir={out}/runs", "sft.max_steps=4", "sft.eval_every=2",
-            "sft.checkpoint_every=2", "sft.log_every=2", "reward_model.max_steps=4", "reward_model.log_every=2",
-            "ppo.steps=2", "eval.num_prompts=8"]
-
-
-def expected_artifacts(out: Path) -> list[str]:
-    """Glob patterns (relative to `out`) that a successful run must have written: every
-    phase's output and the report."""
-    return ["cache/base-*/DONE", "cache/base-*/model/model.safetensors",
-            *(f"runs/{phase}-*/DONE" for phase in ("sft", "feedback", "reward", "ppo")),
-            "runs/ppo-*/policy/model.safetensors", "runs/eval-*/eval.json",
-            "runs/report/report.html", "runs/report/report.md", f"runs/hydra/*/{WORKFLOW}-config.yaml"]
-
-
-def run_submit(cluster: LocalRayCluster, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    """`python -m alignray.cluster.submit ... --address <cluster>` in a subprocess, like a user."""
-    command = [sys.executable, "-m", "alignray.cluster.submit", *args, "--address", cluster.dashboard_url]
-    result = subprocess.run(command, cwd=REPO_ROOT, env=cluster.client_environ(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
-    print(result.stdout[-3000:])
-    return result
 
 
 def user_token() -> str | None:
@@ -62,62 +29,40 @@ def user_token() -> str | None:
 
 # ------------------------------------------------------------------------- end to end
 
-def test_submit_runs_workflow_on_a_local_cluster_and_stops_it_cleanly():
-    started = time.monotonic()
-    # Short path: Ray puts Unix sockets under its temp dir (107-character limit).
-    root = Path(tempfile.mkdtemp(prefix="ar-", dir="/tmp"))
-    cluster = LocalRayCluster(root / "ray", num_cpus=2)
-    try:
-        cluster.start()
-        private_token = cluster.token_path.read_text().strip()
-        print(f"cluster up: {time.monotonic() - started:.0f} s")
-        # Token authentication is on: the job API refuses a request without the token.
-        assert cluster.http_status("/api/jobs/", authenticated=False) == 401
+def test_submit_runs_workflow_on_a_local_cluster_and_stops_it_cleanly(cluster_job):
+    cluster, out, job_id = cluster_job.cluster, cluster_job.out, cluster_job.job_id
+    # Token authentication is on: the job API refused a request without the token.
+    assert cluster_job.unauthenticated_status == 401
+    result = cluster_job.submitted
+    assert result is not None and result.returncode == 0, job_failure(cluster_job)
+    assert f"job {job_id} SUCCEEDED" in result.stdout
+    for pattern in expected_artifacts(out):
+        assert list(out.glob(pattern)), f"missing {pattern} under {out}"
+    # It ran as a job of this cluster and was told to join it rather than start a Ray.
+    assert (cluster.temp_dir / "session_latest" / "logs" / f"job-driver-{job_id}.log").exists()
+    config = next(out.glob(f"runs/hydra/*/{WORKFLOW}-config.yaml")).read_text()
+    assert "address: auto" in config
+    # Hydra's job log holds every phase's progress lines (the Ray Train workers' relayed by
+    # the driver) and results; every phase's metrics reached the default tracker too.
+    job_log = next(out.glob(f"runs/hydra/*/{WORKFLOW}.log")).read_text()
+    for phase in ("pretrain", "sft", "reward", "ppo"):
+        assert f"[{phase}] step " in job_log, f"no {phase} progress in the job log"
+    assert "feedback: " in job_log and "=== evaluation done in" in job_log and "report: " in job_log
+    for pattern in ("cache/base-*", *(f"runs/{p}-*" for p in ("sft", "feedback", "reward", "ppo", "eval"))):
+        assert list(out.glob(f"{pattern}/events.out.tfevents.*")), f"no TensorBoard events in {pattern}"
 
-        out = root / "out"
-        job_id = "alignray-test-run"
-        result = run_submit(cluster, WORKFLOW, *tiny_run_overrides(out), "--submission-id", job_id)
-        assert result.returncode == 0, result.stdout[-3000:]
-        assert f"job {job_id} SUCCEEDED" in result.stdout
-        for pattern in expected_artifacts(out):
-            assert list(out.glob(pattern)), f"missing {pattern} under {out}"
-        # It ran as a job of this cluster and was told to join it rather than start a Ray.
-        assert (cluster.temp_dir / "session_latest" / "logs" / f"job-driver-{job_id}.log").exists()
-        config = next(out.glob(f"runs/hydra/*/{WORKFLOW}-config.yaml")).read_text()
-        assert "address: auto" in config
-        # Hydra's job log holds every phase's progress lines (the Ray Train workers' relayed by
-        # the driver) and results; every phase's metrics reached the default tracker too.
-        job_log = next(out.glob(f"runs/hydra/*/{WORKFLOW}.log")).read_text()
-        for phase in ("pretrain", "sft", "reward", "ppo"):
-            assert f"[{phase}] step " in job_log, f"no {phase} progress in the job log"
-        assert "feedback: " in job_log and "=== evaluation done in" in job_log and "report: " in job_log
-        for pattern in ("cache/base-*", *(f"runs/{p}-*" for p in ("sft", "feedback", "reward", "ppo", "eval"))):
-            assert list(out.glob(f"{pattern}/events.out.tfevents.*")), f"no TensorBoard events in {pattern}"
-
-        print(f"first job done: {time.monotonic() - started:.0f} s")
-        # A job left running (--no-wait) is stopped with --stop; --logs reports STOPPED.
-        # (Long: the same tiny run with a step count it never reaches.)
-        long_run = [o for o in tiny_run_overrides(root / "long") if "max_steps" not in o]
-        result = run_submit(cluster, WORKFLOW, *long_run, "model.embedded.max_steps=100000",
-                            "model.embedded.max_seconds=600", "--no-wait")
-        assert result.returncode == 0, result.stdout[-3000:]
-        long_job_id = result.stdout.strip().splitlines()[-1]
-        assert long_job_id.startswith(f"alignray-{WORKFLOW}-")
-        assert run_submit(cluster, "--stop", long_job_id).returncode == 0
-        assert run_submit(cluster, "--logs", long_job_id).returncode == submit.EXIT_CODES["STOPPED"]
-        print(f"second job stopped: {time.monotonic() - started:.0f} s")
-    finally:
-        leftovers = cluster.stop()
-        still_running = cluster.session_processes()
-        shutil.rmtree(root, ignore_errors=True)
+    # A job left running (--no-wait) is stopped with --stop; --logs reports STOPPED.
+    assert cluster_job.long_submitted.returncode == 0, cluster_job.long_submitted.stdout[-3000:]
+    assert cluster_job.long_job_id.startswith(f"alignray-{WORKFLOW}-")
+    assert cluster_job.stop_exit == 0
+    assert cluster_job.logs_exit == STOPPED
     # SIGTERM to the `ray start --block` process ended every process of this cluster.
     assert cluster.process.returncode is not None
-    assert leftovers == [], f"processes of the cluster outlived it: {leftovers}"
-    assert still_running == []
+    assert cluster_job.leftovers == [], f"processes of the cluster outlived it: {cluster_job.leftovers}"
+    assert cluster_job.still_running == []
     # The cluster's token is its own: it was never written to the user's ~/.ray/auth_token.
     # (Compared by value: other people's Ray processes may create that file meanwhile.)
-    assert user_token() != private_token
-    print(f"end to end: {time.monotonic() - started:.0f} s")
+    assert cluster_job.private_token and user_token() != cluster_job.private_token
 
 
 # --------------------------------------------------------------------- wrapper pieces

@@ -1,26 +1,21 @@
 """`experiment=hh_tiny`: every phase on CPU on real HH-RLHF prompts and pairs (the excerpt in
-tests/data, converted by alignray.workflows.convert), in a subprocess like a user's run."""
+tests/data, converted by alignray.workflows.convert), in a subprocess like a user's run: the
+run submitted as a job to a private cluster by tests/cluster_job.py (whose submission
+tests/test_cluster_submit.py checks)."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-HH_EXCERPT = REPO / "tests" / "data" / "hh_rlhf_excerpt.jsonl"
+from tests.cluster_job import job_failure
 
 
 @pytest.mark.slow
-def test_hh_tiny_runs_every_phase_on_converted_hh_data(tmp_path, tiny_base_model):
-    workdir = tmp_path / "runs"
-    subprocess.run([sys.executable, "-m", "alignray.workflows.convert", "--format", "hh-rlhf", str(HH_EXCERPT),
-                    str(workdir / "hh_data"), "--heldout-fraction", "0.3"], cwd=REPO, check=True, timeout=120)
-    cache = tiny_base_model.parent.parent  # hh_tiny builds on experiment=tiny: the same base model
-    result = subprocess.run([sys.executable, "-m", "alignray.workflows.pipeline", "experiment=hh_tiny", f"workdir={workdir}",
-                             f"cache_dir={cache}", "cluster=cpu_test"], cwd=REPO, capture_output=True, text=True,
-                            timeout=1500)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def test_hh_tiny_runs_every_phase_on_converted_hh_data(cluster_job):
+    assert cluster_job.converted.returncode == 0, cluster_job.converted.stdout[-3000:]
+    assert cluster_job.submitted is not None and cluster_job.submitted.returncode == 0, job_failure(cluster_job)
+    workdir = cluster_job.out / "runs"
+    config = next(workdir.glob("hydra/*/pipeline-config.yaml")).read_text()
+    assert "name: hh_tiny" in config
     evaluation = json.loads(next(workdir.glob("eval-*/eval.json")).read_text())
     assert evaluation["prompts"] == str(workdir / "hh_data" / "prompts_heldout.parquet")
     assert evaluation["constraints"] == "chat" and evaluation["num_prompts"] > 0

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from alignray.core import artifacts
 from alignray.core.report import PAGE_CONTENT_PX, png_size
@@ -13,39 +14,15 @@ from alignray.core.report import PAGE_CONTENT_PX, png_size
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_multirun_of_two_ppo_settings_gives_two_runs_with_their_own_metrics(tmp_path, tiny_base_model):
-    cache = tiny_base_model.parent.parent  # experiment=tiny uses the same recipe: no rebuild
-    command = [sys.executable, "-m", "alignray.workflows.ppo", "-m", "experiment=tiny", "ppo.reward.kind=training_annotators",
-               f"ppo.sft_model_path={tiny_base_model}", "ppo.steps=2", "ppo.kl.coef=0.1,0.3", f"cache_dir={cache}", f"workdir={tmp_path}/runs",
-               f"hydra.sweep.dir={tmp_path}/multirun"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-    jobs = sorted(p for p in (tmp_path / "multirun").iterdir() if p.is_dir())
-    assert [p.name for p in jobs] == ["0", "1"]
-    assert all((job / "ppo-config.yaml").exists() for job in jobs)
-    for job in jobs:  # Hydra's job log holds the phase's progress lines and its result
-        job_log = (job / "ppo.log").read_text()
-        assert "[ppo] step 1/2 | reward_raw" in job_log and "[ppo] step 2/2 | reward_raw" in job_log
-        assert "PPO policy: " in job_log
-    runs = sorted((tmp_path / "runs").glob("ppo-*"))
-    assert len(runs) == 2
-    coefs = set()
-    for run in runs:
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in records] == [1, 2]
-        coefs.add(records[0]["kl_coef"])
-        assert (run / "DONE").exists() and (run / "policy" / "config.json").exists()
-        assert list(run.glob("events.out.tfevents.*"))  # logger=tensorboard, the default
-    assert coefs == {0.1, 0.3}
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_base_model) -> tuple[Path, list[str]]:
     """The whole pipeline once at experiment=tiny, every phase trained: its folder and the
     overrides that reuse it."""
     root = tmp_path_factory.mktemp("tiny_run")
-    overrides = ["experiment=tiny", f"cache_dir={tiny_base_model.parent.parent}", f"workdir={root}/runs"]
+    # SFT reads only the rows its 20 steps of 32 take, and evaluates on the first 128 held-out
+    # rows: the tokenising of the whole embedded set and its full evaluations are not the point here
+    overrides = ["experiment=tiny", f"cache_dir={tiny_base_model.parent.parent}", f"workdir={root}/runs",
+                 "sft.max_examples=640", "sft.eval_rows=128"]
     result = subprocess.run([sys.executable, "-m", "alignray.workflows.pipeline", *overrides, f"hydra.run.dir={root}/hydra"],
                             cwd=REPO, capture_output=True, text=True, timeout=1200, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -56,31 +33,48 @@ def trained_folders(runs: Path) -> set[str]:
     return {p.name for prefix in ("sft", "feedback", "reward", "ppo") for p in runs.glob(f"{prefix}-*")}
 
 
-def test_multirun_of_the_pipeline_gives_each_job_its_own_report(tiny_run):
-    """A sweep of the evaluation's size reuses every trained phase; each job evaluates with
-    its own setting and writes its own report beside its config."""
+def test_multirun_of_two_ppo_settings_gives_each_its_own_run_and_report(tiny_run):
+    """A sweep of the KL coefficient: the job at the whole run's setting reuses every phase, the
+    other reuses SFT, feedback and the reward model and trains its own PPO run, with its own
+    metrics; each job evaluates its own policy and writes its own report beside its config."""
     root, overrides = tiny_run
     trained = trained_folders(root / "runs")
     assert len(trained) == 4
-    command = [sys.executable, "-m", "alignray.workflows.pipeline", "-m", *overrides, "eval.num_prompts=8,12",
+    default_coef = yaml.safe_load((root / "hydra" / "pipeline-config.yaml").read_text())["ppo"]["kl"]["coef"]
+    coefs = (default_coef, 0.3)
+    assert coefs[0] != coefs[1]
+    command = [sys.executable, "-m", "alignray.workflows.pipeline", "-m", *overrides, f"ppo.kl.coef={coefs[0]},{coefs[1]}",
                f"hydra.sweep.dir={root}/multirun"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
-    assert trained_folders(root / "runs") == trained  # nothing trained again
-    ppo_dirs = set()
-    for job, num_prompts in (("0", 8), ("1", 12)):
+    new = trained_folders(root / "runs") - trained
+    assert trained <= trained_folders(root / "runs") and len(new) == 1 and new.pop().startswith("ppo-")
+    phases = {}
+    for job, coef in (("0", coefs[0]), ("1", coefs[1])):
         report = root / "multirun" / job / "report"
         assert (root / "multirun" / job / "pipeline-config.yaml").exists()
         markdown = report.joinpath("report.md").read_text()
         assert f"This run is multirun job {job}: experiment=tiny " in markdown
-        assert f" eval.num_prompts={num_prompts}." in markdown
-        assert f"on {num_prompts} held-out prompts" in markdown
+        assert f" ppo.kl.coef={coef}." in markdown and "on 32 held-out prompts" in markdown
         assert "<img" in report.joinpath("report.html").read_text()
-        phases = json.loads(report.joinpath("phases.json").read_text())
-        assert json.loads(Path(phases["eval"], "eval.json").read_text())["num_prompts"] == num_prompts
-        ppo_dirs.add(phases["ppo"])
-    assert len(ppo_dirs) == 1 and Path(ppo_dirs.pop()).name in trained
+        phases[job] = json.loads(report.joinpath("phases.json").read_text())
+        evaluation = json.loads(Path(phases[job]["eval"], "eval.json").read_text())
+        assert evaluation["ppo_policy"] == str(Path(phases[job]["ppo"]) / "policy")  # its own policy
+    assert phases["0"]["ppo"] == json.loads((root / "runs" / "report" / "phases.json").read_text())["ppo"]
+    assert {k: v for k, v in phases["0"].items() if k not in ("ppo", "eval", "seconds")} == {
+        k: v for k, v in phases["1"].items() if k not in ("ppo", "eval", "seconds")}  # nothing else trained again
+    assert phases["0"]["ppo"] != phases["1"]["ppo"] and phases["0"]["eval"] != phases["1"]["eval"]
+    # Hydra's job log holds the phase's progress lines and its result: trained in job 1, reused in job 0
+    logs = {job: (root / "multirun" / job / "pipeline.log").read_text() for job in ("0", "1")}
+    assert "[ppo] step 1/3 | reward_raw" in logs["1"] and "[ppo] step 3/3 | reward_raw" in logs["1"]
+    assert "[ppo] step" not in logs["0"] and f"phase ppo: reusing {phases['0']['ppo']}" in logs["0"]
+    for job, coef in (("0", coefs[0]), ("1", coefs[1])):  # each run its own metrics
+        run = Path(phases[job]["ppo"])
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == [1, 2, 3] and records[0]["kl_coef"] == pytest.approx(coef)
+        assert (run / "DONE").exists() and (run / "policy" / "config.json").exists()
+        assert list(run.glob("events.out.tfevents.*"))  # logger=tensorboard, the default
 
 
 def test_a_run_report_has_readable_figures_and_tables(tiny_run):

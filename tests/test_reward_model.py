@@ -1,6 +1,7 @@
 """The reward model: the loader's round trip keeps the normalisation, scores do not depend
 on batching, and the Hydra app trains on feedback with Ray Train (one and two workers
-agree within a stated tolerance) and beats chance against the held-out annotators."""
+agree within a stated tolerance), beats chance against the held-out annotators and, asked to,
+trains a model per annotator group scored against every group."""
 from __future__ import annotations
 
 import dataclasses
@@ -155,12 +156,22 @@ def app_config(tmp_path, workers: int):
         "reward_model.max_length=16", "reward_model.deepspeed.zero_stage=0", "reward_model.compare_unfiltered=false"])
 
 
-def test_app_trains_normalises_and_evaluates_with_one_and_two_workers(ray_cluster, tiny_base_model, tmp_path):
+@pytest.fixture(scope="module")
+def one_and_two_workers(ray_cluster, tiny_base_model, tmp_path_factory):
+    """The app on the same feedback (annotators labelled by leniency group) with one and with two
+    workers; the one-worker run also trains a model on each group's feedback alone
+    (reward_model.cross_group), after its main model, which it leaves as it is."""
     from alignray.workflows.reward_model import run_reward_model
 
-    feedback_dir = synthetic_feedback(tmp_path)
-    outs = {workers: run_reward_model(app_config(tmp_path, workers), str(tiny_base_model), feedback_dir)
-            for workers in (1, 2)}
+    tmp_path = tmp_path_factory.mktemp("app")
+    feedback_dir = synthetic_feedback(tmp_path, groups=BY_LENIENCY)
+    configs = {workers: app_config(tmp_path, workers) for workers in (1, 2)}
+    configs[1].reward_model = dataclasses.replace(configs[1].reward_model, cross_group=True)
+    return {workers: run_reward_model(cfg, str(tiny_base_model), feedback_dir) for workers, cfg in configs.items()}
+
+
+def test_app_trains_normalises_and_evaluates_with_one_and_two_workers(one_and_two_workers, tiny_base_model):
+    outs = one_and_two_workers
     evaluations = {w: json.loads((out / "eval.json").read_text())["model"] for w, out in outs.items()}
     for out in outs.values():
         for name in ("model/config.json", "metrics.jsonl", "calibration.png", "loss.png", "summary.json", "DONE"):
@@ -225,14 +236,8 @@ def test_unfiltered_tables_bring_back_excluded_annotators_and_are_none_when_nobo
     assert unfiltered_tables(feedback, kept.pairs, kept.pointwise) is None
 
 
-@pytest.mark.slow  # three reward-model trainings: ~2.5 min on the shared 2-core machine
-def test_cross_group_models_are_scored_against_every_groups_majority(ray_cluster, tiny_base_model, tmp_path):
-    from alignray.workflows.reward_model import run_reward_model
-
-    feedback_dir = synthetic_feedback(tmp_path, num_prompts=60, groups=BY_LENIENCY)
-    cfg = app_config(tmp_path, 1)
-    cfg.reward_model = dataclasses.replace(cfg.reward_model, cross_group=True, epochs=1, max_steps=6, eval_every=0)
-    out = run_reward_model(cfg, str(tiny_base_model), feedback_dir)
+def test_cross_group_models_are_scored_against_every_groups_majority(one_and_two_workers):
+    out = one_and_two_workers[1]  # the run with reward_model.cross_group=true
     evaluation = json.loads((out / "eval.json").read_text())
     assert {"model", "trained_on:lenient", "trained_on:strict"} <= set(evaluation)
     # Rater 5 is the one lenient trainer; raters 1-4 strict. Every kept pair is in one group's model.
@@ -245,6 +250,8 @@ def test_cross_group_models_are_scored_against_every_groups_majority(ray_cluster
                                                                   for v in by_group.values())
     for group in ("lenient", "strict"):
         assert (out / f"group-{group}" / "model" / "config.json").exists()
+    # only the run that asked for them trained group models
+    assert not list(one_and_two_workers[2].glob("group-*"))
 
 
 class StubEndpoint:
