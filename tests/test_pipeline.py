@@ -72,7 +72,8 @@ def test_multirun_of_two_ppo_settings_gives_each_its_own_run_and_report(tiny_run
     for job, coef in (("0", coefs[0]), ("1", coefs[1])):  # each run its own metrics
         run = Path(phases[job]["ppo"])
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in records] == [1, 2, 3] and records[0]["kl_coef"] == pytest.approx(coef)
+        # the adaptive controller moves the coefficient by at most 0.2 x 16/640 of itself a step
+        assert [r["step"] for r in records] == [1, 2, 3] and records[0]["kl_coef"] == pytest.approx(coef, rel=0.01)
         assert (run / "DONE").exists() and (run / "policy" / "config.json").exists()
         assert list(run.glob("events.out.tfevents.*"))  # logger=tensorboard, the default
 
