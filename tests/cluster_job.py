@@ -92,6 +92,7 @@ def run_cluster_job(root: Path) -> ClusterJob:
         job.long_submitted = run_submit(cluster, WORKFLOW, *long_run, "--no-wait")
         if job.long_submitted.returncode == 0:
             job.long_job_id = job.long_submitted.stdout.strip().splitlines()[-1]
+            wait_until_running(cluster, job.long_job_id)
             job.stop_exit = run_submit(cluster, "--stop", job.long_job_id).returncode
             job.logs_exit = run_submit(cluster, "--logs", job.long_job_id).returncode
         print(f"second job stopped: {time.monotonic() - started:.0f} s")
@@ -100,6 +101,20 @@ def run_cluster_job(root: Path) -> ClusterJob:
         job.still_running = cluster.session_processes()
     print(f"end to end: {time.monotonic() - started:.0f} s")
     return job
+
+
+def wait_until_running(cluster: LocalRayCluster, job_id: str, timeout_s: float = 180.0) -> None:
+    """Poll the job until its entrypoint runs. A stop sent while the job is still pending
+    (a loaded machine) can leave its driver starting after the stop, retrying the stopped
+    cluster's GCS past the cluster's end: the stop of a running job is what is tested."""
+    poll = ("import sys, time\n"
+            "from alignray.cluster.submit import make_client\n"
+            "client, deadline = make_client(sys.argv[1]), time.monotonic() + float(sys.argv[3])\n"
+            "while getattr(client.get_job_status(sys.argv[2]), 'value', '') == 'PENDING' "
+            "and time.monotonic() < deadline:\n"
+            "    time.sleep(1)\n")
+    subprocess.run([sys.executable, "-c", poll, cluster.dashboard_url, job_id, str(timeout_s)], cwd=REPO_ROOT,
+                   env=cluster.client_environ(), timeout=timeout_s + 60, check=True)
 
 
 def job_failure(job: ClusterJob) -> str:
