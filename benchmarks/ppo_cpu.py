@@ -149,6 +149,7 @@ def run_alignray(work: Path, models: Path, prompts: Path, updates: int) -> list[
         "ppo.minibatches=2", "ppo.policy.lr=3e-6", "ppo.critic.lr=3e-6", "ppo.kl.controller=fixed",
         "ppo.kl.coef=0.05", "ppo.policy.clip_eps=0.2", "ppo.critic.value_clip_eps=0.2", "ppo.gamma=1.0",
         "ppo.lam=0.95", "ppo.deepspeed.precision=fp32",
+        "ppo.policy_lag=0",  # TRL generates and trains in turn; alignray's default overlaps them
         "ppo.checkpoint_every=0", "ppo.resume=false",
     ]
     subprocess.run([sys.executable, "-m", "alignray.workflows.ppo", *overrides], cwd=ROOT, check=True)
