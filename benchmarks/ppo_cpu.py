@@ -120,24 +120,18 @@ def update_flops(models: Path, token_file: Path) -> dict[str, int]:
     return step_flops(StepShape(ROLLOUTS, prompt, NEW_TOKENS, SETTINGS["ppo_epochs"]), policy, scalar, scalar)
 
 
-def alignray_stages(work: Path, flops: dict[str, int], peak: float) -> dict[str, dict]:
+def alignray_stages(records: list[dict], flops: dict[str, int], peak: float) -> dict[str, dict]:
     """Each stage's median seconds over updates 2.., its FLOP and their share of the peak."""
-    metrics = sorted((work / "alignray").glob("ppo-*/metrics.jsonl"), key=lambda p: p.stat().st_mtime)[-1]
-    records = [json.loads(line) for line in metrics.read_text().splitlines()][1:]
     stages = {}
     for stage, count in flops.items():
-        seconds = statistics.median(r[f"time/{stage}"] for r in records)
+        seconds = statistics.median(r[f"time/{stage}"] for r in records[1:])
         stages[stage] = {"seconds": seconds, "gflop": count / 1e9, "gflop_per_s": count / seconds / 1e9,
                          "share_of_peak": count / seconds / peak}
     return stages
 
 
-def startup_parts(work: Path) -> dict[str, float]:
-    summary = sorted((work / "alignray").glob("ppo-*/summary.json"), key=lambda p: p.stat().st_mtime)[-1]
-    return json.loads(summary.read_text())["startup_s"]
-
-
-def run_alignray(work: Path, models: Path, prompts: Path, updates: int) -> list[float]:
+def run_alignray(work: Path, models: Path, prompts: Path, updates: int) -> Path:
+    """The PPO app as a user runs it; returns its run folder (metrics.jsonl, summary.json)."""
     out = work / "alignray"
     overrides = [
         f"workdir={out}", "data.source=files", f"data.prompts_path={prompts}",
@@ -153,8 +147,7 @@ def run_alignray(work: Path, models: Path, prompts: Path, updates: int) -> list[
         "ppo.checkpoint_every=0", "ppo.resume=false",
     ]
     subprocess.run([sys.executable, "-m", "alignray.workflows.ppo", *overrides], cwd=ROOT, check=True)
-    metrics = sorted(out.glob("ppo-*/metrics.jsonl"), key=lambda p: p.stat().st_mtime)[-1]
-    return [json.loads(line)["step_s"] for line in metrics.read_text().splitlines()]
+    return sorted(out.glob("ppo-*/summary.json"), key=lambda p: p.stat().st_mtime)[-1].parent
 
 
 def run_trl(work: Path, models: Path, token_file: Path, updates: int, threads: int) -> dict:
@@ -189,7 +182,7 @@ def main() -> None:
 
     peak_before = fp32_matmul_peak(args.threads)
     started = time.monotonic()
-    ours = run_alignray(args.work, models, parquet, args.updates)
+    ours_run = run_alignray(args.work, models, parquet, args.updates)
     ours_wall = time.monotonic() - started
     started = time.monotonic()
     trl = run_trl(args.work, models, token_file, args.updates, args.threads)
@@ -200,7 +193,9 @@ def main() -> None:
     print(f"\nfp32 matmul peak on {args.threads} threads: {peak / 1e9:.1f} GFLOP/s "
           f"(before {peak_before / 1e9:.1f}); one update is {per_update / 1e9:.1f} GFLOP")
 
-    rows = {"alignray": (ours, ours_wall), "trl": (trl["update_seconds"], trl_wall)}
+    from alignray.core.metrics import read_metrics
+    records = read_metrics(ours_run / "metrics.jsonl")
+    rows = {"alignray": ([r["step_s"] for r in records], ours_wall), "trl": (trl["update_seconds"], trl_wall)}
     print(f"\n{'system':<10} {'median s/update':>16} {'rollouts/s':>11} {'GFLOP/s':>8} {'of peak':>8} "
           f"{'process wall s':>15}")
     summary = {}
@@ -211,12 +206,12 @@ def main() -> None:
                          "process_wall_s": wall}
         print(f"{name:<10} {median:>16.3f} {rate:>11.2f} {per_update / median / 1e9:>8.1f} "
               f"{per_update / median / peak:>8.1%} {wall:>15.1f}")
-    stages = alignray_stages(args.work, flops, peak)
+    stages = alignray_stages(records, flops, peak)
     print(f"\n{'alignray stage':<16} {'median s':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'of peak':>8}")
     for stage, row in stages.items():
         print(f"{stage:<16} {row['seconds']:>9.3f} {row['gflop']:>7.2f} {row['gflop_per_s']:>8.1f} "
               f"{row['share_of_peak']:>8.1%}")
-    startup = startup_parts(args.work)
+    startup = json.loads((ours_run / "summary.json").read_text())["startup_s"]
     print(f"alignray start-up seconds: {startup}")
     ratio = summary["alignray"]["rollouts_per_s"] / summary["trl"]["rollouts_per_s"]
     wall_ratio = ours_wall / trl_wall

@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from algorithms import phase_inputs, run_method  # noqa: E402
+from algorithms import method_config, phase_inputs, run_method  # noqa: E402
 
 
 def named(pairs: list[str]) -> dict[str, str]:
@@ -55,17 +55,16 @@ def main() -> None:
     args = parser.parse_args()
     from alignray.actors import runtime
     from alignray.core.machine import describe_machine, machine_info
-    from algorithms import method_config
 
     table = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
     done = {(r["profile"], r["reward_model"], r["seed"]) for r in table}
     with runtime.ray_session(method_config("ppo", args.workdir, args.steps, 0).cluster):
         for profile, overrides in named(args.profiles).items():
             for rm_name, rm_path in named(args.reward_models).items():
+                inputs = phase_inputs(args.run.resolve(), Path(rm_path))
                 for seed in args.seeds:
                     if (profile, rm_name, seed) in done:
                         continue
-                    inputs = phase_inputs(args.run.resolve(), Path(rm_path))
                     row = run_method("ppo", inputs, args.workdir.resolve(), args.steps, seed,
                                      tuple(overrides.split()), name=profile)
                     table.append(row | {"profile": profile, "reward_model": rm_name, "reward_model_path": rm_path,
