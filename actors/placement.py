@@ -156,7 +156,7 @@ def start_actors(ppo: PPOConfig, plan: LayoutPlan, groups: list, n_critic: int, 
     # the endpoint's bearer token travels as an environment variable, never in the config
     token_env = {"env_vars": {TOKEN_ENV: os.environ[TOKEN_ENV]}} if os.environ.get(TOKEN_ENV) else None
     reward = ray.remote(RewardActor).options(max_restarts=0, runtime_env=token_env, **next(options)).remote(
-        ppo.reward, reward_model_path, seed)
+        ppo.reward, reward_model_path, seed, (sft_model_path, ppo.judge_reference_sampling(max_prompt_tokens, seed)))
     workers = [ray.remote(RolloutWorker).options(max_restarts=ppo.rollout.max_restarts, max_task_retries=0,
                                                  **actor_options(slot, groups)).remote(
         sft_model_path, ppo.rollout, ppo.deepspeed.precision, max_prompt_tokens, seed, ppo.policy.lora)

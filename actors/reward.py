@@ -6,6 +6,8 @@
 - ``training_annotators``: the oracle reward, the mean score of the simulated training
   annotators 1-5 (never the held-out judge 6-10); for ablations and for runs before a reward
   model exists;
+- ``judge``: an AI judge (alignray/scoring/judge_reward.py) comparing each response with the
+  SFT model's answer to its prompt, sampled once per prompt here, or rating it;
 - ``target_word``: the share of a response's words equal to ``ppo.reward.target_word``, a
   rule with a known optimum, for checking that PPO climbs.
 
@@ -29,9 +31,11 @@ from alignray.scoring import PPO_REWARD, build_scorer, resolve_scorer, reward_sc
 class RewardActor(ModelActor):
     role = "reward"
 
-    def __init__(self, reward: PPORewardConfig, reward_model_path: str | None = None, seed: int = 0):
+    def __init__(self, reward: PPORewardConfig, reward_model_path: str | None = None, seed: int = 0,
+                 reference: tuple[str, dict] | None = None):
+        """``reference``: the SFT model and PPO's sampling settings, for a judge against its answers."""
         super().__init__(seed)
-        choice = reward_scorer(reward, reward_model_path)
+        choice = reward_scorer(reward, reward_model_path, reference)
         self.scorer = build_scorer(choice, resolve_scorer(choice, PPO_REWARD), device=self.device, raw=True)
 
     @torch.no_grad()
@@ -44,3 +48,7 @@ class RewardActor(ModelActor):
         """Raw scores and the members' disagreement, each ``[len(responses)]`` (float32, CPU)."""
         scores, disagreement = self.scorer.score_with_disagreement(prompts, responses)
         return torch.as_tensor(scores, dtype=torch.float32), torch.as_tensor(disagreement, dtype=torch.float32)
+
+    def scorer_stats(self) -> dict:
+        """What the scorer counted over the run (a judge: answers, cache hits, seconds); {} for most."""
+        return dict(getattr(self.scorer, "stats", {}))

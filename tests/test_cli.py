@@ -30,8 +30,8 @@ def test_help_lists_every_subcommand_with_one_line():
     done = alignray("--help")
     assert done.returncode == 0, done.stderr
     listed = {line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")}
-    assert listed == {"run", "pretrain", "sft", "feedback", "reward-model", "ppo", "dpo", "evaluate", "serve", "collect",
-                      "convert", "submit", "generate", "chat"}
+    assert listed == {"run", "pretrain", "sft", "feedback", "reward-model", "ppo", "dpo", "teach-judge", "evaluate",
+                      "serve", "collect", "convert", "submit", "generate", "chat"}
     assert alignray().returncode == 2  # no command: usage on stderr
 
 

@@ -90,6 +90,8 @@ def test_descriptions_say_which_scorer_and_where():
 @pytest.mark.parametrize("cfg, use, message", [
     (reward_scorer(PPORewardConfig(), None), PPO_REWARD, "ppo.reward.kind=reward_model needs ppo.reward_model_path"),
     (reward_scorer(PPORewardConfig(kind="http"), None), PPO_REWARD, "ppo.reward.kind=http needs ppo.reward.url"),
+    (reward_scorer(PPORewardConfig(kind="judge"), None), PPO_REWARD,
+     "ppo.reward.judge.kind=local needs ppo.reward.judge.model_path"),
     (choice("target_word", target_word=""), PPO_REWARD, "ppo.reward.kind=target_word needs ppo.reward.target_word"),
     (choice("http"), MONITOR_JUDGE, "ppo.monitor.judge.kind=http needs ppo.monitor.judge.url"),
     (choice("reward_model"), EVAL_JUDGE, "eval.judge.kind=reward_model needs eval.judge.model_path"),
@@ -105,7 +107,8 @@ def test_a_choice_without_its_settings_is_refused_naming_the_key(cfg, use, messa
     ("target_word", MONITOR_JUDGE, "ppo.monitor.judge.kind=target_word cannot be a judge"),
     ("auto", PPO_REWARD, "ppo.reward.kind=auto chooses judges only"),
     ("vibes", PPO_REWARD, r"ppo.reward.kind must be one of \('reward_model', 'http', 'training_annotators', "
-                          r"'target_word'\), not 'vibes'"),
+                          r"'judge', 'target_word'\), not 'vibes'"),
+    ("judge", EVAL_JUDGE, "eval.judge.kind=judge cannot be a judge"),
     ("vibes", EVAL_JUDGE, r"eval.judge.kind must be one of \('auto', 'reward_model', 'http', "
                           r"'heldout_annotators', 'ai_judge', 'pairs'\)"),
 ])
@@ -186,3 +189,14 @@ def test_a_judge_that_is_ppos_reward_is_refused():
         resolve_judge(judged_by_rm, "embedded", rm)
     assert resolve_judge(judged_by_rm, "embedded", reward_scorer(PPORewardConfig(), "/runs/gold")) == "reward_model"
     assert resolve_judge(EvaluationConfig(), "embedded", rm) == "heldout_annotators"
+
+
+def test_a_judge_reward_is_against_the_sft_answers_or_on_the_scale():
+    reference = ("/runs/sft/model", {"max_new_tokens": 24, "temperature": 1.0, "top_p": 1.0, "max_prompt_tokens": 16})
+    against_sft = reward_scorer(PPORewardConfig(kind="judge"), None, reference)
+    assert against_sft.reference_model_path == "/runs/sft/model" and against_sft.reference_sampling["max_new_tokens"] == 24
+    rating = reward_scorer(PPORewardConfig(kind="judge", judge_against="none"), None, reference)
+    assert rating.reference_model_path is None and rating.reference_sampling == {}
+    assert reward_scorer(PPORewardConfig(), "/rm", reference).reference_model_path is None  # only a judge reads it
+    with pytest.raises(ValueError, match="ppo.reward.judge_against must be sft or none, not 'policy'"):
+        reward_scorer(PPORewardConfig(kind="judge", judge_against="policy"), None, reference)

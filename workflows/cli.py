@@ -29,6 +29,7 @@ HYDRA_APPS = {
     "reward-model": ("alignray.workflows.reward_model", "phase 3b: train, normalise and evaluate the reward model"),
     "ppo": ("alignray.workflows.ppo", "phase 4: PPO on Ray actors against the reward model"),
     "dpo": ("alignray.workflows.dpo", "DPO / IPO / cDPO: the SFT model trained directly on the feedback's preference pairs"),
+    "teach-judge": ("alignray.workflows.judge", "a local AI judge taught by a human gold set (RLAIF with a small human budget)"),
     "evaluate": ("alignray.workflows.evaluate", "judge the PPO policy against the SFT model on held-out prompts"),
     "serve": ("alignray.workflows.serve", "the reward model as an HTTP endpoint (Ray Serve, 127.0.0.1)"),
     "collect": ("alignray.workflows.collect", "collect human feedback in web pages: annotators, tasks, serve, compact"),

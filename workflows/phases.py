@@ -36,10 +36,11 @@ ENTRIES = {
     "reward": "alignray.workflows.reward_model:run_reward_model",
     "ppo": "alignray.workflows.ppo:run_ppo",
     "dpo": "alignray.workflows.dpo:run_dpo",
+    "judge": "alignray.workflows.judge:run_judge",
     "eval": "alignray.workflows.evaluate:run_evaluation",
 }
 # Entries that need a connected Ray from their caller (the others open one where they need it).
-NEEDS_RAY = {"sft", "dpo"}
+NEEDS_RAY = {"sft", "dpo", "judge"}
 PHASES = {phase.prefix: phase for phase in PHASE_OUTPUTS if phase.prefix in ENTRIES}
 
 

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -59,6 +60,7 @@ from alignray.ppo import (
 from alignray.workflows.phases import run_phase
 from alignray.workflows.common import (CONFIG_PATH, is_complete, mark_complete, phase_dir, run_app,
                                        start_app)
+from alignray.judges.build import CACHE_FILE
 from alignray.scoring import PPO_REWARD, resolve_scorer, reward_scorer
 
 log = logging.getLogger("alignray.ppo")
@@ -345,7 +347,7 @@ def run_ppo(cfg: AlignrayConfig, sft_model_path: str, reward_model_path: str | N
         log.info("PPO output exists: %s", out)
         return out
     out.mkdir(parents=True, exist_ok=True)
-    ppo = cfg.ppo
+    ppo = with_judge_cache(cfg.ppo, out)
     resolve_scorer(reward_scorer(ppo.reward, reward_model_path), PPO_REWARD)  # a wrong choice fails before Ray starts
     new_tokens = ppo.rollout.max_new_tokens
     check_position_limit(str(sft_model_path), cfg.data.max_prompt_tokens + new_tokens,
@@ -363,6 +365,7 @@ def run_ppo(cfg: AlignrayConfig, sft_model_path: str, reward_model_path: str | N
             policy_step = coordinator.hand_over_best() or coordinator.updates
             policy_dir = coordinator.export_policy()
             monitor, reference = coordinator.monitor, coordinator.actors.reference_description()
+            scorer_stats = ray.get(coordinator.actors.reward.scorer_stats.remote())
         finally:
             coordinator.actors.shutdown()
     records = read_metrics(out / METRICS_FILE)
@@ -375,8 +378,17 @@ def run_ppo(cfg: AlignrayConfig, sft_model_path: str, reward_model_path: str | N
                         "policy": str(policy_dir), "policy_step": policy_step, "steps": ppo.steps,
                         "steps_run": len(records), "wall_s": round(time.monotonic() - started, 1),
                         "monitor": monitor_summary(monitor), "reference": reference, "startup_s": startup,
-                        "stage_times_per_step": step_times, "final_metrics": records[-1]})
+                        "stage_times_per_step": step_times, "final_metrics": records[-1]}
+                  | ({"reward_scorer": scorer_stats} if scorer_stats else {}))
     return out
+
+
+def with_judge_cache(ppo: PPOConfig, out: Path) -> PPOConfig:
+    """A judge reward without a cache file of its own keeps its verdicts in the run's folder."""
+    judge = ppo.reward.judge
+    if ppo.reward.kind != "judge" or judge.cache_path:
+        return ppo
+    return replace(ppo, reward=replace(ppo.reward, judge=replace(judge, cache_path=str(out / CACHE_FILE))))
 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")

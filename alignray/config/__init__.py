@@ -21,6 +21,7 @@ from alignray.config.dpo import DPOConfig
 from alignray.config.endpoint import EndpointConfig
 from alignray.config.evaluation import EvaluationConfig
 from alignray.config.feedback import FeedbackConfig
+from alignray.config.judge import TeachJudgeConfig
 from alignray.config.logger import LoggerConfig
 from alignray.config.model import EmbeddedRecipe, ModelConfig
 from alignray.config.moved import MovedKeyError, check_overrides
@@ -35,7 +36,7 @@ __all__ = [
     "AlignrayConfig", "ClusterConfig", "CandidatesConfig", "CollectConfig", "CollectQualityConfig", "DataConfig",
     "DeepSpeedConfig", "DPOConfig", "EmbeddedRecipe", "EndpointConfig", "EvaluationConfig", "FeedbackConfig",
     "LoggerConfig", "ModelConfig", "MovedKeyError", "PPOConfig", "RewardModelConfig", "SFTConfig", "ServeConfig",
-    "TrainingConfig", "check_overrides", "register_configs", "select", "structured", "typed_config",
+    "TeachJudgeConfig", "TrainingConfig", "check_overrides", "register_configs", "select", "structured", "typed_config",
 ]
 T = TypeVar("T")
 

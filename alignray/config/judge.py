@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from alignray.config.training import TrainingConfig
+
 
 @dataclass
 class EndpointJudgeConfig:
@@ -68,3 +70,32 @@ MOVED_JUDGE_KEYS = {
     "feedback.judge_batch_size": "feedback.ai_judge.batch_size",
     "feedback.judge_max_reply_tokens": "feedback.ai_judge.max_reply_tokens",
 }
+
+
+@dataclass
+class TeachJudgeConfig(TrainingConfig):
+    """A judge taught by a human gold set (workflows/judge.py, alignray/judges/teaching.py): a
+    causal LM fine-tuned to answer the rubric's pairwise question as people did; the folder it
+    writes is a ``local`` judge (``feedback.ai_judge.model_path``, ``ppo.reward.judge.model_path``,
+    an evaluation's ``ai_judge``). The training-loop keys: TrainingConfig; batch_size counts
+    rows, one order of a labelled pair each."""
+    lr: float = 3e-4
+    warmup_steps: int = 10
+    epochs: int = 4
+    batch_size: int = 16
+    max_steps: int = 0
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    # The human budget: pairwise labels, one person's vote on one item each, drawn with the seed.
+    labels: int = 500
+    heldout_fraction: float = 0.1  # of the gold set's prompts: the held-out loss, not taught
+    # Inputs; empty: the SFT model (the model taught) and the feedback phase's folder (the
+    # human votes, its feedback.parquet; its heldout_pairs.parquet, when there, measures the
+    # judge against the held-out panel).
+    base_model_path: str = ""
+    feedback_dir: str = ""
+    rubric: str = "sentiment"  # the question taught: the one the judge is asked when it labels
+    max_reply_tokens: int = 64
+    # Human pairs outside the gold set (their majority) on which the judge is calibrated,
+    # before and after teaching.
+    calibration_pairs: int = 200

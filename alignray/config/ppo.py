@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from alignray.config.judge import JudgeConfig
 from alignray.config.lora import LoRAConfig
 from alignray.config.scorer import ScorerConfig
 from alignray.config.training import DeepSpeedConfig
@@ -38,7 +39,9 @@ class PPORewardConfig:
     # model, ppo.reward_model_path); "http": the reward endpoint at `url`; "training_annotators":
     # the oracle reward, the mean score of the simulated training annotators 1-5 (for
     # ablations, and before a reward model exists); "target_word": the share of words equal to
-    # `target_word`, a rule with a known optimum (tests).
+    # `target_word`, a rule with a known optimum (tests); "judge": AI feedback as the reward, the
+    # AI judge of `judge` (a taught judge: workflows/judge.py) comparing each response with the
+    # SFT model's answer to its prompt (`judge_against=sft`) or rating it (`none`).
     kind: str = "reward_model"
     url: Optional[str] = None
     target_word: str = "good"
@@ -53,6 +56,8 @@ class PPORewardConfig:
     # contribution is logged as reward_parts/<name> when there are functions. Normalised after.
     weight: float = 1.0
     functions: list[RewardFunctionConfig] = field(default_factory=list)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # kind=judge: the judge (model_path, rubric, ...)
+    judge_against: str = "sft"  # sft: log-odds of beating the SFT model's answer; none: the rating
 
 
 @dataclass
@@ -206,6 +211,12 @@ class PPOConfig:
         return UpdateSettings(rows_per_step=self.prompts_per_step * self.samples_per_prompt, epochs=self.epochs,
                               minibatches=self.minibatches, micro_batch_tokens=self.micro_batch_tokens,
                               deepspeed=self.deepspeed)
+
+    def judge_reference_sampling(self, max_prompt_tokens: int, seed: int) -> dict:
+        """How ppo.reward.kind=judge samples the SFT model's answers: as the rollout samples."""
+        rollout = self.rollout
+        return {"max_new_tokens": rollout.max_new_tokens, "temperature": rollout.temperature, "top_p": rollout.top_p,
+                "max_prompt_tokens": max_prompt_tokens, "seed": seed}
 
     def policy_objective(self) -> PolicyObjective:
         """What the policy's loss reads besides ppo.policy."""

@@ -9,6 +9,7 @@ from alignray.config.data import DataConfig
 from alignray.config.dpo import DPOConfig
 from alignray.config.evaluation import EvaluationConfig
 from alignray.config.feedback import FeedbackConfig
+from alignray.config.judge import TeachJudgeConfig
 from alignray.config.logger import LoggerConfig
 from alignray.config.model import ModelConfig
 from alignray.config.ppo import PPOConfig
@@ -34,6 +35,7 @@ class AlignrayConfig:
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    teach_judge: TeachJudgeConfig = field(default_factory=TeachJudgeConfig)
     eval: EvaluationConfig = field(default_factory=EvaluationConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)

@@ -19,12 +19,18 @@ class ScorerConfig:
     # "target_word" (PPO's reward only). "auto": the held-out annotators where they can judge
     # the data, else none (the evaluation then stops, the monitor switches itself off).
     # "ai_judge": a language-model judge (`ai_judge`: local or an OpenAI-compatible endpoint)
-    # rating each answer on its rubric's scale (judges only).
+    # rating each answer on its rubric's scale (judges only). "judge": PPO's reward from an AI
+    # judge (ppo.reward.judge), against the SFT model's answer or on its scale.
     kind: str = "auto"
     url: Optional[str] = None
     model_path: Optional[str] = None
     target_word: str = "good"
     ai_judge: JudgeConfig = field(default_factory=JudgeConfig)
+    # "judge" as PPO's reward only, set by PPO from ppo.reward (not a user's key): the model
+    # whose answer to the same prompt each response is judged against (the SFT model; empty:
+    # the judge rates on its scale), and how that answer is sampled (PPO's rollout settings).
+    reference_model_path: Optional[str] = None
+    reference_sampling: dict = field(default_factory=dict)
 
 
 # Keys that moved into the judge blocks (old -> new), for the table of moved keys that refuses

@@ -147,7 +147,14 @@ DPO = PhaseOutput("dpo", settings=("seed", "dpo", "data.max_prompt_tokens", "dat
                   inputs=(Upstream("sft_model", "sft", MODEL_DIR, key="dpo.sft_model_path"),
                           Upstream("feedback", "feedback", key="dpo.feedback_dir")),
                   writes=(MODEL_DIR, METRICS_FILE, LOSS_FIGURE, RAY_TRAIN_DIR, *FINISHED))
-PHASE_OUTPUTS = (DATA, SFT, FEEDBACK, REWARD, PPO, DPO, EVALUATION)
+# A judge taught by people (workflows/judge.py): the SFT model (or any causal LM) fine-tuned on a
+# human gold set drawn from the feedback folder.
+JUDGE = PhaseOutput("judge", settings=("seed", "teach_judge"),
+                    ignored=(*run_control("teach_judge"), "teach_judge.base_model_path", "teach_judge.feedback_dir"),
+                    inputs=(Upstream("base_model", "sft", MODEL_DIR, key="teach_judge.base_model_path"),
+                            Upstream("feedback", "feedback", key="teach_judge.feedback_dir")),
+                    writes=(MODEL_DIR, METRICS_FILE, LOSS_FIGURE, EVAL_FILE, RAY_TRAIN_DIR, *FINISHED))
+PHASE_OUTPUTS = (DATA, SFT, FEEDBACK, REWARD, PPO, DPO, JUDGE, EVALUATION)
 
 
 def is_complete(out_dir: Path) -> bool:

@@ -51,16 +51,41 @@ def endpoint_judge(cfg: JudgeConfig) -> EndpointJudge:
     return EndpointJudge(cfg.openai)
 
 
-def local_rating_asker(cfg: JudgeConfig, rubric: Rubric, device="cpu"):
-    """A local judge of ratings in this process: P(each digit) read after the answer prefix."""
+def local_judge_model(cfg: JudgeConfig, device="cpu"):
+    """A local judge's model (eval mode, no dropout) and tokenizer, in this process."""
     import torch
 
-    from alignray.feedback.rlaif import rate_replies
     from alignray.models.generation import disable_dropout
     from alignray.models.modeling import load_causal_lm, load_tokenizer
 
-    model = disable_dropout(load_causal_lm(cfg.model_path, torch.device(device))).eval()
-    tokenizer = load_tokenizer(cfg.model_path)
+    return disable_dropout(load_causal_lm(cfg.model_path, torch.device(device))).eval(), load_tokenizer(cfg.model_path)
+
+
+def local_pair_asker(cfg: JudgeConfig, rubric: Rubric, device="cpu"):
+    """A local judge of pairs in this process (PPO's judge reward; the feedback phase labels on
+    the actor pool of actors/ai_labeller.py): each order's margin log P(A) - log P(B)."""
+    from alignray.feedback.rlaif import answer_margins, answer_token_ids, fitted_judge_texts
+    from alignray.judges.verdicts import margin_answer
+    from alignray.models.modeling import position_limit
+
+    model, tokenizer = local_judge_model(cfg, device)
+    limit, answer_ids = position_limit(model), answer_token_ids(tokenizer)
+
+    def ask(questions, on_answer):
+        texts = [fitted_judge_texts(tokenizer, p, first, second, limit, cfg.max_reply_tokens, rubric)[0]
+                 for p, first, second in questions]
+        answers = [margin_answer(m) for m in answer_margins(model, tokenizer, texts, answer_ids, cfg.batch_size)]
+        for i, answer in enumerate(answers):
+            on_answer(i, answer)
+        return answers
+    return ask
+
+
+def local_rating_asker(cfg: JudgeConfig, rubric: Rubric, device="cpu"):
+    """A local judge of ratings in this process: P(each digit) read after the answer prefix."""
+    from alignray.feedback.rlaif import rate_replies
+
+    model, tokenizer = local_judge_model(cfg, device)
 
     def ask(questions, on_answer):
         probs = rate_replies(model, tokenizer, [p for p, _ in questions], [r for _, r in questions],

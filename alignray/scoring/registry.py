@@ -19,6 +19,7 @@ from typing import Callable
 from alignray.config.scorer import ScorerConfig
 from alignray.judges.build import check_judge
 from alignray.feedback.simulated import HELD_OUT_JUDGE_RATERS, TRAINING_RATERS
+from alignray.scoring.judge_reward import judge_reward
 from alignray.scoring.scorers import (AIJudgeScorer, AnnotatorPanel, EndpointScorer, RewardModelScorer, Scorer,
                                      TargetWordScorer)
 
@@ -57,6 +58,12 @@ def _describe_ai_judge(cfg: ScorerConfig, role: str) -> str:
     return f"the AI judge {where} (rubric {judge.rubric}), rating each answer"
 
 
+def _describe_judge_reward(cfg: ScorerConfig, role: str) -> str:
+    if not cfg.reference_model_path:
+        return _describe_ai_judge(cfg, role)
+    return f"{_describe_ai_judge(cfg, role).rsplit(',', 1)[0]}, against {cfg.reference_model_path}'s answers"
+
+
 SCORERS: dict[str, ScorerSpec] = {
     "reward_model": ScorerSpec(lambda cfg, device, raw: RewardModelScorer(cfg.model_path, device, raw),
                                _describe_reward_model, needs=("model_path",), disagreement=True),
@@ -69,6 +76,11 @@ SCORERS: dict[str, ScorerSpec] = {
     "ai_judge": ScorerSpec(lambda cfg, device, raw: AIJudgeScorer(cfg.ai_judge, device), _describe_ai_judge,
                            roles=(JUDGE,), needs=("ai_judge",), who="the AI judge",
                            check=lambda cfg, key: check_judge(cfg.ai_judge, f"{key}.ai_judge")),
+    # AI feedback as PPO's reward (alignray/scoring/judge_reward.py): a judge against the SFT
+    # model's answers, or on its scale.
+    "judge": ScorerSpec(lambda cfg, device, raw: judge_reward(cfg, device), _describe_judge_reward,
+                        roles=(REWARD,), needs=("ai_judge",), who="the AI judge",
+                        check=lambda cfg, key: check_judge(cfg.ai_judge, f"{key}.judge")),
     "target_word": ScorerSpec(lambda cfg, device, raw: TargetWordScorer(cfg.target_word),
                               lambda cfg, role: f"the share of the word {cfg.target_word!r}",
                               roles=(REWARD,), needs=("target_word",)),
@@ -173,9 +185,15 @@ def resolve_scorer(cfg: ScorerConfig, use: ScorerUse, data: DataAtHand | None = 
     return cfg.kind
 
 
-def reward_scorer(reward, reward_model_path: str | None) -> ScorerConfig:
-    """PPO's reward (``ppo.reward``, typed or not) as a scorer choice; its reward model is PPO's input."""
-    return ScorerConfig(kind=reward.kind, url=reward.url, model_path=reward_model_path, target_word=reward.target_word)
+def reward_scorer(reward, reward_model_path: str | None, reference: tuple[str, dict] | None = None) -> ScorerConfig:
+    """PPO's reward (``ppo.reward``, typed or not) as a scorer choice; its reward model is PPO's
+    input. ``reference``: the SFT model and PPO's sampling settings, for a judge against it."""
+    if reward.kind == "judge" and reward.judge_against not in ("sft", "none"):
+        raise ValueError(f"ppo.reward.judge_against must be sft or none, not {reward.judge_against!r}")
+    against = reference if reward.kind == "judge" and reward.judge_against == "sft" else None
+    return ScorerConfig(kind=reward.kind, url=reward.url, model_path=reward_model_path, target_word=reward.target_word,
+                        ai_judge=reward.judge, reference_model_path=against[0] if against else None,
+                        reference_sampling=dict(against[1]) if against else {})
 
 
 def build_scorer(cfg: ScorerConfig, kind: str, *, device="cpu", raw: bool = False) -> Scorer:
