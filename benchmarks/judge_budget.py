@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -95,9 +96,10 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", type=int, default=[200, 500, 1000])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=4, help="passes over the gold set, for both learners")
-    parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "judge_budget")
+    parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "rlaif")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "judge_budget.json")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from alignray.actors import runtime
     from alignray.core.artifacts import FEEDBACK_FILE, HELDOUT_PAIRS_FILE
     from alignray.core.machine import describe_machine, machine_info

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -142,11 +143,12 @@ def main() -> None:
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--scenarios", nargs="+", default=["people", "gold+taught", "gold+zero-shot", "taught-reward"])
-    parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "rlaif_end_to_end")
+    parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "rlaif")
     parser.add_argument("--people-table", type=Path,
                         default=REPO / "benchmarks" / "results" / "ppo_default_seeds.json")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "rlaif_end_to_end.json")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.workdir = args.workdir.resolve()
     from alignray.actors import runtime
     from alignray.core.artifacts import FEEDBACK_FILE, HELDOUT_PAIRS_FILE

@@ -2,7 +2,7 @@
 exactly its budget, each label teaches both orders in the text labelling reads, the loss reads
 only the two answer tokens; a real run of the phase (Ray Train + DeepSpeed, the Ray Data
 labeller before and after) raises the tiny model's agreement on human pairs it was not taught
-on, and the taught folder then labels feedback as a ``local`` judge."""
+on, read as a ``local`` judge; and the taught judge as PPO's online reward."""
 from __future__ import annotations
 
 import json
@@ -110,6 +110,9 @@ def taught_judge(ray_cluster, tiny_base_model, tmp_path_factory):
 
 
 def test_teaching_raises_agreement_on_pairs_it_was_not_taught(taught_judge):
+    """Before and after teaching the phase labels the untaught pairs on the feedback phase's
+    Ray Data pool (actors/ai_labeller.py, what ``feedback.ai_judge.kind=local`` runs): the
+    taught folder is read there as a local judge."""
     out, _ = taught_judge
     evaluation = json.loads((out / "eval.json").read_text())
     before, after = evaluation["untaught"], evaluation["taught"]
@@ -124,20 +127,6 @@ def test_teaching_raises_agreement_on_pairs_it_was_not_taught(taught_judge):
     assert summary["heldout_loss"] < summary["heldout_loss_start"] and summary["heldout_loss_start"] > math.log(2) / 2
     for name in ("model/config.json", "model/README.md", "loss.png", "metrics.jsonl", "DONE"):
         assert (out / name).exists(), name
-
-
-def test_the_taught_judge_labels_feedback_as_a_local_judge(taught_judge):
-    """The folder is a ``local`` judge of the feedback phase: its pool reads it and its verdicts
-    lean the people's way on new pairs."""
-    from alignray.actors.ai_labeller import label_with_actor_pool
-
-    out, _ = taught_judge
-    pairs = heldout_pairs(30, seed=11)
-    rows = label_with_actor_pool([{"item": i, "prompt": p, "response_a": a, "response_b": b} for i, (p, a, b) in
-                                  enumerate(zip(pairs["prompt"], pairs["response_a"], pairs["response_b"]))],
-                                 str(out / "model"), batch_size=16, max_reply_tokens=8)
-    agree = np.mean([(row["preference_a"] > 0.5) == (share > 0.5) for row, share in zip(rows, pairs["heldout_preference"])])
-    assert agree >= 0.8
 
 
 def test_the_taught_judge_is_ppos_online_reward_with_sft_answers_generated_once(taught_judge, tiny_base_model,

@@ -10,6 +10,7 @@ from alignray.core.artifacts import (
     DPO,
     EVALUATION,
     FEEDBACK,
+    JUDGE,
     PHASE_OUTPUTS,
     PPO,
     REWARD,
@@ -60,6 +61,7 @@ def test_the_evaluation_size_reuses_ppo_and_reruns_only_the_evaluation():
     # every trained phase's run control (the training loop's settings, one class)
     (REWARD, "reward_model.resume=false"), (REWARD, "reward_model.interrupt_after_steps=3"),
     (DPO, "dpo.resume=false"), (DPO, "dpo.interrupt_after_steps=3"),
+    (JUDGE, "teach_judge.resume=false"), (JUDGE, "teach_judge.base_model_path=/elsewhere"),
     (PPO, "eval.samples_to_write=3"), (PPO, "eval.kl_budget=2.0"),
     # config keys that only name an input: the input itself is in the key
     (FEEDBACK, "feedback.sft_model_path=/elsewhere"), (REWARD, "reward_model.feedback_dir=/elsewhere"),

@@ -100,7 +100,8 @@ def test_each_phase_folder_holds_only_what_its_declaration_lists(tiny_run):
     # the per-split names (PROMPTS_FILE, ...) stand for one file per split
     declared = {phase.prefix: {name.format(split=split) for name in phase.writes for split in ("train", "heldout")}
                 for phase in artifacts.PHASE_OUTPUTS}
-    assert {p.name.split("-")[0] for p in folders} == set(declared) - {artifacts.DPO.prefix}  # DPO: beside the pipeline
+    beside = {artifacts.DPO.prefix, artifacts.JUDGE.prefix}  # phases beside the pipeline
+    assert {p.name.split("-")[0] for p in folders} == set(declared) - beside
     for folder in folders:
         written = {p.name for p in folder.iterdir()
                    if not any(fnmatch.fnmatch(p.name, pattern) for pattern in artifacts.TRACKING_PATTERNS)}
