@@ -16,7 +16,7 @@ Each is scored against the held-out annotators 6-10 (who label nothing here) on 
 phase's held-out pairs: agreement with their majority, with a 95% normal interval. Reference
 rows: the SFT model as an untaught judge, and the default reward model trained on all 45,000
 labels. Wall seconds per learner (teaching includes the judge's labelling before and after).
-Phases complete in ``--workdir`` are reused. Prints the table; writes JSON (``--out``).
+Phases complete in ``--workdir`` are reused. Prints the table; writes JSON (``--out``) and a PNG beside it.
 """
 from __future__ import annotations
 
@@ -90,6 +90,30 @@ def reward_model_row(cfg, inputs: dict, feedback, heldout: pd.DataFrame, workdir
                                                                 "folder": str(out)}
 
 
+def plot(rows: list[dict], references: list[dict], path: Path) -> None:
+    """Agreement with the held-out panel against human labels, per learner, with the references."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for i, learner in enumerate(dict.fromkeys(r["learner"] for r in rows)):
+        mine = sorted((r for r in rows if r["learner"] == learner), key=lambda r: r["labels"])
+        ax.errorbar([r["labels"] for r in mine], [r["agreement"] for r in mine], capsize=3, marker="o", color=f"C{i}",
+                    yerr=[[r["agreement"] - r["ci_low"] for r in mine], [r["ci_high"] - r["agreement"] for r in mine]],
+                    label=learner)
+    for j, ref in enumerate(references):
+        ax.axhline(ref["agreement"], color=f"C{j + 2}", lw=0.8, ls=":", label=f"{ref['learner']}: {ref['agreement']:.2f}")
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("human labels (one vote on one pair each)")
+    ax.set_ylabel("agreement with annotators 6-10")
+    ax.set_title("Same human budget: taught judge or reward model (95% intervals)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, default=REPO / "runs" / "default")
@@ -136,7 +160,8 @@ def main() -> None:
     args.out.write_text(json.dumps({"rows": rows, "references": references, "epochs": args.epochs,
                                     "inputs": inputs, "machine": machine_info(),
                                     "wall_s": round(time.monotonic() - started, 1)}, indent=2))
-    print(f"wrote {args.out}")
+    plot(rows, references, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and its figure")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ four sources of reward, every policy judged against the SFT model by the held-ou
    teaches the SFT model to judge (workflows/judge.py), which labels every other pairwise item;
    the reward model trains on the gold votes plus those labels;
 3. ``gold+zero-shot``: the same, labelled by the untaught SFT model (the best zero-shot judge
-   installable here, at chance); both judges are calibrated on the gold items held out from
-   teaching and their labels weighted by the one rule max(0, 2a - 1), zero below chance;
+   installable here, at chance); both judges are calibrated on the judge phase's calibration
+   pairs (human pairs outside the gold set, their annotators' majority: those votes count as
+   human labels too) and their labels weighted by the feedback phase's rule, max(0, 2a - 1),
+   zero for a judge not better than chance;
 4. ``taught-reward``: the taught judge as PPO's online reward (``ppo.reward.kind=judge``, each
    response against the SFT model's answer), no reward model.
 
@@ -44,36 +46,33 @@ AI_JUDGE = "ai-judge"
 
 
 def judge_labels(judge_model: str, feedback, gold, cfg) -> tuple[list[dict], dict]:
-    """The judge's rows for every pairwise item outside the gold set, and its calibration on
-    the gold items held out from teaching (their one human vote each)."""
+    """The judge's rows for every pairwise item outside the gold set, and their cost."""
     from alignray.actors.ai_labeller import label_with_actor_pool
-    from alignray.data.splits import split_examples
     from alignray.feedback.ai_share import pairwise_items
     from alignray.feedback.rlaif import ai_feedback_rows
-    from alignray.judges.calibration import agreement_weight, calibrate
 
     gold_items = set(zip(*(gold.column(c).to_pylist() for c in ("prompt", "response_a", "response_b"))))
-    held = split_examples(gold, cfg.teach_judge.heldout_fraction, cfg.seed)["heldout"].to_pylist()
-    calibration_items = {(r["prompt"], r["response_a"], r["response_b"]): r["winner"] for r in held
-                         if r["winner"] != "tie"}
     items = [item for item in pairwise_items(feedback) if item not in gold_items]
-    asked = items + list(calibration_items)
     started = time.monotonic()
     rows = label_with_actor_pool([{"item": i, "prompt": p, "response_a": a, "response_b": b}
-                                  for i, (p, a, b) in enumerate(asked)], judge_model, batch_size=32,
+                                  for i, (p, a, b) in enumerate(items)], judge_model, batch_size=32,
                                  max_reply_tokens=cfg.teach_judge.max_reply_tokens, rubric=cfg.teach_judge.rubric)
     seconds = time.monotonic() - started
-    verdicts = {item: {"status": "judged", "preference_a": float(row["preference_a"])} for item, row in zip(asked, rows)}
-    calibration = calibrate(calibration_items, verdicts, cfg.feedback.ai_judge.calibration.significance)
-    calibration["weight"] = agreement_weight(calibration["agreement"]) if calibration["better_than_chance"] else 0.0
-    preference = [verdicts[item]["preference_a"] for item in items]
-    labelled = ai_feedback_rows(*zip(*items), preference, annotator_id=AI_JUDGE)
-    return labelled, calibration | {"labels": len(items), "label_s": round(seconds, 1),
-                                    "s_per_label": round(seconds / max(len(asked), 1), 4)}
+    labelled = ai_feedback_rows(*zip(*items), [float(row["preference_a"]) for row in rows], annotator_id=AI_JUDGE)
+    return labelled, {"labels": len(items), "label_s": round(seconds, 1), "s_per_label": round(seconds / len(items), 4)}
 
 
-def gold_plus_judge_reward_model(name: str, judge_model: str, inputs: dict, feedback, gold, heldout_pairs, cfg,
-                                 workdir: Path) -> dict:
+def calibrated_weight(calibration: dict, significance: float) -> dict:
+    """The feedback phase's rule: a judge not better than chance on the calibration pairs is
+    weighted zero, any other by max(0, 2a - 1) of its agreement a there."""
+    from alignray.judges.calibration import agreement_weight
+    trusted = calibration["items"] > 0 and calibration["p_value"] < significance
+    return calibration | {"better_than_chance": trusted,
+                          "weight": agreement_weight(calibration["agreement"]) if trusted else 0.0}
+
+
+def gold_plus_judge_reward_model(name: str, judge_model: str, calibration: dict, inputs: dict, feedback, gold,
+                                 heldout_pairs, cfg, workdir: Path) -> dict:
     """The reward model on the gold votes plus the judge's weighted labels (reused when complete)."""
     from alignray.core.artifacts import MODEL_DIR, SUMMARY_FILE
     from alignray.feedback.aggregate import build_training_tables
@@ -86,22 +85,25 @@ def gold_plus_judge_reward_model(name: str, judge_model: str, inputs: dict, feed
     out = workdir / f"reward-{name}"
     if not is_complete(out):
         out.mkdir(parents=True, exist_ok=True)
-        rows, calibration = judge_labels(judge_model, feedback, gold, cfg)
+        rows, cost = judge_labels(judge_model, feedback, gold, cfg)
+        calibration = calibrated_weight(calibration, cfg.feedback.ai_judge.calibration.significance)
         table = pa.concat_tables([gold_feedback(feedback, gold), feedback_table(rows)])
         tables = build_training_tables(table, {AI_JUDGE: calibration["weight"]}, with_elo_targets=False)
         result = train_normalize_evaluate(tables.pairs, tables.pointwise, None, inputs["sft_model"], cfg, out)
-        mark_complete(out, result | {"judge": judge_model, "calibration": calibration, "counts": tables.counts})
+        mark_complete(out, result | {"judge": judge_model, "calibration": calibration, "labelling": cost,
+                                     "counts": tables.counts})
     summary = json.loads((out / SUMMARY_FILE).read_text())
     return {"reward_model": str(out / MODEL_DIR), "reward_model_agreement": reward_model_agreement(out / MODEL_DIR,
                                                                                                    heldout_pairs),
-            "judge_calibration": summary["calibration"], "reward_model_wall_s": summary["wall_s"]}
+            "judge_calibration": summary["calibration"], "labelling": summary["labelling"],
+            "reward_model_wall_s": summary["wall_s"]}
 
 
 def scenario_rows(args, inputs: dict, feedback, heldout_pairs) -> dict[str, dict]:
     """Per scenario: the reward (a model or the judge) and what was measured before PPO."""
-    from alignray.judges.teaching import gold_set
+    from alignray.judges.teaching import gold_set, votes_on
     from alignray.workflows.common import compose_app_config
-    from alignray.workflows.judge import run_judge
+    from alignray.workflows.judge import calibration_set, run_judge
 
     cfg = compose_app_config([f"workdir={args.workdir}", f"seed={args.data_seed}", "logger=none",
                               f"teach_judge.labels={args.labels}"])
@@ -109,16 +111,19 @@ def scenario_rows(args, inputs: dict, feedback, heldout_pairs) -> dict[str, dict
     evaluation = json.loads((judge_dir / "eval.json").read_text())
     gold = gold_set(feedback, args.labels, args.data_seed)
     agreement = {k: evaluation[k]["heldout_panel"]["agreement_with_heldout_raters"] for k in ("taught", "untaught")}
+    calibration = {k: evaluation[k]["calibration"] for k in ("taught", "untaught")}
+    # the calibration pairs are human too: their votes count with the gold set's
+    labels = args.labels + votes_on(feedback, calibration_set(feedback, gold, cfg.teach_judge, cfg.seed))
     taught_model = str(judge_dir / "model")
     return {
         "people": {"human_labels": feedback.num_rows, "reward_model": inputs["reward_model"],
                    "reward_model_agreement": reward_model_agreement(Path(inputs["reward_model"]), heldout_pairs)},
-        "gold+taught": {"human_labels": args.labels, "judge_agreement": agreement["taught"],
-                        **gold_plus_judge_reward_model("gold-taught", taught_model, inputs, feedback, gold,
-                                                       heldout_pairs, cfg, args.workdir)},
-        "gold+zero-shot": {"human_labels": args.labels, "judge_agreement": agreement["untaught"],
-                           **gold_plus_judge_reward_model("gold-zero-shot", inputs["sft_model"], inputs, feedback,
-                                                          gold, heldout_pairs, cfg, args.workdir)},
+        "gold+taught": {"human_labels": labels, "judge_agreement": agreement["taught"],
+                        **gold_plus_judge_reward_model("gold-taught", taught_model, calibration["taught"], inputs,
+                                                       feedback, gold, heldout_pairs, cfg, args.workdir)},
+        "gold+zero-shot": {"human_labels": labels, "judge_agreement": agreement["untaught"],
+                           **gold_plus_judge_reward_model("gold-zero-shot", inputs["sft_model"], calibration["untaught"],
+                                                          inputs, feedback, gold, heldout_pairs, cfg, args.workdir)},
         "taught-reward": {"human_labels": args.labels, "judge_agreement": agreement["taught"], "reward_model": None,
                           "overrides": ("ppo.reward.kind=judge", f"ppo.reward.judge.model_path={taught_model}",
                                         f"ppo.reward.judge.max_reply_tokens={cfg.teach_judge.max_reply_tokens}")},

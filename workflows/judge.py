@@ -51,7 +51,7 @@ from alignray.feedback.rlaif import answer_token_ids
 from alignray.judges.calibration import agreement_with, gold_items
 from alignray.judges.rubric import load_rubric
 from alignray.judges.teaching import (collate_teaching_rows, gold_set, teaching_rows, tokenize_teaching_rows,
-                                      verdict_loss)
+                                      verdict_loss, votes_on)
 from alignray.models.modeling import load_tokenizer, position_limit
 from alignray.sft.training import build_sft_model
 from alignray.workflows.common import CONFIG_PATH, is_complete, mark_complete, phase_dir, run_app, start_app
@@ -93,6 +93,13 @@ def agreement_of(model_path: str, teach: TeachJudgeConfig, cluster, calibration:
     return result
 
 
+def calibration_set(feedback: pa.Table, gold: pa.Table, teach: TeachJudgeConfig, seed: int) -> dict:
+    """Human pairs outside the gold set with their training annotators' majority (its votes are
+    human labels too: ``votes_on`` counts them)."""
+    taught = list(zip(*(gold.column(c).to_pylist() for c in ("prompt", "response_a", "response_b"))))
+    return gold_items(feedback, taught, teach.calibration_pairs, seed + 3)
+
+
 def run_judge(cfg: AlignrayConfig, base_model: str, feedback_dir: str | Path) -> Path:
     """Teach the judge; returns the phase folder (reused when complete), the judge in
     ``<out>/model``. Needs a connected Ray."""
@@ -106,9 +113,7 @@ def run_judge(cfg: AlignrayConfig, base_model: str, feedback_dir: str | Path) ->
     answer_ids = answer_token_ids(load_tokenizer(base_model))  # fails now if " A" and " B" share a token
     feedback = read_feedback(feedback_dir / FEEDBACK_FILE, strict=False)[0]
     gold = gold_set(feedback, teach.labels, cfg.seed)
-    calibration = gold_items(feedback, list(zip(*(gold.column(c).to_pylist()
-                                                  for c in ("prompt", "response_a", "response_b")))),
-                             teach.calibration_pairs, cfg.seed + 3)
+    calibration = calibration_set(feedback, gold, teach, cfg.seed)
     heldout_path = feedback_dir / HELDOUT_PAIRS_FILE
     heldout = pd.read_parquet(heldout_path) if heldout_path.exists() else None
     untaught = agreement_of(base_model, teach, cfg.cluster, calibration, heldout)
@@ -123,6 +128,7 @@ def run_judge(cfg: AlignrayConfig, base_model: str, feedback_dir: str | Path) ->
                                      tracking_settings(cfg)), out)
     taught = agreement_of(str(model_dir), teach, cfg.cluster, calibration, heldout)
     evaluation = {"untaught": untaught, "taught": taught, "labels": gold.num_rows,
+                  "calibration_votes": votes_on(feedback, calibration),
                   "winners": dict(zip(*np.unique(gold.column("winner").to_pylist(), return_counts=True)))}
     (out / EVAL_FILE).write_text(json.dumps(evaluation, indent=2, default=int))
     summary = summarise(out, loop) | {"base_model": base_model, "feedback_dir": str(feedback_dir),

@@ -66,6 +66,13 @@ def gold_feedback(feedback: pa.Table, gold: pa.Table) -> pa.Table:
     return rows.filter(pa.array(keep, pa.bool_()))
 
 
+def votes_on(feedback: pa.Table, items) -> int:
+    """People's pairwise votes on ``items`` ((prompt, response_a, response_b)): what they cost."""
+    wanted = set(items)
+    return sum((r["prompt"], *r["responses"]) in wanted
+               for r in human_pairwise_rows(feedback).select(["prompt", "responses"]).to_pylist())
+
+
 def teaching_rows(gold: pa.Table) -> pa.Table:
     """Two rows per label, one per order: ``prompt``, ``first``, ``second``, ``target`` (P(first
     better)), with the two orders of an item next to each other."""
