@@ -172,9 +172,9 @@ def main() -> None:
     with runtime.ray_session(compose_app_config([f"workdir={args.workdir}"]).cluster):
         scenarios = scenario_rows(args, inputs, feedback, heldout_pairs)
         table = [{k: v for k, v in scenarios[r["scenario"]].items() if k != "overrides"} | r for r in table]
-        for name in args.scenarios:
-            scenario = scenarios[name]
-            for seed in args.seeds:
+        for seed in args.seeds:  # every scenario's first seed first: an interrupted table has them all
+            for name in args.scenarios:
+                scenario = scenarios[name]
                 if (name, seed) in done:
                     continue
                 row = run_method("ppo", inputs | {"reward_model": scenario["reward_model"]}, args.workdir, args.steps, seed,
