@@ -66,6 +66,12 @@ def label_with_actor_pool(items: list[dict], model_path: str, *, actors: int = 1
     return rows
 
 
+def label_pairs(pairs, model_path: str, **pool_settings) -> list[dict]:
+    """:func:`label_with_actor_pool` of ``(prompt, response_a, response_b)`` tuples, in their order."""
+    return label_with_actor_pool([{"item": i, "prompt": p, "response_a": a, "response_b": b}
+                                  for i, (p, a, b) in enumerate(pairs)], model_path, **pool_settings)
+
+
 def local_pair_asker(model_path: str, **pool_settings):
     """A local judge as alignray.judges.forms asks one: ordered questions ``(prompt, first,
     second)`` judged on the actor pool, each pair once for both of its orders."""
@@ -74,8 +80,7 @@ def local_pair_asker(model_path: str, **pool_settings):
         for prompt, first, second in questions:
             if (prompt, second, first) not in index:
                 index.setdefault((prompt, first, second), len(index))
-        rows = label_with_actor_pool([{"item": i, "prompt": p, "response_a": a, "response_b": b}
-                                      for (p, a, b), i in index.items()], model_path, **pool_settings)
+        rows = label_pairs(index, model_path, **pool_settings)  # in index order
         answers = []
         for j, (prompt, first, second) in enumerate(questions):
             forward = (prompt, first, second) in index

@@ -120,11 +120,18 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.errorbar(row["kl_per_response"], row["win_rate"], fmt="o",
                     yerr=[[row["win_rate"] - row["ci_low"]], [row["ci_high"] - row["win_rate"]]], capsize=3,
                     label=row["method"], color=f"C{i}")
+    save_with_chance_line(fig, ax, path, "KL(policy || SFT) per response (nats)", "win-rate vs SFT (held-out annotators)",
+                          "Methods on the embedded default (95% intervals)")
+
+
+def save_with_chance_line(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend_size: int = 8) -> None:
+    """A figure of shares: the chance line at 0.5, its labels and legend, saved as PNG and closed."""
+    import matplotlib.pyplot as plt
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("KL(policy || SFT) per response (nats)")
-    ax.set_ylabel("win-rate vs SFT (held-out annotators)")
-    ax.set_title("Methods on the embedded default (95% intervals)")
-    ax.legend(fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

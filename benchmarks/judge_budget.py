@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
 
-from algorithms import phase_inputs  # noqa: E402
+from algorithms import phase_inputs, save_with_chance_line  # noqa: E402
 
 
 def with_interval(agreement: float, items: int) -> dict:
@@ -103,15 +103,9 @@ def plot(rows: list[dict], references: list[dict], path: Path) -> None:
                     label=learner)
     for j, ref in enumerate(references):
         ax.axhline(ref["agreement"], color=f"C{j + 2}", lw=0.8, ls=":", label=f"{ref['learner']}: {ref['agreement']:.2f}")
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
-    ax.set_xlabel("human labels (one vote on one pair each)")
-    ax.set_ylabel("agreement with annotators 6-10")
-    ax.set_title("Same human budget: taught judge or reward model (95% intervals)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_with_chance_line(fig, ax, path, "human labels (one vote on one pair each)", "agreement with annotators 6-10",
+                          "Same human budget: taught judge or reward model (95% intervals)", legend_size=7)
 
 
 def main() -> None:

@@ -47,16 +47,15 @@ AI_JUDGE = "ai-judge"
 
 def judge_labels(judge_model: str, feedback, gold, cfg) -> tuple[list[dict], dict]:
     """The judge's rows for every pairwise item outside the gold set, and their cost."""
-    from alignray.actors.ai_labeller import label_with_actor_pool
+    from alignray.actors.ai_labeller import label_pairs
     from alignray.feedback.ai_share import pairwise_items
     from alignray.feedback.rlaif import ai_feedback_rows
 
     gold_items = set(zip(*(gold.column(c).to_pylist() for c in ("prompt", "response_a", "response_b"))))
     items = [item for item in pairwise_items(feedback) if item not in gold_items]
     started = time.monotonic()
-    rows = label_with_actor_pool([{"item": i, "prompt": p, "response_a": a, "response_b": b}
-                                  for i, (p, a, b) in enumerate(items)], judge_model, batch_size=32,
-                                 max_reply_tokens=cfg.teach_judge.max_reply_tokens, rubric=cfg.teach_judge.rubric)
+    rows = label_pairs(items, judge_model, batch_size=32, max_reply_tokens=cfg.teach_judge.max_reply_tokens,
+                       rubric=cfg.teach_judge.rubric)
     seconds = time.monotonic() - started
     labelled = ai_feedback_rows(*zip(*items), [float(row["preference_a"]) for row in rows], annotator_id=AI_JUDGE)
     return labelled, {"labels": len(items), "label_s": round(seconds, 1), "s_per_label": round(seconds / len(items), 4)}

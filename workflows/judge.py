@@ -34,7 +34,7 @@ import pyarrow as pa
 import ray.data
 from omegaconf import DictConfig
 
-from alignray.actors.ai_labeller import label_with_actor_pool
+from alignray.actors.ai_labeller import label_pairs
 from alignray.actors.trainer import copy_final_model, fit
 from alignray.config import AlignrayConfig, TeachJudgeConfig
 from alignray.core.artifacts import (EVAL_FILE, FEEDBACK_FILE, HELDOUT_PAIRS_FILE, JUDGE, LOSS_FIGURE, METRICS_FILE,
@@ -65,16 +65,17 @@ def judge_task(teach: TeachJudgeConfig, answer_ids: list[int]) -> TrainTask:
                      loss=partial(verdict_loss, answer_ids=answer_ids))
 
 
-def teaching_datasets(gold: pa.Table, base_model: str, teach: TeachJudgeConfig, seed: int) -> dict:
-    """Train and held-out rows (split by prompt), tokenised as the judge reads them."""
-    tokenizer = load_tokenizer(base_model, padding_side="right")
-    limit, rubric = position_limit(base_model), load_rubric(teach.rubric)
-    datasets = {}
+def teaching_datasets(gold: pa.Table, tokenizer, limit: int | None, teach: TeachJudgeConfig,
+                      seed: int) -> tuple[dict, int]:
+    """Train and held-out rows (split by prompt), tokenised as the judge reads them (``limit``:
+    its positions); and the widest row's tokens."""
+    rubric = load_rubric(teach.rubric)
+    datasets, width = {}, 0
     for split, table in split_examples(gold, teach.heldout_fraction, seed).items():
         tokens = tokenize_teaching_rows(teaching_rows(table), tokenizer, rubric, teach.max_reply_tokens, limit)
         rows = [{name: column[i] for name, column in tokens.items()} for i in range(len(tokens["target"]))]
-        datasets[split] = ray.data.from_items(rows)
-    return datasets
+        datasets[split], width = ray.data.from_items(rows), max(width, tokens["input_ids"].shape[1])
+    return datasets, width
 
 
 def agreement_of(model_path: str, teach: TeachJudgeConfig, cluster, calibration: dict,
@@ -82,9 +83,8 @@ def agreement_of(model_path: str, teach: TeachJudgeConfig, cluster, calibration:
     """The judge at ``model_path`` on the calibration pairs (their majority of the training
     annotators) and the held-out panel's pairs, labelled on the feedback phase's actor pool."""
     items = list(calibration) + ([] if heldout is None else pair_items(heldout))
-    rows = label_with_actor_pool([{"item": i, "prompt": p, "response_a": a, "response_b": b}
-                                  for i, (p, a, b) in enumerate(items)], model_path, batch_size=32,
-                                 max_reply_tokens=teach.max_reply_tokens, use_gpu=cluster.use_gpu, rubric=teach.rubric)
+    rows = label_pairs(items, model_path, batch_size=32, max_reply_tokens=teach.max_reply_tokens,
+                       use_gpu=cluster.use_gpu, rubric=teach.rubric)
     verdicts = {item: {"status": "judged", "preference_a": float(row["preference_a"])} for item, row in zip(items, rows)}
     result = {"calibration": agreement_with(calibration, verdicts),
               "mean_position_bias_log_odds": float(np.mean([row["position_bias"] for row in rows]))}
@@ -110,7 +110,8 @@ def run_judge(cfg: AlignrayConfig, base_model: str, feedback_dir: str | Path) ->
         return out
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
-    answer_ids = answer_token_ids(load_tokenizer(base_model))  # fails now if " A" and " B" share a token
+    tokenizer, limit = load_tokenizer(base_model, padding_side="right"), position_limit(base_model)
+    answer_ids = answer_token_ids(tokenizer)  # fails now if " A" and " B" share a token
     feedback = read_feedback(feedback_dir / FEEDBACK_FILE, strict=False)[0]
     gold = gold_set(feedback, teach.labels, cfg.seed)
     calibration = calibration_set(feedback, gold, teach, cfg.seed)
@@ -118,10 +119,10 @@ def run_judge(cfg: AlignrayConfig, base_model: str, feedback_dir: str | Path) ->
     heldout = pd.read_parquet(heldout_path) if heldout_path.exists() else None
     untaught = agreement_of(base_model, teach, cfg.cluster, calibration, heldout)
 
-    datasets = teaching_datasets(gold, base_model, teach, cfg.seed)
+    datasets, width = teaching_datasets(gold, tokenizer, limit, teach, cfg.seed)
     train_rows = datasets["train"].count()
     loop = TrainLoopConfig.of(teach, model_path=base_model, steps_per_epoch=steps_per_epoch(train_rows, teach.batch_size),
-                              seed=cfg.seed, metrics_dir=str(out), tokens_per_row=position_limit(base_model) or 256)
+                              seed=cfg.seed, metrics_dir=str(out), tokens_per_row=width)
     log.info("teaching the judge %s on %d human labels (%d rows, both orders; %d held out), %d steps", base_model,
              gold.num_rows, train_rows, datasets["heldout"].count(), loop.total_steps)
     model_dir = copy_final_model(fit(judge_task(teach, answer_ids), loop, datasets, cfg.cluster, out,

@@ -1,6 +1,7 @@
 """A judge from its config (alignray.config.judge): the verdict cache, what identifies the
 judge in every cache key, the endpoint judge, and the in-process local judge of ratings (the
-scorer's; the feedback phase's local pairs run on the actor pool of actors/ai_labeller.py)."""
+scorer's) and of pairs (PPO's judge reward), both chosen by ``judge_asker``; the feedback
+phase's local pairs run on the actor pool of actors/ai_labeller.py."""
 from __future__ import annotations
 
 import os
@@ -61,7 +62,7 @@ def local_judge_model(cfg: JudgeConfig, device="cpu"):
     return disable_dropout(load_causal_lm(cfg.model_path, torch.device(device))).eval(), load_tokenizer(cfg.model_path)
 
 
-def local_pair_asker(cfg: JudgeConfig, rubric: Rubric, device="cpu"):
+def in_process_pair_asker(cfg: JudgeConfig, rubric: Rubric, device="cpu"):
     """A local judge of pairs in this process (PPO's judge reward; the feedback phase labels on
     the actor pool of actors/ai_labeller.py): each order's margin log P(A) - log P(B)."""
     from alignray.feedback.rlaif import answer_margins, answer_token_ids, fitted_judge_texts
@@ -95,3 +96,14 @@ def local_rating_asker(cfg: JudgeConfig, rubric: Rubric, device="cpu"):
             on_answer(i, answer)
         return answers
     return ask
+
+
+def judge_asker(cfg: JudgeConfig, rubric: Rubric, form: str, device="cpu"):
+    """The judge ``cfg`` names, asked the rubric's ``form`` question (pairwise or rating) in this
+    process or at its endpoint, and what identifies it in the verdict cache."""
+    if cfg.kind == "openai":
+        from alignray.judges.forms import endpoint_asker
+        endpoint = endpoint_judge(cfg)
+        return endpoint_asker(endpoint, rubric, form), endpoint.identity()
+    local = in_process_pair_asker if form == "pairwise" else local_rating_asker
+    return local(cfg, rubric, device), local_identity(cfg, cfg.model_path)

@@ -69,18 +69,13 @@ class PairwiseJudgeReward(Scorer):
     """The judge's log-odds that a response beats the reference answer to its prompt."""
 
     def __init__(self, cfg: JudgeConfig, reference: ReferenceAnswers, device="cpu"):
-        from alignray.judges.build import check_judge, endpoint_judge, local_identity, local_pair_asker
+        from alignray.judges.build import check_judge, judge_asker
         from alignray.judges.cache import VerdictCache
-        from alignray.judges.forms import endpoint_asker
         from alignray.judges.rubric import load_rubric
         check_judge(cfg, "ppo.reward.judge")
         self.rubric, self.reference = load_rubric(cfg.rubric), reference
         self.cache = VerdictCache(cfg.cache_path) if cfg.cache_path else None
-        if cfg.kind == "openai":
-            endpoint = endpoint_judge(cfg)
-            self.ask, self.identity = endpoint_asker(endpoint, self.rubric, "pairwise"), endpoint.identity()
-        else:
-            self.ask, self.identity = local_pair_asker(cfg, self.rubric, device), local_identity(cfg, cfg.model_path)
+        self.ask, self.identity = judge_asker(cfg, self.rubric, "pairwise", device)
         self.stats = {"scored": 0, "not_judged": 0, "answers_from_cache": 0, "judge_s": 0.0}
 
     def score(self, prompts, responses):

@@ -52,16 +52,20 @@ def _describe_reward_model(cfg: ScorerConfig, role: str) -> str:
     return f"the reward model {cfg.model_path}"
 
 
-def _describe_ai_judge(cfg: ScorerConfig, role: str) -> str:
+def _judge_in_words(cfg: ScorerConfig) -> str:
     judge = cfg.ai_judge
     where = f"{judge.openai.model} at {judge.openai.base_url}" if judge.kind == "openai" else judge.model_path
-    return f"the AI judge {where} (rubric {judge.rubric}), rating each answer"
+    return f"the AI judge {where} (rubric {judge.rubric})"
+
+
+def _describe_ai_judge(cfg: ScorerConfig, role: str) -> str:
+    return f"{_judge_in_words(cfg)}, rating each answer"
 
 
 def _describe_judge_reward(cfg: ScorerConfig, role: str) -> str:
     if not cfg.reference_model_path:
         return _describe_ai_judge(cfg, role)
-    return f"{_describe_ai_judge(cfg, role).rsplit(',', 1)[0]}, against {cfg.reference_model_path}'s answers"
+    return f"{_judge_in_words(cfg)}, against {cfg.reference_model_path}'s answers"
 
 
 SCORERS: dict[str, ScorerSpec] = {

@@ -85,18 +85,13 @@ class AIJudgeScorer(Scorer):
     cache at ``cache_path`` when one is set."""
 
     def __init__(self, cfg, device="cpu"):
-        from alignray.judges.build import check_judge, endpoint_judge, local_identity, local_rating_asker
+        from alignray.judges.build import check_judge, judge_asker
         from alignray.judges.cache import VerdictCache
-        from alignray.judges.forms import endpoint_asker
         from alignray.judges.rubric import load_rubric
         check_judge(cfg, "ai_judge")
         self.rubric = load_rubric(cfg.rubric)
         self.cache = VerdictCache(cfg.cache_path) if cfg.cache_path else None
-        self.endpoint = endpoint_judge(cfg) if cfg.kind == "openai" else None
-        if self.endpoint is not None:
-            self.ask, self.identity = endpoint_asker(self.endpoint, self.rubric, "rating"), self.endpoint.identity()
-        else:
-            self.ask, self.identity = local_rating_asker(cfg, self.rubric, device), local_identity(cfg, cfg.model_path)
+        self.ask, self.identity = judge_asker(cfg, self.rubric, "rating", device)
         self.counts: dict = {}
 
     def score(self, prompts, responses):
