@@ -143,7 +143,7 @@ def main() -> None:
                 print(json.dumps(rows[-2:]), flush=True)
         default_rm = reward_model_agreement(Path(inputs["reward_model"]), heldout)
     references = [untaught | {"learner": "SFT model as an untaught judge", "labels": 0},
-                  default_rm | {"learner": "default reward model (every label)", "labels": feedback.num_rows,
+                  default_rm | {"learner": "reward model of --run (every label)", "labels": feedback.num_rows,
                                 "folder": inputs["reward_model"]}]
     print(f"machine: {describe_machine(machine_info())}; {len(heldout)} held-out pairs, annotators 6-10")
     print(f"{'human labels':>12} {'seed':>4}  {'learner':<36} {'agreement [95% CI]':<22} {'wall s':>7}")
