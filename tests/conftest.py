@@ -4,6 +4,7 @@ every model test starts from."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from contextlib import contextmanager
@@ -83,6 +84,49 @@ def prompts_path(tmp_path_factory) -> Path:
     write_parquet([{"prompt_id": str(i), "prompt": p, "system": None, "source": "test"}
                    for i, p in enumerate(OPENINGS * 3)], path, PROMPT_SCHEMA)
     return path
+
+
+@pytest.fixture(scope="session")
+def demonstrations_path(tmp_path_factory) -> Path:
+    """The first 500 embedded demonstrations in one file (SFT's runs split off their held-out rows)."""
+    from tests.test_sft import demonstrations_file
+    return demonstrations_file(tmp_path_factory.mktemp("demonstrations"), 500)
+
+
+class ProgressLines(logging.Handler):
+    """The messages of the ``alignray.progress`` log while it is attached, at INFO as a Hydra
+    app's logging has it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+        self.logger = logging.getLogger("alignray.progress")
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def __enter__(self) -> list[str]:
+        self.level = self.logger.level
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self)
+        return self.lines
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.level)
+
+
+@pytest.fixture(scope="session")
+def one_worker_sft(ray_cluster, tiny_base_model, demonstrations_path, tmp_path_factory) -> tuple[Path, list[str]]:
+    """SFT on one Ray Train worker at tests/test_sft.py's settings with the default logger, and
+    the progress lines its driver logged: one Ray Train fit for test_sft (one worker against
+    two) and test_tracking (what reached the tracker, the log and `ray.train.report`)."""
+    from alignray.workflows.sft import run_sft
+    from tests.test_sft import sft_config
+    with ProgressLines() as lines:
+        out = run_sft(sft_config(tmp_path_factory.mktemp("one_worker"), demonstrations_path, "cluster.num_workers=1"),
+                      tiny_base_model)
+    return out, lines
 
 
 @contextmanager

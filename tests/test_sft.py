@@ -44,11 +44,6 @@ def demonstrations_file(folder, rows: int):
     return path
 
 
-@pytest.fixture(scope="module")
-def demonstrations(tmp_path_factory):
-    return demonstrations_file(tmp_path_factory.mktemp("demonstrations"), 500)
-
-
 def test_loss_mask_covers_the_response_and_its_end_only(tiny_base_model):
     tokenizer = load_tokenizer(tiny_base_model, padding_side="right")
     rows = tokenize_demonstrations(tokenizer, ["I love the new"], ["phone, it is great"], [None],
@@ -114,14 +109,14 @@ def summary(out):
 
 
 @pytest.fixture(scope="module")
-def interrupted_then_resumed(ray_cluster, tiny_base_model, demonstrations, tmp_path_factory):
+def interrupted_then_resumed(ray_cluster, tiny_base_model, demonstrations_path, tmp_path_factory):
     """Two workers, ZeRO-2: interrupted after step 6 (last checkpoint: step 4), then run
     again with the same settings."""
     workdir = tmp_path_factory.mktemp("two")
     with pytest.raises(TrainingInterrupted, match="step 4 of 10"):
-        run_sft(sft_config(workdir, demonstrations, "cluster=cpu_test", "sft.interrupt_after_steps=6"),
+        run_sft(sft_config(workdir, demonstrations_path, "cluster=cpu_test", "sft.interrupt_after_steps=6"),
                 tiny_base_model)
-    return run_sft(sft_config(workdir, demonstrations, "cluster=cpu_test"), tiny_base_model)
+    return run_sft(sft_config(workdir, demonstrations_path, "cluster=cpu_test"), tiny_base_model)
 
 
 def test_resume_continues_from_the_checkpoint_without_repeating_or_skipping(interrupted_then_resumed):
@@ -144,9 +139,8 @@ def test_resume_continues_from_the_checkpoint_without_repeating_or_skipping(inte
     assert f"| `heldout_loss_sft` | {summary(interrupted_then_resumed)['heldout_loss_sft']:.4g} |" in body
 
 
-def test_two_workers_zero2_match_one_worker(ray_cluster, tiny_base_model, demonstrations, tmp_path,
-                                            interrupted_then_resumed):
-    one = summary(run_sft(sft_config(tmp_path, demonstrations, "cluster.num_workers=1"), tiny_base_model))
+def test_two_workers_zero2_match_one_worker(one_worker_sft, interrupted_then_resumed):
+    one = summary(one_worker_sft[0])  # tests/conftest.py: the same settings on one worker
     two = summary(interrupted_then_resumed)
     assert two["workers"] == 2 and one["workers"] == 1
     assert one["heldout_loss_base"] == pytest.approx(two["heldout_loss_base"], abs=1e-5)  # same data and start

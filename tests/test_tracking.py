@@ -1,7 +1,7 @@
 """Experiment tracking: each backend's files read back with that tool's own reader
 (TensorBoard's event reader, the MLflow client, wandb's offline run folder), the relay of
-a Ray Train worker's metrics file, and one tiny SFT run whose workers' metrics reach the
-tracker, the progress log and `ray.train.report`."""
+a Ray Train worker's metrics file, and one tiny SFT run (tests/conftest.py's one_worker_sft)
+whose workers' metrics reach the tracker, the progress log and `ray.train.report`."""
 from __future__ import annotations
 
 import json
@@ -11,11 +11,8 @@ import sys
 import threading
 import time
 
-import pyarrow.parquet as pq
 import pytest
 
-from alignray.config import DataConfig
-from alignray.data.prompts import prepare_embedded_data
 from alignray.core.metrics import MetricsLogger, following, read_metrics
 from alignray.core.tracking import TrackingSettings, log_summary, open_tracker, tracking_settings
 from alignray.workflows.common import compose_app_config
@@ -142,57 +139,30 @@ def test_following_relays_each_appended_record_once_in_order(tmp_path):
 
 
 # ----------------------------------------------------------------------------- a Ray Train phase
-@pytest.fixture(scope="module")
-def tiny_sft(ray_cluster, tiny_base_model, tmp_path_factory):
-    """Three SFT steps on 120 demonstrations through Hydra's config with the default logger."""
-    from alignray.workflows.sft import run_sft
-    folder = tmp_path_factory.mktemp("tracking")
-    table = pq.read_table(prepare_embedded_data(DataConfig(), folder)["demonstrations_train"]).slice(0, 120)
-    pq.write_table(table, folder / "demonstrations.parquet")
-    cfg = config(f"workdir={folder}/runs", "data=files", f"data.demonstrations_path={folder}/demonstrations.parquet",
-                 "data.heldout_fraction=0.2", "sft.max_steps=3", "sft.batch_size=8", "sft.log_every=1",
-                 "sft.eval_every=2", "sft.checkpoint_every=0")
-    progress, handler = logging.getLogger("alignray.progress"), _Collect()
-    level = progress.level
-    progress.setLevel(logging.INFO)  # as a Hydra app's logging has it
-    progress.addHandler(handler)
-    try:
-        out = run_sft(cfg, tiny_base_model)
-    finally:
-        progress.removeHandler(handler)
-        progress.setLevel(level)
-    return out, handler.lines
-
-
-class _Collect(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-def test_a_ray_train_phase_sends_its_workers_metrics_to_the_tracker_and_the_log(tiny_sft):
-    out, progress = tiny_sft
+def test_a_ray_train_phase_sends_its_workers_metrics_to_the_tracker_and_the_log(one_worker_sft):
+    """tests/conftest.py's SFT run with the default logger: ten steps, logged every step and
+    evaluated every five."""
+    out, progress = one_worker_sft
     expected = tracked_values(out)
     scalars = tensorboard_scalars(out)
     for key in ["loss", "heldout_loss", "tokens_per_s", "lr"]:
         assert [s for s, _ in scalars[key]] == [s for s, _ in expected[key]], key
         assert [v for _, v in scalars[key]] == pytest.approx([v for _, v in expected[key]], rel=1e-6), key
-    assert [s for s, _ in expected["loss"]] == [1, 2, 3] and [s for s, _ in expected["heldout_loss"]] == [0, 2, 3]
-    # One progress line per record, relayed by the driver from the worker's file.
+    assert [s for s, _ in expected["loss"]] == list(range(1, 11))
+    assert [s for s, _ in expected["heldout_loss"]] == [0, 5, 10]
+    # One progress line per record, relayed by the driver from the worker's file: an evaluated
+    # step has its training line and its evaluation line.
     assert [line.split(" | ")[0] for line in progress] == [
-        "[sft] step 0/3", "[sft] step 1/3", "[sft] step 2/3", "[sft] step 2/3", "[sft] step 3/3", "[sft] step 3/3"]
-    assert any(line.startswith("[sft] step 3/3 | loss ") for line in progress)
+        f"[sft] step {step}/10" for step in [0, 1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10, 10]]
+    assert any(line.startswith("[sft] step 10/10 | loss ") for line in progress)
 
 
-def test_ray_train_report_carries_the_losses_of_its_checkpoint(tiny_sft):
+def test_ray_train_report_carries_the_losses_of_its_checkpoint(one_worker_sft):
     from ray.train import Result
-    out, _ = tiny_sft
+    out, _ = one_worker_sft
     records = read_metrics(out / "metrics.jsonl")
     reported = Result.from_path(out / "ray_train").metrics
-    assert reported["step"] == 3
+    assert reported["step"] == 10
     assert reported["loss"] == [r["loss"] for r in records if "loss" in r][-1]
     assert reported["heldout_loss"] == [r["heldout_loss"] for r in records if "heldout_loss" in r][-1]
 
