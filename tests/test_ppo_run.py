@@ -39,6 +39,13 @@ def run_config(model_path, prompts_path, workdir):
     return cfg
 
 
+def with_length_term(cfg):
+    """A user's reward function on the runs compared with the uninterrupted one: a length term
+    small enough (at most 0.012 a response) to leave the task's optimum all "the"."""
+    cfg.ppo.reward.functions = [RewardFunctionConfig("tests.test_ppo_algorithm:word_count", -0.001, name="length")]
+    return cfg
+
+
 class SimulatedCrash(Exception):
     pass
 
@@ -59,7 +66,7 @@ def assert_same_record(got: dict, expected: dict) -> None:
 
 @pytest.fixture(scope="module")
 def uninterrupted(ray_cluster, tiny_base_model, prompts_path, tmp_path_factory):
-    cfg = run_config(tiny_base_model, prompts_path, tmp_path_factory.mktemp("whole"))
+    cfg = with_length_term(run_config(tiny_base_model, prompts_path, tmp_path_factory.mktemp("whole")))
     return run_ppo(typed_config(cfg), str(tiny_base_model), None)
 
 
@@ -90,7 +97,7 @@ def test_reward_rises_towards_the_known_optimum(uninterrupted):
 
 def test_an_interrupted_run_resumes_exactly(ray_cluster, tiny_base_model, prompts_path, tmp_path, uninterrupted,
                                             monkeypatch):
-    cfg = run_config(tiny_base_model, prompts_path, tmp_path)
+    cfg = with_length_term(run_config(tiny_base_model, prompts_path, tmp_path))
     original_step = PPOCoordinator.step
 
     def crash_at(self, step):
@@ -117,7 +124,7 @@ def test_an_interrupted_run_resumes_exactly(ray_cluster, tiny_base_model, prompt
 
 def test_policy_lag_overlaps_generation_and_still_climbs_under_the_rollout_correction(
         ray_cluster, tiny_base_model, prompts_path, tmp_path, uninterrupted):
-    cfg = run_config(tiny_base_model, prompts_path, tmp_path)
+    cfg = with_length_term(run_config(tiny_base_model, prompts_path, tmp_path))
     cfg.ppo.policy_lag = 1
     # the sampler one update behind is the mismatch the rollout correction weighs
     cfg.ppo.rollout_correction.mode = "token_tis"
@@ -155,15 +162,10 @@ def test_each_critic_free_preset_climbs_towards_the_known_optimum(ray_cluster, t
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["coordinator.pt", "policy"]
 
 
-def test_a_users_reward_function_is_added_to_the_scorer_and_its_part_logged(ray_cluster, tiny_base_model,
-                                                                             prompts_path, tmp_path):
-    cfg = run_config(tiny_base_model, prompts_path, tmp_path)
-    cfg.ppo.steps, cfg.ppo.checkpoint_every = 2, 0
-    cfg.ppo.reward.functions = [RewardFunctionConfig("tests.test_ppo_algorithm:word_count", -0.1, name="length")]
-    records = read_metrics(run_ppo(typed_config(cfg), str(tiny_base_model), None) / "metrics.jsonl")
-    for record in records:
+def test_a_users_reward_function_is_added_to_the_scorer_and_its_part_logged(uninterrupted):
+    for record in read_metrics(uninterrupted / "metrics.jsonl"):  # the run's length term (with_length_term)
         assert record["reward_raw"] == pytest.approx(record["reward_parts/target_word"] + record["reward_parts/length"])
-        assert record["reward_parts/length"] < 0  # every response has words: -0.1 x their count
+        assert record["reward_parts/length"] < 0  # every response has words: -0.001 x their count
 
 
 def test_evaluating_a_policy_against_itself_is_a_tie_with_zero_kl(tiny_base_model, prompts_path, tmp_path):
