@@ -67,11 +67,13 @@ def backbone_path(kind: str, cfg) -> str:
     return str(resolve_base_model(cfg.model, cfg.cache_dir, cfg.seed))  # minilm replaces it
 
 
-def heldout_accuracy(model_dir: Path, heldout_path: Path) -> dict:
-    """Share of held-out pairs where the chosen response scores higher (ties one half)."""
+def heldout_accuracy(model_dir: Path, heldout_path: Path, limit: int = 0) -> dict:
+    """Share of held-out pairs (the first ``limit``; 0: all) where the chosen response scores
+    higher (ties one half)."""
     from alignray.feedback.schema import read_feedback
     from alignray.reward.model import load_reward_model
     rows = [r for r in read_feedback(heldout_path)[0].to_pylist() if r["kind"] == "pairwise" and r["winner"] != "tie"]
+    rows = rows[:limit or None]
     model = load_reward_model(model_dir, device="cpu")
     prompts = [r["prompt"] for r in rows]
     chosen = [r["responses"][0 if r["winner"] == "a" else 1] for r in rows]

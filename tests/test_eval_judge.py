@@ -161,6 +161,9 @@ def test_a_pairs_table_reads_as_is_and_one_without_its_columns_is_an_error_namin
     pq.write_table(pa.table({"prompt": ["p"], "chosen": ["yes"], "rejected": ["no"], "weight": [1.0]}), path)
     pairs = read_preference_pairs(str(path))
     assert (pairs.prompts, pairs.chosen, pairs.rejected, pairs.conversations) == (["p"], ["yes"], ["no"], [None])
+    pq.write_table(pa.table({"prompt": ["p", "q", "r"], "chosen": ["a", "b", "c"], "rejected": ["x", "y", "z"]}), path)
+    assert read_preference_pairs(str(path), limit=2).chosen == ["a", "b"]  # eval.max_pairs: the first ones
+    assert read_preference_pairs(str(path), limit=0).chosen == ["a", "b", "c"]
     pq.write_table(pa.table({"chosen": ["yes"], "rejected": ["no"]}), path)
     with pytest.raises(ValueError, match=f"{path}: a pairs table needs .*'prompt'"):
         read_preference_pairs(str(path))

@@ -128,7 +128,7 @@ def judge(kind: str, cfg: AlignrayConfig, prompts: list[str], sft_texts: list[st
     the implicit-reward accuracy of PPO (reference: SFT) on the held-out pairs."""
     if kind == PAIRS:
         sft_model, ppo_model, tokenizer = models
-        pairs = read_preference_pairs(cfg.eval.pairs_path)
+        pairs = read_preference_pairs(cfg.eval.pairs_path, cfg.eval.max_pairs)
         figure = implicit_reward_accuracy(ppo_model, sft_model, tokenizer, pairs, cfg.data.max_prompt_tokens,
                                           cfg.data.max_response_tokens, seed=cfg.seed)
         return Judged(figure, extra={"num_pairs": len(pairs.prompts), "measure_note": PAIRS_NOTE})

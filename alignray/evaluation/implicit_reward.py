@@ -33,11 +33,11 @@ class PreferencePairs:
     rejected: list[str]
 
 
-def read_preference_pairs(path: str) -> PreferencePairs:
+def read_preference_pairs(path: str, limit: int = 0) -> PreferencePairs:
     """Chosen and rejected responses from a pairs table (``prompt``, ``chosen``, ``rejected``)
     or a feedback file: pairwise rows without the ties (they state no preference) and
     rankings expanded into their pairs (alignray.feedback.aggregate); each pair counts once.
-    A feedback file's multi-turn prompts keep their turns."""
+    A feedback file's multi-turn prompts keep their turns. ``limit`` > 0: the first pairs only."""
     names = set(pq.read_schema(path).names)
     if names & {"chosen", "rejected"}:
         missing = sorted({"prompt", "chosen", "rejected"} - names)
@@ -53,6 +53,7 @@ def read_preference_pairs(path: str) -> PreferencePairs:
                                       feedback.column("conversation").to_pylist()) if c}
     if table.num_rows == 0:
         raise ValueError(f"{path} holds no preference pairs (ties and thumbs or ratings give none)")
+    table = table.slice(0, limit or None)
     prompts = table.column("prompt").to_pylist()
     return PreferencePairs(prompts, [turns.get(p) for p in prompts], table.column("chosen").to_pylist(),
                            table.column("rejected").to_pylist())
