@@ -64,15 +64,28 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def trend(values: list[float]) -> dict:
+    """Least-squares slope per step with its 95% interval (normal approximation): a rise is
+    measured when the interval lies above zero."""
+    x, y = np.arange(len(values), dtype=float), np.asarray(values, dtype=float)
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = y - (slope * x + intercept)
+    stderr = float(np.sqrt(residual.var(ddof=2) / ((x - x.mean()) ** 2).sum())) if len(y) > 2 else float("nan")
+    return {"slope_per_step": round(float(slope), 4), "ci95": [round(float(slope) - 1.96 * stderr, 4),
+                                                                round(float(slope) + 1.96 * stderr, 4)]}
+
+
 def ppo_learning(ppo: Path, window: int = 3) -> dict:
-    """The reward model's mean raw reward over the first and the last ``window`` steps."""
+    """The reward model's mean raw reward over the first and the last ``window`` steps, and its
+    trend over every step."""
     steps = [m for m in read_jsonl(ppo / "metrics.jsonl") if "reward_raw" in m]
     first, last = steps[:window], steps[-window:]
     mean = lambda rows, key: round(float(np.mean([r[key] for r in rows])), 4)  # noqa: E731
     return {"steps": len(steps), "reward_first": mean(first, "reward_raw"), "reward_last": mean(last, "reward_raw"),
+            "reward_trend": trend([s["reward_raw"] for s in steps]),
             "kl_last": mean(last, "kl"), "response_length_first": mean(first, "response_length"),
             "response_length_last": mean(last, "response_length"),
-            "seconds_per_step": round(float(np.mean([r["time_s"] for r in steps])), 1)}
+            "seconds_per_step": round(float(np.mean(np.diff([r["time_s"] for r in steps]))), 1)}  # time_s: since the start
 
 
 PHASE_KEYS = {"2 supervised fine-tuning": "sft", "3a feedback": "feedback", "3b reward model": "reward",
@@ -94,8 +107,8 @@ def built_seconds(workdir: Path, phases: dict[str, Path]) -> dict[str, float | N
 
 def evaluation(folder: Path) -> dict:
     e = json.loads((folder / "eval.json").read_text())
-    keep = ("judge", "measure", "win_rate", "accuracy", "ci_low", "ci_high", "mean_kl", "length_ratio", "verdict")
-    return {k: e[k] for k in keep if k in e}
+    keep = ("judge", "measure", "ci_low", "ci_high", "mean_kl", "length_ratio", "verdict")
+    return {k: e[k] for k in keep if k in e} | {"value": e[e["measure"]]}  # measure: win_rate or implicit_reward_accuracy
 
 
 def main() -> None:
@@ -109,9 +122,11 @@ def main() -> None:
     args = parser.parse_args()
     from alignray.core.artifacts import MODEL_DIR
     from alignray.core.machine import describe_machine, machine_info
+    # the preset's own workdir (runs/<name>) unless given: its input paths are part of each phase's
+    # key, so spelling the same folder another way would train every phase again
     workdir = (args.workdir or REPO / "runs" / args.experiment).resolve()
     data = workdir / "hh_data"
-    common = [f"experiment={args.experiment}", f"workdir={workdir}", *args.overrides]
+    common = [f"experiment={args.experiment}", *([f"workdir={args.workdir}"] if args.workdir else []), *args.overrides]
     summary = convert(args.input.resolve(), data)
     wall = {"pipeline": alignray("run", *common)}
     report = json.loads((workdir / "report" / "phases.json").read_text())
@@ -155,7 +170,8 @@ def print_table(r: dict) -> None:
          f"accuracy on {rm['pairs']} held-out pairs {rm['accuracy']:.3f} [{rm['ci'][0]:.3f}, {rm['ci'][1]:.3f}]"),
         ("4 PPO", seconds.get("4 PPO"),
          f"reward {ppo['reward_first']:+.3f} -> {ppo['reward_last']:+.3f} (first/last 3 of {ppo['steps']} steps), "
-         f"KL {ppo['kl_last']:.2f}, {ppo['seconds_per_step']} s a step"),
+         f"slope {ppo['reward_trend']['slope_per_step']:+.4f} [{ppo['reward_trend']['ci95'][0]:+.4f}, "
+         f"{ppo['reward_trend']['ci95'][1]:+.4f}] a step, KL {ppo['kl_last']:.2f}, {ppo['seconds_per_step']} s a step"),
         ("evaluation", seconds.get("evaluation"), describe_eval(pairs)),
         ("gold evaluation", r["wall_seconds"]["gold_evaluation"], describe_eval(gold)),
     ]
@@ -166,8 +182,7 @@ def print_table(r: dict) -> None:
 
 
 def describe_eval(e: dict) -> str:
-    value = e.get("win_rate", e.get("accuracy"))
-    return f"{e.get('measure', 'win_rate')} {value:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}] ({e['judge']})"
+    return f"{e['measure']} {e['value']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}] ({e['judge']}), length x{e['length_ratio']:.2f}"
 
 
 if __name__ == "__main__":
