@@ -62,7 +62,7 @@ def test_the_evaluation_size_reuses_ppo_and_reruns_only_the_evaluation():
     (REWARD, "reward_model.resume=false"), (REWARD, "reward_model.interrupt_after_steps=3"),
     (DPO, "dpo.resume=false"), (DPO, "dpo.interrupt_after_steps=3"),
     (JUDGE, "teach_judge.resume=false"), (JUDGE, "teach_judge.base_model_path=/elsewhere"),
-    (PPO, "eval.samples_to_write=3"), (PPO, "eval.kl_budget=2.0"),
+    (PPO, "eval.samples_to_write=3"), (PPO, "eval.kl_budget=2.0"), (PPO, "eval.max_pairs=10"),
     # config keys that only name an input: the input itself is in the key
     (FEEDBACK, "feedback.sft_model_path=/elsewhere"), (REWARD, "reward_model.feedback_dir=/elsewhere"),
     (PPO, "ppo.sft_model_path=/elsewhere"), (EVALUATION, "eval.policy_path=/elsewhere"),
@@ -79,6 +79,7 @@ def test_what_does_not_change_a_phase_leaves_its_key(phase, override):
     (REWARD, "reward_model.margin=0.5"), (PPO, "ppo.kl.coef=0.05"), (PPO, "data.max_prompt_tokens=20"),
     (EVALUATION, "ppo.rollout.temperature=0.7"), (EVALUATION, "eval.prompts_path=/data/prompts.parquet"),
     (EVALUATION, "eval.judge.kind=http"), (EVALUATION, "eval.pairs_path=/data/heldout.parquet"),
+    (EVALUATION, "eval.max_pairs=10"),
     (EVALUATION, "eval.judge.model_path=/models/gold"), (EVALUATION, "eval.judge.url=http://h:1"),
     (DATA, "data.heldout_fraction=0.1"), (SFT, "sft.lora.rank=8"), (REWARD, "reward_model.lora.rank=8"),
     (PPO, "ppo.policy.lora.rank=8"), (PPO, "ppo.critic.lora.target_modules=c_attn"),
