@@ -48,10 +48,13 @@ VARIANTS = {
 }
 
 
-def convert(source: Path, out: Path) -> dict:
+def convert(source: Path, out: Path, heldout_fraction: float | None = None) -> dict:
+    """The importer's summary, converting first unless ``out`` holds a conversion already
+    (``heldout_fraction``: the importer's share of held-out prompts; None: its default)."""
     if not (out / "convert_summary.json").exists():
+        split = [] if heldout_fraction is None else ["--heldout-fraction", str(heldout_fraction)]
         subprocess.run([sys.executable, "-m", "alignray.workflows.convert", "--format", "hh-rlhf", str(source),
-                        str(out)], check=True, cwd=REPO)
+                        str(out), *split], check=True, cwd=REPO)
     return json.loads((out / "convert_summary.json").read_text())
 
 

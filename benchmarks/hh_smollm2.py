@@ -18,7 +18,8 @@ What each phase learned, all on data it did not train on:
 - PPO: the reward model's mean reward over the first and the last steps, the KL it paid;
 - evaluation: implicit-reward accuracy on the held-out pairs (``eval.judge.kind=pairs``) and
   the gold reward model's win-rate of PPO against SFT, each with its 95% interval.
-Prints a table; writes JSON (``--out``). The seconds are the pipeline's own per phase.
+Prints a table; writes JSON (``--out``). A phase's seconds are those of the pipeline run that
+built its folder (a rerun reuses it).
 """
 from __future__ import annotations
 
@@ -33,35 +34,32 @@ from pathlib import Path
 
 import numpy as np
 
+from alignray.core.metrics import read_metrics
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
-from hh_reward_model import SHARED_HH, heldout_accuracy  # noqa: E402
+from hh_reward_model import SHARED_HH, convert, heldout_accuracy  # noqa: E402
 
 ALIGNRAY = [sys.executable, "-m", "alignray.workflows.cli"]
 
 
-def alignray(command: str, *overrides: str) -> float:
-    """Run one alignray command as a user would; its wall seconds."""
-    started = time.monotonic()
-    subprocess.run([*ALIGNRAY, command, *overrides], check=True, cwd=REPO)
-    return round(time.monotonic() - started, 1)
+def alignray(command: str, *overrides: str) -> tuple[float, str]:
+    """Run one alignray command as a user would, its output shown as it comes: (wall seconds, output)."""
+    started, lines = time.monotonic(), []
+    with subprocess.Popen([*ALIGNRAY, command, *overrides], cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, errors="replace") as process:
+        for line in process.stdout:
+            sys.stdout.write(line)
+            lines.append(line)
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, ["alignray", command, *overrides])
+    return round(time.monotonic() - started, 1), "".join(lines)
 
 
-def convert(source: Path, out: Path) -> dict:
-    if not (out / "convert_summary.json").exists():
-        subprocess.run([sys.executable, "-m", "alignray.workflows.convert", "--format", "hh-rlhf", str(source),
-                        str(out), "--heldout-fraction", "0.5"], check=True, cwd=REPO)
-    return json.loads((out / "convert_summary.json").read_text())
-
-
-def newest(workdir: Path, prefix: str, before: set[Path] = frozenset()) -> Path:
-    """The newest complete phase folder of ``prefix`` (not one of ``before``)."""
-    done = [p for p in workdir.glob(f"{prefix}-*") if (p / "DONE").exists() and p not in before]
-    return max(done, key=lambda p: (p / "DONE").stat().st_mtime)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def phase_folder(output: str, prefix: str) -> Path:
+    """The folder a command built or reused for its phase ``prefix``: the last that its log names
+    (the phase's inputs are resolved, and logged, before it)."""
+    return Path(re.findall(rf"phase {prefix}: (?:building|reusing) (\S+)", output)[-1])
 
 
 def trend(values: list[float]) -> dict:
@@ -78,7 +76,7 @@ def trend(values: list[float]) -> dict:
 def ppo_learning(ppo: Path, window: int = 3) -> dict:
     """The reward model's mean raw reward over the first and the last ``window`` steps, and its
     trend over every step."""
-    steps = [m for m in read_jsonl(ppo / "metrics.jsonl") if "reward_raw" in m]
+    steps = [m for m in read_metrics(ppo / "metrics.jsonl") if "reward_raw" in m]
     first, last = steps[:window], steps[-window:]
     mean = lambda rows, key: round(float(np.mean([r[key] for r in rows])), 4)  # noqa: E731
     return {"steps": len(steps), "reward_first": mean(first, "reward_raw"), "reward_last": mean(last, "reward_raw"),
@@ -127,8 +125,8 @@ def main() -> None:
     workdir = (args.workdir or REPO / "runs" / args.experiment).resolve()
     data = workdir / "hh_data"
     common = [f"experiment={args.experiment}", *([f"workdir={args.workdir}"] if args.workdir else []), *args.overrides]
-    summary = convert(args.input.resolve(), data)
-    wall = {"pipeline": alignray("run", *common)}
+    summary = convert(args.input.resolve(), data, heldout_fraction=0.5)
+    wall = {"pipeline": alignray("run", *common)[0]}
     report = json.loads((workdir / "report" / "phases.json").read_text())
     phases = {k: Path(v) for k, v in report.items() if k != "seconds"}
     result = {"experiment": args.experiment, "overrides": args.overrides, "input": str(args.input),
@@ -141,15 +139,13 @@ def main() -> None:
     result["ppo"] = ppo_learning(phases["ppo"])
     result["eval_pairs"] = evaluation(phases["eval"])
     # The gold reward model: the same phase on the held-out half's pairs, from the same SFT model.
-    rewards = set(workdir.glob("reward-*"))
-    gold_data = [f"feedback.path={data / 'feedback_heldout.parquet'}"]
-    wall["gold_reward_model"] = alignray("reward-model", *common, *gold_data)
-    gold = newest(workdir, "reward", rewards) if set(workdir.glob("reward-*")) - rewards else phases["reward"]
-    evals = set(workdir.glob("eval-*"))
-    wall["gold_evaluation"] = alignray("evaluate", *common, "eval.judge.kind=reward_model",
-                                       f"eval.judge.model_path={gold / MODEL_DIR}")
+    wall["gold_reward_model"], output = alignray("reward-model", *common,
+                                                 f"feedback.path={data / 'feedback_heldout.parquet'}")
+    gold = phase_folder(output, "reward")
+    wall["gold_evaluation"], output = alignray("evaluate", *common, "eval.judge.kind=reward_model",
+                                               f"eval.judge.model_path={gold / MODEL_DIR}")
     result["gold_reward_model"] = {"folder": str(gold), **json.loads((gold / "eval.json").read_text())["model"]["heldout"]}
-    result["eval_gold"] = evaluation(newest(workdir, "eval", evals))
+    result["eval_gold"] = evaluation(phase_folder(output, "eval"))
     result["wall_seconds"] = wall
     print_table(result)
     print(f"machine: {describe_machine(result['machine'])}")
