@@ -34,6 +34,7 @@ IMPORT_ROOT = Path(alignray.__file__).resolve().parent.parent
 # Ray Data reads its logging setup from this variable: INFO to its log file, not the console
 RAY_DATA_LOGGING_ENV = "RAY_DATA_LOGGING_CONFIG"
 RAY_DATA_LOGGING_FILE = Path(alignray.cluster.__file__).resolve().parent / "ray_data_logging.yaml"
+RAY_DATA_PROGRESS_ENV = "RAY_DATA_DISABLE_PROGRESS_BARS"  # read when a DataContext is created
 
 
 def worker_env() -> dict[str, str]:
@@ -49,11 +50,15 @@ def worker_env() -> dict[str, str]:
 
 
 def ray_data_logging() -> dict[str, str]:
-    """The variable that points Ray Data at our logging setup; none when the file is missing
-    (Ray Data's import fails on a path that does not exist) or the variable is set already."""
+    """The variables that point Ray Data at our logging setup (none when the file is missing:
+    Ray Data's import fails on a path that does not exist; the user's own when set) and turn
+    its progress bars off: without a terminal each bar's refresh is a new console line, and a
+    finished dataset's bar kept printing through the later phases (~180 lines in a first run).
+    The phases print their own progress lines."""
+    bars = {RAY_DATA_PROGRESS_ENV: os.environ.get(RAY_DATA_PROGRESS_ENV, "1")}
     if os.environ.get(RAY_DATA_LOGGING_ENV):
-        return {RAY_DATA_LOGGING_ENV: os.environ[RAY_DATA_LOGGING_ENV]}
-    return {RAY_DATA_LOGGING_ENV: str(RAY_DATA_LOGGING_FILE)} if RAY_DATA_LOGGING_FILE.exists() else {}
+        return {RAY_DATA_LOGGING_ENV: os.environ[RAY_DATA_LOGGING_ENV], **bars}
+    return ({RAY_DATA_LOGGING_ENV: str(RAY_DATA_LOGGING_FILE)} if RAY_DATA_LOGGING_FILE.exists() else {}) | bars
 
 
 def quiet_ray_data_console() -> None:
@@ -61,8 +66,10 @@ def quiet_ray_data_console() -> None:
     seconds when stdout is no terminal) to its ray-data.log only, in this process: they
     came between the phases' own progress lines. Its workers get the same through worker_env."""
     os.environ.update(ray_data_logging())
+    from ray.data import DataContext
     from ray.data._internal.logging import configure_logging  # what `import ray.data` ran, before the variable
     configure_logging()
+    DataContext.get_current().enable_progress_bars = os.environ[RAY_DATA_PROGRESS_ENV] != "1"  # made before the variable
 
 
 def connect(cluster_cfg, runtime_env: dict | None = None) -> bool:

@@ -168,6 +168,23 @@ def test_ray_train_report_carries_the_losses_of_its_checkpoint(one_worker_sft):
 
 
 # ----------------------------------------------------------------------------- logs
+def test_ray_data_progress_bars_are_off_in_every_process_unless_the_user_turns_them_on(monkeypatch):
+    """Without a terminal each refresh of a Ray Data bar is a console line of its own, and a
+    Ray Train dataset's bar printed from its actor through every later phase."""
+    from ray.data import DataContext
+    from alignray.actors.runtime import RAY_DATA_PROGRESS_ENV, quiet_ray_data_console, worker_env
+    monkeypatch.delenv(RAY_DATA_PROGRESS_ENV, raising=False)
+    assert worker_env()[RAY_DATA_PROGRESS_ENV] == "1"
+    quiet_ray_data_console()
+    assert DataContext.get_current().enable_progress_bars is False
+    monkeypatch.setenv(RAY_DATA_PROGRESS_ENV, "0")
+    assert worker_env()[RAY_DATA_PROGRESS_ENV] == "0"
+    quiet_ray_data_console()
+    assert DataContext.get_current().enable_progress_bars is True
+    monkeypatch.setenv(RAY_DATA_PROGRESS_ENV, "1")
+    quiet_ray_data_console()
+
+
 def test_ray_data_info_lines_go_to_its_log_file_and_warnings_still_to_the_console(capfd):
     from alignray.actors.runtime import quiet_ray_data_console
     quiet_ray_data_console()
