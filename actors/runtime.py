@@ -26,6 +26,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402
 
 import alignray.cluster  # noqa: E402
+from alignray.actors.worker_setup import HOOK as WORKER_SETUP_HOOK  # noqa: E402
 from alignray.ppo.layout import Resources, capacity_error, unplaceable  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def connect(cluster_cfg, runtime_env: dict | None = None) -> bool:
     runtime_env = dict(runtime_env or {})
     runtime_env["env_vars"] = (worker_env() | {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
                                | runtime_env.get("env_vars", {}))
+    runtime_env.setdefault("worker_process_setup_hook", WORKER_SETUP_HOOK)
     kwargs = dict(
         # "local": always a new instance. Without it ray.init joins whatever cluster a
         # `ray start` on this host last recorded in /tmp/ray/ray_current_cluster.

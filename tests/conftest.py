@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 def ray_cluster():
     """Started once, stopped by its own handle (never `ray stop`)."""
     import ray
+    from alignray.actors.worker_setup import HOOK as WORKER_SETUP_HOOK
     # Ray 2.60 turns token auth on for a new local instance and caches the mode in the
     # process; tests of the submit wrapper's auth handling flip RAY_AUTH_MODE, and a driver
     # whose cached mode disagrees with its own GCS cannot start it. This instance is
@@ -42,7 +43,8 @@ def ray_cluster():
     ray.init(address="local", num_cpus=8, num_gpus=4, include_dashboard=False,
              object_store_memory=256 * 1024 * 1024,
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
-                                       "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}})
+                                       "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"},
+                          "worker_process_setup_hook": WORKER_SETUP_HOOK})
     yield ray
     ray.shutdown()
 

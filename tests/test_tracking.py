@@ -168,6 +168,19 @@ def test_ray_train_report_carries_the_losses_of_its_checkpoint(one_worker_sft):
 
 
 # ----------------------------------------------------------------------------- logs
+def test_workers_skip_mlflow_and_the_driver_keeps_it(ray_cluster):
+    """The driver holds the tracker; in a worker, DeepSpeed's optional mlflow import (~1 s of
+    CPU) is skipped (actors/worker_setup.py)."""
+    @ray_cluster.remote
+    def mlflow_in_worker():
+        import importlib.util
+        return importlib.util.find_spec("mlflow")
+
+    assert ray_cluster.get(mlflow_in_worker.remote()) is None
+    import mlflow
+    assert mlflow.active_run() is None
+
+
 def test_ray_data_progress_bars_are_off_in_every_process_unless_the_user_turns_them_on(monkeypatch):
     """Without a terminal each refresh of a Ray Data bar is a console line of its own, and a
     Ray Train dataset's bar printed from its actor through every later phase."""
