@@ -14,7 +14,8 @@ PPO policy against the SFT model afterwards (``alignray evaluate eval.judge.kind
 
 What each phase learned, all on data it did not train on:
 - SFT: held-out loss before and after (the phase's own held-out demonstrations);
-- reward model: accuracy on the held-out half's pairs (the response people chose scores higher);
+- reward model: accuracy on the held-out half's pairs (the response people chose scores higher),
+  and the gold model's on the training half's;
 - PPO: the reward model's mean reward over the first and the last steps, the KL it paid;
 - evaluation: implicit-reward accuracy on the held-out pairs (``eval.judge.kind=pairs``) and
   the gold reward model's win-rate of PPO against SFT, each with its 95% interval.
@@ -145,6 +146,9 @@ def main() -> None:
     wall["gold_evaluation"], output = alignray("evaluate", *common, "eval.judge.kind=reward_model",
                                                f"eval.judge.model_path={gold / MODEL_DIR}")
     result["gold_reward_model"] = {"folder": str(gold), **json.loads((gold / "eval.json").read_text())["model"]["heldout"]}
+    # the gold model's own figure on pairs it never saw: the training half's, as many as the proxy's
+    result["gold_reward_model"]["train_half"] = heldout_accuracy(gold / MODEL_DIR, data / "feedback_train.parquet",
+                                                                args.heldout_pairs)
     result["eval_gold"] = evaluation(phase_folder(output, "eval"))
     result["wall_seconds"] = wall
     print_table(result)
@@ -169,6 +173,9 @@ def print_table(r: dict) -> None:
          f"slope {ppo['reward_trend']['slope_per_step']:+.4f} [{ppo['reward_trend']['ci95'][0]:+.4f}, "
          f"{ppo['reward_trend']['ci95'][1]:+.4f}] a step, KL {ppo['kl_last']:.2f}, {ppo['seconds_per_step']} s a step"),
         ("evaluation", seconds.get("evaluation"), describe_eval(pairs)),
+        ("gold RM", r["wall_seconds"]["gold_reward_model"],
+         f"accuracy on {r['gold_reward_model']['train_half']['pairs']} training-half pairs "
+         f"{r['gold_reward_model']['train_half']['accuracy']:.3f} {r['gold_reward_model']['train_half']['ci']}"),
         ("gold evaluation", r["wall_seconds"]["gold_evaluation"], describe_eval(gold)),
     ]
     print(f"\n{'phase':<16} {'s':>7}  result")
