@@ -18,7 +18,8 @@ What each phase learned, all on data it did not train on:
   and the gold model's on the training half's;
 - PPO: the reward model's mean reward over the first and the last steps, the KL it paid;
 - evaluation: implicit-reward accuracy on the held-out pairs (``eval.judge.kind=pairs``) and
-  the gold reward model's win-rate of PPO against SFT, each with its 95% interval.
+  the gold reward model's win-rate of PPO against SFT, each with its 95% interval, and the gold
+  model's margin at equal length (its score margin fitted against the answers' difference in words).
 Prints a table; writes JSON (``--out``). A phase's seconds are those of the pipeline run that
 built its folder (a rerun reuses it).
 """
@@ -63,15 +64,33 @@ def phase_folder(output: str, prefix: str) -> Path:
     return Path(re.findall(rf"phase {prefix}: (?:building|reusing) (\S+)", output)[-1])
 
 
-def trend(values: list[float]) -> dict:
-    """Least-squares slope per step with its 95% interval (normal approximation): a rise is
-    measured when the interval lies above zero."""
-    x, y = np.arange(len(values), dtype=float), np.asarray(values, dtype=float)
+def line_fit(x, y) -> dict:
+    """Least squares ``y = intercept + slope x``, each with its 95% interval (normal approximation)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     slope, intercept = np.polyfit(x, y, 1)
-    residual = y - (slope * x + intercept)
-    stderr = float(np.sqrt(residual.var(ddof=2) / ((x - x.mean()) ** 2).sum())) if len(y) > 2 else float("nan")
-    return {"slope_per_step": round(float(slope), 4), "ci95": [round(float(slope) - 1.96 * stderr, 4),
-                                                                round(float(slope) + 1.96 * stderr, 4)]}
+    sigma2 = (y - (slope * x + intercept)).var(ddof=2) if len(y) > 2 else float("nan")
+    sxx = ((x - x.mean()) ** 2).sum()
+    errors = {"slope": np.sqrt(sigma2 / sxx), "intercept": np.sqrt(sigma2 * (1 / len(x) + x.mean() ** 2 / sxx))}
+    return {name: {"value": round(float(v), 4), "ci95": [round(float(v - 1.96 * errors[name]), 4),
+                                                        round(float(v + 1.96 * errors[name]), 4)]}
+            for name, v in (("slope", slope), ("intercept", intercept))}
+
+
+def trend(values: list[float]) -> dict:
+    """The slope per step: a rise is measured when its interval lies above zero."""
+    fit = line_fit(np.arange(len(values)), values)["slope"]
+    return {"slope_per_step": fit["value"], "ci95": fit["ci95"]}
+
+
+def length_controlled(samples: Path) -> dict:
+    """The judge's margin of PPO's answer over SFT's, fitted against their difference in words:
+    the intercept is the margin at equal length, the slope what each extra word is worth to the
+    judge (``samples.jsonl``: the first ``eval.samples_to_write`` prompts)."""
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    words = lambda text: len(text.split())  # noqa: E731
+    fit = line_fit([words(r["ppo"]) - words(r["sft"]) for r in rows], [r["judge_ppo"] - r["judge_sft"] for r in rows])
+    return {"prompts": len(rows), "margin_at_equal_length": fit["intercept"], "margin_per_extra_word": fit["slope"],
+            "mean_extra_words": round(float(np.mean([words(r["ppo"]) - words(r["sft"]) for r in rows])), 2)}
 
 
 def ppo_learning(ppo: Path, window: int = 3) -> dict:
@@ -149,7 +168,8 @@ def main() -> None:
     # the gold model's own figure on pairs it never saw: the training half's, as many as the proxy's
     result["gold_reward_model"]["train_half"] = heldout_accuracy(gold / MODEL_DIR, data / "feedback_train.parquet",
                                                                 args.heldout_pairs)
-    result["eval_gold"] = evaluation(phase_folder(output, "eval"))
+    gold_eval = phase_folder(output, "eval")
+    result["eval_gold"] = evaluation(gold_eval) | {"length_controlled": length_controlled(gold_eval / "samples.jsonl")}
     result["wall_seconds"] = wall
     print_table(result)
     print(f"machine: {describe_machine(result['machine'])}")
@@ -177,6 +197,9 @@ def print_table(r: dict) -> None:
          f"accuracy on {r['gold_reward_model']['train_half']['pairs']} training-half pairs "
          f"{r['gold_reward_model']['train_half']['accuracy']:.3f} {r['gold_reward_model']['train_half']['ci']}"),
         ("gold evaluation", r["wall_seconds"]["gold_evaluation"], describe_eval(gold)),
+        ("  same length", None, "gold margin at equal length {value:+.3f} {ci95}, {per[value]:+.4f} a word ({n} prompts)".format(
+            **gold["length_controlled"]["margin_at_equal_length"], per=gold["length_controlled"]["margin_per_extra_word"],
+            n=gold["length_controlled"]["prompts"])),
     ]
     print(f"\n{'phase':<16} {'s':>7}  result")
     for name, sec, what in rows:
