@@ -65,3 +65,20 @@ def test_methods_table_keeps_earlier_rows_only_when_measured_from_the_same_input
     assert algorithms.earlier_rows(out, resolved, 80, 0) == [{"method": "ppo"}]  # relative paths, same folders
     assert algorithms.earlier_rows(out, resolved, 30, 0) == []
     assert algorithms.earlier_rows(out, resolved | {"reward_model": str(tmp_path / "other")}, 80, 0) == []
+
+
+def test_hh_length_controlled_margin_separates_what_length_buys(tmp_path, monkeypatch):
+    """The gold margin at equal length is the intercept of margin ~ extra words: here 0.5 at
+    equal length and 0.1 a word, recovered exactly from noise-free samples."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import hh_smollm2
+
+    samples = tmp_path / "samples.jsonl"
+    rows = [{"sft": "a " * 10, "ppo": "a " * (10 + extra), "judge_sft": 1.0, "judge_ppo": 1.5 + 0.1 * extra}
+            for extra in (0, 2, 5, 9)]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = hh_smollm2.length_controlled(samples)
+    assert result["margin_at_equal_length"] == {"value": 0.5, "ci95": [0.5, 0.5]}
+    assert result["margin_per_extra_word"]["value"] == 0.1 and result["mean_extra_words"] == 4.0
+    noisy = hh_smollm2.trend([0.0, 0.3, 0.1, 0.5, 0.4])
+    assert noisy["ci95"][0] < noisy["slope_per_step"] < noisy["ci95"][1]
