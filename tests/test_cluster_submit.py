@@ -94,6 +94,8 @@ def test_runtime_env_uploads_the_repo_without_local_state():
         assert local_state in env["excludes"]
     assert env["env_vars"]["K"] == "V" and env["env_vars"]["HF_HUB_OFFLINE"] == "1"
     assert "pip" not in env  # only with --install-deps
+    from alignray.actors.worker_setup import HOOK
+    assert env["worker_process_setup_hook"] == HOOK  # a submitted job's workers skip mlflow too
     pinned = build_runtime_env(install_deps=True)["pip"]
     assert pinned == project_dependencies() and any(d.startswith("ray[") for d in pinned)
 
