@@ -56,10 +56,10 @@ def ray_data_logging() -> dict[str, str]:
     its progress bars off: without a terminal each bar's refresh is a new console line, and a
     finished dataset's bar kept printing through the later phases (~180 lines in a first run).
     The phases print their own progress lines."""
-    bars = {RAY_DATA_PROGRESS_ENV: os.environ.get(RAY_DATA_PROGRESS_ENV, "1")}
-    if os.environ.get(RAY_DATA_LOGGING_ENV):
-        return {RAY_DATA_LOGGING_ENV: os.environ[RAY_DATA_LOGGING_ENV], **bars}
-    return ({RAY_DATA_LOGGING_ENV: str(RAY_DATA_LOGGING_FILE)} if RAY_DATA_LOGGING_FILE.exists() else {}) | bars
+    setup = os.environ.get(RAY_DATA_LOGGING_ENV) or (
+        str(RAY_DATA_LOGGING_FILE) if RAY_DATA_LOGGING_FILE.exists() else None)
+    return ({RAY_DATA_LOGGING_ENV: setup} if setup else {}) | {
+        RAY_DATA_PROGRESS_ENV: os.environ.get(RAY_DATA_PROGRESS_ENV, "1")}
 
 
 def quiet_ray_data_console() -> None:

@@ -87,10 +87,10 @@ def length_controlled(samples: Path) -> dict:
     the intercept is the margin at equal length, the slope what each extra word is worth to the
     judge (``samples.jsonl``: the first ``eval.samples_to_write`` prompts)."""
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
-    words = lambda text: len(text.split())  # noqa: E731
-    fit = line_fit([words(r["ppo"]) - words(r["sft"]) for r in rows], [r["judge_ppo"] - r["judge_sft"] for r in rows])
+    extra_words = [len(r["ppo"].split()) - len(r["sft"].split()) for r in rows]
+    fit = line_fit(extra_words, [r["judge_ppo"] - r["judge_sft"] for r in rows])
     return {"prompts": len(rows), "margin_at_equal_length": fit["intercept"], "margin_per_extra_word": fit["slope"],
-            "mean_extra_words": round(float(np.mean([words(r["ppo"]) - words(r["sft"]) for r in rows])), 2)}
+            "mean_extra_words": round(float(np.mean(extra_words)), 2)}
 
 
 def ppo_learning(ppo: Path, window: int = 3) -> dict:
