@@ -121,7 +121,7 @@ def main() -> None:
     from alignray.actors import runtime
     from alignray.core.artifacts import FEEDBACK_FILE, HELDOUT_PAIRS_FILE
     from alignray.core.machine import describe_machine, machine_info
-    from alignray.feedback import read_feedback
+    from alignray.feedback.schema import read_feedback
     from alignray.workflows.common import compose_app_config
 
     inputs = phase_inputs(args.run.resolve())

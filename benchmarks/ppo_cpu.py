@@ -21,7 +21,9 @@ The arithmetic is counted (alignray/ppo/flops.py: 2 FLOP per weight per position
 and set against this machine's fp32 matmul peak, measured in the same run: one 2048 x 2048
 GEMM on every core, the best of ~3 s, before and after the two runs. alignray's stages get
 their own FLOP/s from the ``time/<stage>`` it logs, and its start-up is split into its parts
-(the PPO summary's ``startup_s``).
+(the PPO summary's ``startup_s``). Beside them, the floor of the architecture on this machine:
+`benchmarks/ray_start_floor.py` starts Ray and one process per alignray actor, each loading
+the policy model, with no alignray code (what any design with a Ray actor per model pays).
 
 Writes benchmarks/results/ppo_cpu.json and prints a table.
 """
@@ -160,6 +162,14 @@ def run_trl(work: Path, models: Path, token_file: Path, updates: int, threads: i
     return json.loads(result.read_text())
 
 
+def ray_start_floor(models: Path, actors: int) -> dict[str, float]:
+    """Seconds of each part of the floor (driver imports, ray.init, actors ready, shutdown, total)."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ray_start_floor.py"), "--model",
+                           str(models / "policy"), "--actors", str(actors)],
+                          cwd=ROOT, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def throughput(update_seconds: list[float]) -> tuple[float, float]:
     """Median seconds of updates 2.. and the rollouts per second it gives."""
     median = statistics.median(update_seconds[1:])
@@ -187,6 +197,8 @@ def main() -> None:
     started = time.monotonic()
     trl = run_trl(args.work, models, token_file, args.updates, args.threads)
     trl_wall = time.monotonic() - started
+    ours_summary = json.loads((ours_run / "summary.json").read_text())
+    floor = ray_start_floor(models, len(ours_summary["actors"]))
     peak = max(peak_before, fp32_matmul_peak(args.threads))
     flops = update_flops(models, token_file)
     per_update = sum(flops.values())
@@ -211,17 +223,20 @@ def main() -> None:
     for stage, row in stages.items():
         print(f"{stage:<16} {row['seconds']:>9.3f} {row['gflop']:>7.2f} {row['gflop_per_s']:>8.1f} "
               f"{row['share_of_peak']:>8.1%}")
-    startup = json.loads((ours_run / "summary.json").read_text())["startup_s"]
-    print(f"alignray start-up seconds: {startup}")
+    startup = ours_summary["startup_s"]
+    print(f"\nalignray start-up seconds: {startup}")
+    print(f"the floor, {floor['actors']} Ray actors each loading the policy with no alignray code: {floor}")
     ratio = summary["alignray"]["rollouts_per_s"] / summary["trl"]["rollouts_per_s"]
     wall_ratio = ours_wall / trl_wall
+    floor_ratio = floor["total"] / trl_wall
     print(f"alignray / TRL update throughput: {ratio:.2f}x (goal >= 2.5x); job wall time {wall_ratio:.2f}x TRL's "
-          f"(goal <= 1.2x)")
+          f"(goal <= 1.2x); the floor alone {floor_ratio:.2f}x TRL's")
     from alignray.core.machine import machine_info
     result = {"ratio_alignray_over_trl": ratio, "goal": 2.5, "wall_ratio_alignray_over_trl": wall_ratio,
               "wall_goal": 1.2, "fp32_matmul_peak_gflop_per_s": peak / 1e9, "gflop_per_update": per_update / 1e9,
               "flop_count": "alignray/ppo/flops.py (dense matmuls; LM head only where logits are read)",
               "alignray_stages": stages, "alignray_startup_s": startup,
+              "ray_start_floor_s": floor, "floor_wall_ratio_over_trl": floor_ratio,
               "settings": SETTINGS, "updates": args.updates,
               "median_of": "updates 2..N", "machine": machine_info(),
               "trl_versions": trl.get("versions"), "trl_notes": trl.get("notes"), **summary}

@@ -218,7 +218,7 @@ def main() -> None:
     from alignray.actors import runtime
     from alignray.workflows.common import compose_app_config
     from alignray.core.artifacts import HELDOUT_FEEDBACK_FILE
-    from alignray.feedback import read_feedback
+    from alignray.feedback.schema import read_feedback
     sft_model, feedback_dir = phase_inputs(args)
     heldout = read_feedback(feedback_dir / HELDOUT_FEEDBACK_FILE)[0]
     out = Path(args.out)

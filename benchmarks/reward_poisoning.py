@@ -40,7 +40,9 @@ sys.path.insert(0, str(REPO))
 from alignray.core.artifacts import EVAL_FILE, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, PAIRS_FILE, POINTWISE_FILE  # noqa: E402
 from alignray.data.tweets import is_heldout, load_tweets, split_opening  # noqa: E402
 from alignray.data.vader import vader_raters  # noqa: E402
-from alignray.feedback import annotator_quality, annotator_weights, build_training_tables, write_feedback  # noqa: E402
+from alignray.feedback.aggregate import build_training_tables  # noqa: E402
+from alignray.feedback.quality import annotator_quality, annotator_weights  # noqa: E402
+from alignray.feedback.schema import write_feedback  # noqa: E402
 from alignray.feedback.simulated import (HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, make_annotator_pool,  # noqa: E402
                                          simulate_feedback)
 from alignray.core.machine import machine_info  # noqa: E402

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from alignray.dpo.training import dpo_loss, pair_logprobs, pair_tensors, sequence_logprobs, tokenize_pairs_batch
-from alignray.feedback import PAIRS_SCHEMA
+from alignray.feedback.aggregate import PAIRS_SCHEMA
 from alignray.core.metrics import read_metrics
 from alignray.core.model_card import read_model_card
 from alignray.models.modeling import load_causal_lm

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 from alignray.data.tweets import is_heldout
-from alignray.feedback import build_training_tables, feedback_table, pairwise_feedback, thumbs_feedback
+from alignray.feedback.aggregate import build_training_tables
+from alignray.feedback.schema import feedback_table, pairwise_feedback, thumbs_feedback
 from alignray.feedback.groups import (cross_group_accuracy, group_training_tables, heldout_prompt_rows,
                                       rows_of_annotators)
 from alignray.reward.heldout import evaluation_panels

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from alignray.feedback import FEEDBACK_SCHEMA, PAIRS_SCHEMA, POINTWISE_SCHEMA
+from alignray.feedback.schema import FEEDBACK_SCHEMA
+from alignray.feedback.aggregate import PAIRS_SCHEMA, POINTWISE_SCHEMA
 from alignray.feedback.heldout import HELDOUT_PAIRS_SCHEMA
 from alignray.feedback.simulated import annotator_id, leniency_group, make_annotator_pool, simulate_feedback
 from alignray.workflows.common import compose_app_config

@@ -313,7 +313,7 @@ def test_a_win_rate_leaves_out_answers_the_judge_could_not_rate():
 
 def test_a_local_judge_rates_its_share_as_rating_and_thumbs_rows_people_would_give(tiny_base_model):
     from alignray.config.judge import JudgeConfig
-    from alignray.feedback import validate_feedback
+    from alignray.feedback.schema import validate_feedback
     from alignray.feedback.ai_judge import AIJudgeRun, judged_single_forms
     from alignray.feedback.simulated import make_annotator_pool, simulate_feedback
     from alignray.judges.build import local_rating_asker

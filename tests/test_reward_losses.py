@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from alignray.feedback import PAIRS_SCHEMA, POINTWISE_SCHEMA
+from alignray.feedback.aggregate import PAIRS_SCHEMA, POINTWISE_SCHEMA
 from alignray.feedback.schema import feedback_table, pairwise_feedback
 from alignray.reward.evaluation import (accuracy_against_votes, calibration_bins, evaluate_against_panels,
                                         expected_calibration_error, panel_votes)

@@ -12,7 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from alignray.feedback import annotator_quality, annotator_weights, build_training_tables, write_feedback
+from alignray.feedback.quality import annotator_quality, annotator_weights
+from alignray.feedback.aggregate import build_training_tables
+from alignray.feedback.schema import write_feedback
 from alignray.feedback.simulated import BY_LENIENCY, HELD_OUT_JUDGE_RATERS, make_annotator_pool, simulate_feedback
 from alignray.reward.model import (ENSEMBLE_FILE, MEAN_KEY, STD_KEY, RewardModel, encode_texts, init_reward_model,
                                    load_reward_model, reference_statistics, save_reward_model)
@@ -223,7 +225,7 @@ def test_app_trains_an_ensemble_scored_as_one_with_sum_pooling(ray_cluster, tiny
 
 
 def test_unfiltered_tables_bring_back_excluded_annotators_and_are_none_when_nobody_was(tmp_path):
-    from alignray.feedback import read_feedback
+    from alignray.feedback.schema import read_feedback
     from alignray.reward.dataset import unfiltered_tables
 
     folder = synthetic_feedback(tmp_path, num_prompts=40)
@@ -328,7 +330,7 @@ def test_client_raises_at_once_on_a_refusal_and_after_retries_when_unreachable()
 
 
 def test_evaluation_panels_separate_training_heldout_annotators_and_groups():
-    from alignray.feedback import feedback_table, pairwise_feedback
+    from alignray.feedback.schema import feedback_table, pairwise_feedback
     from alignray.reward.heldout import evaluation_panels
 
     heldout = feedback_table([pairwise_feedback("p", "x", "y", "a", annotator, annotator_group=group)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from alignray.feedback import validate_feedback, feedback_table
+from alignray.feedback.schema import validate_feedback, feedback_table
 from alignray.models.modeling import load_causal_lm, load_tokenizer
 from alignray.feedback.rlaif import (ANSWER_PREFIX, ai_feedback_rows, answer_margins, answer_margins_from_logits,
                             answer_token_ids, fitted_judge_texts, judge_pairs, judge_text, swap_averaged)

@@ -47,8 +47,10 @@ from alignray.actors import runtime
 from alignray.actors.ai_labeller import local_pair_asker
 from alignray.core.artifacts import (FEEDBACK, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, HELDOUT_PAIRS_FILE, PAIRS_FILE, POINTWISE_FILE,
                                 PROMPTS_FILE)
-from alignray.feedback import (annotator_quality, annotator_weights, build_training_tables, validate_feedback,
-                               write_feedback, write_feedback_report)
+from alignray.feedback.quality import annotator_quality, annotator_weights
+from alignray.feedback.aggregate import build_training_tables
+from alignray.feedback.schema import validate_feedback, write_feedback
+from alignray.feedback.report import write_feedback_report
 from alignray.feedback.aggregate import PAIRS_SCHEMA, POINTWISE_SCHEMA
 from alignray.feedback.ai_judge import AIJudgeRun, judged_share
 from alignray.feedback.heldout import HELDOUT_PAIRS_SCHEMA, heldout_pairs

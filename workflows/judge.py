@@ -44,7 +44,7 @@ from alignray.core.model_card import ModelCard, write_model_card
 from alignray.core.tracking import tracking_settings
 from alignray.core.train_loop import TrainLoopConfig, TrainTask, steps_per_epoch
 from alignray.data.splits import split_examples
-from alignray.feedback import read_feedback
+from alignray.feedback.schema import read_feedback
 from alignray.feedback.ai_share import judge_agreement
 from alignray.feedback.heldout import pair_items
 from alignray.feedback.rlaif import answer_token_ids

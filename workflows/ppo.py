@@ -365,6 +365,7 @@ def run_ppo(cfg: AlignrayConfig, sft_model_path: str, reward_model_path: str | N
             policy_step = coordinator.hand_over_best() or coordinator.updates
             policy_dir = coordinator.export_policy()
             monitor, reference = coordinator.monitor, coordinator.actors.reference_description()
+            actor_names = list(coordinator.actors.placements)
             scorer_stats = ray.get(coordinator.actors.reward.scorer_stats.remote())
         finally:
             coordinator.actors.shutdown()
@@ -377,7 +378,8 @@ def run_ppo(cfg: AlignrayConfig, sft_model_path: str, reward_model_path: str | N
     mark_complete(out, {"sft_model": str(sft_model_path), "reward_model": reward_model_path,
                         "policy": str(policy_dir), "policy_step": policy_step, "steps": ppo.steps,
                         "steps_run": len(records), "wall_s": round(time.monotonic() - started, 1),
-                        "monitor": monitor_summary(monitor), "reference": reference, "startup_s": startup,
+                        "monitor": monitor_summary(monitor), "reference": reference, "actors": actor_names,
+                        "startup_s": startup,
                         "stage_times_per_step": step_times, "final_metrics": records[-1]}
                   | ({"reward_scorer": scorer_stats} if scorer_stats else {}))
     return out

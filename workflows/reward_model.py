@@ -48,10 +48,10 @@ from alignray.actors import runtime
 from alignray.config import AlignrayConfig, RewardModelConfig
 from alignray.core.artifacts import (CALIBRATION_FIGURE, EVAL_FILE, FEEDBACK_FILE, MODEL_DIR, REWARD,
                                 SUMMARY_FILE)
-from alignray.feedback import read_feedback
-from alignray.feedback.groups import (TRAINED_ON, cross_group_accuracy, group_training_tables)
+from alignray.feedback.schema import read_feedback
+from alignray.feedback.groups import TRAINED_ON, annotator_groups, cross_group_accuracy, group_training_tables
 from alignray.core.model_card import ModelCard, write_model_card
-from alignray.reward.evaluation import annotator_groups, plot_calibration
+from alignray.reward.evaluation import plot_calibration
 from alignray.reward.model import (assemble_reward_ensemble, reward_model_card)
 from alignray.reward.training import (build_reward_model, collate_reward_rows, reward_batch_loss,
                                       training_examples)

@@ -19,10 +19,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from alignray.data.tweets import is_heldout
-from alignray.reward.evaluation import annotator_groups
 
 GROUP_PANEL = "group:"  # prefix of a group's panel in the reward model's evaluation
 TRAINED_ON = "trained_on:"  # prefix of a model trained on one group's feedback, in eval.json
+
+
+def annotator_groups(feedback: pa.Table) -> dict[str, list[str]]:
+    """The annotators of each named group (empty when the feedback has no groups)."""
+    members: dict[str, set[str]] = {}
+    for row in feedback.select(["annotator_id", "annotator_group"]).to_pylist():
+        if row["annotator_group"] is not None:
+            members.setdefault(row["annotator_group"], set()).add(row["annotator_id"])
+    return {group: sorted(ids) for group, ids in sorted(members.items())}
 
 
 def heldout_prompt_rows(feedback: pa.Table, heldout_fraction: float) -> pa.Table:

@@ -17,11 +17,12 @@ from __future__ import annotations
 import copy
 import os
 import re
+import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model, get_peft_model_state_dict
 from torch import Tensor
 from transformers.pytorch_utils import Conv1D
 
@@ -29,12 +30,17 @@ from alignray.config.lora import LoRAConfig
 from alignray.core.artifacts import ADAPTER_DIR
 from alignray.core.model_card import ModelCard, default_card, write_model_card
 
+if TYPE_CHECKING:  # peft is imported where LoRA is on: it costs every process ~0.15 s of start
+    from peft import LoraConfig, PeftModel
+
 # peft's state-dict key of a LoRA factor: base_model.model.<layer path>.lora_A.weight
 _FACTOR_KEY = re.compile(r"^base_model\.model\.(?P<path>.+)\.lora_(?P<factor>[AB])\.weight$")
 
 
-def peft_config(settings: LoRAConfig, task_type: TaskType | None, fan_in_fan_out: bool = False) -> LoraConfig:
-    """``fan_in_fan_out``: the model stores its projections as (in, out), as GPT-2's Conv1D does."""
+def peft_config(settings: LoRAConfig, task_type: str | None, fan_in_fan_out: bool = False) -> LoraConfig:
+    """``task_type``: one of peft's ``TaskType`` names; ``fan_in_fan_out``: the model stores its
+    projections as (in, out), as GPT-2's Conv1D does."""
+    from peft import LoraConfig
     targets = settings.target_modules.strip()
     return LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                       target_modules=targets if targets == "all-linear" else
@@ -43,19 +49,26 @@ def peft_config(settings: LoRAConfig, task_type: TaskType | None, fan_in_fan_out
 
 
 def with_lora(model: torch.nn.Module, settings: LoRAConfig,
-              task_type: TaskType | None = TaskType.CAUSAL_LM) -> torch.nn.Module:
+              task_type: str | None = "CAUSAL_LM") -> torch.nn.Module:
     """``model`` with LoRA adapters when ``settings.rank`` > 0, else ``model`` itself.
-    ``TaskType.SEQ_CLS`` keeps the classifier's score head trainable; ``None``: a bare backbone."""
+    ``"SEQ_CLS"`` (peft's ``TaskType``) keeps the classifier's score head trainable; ``None``: a bare backbone."""
     if settings.rank < 0 or settings.alpha <= 0:
         raise ValueError(f"lora.rank must be >= 0 and lora.alpha > 0, not {settings.rank} and {settings.alpha}")
     if not settings.enabled:
         return model
+    from peft import get_peft_model
     conv1d = any(isinstance(module, Conv1D) for module in model.modules())
     return get_peft_model(model, peft_config(settings, task_type, conv1d))
 
 
 def is_lora(model: torch.nn.Module) -> bool:
-    return isinstance(model, PeftModel)
+    """A model can be peft's only once peft is imported (by :func:`with_lora`)."""
+    return "peft" in sys.modules and isinstance(model, sys.modules["peft"].PeftModel)
+
+
+def _adapter_tensors(model: PeftModel) -> dict[str, Tensor]:
+    from peft import get_peft_model_state_dict
+    return get_peft_model_state_dict(model)
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -66,11 +79,11 @@ def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 def adapter_state(model: PeftModel) -> dict[str, Tensor]:
     """The adapter's weights (and any head kept whole) as CPU copies: what a weight sync sends."""
-    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in get_peft_model_state_dict(model).items()}
+    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in _adapter_tensors(model).items()}
 
 
 def adapter_bytes(model: PeftModel) -> int:
-    return sum(t.numel() * t.element_size() for t in get_peft_model_state_dict(model).values())
+    return sum(t.numel() * t.element_size() for t in _adapter_tensors(model).values())
 
 
 def adapter_factors(adapter: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
@@ -117,11 +130,11 @@ def as_merged(model: PeftModel):
     the sync's probe check compares like with like also in bf16; the weights are put back after."""
     config = model.peft_config[model.active_adapter]
     layers = {path: model.base_model.model.get_submodule(path).base_layer
-              for path in adapter_factors(get_peft_model_state_dict(model))}
+              for path in adapter_factors(_adapter_tensors(model))}
     originals = {path: layer.weight.data for path, layer in layers.items()}
     with torch.no_grad(), model.disable_adapter():
         try:
-            for path, (a, b) in adapter_factors(get_peft_model_state_dict(model)).items():
+            for path, (a, b) in adapter_factors(_adapter_tensors(model)).items():
                 layers[path].weight.data = merged_weight(originals[path], a, b, config.lora_alpha / config.r,
                                                          isinstance(layers[path], Conv1D))
             yield model

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 
 from alignray.core.artifacts import HELDOUT_FEEDBACK_FILE, PAIRS_FILE, POINTWISE_FILE
 from alignray.data.validation import validate_table
-from alignray.feedback import PAIRS_SCHEMA, POINTWISE_SCHEMA, build_training_tables, read_feedback
+from alignray.feedback.aggregate import PAIRS_SCHEMA, POINTWISE_SCHEMA, build_training_tables
+from alignray.feedback.schema import read_feedback
 from alignray.feedback.groups import heldout_prompt_rows
 
 ENSEMBLE_DATA = ("all", "split")

@@ -99,15 +99,6 @@ def plot_calibration(tables: dict[str, pd.DataFrame], out_png: str | Path, title
     return out_png
 
 
-def annotator_groups(feedback: pa.Table) -> dict[str, list[str]]:
-    """The annotators of each named group (empty when the feedback has no groups)."""
-    members: dict[str, set[str]] = {}
-    for row in feedback.select(["annotator_id", "annotator_group"]).to_pylist():
-        if row["annotator_group"] is not None:
-            members.setdefault(row["annotator_group"], set()).add(row["annotator_id"])
-    return {group: sorted(ids) for group, ids in sorted(members.items())}
-
-
 def evaluate_against_panels(score_raw, feedback: pa.Table, panels: dict[str, Sequence[str] | None],
                             bins: int = 10) -> tuple[dict[str, dict], dict[str, pd.DataFrame]]:
     """Accuracy and calibration of the reward model against each panel of annotators.

@@ -10,8 +10,8 @@ import pyarrow as pa
 
 from alignray.core.artifacts import LOSS_FIGURE, METRICS_FILE
 from alignray.core.metrics import plot_curves, read_metrics
-from alignray.feedback.groups import GROUP_PANEL
-from alignray.reward.evaluation import annotator_groups, evaluate_against_panels
+from alignray.feedback.groups import GROUP_PANEL, annotator_groups
+from alignray.reward.evaluation import evaluate_against_panels
 from alignray.reward.model import load_reward_model, reward_texts
 
 

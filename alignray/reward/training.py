@@ -13,7 +13,6 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 import torch
-from peft import TaskType
 from transformers import PreTrainedModel
 
 from alignray.config.lora import LoRAConfig
@@ -107,7 +106,7 @@ def build_reward_model(backbone_path: str, max_length: int, disable_dropout: boo
                 module.p = 0.0
     if freeze_backbone:
         model.base_model.requires_grad_(False)
-    return with_lora(model, lora, TaskType.SEQ_CLS)
+    return with_lora(model, lora, "SEQ_CLS")
 
 
 @lru_cache(maxsize=4)
