@@ -204,9 +204,12 @@ def print_table(result: dict) -> None:
                  for s in (scores["all"], scores["clear"])]
         print(f"{who:<26}{cells[0]:>26}{cells[1]:>26}")
     bias, length = result["position_bias"], result["length_bias"]
-    print(f"first reply chosen {bias['first_reply_chosen_share']:.3f} (mean {bias['mean_position_bias_log_odds']:.3f} "
-          f"log-odds); longer reply preferred {length['judge']['longer_preferred_share']:.3f} (held-out annotators "
-          f"{length['heldout_annotators']['longer_preferred_share']:.3f}); unparsed {result['unparsed_share']:.3f}, "
+    def share(value):  # None: nothing to measure it on (no pair decided)
+        return "n/a" if value is None else f"{value:.3f}"
+    print(f"first reply chosen {share(bias['first_reply_chosen_share'])} (mean "
+          f"{share(bias['mean_position_bias_log_odds'])} log-odds); longer reply preferred "
+          f"{share(length['judge']['longer_preferred_share'])} (held-out annotators "
+          f"{share(length['heldout_annotators']['longer_preferred_share'])}); unparsed {result['unparsed_share']:.3f}, "
           f"failed {result['failed_share']:.3f}; {result['seconds_per_label']} s per label "
           f"({result['judge_wall_time_s']} s)")
 

@@ -13,7 +13,7 @@ import pytest
 from alignray.config.judge import EndpointJudgeConfig
 from alignray.feedback.schema import feedback_table, pairwise_feedback
 from alignray.judges.cache import VerdictCache
-from alignray.judges.calibration import agreement_weight, calibrate, gold_items, length_bias
+from alignray.judges.calibration import agreement_weight, calibrate, gold_items, length_bias, position_bias
 from alignray.judges.endpoint import EndpointDown, EndpointJudge
 from alignray.judges.forms import endpoint_asker, judge_pairs, judge_ratings
 from alignray.judges.rubric import load_rubric
@@ -98,6 +98,15 @@ def test_length_bias_counts_how_often_the_longer_reply_wins():
     verdicts = [{"status": JUDGED, "preference_a": 0.8}, {"status": JUDGED, "preference_a": 0.3},
                 {"status": JUDGED, "preference_a": 0.9}]
     assert length_bias(items, verdicts, None)["judge"] == {"pairs": 2, "longer_preferred_share": 1.0}
+
+
+def test_biases_with_nothing_decided_are_null_in_strict_json():
+    items = [("p", "a long reply here", "short")]
+    undecided = [{"status": JUDGED, "preference_a": 0.5, "first_chosen": [], "position_bias": 0.0}]
+    stats = {"length": length_bias(items, undecided, None), "position": position_bias([])}
+    assert stats["length"]["judge"] == {"pairs": 0, "longer_preferred_share": None}
+    assert stats["position"] == {"first_reply_chosen_share": None, "mean_position_bias_log_odds": None}
+    json.dumps(stats, allow_nan=False)  # NaN here would make the run's JSON unreadable to strict readers
 
 
 def test_a_verdict_survives_a_crash_and_failures_are_not_stored(tmp_path):

@@ -84,16 +84,16 @@ def group_agreement(feedback: pa.Table, verdicts: Mapping[Item, dict]) -> dict[s
 def position_bias(verdicts: Sequence[dict]) -> dict:
     judged = [v for v in verdicts if v["status"] == JUDGED]
     firsts = [chosen for v in judged for chosen in v["first_chosen"]]
-    return {"first_reply_chosen_share": float(np.mean(firsts)) if firsts else float("nan"),
-            "mean_position_bias_log_odds": float(np.mean([v["position_bias"] for v in judged])) if judged else
-            float("nan")}
+    # None (JSON null) where nothing was judged: NaN is not JSON, and strict readers refuse it
+    return {"first_reply_chosen_share": float(np.mean(firsts)) if firsts else None,
+            "mean_position_bias_log_odds": float(np.mean([v["position_bias"] for v in judged])) if judged else None}
 
 
 def longer_share(items: Sequence[Item], preference_a: Sequence[float]) -> dict:
     """How often the longer reply (in words) is preferred, over pairs of unequal length with a preference."""
     picks = [(len(a.split()) > len(b.split())) == (p > 0.5) for (_, a, b), p in zip(items, preference_a)
              if len(a.split()) != len(b.split()) and p != 0.5]
-    return {"pairs": len(picks), "longer_preferred_share": float(np.mean(picks)) if picks else float("nan")}
+    return {"pairs": len(picks), "longer_preferred_share": float(np.mean(picks)) if picks else None}
 
 
 def length_bias(items: Sequence[Item], verdicts: Sequence[dict], heldout: pd.DataFrame | None) -> dict:
