@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 def ray_cluster():
     """Started once, stopped by its own handle (never `ray stop`)."""
     import ray
+    from alignray.actors.runtime import worker_env
     from alignray.actors.worker_setup import HOOK as WORKER_SETUP_HOOK
     # Ray 2.60 turns token auth on for a new local instance and caches the mode in the
     # process; tests of the submit wrapper's auth handling flip RAY_AUTH_MODE, and a driver
@@ -42,9 +43,7 @@ def ray_cluster():
     # test_cluster_submit, or anyone's on this host) is recorded as the current one.
     ray.init(address="local", num_cpus=8, num_gpus=4, include_dashboard=False,
              object_store_memory=256 * 1024 * 1024,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
-                                       "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"},
-                          "worker_process_setup_hook": WORKER_SETUP_HOOK})
+             runtime_env={"env_vars": worker_env(), "worker_process_setup_hook": WORKER_SETUP_HOOK})
     yield ray
     ray.shutdown()
 
@@ -91,7 +90,7 @@ def prompts_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demonstrations_path(tmp_path_factory) -> Path:
     """The first 500 embedded demonstrations in one file (SFT's runs split off their held-out rows)."""
-    from tests.test_sft import demonstrations_file
+    from tests.sft_setup import demonstrations_file
     return demonstrations_file(tmp_path_factory.mktemp("demonstrations"), 500)
 
 
@@ -124,7 +123,7 @@ def one_worker_sft(ray_cluster, tiny_base_model, demonstrations_path, tmp_path_f
     the progress lines its driver logged: one Ray Train fit for test_sft (one worker against
     two) and test_tracking (what reached the tracker, the log and `ray.train.report`)."""
     from alignray.workflows.sft import run_sft
-    from tests.test_sft import sft_config
+    from tests.sft_setup import sft_config
     with ProgressLines() as lines:
         out = run_sft(sft_config(tmp_path_factory.mktemp("one_worker"), demonstrations_path, "cluster.num_workers=1"),
                       tiny_base_model)

@@ -168,7 +168,7 @@ def test_a_model_the_phases_cannot_train_is_refused_naming_its_type_and_what_it_
 def test_sft_on_ray_train_then_two_ppo_steps_through_the_rollout_pool(ray_cluster, tiny_base_model, prompts_path,
                                                                        tmp_path, name):
     from tests.test_ppo_actors import small_config
-    from tests.test_sft import demonstrations_file
+    from tests.sft_setup import demonstrations_file
     base = build_family_model(name, tiny_base_model, tmp_path / "base")
     sft_cfg = compose_app_config([f"workdir={tmp_path}", "data=files",
                                   f"data.demonstrations_path={demonstrations_file(tmp_path, 60)}",

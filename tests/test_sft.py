@@ -10,38 +10,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from alignray.config import DataConfig
-from alignray.data.prompts import DEMONSTRATION_SCHEMA, prepare_embedded_data
+from alignray.data.prompts import DEMONSTRATION_SCHEMA
 from alignray.core.metrics import read_metrics
 from alignray.core.model_card import read_model_card
 from alignray.models.modeling import load_tokenizer
 from alignray.sft.training import tokenize_demonstrations
 from alignray.data.validation import DataValidationError
-from alignray.workflows.common import compose_app_config
 from alignray.actors.trainer import TrainingInterrupted
 from alignray.core.metrics import trained_history
 from alignray.workflows.sft import load_demonstrations, run_sft
+from tests.sft_setup import STEPS, sft_config
 
-# Ten global batches of 8 from ~500 demonstrations; the tolerance for 1 vs 2 workers
-# covers the different dropout draws of two ranks (measured differences: ~1e-3 nats).
-STEPS, BATCH = 10, 8
+# The tolerance for 1 vs 2 workers covers the different dropout draws of two ranks
+# (measured differences: ~1e-3 nats).
 ONE_VS_TWO_TOLERANCE = 0.02
-
-
-def sft_config(workdir, demonstrations, *overrides):
-    return compose_app_config([
-        f"workdir={workdir}", "data=files", f"data.demonstrations_path={demonstrations}",
-        "data.heldout_fraction=0.2", f"sft.max_steps={STEPS}", f"sft.batch_size={BATCH}",
-        "sft.warmup_steps=2", "sft.lr=1e-3", "sft.eval_every=5", "sft.checkpoint_every=4",
-        "sft.log_every=1", "sft.deepspeed.zero_stage=2", *overrides])
-
-
-def demonstrations_file(folder, rows: int):
-    """The first ``rows`` embedded demonstrations in one file (the app splits off the held-out rows)."""
-    train = pq.read_table(prepare_embedded_data(DataConfig(), folder)["demonstrations_train"])
-    path = folder / "demonstrations.parquet"
-    pq.write_table(train.slice(0, rows), path)
-    return path
 
 
 def test_loss_mask_covers_the_response_and_its_end_only(tiny_base_model):
