@@ -96,6 +96,17 @@ def test_the_upstream_folders_are_in_the_key_and_must_all_be_given():
         output_key(cfg, PPO, sft_model="/a")
 
 
+def test_a_moved_workdir_keeps_its_keys_and_a_path_outside_it_counts_as_given():
+    """Two clones' runs (or one run folder copied elsewhere) key their phases alike: an
+    upstream folder inside the workdir counts by its place there."""
+    here, there = (compose_app_config([f"workdir={root}/runs"]) for root in ("/clone1", "/clone2"))
+    assert output_key(here, FEEDBACK, policy="/clone1/runs/sft-1/model") == output_key(
+        there, FEEDBACK, policy="/clone2/runs/sft-1/model")
+    assert output_key(here, FEEDBACK, policy="/clone1/runs/sft-1/model") != output_key(
+        here, FEEDBACK, policy="/clone1/runs/sft-2/model")
+    assert output_key(here, FEEDBACK, policy="/models/sft") != output_key(there, FEEDBACK, policy="/other/sft")
+
+
 def test_a_declared_path_the_config_lacks_is_an_error_naming_it():
     cfg = composed()
     for phase in PHASE_OUTPUTS:

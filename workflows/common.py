@@ -101,12 +101,23 @@ def _flatten(prefix: str, value, into: dict) -> None:
 
 def output_key(cfg: AlignrayConfig, phase: PhaseOutput, **inputs) -> str:
     """A short, stable hash of what decides ``phase``'s output: its settings and the
-    upstream paths it reads (every input it declares, by name)."""
+    upstream paths it reads (every input it declares, by name; one inside the workdir by its
+    place there, so a workdir moved, copied or cloned elsewhere keeps its keys)."""
     if set(inputs) != set(phase.input_names):
         raise TypeError(f"phase {phase.prefix!r} is keyed by the inputs {list(phase.input_names)}, given {list(inputs)}")
-    text = json.dumps({"settings": phase_settings(cfg, phase), "inputs": {k: str(v) for k, v in inputs.items()}},
-                      sort_keys=True, default=str)
+    workdir = Path(cfg.workdir).expanduser().resolve()
+    named = {name: _input_in(workdir, value) for name, value in inputs.items()}
+    text = json.dumps({"settings": phase_settings(cfg, phase), "inputs": named}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def _input_in(workdir: Path, value) -> str:
+    """An absolute path inside ``workdir`` as ``<workdir>/<its place>``; anything else (a
+    file elsewhere, a hub id, None) as given."""
+    path = Path(str(value))
+    if path.is_absolute() and path.is_relative_to(workdir):
+        return f"<workdir>/{path.relative_to(workdir).as_posix()}"
+    return str(value)
 
 
 def phase_dir(cfg: AlignrayConfig, phase: PhaseOutput, **inputs) -> Path:
