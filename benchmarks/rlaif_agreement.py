@@ -203,9 +203,8 @@ def print_table(result: dict) -> None:
         cells = [f"{s['agreement']:.3f} [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}] n={s['pairs']}"
                  for s in (scores["all"], scores["clear"])]
         print(f"{who:<26}{cells[0]:>26}{cells[1]:>26}")
+    from alignray.feedback.report import share_text as share
     bias, length = result["position_bias"], result["length_bias"]
-    def share(value):  # None: nothing to measure it on (no pair decided)
-        return "n/a" if value is None else f"{value:.3f}"
     print(f"first reply chosen {share(bias['first_reply_chosen_share'])} (mean "
           f"{share(bias['mean_position_bias_log_odds'])} log-odds); longer reply preferred "
           f"{share(length['judge']['longer_preferred_share'])} (held-out annotators "

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from alignray.feedback.schema import FEEDBACK_SCHEMA
 from alignray.feedback.ai_share import (items_for_ai, judge_agreement, pairwise_items, replace_share_by_ai)
 from alignray.feedback.heldout import heldout_pairs, pair_items
-from alignray.feedback.schema import (AI_JUDGE_ID, feedback_table, pairwise_feedback, rating_feedback,
+from alignray.feedback.schema import (AI_JUDGE_ID, FEEDBACK_SCHEMA, feedback_table, pairwise_feedback, rating_feedback,
                                       read_feedback_files)
 from alignray.feedback.simulated import heldout_feedback, training_feedback
 

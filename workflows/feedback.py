@@ -47,16 +47,13 @@ from alignray.actors import runtime
 from alignray.actors.ai_labeller import local_pair_asker
 from alignray.core.artifacts import (FEEDBACK, FEEDBACK_FILE, HELDOUT_FEEDBACK_FILE, HELDOUT_PAIRS_FILE, PAIRS_FILE, POINTWISE_FILE,
                                 PROMPTS_FILE)
-from alignray.feedback.quality import annotator_quality, annotator_weights
-from alignray.feedback.aggregate import build_training_tables
-from alignray.feedback.schema import validate_feedback, write_feedback
-from alignray.feedback.report import write_feedback_report
-from alignray.feedback.aggregate import PAIRS_SCHEMA, POINTWISE_SCHEMA
+from alignray.feedback.aggregate import PAIRS_SCHEMA, POINTWISE_SCHEMA, build_training_tables
 from alignray.feedback.ai_judge import AIJudgeRun, judged_share
 from alignray.feedback.heldout import HELDOUT_PAIRS_SCHEMA, heldout_pairs
-from alignray.feedback.report import human_cost
+from alignray.feedback.quality import annotator_quality, annotator_weights
+from alignray.feedback.report import human_cost, write_feedback_report
 from alignray.feedback.sampling import load_policy, prompt_conversations, sample_policy_responses, take_prompts
-from alignray.feedback.schema import AI_JUDGE_ID, read_feedback_files
+from alignray.feedback.schema import AI_JUDGE_ID, read_feedback_files, validate_feedback, write_feedback
 from alignray.feedback.simulated import (HELD_OUT_JUDGE_RATERS, TRAINING_RATERS, annotator_id, heldout_feedback,
                                          training_feedback)
 from alignray.core.tracking import log_summary, tracking_settings

@@ -178,7 +178,8 @@ def human_cost(feedback_file: str | Path) -> Path:
     return Path(str(feedback_file) + ".cost.json")
 
 
-def _share(value) -> str:
+def share_text(value) -> str:
+    """A share or a log-odds to three decimals; "n/a" where it was not measured (None or NaN)."""
     return "n/a" if value is None or value != value else f"{value:.3f}"
 
 
@@ -197,8 +198,8 @@ def _judge_lines(stats: dict) -> list[str]:
              f"{counts['failed']} (failed by reason: {failed}); {counts['answers_from_cache']} answers from the "
              "verdict cache.", "",
              f"Cost: {cost['seconds_per_label']} s, {cost['tokens_per_label']} tokens per label{money}.", "",
-             f"Position bias: the first-shown reply chosen in {_share(bias['first_reply_chosen_share'])} of the "
-             f"orders judged (mean {_share(bias['mean_position_bias_log_odds'])} log-odds toward it; cancelled by "
+             f"Position bias: the first-shown reply chosen in {share_text(bias['first_reply_chosen_share'])} of the "
+             f"orders judged (mean {share_text(bias['mean_position_bias_log_odds'])} log-odds toward it; cancelled by "
              "judging both orders)."]
     for form, given in stats.get("forms", {}).items():
         if form != "counts":
@@ -206,11 +207,11 @@ def _judge_lines(stats: dict) -> list[str]:
                           "rated by it (the rest kept their people's labels)."]
     length = stats["length_bias"]
     heldout = length.get("heldout_annotators", {}).get("longer_preferred_share")
-    lines += ["", f"Length bias: the longer reply preferred in {_share(length['judge']['longer_preferred_share'])} of "
-                  f"{length['judge']['pairs']} pairs of unequal length (held-out annotators: {_share(heldout)})."]
+    lines += ["", f"Length bias: the longer reply preferred in {share_text(length['judge']['longer_preferred_share'])} of "
+                  f"{length['judge']['pairs']} pairs of unequal length (held-out annotators: {share_text(heldout)})."]
     if stats["group_agreement"]:
         lines += ["", "Agreement with each annotator group's majority: " + ", ".join(
-            f"{group} {_share(g['agreement'])} ({g['items']} pairs)" for group, g in stats["group_agreement"].items())
+            f"{group} {share_text(g['agreement'])} ({g['items']} pairs)" for group, g in stats["group_agreement"].items())
             + "."]
     return lines
 
@@ -221,7 +222,7 @@ def rlaif_section(stats: dict, verdict: str, policy: str) -> str:
     calibration = stats["calibration"]
     if calibration.get("gold_pairs"):
         lines += ["", f"Calibration on {calibration['gold_pairs']} human gold pairs: agreement "
-                      f"**{_share(calibration['agreement'])}** on {calibration['items']} judged (one-sided binomial "
+                      f"**{share_text(calibration['agreement'])}** on {calibration['items']} judged (one-sided binomial "
                       f"p = {calibration['p_value']:.3g}); weight {calibration['weight']}."
                   + (f" {calibration['message']}." if "message" in calibration else "")]
     else:

@@ -129,12 +129,12 @@ def as_merged(model: PeftModel):
     disabled, each adapted layer's weight swapped for :func:`merged_weight` (rounded alike), so
     the sync's probe check compares like with like also in bf16; the weights are put back after."""
     config = model.peft_config[model.active_adapter]
-    layers = {path: model.base_model.model.get_submodule(path).base_layer
-              for path in adapter_factors(_adapter_tensors(model))}
+    factors = adapter_factors(_adapter_tensors(model))
+    layers = {path: model.base_model.model.get_submodule(path).base_layer for path in factors}
     originals = {path: layer.weight.data for path, layer in layers.items()}
     with torch.no_grad(), model.disable_adapter():
         try:
-            for path, (a, b) in adapter_factors(_adapter_tensors(model)).items():
+            for path, (a, b) in factors.items():
                 layers[path].weight.data = merged_weight(originals[path], a, b, config.lora_alpha / config.r,
                                                          isinstance(layers[path], Conv1D))
             yield model
